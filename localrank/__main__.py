@@ -1,0 +1,5 @@
+import sys
+
+from localrank.cli import main
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""`localrank ...`: the command line. Each command group lives in its own module with
+`register(subparsers)`; a handler takes the parsed args and returns an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from localrank import __version__
+from localrank.cli import embed_cmds
+from localrank.errors import LocalrankError, exit_code
+
+COMMAND_MODULES = [embed_cmds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="localrank", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"localrank {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except LocalrankError as exc:
+        print(f"localrank: error: {exc.message}", file=sys.stderr)
+        return exit_code(exc)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

