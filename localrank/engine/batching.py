@@ -1,0 +1,69 @@
+"""Length-sorted, token-budget batches with few distinct padded shapes.
+
+Sorting by length keeps padding low on mixed-length input (the reason fixed-size batches in
+input order waste compute); bucketing padded lengths keeps the number of distinct shapes small,
+which matters on MPS and MLX where memory and compiled kernels are kept per shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from localrank.engine.types import Batch
+
+
+def bucket_length(n: int) -> int:
+    """Round a padded length up to a bucket: multiples of 8 up to 64, then 32, then 128."""
+    if n <= 64:
+        step = 8
+    elif n <= 512:
+        step = 32
+    else:
+        step = 128
+    return max(step, -(-n // step) * step)
+
+
+def plan_batches(
+    lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int, bucket: bool = True
+) -> list[list[int]]:
+    """Group input indices into batches whose padded size stays within the token budget.
+
+    Longest first, so the largest allocation happens at once rather than late in a job.
+    A single input longer than the budget still gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order:
+        n = bucket_length(lengths[i]) if bucket else lengths[i]
+        new_width = max(width, n)
+        if current and (new_width * (len(current) + 1) > max_batch_tokens
+                        or len(current) >= max_batch_size):
+            batches.append(current)
+            current, new_width = [], n
+        current.append(i)
+        width = new_width
+    if current:
+        batches.append(current)
+    return batches
+
+
+def pad(sequences: Sequence[Sequence[int]], *, pad_id: int, side: str,
+        bucket: bool = True) -> Batch:
+    """Pad id sequences into a Batch on the given side, with a 1/0 attention mask."""
+    longest = max(len(s) for s in sequences)
+    width = bucket_length(longest) if bucket else longest
+    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(sequences), width), dtype=np.int64)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        if side == "left":
+            ids[row, width - n:] = seq
+            mask[row, width - n:] = 1
+        else:
+            ids[row, :n] = seq
+            mask[row, :n] = 1
+    return Batch(ids, mask)

@@ -1,0 +1,194 @@
+"""The engine: text -> prompts -> token batches -> pooled, normalised vectors.
+
+One Engine per loaded model. It is not thread-safe: the daemon calls it from one worker thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from localrank.engine.batching import pad, plan_batches
+from localrank.engine.resolve import ResolvedModel
+from localrank.engine.tokenizer import Encoded, TextTokenizer
+from localrank.engine.types import BackendInfo, Embedder, Recipe
+from localrank.errors import BackendError, InvalidInput, TooLarge
+
+MIN_DIMENSIONS = 32
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is being served, as read back from the loaded model."""
+
+    model_id: str
+    path: Path
+    revision: str
+    recipe: Recipe
+    backend: BackendInfo
+    tokenizer_appends_eos: bool
+    fallback_reason: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies vectors that can be compared: same model, revision, size, pooling, prompts."""
+        prompt = hashlib.sha256(self.recipe.prompt_format.encode()).hexdigest()[:8]
+        return (f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:"
+                f"{prompt}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model_id,
+            "path": str(self.path),
+            "revision": self.revision,
+            "fingerprint": self.fingerprint,
+            "fallback": self.fallback_reason is not None,
+            "fallback_reason": self.fallback_reason,
+            **asdict(self.backend),
+            "normalized": self.recipe.normalize,
+            "padding_side": self.recipe.padding_side,
+            "instructions": self.recipe.query_template is not None,
+            "query_template": self.recipe.query_template,
+            "default_instruction": self.recipe.default_instruction,
+            "tokenizer_appends_eos": self.tokenizer_appends_eos,
+            "min_dimensions": min(MIN_DIMENSIONS, self.recipe.dim),
+        }
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    vectors: np.ndarray  # float32 [N, dim]
+    prompt_tokens: int  # tokens the model really saw (after truncation)
+    truncated: int  # inputs that were cut to max_tokens
+
+
+Inputs = Sequence[str] | Sequence[Sequence[int]]
+
+
+def check_inputs(inputs: Any, *, max_inputs: int | None = None, param: str = "input") -> bool:
+    """Validate a list of texts or of token-id lists; True when they are token ids."""
+    if isinstance(inputs, (str, bytes)) or not isinstance(inputs, Sequence):
+        raise InvalidInput(f"{param} must be a list of strings", param=param)
+    if len(inputs) == 0:
+        raise InvalidInput(f"{param} must not be empty", param=param)
+    if max_inputs is not None and len(inputs) > max_inputs:
+        raise TooLarge(f"{param} has {len(inputs)} items; the limit is {max_inputs}", param=param)
+    if all(isinstance(x, str) for x in inputs):
+        return False
+    if all(isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+           for x in inputs):
+        if any(len(x) == 0 for x in inputs):
+            raise InvalidInput(f"{param} has an empty token list", param=param)
+        return True
+    bad = next(i for i, x in enumerate(inputs) if not isinstance(x, str))
+    raise InvalidInput(f"{param}[{bad}] must be a string, not {type(inputs[bad]).__name__}",
+                       param=param)
+
+
+def apply_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Matryoshka truncation: keep the first `dimensions` and re-normalise."""
+    native = vectors.shape[1]
+    if dimensions is None or dimensions == native:
+        return vectors
+    if isinstance(dimensions, bool) or not isinstance(dimensions, int):
+        raise InvalidInput("dimensions must be an integer", param="dimensions")
+    low = min(MIN_DIMENSIONS, native)
+    if not low <= dimensions <= native:
+        raise InvalidInput(f"dimensions must be between {low} and {native}, not {dimensions}",
+                           param="dimensions")
+    cut = vectors[:, :dimensions]
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return (cut / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class Engine:
+    def __init__(self, resolved: ResolvedModel, tokenizer: TextTokenizer, embedder: Embedder, *,
+                 max_batch_tokens: int = 16384, max_batch_size: int = 128) -> None:
+        self.tokenizer = tokenizer
+        self.embedder = embedder
+        self.recipe = tokenizer.recipe
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_size = max_batch_size
+        self.info = ModelInfo(
+            model_id=resolved.model_id, path=resolved.path, revision=resolved.revision,
+            recipe=self.recipe, backend=embedder.info,
+            tokenizer_appends_eos=tokenizer.tokenizer_appends_eos,
+            fallback_reason=resolved.fallback_reason,
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.recipe.dim
+
+    def format_query(self, text: str, instruction: str | None) -> str:
+        """`Instruct: {task}\\nQuery:{query}` for Qwen3. An empty instruction means none."""
+        template = self.recipe.query_template
+        if template is None or instruction == "":
+            return text
+        task = instruction if instruction is not None else (self.recipe.default_instruction or "")
+        return template.format(task=task, query=text)
+
+    def prepare(self, inputs: Inputs, *, query: bool = False, instruction: str | None = None,
+                truncate: bool = True) -> list[Encoded]:
+        """Tokenize inputs by the recipe. With truncate=False an over-long input is an error."""
+        is_ids = check_inputs(inputs)
+        if is_ids:
+            encoded = self.tokenizer.encode_ids(inputs)  # type: ignore[arg-type]
+        else:
+            texts = [self.format_query(t, instruction) if query else t
+                     for t in inputs]  # type: ignore[misc]
+            encoded = self.tokenizer.encode(texts)
+        if not truncate:
+            for i, e in enumerate(encoded):
+                if e.truncated:
+                    raise TooLarge(f"input[{i}] has {e.original_tokens} tokens; the limit is "
+                                   f"{self.recipe.max_tokens} and truncation is off",
+                                   param="input")
+        return encoded
+
+    def run(self, encoded: Sequence[Encoded]) -> np.ndarray:
+        """Embed prepared inputs: sorted, token-budget batches; results in input order."""
+        out = np.empty((len(encoded), self.dim), dtype=np.float32)
+        plan = plan_batches([len(e.ids) for e in encoded], max_batch_tokens=self.max_batch_tokens,
+                            max_batch_size=self.max_batch_size)
+        for indices in plan:
+            batch = pad([encoded[i].ids for i in indices], pad_id=self.recipe.pad_token_id,
+                        side=self.recipe.padding_side)
+            vectors = np.asarray(self.embedder.embed(batch), dtype=np.float32)
+            if vectors.shape != (len(indices), self.dim):
+                raise BackendError(f"backend returned shape {vectors.shape}, expected "
+                                   f"{(len(indices), self.dim)}")
+            out[indices] = vectors
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            raise BackendError(f"the {self.info.backend.backend} backend produced non-finite "
+                               f"vectors for inputs {bad[:10].tolist()}")
+        if self.recipe.normalize:
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.maximum(norms, 1e-12)
+        return out
+
+    def embed(self, inputs: Inputs, *, query: bool = False, instruction: str | None = None,
+              dimensions: int | None = None, truncate: bool = True) -> EmbedResult:
+        encoded = self.prepare(inputs, query=query, instruction=instruction, truncate=truncate)
+        vectors = apply_dimensions(self.run(encoded), dimensions)
+        return EmbedResult(vectors, sum(len(e.ids) for e in encoded),
+                           sum(e.truncated for e in encoded))
+
+    def rerank(self, query: str, documents: Sequence[str], *,
+               instruction: str | None = None) -> tuple[np.ndarray, int]:
+        """Bi-encoder rerank: the instructed query's cosine to each document, mapped to [0, 1]."""
+        q = self.prepare([query], query=True, instruction=instruction)
+        d = self.prepare(documents)
+        vectors = self.run([*q, *d])
+        cosine = vectors[1:] @ vectors[0]
+        tokens = sum(len(e.ids) for e in (*q, *d))
+        return np.clip((cosine + 1.0) / 2.0, 0.0, 1.0), tokens
+
+    def close(self) -> None:
+        self.embedder.close()

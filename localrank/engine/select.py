@@ -1,0 +1,95 @@
+"""Backend auto-selection: MLX on an Apple GPU, then PyTorch MPS, then CUDA, then CPU.
+
+Probing is separate from choosing so the choice can be unit-tested for machines we do not have
+(a Mac with Metal, a CUDA box); what was really loaded is read back by the backend itself.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localrank.engine.types import Embedder, Recipe
+from localrank.errors import BackendError
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What this machine offers. `notes` keeps why a backend is unavailable."""
+
+    mlx: bool = False
+    metal: bool = False
+    torch: bool = False
+    mps: bool = False
+    cuda: bool = False
+    notes: dict[str, str] = field(default_factory=dict)
+
+
+def probe_machine() -> Probe:
+    """Import the optional backends (lazily: they are heavy) and ask what they can use."""
+    notes: dict[str, str] = {}
+    mlx = metal = torch_ok = mps = cuda = False
+    try:
+        mx = importlib.import_module("mlx.core")
+        mlx = True
+        metal = bool(mx.metal.is_available())
+        if not metal:
+            notes["metal"] = "MLX is installed but no Metal GPU is present"
+    except Exception as exc:  # ImportError, or a broken native library
+        notes["mlx"] = f"cannot import mlx: {exc}"
+    try:
+        torch = importlib.import_module("torch")
+        torch_ok = True
+        cuda = bool(torch.cuda.is_available())
+        mps_backend = getattr(torch.backends, "mps", None)
+        mps = bool(mps_backend is not None and mps_backend.is_available())
+        if not cuda:
+            notes["cuda"] = "torch reports no CUDA device"
+        if not mps:
+            notes["mps"] = "torch reports no MPS device"
+    except Exception as exc:
+        notes["torch"] = f"cannot import torch: {exc}"
+    return Probe(mlx=mlx, metal=metal, torch=torch_ok, mps=mps, cuda=cuda, notes=notes)
+
+
+def choose_backend(requested: str, probe: Probe) -> tuple[str, str]:
+    """Return (backend, device) for a request of auto|mlx|mps|cuda|cpu, or raise with the reason."""
+    if requested == "auto":
+        if probe.mlx and probe.metal:
+            return ("mlx", "gpu")
+        if probe.torch and probe.mps:
+            return ("torch", "mps")
+        if probe.torch and probe.cuda:
+            return ("torch", "cuda")
+        if probe.torch:
+            return ("torch", "cpu")
+        if probe.mlx:
+            return ("mlx", "cpu")
+        raise BackendError("no backend is usable: " + "; ".join(probe.notes.values()))
+    if requested == "mlx":
+        if not probe.mlx:
+            raise BackendError(probe.notes.get("mlx", "mlx is not installed"))
+        return ("mlx", "gpu" if probe.metal else "cpu")
+    if not probe.torch:
+        raise BackendError(f"backend {requested!r} needs torch: {probe.notes.get('torch')}")
+    if requested in ("mps", "cuda") and not getattr(probe, requested):
+        raise BackendError(f"backend {requested!r} is not available: "
+                           f"{probe.notes.get(requested, 'not present')}")
+    if requested in ("mps", "cuda", "cpu"):
+        return ("torch", requested)
+    raise BackendError(f"unknown backend {requested!r}")
+
+
+def create_embedder(backend: str, device: str, model_dir: Path, recipe: Recipe,
+                    dtype: str = "auto") -> Embedder:
+    """Load the model on the chosen backend. The backend modules are imported only here."""
+    if backend == "mlx":
+        mlx_backend = importlib.import_module("localrank.engine.mlx_backend")
+        embedder: Embedder = mlx_backend.MLXEmbedder(model_dir, recipe, dtype=dtype, device=device)
+        return embedder
+    if backend == "torch":
+        torch_backend = importlib.import_module("localrank.engine.torch_backend")
+        embedder = torch_backend.TorchEmbedder(model_dir, recipe, device=device, dtype=dtype)
+        return embedder
+    raise BackendError(f"unknown backend {backend!r}")
