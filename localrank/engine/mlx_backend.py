@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -23,6 +23,8 @@ from localrank.errors import BackendError, InvalidInput, ModelError
 
 log = logging.getLogger(__name__)
 
+# A boolean [B, 1, T, T] array, "causal", or None (no mask needed).
+Mask = mx.array | str | None
 DTYPES: dict[str, mx.Dtype] = {
     "float32": mx.float32,
     "float16": mx.float16,
@@ -31,7 +33,7 @@ DTYPES: dict[str, mx.Dtype] = {
 POOLINGS = ("last_token", "mean", "cls")
 # Checkpoint entries that are not part of the embedding model (LM / pretraining heads, buffers).
 IGNORED_PREFIXES = ("lm_head.", "pooler.", "cls.")
-IGNORED_SUFFIXES = ("position_ids", "rotary_emb.inv_freq")
+IGNORED_SUFFIXES = ("position_ids", "token_type_ids", "rotary_emb.inv_freq")
 
 
 # ----------------------------------------------------------------------------- Qwen3
@@ -53,7 +55,7 @@ class Qwen3Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg["rms_norm_eps"])
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg["rms_norm_eps"])
 
-    def __call__(self, x: mx.array, mask: mx.array | str | None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask) -> mx.array:
         b, t, _ = x.shape
         q = self.q_norm(self.q_proj(x).reshape(b, t, self.n_heads, -1)).transpose(0, 2, 1, 3)
         k = self.k_norm(self.k_proj(x).reshape(b, t, self.n_kv, -1)).transpose(0, 2, 1, 3)
@@ -87,7 +89,7 @@ class Qwen3Layer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg["hidden_size"], eps=cfg["rms_norm_eps"])
         self.post_attention_layernorm = nn.RMSNorm(cfg["hidden_size"], eps=cfg["rms_norm_eps"])
 
-    def __call__(self, x: mx.array, mask: mx.array | str | None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask) -> mx.array:
         x = x + self.self_attn(self.input_layernorm(x), mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -98,7 +100,7 @@ class Qwen3(nn.Module):
     def __init__(self, cfg: dict[str, Any], source: Path) -> None:
         super().__init__()
         if cfg.get("hidden_act", "silu") != "silu":
-            raise ModelError(f"{source}: Qwen3 with hidden_act={cfg['hidden_act']!r} is not supported")
+            raise ModelError(f"{source}: Qwen3 hidden_act={cfg['hidden_act']!r} is not supported")
         if cfg.get("use_sliding_window"):
             raise ModelError(f"{source}: Qwen3 with use_sliding_window=true is not supported")
         theta = qwen3_rope_theta(cfg, source)
@@ -106,7 +108,7 @@ class Qwen3(nn.Module):
         self.layers = [Qwen3Layer(cfg, theta) for _ in range(cfg["num_hidden_layers"])]
         self.norm = nn.RMSNorm(cfg["hidden_size"], eps=cfg["rms_norm_eps"])
 
-    def __call__(self, ids: mx.array, mask: mx.array | str | None) -> mx.array:
+    def __call__(self, ids: mx.array, mask: Mask) -> mx.array:
         h = self.embed_tokens(ids)
         for layer in self.layers:
             h = layer(h, mask)
@@ -144,7 +146,7 @@ class BertSelfAttention(nn.Module):
         self.key = nn.Linear(hidden, hidden)
         self.value = nn.Linear(hidden, hidden)
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask) -> mx.array:
         b, t, _ = x.shape
         q, k, v = (p(x).reshape(b, t, self.heads, -1).transpose(0, 2, 1, 3)
                    for p in (self.query, self.key, self.value))
@@ -167,11 +169,11 @@ class BertDenseNorm(nn.Module):
 class BertAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, eps: float) -> None:
         super().__init__()
-        setattr(self, "self", BertSelfAttention(hidden, heads))  # HF's key name is "self"
+        self.self = BertSelfAttention(hidden, heads)  # HF's key name
         self.output = BertDenseNorm(hidden, hidden, eps)
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
-        return self.output(self["self"](x, mask), x)
+    def __call__(self, x: mx.array, mask: Mask) -> mx.array:
+        return self.output(self.self(x, mask), x)
 
 
 class BertIntermediate(nn.Module):
@@ -197,7 +199,7 @@ class BertLayer(nn.Module):
                                              cfg.get("hidden_act", "gelu"), source)
         self.output = BertDenseNorm(cfg["intermediate_size"], hidden, eps)
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask) -> mx.array:
         a = self.attention(x, mask)
         return self.output(self.intermediate(a), a)
 
@@ -237,7 +239,7 @@ class Bert(nn.Module):
         self.embeddings = BertEmbeddings(cfg)
         self.encoder = BertEncoder(cfg, source)
 
-    def __call__(self, ids: mx.array, mask: mx.array | None) -> mx.array:
+    def __call__(self, ids: mx.array, mask: Mask) -> mx.array:
         h = self.embeddings(ids)
         for layer in self.encoder.layer:
             h = layer(h, mask)
@@ -274,7 +276,7 @@ def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]
             raise ModelError(f"{f}: shard listed in {index.name} is missing")
         try:
             loaded = mx.load(str(f))
-        except Exception as e:  # noqa: BLE001 - mlx raises plain RuntimeError/ValueError
+        except Exception as e:  # mlx raises plain RuntimeError / ValueError
             raise ModelError(f"{f}: cannot read safetensors: {e}") from e
         assert isinstance(loaded, dict)
         for k, v in loaded.items():
@@ -329,7 +331,7 @@ def apply_quantization(model: nn.Module, q: dict[str, Any], weights: dict[str, m
 
 def check_and_load(model: nn.Module, weights: dict[str, mx.array], origin: dict[str, Path],
                    model_dir: Path, dtype: mx.Dtype) -> None:
-    expected = dict(tree_flatten(model.parameters()))
+    expected = flat_parameters(model)
     missing = sorted(expected.keys() - weights.keys())
     if missing:
         files = ", ".join(sorted({str(p) for p in origin.values()})) or str(model_dir)
@@ -349,6 +351,10 @@ def check_and_load(model: nn.Module, weights: dict[str, mx.array], origin: dict[
             for k, v in weights.items()]
     model.update(tree_unflatten(cast))
     mx.eval(model.parameters())
+
+
+def flat_parameters(model: nn.Module) -> dict[str, mx.array]:
+    return cast("dict[str, mx.array]", dict(tree_flatten(model.parameters())))
 
 
 def dtype_name(dtype: mx.Dtype) -> str:
@@ -373,12 +379,18 @@ class MLXEmbedder:
         config_path = model_dir / "config.json"
         if not config_path.is_file():
             raise ModelError(f"{config_path}: missing (not a model folder?)")
-        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+        try:
+            cfg = json.loads(config_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{config_path}: unreadable: {e}") from e
         model_type = cfg.get("model_type")
         if model_type not in ARCHITECTURES:
             raise ModelError(f"{config_path}: model_type {model_type!r} is not supported by the "
                              f"MLX backend (supported: {', '.join(ARCHITECTURES)})")
         arch, prefix = ARCHITECTURES[model_type]
+        hidden = int(cfg.get("hidden_size", -1))
+        if recipe.dim != hidden:
+            raise ModelError(f"{config_path}: hidden_size {hidden} != recipe dim {recipe.dim}")
         q = quantization_config(cfg, config_path)
 
         with mx.stream(self._device):
@@ -397,16 +409,13 @@ class MLXEmbedder:
         model.eval()
         self._model: Qwen3 | Bert | None = model
         self._recipe = recipe
-        hidden = int(cfg["hidden_size"])
-        if recipe.dim != hidden:
-            raise ModelError(f"{config_path}: hidden_size {hidden} != recipe dim {recipe.dim}")
         self._vocab = int(cfg["vocab_size"])
         # Read back: the dtype the loaded floating parameters really have.
-        floats = [v.dtype for _, v in tree_flatten(model.parameters())
+        floats = [v.dtype for v in flat_parameters(model).values()
                   if mx.issubdtype(v.dtype, mx.floating)]
         self.info = BackendInfo(backend="mlx", device=device_name, dtype=dtype_name(floats[0]),
                                 dim=hidden, pooling=recipe.pooling, max_tokens=recipe.max_tokens)
-        self.quantization = None if q is None else {"group_size": q["group_size"], "bits": q["bits"]}
+        self.quantization = None if q is None else {k: q[k] for k in ("group_size", "bits")}
         log.info("mlx: loaded %s (%s) on %s as %s%s", model_dir, model_type, device_name,
                  self.info.dtype, f", quantised {self.quantization}" if q else "")
 
@@ -493,7 +502,7 @@ class MLXEmbedder:
         mx.clear_cache()
 
 
-def attention_mask(real: np.ndarray, *, causal: bool) -> mx.array | str | None:
+def attention_mask(real: np.ndarray, *, causal: bool) -> Mask:
     """A boolean [B, 1, T, T] mask (True = may attend), or a cheaper equivalent without padding.
 
     Each query may always attend to itself, so a padding query (which under a causal mask with
