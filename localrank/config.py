@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import sys
 from collections.abc import Mapping
@@ -26,6 +27,22 @@ DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 BACKENDS = ("auto", "mlx", "mps", "cuda", "cpu")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for names and addresses that only this machine can reach (localhost, 127/8, ::1).
+
+    Wildcards (0.0.0.0, ::) and other names are not loopback: they may be reachable from the
+    network, so binding them needs a token (see serve.security.check_bind_safety).
+    """
+    name = host.strip().lower().removeprefix("[").removesuffix("]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -39,7 +56,7 @@ class Settings:
     dtype: str = "auto"
     max_tokens: int = 8192
     # Padded tokens per forward pass, and rows per forward pass.
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = 8192
     max_batch_size: int = 128
     # How long the scheduler waits for more requests to merge into a batch.
     batch_wait_ms: float = 2.0
@@ -60,6 +77,11 @@ class Settings:
     @property
     def paths(self) -> Paths:
         return Paths.resolve(self.home)
+
+    @property
+    def binds_loopback(self) -> bool:
+        """True when the TCP listener is reachable from this machine only."""
+        return is_loopback_host(self.host)
 
     @property
     def model_is_default(self) -> bool:
@@ -122,6 +144,17 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name} must be positive")
     if s.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {s.log_format!r}")
+    if s.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {s.log_level!r}")
+    if s.max_body_bytes <= 0:
+        raise ConfigError("max_body_bytes must be positive")
+    if not s.host.strip():
+        raise ConfigError("host must not be empty")
+    for origin in s.allowed_origins:
+        # A wildcard would let any web page drive the daemon from the user's browser.
+        if origin == "*" or "://" not in origin:
+            raise ConfigError(f"allowed_origins entries are full origins such as "
+                              f"http://localhost:3000, not {origin!r}", param="allowed_origins")
 
 
 def env_name(field_name: str) -> str:

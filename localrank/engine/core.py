@@ -9,7 +9,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -114,6 +114,10 @@ class Engine:
         self.recipe = tokenizer.recipe
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
+        # Few distinct shapes matter on MPS, CUDA and MLX (memory and kernels kept per shape);
+        # on torch CPU exact padding is cheaper (measured: bench/engine_throughput.py).
+        info = embedder.info
+        self.bucket = not (info.backend == "torch" and info.device == "cpu")
         self.info = ModelInfo(
             model_id=resolved.model_id, path=resolved.path, revision=resolved.revision,
             recipe=self.recipe, backend=embedder.info,
@@ -136,12 +140,12 @@ class Engine:
     def prepare(self, inputs: Inputs, *, query: bool = False, instruction: str | None = None,
                 truncate: bool = True) -> list[Encoded]:
         """Tokenize inputs by the recipe. With truncate=False an over-long input is an error."""
-        is_ids = check_inputs(inputs)
-        if is_ids:
-            encoded = self.tokenizer.encode_ids(inputs)  # type: ignore[arg-type]
+        if check_inputs(inputs):
+            encoded = self.tokenizer.encode_ids(cast(Sequence[Sequence[int]], inputs))
         else:
-            texts = [self.format_query(t, instruction) if query else t
-                     for t in inputs]  # type: ignore[misc]
+            texts = cast(Sequence[str], inputs)
+            if query:
+                texts = [self.format_query(t, instruction) for t in texts]
             encoded = self.tokenizer.encode(texts)
         if not truncate:
             for i, e in enumerate(encoded):
@@ -155,10 +159,10 @@ class Engine:
         """Embed prepared inputs: sorted, token-budget batches; results in input order."""
         out = np.empty((len(encoded), self.dim), dtype=np.float32)
         plan = plan_batches([len(e.ids) for e in encoded], max_batch_tokens=self.max_batch_tokens,
-                            max_batch_size=self.max_batch_size)
+                            max_batch_size=self.max_batch_size, bucket=self.bucket)
         for indices in plan:
             batch = pad([encoded[i].ids for i in indices], pad_id=self.recipe.pad_token_id,
-                        side=self.recipe.padding_side)
+                        side=self.recipe.padding_side, bucket=self.bucket)
             vectors = np.asarray(self.embedder.embed(batch), dtype=np.float32)
             if vectors.shape != (len(indices), self.dim):
                 raise BackendError(f"backend returned shape {vectors.shape}, expected "
