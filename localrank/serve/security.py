@@ -1,0 +1,270 @@
+"""Local security: Host and Origin allow-lists, an optional bearer token, and body rules.
+
+Local AI daemons have shipped DNS-rebinding CVEs: a web page on evil.com re-points its own name
+at 127.0.0.1 and then talks to the daemon as "same origin". The Host header still says evil.com,
+so checking Host against a short allow-list closes that hole; refusing browser Origins closes
+the plain cross-site one. Both checks run before anything else, including the token check.
+
+Wiring (the error middleware formats the Localrank errors raised here):
+
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
+        request_id_middleware, error_middleware, *make_security_middlewares(settings)])
+    setup_security(app, settings)
+
+`/health` without a valid token (when one is set) still answers, for supervisors and
+`localrank doctor`, but with the status code and `{"status": ...}` only: what is loaded, where,
+and on what hardware is for token holders.
+"""
+
+from __future__ import annotations
+
+import errno
+import hmac
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+from localrank.config import Settings
+from localrank.errors import (
+    ConfigError,
+    Forbidden,
+    LocalrankError,
+    TooLarge,
+    Unauthorized,
+    UnsupportedMediaType,
+    http_status,
+)
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+# Wildcard bind addresses are never a valid Host: a browser would only send one under attack.
+_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+OPEN_PATHS = frozenset({"/health"})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_CORS_ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+_CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
+_CORS_EXPOSE_HEADERS = "X-Request-ID, Retry-After"
+WWW_AUTHENTICATE = 'Bearer realm="localrank"'
+
+
+def split_host(value: str) -> tuple[str, str | None] | None:
+    """Split a Host header into (lowercase name, port or None); None when malformed."""
+    value = value.strip().lower()
+    if value.startswith("["):  # [v6]:port
+        name, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return None
+        return name, rest[1:] or None
+    name, sep, port = value.partition(":")
+    if sep and not port.isdigit():
+        return None  # also rejects bare IPv6 without brackets
+    return name, port or None
+
+
+def normalize_origin(origin: str) -> str:
+    return origin.strip().lower().rstrip("/")
+
+
+@dataclass(frozen=True)
+class SecurityPolicy:
+    """The allow-lists and limits of one daemon, precomputed from Settings."""
+
+    hosts: frozenset[str]
+    origins: frozenset[str]
+    token: bytes | None
+    max_body_bytes: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecurityPolicy:
+        hosts = set(LOOPBACK_HOSTS)
+        for entry in settings.allowed_hosts:  # names; a port given with one is ignored
+            entry = entry.strip()
+            if entry.count(":") > 1 and not entry.startswith("["):
+                entry = f"[{entry}]"  # a bare IPv6 address
+            parsed = split_host(entry)
+            if parsed is not None:
+                hosts.add(parsed[0])
+        # A daemon bound to one specific address (e.g. a LAN IP, with a token) is addressed by it.
+        bound = settings.host.strip().lower().strip("[]")
+        if bound not in _WILDCARDS:
+            hosts.add(bound)
+        return cls(hosts=frozenset(hosts - _WILDCARDS),
+                   origins=frozenset(normalize_origin(o) for o in settings.allowed_origins),
+                   token=settings.token.encode("utf-8") if settings.token else None,
+                   max_body_bytes=settings.max_body_bytes)
+
+    def host_allowed(self, header: str) -> bool:
+        parsed = split_host(header)
+        return parsed is not None and parsed[0] in self.hosts
+
+    def origin_allowed(self, origin: str) -> bool:
+        return normalize_origin(origin) in self.origins
+
+    def token_ok(self, authorization: str) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        # Constant-time: the comparison must not reveal how many leading bytes matched.
+        return hmac.compare_digest(credentials.strip().encode("utf-8"), self.token)
+
+
+def _same_origin(origin: str, host_header: str) -> bool:
+    """A page the daemon served itself (e.g. /docs) calling back into it: not cross-site."""
+    origin = normalize_origin(origin)
+    return origin == f"http://{host_header.strip().lower()}"
+
+
+def make_security_middlewares(settings: Settings) -> list[Middleware]:
+    """The middlewares, outermost first: Host, Origin/CORS, token, body rules."""
+    policy = SecurityPolicy.from_settings(settings)
+
+    @web.middleware
+    async def host_allowlist(request: web.Request, handler: Handler) -> web.StreamResponse:
+        # The raw header: request.host falls back to the machine's name when Host is absent.
+        header = request.headers.get(hdrs.HOST, "")
+        if not policy.host_allowed(header):
+            raise Forbidden(f"Host {header!r} is not allowed: localrank answers only to localhost "
+                            "names (add others with the allowed_hosts setting)")
+        return await handler(request)
+
+    @web.middleware
+    async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None or _same_origin(origin, request.headers.get(hdrs.HOST, "")):
+            return await handler(request)
+        if not policy.origin_allowed(origin):
+            raise Forbidden(f"requests from web pages ({origin}) are refused; allow an origin "
+                            "with the allowed_origins setting")
+        if (request.method == hdrs.METH_OPTIONS
+                and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers):
+            # Preflight: answered here, before the token check (browsers send no credentials).
+            return web.Response(status=204, headers={
+                hdrs.ACCESS_CONTROL_ALLOW_METHODS: _CORS_ALLOW_METHODS,
+                hdrs.ACCESS_CONTROL_ALLOW_HEADERS: _CORS_ALLOW_HEADERS,
+                hdrs.ACCESS_CONTROL_MAX_AGE: "600"})
+        return await handler(request)
+
+    @web.middleware
+    async def bearer_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if policy.token_ok(request.headers.get(hdrs.AUTHORIZATION, "")):
+            return await handler(request)
+        if request.path in OPEN_PATHS:
+            try:
+                code = (await handler(request)).status
+            except LocalrankError as exc:  # e.g. NotReady while the model loads
+                code = http_status(exc)
+            status = "ok" if code < 400 else "unavailable"
+            return web.json_response({"status": status}, status=code)
+        missing = hdrs.AUTHORIZATION not in request.headers
+        raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)" if missing
+                           else "the bearer token is not valid")
+
+    @web.middleware
+    async def body_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in _BODY_METHODS and request.body_exists:
+            length = request.content_length
+            if length is not None and length > policy.max_body_bytes:
+                raise TooLarge(f"request body of {length} bytes is over the "
+                               f"{policy.max_body_bytes}-byte limit (max_body_bytes)")
+            if request.content_type != "application/json":
+                raise UnsupportedMediaType(f"request bodies must be application/json, "
+                                           f"not {request.content_type or 'unspecified'}")
+            if length is None:
+                # Chunked: no length to check up front. Read now (aiohttp caches the bytes for
+                # the handler) so the app's client_max_size turns into our own error type.
+                try:
+                    await request.read()
+                except web.HTTPRequestEntityTooLarge as exc:
+                    raise TooLarge(f"request body is over the {policy.max_body_bytes}-byte "
+                                   "limit (max_body_bytes)") from exc
+        return await handler(request)
+
+    middlewares: list[Middleware] = [host_allowlist, origin_check]
+    if policy.token is not None:
+        middlewares.append(bearer_token)
+    middlewares.append(body_rules)
+    return middlewares
+
+
+def setup_security(app: web.Application, settings: Settings) -> None:
+    """Register the response hook that adds CORS headers (allowed origins only) and
+    WWW-Authenticate on 401s, whichever middleware produced the response."""
+    policy = SecurityPolicy.from_settings(settings)
+
+    # A signal rather than a middleware: it also reaches responses that an outer error
+    # middleware (or aiohttp itself) built from an exception.
+    async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and policy.origin_allowed(origin):
+            response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+            response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = _CORS_EXPOSE_HEADERS
+            response.headers.add(hdrs.VARY, "Origin")
+        if response.status == 401 and hdrs.WWW_AUTHENTICATE not in response.headers:
+            response.headers[hdrs.WWW_AUTHENTICATE] = WWW_AUTHENTICATE
+
+    app.on_response_prepare.append(on_response_prepare)
+
+
+def check_bind_safety(settings: Settings) -> None:
+    """Refuse to start on a non-loopback address without a token: anyone on the network
+    could otherwise use the daemon (and read every collection)."""
+    if not settings.binds_loopback and not settings.token:
+        raise ConfigError(f"refusing to listen on {settings.host} without a token: set "
+                          "LOCALRANK_TOKEN (or token in config.toml), or bind 127.0.0.1",
+                          param="host")
+
+
+def check_batch_size(count: int, settings: Settings) -> None:
+    """Raise TooLarge when a request carries more inputs than `max_inputs`."""
+    if count > settings.max_inputs:
+        raise TooLarge(f"{count} inputs is over the limit of {settings.max_inputs} per request "
+                       "(max_inputs)", param="input")
+
+
+def bind_unix_socket(path: str | Path) -> socket.socket:
+    """A listening-ready AF_UNIX socket at `path` that only this user can connect to (0600).
+
+    A stale socket file left by a crash is replaced; a live one (another daemon) is an error.
+    """
+    path = Path(path).expanduser()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.exists() or path.is_symlink():
+        if not path.is_socket():
+            raise ConfigError(f"{path} exists and is not a socket", param="unix_socket")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+            except OSError as exc:
+                if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+                    raise
+            else:
+                raise ConfigError(f"another process is already serving on {path}",
+                                  param="unix_socket")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # umask around bind: the file never exists with wider permissions, not even briefly.
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
+async def start_unix_site(runner: web.AppRunner, path: str | Path) -> web.SockSite:
+    """Serve `runner` on a 0600 unix socket at `path` (the web.UnixSite equivalent).
+
+    The caller removes the socket file at shutdown (`Path(path).unlink(missing_ok=True)`).
+    """
+    site = web.SockSite(runner, bind_unix_socket(path))
+    await site.start()
+    return site

@@ -1,0 +1,140 @@
+"""Settings: flags > LOCALRANK_* env > TOML file > defaults, with the source of every value."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from localrank.cli import service_cmds
+from localrank.config import DEFAULT_MODEL, DEFAULT_PORT, is_loopback_host, load_settings
+from localrank.errors import ConfigError
+
+
+def write_config(home: Path, text: str) -> Path:
+    path = home / "config" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_when_nothing_is_set(tmp_path: Path) -> None:
+    s = load_settings(environ={"LOCALRANK_HOME": str(tmp_path)})
+    assert (s.host, s.port, s.model) == ("127.0.0.1", DEFAULT_PORT, DEFAULT_MODEL)
+    assert s.backend == "auto"
+    assert s.home == tmp_path
+    assert s.sources["home"] == "env:LOCALRANK_HOME"
+    assert {v for k, v in s.sources.items() if k != "home"} == {"default"}
+    assert s.model_is_default
+    assert s.paths.data == tmp_path / "data" and s.paths.logs == tmp_path / "logs"
+
+
+def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 'port = 1111\nmodel = "from-file"\nbackend = "cpu"\n'
+                                  'log-format = "json"\n')
+    env = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_PORT": "2222", "LOCALRANK_BACKEND": "mps"}
+    s = load_settings({"port": 3333, "host": None}, env)
+    assert s.port == 3333 and s.sources["port"] == "flag"
+    assert s.backend == "mps" and s.sources["backend"] == "env:LOCALRANK_BACKEND"
+    assert s.model == "from-file" and s.sources["model"] == f"file:{path}"
+    assert s.log_format == "json" and s.sources["log_format"] == f"file:{path}"
+    # A flag given as None is "not given": the default stays, with its source.
+    assert s.host == "127.0.0.1" and s.sources["host"] == "default"
+    assert not s.model_is_default
+
+    s = load_settings({}, env)
+    assert s.port == 2222 and s.sources["port"] == "env:LOCALRANK_PORT"
+
+
+def test_home_flag_locates_the_config_file(tmp_path: Path) -> None:
+    write_config(tmp_path / "a", "port = 4444\n")
+    write_config(tmp_path / "b", "port = 5555\n")
+    env = {"LOCALRANK_HOME": str(tmp_path / "a")}
+    assert load_settings({}, env).port == 4444
+    assert load_settings({"home": str(tmp_path / "b")}, env).port == 5555
+
+
+def test_lists_and_empty_variables(tmp_path: Path) -> None:
+    write_config(tmp_path, 'allowed_hosts = ["box.lan"]\n')
+    env = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_ALLOWED_ORIGINS":
+           "http://localhost:3000, https://app.example", "LOCALRANK_MODEL": ""}
+    s = load_settings({}, env)
+    assert s.allowed_hosts == ("box.lan",)
+    assert s.allowed_origins == ("http://localhost:3000", "https://app.example")
+    assert s.model == DEFAULT_MODEL and s.sources["model"] == "default"  # "" means unset
+
+
+@pytest.mark.parametrize(("source", "name", "value", "fragment"), [
+    ("env", "port", "eighty", "port"),
+    ("env", "port", "70000", "1..65535"),
+    ("flag", "backend", "gpu", "backend must be one of"),
+    ("file", "log_format", '"xml"', "log_format"),
+    ("file", "log_level", '"loud"', "log_level"),
+    ("flag", "max_body_bytes", 0, "max_body_bytes"),
+    ("env", "allowed_origins", "*", "allowed_origins"),
+    ("file", "max_inputs", "-1", "max_inputs"),
+    ("file", "no_such_setting", "1", "unknown setting"),
+])
+def test_bad_values_raise_config_error(tmp_path: Path, source: str, name: str, value: object,
+                                       fragment: str) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    flags: dict[str, object] = {}
+    if source == "env":
+        env[f"LOCALRANK_{name.upper()}"] = str(value)
+    elif source == "flag":
+        flags[name] = value
+    else:
+        write_config(tmp_path, f"{name} = {value}\n")
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(flags, env)
+
+
+def test_malformed_toml_names_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "port = = 3\n")
+    with pytest.raises(ConfigError, match=str(path)):
+        load_settings({}, {"LOCALRANK_HOME": str(tmp_path)})
+
+
+def test_token_is_masked_in_to_dict(tmp_path: Path) -> None:
+    s = load_settings({}, {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_TOKEN": "s3cret"})
+    assert s.token == "s3cret"
+    assert s.to_dict()["token"] == "***"
+    assert "s3cret" not in json.dumps(s.to_dict())
+
+
+@pytest.mark.parametrize(("host", "loopback"), [
+    ("127.0.0.1", True), ("127.3.2.1", True), ("localhost", True), ("LOCALHOST", True),
+    ("::1", True), ("[::1]", True), ("0.0.0.0", False), ("::", False),
+    ("192.168.1.5", False), ("example.com", False), ("localhost.example.com", False),
+])
+def test_is_loopback_host(host: str, loopback: bool) -> None:
+    assert is_loopback_host(host) is loopback
+
+
+def test_config_command_prints_values_and_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for name in [n for n in os.environ if n.startswith("LOCALRANK_")]:
+        monkeypatch.delenv(name)
+    path = write_config(tmp_path, "port = 9999\n")
+    monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path))
+    monkeypatch.setenv("LOCALRANK_TOKEN", "s3cret")
+    parser = argparse.ArgumentParser()
+    service_cmds.register(parser.add_subparsers())
+
+    args = parser.parse_args(["config", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config_file"] == str(path)
+    assert out["settings"]["port"] == {"value": 9999, "source": f"file:{path}"}
+    assert out["settings"]["token"] == {"value": "***", "source": "env:LOCALRANK_TOKEN"}
+    assert out["settings"]["host"] == {"value": "127.0.0.1", "source": "default"}
+
+    args = parser.parse_args(["config"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "s3cret" not in text
+    port_line = next(line for line in text.splitlines() if line.startswith("port "))
+    assert "9999" in port_line and f"file:{path}" in port_line

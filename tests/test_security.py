@@ -1,0 +1,370 @@
+"""Local security middlewares, request ids and the access log, on a real in-process aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import socket
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from localrank.config import Settings, load_settings
+from localrank.errors import ConfigError, LocalrankError, NotReady, TooLarge, http_status
+from localrank.logs import SERVER_HEADER, request_id_middleware, request_id_var, setup_logging
+from localrank.serve.security import (
+    bind_unix_socket,
+    check_batch_size,
+    check_bind_safety,
+    make_security_middlewares,
+    setup_security,
+    start_unix_site,
+)
+
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+def settings(**flags: Any) -> Settings:
+    return load_settings(flags, {}, config_file=Path("/nonexistent/config.toml"))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A stand-in for the daemon's per-dialect error formatting."""
+    try:
+        return await handler(request)
+    except LocalrankError as exc:
+        return web.json_response({"error": exc.code, "message": exc.message},
+                                 status=http_status(exc))
+
+
+def make_app(s: Settings) -> web.Application:
+    async def health(request: web.Request) -> web.Response:
+        if "loading" in request.query:
+            raise NotReady("the model is loading")
+        return web.json_response({"status": "ok", "model": "secret-model", "device": "cpu"})
+
+    async def embed(request: web.Request) -> web.Response:
+        return web.json_response({"received": await request.json()})
+
+    async def ping(request: web.Request) -> web.Response:
+        return web.json_response({"pong": True})
+
+    app = web.Application(client_max_size=s.max_body_bytes, middlewares=[
+        request_id_middleware, error_middleware, *make_security_middlewares(s)])
+    setup_security(app, s)
+    app.add_routes([web.get("/health", health), web.post("/v1/embeddings", embed),
+                    web.post("/v1/ping", ping), web.get("/v1/models", ping)])
+    return app
+
+
+@pytest.fixture
+def client_for(aiohttp_client: MakeClient) -> Callable[..., Awaitable[Client]]:
+    async def make(**flags: Any) -> Client:
+        return await aiohttp_client(make_app(settings(**flags)))
+    return make
+
+
+def has_cors_headers(response: aiohttp.ClientResponse) -> bool:
+    return any(k.lower().startswith("access-control-") for k in response.headers)
+
+
+# --- Host allow-list ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["localhost", "localhost:8765", "LOCALHOST:1", "127.0.0.1",
+                                  "127.0.0.1:8765", "[::1]", "[::1]:8765", "box.lan:8765",
+                                  "Box.Lan", "other.lan:1", "[fe80::1]:8765"])
+async def test_allowed_hosts_pass(client_for: Callable[..., Awaitable[Client]], host: str) -> None:
+    client = await client_for(allowed_hosts=("box.lan", "other.lan:8765", "fe80::1"))
+    response = await client.get("/v1/models", headers={"Host": host})
+    assert response.status == 200, await response.text()
+
+
+@pytest.mark.parametrize("host", ["evil.com", "evil.com:8765", "0.0.0.0", "0.0.0.0:8765", "",
+                                  "localhost.evil.com", "127.0.0.1.nip.io", "[::1", "::1",
+                                  "localhost:http", "[::]:8765"])
+async def test_foreign_hosts_get_403(client_for: Callable[..., Awaitable[Client]],
+                                     host: str) -> None:
+    client = await client_for(allowed_hosts=("box.lan",))
+    response = await client.get("/v1/models", headers={"Host": host})
+    assert response.status == 403
+    assert (await response.json())["error"] == "forbidden"
+
+
+async def raw_request(client: Client, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(request)
+    await writer.drain()
+    data = await reader.read()
+    writer.close()
+    return data
+
+
+async def test_missing_host_header_gets_403(client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for()
+    for request in (b"GET /v1/models HTTP/1.0\r\n\r\n",
+                    b"GET /v1/models HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n"):
+        status_line = (await raw_request(client, request)).split(b"\r\n", 1)[0]
+        assert status_line.split()[1] == b"403", status_line
+    ok = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    assert (await raw_request(client, ok)).startswith(b"HTTP/1.1 200")
+
+
+async def test_a_specific_bind_address_is_an_allowed_host(
+        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for(host="192.168.1.5", token="t")
+    auth = {"Authorization": "Bearer t"}
+    assert (await client.get("/v1/models", headers={"Host": "192.168.1.5:8765", **auth})
+            ).status == 200
+    assert (await client.get("/v1/models", headers={"Host": "192.168.1.6", **auth})).status == 403
+
+
+# --- Origin and CORS ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("origin", ["http://evil.com", "null", "http://localhost:3000",
+                                    "https://127.0.0.1:8765"])
+async def test_browser_origins_are_refused_without_cors_headers(
+        client_for: Callable[..., Awaitable[Client]], origin: str) -> None:
+    client = await client_for()
+    response = await client.post("/v1/embeddings", json={"input": "x"},
+                                 headers={"Origin": origin})
+    assert response.status == 403
+    assert not has_cors_headers(response)
+    preflight = await client.options("/v1/embeddings", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST"})
+    assert preflight.status == 403 and not has_cors_headers(preflight)
+
+
+async def test_same_origin_pages_are_not_cross_site(
+        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for()
+    host = f"127.0.0.1:{client.port}"
+    response = await client.post("/v1/embeddings", json={"input": "x"},
+                                 headers={"Origin": f"http://{host}", "Host": host})
+    assert response.status == 200 and not has_cors_headers(response)
+
+
+async def test_allowed_origin_gets_cors(client_for: Callable[..., Awaitable[Client]]) -> None:
+    origin = "http://localhost:3000"
+    client = await client_for(allowed_origins=(origin + "/",), token="t")
+    preflight = await client.options("/v1/embeddings", headers={
+        "Origin": origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type"})
+    assert preflight.status == 204  # before the token: browsers send none on preflight
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+
+    response = await client.post("/v1/embeddings", json={"input": "x"},
+                                 headers={"Origin": origin, "Authorization": "Bearer t"})
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == origin
+    assert "Origin" in response.headers.getall("Vary")
+    assert "X-Request-ID" in response.headers["Access-Control-Expose-Headers"]
+    # Errors carry the CORS headers too, so the page can read why it failed.
+    failed = await client.post("/v1/embeddings", json={"input": "x"}, headers={"Origin": origin})
+    assert failed.status == 401
+    assert failed.headers["Access-Control-Allow-Origin"] == origin
+
+
+# --- bearer token ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("authorization", "status"), [
+    (None, 401), ("Bearer wrong", 401), ("Bearer s3cre", 401), ("Basic czNjcmV0", 401),
+    ("s3cret", 401), ("Bearer s3cret", 200), ("bearer s3cret", 200)])
+async def test_token(client_for: Callable[..., Awaitable[Client]], authorization: str | None,
+                     status: int) -> None:
+    client = await client_for(token="s3cret")
+    headers = {"Authorization": authorization} if authorization else {}
+    response = await client.get("/v1/models", headers=headers)
+    assert response.status == status
+    if status == 401:
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert (await response.json())["error"] == "unauthorized"
+
+
+async def test_no_token_configured_means_no_auth(
+        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for()
+    assert (await client.get("/v1/models")).status == 200
+    assert (await client.get("/v1/models", headers={"Authorization": "Bearer x"})).status == 200
+
+
+async def test_health_without_token_is_minimal(
+        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for(token="s3cret")
+    anonymous = await client.get("/health")
+    assert anonymous.status == 200 and await anonymous.json() == {"status": "ok"}
+    full = await client.get("/health", headers={"Authorization": "Bearer s3cret"})
+    assert (await full.json())["model"] == "secret-model"
+    loading = await client.get("/health?loading=1")
+    assert loading.status == 503 and await loading.json() == {"status": "unavailable"}
+
+
+async def test_host_check_comes_before_the_token(
+        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for(token="s3cret")
+    assert (await client.get("/health", headers={"Host": "evil.com"})).status == 403
+
+
+# --- body rules ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content_type", "status"), [
+    ("text/plain", 415), ("application/x-www-form-urlencoded", 415), ("multipart/form-data", 415),
+    ("application/json", 200), ("application/json; charset=utf-8", 200)])
+async def test_post_bodies_must_be_json(client_for: Callable[..., Awaitable[Client]],
+                                        content_type: str, status: int) -> None:
+    client = await client_for()
+    response = await client.post("/v1/embeddings", data=b'{"input": "x"}',
+                                 headers={"Content-Type": content_type})
+    assert response.status == status
+    if status == 415:
+        assert (await response.json())["error"] == "unsupported_media_type"
+
+
+async def test_post_without_body_needs_no_content_type(
+        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for()
+    assert (await client.post("/v1/ping")).status == 200
+
+
+async def test_body_size_limit(client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for(max_body_bytes=1000)
+    small = await client.post("/v1/embeddings", json={"input": "x" * 100})
+    assert small.status == 200
+    big = await client.post("/v1/embeddings", json={"input": "x" * 2000})
+    assert big.status == 413 and (await big.json())["error"] == "too_large"
+
+    async def chunks(total: int) -> AsyncIterator[bytes]:
+        body = json.dumps({"input": "y" * total}).encode()
+        for i in range(0, len(body), 100):
+            yield body[i:i + 100]
+
+    headers = {"Content-Type": "application/json"}
+    chunked = await client.post("/v1/embeddings", data=chunks(5000), headers=headers)
+    assert chunked.status == 413 and (await chunked.json())["error"] == "too_large"
+    chunked_ok = await client.post("/v1/embeddings", data=chunks(50), headers=headers)
+    assert chunked_ok.status == 200
+    assert await chunked_ok.json() == {"received": {"input": "y" * 50}}
+
+
+def test_batch_limit() -> None:
+    check_batch_size(10, settings(max_inputs=10))
+    with pytest.raises(TooLarge, match="max_inputs"):
+        check_batch_size(11, settings(max_inputs=10))
+
+
+# --- refusing unsafe binds -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "192.168.1.5", "example.com"])
+def test_network_bind_without_token_refuses_to_start(host: str) -> None:
+    with pytest.raises(ConfigError, match="without a token"):
+        check_bind_safety(settings(host=host))
+    check_bind_safety(settings(host=host, token="t"))
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+def test_loopback_bind_needs_no_token(host: str) -> None:
+    check_bind_safety(settings(host=host))
+
+
+# --- unix socket -----------------------------------------------------------------------------
+
+
+async def test_unix_socket_is_private_and_serves(tmp_path: Path) -> None:
+    path = tmp_path / "run" / "lr.sock"
+    runner = web.AppRunner(make_app(settings()), access_log=None)
+    await runner.setup()
+    try:
+        await start_unix_site(runner, path)
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s:
+            async with s.get("http://localhost/v1/models") as response:
+                assert response.status == 200
+            async with s.get("http://evil.com/v1/models") as response:
+                assert response.status == 403
+        with pytest.raises(ConfigError, match="already serving"):
+            bind_unix_socket(path)
+    finally:
+        await runner.cleanup()
+
+
+def test_unix_socket_replaces_a_stale_file_but_not_a_regular_one(tmp_path: Path) -> None:
+    stale = tmp_path / "stale.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(stale))
+    dead.close()  # the file stays, nobody listens: what a crash leaves behind
+    sock = bind_unix_socket(stale)
+    sock.close()
+    assert stat.S_IMODE(stale.stat().st_mode) == 0o600
+    regular = tmp_path / "file.sock"
+    regular.write_text("not a socket")
+    with pytest.raises(ConfigError, match="not a socket"):
+        bind_unix_socket(regular)
+
+
+# --- request ids and the access log ----------------------------------------------------------
+
+
+async def test_request_ids_and_access_log(client_for: Callable[..., Awaitable[Client]]) -> None:
+    stream = io.StringIO()
+    setup_logging(settings(log_format="json", log_level="info"), stream)
+    try:
+        client = await client_for()
+        given = await client.get("/v1/models", headers={"X-Request-ID": "abc-123"})
+        assert given.headers["X-Request-ID"] == "abc-123"
+        assert given.headers["Server"] == SERVER_HEADER
+        made = await client.get("/v1/models", headers={"X-Request-ID": "bad id <script>"})
+        assert len(made.headers["X-Request-ID"]) == 32 and "<" not in made.headers["X-Request-ID"]
+        refused = await client.get("/v1/models", headers={"Host": "evil.com"})
+        assert refused.status == 403 and refused.headers["X-Request-ID"]
+        missing = await client.get("/nope")
+        assert missing.status == 404 and missing.headers["X-Request-ID"]
+    finally:
+        logging.getLogger().removeHandler(setup_logging(settings(), io.StringIO()))
+
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [line for line in lines if line["logger"] == "localrank.access"]
+    assert [(a["method"], a["path"], a["status"]) for a in access] == [
+        ("GET", "/v1/models", 200), ("GET", "/v1/models", 200), ("GET", "/v1/models", 403),
+        ("GET", "/nope", 404)]
+    assert access[0]["request_id"] == "abc-123"
+    assert access[1]["request_id"] == made.headers["X-Request-ID"]
+    assert all(isinstance(a["duration_ms"], float) and a["duration_ms"] >= 0 for a in access)
+
+
+def test_text_logs_carry_the_request_id() -> None:
+    stream = io.StringIO()
+    handler = setup_logging(settings(log_level="debug"), stream)
+    try:
+        token = request_id_var.set("req-42")
+        logging.getLogger("localrank.test").info("hello %s", "world")
+        request_id_var.reset(token)
+        logging.getLogger("localrank.test").debug("outside")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    first, second = stream.getvalue().splitlines()
+    assert "[req-42] hello world" in first and "INFO" in first
+    assert "[-] outside" in second
+    # Calling setup twice replaces its handler instead of doubling every line.
+    h1 = setup_logging(settings(), io.StringIO())
+    h2 = setup_logging(settings(), io.StringIO())
+    try:
+        assert h1 not in logging.getLogger().handlers and h2 in logging.getLogger().handlers
+    finally:
+        logging.getLogger().removeHandler(h2)
