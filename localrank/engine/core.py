@@ -41,9 +41,17 @@ class ModelInfo:
         return (f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:"
                 f"{prompt}")
 
+    @property
+    def display_name(self) -> str:
+        """The `model` field of every response: loud when the offline fallback is serving."""
+        if self.fallback_reason is None:
+            return self.model_id
+        return f"{self.model_id} (offline fallback: the configured model is not available)"
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            "model": self.model_id,
+            "model": self.display_name,
+            "model_id": self.model_id,
             "path": str(self.path),
             "revision": self.revision,
             "fingerprint": self.fingerprint,

@@ -1,0 +1,28 @@
+"""`localrank serve`: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from localrank.cli.common import add_model_flags, settings_from_args
+from localrank.logs import setup_logging
+from localrank.serve.run import serve
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the daemon (127.0.0.1:8765 by default)")
+    add_model_flags(p)
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int)
+    p.add_argument("--unix-socket", dest="unix_socket", help="listen on a unix socket instead")
+    p.add_argument("--log-format", dest="log_format", choices=("text", "json"))
+    p.add_argument("--log-level", dest="log_level",
+                   choices=("debug", "info", "warning", "error"))
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, "host", "port", "unix_socket", "log_format", "log_level")
+    setup_logging(settings)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,1 @@
+"""The daemon: aiohttp app factory, the model worker and scheduler, routes per API dialect."""

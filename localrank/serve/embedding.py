@@ -1,0 +1,178 @@
+"""The one implementation behind every dialect: cached, scheduled embedding and rerank."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+
+from localrank.engine.core import Engine, ModelInfo, apply_dimensions, check_inputs
+from localrank.errors import InvalidInput
+from localrank.serve.metrics import Registry
+from localrank.serve.worker import BatchStats, ModelWorker
+
+
+@dataclass(frozen=True)
+class EmbedOutput:
+    vectors: np.ndarray  # float32 [N, dims]
+    prompt_tokens: int
+    truncated: int
+    cached: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    vector: np.ndarray
+    tokens: int
+    truncated: bool
+
+
+class EmbeddingCache:
+    """An in-memory LRU of full-size vectors, keyed by model fingerprint and model input text."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._data: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> _Entry | None:
+        with self._lock:
+            entry = self._data.get(key)
+            if entry is not None:
+                self._data.move_to_end(key)
+            return entry
+
+    def put(self, key: tuple[str, str], entry: _Entry) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._data[key] = entry
+            self._data.move_to_end(key)
+            while len(self._data) > self.capacity:
+                self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+class EmbeddingService:
+    def __init__(self, engine: Engine, registry: Registry, *, max_batch_tokens: int,
+                 max_batch_size: int, batch_wait_ms: float, queue_size: int,
+                 cache_size: int, max_inputs: int = 2048) -> None:
+        self.engine = engine
+        self.max_inputs = max_inputs
+        self.registry = registry
+        self.cache = EmbeddingCache(cache_size)
+        self.worker = ModelWorker(engine, max_batch_tokens=max_batch_tokens,
+                                  max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
+                                  queue_size=queue_size, on_batch=self._record_batch)
+        registry.gauge("localrank_queue_depth", "Requests waiting for or in the model",
+                       lambda: float(self.worker.depth))
+        registry.gauge("localrank_cache_entries", "Vectors in the embedding cache",
+                       lambda: float(len(self.cache)))
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.engine.info
+
+    def _record_batch(self, stats: BatchStats) -> None:
+        r = self.registry
+        r.observe("localrank_batch_size", stats.rows)
+        r.observe("localrank_batch_tokens", stats.tokens)
+        r.observe("localrank_batch_seconds", stats.seconds)
+
+    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], *, query: bool = False,
+                    instruction: str | None = None, dimensions: int | None = None,
+                    truncate: bool = True, bulk: bool = False) -> EmbedOutput:
+        """Embed texts (or token ids): cache first, the model for the rest."""
+        is_ids = check_inputs(inputs, max_inputs=self.max_inputs)
+        dim = self.engine.dim
+        out = np.empty((len(inputs), dim), dtype=np.float32)
+        tokens = [0] * len(inputs)
+        truncated = [False] * len(inputs)
+        fingerprint = self.info.fingerprint
+        missing: list[int] = []
+        model_inputs: list[Any]
+        if is_ids:
+            model_inputs = list(inputs)
+            missing = list(range(len(inputs)))
+        else:
+            texts = cast(Sequence[str], inputs)
+            model_inputs = [self.engine.format_query(t, instruction) if query else t
+                            for t in texts]
+            for i, text in enumerate(model_inputs):
+                entry = self.cache.get((fingerprint, text))
+                if entry is None or (entry.truncated and not truncate):
+                    missing.append(i)
+                    continue
+                out[i], tokens[i], truncated[i] = entry.vector, entry.tokens, entry.truncated
+        hits = len(inputs) - len(missing)
+        if hits:
+            self.registry.inc("localrank_cache_hits_total", hits)
+        if missing:
+            if not is_ids:
+                self.registry.inc("localrank_cache_misses_total", len(missing))
+            result = await self.worker.submit([model_inputs[i] for i in missing],
+                                              truncate=truncate, bulk=bulk)
+            for j, i in enumerate(missing):
+                out[i] = result.vectors[j]
+                tokens[i] = result.tokens[j]
+                truncated[i] = result.truncated[j]
+                if not is_ids:
+                    self.cache.put((fingerprint, model_inputs[i]),
+                                   _Entry(result.vectors[j].copy(), result.tokens[j],
+                                          result.truncated[j]))
+            self.registry.inc("localrank_embedded_inputs_total", len(missing))
+            self.registry.inc("localrank_tokens_total", sum(result.tokens))
+        n_truncated = sum(truncated)
+        if n_truncated:
+            self.registry.inc("localrank_truncated_inputs_total", n_truncated)
+        return EmbedOutput(apply_dimensions(out, dimensions), sum(tokens), n_truncated, hits)
+
+    async def rerank(self, query: str, documents: Sequence[str], *,
+                     instruction: str | None = None,
+                     truncate: bool = True) -> tuple[np.ndarray, int]:
+        """Bi-encoder scores in [0, 1]: the instructed query's cosine to each document."""
+        check_inputs(documents, max_inputs=self.max_inputs, param="documents")
+        if not isinstance(query, str):
+            raise InvalidInput("query must be a string", param="query")
+        q, d = await asyncio.gather(
+            self.embed([query], query=True, instruction=instruction, truncate=truncate),
+            self.embed(documents, truncate=truncate))
+        cosine = d.vectors @ q.vectors[0]
+        return np.clip((cosine + 1.0) / 2.0, 0.0, 1.0), q.prompt_tokens + d.prompt_tokens
+
+    async def tokenize(self, texts: Sequence[str], *, query: bool = False,
+                       instruction: str | None = None) -> list[list[int]]:
+        check_inputs(texts, max_inputs=self.max_inputs)
+        formatted = [self.engine.format_query(t, instruction) if query else t for t in texts]
+        encoded = await asyncio.to_thread(self.engine.tokenizer.encode, formatted)
+        return [e.ids for e in encoded]
+
+    def close(self) -> None:
+        self.worker.stop()
+
+
+class StoreEmbedder:
+    """The service seen through the store's AsyncEmbedder protocol (localrank.ingest)."""
+
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+        self.model_id = service.info.model_id
+        self.fingerprint = service.info.fingerprint
+        self.dim = service.engine.dim
+
+    async def embed(self, texts: Sequence[str], *, query: bool, instruction: str | None = None,
+                    bulk: bool = False) -> np.ndarray:
+        out = await self.service.embed(list(texts), query=query, instruction=instruction,
+                                       bulk=bulk)
+        return out.vectors
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.service.engine.tokenizer.offsets(text)
+
