@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from localrank import __version__
-from localrank.cli import embed_cmds, serve_cmds, service_cmds
+from localrank.cli import embed_cmds, serve_cmds, service_cmds, store_cmds
 from localrank.errors import LocalrankError, exit_code
 
-COMMAND_MODULES = [serve_cmds, embed_cmds, service_cmds]
+COMMAND_MODULES = [serve_cmds, embed_cmds, store_cmds, service_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:

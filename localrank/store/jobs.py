@@ -1,0 +1,236 @@
+"""Ingestion jobs as rows: created with every pending document's payload in one transaction
+(so acknowledging a job id means its documents are on disk), claimed by one runner at a time,
+and advanced in the same transaction that stores each batch of documents.
+
+A job is claimed by an owner (`host:pid:nonce`) that refreshes a heartbeat. Another runner may
+take it over when the heartbeat is stale or the owner's process is gone (kill -9), which is
+how a job resumes after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from localrank.errors import NotFound
+from localrank.store.db import Database, now_iso, scalar
+
+STALE_SECONDS = 600.0
+MAX_ERRORS_KEPT = 1000
+
+
+def make_owner() -> str:
+    """An owner id for this process's runner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True  # cannot tell: rely on the heartbeat
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job's row."""
+
+    id: str
+    collection: str
+    kind: str
+    state: str
+    total: int
+    done: int
+    failed: int
+    errors: list[dict[str, Any]]
+    params: dict[str, Any]
+    owner: str | None
+    created: str
+    updated: str
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "collection": self.collection,
+            "kind": self.kind,
+            "state": self.state,
+            "total": self.total,
+            "done": self.done,
+            "failed": self.failed,
+            "errors": self.errors,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+
+_COLUMNS = (
+    "id, collection, kind, state, total, done, failed, errors, params, owner, created, updated"
+)
+
+
+def _job(row: tuple[Any, ...]) -> Job:
+    return Job(
+        row[0], row[1], row[2], row[3], row[4], row[5], row[6],
+        json.loads(row[7]), json.loads(row[8]), row[9], row[10], row[11],
+    )  # fmt: skip
+
+
+def create_job(
+    conn: apsw.Connection,
+    *,
+    collection: str,
+    kind: str,
+    items: Sequence[tuple[str, str]],
+    params: dict[str, Any] | None = None,
+    total: int | None = None,
+) -> str:
+    """Insert a queued job and its items (doc_id, payload JSON) in the caller's transaction."""
+    job_id = "job_" + uuid.uuid4().hex
+    stamp = now_iso()
+    conn.execute(
+        "INSERT INTO jobs (id, collection, kind, state, total, params, created, updated) "
+        "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
+        (job_id, collection, kind, len(items) if total is None else total,
+         json.dumps(params or {}), stamp, stamp),
+    )  # fmt: skip
+    conn.executemany(
+        "INSERT INTO job_items (job, seq, doc_id, payload) VALUES (?, ?, ?, ?)",
+        [(job_id, i, doc_id, payload) for i, (doc_id, payload) in enumerate(items)],
+    )
+    return job_id
+
+
+def get_job(conn: apsw.Connection, job_id: str) -> Job:
+    """A job by id, or NotFound."""
+    row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"job {job_id!r} not found", param="job_id")
+    return _job(row)
+
+
+def list_jobs(conn: apsw.Connection, *, limit: int = 50, state: str | None = None) -> list[Job]:
+    """Most recent jobs first, optionally only those in `state`."""
+    return [
+        _job(r)
+        for r in conn.execute(
+            f"SELECT {_COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) "
+            "ORDER BY created DESC, rowid DESC LIMIT ?2",
+            (state, int(limit)),
+        )
+    ]
+
+
+def claim_job(
+    db: Database, owner: str, *, skip: Sequence[str] = (), only: str | None = None
+) -> Job | None:
+    """Take the oldest unfinished job nobody live is working on (or one already ours);
+    with `only`, that job or nothing."""
+    now = time.time()
+    with db.write() as conn:
+        rows = conn.execute(
+            f"SELECT {_COLUMNS}, heartbeat FROM jobs WHERE state IN ('queued', 'running') "
+            "ORDER BY created, rowid"
+        ).fetchall()
+        for row in rows:
+            job = _job(row[:-1])
+            if job.id in skip or (only is not None and job.id != only):
+                continue
+            heartbeat = float(row[-1] or 0.0)
+            # A live owner on this host keeps its job however slow a batch is; the heartbeat
+            # only decides for owners we cannot check (or a pid reused after a reboot).
+            free = (
+                job.owner is None
+                or job.owner == owner
+                or not _owner_alive(job.owner)
+                or now - heartbeat > STALE_SECONDS
+            )
+            if not free:
+                continue
+            conn.execute(
+                "UPDATE jobs SET state = 'running', owner = ?, heartbeat = ?, updated = ? "
+                "WHERE id = ?",
+                (owner, now, now_iso(), job.id),
+            )
+            return get_job(conn, job.id)
+    return None
+
+
+def pending_items(conn: apsw.Connection, job_id: str, limit: int) -> list[tuple[int, str, str]]:
+    """Up to `limit` pending (seq, doc_id, payload JSON) of a job, in submission order."""
+    return [
+        (int(r[0]), r[1], r[2])
+        for r in conn.execute(
+            "SELECT seq, doc_id, payload FROM job_items WHERE job = ? AND state = 'pending' "
+            "ORDER BY seq LIMIT ?",
+            (job_id, int(limit)),
+        )
+    ]
+
+
+def record_progress(
+    conn: apsw.Connection,
+    job_id: str,
+    *,
+    done: Sequence[int] = (),
+    failed: Sequence[tuple[int, str, str]] = (),
+    done_count: int | None = None,
+) -> None:
+    """In the caller's transaction: mark items done / failed (seq, doc_id, message), drop their
+    payloads, bump the counters and the heartbeat."""
+    conn.executemany(
+        "UPDATE job_items SET state = 'done', payload = NULL WHERE job = ? AND seq = ?",
+        [(job_id, s) for s in done],
+    )
+    conn.executemany(
+        "UPDATE job_items SET state = 'failed', payload = NULL WHERE job = ? AND seq = ?",
+        [(job_id, s) for s, _, _ in failed],
+    )
+    if failed:
+        errors = json.loads(scalar(conn, "SELECT errors FROM jobs WHERE id = ?", (job_id,)))
+        errors.extend({"id": d, "message": m} for _, d, m in failed)
+        conn.execute(
+            "UPDATE jobs SET errors = ? WHERE id = ?",
+            (json.dumps(errors[:MAX_ERRORS_KEPT]), job_id),
+        )
+    conn.execute(
+        "UPDATE jobs SET done = done + ?, failed = failed + ?, heartbeat = ?, updated = ? "
+        "WHERE id = ?",
+        (len(done) if done_count is None else done_count, len(failed), time.time(), now_iso(),
+         job_id),
+    )  # fmt: skip
+
+
+def finish_job(conn: apsw.Connection, job_id: str, state: str, message: str | None = None) -> None:
+    """Mark a job done or failed (in the caller's transaction), with an optional job error."""
+    if message:
+        errors = json.loads(scalar(conn, "SELECT errors FROM jobs WHERE id = ?", (job_id,)))
+        errors.append({"id": None, "message": message})
+        conn.execute("UPDATE jobs SET errors = ? WHERE id = ?", (json.dumps(errors), job_id))
+    conn.execute(
+        "UPDATE jobs SET state = ?, owner = NULL, updated = ? WHERE id = ?",
+        (state, now_iso(), job_id),
+    )
+
+
+def release_jobs(db: Database, owner: str) -> None:
+    """On clean shutdown: hand our running jobs back so the next runner resumes at once."""
+    with db.write() as conn:
+        conn.execute(
+            "UPDATE jobs SET owner = NULL, heartbeat = NULL WHERE owner = ? AND state = 'running'",
+            (owner,),
+        )

@@ -1,0 +1,90 @@
+"""Chunking: token budget, overlap, markdown structure, spans, determinism."""
+
+from __future__ import annotations
+
+from fake_embedder import HashEmbedder
+
+from localrank.chunking import chunk_text
+
+EMB = HashEmbedder()
+
+
+def chunks_of(text: str, target: int = 40, overlap: int = 8):
+    return chunk_text(text, EMB.token_offsets(text), target_tokens=target, overlap_tokens=overlap)
+
+
+def ntokens(s: str) -> int:
+    return len(EMB.token_offsets(s))
+
+
+def prose(n: int, tag: str = "w") -> str:
+    return " ".join(f"{tag}{i}." if i % 6 == 5 else f"{tag}{i}" for i in range(n))
+
+
+def test_budget_spans_and_lines_are_exact() -> None:
+    text = "# Title\n\n" + prose(200) + "\n\nTail line.\n"
+    chunks = chunks_of(text)
+    assert len(chunks) > 4
+    for c in chunks:
+        assert ntokens(c.text) <= 40
+        assert text[c.char_start : c.char_end] == c.text
+        assert c.line_start == text.count("\n", 0, c.char_start) + 1
+        assert c.line_end == text.count("\n", 0, c.char_end - 1) + 1
+        assert c.text == c.text.strip()
+    assert [c.ordinal for c in chunks] == list(range(len(chunks)))
+    # Everything is covered: the first chunk starts at 0, the last ends at the text's end.
+    assert chunks[0].char_start == 0 and chunks[-1].char_end == len(text.rstrip())
+
+
+def test_overlap_between_size_split_chunks() -> None:
+    chunks = chunks_of(prose(300), target=40, overlap=8)
+    overlaps = [b.char_start < a.char_end for a, b in zip(chunks, chunks[1:], strict=False)]
+    assert all(overlaps)
+    for a, b in zip(chunks, chunks[1:], strict=False):
+        shared = ntokens(a.text[b.char_start - a.char_start :])
+        assert 1 <= shared <= 8
+
+
+def test_no_overlap_when_zero() -> None:
+    chunks = chunks_of(prose(300), target=40, overlap=0)
+    assert all(b.char_start >= a.char_end for a, b in zip(chunks, chunks[1:], strict=False))
+
+
+def test_headings_start_chunks() -> None:
+    text = "# A\n\nalpha beta.\n\n## B\n\ngamma delta.\n\n### C\nepsilon.\n"
+    chunks = chunks_of(text, target=200)
+    assert [c.text.splitlines()[0] for c in chunks] == ["# A", "## B", "### C"]
+    assert [c.line_start for c in chunks] == [1, 5, 9]
+
+
+def test_code_block_kept_whole_when_it_fits() -> None:
+    code = "```python\n" + "\n".join(f"x{i} = {i}" for i in range(6)) + "\n```"
+    text = prose(25, "p") + "\n\n" + code + "\n\n" + prose(10, "q")
+    assert ntokens(code) <= 40
+    chunks = chunks_of(text, target=40, overlap=8)
+    holders = [c for c in chunks if "```python" in c.text]
+    assert len(holders) == 1 and code in holders[0].text
+    # No chunk holds part of the block without holding all of it.
+    assert all(code in c.text or "x3 = 3" not in c.text for c in chunks)
+
+
+def test_oversized_code_block_is_split_on_lines() -> None:
+    code = "```\n" + "\n".join(f"value_{i} = compute({i})" for i in range(60)) + "\n```"
+    chunks = chunks_of("intro.\n\n" + code, target=40, overlap=8)
+    inside = [c for c in chunks if "value_" in c.text]
+    assert len(inside) > 2
+    for c in inside:
+        assert ntokens(c.text) <= 40
+        # split between lines: each piece ends at the end of a code line
+        assert c.text.endswith(")") or c.text.endswith("```")
+
+
+def test_deterministic_and_pages() -> None:
+    text = "page one text.\fpage two text.\fpage three " + prose(80)
+    a, b = chunks_of(text), chunks_of(text)
+    assert a == b
+    assert a[0].page == 1 and a[-1].page == 3
+
+
+def test_empty_text_gives_no_chunks() -> None:
+    assert chunks_of("   \n  ") == []

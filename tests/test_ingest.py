@@ -1,0 +1,191 @@
+"""Ingestion: validation, dedupe, the persistent cache, model binding, jobs and reindex."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fake_embedder import HashEmbedder
+
+from localrank.errors import BackendError, InvalidInput, ModelMismatch, NotFound, TooLarge
+from localrank.ingest import DocumentIn, Ingestor, IngestSettings, JobRunner, parse_documents
+from localrank.search import SearchRequest, SearchService
+from localrank.store import Store
+from localrank.store import jobs as jobs_db
+from localrank.store.maintenance import counts, integrity_check
+
+
+class PoisonEmbedder(HashEmbedder):
+    """Fails on any batch containing the word POISON, like a backend producing NaNs."""
+
+    async def embed(self, texts, *, query, instruction=None, bulk=False):  # type: ignore[override]
+        if any("POISON" in t for t in texts):
+            raise BackendError("non-finite vectors")
+        return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = Store(tmp_path / "localrank.db")
+    yield s
+    s.close()
+
+
+def docs(n: int, prefix: str = "d") -> list[DocumentIn]:
+    return [
+        DocumentIn(
+            f"{prefix}{i}", f"# {prefix}{i}\n\nunique{prefix}{i} shared words here", {"n": i}
+        )
+        for i in range(n)
+    ]
+
+
+def test_validation_messages() -> None:
+    ok = {"id": "a", "text": "hello"}
+    cases = [
+        ([ok, {"id": "a", "text": "again"}], InvalidInput, "duplicate document ids"),
+        ([{"id": "e", "text": "  \n"}], InvalidInput, "empty text"),
+        ([{"id": "b", "text": "abc\x00def"}], InvalidInput, "NUL"),
+        (
+            [{"id": "j", "text": "\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f" * 20}],
+            InvalidInput,
+            "binary",
+        ),
+        ([{"id": "s", "text": "bad \ud800 surrogate"}], InvalidInput, "Unicode"),
+        ([{"id": "m", "text": "x", "metadata": [1]}], InvalidInput, "metadata"),
+        ([{"text": "no id"}], InvalidInput, "id"),
+        ([], InvalidInput, "non-empty"),
+    ]
+    for raw, exc, words in cases:
+        with pytest.raises(exc, match=words):
+            parse_documents(raw)
+    with pytest.raises(TooLarge, match="50.0 MB"):
+        parse_documents([{"id": "big", "text": "a" * 50_000_000}])
+    assert parse_documents([ok])[0] == DocumentIn("a", "hello", {}, None)
+
+
+async def test_dedupe_and_persistent_cache(store: Store) -> None:
+    emb = HashEmbedder()
+    svc = SearchService(store, lambda: emb)
+    await svc.create_collection("c")
+    out = await svc.add_documents("c", docs(5), background=False)
+    assert [d["status"] for d in out["documents"]] == ["created"] * 5
+    embedded = emb.texts_embedded
+    assert embedded > 0 and emb.bulk_calls > 0
+    again = await svc.add_documents("c", docs(5), background=False)
+    assert [d["status"] for d in again["documents"]] == ["unchanged"] * 5
+    assert emb.texts_embedded == embedded  # same hash: nothing embedded
+    # Same texts under new ids, in a new process (fresh embedder): served by the persistent cache.
+    emb2 = HashEmbedder()
+    svc2 = SearchService(store, lambda: emb2)
+    await svc2.create_collection("c2")
+    await svc2.add_documents("c2", docs(5), background=False)
+    assert emb2.texts_embedded == 0
+    # Changed text is re-embedded; metadata-only change is not.
+    changed = [
+        DocumentIn("d0", "brand new text", {"n": 0}),
+        DocumentIn("d1", docs(5)[1].text, {"n": 99}),
+    ]
+    res = await svc.add_documents("c", changed, background=False)
+    assert [d["status"] for d in res["documents"]] == ["updated", "metadata"]
+    assert emb.texts_embedded == embedded + 1
+    c = counts(store.db.reader())
+    assert c["chunks"] == c["vectors"] and c["chunks_without_vector"] == 0
+
+
+async def test_model_mismatch_and_unknown_collection(store: Store) -> None:
+    svc = SearchService(store, lambda: HashEmbedder(dim=64, model_id="model-A"))
+    await svc.create_collection("c")
+    await svc.add_documents("c", docs(2), background=False)
+    other = SearchService(store, lambda: HashEmbedder(dim=32, model_id="model-B"))
+    with pytest.raises(ModelMismatch) as err:
+        await other.add_documents("c", docs(1, "x"), background=False)
+    msg = err.value.message
+    assert "model-A" in msg and "model-B" in msg and "localrank reindex c" in msg
+    with pytest.raises(ModelMismatch):
+        await other.search(SearchRequest("c", "shared", mode="vector"))
+    # keyword search without rerank needs no model, so it still works
+    assert (await other.search(SearchRequest("c", "shared", mode="keyword")))["results"]
+    with pytest.raises(NotFound):
+        await svc.add_documents("nope", docs(1), background=False)
+
+
+async def test_async_job_runs_and_survives_restart(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    emb = HashEmbedder()
+    first = Store(path)
+    svc = SearchService(first, lambda: emb)
+    await svc.create_collection("c")
+    job = await svc.add_documents("c", docs(40), background=True)
+    assert job["state"] == "queued" and job["total"] == 40
+    # Simulate a crash after claiming: the job is 'running', owned by a dead process.
+    with first.db.write() as conn:
+        conn.execute(
+            "UPDATE jobs SET state='running', owner='localhost-x:999999999:dead' WHERE id=?",
+            (job["job_id"],),
+        )
+    first.close()
+    second = Store(path)
+    try:
+        ingestor = Ingestor(second, lambda: emb, IngestSettings(job_batch_docs=7))
+        svc2 = SearchService(second, lambda: emb, ingestor)
+        done = await svc2.runner.run_once()
+        assert done is not None and done.state == "done" and done.done == 40 and done.failed == 0
+        hits = await svc2.search(SearchRequest("c", "uniqued17", mode="keyword"))
+        assert hits["results"][0]["document_id"] == "d17"
+        assert integrity_check(second.db.reader()) == ["ok"]
+        assert (await svc2.list_jobs())[0]["state"] == "done"
+    finally:
+        second.close()
+
+
+async def test_job_records_per_document_errors(store: Store) -> None:
+    emb = PoisonEmbedder()
+    svc = SearchService(store, lambda: emb)
+    await svc.create_collection("c")
+    batch = docs(3) + [DocumentIn("bad", "this one is POISON text")]
+    job = await svc.add_documents("c", batch, background=True)
+    final = await svc.runner.run_once()
+    assert final is not None
+    assert (final.state, final.done, final.failed) == ("done", 3, 1)
+    assert final.errors[0]["id"] == "bad" and "non-finite" in final.errors[0]["message"]
+    assert (await svc.get_job(job["job_id"]))["errors"] == final.errors
+
+
+async def test_runner_skips_jobs_for_another_model(store: Store) -> None:
+    svc = SearchService(store, lambda: HashEmbedder(model_id="A"))
+    await svc.create_collection("c")
+    job = await svc.add_documents("c", docs(2), background=True)
+    other = JobRunner(Ingestor(store, lambda: HashEmbedder(model_id="B")))
+    assert await other.run_once() is None
+    assert (await svc.get_job(job["job_id"]))["state"] == "queued"
+    assert (await svc.runner.run_once()).state == "done"
+
+
+async def test_reindex_rebinds_collection(store: Store) -> None:
+    old = HashEmbedder(dim=64, model_id="old")
+    svc = SearchService(store, lambda: old)
+    await svc.create_collection("c")
+    await svc.add_documents("c", docs(12), background=False)
+    before = counts(store.db.reader())
+    new = HashEmbedder(dim=32, model_id="new")
+    svc_new = SearchService(store, lambda: new)
+    with pytest.raises(InvalidInput):
+        await svc.reindex("c")  # same model: nothing to do
+    job = await svc_new.reindex("c")
+    assert job["total"] == before["chunks"]
+    final = await svc_new.runner.run_once()
+    assert final is not None and final.state == "done" and final.done == before["chunks"]
+    coll = await svc_new.get_collection("c")
+    assert (coll["model"], coll["dim"]) == ("new", 32)
+    hits = await svc_new.search(SearchRequest("c", docs(12)[5].text, mode="vector"))
+    assert hits["results"][0]["document_id"] == "d5"
+    after = counts(store.db.reader())
+    assert after["vectors"] == before["vectors"]
+    row = store.db.reader().execute("SELECT length(embedding) FROM vectors LIMIT 1").fetchone()
+    assert row[0] == 32 * 4
+    with pytest.raises(ModelMismatch):
+        await svc.search(SearchRequest("c", "x", mode="vector"))
+    assert jobs_db.list_jobs(store.db.reader())[0].kind == "reindex"
+    assert np.isfinite(hits["results"][0]["score"])

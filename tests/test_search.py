@@ -1,0 +1,215 @@
+"""Search: modes, fusion, citations, FTS escaping, filters, evaluation and the CLI commands
+(run in-process with the fake embedder injected through the CLI hook)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+from fake_embedder import HashEmbedder
+
+from localrank.cli import store_cmds
+from localrank.errors import InvalidInput
+from localrank.evaluate import evaluate, index_dataset, load_beir, mrr_at_k, ndcg_at_k, recall_at_k
+from localrank.ingest import DocumentIn
+from localrank.search import SearchRequest, SearchService, rrf
+from localrank.store import Store
+
+FIXTURE = Path(__file__).parent / "fixtures" / "beir_tiny"
+
+NOTES = {
+    "cooking.md": (
+        "# Cooking\n\nSourdough needs a starter.\nKnead the dough well.\n\n"
+        "## Pasta\n\nBoil salted water for the pasta.\n"
+    ),
+    "garden.md": "# Garden\n\nTomatoes need sun and water.\nPrune the basil often.\n",
+    "code.md": (
+        "# Code\n\n```python\ndef add(a, b):\n    return a + b\n```\n\n"
+        "The add function sums numbers.\n"
+    ),
+}
+
+
+@pytest.fixture
+async def service(tmp_path: Path):
+    store = Store(tmp_path / "db.sqlite")
+    svc = SearchService(store, lambda: HashEmbedder())
+    await svc.create_collection("notes")
+    docs = [
+        DocumentIn(k, v, {"kind": k.split(".")[0], "year": 2020 + i}, f"/notes/{k}")
+        for i, (k, v) in enumerate(NOTES.items())
+    ]
+    await svc.add_documents("notes", docs, background=False)
+    yield svc
+    store.close()
+
+
+def test_rrf() -> None:
+    fused = rrf([[1, 2, 3], [3, 1, 4]])
+    assert [c for c, _ in fused] == [1, 3, 2, 4]
+    assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
+
+
+async def test_modes_scores_and_citations(service: SearchService) -> None:
+    for mode in ("hybrid", "vector", "keyword"):
+        out = await service.search(
+            SearchRequest("notes", "boil salted water pasta", mode=mode, top_k=3)
+        )
+        top = out["results"][0]
+        assert top["document_id"] == "cooking.md", mode
+        c = top["citation"]
+        text = NOTES["cooking.md"]
+        assert text[c["char_start"] : c["char_end"]] == top["text"]
+        assert c["line_start"] == text.count("\n", 0, c["char_start"]) + 1
+        assert c["source"] == "/notes/cooking.md"
+        assert set(out["timings_ms"]) == {"embed", "keyword", "vector", "rerank", "total"}
+        scores = [r["score"] for r in out["results"]]
+        assert scores == sorted(scores, reverse=True)
+    kw = await service.search(SearchRequest("notes", "basil", mode="keyword"))
+    assert kw["timings_ms"]["embed"] == 0 and kw["results"][0]["document_id"] == "garden.md"
+    hy = await service.search(SearchRequest("notes", "basil", mode="hybrid", rerank=False))
+    assert hy["results"][0]["score"] == pytest.approx(2 / 61, rel=1e-3)  # first in both lists
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        '"unbalanced',
+        "a -b",
+        "star*",
+        "x NEAR y",
+        "NEAR(a b)",
+        "AND OR NOT",
+        "col:val ^x",
+        "(((",
+        "-",
+        "*",
+    ],
+)
+async def test_fts_syntax_never_errors(service: SearchService, query: str) -> None:
+    out = await service.search(SearchRequest("notes", query, mode="keyword"))
+    assert isinstance(out["results"], list)
+    out = await service.search(SearchRequest("notes", query))
+    assert isinstance(out["results"], list)
+
+
+async def test_filters(service: SearchService) -> None:
+    req = SearchRequest.from_json(
+        {"collection": "notes", "query": "water", "filter": {"kind": "garden"}}
+    )
+    out = await service.search(req)
+    assert {r["document_id"] for r in out["results"]} == {"garden.md"}
+    req = SearchRequest.from_json(
+        {"collection": "notes", "query": "water", "filter": {"year": [2020, 2022]}}
+    )
+    assert {r["document_id"] for r in (await service.search(req))["results"]} <= {
+        "cooking.md",
+        "code.md",
+    }
+    req = SearchRequest.from_json(
+        {"collection": "notes", "query": "water", "filter": {"kind": "none"}}
+    )
+    assert (await service.search(req))["results"] == []
+    for bad in (
+        {"filter": "kind=garden"},
+        {"filter": {"kind": {"$ne": 1}}},
+        {"top_k": 0},
+        {"mode": "fuzzy"},
+        {"query": ""},
+        {"rerank": "yes"},
+    ):
+        with pytest.raises(InvalidInput):
+            SearchRequest.from_json({"collection": "notes", "query": "water", **bad})
+
+
+def test_metric_functions() -> None:
+    rels = {"a": 2, "b": 1}
+    assert ndcg_at_k(["a", "b", "c"], rels) == pytest.approx(1.0)
+    assert ndcg_at_k(["c", "b", "a"], rels) < 0.8
+    assert recall_at_k(["x", "b"], rels, 100) == 0.5
+    assert mrr_at_k(["x", "y", "a"], rels) == pytest.approx(1 / 3)
+
+
+async def test_evaluate_tiny_beir(tmp_path: Path) -> None:
+    ds = load_beir(FIXTURE)
+    assert len(ds.corpus) == 32 and len(ds.queries) == 15
+    store = Store(tmp_path / "eval.db")
+    try:
+        svc = SearchService(store, lambda: HashEmbedder(dim=256))
+        assert await index_dataset(svc, ds, "eval") >= 32
+        report = await evaluate(svc, ds, "eval")
+    finally:
+        store.close()
+    assert set(report) == {"keyword", "vector", "hybrid", "hybrid+rerank"}
+    for metrics in report.values():
+        assert 0.0 <= metrics["ndcg@10"] <= 1.0 and 0.0 <= metrics["mrr@10"] <= 1.0
+    # keyword overlap between queries and their documents is strong in this fixture
+    assert report["keyword"]["ndcg@10"] > 0.6 and report["hybrid"]["recall@100"] > 0.9
+
+
+# -- CLI ------------------------------------------------------------------------------------
+
+
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="localrank")
+    store_cmds.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    code = args.func(args)
+    return code, capsys.readouterr().out
+
+
+@pytest.fixture
+def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(store_cmds, "EMBEDDER_FACTORY", lambda settings: HashEmbedder())
+    yield tmp_path
+
+
+def test_cli_index_search_and_friends(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = cli_home / "notes"
+    (folder / "sub").mkdir(parents=True)
+    (folder / ".git").mkdir()
+    (folder / "node_modules").mkdir()
+    for name, text in NOTES.items():
+        (folder / name).write_text(text)
+    (folder / "sub" / "deep.md").write_text("# Deep\n\nVolcanoes erupt lava.\n")
+    (folder / ".git" / "x.md").write_text("ignored lava")
+    (folder / "node_modules" / "y.md").write_text("ignored lava")
+    (folder / "skip.md").write_text("excluded lava")
+    (folder / "image.png").write_bytes(b"\x89PNG\x00")
+
+    code, out = run_cli(
+        ["index", str(folder), "--collection", "notes", "--exclude", "skip.md", "--json"], capsys
+    )
+    res = json.loads(out)
+    assert code == 0 and res["files"] == 4 and res["changed"] == 4 and res["state"] == "done"
+    code, out = run_cli(
+        ["index", str(folder), "--collection", "notes", "--exclude", "skip.md", "--json"], capsys
+    )
+    assert json.loads(out)["unchanged"] == 4 and json.loads(out)["job_id"] is None
+
+    code, out = run_cli(["search", "lava volcanoes", "--collection", "notes"], capsys)
+    assert code == 0
+    first = out.splitlines()[0]
+    assert first.endswith(first.split()[-1]) and "sub/deep.md:1-3" in first and "score" in first
+    code, out = run_cli(
+        ["search", "lava", "--collection", "notes", "--json", "--mode", "keyword"], capsys
+    )
+    assert [r["document_id"] for r in json.loads(out)["results"]] == ["sub/deep.md"]
+
+    code, out = run_cli(["collections", "--json"], capsys)
+    assert json.loads(out)["collections"][0]["documents"] == 4
+    code, out = run_cli(["jobs", "--json"], capsys)
+    assert json.loads(out)["jobs"][0]["state"] == "done"
+    code, out = run_cli(["compact", "--json"], capsys)
+    assert code == 0 and "bytes_after" in json.loads(out)
+    code, out = run_cli(["eval", str(FIXTURE), "--json"], capsys)
+    assert code == 0 and set(json.loads(out)["metrics"]) == {
+        "keyword",
+        "vector",
+        "hybrid",
+        "hybrid+rerank",
+    }
+    assert (cli_home / "home" / "data" / "localrank.db").exists()

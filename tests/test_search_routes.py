@@ -1,0 +1,198 @@
+"""The search API through a real aiohttp app (the routes + the cleanup context + a tiny error
+middleware standing in for the daemon's)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from fake_embedder import HashEmbedder
+
+from localrank.config import Settings
+from localrank.errors import LocalrankError, http_status
+from localrank.serve.search_routes import SEARCH_KEY, make_search_ctx, search_routes
+
+
+@web.middleware
+async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
+    try:
+        return await handler(request)
+    except LocalrankError as exc:
+        body = {"error": {"message": exc.message, "type": type(exc).__name__, "code": exc.code}}
+        return web.json_response(body, status=http_status(exc))
+
+
+def make_app(home: Path, embedder: HashEmbedder) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
+    app.add_routes(search_routes)
+    app.cleanup_ctx.append(make_search_ctx(Settings(home=home), lambda: embedder))
+    return app
+
+
+@pytest.fixture
+async def client(aiohttp_client, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return await aiohttp_client(make_app(tmp_path / "home", HashEmbedder()))
+
+
+DOCS = [
+    {
+        "id": "a/one.md",
+        "text": "# One\n\nThe cat sat on the mat.",
+        "metadata": {"lang": "en"},
+        "source": "one.md",
+    },
+    {"id": "two", "text": "Le chat est sur le tapis.", "metadata": {"lang": "fr"}},
+]
+
+
+async def test_collection_documents_search_roundtrip(client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    r = await client.post("/v1/collections", json={"name": "notes"})
+    assert r.status == 201
+    body = await r.json()
+    assert (body["name"], body["model"], body["dim"]) == ("notes", "fake/hash-bow", 64)
+    assert (tmp_path / "home" / "data" / "localrank.db").exists()
+    assert (await client.post("/v1/collections", json={"name": "notes"})).status == 409
+
+    r = await client.post("/v1/collections/notes/documents", json={"documents": DOCS})
+    assert r.status == 200
+    body = await r.json()
+    assert body["chunks"] == 2 and [d["status"] for d in body["documents"]] == [
+        "created",
+        "created",
+    ]
+
+    r = await client.get("/v1/collections")
+    assert (await r.json())["collections"][0]["documents"] == 2
+    r = await client.get("/v1/collections/notes/documents/a/one.md")
+    doc = await r.json()
+    assert (
+        r.status == 200
+        and doc["id"] == "a/one.md"
+        and doc["chunks"][0]["citation"]["line_start"] == 1
+    )
+    r = await client.get("/v1/collections/notes/documents", params={"limit": "1"})
+    page = await r.json()
+    assert len(page["documents"]) == 1 and page["next_after"] == "a/one.md"
+
+    r = await client.post(
+        "/v1/search", json={"collection": "notes", "query": "cat mat", "top_k": 5}
+    )
+    out = await r.json()
+    assert r.status == 200 and out["results"][0]["document_id"] == "a/one.md"
+    res = out["results"][0]
+    assert set(res) >= {"document_id", "chunk_id", "text", "score", "citation"}
+    assert set(res["citation"]) >= {
+        "document_id",
+        "source",
+        "char_start",
+        "char_end",
+        "line_start",
+        "line_end",
+    }
+    assert set(out["timings_ms"]) == {"embed", "keyword", "vector", "rerank", "total"}
+    r = await client.post(
+        "/v1/search", json={"collection": "notes", "query": "chat", "filter": {"lang": "en"}}
+    )
+    assert all(x["document_id"] == "a/one.md" for x in (await r.json())["results"])
+
+    r = await client.delete("/v1/collections/notes/documents/two")
+    assert r.status == 200
+    assert (await client.get("/v1/collections/notes/documents/two")).status == 404
+    r = await client.post("/v1/compact")
+    assert r.status == 200 and "reclaimed" in await r.json()
+
+
+async def test_async_job_via_api(client) -> None:  # type: ignore[no-untyped-def]
+    await client.post("/v1/collections", json={"name": "n"})
+    docs = [{"id": f"d{i}", "text": f"document number {i} token{i}"} for i in range(30)]
+    r = await client.post("/v1/collections/n/documents", json={"documents": docs, "async": True})
+    assert r.status == 202
+    job_id = (await r.json())["job_id"]
+    for _ in range(100):
+        job = await (await client.get(f"/v1/jobs/{job_id}")).json()
+        if job["state"] == "done":
+            break
+        await asyncio.sleep(0.05)
+    assert job["state"] == "done" and (job["total"], job["done"], job["failed"]) == (30, 30, 0)
+    assert job["errors"] == []
+    jobs = await (await client.get("/v1/jobs", params={"state": "done"})).json()
+    assert jobs["jobs"][0]["job_id"] == job_id
+    r = await client.post(
+        "/v1/search", json={"collection": "n", "query": "token17", "mode": "keyword"}
+    )
+    assert (await r.json())["results"][0]["document_id"] == "d17"
+
+
+async def test_error_statuses(client) -> None:  # type: ignore[no-untyped-def]
+    await client.post("/v1/collections", json={"name": "n"})
+    cases = [
+        ("post", "/v1/search", {"collection": "missing", "query": "x"}, 404),
+        ("post", "/v1/search", {"collection": "n", "query": "x", "filter": [1]}, 422),
+        ("post", "/v1/search", {"collection": "n"}, 422),
+        (
+            "post",
+            "/v1/collections/n/documents",
+            {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
+            422,
+        ),
+        ("post", "/v1/collections/n/documents", {"documents": [{"id": "a", "text": ""}]}, 422),
+        (
+            "post",
+            "/v1/collections/n/documents",
+            {"documents": [{"id": "a", "text": "x\u0000y"}]},
+            422,
+        ),
+        (
+            "post",
+            "/v1/collections/missing/documents",
+            {"documents": [{"id": "a", "text": "x"}]},
+            404,
+        ),
+        ("post", "/v1/collections", {"name": "bad/name"}, 422),
+        ("get", "/v1/jobs/job_nope", None, 404),
+        ("get", "/v1/jobs?state=weird", None, 422),
+    ]
+    for method, url, body, status in cases:
+        r = (
+            await getattr(client, method)(url, json=body)
+            if body is not None
+            else await getattr(client, method)(url)
+        )
+        assert r.status == status, (url, body, await r.text())
+        err = (await r.json())["error"]
+        assert err["message"] and err["code"]
+    r = await client.post(
+        "/v1/search", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert r.status == 400
+    big = {"documents": [{"id": "big", "text": "a" * (50 * 1024 * 1024)}]}
+    r = await client.post("/v1/collections/n/documents", json=big)
+    assert r.status == 413 and "MB" in (await r.json())["error"]["message"]
+
+
+async def test_model_mismatch_is_409_naming_reindex(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    home = tmp_path / "home"
+    c1 = await aiohttp_client(make_app(home, HashEmbedder(model_id="model-A")))
+    await c1.post("/v1/collections", json={"name": "n"})
+    await c1.post(
+        "/v1/collections/n/documents", json={"documents": [{"id": "a", "text": "hello world"}]}
+    )
+    await c1.close()
+    emb_b = HashEmbedder(dim=32, model_id="model-B")
+    c2 = await aiohttp_client(make_app(home, emb_b))
+    r = await c2.post("/v1/search", json={"collection": "n", "query": "hello"})
+    assert r.status == 409
+    msg = (await r.json())["error"]["message"]
+    assert "model-A" in msg and "model-B" in msg and "reindex" in msg
+    r = await c2.post("/v1/collections/n/reindex")
+    assert r.status == 202
+    job_id = (await r.json())["job_id"]
+    for _ in range(100):
+        if (await (await c2.get(f"/v1/jobs/{job_id}")).json())["state"] == "done":
+            break
+        await asyncio.sleep(0.05)
+    r = await c2.post("/v1/search", json={"collection": "n", "query": "hello"})
+    assert r.status == 200 and (await r.json())["results"][0]["document_id"] == "a"
+    assert c2.server.app[SEARCH_KEY].store.path == home / "data" / "localrank.db"
