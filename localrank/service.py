@@ -30,8 +30,9 @@ Platform = Literal["macos", "linux"]
 PLATFORMS: tuple[Platform, ...] = ("macos", "linux")
 LAUNCHD_LABEL = "dev.localrank.daemon"
 SYSTEMD_UNIT = "localrank.service"
-# The templates live beside the package in a source checkout (launchd/ at the repository root).
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "launchd"
+# The templates live in launchd/ at the repository root; localrank/data links them so that a
+# wheel carries them too.
+TEMPLATE_DIR = Path(__file__).resolve().parent / "data"
 # Settings that the rendered service receives (as flags or LOCALRANK_HOME); every other setting
 # reaches the daemon only through config.toml, which the service reads at start.
 _RENDERED = ("home", "host", "port", "model", "backend", "log_format")
