@@ -1,6 +1,6 @@
 """Ingestion throughput (chunks/s) as a ratio to raw embedding throughput on the same texts.
 
-    python bench/ingest_bench.py --embedder localrank.engine:embedder_factory --docs 200
+    python bench/ingest_bench.py --embedder localrank.engine.inprocess:embedder_factory --docs 200
     python bench/ingest_bench.py --embedder fake_embedder:make   # plumbing only (tests/ on path)
 
 `--embedder module:function` names a factory `f(settings) -> AsyncEmbedder`. Raw throughput

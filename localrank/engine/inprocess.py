@@ -23,6 +23,7 @@ class InProcessEmbedder:
         self.model_id = engine.info.model_id
         self.fingerprint = engine.info.fingerprint
         self.dim = engine.dim
+        self.max_tokens = engine.recipe.max_tokens
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localrank-model")
 
     async def embed(self, texts: Sequence[str], *, query: bool, instruction: str | None = None,

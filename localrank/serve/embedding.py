@@ -166,6 +166,7 @@ class StoreEmbedder:
         self.model_id = service.info.model_id
         self.fingerprint = service.info.fingerprint
         self.dim = service.engine.dim
+        self.max_tokens = service.engine.recipe.max_tokens
 
     async def embed(self, texts: Sequence[str], *, query: bool, instruction: str | None = None,
                     bulk: bool = False) -> np.ndarray:
