@@ -1,4 +1,7 @@
-"""Where localrank keeps its files. `LOCALRANK_HOME` (via Settings.home) puts everything under one folder."""
+"""Where localrank keeps its files.
+
+`LOCALRANK_HOME` (via Settings.home) puts everything under one folder.
+"""
 
 from __future__ import annotations
 

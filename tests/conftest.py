@@ -36,7 +36,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     conn.load_extension(sqlite_vec.loadable_path())
     (vec_version,) = next(conn.execute("select vec_version()"))
     return [
-        f"SQLite {apsw.sqlite_lib_version()} (apsw {apsw.apsw_version()}), sqlite-vec {vec_version}",
+        f"SQLite {apsw.sqlite_lib_version()} (apsw {apsw.apsw_version()}), "
+        f"sqlite-vec {vec_version}",
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"mlx {mx.__version__} (metal: {mx.metal.is_available()})",
     ]

@@ -46,7 +46,8 @@ def qwen3_reference(model_dir: Path, texts: list[str], max_length: int = 8192) -
     return F.normalize(embeddings, p=2, dim=1).numpy()
 
 
-def qwen3_reference_ids(model_dir: Path, texts: list[str], max_length: int = 8192) -> list[list[int]]:
+def qwen3_reference_ids(model_dir: Path, texts: list[str],
+                        max_length: int = 8192) -> list[list[int]]:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     return [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
 

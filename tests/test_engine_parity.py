@@ -1,4 +1,4 @@
-"""Every backend on this machine against the authors' recipes (transformers / sentence-transformers)."""
+"""Every backend on this machine against the authors' recipes (transformers, ST)."""
 
 from __future__ import annotations
 

@@ -87,6 +87,13 @@ def check_inputs(inputs: Any, *, max_inputs: int | None = None, param: str = "in
     if max_inputs is not None and len(inputs) > max_inputs:
         raise TooLarge(f"{param} has {len(inputs)} items; the limit is {max_inputs}", param=param)
     if all(isinstance(x, str) for x in inputs):
+        for i, text in enumerate(inputs):
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
+                    raise InvalidInput(f"{param}[{i}] is not valid Unicode (lone surrogate)",
+                                       param=param) from None
         return False
     if all(isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
            for x in inputs):

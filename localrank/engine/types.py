@@ -20,7 +20,8 @@ class Recipe:
     max_tokens: int
     pad_token_id: int
     eos_token_id: int | None = None
-    # Template for instructed queries, e.g. "Instruct: {task}\nQuery:{query}"; None: no instructions.
+    # Template for instructed queries, e.g. "Instruct: {task}\nQuery:{query}";
+    # None: the model takes no instructions.
     query_template: str | None = None
     default_instruction: str | None = None
 

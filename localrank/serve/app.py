@@ -19,13 +19,21 @@ from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
 from localrank.errors import LocalrankError
 from localrank.logs import request_id_middleware
-from localrank.serve import routes_native, routes_openai, routes_ops
+from localrank.serve import (
+    routes_cohere,
+    routes_docs,
+    routes_native,
+    routes_ollama,
+    routes_openai,
+    routes_ops,
+    routes_tei,
+)
 from localrank.serve.embedding import EmbeddingService, StoreEmbedder
-from localrank.serve.state import STATE_KEY, DaemonState
 from localrank.serve.http import REGISTRY_KEY, error_middleware
 from localrank.serve.metrics import standard_registry
 from localrank.serve.search_routes import make_search_ctx, search_routes
 from localrank.serve.security import make_security_middlewares, setup_security
+from localrank.serve.state import STATE_KEY, DaemonState
 
 log = logging.getLogger(__name__)
 
@@ -87,4 +95,8 @@ def make_app(settings: Settings, *, loader: EngineLoader = load_engine) -> web.A
     app.add_routes(routes_native.routes)
     app.add_routes(routes_openai.routes)
     app.add_routes(search_routes)
+    app.add_routes(routes_cohere.routes)
+    app.add_routes(routes_tei.routes)
+    app.add_routes(routes_ollama.routes)
+    app.add_routes(routes_docs.routes)
     return app

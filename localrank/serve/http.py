@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from localrank.errors import (
+    BackendError,
     BadRequest,
     InvalidInput,
     LocalrankError,
@@ -56,7 +57,8 @@ def error_body(dialect: str, status: int, message: str, code: str,
     if dialect == "cohere":
         return {"message": message}
     if dialect == "tei":
-        return {"error": message, "error_type": _TEI_TYPES.get(status, "Backend")}
+        fallback = "Validation" if status < 500 else "Backend"
+        return {"error": message, "error_type": _TEI_TYPES.get(status, fallback)}
     if dialect == "ollama":
         return {"error": message}
     if dialect == "native":
@@ -66,7 +68,10 @@ def error_body(dialect: str, status: int, message: str, code: str,
 
 def error_response(request: web.Request, exc: LocalrankError) -> web.Response:
     status = http_status(exc)
-    body = error_body(dialect_for(request.path), status, exc.message, exc.code, exc.param)
+    dialect = dialect_for(request.path)
+    if dialect == "tei" and isinstance(exc, BackendError):
+        status = 424  # TEI's status for a failed model call
+    body = error_body(dialect, status, exc.message, exc.code, exc.param)
     response = web.json_response(body, status=status)
     if isinstance(exc, Overloaded):
         response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
@@ -117,7 +122,7 @@ async def read_json(request: web.Request) -> dict[str, Any]:
         raise BadRequest("the request body is empty; send a JSON object")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BadRequest(f"the body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")

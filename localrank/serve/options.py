@@ -40,8 +40,7 @@ def check_model(body: dict[str, Any], info: ModelInfo) -> None:
     name = field(body, "model", str)
     if name is None or name.lower() in GENERIC_MODEL_NAMES:
         return
-    served = {info.model_id.lower(), info.model_id.rsplit("/", 1)[-1].lower(),
-              info.path.name.lower()}
+    served = {info.model_id.lower(), info.model_id.rsplit("/", 1)[-1].lower()}
     if name.lower() in served or canonical_name(name).lower() in served:
         return
     raise NotFound(f"model {name!r} is not served here; this daemon serves {info.model_id!r}",

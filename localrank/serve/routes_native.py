@@ -15,8 +15,8 @@ from localrank.serve.state import service
 
 def _model_info(request: web.Request) -> dict[str, object]:
     info = service(request).info
-    return {"name": info.display_name, "model_id": info.model_id, "revision": info.revision, "dim": info.backend.dim,
-            "pooling": info.backend.pooling, "dtype": info.backend.dtype,
+    return {"name": info.display_name, "model_id": info.model_id, "revision": info.revision,
+            "dim": info.backend.dim, "pooling": info.backend.pooling, "dtype": info.backend.dtype,
             "max_tokens": info.backend.max_tokens, "fallback": info.fallback_reason is not None}
 
 

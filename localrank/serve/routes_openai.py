@@ -9,9 +9,9 @@ import numpy as np
 from aiohttp import web
 
 from localrank.errors import InvalidInput
-from localrank.serve.state import service
 from localrank.serve.http import field, read_json
 from localrank.serve.options import check_model, query_mode, truncate_flag
+from localrank.serve.state import service
 
 
 def _inputs(body: dict[str, Any]) -> list[str] | list[list[int]]:

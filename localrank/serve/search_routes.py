@@ -8,29 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
 
 from localrank.config import Settings
-from localrank.errors import BadRequest, InvalidInput
+from localrank.errors import InvalidInput
 from localrank.ingest import EmbedderGetter, Ingestor, IngestSettings, parse_documents
 from localrank.search import SearchRequest, SearchService
+from localrank.serve.http import read_json
 from localrank.store import Store
 
 SEARCH_KEY = web.AppKey("search", SearchService)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
-    return body
+    return await read_json(request)
 
 
 def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -1,0 +1,124 @@
+"""The OpenAPI 3.1 document, built from the app's router so that no route can be missing."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+
+from localrank import __version__
+from localrank.serve.api_catalog import OPERATIONS, Operation, Param
+from localrank.serve.http import dialect_for, error_body
+
+_SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})  # HEAD is added by aiohttp to every GET
+_PATH_PARAM = re.compile(r"\{(\w+)")
+_DIALECTS = ("openai", "cohere", "tei", "ollama", "native", "localrank")
+_ERROR_STATUSES = ("400", "404", "413", "415", "422", "429", "503")
+_DESCRIPTION = (
+    "A local embedding and rerank daemon. One model, many dialects: OpenAI, Cohere/Jina, "
+    "Hugging Face TEI, Ollama and the native API, plus collections and search. Errors come in "
+    "each dialect's own shape.")
+
+
+def operation_for(method: str, path: str) -> Operation | None:
+    """The catalogue entry of a route; trailing-slash twins share their entry."""
+    return OPERATIONS.get((method, path.rstrip("/") or "/"))
+
+
+def _param_schema(p: Param) -> dict[str, Any]:
+    return {**p.schema, "description": p.description}
+
+
+def _request_body(op: Operation) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {p.name: _param_schema(p) for p in op.body},
+    }
+    required = [p.name for p in op.body if p.required]
+    if required:
+        schema["required"] = required
+    media: dict[str, Any] = {"schema": schema}
+    if op.example is not None:
+        media["example"] = op.example
+    return {"required": bool(required), "content": {"application/json": media}}
+
+
+def _parameters(path: str, op: Operation | None) -> list[dict[str, Any]]:
+    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+              for name in _PATH_PARAM.findall(path)]
+    for p in op.query if op else ():
+        params.append({"name": p.name, "in": "query", "required": p.required,
+                       "description": p.description, "schema": p.schema})
+    return params
+
+
+def _success(op: Operation) -> dict[str, Any]:
+    media: dict[str, Any] = {}
+    if op.response is not None:
+        media["example"] = op.response
+    return {str(op.status): {"description": "OK",
+                             "content": {op.content_type: media}}}
+
+
+def _errors(path: str) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/error_{dialect_for(path)}"}
+    return {code: {"description": "An error, in this route's dialect",
+                   "content": {"application/json": {"schema": ref}}}
+            for code in _ERROR_STATUSES}
+
+
+def _operation(method: str, path: str, route: web.AbstractRoute) -> dict[str, Any]:
+    op = operation_for(method, path)
+    out: dict[str, Any] = {"operationId": f"{method.lower()}_{_slug(path)}"}
+    if op is None:
+        doc = (getattr(route.handler, "__doc__", None) or "").strip()
+        out.update({"summary": doc.splitlines()[0] if doc else f"{method} {path}",
+                    "tags": ["other"], "x-undocumented": True,
+                    "responses": {"200": {"description": "OK"}, **_errors(path)}})
+        return out
+    out.update({"summary": op.summary, "tags": [op.tag]})
+    if op.description:
+        out["description"] = op.description
+    if path != path.rstrip("/"):
+        out["description"] = f"Same as {path.rstrip('/')}. {op.description}".strip()
+    params = _parameters(path, op)
+    if params:
+        out["parameters"] = params
+    if op.body:
+        out["requestBody"] = _request_body(op)
+    out["responses"] = {**_success(op), **_errors(path)}
+    return out
+
+
+def _slug(path: str) -> str:
+    slug = re.sub(r"[^a-zA-Z0-9]+", "_", path).strip("_")
+    return (slug or "root") + ("_slash" if path.endswith("/") and path != "/" else "")
+
+
+def _error_schemas() -> dict[str, Any]:
+    return {f"error_{d}": {"type": "object",
+                           "example": error_body(d, 422, "'input' must not be empty",
+                                                 "invalid_input", "input")}
+            for d in _DIALECTS}
+
+
+def build_spec(app: web.Application) -> dict[str, Any]:
+    """Every route of `app` (HEAD twins aside), documented from the catalogue."""
+    paths: dict[str, dict[str, Any]] = {}
+    for route in app.router.routes():
+        resource = route.resource
+        if route.method in _SKIPPED_METHODS or resource is None:
+            continue
+        path = resource.canonical
+        paths.setdefault(path, {})[route.method.lower()] = _operation(route.method, path, route)
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "localrank", "version": __version__, "description": _DESCRIPTION},
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": _error_schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                           "description": "Only when a token is configured."}},
+        },
+    }
