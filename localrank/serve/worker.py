@@ -131,8 +131,10 @@ class ModelWorker:
                     stop = True
                     continue
                 self._accept(job, interactive, bulk)
-                # Just woke up: give concurrent requests a moment to join this batch.
-                deadline = time.perf_counter() + self.batch_wait
+                # Just woke up: give concurrent requests a moment to join this batch, unless
+                # this is the only request in flight (then waiting is pure latency).
+                wait = self.batch_wait if self._pending > 1 else 0.0
+                deadline = time.perf_counter() + wait
                 while (remaining := deadline - time.perf_counter()) > 0:
                     try:
                         job = self._inbox.get(timeout=remaining)
