@@ -4,10 +4,12 @@
     python bench/ingest_bench.py --embedder fake_embedder:make   # plumbing only (tests/ on path)
 
 `--embedder module:function` names a factory `f(settings) -> AsyncEmbedder`. Raw throughput
-embeds exactly the chunk texts ingestion will produce (same chunker, same token offsets) with
-`bulk=True`; ingestion then runs the full path (chunk, cache lookup, embed, write to a fresh
-SQLite store through a job). The ratio is the result: absolute numbers on a shared machine
-are noise. Appends a row to bench/results/ingest.csv.
+embeds exactly the chunk texts ingestion will produce (same chunker, same token offsets, same
+chunk size capped to the model's max tokens) with `bulk=True`; ingestion then runs the full path
+(chunk, cache lookup, embed, write to a fresh SQLite store through a job). The ratio is the
+result: absolute numbers on a shared machine are noise, so raw and ingest runs alternate for
+`--rounds` rounds and the median of the per-round ratios is reported. Appends a row to
+bench/results/ingest.csv.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import asyncio
 import csv
 import importlib
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from localrank.chunking import chunk_text
 from localrank.config import load_settings
-from localrank.ingest import AsyncEmbedder, DocumentIn, Ingestor, IngestSettings
+from localrank.ingest import AsyncEmbedder, DocumentIn, Ingestor, IngestSettings, chunk_budget
 from localrank.search import SearchService
 from localrank.store import Store
 from localrank.store import jobs as jobs_db
@@ -73,33 +76,51 @@ def synthetic_docs(n: int, paragraphs: int, seed: int = 7) -> list[DocumentIn]:
     return docs
 
 
+class InFlight:
+    """An embedder wrapper that measures how long at least one embed call was in flight: the
+    share of ingest time the model had work, whatever its speed under the machine's load."""
+
+    def __init__(self, inner: AsyncEmbedder) -> None:
+        self.inner = inner
+        self.model_id, self.fingerprint, self.dim = inner.model_id, inner.fingerprint, inner.dim
+        self.max_tokens = inner.max_tokens
+        self.token_offsets = inner.token_offsets
+        self.calls = 0
+        self.since = 0.0
+        self.seconds = 0.0
+
+    async def embed(self, texts, *, query, instruction=None, bulk=False):  # type: ignore[no-untyped-def]
+        if self.calls == 0:
+            self.since = time.perf_counter()
+        self.calls += 1
+        try:
+            return await self.inner.embed(texts, query=query, instruction=instruction, bulk=bulk)
+        finally:
+            self.calls -= 1
+            if self.calls == 0:
+                self.seconds += time.perf_counter() - self.since
+
+
 def load_factory(spec: str):  # type: ignore[no-untyped-def]
     module, _, name = spec.partition(":")
     sys.path.insert(0, str(ROOT.parent / "tests"))
     return getattr(importlib.import_module(module), name or "embedder_factory")
 
 
-async def run(args: argparse.Namespace) -> dict[str, object]:
-    settings = load_settings({"home": args.home} if args.home else None)
-    embedder: AsyncEmbedder = load_factory(args.embedder)(settings)
-    docs = synthetic_docs(args.docs, args.paragraphs)
-    ing = IngestSettings()
-    texts = [
-        c.text
-        for d in docs
-        for c in chunk_text(d.text, embedder.token_offsets(d.text),
-                            target_tokens=ing.chunk_tokens, overlap_tokens=ing.chunk_overlap)
-    ]  # fmt: skip
-    await embedder.embed(texts[:8], query=False, bulk=True)  # warm-up
-
+async def embed_raw(embedder: AsyncEmbedder, texts: list[str], step: int) -> float:
+    """Seconds to embed `texts` as the engine does at best: bulk calls of `step` texts."""
     start = time.perf_counter()
-    step = ing.embed_batch
     await asyncio.gather(
         *(embedder.embed(texts[s : s + step], query=False, bulk=True)
           for s in range(0, len(texts), step))
     )  # fmt: skip
-    raw_s = time.perf_counter() - start
+    return time.perf_counter() - start
 
+
+async def ingest(
+    embedder: AsyncEmbedder, docs: list[DocumentIn], ing: IngestSettings
+) -> tuple[float, int]:
+    """Seconds to ingest `docs` through a job into a fresh store, and the chunks stored."""
     with tempfile.TemporaryDirectory(prefix="localrank-ingest-bench-") as tmp:
         store = Store(Path(tmp) / "bench.db")
         try:
@@ -110,18 +131,58 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             claimed = jobs_db.claim_job(store.db, service.runner.owner, only=job.id)
             assert claimed is not None
             final = await service.ingestor.process_job(claimed)
-            ingest_s = time.perf_counter() - start
+            seconds = time.perf_counter() - start
             chunks = int(scalar(store.db.reader(), "SELECT count(*) FROM chunks"))
         finally:
             store.close()
-    assert final.state == "done" and chunks == len(texts), (final, chunks, len(texts))
+    assert final.state == "done", final
+    return seconds, chunks
+
+
+async def run(args: argparse.Namespace) -> dict[str, object]:
+    settings = load_settings({"home": args.home} if args.home else None)
+    embedder: AsyncEmbedder = load_factory(args.embedder)(settings)
+    docs = synthetic_docs(args.docs, args.paragraphs)
+    ing = IngestSettings()
+    target = chunk_budget(ing.chunk_tokens, embedder.max_tokens)
+    texts = [
+        c.text
+        for d in docs
+        for c in chunk_text(d.text, embedder.token_offsets(d.text),
+                            target_tokens=target, overlap_tokens=ing.chunk_overlap)
+    ]  # fmt: skip
+    await embedder.embed(texts[:8], query=False, bulk=True)  # warm-up
+
+    raw: list[float] = []
+    took: list[float] = []
+    cpu = {"raw": 0.0, "ingest": 0.0}  # process CPU seconds: less sensitive to other load
+    watched = InFlight(embedder)
+    for r in range(args.rounds):
+        # Alternate the order so drift in the machine's load does not favour one side.
+        for phase in ("raw", "ingest") if r % 2 == 0 else ("ingest", "raw"):
+            start_cpu = time.process_time()
+            if phase == "raw":
+                raw.append(await embed_raw(embedder, texts, ing.embed_batch))
+            else:
+                watched.seconds = 0.0
+                seconds, chunks = await ingest(watched, docs, ing)
+                assert chunks == len(texts), (chunks, len(texts))
+                took.append(seconds)
+            cpu[phase] += time.process_time() - start_cpu
+        print(
+            f"round {r + 1}: raw {len(texts) / raw[-1]:.1f} chunks/s, ingest "
+            f"{len(texts) / took[-1]:.1f} chunks/s, ratio {raw[-1] / took[-1]:.3f} "
+            f"(CPU seconds, raw/ingest so far: {cpu['raw'] / cpu['ingest']:.3f}; the model had "
+            f"work {100 * watched.seconds / took[-1]:.1f}% of the ingest time)",
+            flush=True,
+        )
     return {
         "model": embedder.model_id,
         "docs": len(docs),
-        "chunks": chunks,
-        "raw_chunks_per_s": round(len(texts) / raw_s, 1),
-        "ingest_chunks_per_s": round(chunks / ingest_s, 1),
-        "ratio": round(raw_s / ingest_s, 3),
+        "chunks": len(texts),
+        "raw_chunks_per_s": round(len(texts) / statistics.median(raw), 1),
+        "ingest_chunks_per_s": round(len(texts) / statistics.median(took), 1),
+        "ratio": round(statistics.median(r / t for r, t in zip(raw, took, strict=True)), 3),
     }
 
 
@@ -130,6 +191,7 @@ def main() -> None:
     ap.add_argument("--embedder", required=True, help="module:factory, factory(settings)")
     ap.add_argument("--docs", type=int, default=200)
     ap.add_argument("--paragraphs", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating raw/ingest rounds")
     ap.add_argument("--home", help="LOCALRANK_HOME for the settings given to the factory")
     ap.add_argument("--out", default=str(ROOT / "results" / "ingest.csv"))
     args = ap.parse_args()

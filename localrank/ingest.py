@@ -7,18 +7,24 @@ Durability contract: a sync upsert answers after its transaction commits; an asy
 answers with a job id after the job row and every document's payload are committed. The job
 runner then stores documents batch by batch, marking their items done in the same transaction,
 so after kill -9 a restarted runner resumes exactly where the last commit left off.
+
+Batches are pipelined so the model never waits for SQLite: while batch N is embedded, batch N+1
+is read, chunked and looked up in the cache, and batch N-1 is written (`_overlapped`). Writes
+stay in order, one transaction per batch holding its rows, its cache entries and its progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import apsw
 import numpy as np
 
 from localrank.chunking import chunk_text
@@ -28,11 +34,17 @@ from localrank.store import documents as docs_db
 from localrank.store import jobs as jobs_db
 from localrank.store.cache import DEFAULT_MAX_ROWS, cache_get, cache_put, trim_cache
 from localrank.store.db import scalar
-from localrank.store.records import Collection, PreparedDocument
+from localrank.store.records import Collection, PreparedDocument, WriteResult
 from localrank.store.reindex import chunks_to_reindex, stage_vectors, swap_vectors
 
 DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 MAX_DOCUMENT_ID_CHARS = 512
+# A model's token limit counts its special tokens ([CLS] + [SEP], or Qwen3's EOS), and each chunk
+# is tokenized again on its own, where a word cut at its edge can take more tokens than inside the
+# whole document (measured: up to 2 more with MiniLM's WordPiece). Chunks stay this far below the
+# limit, so the model never silently cuts one (tests/test_chunking.py checks both tokenizers).
+SPECIAL_TOKENS_MARGIN = 8
+TRANSIENT_CODES = ("not_ready", "overloaded")  # retry the job later; not the documents' fault
 
 
 class AsyncEmbedder(Protocol):
@@ -41,6 +53,7 @@ class AsyncEmbedder(Protocol):
     model_id: str  # e.g. "Qwen/Qwen3-Embedding-0.6B"
     fingerprint: str  # model id + revision + dim + pooling + prompt format
     dim: int
+    max_tokens: int  # the most tokens one input may have, special tokens included
 
     async def embed(
         self,
@@ -165,6 +178,11 @@ def parse_documents(raw: Any, *, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) ->
     return out
 
 
+def chunk_budget(chunk_tokens: int, max_tokens: int) -> int:
+    """Tokens per chunk: the configured size, capped to what the model reads in one input."""
+    return max(1, min(chunk_tokens, max_tokens - SPECIAL_TOKENS_MARGIN))
+
+
 def check_model(collection: Collection, embedder: AsyncEmbedder) -> None:
     """ModelMismatch (409) unless the collection is bound to the serving model."""
     if collection.fingerprint != embedder.fingerprint:
@@ -177,6 +195,59 @@ def check_model(collection: Collection, embedder: AsyncEmbedder) -> None:
             collection_model=collection.model_id,
             server_model=embedder.model_id,
         )
+
+
+Staged = TypeVar("Staged")
+Embedded = TypeVar("Embedded")
+JobItem = tuple[int, str, str]  # (seq, doc_id, payload JSON)
+Failure = tuple[int, str, str]  # (seq, doc_id, message)
+
+
+@dataclass
+class _Batch:
+    """Texts on their way to the store: staged (cache looked up), then embedded, then written."""
+
+    vectors: np.ndarray  # one row per text: cached rows when staged, the rest once embedded
+    missing: dict[str, list[int]]  # each text the cache did not have -> its rows
+    docs: list[PreparedDocument] = field(default_factory=list)  # chunks cover `vectors` in order
+    items: list[JobItem] = field(default_factory=list)  # job items, one per entry of `docs`
+    failed: list[Failure] = field(default_factory=list)
+    chunk_ids: list[int] = field(default_factory=list)  # reindex: the chunk of each row
+    fresh: list[tuple[str, np.ndarray]] = field(default_factory=list)  # to cache on write
+
+    def cache_fresh(self, conn: apsw.Connection, fingerprint: str) -> None:
+        """Store the newly embedded vectors in the persistent cache (caller's transaction)."""
+        if self.fresh:
+            cache_put(conn, fingerprint, [t for t, _ in self.fresh],
+                      np.stack([v for _, v in self.fresh]))  # fmt: skip
+
+
+async def _overlapped(
+    batches: AsyncGenerator[Staged, None],
+    embed: Callable[[Staged], Coroutine[Any, Any, Embedded]],
+    write: Callable[[Embedded], Awaitable[None]],
+) -> None:
+    """Embed each batch while the next is staged and the previous one written, in order.
+
+    Staging and writing run in worker threads; the model runs in its own thread and releases the
+    GIL, so the only time it idles is the hand-over between two batches.
+    """
+    running: asyncio.Task[Embedded] | None = None
+    try:
+        async with contextlib.aclosing(batches):
+            async for staged in batches:  # staging N+1 overlaps embedding N
+                previous = await running if running is not None else None
+                running = asyncio.create_task(embed(staged))
+                if previous is not None:
+                    await write(previous)  # overlaps embedding N+1
+        if running is not None:
+            last, running = await running, None
+            await write(last)
+    finally:
+        if running is not None:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await running
 
 
 class Ingestor:
@@ -192,107 +263,123 @@ class Ingestor:
     async def _collection(self, name: str) -> Collection:
         return await asyncio.to_thread(lambda: docs_db.get_collection(self.store.db.reader(), name))
 
-    async def embed_texts(self, embedder: AsyncEmbedder, texts: Sequence[str]) -> np.ndarray:
-        """Vectors for texts: persistent cache first, the model (bulk) for the rest."""
-        dim = embedder.dim
-        out = np.empty((len(texts), dim), dtype=np.float32)
-        cached = await asyncio.to_thread(
-            cache_get, self.store.db.reader(), embedder.fingerprint, texts, dim
-        )
-        for i, v in cached.items():
-            out[i] = v
+    def _lookup(self, embedder: AsyncEmbedder, texts: Sequence[str]) -> _Batch:
+        """Vectors the persistent cache has for `texts`; the rest is marked missing."""
+        out = np.empty((len(texts), embedder.dim), dtype=np.float32)
+        cached = cache_get(self.store.db.reader(), embedder.fingerprint, texts, embedder.dim)
         missing: dict[str, list[int]] = {}
         for i, t in enumerate(texts):
-            if i not in cached:
+            if i in cached:
+                out[i] = cached[i]
+            else:
                 missing.setdefault(t, []).append(i)
-        unique = list(missing)
-        step = self.settings.embed_batch
-        parts = await asyncio.gather(
-            *(
-                embedder.embed(unique[s : s + step], query=False, bulk=True)
-                for s in range(0, len(unique), step)
-            )
+        return _Batch(out, missing)
+
+    def _stage(
+        self, collection: Collection, embedder: AsyncEmbedder, docs: Sequence[DocumentIn]
+    ) -> _Batch:
+        """(In a worker thread.) Chunk the documents whose text changed and look up the cache."""
+        existing = docs_db.existing_documents(
+            self.store.db.reader(), collection.id, [d.id for d in docs]
         )
+        configured = int(collection.settings.get("chunk_tokens", self.settings.chunk_tokens))
+        target = chunk_budget(configured, embedder.max_tokens)
+        overlap = int(collection.settings.get("chunk_overlap", self.settings.chunk_overlap))
+        prepared = []
+        for d in docs:
+            h = content_hash(d.text)
+            chunks = None  # unchanged text (same hash): no chunks, nothing to embed
+            if d.id not in existing or existing[d.id][0] != h:
+                chunks = chunk_text(d.text, embedder.token_offsets(d.text),
+                                    target_tokens=target, overlap_tokens=overlap)  # fmt: skip
+            prepared.append(PreparedDocument(d.id, d.text, d.metadata, d.source, h, chunks))
+        batch = self._lookup(embedder, [c.text for p in prepared for c in p.chunks or ()])
+        batch.docs = prepared
+        return batch
+
+    async def _embed(self, embedder: AsyncEmbedder, batch: _Batch) -> _Batch:
+        """Fill the batch's missing vectors with the model (bulk) and hand them to its docs."""
+        unique = list(batch.missing)
         if unique:
+            step = self.settings.embed_batch
+            parts = await asyncio.gather(
+                *(embedder.embed(unique[s : s + step], query=False, bulk=True)
+                  for s in range(0, len(unique), step))
+            )  # fmt: skip
             vecs = np.concatenate(parts).astype(np.float32, copy=False)
-            if vecs.shape != (len(unique), dim) or not np.isfinite(vecs).all():
+            if vecs.shape != (len(unique), embedder.dim) or not np.isfinite(vecs).all():
                 raise LocalrankError(f"embedder returned {vecs.shape} or non-finite vectors")
             for t, v in zip(unique, vecs, strict=True):
-                out[missing[t]] = v
-            await asyncio.to_thread(self._cache_put, embedder.fingerprint, unique, vecs)
+                batch.vectors[batch.missing[t]] = v
+            batch.fresh = list(zip(unique, vecs, strict=True))
+        pos = 0
+        for i, p in enumerate(batch.docs):
+            if p.chunks is not None:
+                n = len(p.chunks)
+                batch.docs[i] = dataclasses.replace(p, vectors=batch.vectors[pos : pos + n])
+                pos += n
+        return batch
+
+    async def _embed_isolating(
+        self, collection: Collection, embedder: AsyncEmbedder, batch: _Batch
+    ) -> _Batch:
+        """A job's embedding: when a batch fails, retry document by document and record which
+        ones fail, so one bad document does not stop the job."""
+        try:
+            return await self._embed(embedder, batch)
+        except LocalrankError as exc:
+            if isinstance(exc, ModelMismatch) or exc.code in TRANSIENT_CODES:
+                raise
+            if len(batch.docs) == 1:
+                seq, doc_id, _ = batch.items[0]
+                return _Batch(batch.vectors[:0], {}, failed=[(seq, doc_id, exc.message)])
+        out = _Batch(batch.vectors[:0], {})
+        for item, p in zip(batch.items, batch.docs, strict=True):
+            doc = DocumentIn(p.doc_id, p.text, p.metadata, p.source)
+            one = await asyncio.to_thread(self._stage, collection, embedder, [doc])
+            one.items = [item]
+            one = await self._embed_isolating(collection, embedder, one)
+            out.docs, out.items = out.docs + one.docs, out.items + one.items
+            out.failed, out.fresh = out.failed + one.failed, out.fresh + one.fresh
         return out
 
-    def _cache_put(self, fingerprint: str, texts: list[str], vecs: np.ndarray) -> None:
+    def _write(
+        self, collection_name: str, embedder: AsyncEmbedder, batch: _Batch, job_id: str | None
+    ) -> tuple[list[WriteResult], jobs_db.Job | None]:
+        # One transaction: the documents, their new cache entries and the job's progress commit
+        # together. That is what makes a job's resume exact.
         with self.store.db.write() as conn:
-            cache_put(conn, fingerprint, texts, vecs)
-
-    async def prepare(
-        self, collection: Collection, embedder: AsyncEmbedder, docs: Sequence[DocumentIn]
-    ) -> list[PreparedDocument]:
-        """Chunk and embed the documents whose text changed; unchanged ones carry no chunks."""
-        existing = await asyncio.to_thread(
-            docs_db.existing_documents,
-            self.store.db.reader(),
-            collection.id,
-            [d.id for d in docs],
-        )
-        target = int(collection.settings.get("chunk_tokens", self.settings.chunk_tokens))
-        overlap = int(collection.settings.get("chunk_overlap", self.settings.chunk_overlap))
-
-        def chunk_all() -> list[PreparedDocument]:
-            out = []
-            for d in docs:
-                h = content_hash(d.text)
-                if d.id in existing and existing[d.id][0] == h:
-                    out.append(PreparedDocument(d.id, d.text, d.metadata, d.source, h))
-                    continue
-                chunks = chunk_text(
-                    d.text, embedder.token_offsets(d.text),
-                    target_tokens=target, overlap_tokens=overlap,
-                )  # fmt: skip
-                out.append(PreparedDocument(d.id, d.text, d.metadata, d.source, h, chunks))
-            return out
-
-        prepared = await asyncio.to_thread(chunk_all)
-        texts = [c.text for p in prepared if p.chunks is not None for c in p.chunks]
-        vectors = await self.embed_texts(embedder, texts)
-        result, pos = [], 0
-        for p in prepared:
-            if p.chunks is None:
-                result.append(p)
-                continue
-            n = len(p.chunks)
-            result.append(
-                PreparedDocument(
-                    p.doc_id, p.text, p.metadata, p.source, p.content_hash, p.chunks,
-                    vectors[pos : pos + n],
-                )
-            )  # fmt: skip
-            pos += n
-        return result
+            current = docs_db.get_collection(conn, collection_name)
+            check_model(current, embedder)
+            batch.cache_fresh(conn, embedder.fingerprint)
+            results = docs_db.write_documents(conn, current, batch.docs)
+            if job_id is None:
+                return results, None
+            done = [seq for seq, _, _ in batch.items]
+            jobs_db.record_progress(conn, job_id, done=done, failed=batch.failed)
+            return results, jobs_db.get_job(conn, job_id)
 
     async def upsert(self, collection_name: str, docs: Sequence[DocumentIn]) -> dict[str, Any]:
         """Store documents now; returns {"documents": [{id, status, chunks}], "chunks": n}."""
         collection = await self._collection(collection_name)
         embedder = self.get_embedder()
         check_model(collection, embedder)
-        results = []
+        results: list[WriteResult] = []
         step = self.settings.job_batch_docs
-        for s in range(0, len(docs), step):
-            prepared = await self.prepare(collection, embedder, docs[s : s + step])
 
-            def write(batch: list[PreparedDocument] = prepared) -> list[Any]:
-                with self.store.db.write() as conn:
-                    check_model(docs_db.get_collection(conn, collection_name), embedder)
-                    return docs_db.write_documents(conn, collection, batch)
+        async def batches() -> AsyncGenerator[_Batch, None]:
+            for s in range(0, len(docs), step):
+                yield await asyncio.to_thread(self._stage, collection, embedder, docs[s : s + step])
 
-            results.extend(await asyncio.to_thread(write))
-        return {
-            "documents": [
-                {"id": r.doc_id, "status": r.status, "chunks": r.chunks} for r in results
-            ],
-            "chunks": sum(r.chunks for r in results),
-        }
+        async def write(batch: _Batch) -> None:
+            written, _ = await asyncio.to_thread(
+                self._write, collection_name, embedder, batch, None
+            )
+            results.extend(written)
+
+        await _overlapped(batches(), lambda b: self._embed(embedder, b), write)
+        documents = [{"id": r.doc_id, "status": r.status, "chunks": r.chunks} for r in results]
+        return {"documents": documents, "chunks": sum(r.chunks for r in results)}
 
     async def submit(self, collection_name: str, docs: Sequence[DocumentIn]) -> jobs_db.Job:
         """Queue an ingest job; when this returns, every document is durably recorded."""
@@ -349,54 +436,39 @@ class Ingestor:
     async def _run_ingest(
         self, job: jobs_db.Job, on_progress: Callable[[jobs_db.Job], None] | None
     ) -> None:
-        db = self.store.db
         collection = await self._collection(job.collection)
         embedder = self.get_embedder()
         check_model(collection, embedder)
-        while True:
-            items = await asyncio.to_thread(
-                jobs_db.pending_items, db.reader(), job.id, self.settings.job_batch_docs
+
+        def stage(after: int) -> _Batch | None:
+            # Items after the last one staged: the batch before may not be written yet.
+            items = jobs_db.pending_items(
+                self.store.db.reader(), job.id, self.settings.job_batch_docs, after=after
             )
             if not items:
-                break
-            docs = [DocumentIn.from_payload(p) for _, _, p in items]
-            try:
-                prepared = await self.prepare(collection, embedder, docs)
-                failed: list[tuple[int, str, str]] = []
-                good = list(zip(items, prepared, strict=True))
-            except (ModelMismatch, asyncio.CancelledError):
-                raise
-            except LocalrankError:
-                # Isolate the bad document(s): embed one at a time, record each failure.
-                good, failed = [], []
-                for item, doc in zip(items, docs, strict=True):
-                    try:
-                        good.append((item, (await self.prepare(collection, embedder, [doc]))[0]))
-                    except LocalrankError as exc:
-                        failed.append((item[0], item[1], exc.message))
+                return None
+            batch = self._stage(collection, embedder,
+                                [DocumentIn.from_payload(p) for _, _, p in items])  # fmt: skip
+            batch.items = items
+            return batch
 
-            progress = await asyncio.to_thread(
-                self._write_batch, job.id, job.collection, embedder, good, failed
+        async def batches() -> AsyncGenerator[_Batch, None]:
+            after = -1
+            while (batch := await asyncio.to_thread(stage, after)) is not None:
+                after = batch.items[-1][0]
+                yield batch
+
+        async def write(batch: _Batch) -> None:
+            _, progress = await asyncio.to_thread(
+                self._write, job.collection, embedder, batch, job.id
             )
-            if on_progress:
+            if on_progress and progress:
                 on_progress(progress)
-        await asyncio.to_thread(self._finish, job.id)
 
-    def _write_batch(
-        self,
-        job_id: str,
-        collection_name: str,
-        embedder: AsyncEmbedder,
-        good: list[tuple[tuple[int, str, str], PreparedDocument]],
-        failed: list[tuple[int, str, str]],
-    ) -> jobs_db.Job:
-        # Documents and the job's progress commit together: that is what makes resume exact.
-        with self.store.db.write() as conn:
-            current = docs_db.get_collection(conn, collection_name)
-            check_model(current, embedder)
-            docs_db.write_documents(conn, current, [p for _, p in good])
-            jobs_db.record_progress(conn, job_id, done=[item[0] for item, _ in good], failed=failed)
-            return jobs_db.get_job(conn, job_id)
+        await _overlapped(
+            batches(), lambda b: self._embed_isolating(collection, embedder, b), write
+        )
+        await asyncio.to_thread(self._finish, job.id)
 
     def _finish(self, job_id: str) -> None:
         with self.store.db.write() as conn:
@@ -416,110 +488,46 @@ class Ingestor:
                 f"{embedder.model_id}"
             )
         collection = await self._collection(job.collection)
-        batch = self.settings.embed_batch
-        while True:
-            todo = await asyncio.to_thread(
-                chunks_to_reindex, db.reader(), collection.id, job.id, batch
+
+        def stage(after: int) -> _Batch | None:
+            todo = chunks_to_reindex(
+                db.reader(), collection.id, job.id, self.settings.embed_batch, after=after
             )
             if not todo:
+                return None
+            batch = self._lookup(embedder, [t for _, t in todo])
+            batch.chunk_ids = [c for c, _ in todo]
+            return batch
 
-                def swap() -> bool:
-                    with db.write() as conn:
-                        current = docs_db.get_collection(conn, job.collection)
-                        ok = swap_vectors(conn, current, job.id, fingerprint=embedder.fingerprint,
-                                          model_id=embedder.model_id, dim=embedder.dim)  # fmt: skip
-                        if ok:
-                            jobs_db.finish_job(conn, job.id, "done")
-                        return ok
+        async def batches() -> AsyncGenerator[_Batch, None]:
+            after = 0
+            while (batch := await asyncio.to_thread(stage, after)) is not None:
+                after = batch.chunk_ids[-1]
+                yield batch
 
-                if await asyncio.to_thread(swap):
-                    return
-                continue
-            vectors = await self.embed_texts(embedder, [t for _, t in todo])
+        def write_stage(batch: _Batch) -> jobs_db.Job:
+            with db.write() as conn:
+                batch.cache_fresh(conn, embedder.fingerprint)
+                stage_vectors(conn, job.id, batch.chunk_ids, batch.vectors)
+                jobs_db.record_progress(conn, job.id, done_count=len(batch.chunk_ids))
+                return jobs_db.get_job(conn, job.id)
 
-            def stage(
-                rows: list[tuple[int, str]] = todo, vecs: np.ndarray = vectors
-            ) -> jobs_db.Job:
-                with db.write() as conn:
-                    stage_vectors(conn, job.id, [c for c, _ in rows], vecs)
-                    jobs_db.record_progress(conn, job.id, done_count=len(rows))
-                    return jobs_db.get_job(conn, job.id)
-
-            progress = await asyncio.to_thread(stage)
+        async def write(batch: _Batch) -> None:
+            progress = await asyncio.to_thread(write_stage, batch)
             if on_progress:
                 on_progress(progress)
 
+        def swap() -> bool:
+            with db.write() as conn:
+                current = docs_db.get_collection(conn, job.collection)
+                ok = swap_vectors(conn, current, job.id, fingerprint=embedder.fingerprint,
+                                  model_id=embedder.model_id, dim=embedder.dim)  # fmt: skip
+                if ok:
+                    jobs_db.finish_job(conn, job.id, "done")
+                return ok
 
-class JobRunner:
-    """Claims unfinished jobs (including ones a crashed process left running) and runs them.
-
-    One runner per process; several processes may run one each (a CLI `index` next to the
-    daemon): a job is claimed by exactly one owner at a time.
-    """
-
-    def __init__(self, ingestor: Ingestor, *, poll_seconds: float = 2.0) -> None:
-        self.ingestor = ingestor
-        self.owner = jobs_db.make_owner()
-        self.poll_seconds = poll_seconds
-        self._wake = asyncio.Event()
-        # Jobs that cannot run with the serving model, until the model changes.
-        self._blocked: dict[str, str] = {}
-
-    def notify(self) -> None:
-        """A job was queued: look now rather than at the next poll."""
-        self._wake.set()
-
-    async def run_once(self) -> jobs_db.Job | None:
-        """Claim and run one job; None when there was nothing runnable."""
-        db = self.ingestor.store.db
-        try:
-            fingerprint = self.ingestor.get_embedder().fingerprint
-        except LocalrankError:
-            return None  # the model is still loading
-        self._blocked = {j: f for j, f in self._blocked.items() if f == fingerprint}
-        job = await asyncio.to_thread(jobs_db.claim_job, db, self.owner, skip=list(self._blocked))
-        if job is None:
-            return None
-        try:
-            return await self.ingestor.process_job(job)
-        except ModelMismatch:
-            self._blocked[job.id] = fingerprint
-            await asyncio.to_thread(self._requeue, job.id)
-        except LocalrankError as exc:
-            if exc.code in ("not_ready", "overloaded"):
-                await asyncio.to_thread(self._requeue, job.id)
-                return None
-            await asyncio.to_thread(self._fail, job.id, exc.message)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # an unexpected bug must not kill the runner loop
-            await asyncio.to_thread(self._fail, job.id, f"{type(exc).__name__}: {exc}")
-        return None
-
-    def _requeue(self, job_id: str) -> None:
-        with self.ingestor.store.db.write() as conn:
-            conn.execute(
-                "UPDATE jobs SET state = 'queued', owner = NULL WHERE id = ? AND state = 'running'",
-                (job_id,),
-            )
-
-    def _fail(self, job_id: str, message: str) -> None:
-        with self.ingestor.store.db.write() as conn:
-            jobs_db.finish_job(conn, job_id, "failed", message)
-
-    async def run_forever(self) -> None:
-        """The runner loop: until cancelled, run jobs, then wait for a notify or a poll."""
-        try:
-            while True:
-                ran = await self.run_once()
-                if ran is not None:
-                    continue
-                self._wake.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
-        finally:
-            # Closing: the store may already be gone, and then there is nothing to release.
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    asyncio.to_thread(jobs_db.release_jobs, self.ingestor.store.db, self.owner)
-                )
+        # Chunks written while the pass ran (below where it had got to) get another pass.
+        while True:
+            await _overlapped(batches(), lambda b: self._embed(embedder, b), write)
+            if await asyncio.to_thread(swap):
+                return

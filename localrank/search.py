@@ -28,9 +28,9 @@ from localrank.ingest import (
     DocumentIn,
     EmbedderGetter,
     Ingestor,
-    JobRunner,
     check_model,
 )
+from localrank.job_runner import JobRunner
 from localrank.store import Store
 from localrank.store import documents as docs_db
 from localrank.store import jobs as jobs_db

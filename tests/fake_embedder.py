@@ -26,14 +26,22 @@ def _bucket(word: str, dim: int) -> tuple[int, float]:
 class HashEmbedder:
     """Deterministic hashed bag-of-words vectors; counts its calls for cache tests."""
 
-    def __init__(self, dim: int = 64, model_id: str = "fake/hash-bow", delay: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int = 64,
+        model_id: str = "fake/hash-bow",
+        delay: float = 0.0,
+        max_tokens: int = 512,
+    ) -> None:
         self.dim = dim
         self.model_id = model_id
+        self.max_tokens = max_tokens  # like a model's limit: longer inputs would be cut
         self.fingerprint = f"{model_id}@1:dim={dim}:pool=bow:prompt=none"
         self.delay = delay
         self.calls = 0
         self.texts_embedded = 0
         self.bulk_calls = 0
+        self.longest_input = 0  # tokens in the longest text embedded
 
     def vector(self, text: str) -> np.ndarray:
         v = np.zeros(self.dim, dtype=np.float32)
@@ -58,6 +66,7 @@ class HashEmbedder:
         self.texts_embedded += len(texts)
         if bulk:
             self.bulk_calls += 1
+        self.longest_input = max([self.longest_input, *(len(self.token_offsets(t)) for t in texts)])
         if self.delay:
             await asyncio.sleep(self.delay)
         if not texts:

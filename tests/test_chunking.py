@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
+
+import pytest
 from fake_embedder import HashEmbedder
 
 from localrank.chunking import chunk_text
+from localrank.engine.recipe import load_recipe
+from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
+from localrank.ingest import chunk_budget
 
 EMB = HashEmbedder()
 
@@ -88,3 +95,41 @@ def test_deterministic_and_pages() -> None:
 
 def test_empty_text_gives_no_chunks() -> None:
     assert chunks_of("   \n  ") == []
+
+
+def awkward_markdown(seed: int = 3) -> str:
+    """Text whose pieces tokenize differently alone than in context: long identifiers split
+    into sub-words, unbroken runs, multi-byte characters, URLs and code."""
+    rng = random.Random(seed)
+    pieces = ["snake_case_identifier_numero_", "ÜberStraße", "日本語のテキスト", "🙂🚀",
+              "https://example.org/a/b?c=d&e=f", "0x3fa9c2d1e8b7", "aaaaaaaaaaaaaaaaaaaaaaaa",
+              "tokenization", "re-embedding", "    indented(code, line);"]  # fmt: skip
+    parts = []
+    for p in range(40):
+        if p % 7 == 0:
+            parts.append(f"## Section {p}")
+        words = [rng.choice(pieces) + str(rng.randint(0, 99)) for _ in range(rng.randint(30, 90))]
+        parts.append(" ".join(words) + ".")
+        if p % 9 == 4:
+            parts.append("```\n" + "\n".join(rng.choice(pieces) for _ in range(30)) + "\n```")
+    return "\n\n".join(parts)
+
+
+@pytest.mark.parametrize("model,max_tokens", [("minilm", 8192), ("tiny_qwen3", 64)])
+def test_chunks_fit_the_real_tokenizers_limit(
+    model: str, max_tokens: int, request: pytest.FixtureRequest
+) -> None:
+    # Chunks are cut from the whole document's tokens but embedded alone, with special tokens:
+    # with the ingestion budget, none may come back over the model's limit (silently cut).
+    path: Path = request.getfixturevalue(model)
+    raw = load_raw_tokenizer(path)
+    recipe = load_recipe(path, raw, max_tokens=max_tokens, default_instruction="")
+    tokenizer = TextTokenizer(raw, recipe)
+    text = awkward_markdown()
+    budget = chunk_budget(512, recipe.max_tokens)
+    assert budget < 512 and budget < recipe.max_tokens
+    chunks = chunk_text(text, tokenizer.offsets(text), target_tokens=budget, overlap_tokens=64)
+    assert len(chunks) > 5
+    encoded = tokenizer.encode([c.text for c in chunks])
+    assert not [e.original_tokens for e in encoded if e.truncated]
+    assert max(len(e.ids) for e in encoded) <= recipe.max_tokens

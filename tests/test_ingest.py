@@ -8,8 +8,22 @@ import numpy as np
 import pytest
 from fake_embedder import HashEmbedder
 
-from localrank.errors import BackendError, InvalidInput, ModelMismatch, NotFound, TooLarge
-from localrank.ingest import DocumentIn, Ingestor, IngestSettings, JobRunner, parse_documents
+from localrank.errors import (
+    BackendError,
+    InvalidInput,
+    ModelMismatch,
+    NotFound,
+    Overloaded,
+    TooLarge,
+)
+from localrank.ingest import (
+    SPECIAL_TOKENS_MARGIN,
+    DocumentIn,
+    Ingestor,
+    IngestSettings,
+    parse_documents,
+)
+from localrank.job_runner import JobRunner
 from localrank.search import SearchRequest, SearchService
 from localrank.store import Store
 from localrank.store import jobs as jobs_db
@@ -189,3 +203,71 @@ async def test_reindex_rebinds_collection(store: Store) -> None:
         await svc.search(SearchRequest("c", "x", mode="vector"))
     assert jobs_db.list_jobs(store.db.reader())[0].kind == "reindex"
     assert np.isfinite(hits["results"][0]["score"])
+
+
+async def test_chunks_never_exceed_the_embedders_max_tokens(store: Store) -> None:
+    # Configured chunks (512 tokens) are larger than this model reads: they must shrink to fit.
+    emb = HashEmbedder(max_tokens=40)
+    svc = SearchService(store, lambda: emb, Ingestor(store, lambda: emb, IngestSettings()))
+    await svc.create_collection("c")
+    long_text = "# Title\n\n" + " ".join(f"word{i}" for i in range(600))
+    await svc.add_documents("c", [DocumentIn("sync", long_text)], background=False)
+    await svc.add_documents("c", [DocumentIn("job", long_text + " more")], background=True)
+    assert (await svc.runner.run_once()).state == "done"  # type: ignore[union-attr]
+    texts = [r[0] for r in store.db.reader().execute("SELECT text FROM chunks")]
+    assert len(texts) > 2 * 600 // 40
+    assert max(len(emb.token_offsets(t)) for t in texts) <= emb.max_tokens - SPECIAL_TOKENS_MARGIN
+    assert 0 < emb.longest_input <= emb.max_tokens
+
+
+class RecordingEmbedder(HashEmbedder):
+    """Notes, as each embed call starts, how many job items are committed as done."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(delay=0.02)
+        self.store = store
+        self.done_at_start: list[int] = []
+
+    async def embed(self, texts, *, query, instruction=None, bulk=False):  # type: ignore[override]
+        row = self.store.db.reader().execute("SELECT max(done) FROM jobs").fetchone()
+        self.done_at_start.append(int(row[0] or 0))
+        return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
+
+
+async def test_job_batches_are_pipelined_and_commit_in_order(store: Store) -> None:
+    emb = RecordingEmbedder(store)
+    ingestor = Ingestor(store, lambda: emb, IngestSettings(job_batch_docs=5))
+    svc = SearchService(store, lambda: emb, ingestor)
+    await svc.create_collection("c")
+    await svc.add_documents("c", docs(20), background=True)
+    seen: list[int] = []
+    job = jobs_db.claim_job(store.db, svc.runner.owner)
+    assert job is not None
+    final = await ingestor.process_job(job, lambda j: seen.append(j.done))
+    assert (final.state, final.done) == ("done", 20)
+    assert seen == [5, 10, 15, 20]  # one commit per batch, in order
+    # Batch k starts embedding before batch k-1 is written (k-2 is): writes overlap the model.
+    assert emb.done_at_start == [0, 0, 5, 10]
+    c = counts(store.db.reader())
+    assert c["documents"] == 20 and c["chunks"] == c["vectors"]
+
+
+class FlakyEmbedder(HashEmbedder):
+    """The daemon's queue is full for the first call."""
+
+    async def embed(self, texts, *, query, instruction=None, bulk=False):  # type: ignore[override]
+        if self.calls == 0:
+            self.calls += 1
+            raise Overloaded("queue full", retry_after=1.0)
+        return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
+
+
+async def test_overloaded_model_requeues_the_job_without_failing_documents(store: Store) -> None:
+    emb = FlakyEmbedder()
+    svc = SearchService(store, lambda: emb)
+    await svc.create_collection("c")
+    job = await svc.add_documents("c", docs(3), background=True)
+    assert await svc.runner.run_once() is None
+    assert (await svc.get_job(job["job_id"]))["state"] == "queued"
+    final = await svc.runner.run_once()
+    assert final is not None and (final.state, final.done, final.failed) == ("done", 3, 0)

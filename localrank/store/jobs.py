@@ -170,14 +170,17 @@ def claim_job(
     return None
 
 
-def pending_items(conn: apsw.Connection, job_id: str, limit: int) -> list[tuple[int, str, str]]:
-    """Up to `limit` pending (seq, doc_id, payload JSON) of a job, in submission order."""
+def pending_items(
+    conn: apsw.Connection, job_id: str, limit: int, *, after: int = -1
+) -> list[tuple[int, str, str]]:
+    """Up to `limit` pending (seq, doc_id, payload JSON) of a job with seq > `after`, in
+    submission order (`after` lets a pipeline read ahead of its own uncommitted batches)."""
     return [
         (int(r[0]), r[1], r[2])
         for r in conn.execute(
             "SELECT seq, doc_id, payload FROM job_items WHERE job = ? AND state = 'pending' "
-            "ORDER BY seq LIMIT ?",
-            (job_id, int(limit)),
+            "AND seq > ? ORDER BY seq LIMIT ?",
+            (job_id, int(after), int(limit)),
         )
     ]
 

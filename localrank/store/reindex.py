@@ -14,16 +14,16 @@ from localrank.store.vector_index import quantize
 
 
 def chunks_to_reindex(
-    conn: apsw.Connection, collection_id: int, job_id: str, limit: int
+    conn: apsw.Connection, collection_id: int, job_id: str, limit: int, *, after: int = 0
 ) -> list[tuple[int, str]]:
-    """(chunk id, text) of chunks that have no staged vector for this job yet."""
+    """(chunk id, text) of chunks with id > `after` that have no staged vector for this job."""
     return [
         (int(r[0]), r[1])
         for r in conn.execute(
-            "SELECT c.id, c.text FROM chunks c WHERE c.collection_id = ? AND NOT EXISTS "
-            "(SELECT 1 FROM reindex_vectors r WHERE r.job = ? AND r.chunk = c.id) "
+            "SELECT c.id, c.text FROM chunks c WHERE c.collection_id = ? AND c.id > ? AND NOT "
+            "EXISTS (SELECT 1 FROM reindex_vectors r WHERE r.job = ? AND r.chunk = c.id) "
             "ORDER BY c.id LIMIT ?",
-            (collection_id, job_id, int(limit)),
+            (collection_id, int(after), job_id, int(limit)),
         )
     ]
 
