@@ -27,7 +27,8 @@ from pathlib import Path
 
 from localrank.chunking import chunk_text
 from localrank.config import load_settings
-from localrank.ingest import AsyncEmbedder, DocumentIn, Ingestor, IngestSettings, chunk_budget
+from localrank.documents import DocumentIn
+from localrank.ingest import AsyncEmbedder, Ingestor, IngestSettings, chunk_budget
 from localrank.search import SearchService
 from localrank.store import Store
 from localrank.store import jobs as jobs_db

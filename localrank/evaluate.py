@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from localrank.documents import DocumentIn
 from localrank.errors import InvalidInput
-from localrank.ingest import DocumentIn
 from localrank.search import SearchRequest, SearchService
 
 CONFIGS: dict[str, dict[str, Any]] = {

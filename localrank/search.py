@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from localrank.documents import DocumentIn
 from localrank.errors import InvalidInput
 from localrank.ingest import (
     AsyncEmbedder,
-    DocumentIn,
     EmbedderGetter,
     Ingestor,
     check_model,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from fake_embedder import HashEmbedder
 
+from localrank.documents import DocumentIn, parse_documents
 from localrank.errors import (
     BackendError,
     InvalidInput,
@@ -16,13 +17,7 @@ from localrank.errors import (
     Overloaded,
     TooLarge,
 )
-from localrank.ingest import (
-    SPECIAL_TOKENS_MARGIN,
-    DocumentIn,
-    Ingestor,
-    IngestSettings,
-    parse_documents,
-)
+from localrank.ingest import SPECIAL_TOKENS_MARGIN, Ingestor, IngestSettings
 from localrank.job_runner import JobRunner
 from localrank.search import SearchRequest, SearchService
 from localrank.store import Store

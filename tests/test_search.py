@@ -11,9 +11,9 @@ import pytest
 from fake_embedder import HashEmbedder
 
 from localrank.cli import store_cmds
+from localrank.documents import DocumentIn
 from localrank.errors import InvalidInput
 from localrank.evaluate import evaluate, index_dataset, load_beir, mrr_at_k, ndcg_at_k, recall_at_k
-from localrank.ingest import DocumentIn
 from localrank.search import SearchRequest, SearchService, rrf
 from localrank.store import Store
 

@@ -26,7 +26,8 @@ CHILD = r"""
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
 from fake_embedder import HashEmbedder
-from localrank.ingest import DocumentIn, IngestSettings, Ingestor
+from localrank.documents import DocumentIn
+from localrank.ingest import IngestSettings, Ingestor
 from localrank.search import SearchService
 from localrank.store import Store
 

@@ -21,10 +21,11 @@ from typing import Any
 
 from localrank.cli.common import add_model_flags, print_json, settings_from_args
 from localrank.config import Settings
+from localrank.documents import DocumentIn, check_text, content_hash
 from localrank.engine.inprocess import embedder_factory
 from localrank.errors import InvalidInput, LocalrankError, ModelError, NotFound
 from localrank.evaluate import evaluate, index_dataset, load_beir
-from localrank.ingest import AsyncEmbedder, DocumentIn, check_text, content_hash
+from localrank.ingest import AsyncEmbedder
 from localrank.search import SearchRequest, SearchService
 from localrank.store import Store
 from localrank.store import documents as docs_db

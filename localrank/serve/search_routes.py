@@ -14,8 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from localrank.config import Settings
+from localrank.documents import parse_documents
 from localrank.errors import InvalidInput
-from localrank.ingest import EmbedderGetter, Ingestor, IngestSettings, parse_documents
+from localrank.ingest import EmbedderGetter, Ingestor, IngestSettings
 from localrank.search import SearchRequest, SearchService
 from localrank.serve.http import read_json
 from localrank.store import Store
