@@ -1,27 +1,34 @@
-"""PyTorch backend on mps / cuda / cpu, through transformers' model classes.
+"""PyTorch backend on mps / cuda / cpu: our own Qwen3 and BERT forwards over safetensors weights.
 
-torch and transformers are imported only here.
+transformers is not imported here (nor anywhere at runtime): its modeling modules cost 2.5-5 s of
+cold start. Weights are read with safetensors, checked against the shapes config.json implies,
+cast once to the compute dtype and moved to the device; the forwards live in torch_models.py.
+torch is imported only here and there.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from transformers import AutoModel
-from transformers.utils import logging as hf_logging
+from safetensors import SafetensorError, safe_open
 
+from localrank.engine.torch_models import ARCHITECTURES, TorchModel
 from localrank.engine.types import BackendInfo, Batch, Recipe
-from localrank.errors import BackendError, ModelError
+from localrank.errors import BackendError, InvalidInput, ModelError
 
 log = logging.getLogger(__name__)
-# A daemon's log is no place for tqdm bars.
-hf_logging.disable_progress_bar()
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+POOLINGS = ("last_token", "mean", "cls")
+ATTENTION = ("auto", "sdpa", "explicit")
+# Checkpoint entries that are not part of the embedding model (LM / pretraining heads, buffers).
+IGNORED_PREFIXES = ("lm_head.", "pooler.", "cls.")
+IGNORED_SUFFIXES = ("position_ids", "token_type_ids", "rotary_emb.inv_freq")
 
 
 def default_dtype(device: str) -> str:
@@ -31,47 +38,98 @@ def default_dtype(device: str) -> str:
 
 
 class TorchEmbedder:
-    """A transformers model on one torch device, pooled by the recipe."""
+    """A Qwen3 or BERT model on one torch device, pooled by the recipe.
+
+    `attention`: "sdpa" (torch's fused kernel), "explicit" (matmul + float32 softmax) or "auto":
+    explicit on MPS, where SDPA gives NaN for Qwen3 on some macOS versions, SDPA elsewhere.
+    """
 
     def __init__(self, model_dir: Path, recipe: Recipe, *, device: str = "cpu",
-                 dtype: str = "auto") -> None:
-        self.recipe = recipe
+                 dtype: str = "auto", attention: str = "auto") -> None:
+        model_dir = Path(model_dir)
+        if recipe.pooling not in POOLINGS:
+            raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
+        if attention not in ATTENTION:
+            raise BackendError(f"unknown attention {attention!r}; expected one of {ATTENTION}")
         dtype = default_dtype(device) if dtype == "auto" else dtype
-        # SDPA gives NaN for Qwen3 on some macOS/MPS versions; eager attention does not.
-        attn = "eager" if device == "mps" else "sdpa"
-        try:
-            model: Any = AutoModel.from_pretrained(
-                str(model_dir), dtype=_DTYPES[dtype], attn_implementation=attn,
-                trust_remote_code=False, local_files_only=True,
-            )
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelError(f"cannot load {model_dir} with transformers: {exc}") from exc
-        try:
-            model = model.to(device).eval()
-        except (RuntimeError, AssertionError) as exc:
-            raise BackendError(f"cannot move the model to torch device {device!r}: {exc}") from exc
-        self.model = model
+        if dtype not in _DTYPES:
+            raise BackendError(f"unknown dtype {dtype!r}; expected auto or {', '.join(_DTYPES)}")
+        if not device_available(device):
+            raise BackendError(f"torch device {device!r} is not available here")
+        self.recipe = recipe
         self.device = torch.device(device)
-        param = next(model.parameters())
-        hidden = int(model.config.hidden_size)
+        self.explicit = attention == "explicit" or (attention == "auto" and device == "mps")
+
+        cfg, config_path = read_config(model_dir)
+        model_type = cfg.get("model_type")
+        if model_type not in ARCHITECTURES:
+            raise ModelError(f"{config_path}: model_type {model_type!r} is not supported by the "
+                             f"torch backend (supported: {', '.join(ARCHITECTURES)})")
+        arch, shapes_of, prefix = ARCHITECTURES[model_type]
+        hidden = int(cfg.get("hidden_size", -1))
         if hidden != recipe.dim:
-            raise ModelError(f"{model_dir}: model hidden size {hidden} != recipe dim {recipe.dim}")
+            raise ModelError(f"{config_path}: hidden_size {hidden} != recipe dim {recipe.dim}")
+        try:
+            expected = shapes_of(cfg)
+        except KeyError as e:
+            raise ModelError(f"{config_path}: missing config key {e}") from e
+        weights, origin = normalise_keys(*read_weights(model_dir), prefix)
+        check_weights(weights, origin, expected, model_dir)
+        weights = to_device(weights, self.device, _DTYPES[dtype])
+        # Read back: what the loaded tensors really are.
+        loaded = next(iter(weights.values()))
+        try:
+            # The model consumes `weights` (fusing projections frees the unfused copies).
+            self.model: TorchModel | None = arch(cfg, weights, config_path)
+        except KeyError as e:
+            raise ModelError(f"{config_path}: missing config key {e}") from e
+        self._vocab = int(cfg["vocab_size"])
         self.info = BackendInfo(
-            backend="torch",
-            device=param.device.type,
-            dtype=str(param.dtype).removeprefix("torch."),
-            dim=hidden,
-            pooling=recipe.pooling,
-            max_tokens=recipe.max_tokens,
+            backend="torch", device=loaded.device.type,
+            dtype=str(loaded.dtype).removeprefix("torch."), dim=hidden,
+            pooling=recipe.pooling, max_tokens=recipe.max_tokens,
         )
+        log.info("torch: loaded %s (%s) on %s as %s, %s attention", model_dir, model_type,
+                 self.info.device, self.info.dtype, "explicit" if self.explicit else "SDPA")
 
     def embed(self, batch: Batch) -> np.ndarray:
-        ids = torch.from_numpy(batch.input_ids).to(self.device)
-        mask = torch.from_numpy(batch.attention_mask).to(self.device)
+        """Pooled, not normalised, float32 [B, dim] vectors."""
+        model = self.model
+        if model is None:
+            raise BackendError("torch embedder is closed")
+        ids_np, mask_np = self._validate(batch, model)
+        b, t = ids_np.shape
+        if b == 0:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
         with torch.inference_mode():
-            hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-            pooled = pool(hidden, mask, self.recipe.pooling)
-            return pooled.float().cpu().numpy()
+            ids = torch.from_numpy(np.ascontiguousarray(ids_np, dtype=np.int64)).to(self.device)
+            mask = torch.from_numpy(np.ascontiguousarray(mask_np != 0)).to(self.device)
+            # No padding at all (common: batches are length-sorted): no mask, faster kernels.
+            hidden = model.forward(ids, None if bool(mask.all()) else mask,
+                                   explicit=self.explicit)
+            out = pool(hidden, mask, self.recipe.pooling).float().cpu().numpy()
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            raise BackendError(f"torch produced non-finite vectors for batch rows {bad.tolist()} "
+                               f"(batch shape {b}x{t}, {self.info.device} {self.info.dtype})")
+        return out
+
+    def _validate(self, batch: Batch, model: TorchModel) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = np.asarray(batch.input_ids), np.asarray(batch.attention_mask)
+        if ids.ndim != 2 or ids.shape != mask.shape:
+            raise InvalidInput(f"batch input_ids {ids.shape} and attention_mask {mask.shape} must "
+                               "be equal 2-D shapes")
+        if ids.size == 0:
+            return ids, mask
+        if not (mask != 0).any(axis=1).all():
+            raise InvalidInput("every batch row needs at least one real token")
+        if ids.min() < 0 or ids.max() >= self._vocab:
+            raise InvalidInput(f"token ids must be in [0, {self._vocab}); got "
+                               f"[{ids.min()}, {ids.max()}]")
+        if model.max_positions is not None and ids.shape[1] > model.max_positions:
+            raise InvalidInput(f"{ids.shape[1]} tokens is over this model's "
+                               f"{model.max_positions} positions")
+        return ids, mask
 
     def clear_cache(self) -> None:
         if self.device.type == "mps":
@@ -80,21 +138,23 @@ class TorchEmbedder:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
-        del self.model
+        self.model = None
         self.clear_cache()
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """[B, T, H] hidden states -> [B, H]; `mask` is 1/True on real tokens, any padding side."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
     if pooling == "last_token":
         # Index of each row's last real token: correct for left and right padding alike.
         positions = torch.arange(mask.shape[1], device=mask.device)
-        last = (positions * mask).argmax(dim=1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return hidden[rows, (positions * mask.long()).argmax(dim=1)]
     if pooling == "mean":
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        # Summed in float32 whatever the compute dtype (a no-op on CPU): fp16 sums overflow.
+        m = mask.unsqueeze(-1).float()
+        return (hidden.float() * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
     if pooling == "cls":
-        return hidden[:, 0]
+        return hidden[rows, mask.long().argmax(dim=1)]  # the first real token
     raise ModelError(f"unknown pooling {pooling!r}")
 
 
@@ -106,3 +166,113 @@ def device_available(device: str) -> bool:
     if device == "mps":
         return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
     return False
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def read_config(model_dir: Path) -> tuple[dict[str, Any], Path]:
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelError(f"{path}: missing (not a model folder?)")
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return cfg, path
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the shards an index names, or the single file."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"{index}: unreadable shard index: {e}") from e
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise ModelError(f"{f}: shard listed in {index.name} is missing")
+        return files
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{model_dir}: no model.safetensors (or shards) found; only safetensors "
+                         "weights are supported by the torch backend")
+    return files
+
+
+def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """All tensors of a (possibly sharded) checkpoint, on CPU as stored, and the file of each."""
+    weights: dict[str, torch.Tensor] = {}
+    origin: dict[str, Path] = {}
+    for f in weight_files(model_dir):
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for key in st.keys():  # noqa: SIM118 - safe_open is not a Mapping
+                    weights[key] = st.get_tensor(key)
+                    origin[key] = f
+        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+            raise ModelError(f"{f}: cannot read safetensors: {e}") from e
+    return weights, origin
+
+
+def normalise_keys(weights: dict[str, torch.Tensor], origin: dict[str, Path],
+                   prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """Strip the "model." / "bert." prefix, drop heads and buffers, rename gamma/beta."""
+    out: dict[str, torch.Tensor] = {}
+    out_origin: dict[str, Path] = {}
+    for key, value in weights.items():
+        name = key.removeprefix(prefix)
+        if name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES):
+            continue
+        # Old BERT checkpoints name LayerNorm parameters gamma / beta.
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+        name = name.replace("LayerNorm.beta", "LayerNorm.bias")
+        out[name] = value
+        out_origin[name] = origin[key]
+    return out, out_origin
+
+
+def check_weights(weights: dict[str, torch.Tensor], origin: dict[str, Path],
+                  expected: dict[str, tuple[int, ...]], model_dir: Path) -> None:
+    """Every expected key present with its shape and a floating dtype, nothing unexplained."""
+    missing = sorted(expected.keys() - weights.keys())
+    if missing:
+        files = ", ".join(sorted({str(p) for p in origin.values()})) or str(model_dir)
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ModelError(f"{files}: missing weights {', '.join(missing[:5])}{more}")
+    unexpected = sorted(weights.keys() - expected.keys())
+    if unexpected:
+        k = next((k for k in unexpected if k.endswith(".scales")), unexpected[0])
+        if k.endswith(".scales"):
+            raise ModelError(f"{origin[k]}: quantised weights ({k!r}) are MLX-only; the torch "
+                             "backend needs unquantised safetensors")
+        raise ModelError(f"{origin[k]}: unexpected weight {k!r} (and {len(unexpected) - 1} more); "
+                         "config.json does not describe these weights")
+    for k, shape in expected.items():
+        got = weights[k]
+        if tuple(got.shape) != shape:
+            raise ModelError(f"{origin[k]}: weight {k!r} has shape {tuple(got.shape)}, "
+                             f"config.json implies {shape}")
+        if not got.is_floating_point():
+            raise ModelError(f"{origin[k]}: weight {k!r} has dtype {got.dtype}, expected floats")
+
+
+def to_device(weights: dict[str, torch.Tensor], device: torch.device,
+              dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Cast once (bf16 checkpoints become float32 on CPU, float16 on accelerators) and move,
+    in place, so the stored copy of each tensor is freed as soon as its cast exists."""
+    try:
+        for k in list(weights):
+            weights[k] = weights[k].to(device=device, dtype=dtype)
+        return weights
+    except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
+        raise BackendError(f"cannot move the weights to torch device {device}: {e}") from e
+
+
+__all__ = ["TorchEmbedder", "default_dtype", "device_available", "pool"]

@@ -1,0 +1,341 @@
+"""The torch backend's own forwards (torch_models.py) against transformers / sentence-transformers,
+both attention paths, the traps (left-padding NaN, rope_theta), dtypes, load errors, and that
+transformers is never imported at runtime.
+
+Batches are built here by hand from `tokenizers`, so that nothing but the backend is under test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
+from localrank.engine import torch_models
+from localrank.engine.torch_backend import TorchEmbedder, default_dtype, pool
+from localrank.engine.torch_models import attention_mask, qwen3_rope_theta
+from localrank.engine.types import Batch, Recipe
+from localrank.errors import BackendError, InvalidInput, ModelError
+from tests.reference import qwen3_reference, sentence_transformers_reference
+
+ROOT = Path(__file__).resolve().parent.parent
+EOS = 151643
+QWEN3 = Recipe(family="qwen3", pooling="last_token", padding_side="left", normalize=True, dim=64,
+               max_tokens=8192, pad_token_id=EOS, eos_token_id=EOS)
+MINILM = Recipe(family="bert", pooling="mean", padding_side="right", normalize=True, dim=384,
+                max_tokens=256, pad_token_id=0)
+TEXTS = [
+    "",  # the appended <|endoftext|> alone: a one-token input
+    "a",
+    "What is the capital of France?",
+    "Paris is the capital and largest city of France, on the Seine. " * 4,
+    "Ünïcödé — 日本語のテキスト, emoji 🚀🌍 and Ελληνικά",
+    "repeat me",
+    "repeat me",
+]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def pad(rows: list[list[int]], side: str, pad_id: int) -> Batch:
+    t = max(len(r) for r in rows)
+    ids = np.full((len(rows), t), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), t), dtype=np.int64)
+    for i, r in enumerate(rows):
+        sl = slice(t - len(r), t) if side == "left" else slice(0, len(r))
+        ids[i, sl], mask[i, sl] = r, 1
+    return Batch(input_ids=ids, attention_mask=mask)
+
+
+def qwen3_batch(model_dir: Path, texts: list[str], side: str = "left") -> Batch:
+    # The tiny model's tokenizer.json appends <|endoftext|> itself.
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    rows = [tok.encode(t).ids for t in texts]
+    assert all(r[-1] == EOS for r in rows)
+    return pad(rows, side, EOS)
+
+
+def minilm_batch(model_dir: Path, texts: list[str]) -> Batch:
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(256)
+    return pad([tok.encode(t).ids for t in texts], "right", 0)
+
+
+def copy_model(src: Path, dst: Path, *, weights: dict[str, torch.Tensor] | None = None,
+               **config_changes: object) -> Path:
+    """A model folder sharing src's files, with its own config.json and, when `weights` is given,
+    its own model.safetensors (none at all for an empty dict)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        own = f.name == "config.json" or (weights is not None and f.suffix == ".safetensors")
+        if f.is_file() and not own:
+            (dst / f.name).symlink_to(f)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    if weights:
+        save_file(weights, str(dst / "model.safetensors"))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def qwen3_sdpa(tiny_qwen3: Path) -> TorchEmbedder:
+    return TorchEmbedder(tiny_qwen3, QWEN3, attention="sdpa")
+
+
+@pytest.fixture(scope="module")
+def qwen3_explicit(tiny_qwen3: Path) -> TorchEmbedder:
+    return TorchEmbedder(tiny_qwen3, QWEN3, attention="explicit")
+
+
+@pytest.fixture(scope="module")
+def qwen3_ref(tiny_qwen3: Path) -> np.ndarray:
+    return qwen3_reference(tiny_qwen3, TEXTS)
+
+
+# ----------------------------------------------------------------------------- parity
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_qwen3_matches_transformers(tiny_qwen3: Path, qwen3_ref: np.ndarray, attention: str,
+                                    request: pytest.FixtureRequest) -> None:
+    emb: TorchEmbedder = request.getfixturevalue(f"qwen3_{attention}")
+    assert (emb.info.backend, emb.info.device, emb.info.dtype, emb.info.dim) == (
+        "torch", "cpu", "float32", 64)
+    got = emb.embed(qwen3_batch(tiny_qwen3, TEXTS))
+    assert got.dtype == np.float32 and got.shape == (len(TEXTS), 64)
+    assert np.abs(unit(got) - qwen3_ref).max() < 1e-4
+    np.testing.assert_array_equal(got[5], got[6])
+    singles = np.concatenate([emb.embed(qwen3_batch(tiny_qwen3, [t])) for t in TEXTS])
+    assert np.abs(unit(singles) - qwen3_ref).max() < 1e-4
+    # Causal attention: the last real token's state does not depend on the padding side.
+    right = emb.embed(qwen3_batch(tiny_qwen3, TEXTS, "right"))
+    assert np.abs(unit(right) - qwen3_ref).max() < 1e-4
+
+
+def test_explicit_attention_equals_sdpa(tiny_qwen3: Path, minilm: Path,
+                                        qwen3_sdpa: TorchEmbedder, qwen3_explicit: TorchEmbedder,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    batch = qwen3_batch(tiny_qwen3, TEXTS)
+    assert np.abs(qwen3_sdpa.embed(batch) - qwen3_explicit.embed(batch)).max() < 1e-5
+    # torch < 2.5 has no SDPA enable_gqa: k/v heads are repeated instead, same numbers.
+    monkeypatch.setattr(torch_models, "_SDPA_GQA", False)
+    assert np.abs(qwen3_sdpa.embed(batch) - qwen3_explicit.embed(batch)).max() < 1e-5
+    monkeypatch.undo()
+    unpadded = qwen3_batch(tiny_qwen3, ["abc", "xyz"])  # equal lengths: the mask-free path
+    assert unpadded.attention_mask.all()
+    assert np.abs(qwen3_sdpa.embed(unpadded) - qwen3_explicit.embed(unpadded)).max() < 1e-5
+    mb = minilm_batch(minilm, TEXTS)
+    a = TorchEmbedder(minilm, MINILM, attention="sdpa").embed(mb)
+    b = TorchEmbedder(minilm, MINILM, attention="explicit").embed(mb)
+    assert np.abs(a - b).max() < 1e-5
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_minilm_matches_sentence_transformers(minilm: Path, attention: str) -> None:
+    emb = TorchEmbedder(minilm, MINILM, attention=attention)
+    assert (emb.info.dim, emb.info.pooling, emb.info.max_tokens) == (384, "mean", 256)
+    got = unit(emb.embed(minilm_batch(minilm, TEXTS)))
+    want = sentence_transformers_reference(minilm, TEXTS)
+    assert np.abs(got - want).max() < 1e-5
+    assert got[2] @ got[3] > got[2] @ got[1]  # France questions nearer each other than "a"
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "explicit"])
+def test_left_padded_rows_are_finite_everywhere(tiny_qwen3: Path, attention: str,
+                                                request: pytest.FixtureRequest) -> None:
+    # Padding queries under a causal mask with left padding see no real key: unless they may
+    # attend to themselves, their softmax row is empty (NaN) and NaN spreads through 0 * NaN.
+    emb: TorchEmbedder = request.getfixturevalue(f"qwen3_{attention}")
+    batch = qwen3_batch(tiny_qwen3, ["", "a much longer input than the first one, by far"])
+    real = torch.from_numpy(batch.attention_mask != 0)
+    assert not real[0, 0]
+    assert emb.model is not None
+    with torch.inference_mode():
+        hidden = emb.model.forward(torch.from_numpy(batch.input_ids), real,
+                                   explicit=emb.explicit)
+    assert torch.isfinite(hidden).all()
+    mask = attention_mask(real, causal=True)
+    assert mask.any(dim=-1).all()  # no empty row anywhere
+    # Attention itself is finite at padding positions too (the forward drops them afterwards).
+    q, k, v = torch.randn(3, 2, 4, real.shape[1], 16).unbind(0)
+    out = torch_models.attend(q, k, v, mask, causal=True, explicit=attention == "explicit")
+    assert torch.isfinite(out).all()
+
+
+def test_rope_theta_is_read_from_rope_parameters(tiny_qwen3: Path, tmp_path: Path,
+                                                 qwen3_sdpa: TorchEmbedder) -> None:
+    cfg = json.loads((tiny_qwen3 / "config.json").read_text())
+    assert "rope_theta" not in cfg and cfg["rope_parameters"]["rope_theta"] == 10000.0
+    other = copy_model(tiny_qwen3, tmp_path / "theta",
+                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    texts = TEXTS[2:5]
+    batch = qwen3_batch(tiny_qwen3, texts)
+    base = unit(qwen3_sdpa.embed(batch))
+    changed = unit(TorchEmbedder(other, QWEN3).embed(batch))
+    assert np.abs(base - changed).max() > 1e-3  # theta really matters for these inputs
+    assert np.abs(changed - qwen3_reference(other, texts)).max() < 1e-4
+
+
+# ----------------------------------------------------------------------------- dtypes
+
+
+def test_bf16_checkpoint_is_cast_at_load(tiny_qwen3: Path, tmp_path: Path,
+                                         qwen3_ref: np.ndarray) -> None:
+    bf16 = {k: v.to(torch.bfloat16) for k, v in load_file(tiny_qwen3 / "model.safetensors").items()}
+    d = copy_model(tiny_qwen3, tmp_path / "bf16", weights=bf16, torch_dtype="bfloat16")
+    emb = TorchEmbedder(d, QWEN3)  # auto on cpu: float32
+    assert emb.info.dtype == "float32"
+    got = unit(emb.embed(qwen3_batch(tiny_qwen3, TEXTS)))
+    # transformers loading the same bf16 file in float32 computes exactly what we do...
+    assert np.abs(got - qwen3_reference(d, TEXTS)).max() < 1e-4
+    # ...and rounding the weights to bf16 moved the vectors only a little.
+    assert (got * qwen3_ref).sum(axis=1).min() > 0.99
+    half = TorchEmbedder(d, QWEN3, dtype="bfloat16")
+    assert half.info.dtype == "bfloat16"
+    assert (unit(half.embed(qwen3_batch(tiny_qwen3, TEXTS))) * qwen3_ref).sum(axis=1).min() > 0.98
+
+
+def test_sharded_checkpoint(tiny_qwen3: Path, tmp_path: Path, qwen3_sdpa: TorchEmbedder) -> None:
+    d = copy_model(tiny_qwen3, tmp_path / "sharded", weights={})
+    weights = load_file(tiny_qwen3 / "model.safetensors")
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2],
+              "model-00002-of-00002.safetensors": names[1::2]}
+    for shard, keys in shards.items():
+        save_file({f"model.{k}": weights[k] for k in keys}, str(d / shard))  # prefixed keys
+    index = {"weight_map": {f"model.{k}": shard for shard, keys in shards.items() for k in keys}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    batch = qwen3_batch(tiny_qwen3, TEXTS[:3])
+    np.testing.assert_array_equal(TorchEmbedder(d, QWEN3).embed(batch), qwen3_sdpa.embed(batch))
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ModelError, match="00002-of-00002.safetensors"):
+        TorchEmbedder(d, QWEN3)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_missing_key_names_file_and_key(tiny_qwen3: Path, tmp_path: Path) -> None:
+    weights = load_file(tiny_qwen3 / "model.safetensors")
+    del weights["layers.1.self_attn.k_norm.weight"]
+    d = copy_model(tiny_qwen3, tmp_path / "missing", weights=weights)
+    with pytest.raises(ModelError,
+                       match=r"missing/model\.safetensors: missing weights "
+                             r"layers\.1\.self_attn\.k_norm\.weight"):
+        TorchEmbedder(d, QWEN3)
+
+
+def test_config_and_weights_disagree(tiny_qwen3: Path, tmp_path: Path) -> None:
+    d = copy_model(tiny_qwen3, tmp_path / "deeper", num_hidden_layers=3)
+    with pytest.raises(ModelError, match=r"model\.safetensors: missing weights layers\.2\."):
+        TorchEmbedder(d, QWEN3)
+    d = copy_model(tiny_qwen3, tmp_path / "wider", intermediate_size=256)
+    with pytest.raises(ModelError, match=r"mlp\.gate_proj\.weight' has shape \(128, 64\), "
+                                         r"config.json implies \(256, 64\)"):
+        TorchEmbedder(d, QWEN3)
+    weights = load_file(tiny_qwen3 / "model.safetensors")
+    weights["layers.0.extra.weight"] = torch.zeros(2)
+    d = copy_model(tiny_qwen3, tmp_path / "extra", weights=weights)
+    with pytest.raises(ModelError, match=r"unexpected weight 'layers\.0\.extra\.weight'"):
+        TorchEmbedder(d, QWEN3)
+
+
+def test_model_folder_errors(tiny_qwen3: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="config.json"):
+        TorchEmbedder(tmp_path, QWEN3)
+    d = copy_model(tiny_qwen3, tmp_path / "llama", model_type="llama")
+    with pytest.raises(ModelError, match="'llama'"):
+        TorchEmbedder(d, QWEN3)
+    d = copy_model(tiny_qwen3, tmp_path / "noweights", weights={})
+    with pytest.raises(ModelError, match="safetensors"):
+        TorchEmbedder(d, QWEN3)
+    d = copy_model(tiny_qwen3, tmp_path / "notheta", rope_parameters={"rope_type": "default"})
+    with pytest.raises(ModelError, match="rope_theta"):
+        TorchEmbedder(d, QWEN3)
+
+
+def test_device_dtype_and_batch_errors(tiny_qwen3: Path, qwen3_sdpa: TorchEmbedder) -> None:
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendError, match="cuda"):
+            TorchEmbedder(tiny_qwen3, QWEN3, device="cuda")
+    with pytest.raises(BackendError, match="dtype"):
+        TorchEmbedder(tiny_qwen3, QWEN3, dtype="int8")
+    with pytest.raises(BackendError, match="attention"):
+        TorchEmbedder(tiny_qwen3, QWEN3, attention="flash")
+    ids = np.array([[EOS, 1]], dtype=np.int64)
+    with pytest.raises(InvalidInput, match="at least one real token"):
+        qwen3_sdpa.embed(Batch(ids, np.zeros_like(ids)))
+    with pytest.raises(InvalidInput, match="token ids"):
+        qwen3_sdpa.embed(Batch(np.array([[10**7]]), np.array([[1]])))
+    empty = np.zeros((0, 3), dtype=np.int64)
+    assert qwen3_sdpa.embed(Batch(empty, empty)).shape == (0, 64)
+    closed = TorchEmbedder(tiny_qwen3, QWEN3)
+    closed.close()
+    with pytest.raises(BackendError, match="closed"):
+        closed.embed(qwen3_batch(tiny_qwen3, ["x"]))
+
+
+def test_non_finite_output_is_a_backend_error(tiny_qwen3: Path, tmp_path: Path) -> None:
+    weights = load_file(tiny_qwen3 / "model.safetensors")
+    weights["norm.weight"] = torch.full_like(weights["norm.weight"], float("nan"))
+    d = copy_model(tiny_qwen3, tmp_path / "poisoned", weights=weights)
+    with pytest.raises(BackendError, match="non-finite"):
+        TorchEmbedder(d, QWEN3).embed(qwen3_batch(tiny_qwen3, ["x"]))
+
+
+def test_pool_last_token_and_cls_follow_the_mask() -> None:
+    hidden = torch.arange(2 * 3 * 1, dtype=torch.float32).view(2, 3, 1)
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert pool(hidden, left, "last_token").flatten().tolist() == [2.0, 5.0]
+    assert pool(hidden, right, "last_token").flatten().tolist() == [1.0, 5.0]
+    assert pool(hidden, right, "cls").flatten().tolist() == [0.0, 3.0]
+    assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 4.0]
+
+
+def test_rope_theta_resolution_and_default_dtypes(tmp_path: Path) -> None:
+    src = tmp_path / "config.json"
+    assert qwen3_rope_theta({"rope_theta": 5.0}, src) == 5.0
+    assert qwen3_rope_theta({"rope_parameters": {"rope_theta": 7.0}}, src) == 7.0
+    # transformers 5 gives rope_parameters priority; so do we.
+    assert qwen3_rope_theta({"rope_theta": 5.0, "rope_parameters": {"rope_theta": 7.0}}, src) == 7.0
+    with pytest.raises(ModelError, match="yarn"):
+        qwen3_rope_theta({"rope_parameters": {"rope_type": "yarn", "rope_theta": 7.0}}, src)
+    assert [default_dtype(d) for d in ("cpu", "mps", "cuda")] == ["float32", "float16", "float16"]
+
+
+# ----------------------------------------------------------------------------- cold start
+
+
+@pytest.mark.parametrize("fixture", ["minilm", "tiny_qwen3"])
+def test_load_engine_never_imports_transformers(fixture: str,
+                                                request: pytest.FixtureRequest) -> None:
+    model: Path = request.getfixturevalue(fixture)
+    code = textwrap.dedent(f"""
+        import sys
+        from localrank.config import load_settings
+        from localrank.engine.load import load_engine
+        engine = load_engine(load_settings({{"model": {str(model)!r}, "backend": "cpu"}},
+                                           environ={{}}))
+        assert engine.info.backend.backend == "torch", engine.info.backend
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+                       ("transformers", "sentence_transformers"))
+        print(heavy[:5])
+        assert not heavy, heavy
+    """)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+
