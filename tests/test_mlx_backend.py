@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from localrank.engine.mlx_backend import MLXEmbedder, attention_mask, qwen3_rope_theta
+from localrank.engine.checkpoint import qwen3_rope_theta
+from localrank.engine.mlx_backend import MLXEmbedder, attention_mask
 from localrank.engine.types import Batch, Recipe
 from localrank.errors import BackendError, InvalidInput, ModelError
 

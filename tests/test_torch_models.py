@@ -21,7 +21,7 @@ from tokenizers import Tokenizer
 
 from localrank.engine import torch_models
 from localrank.engine.torch_backend import TorchEmbedder, default_dtype, pool
-from localrank.engine.torch_models import attention_mask, qwen3_rope_theta
+from localrank.engine.torch_models import attention_mask
 from localrank.engine.types import Batch, Recipe
 from localrank.errors import BackendError, InvalidInput, ModelError
 from tests.reference import qwen3_reference, sentence_transformers_reference
@@ -305,14 +305,7 @@ def test_pool_last_token_and_cls_follow_the_mask() -> None:
     assert pool(hidden, right, "mean").flatten().tolist() == [0.5, 4.0]
 
 
-def test_rope_theta_resolution_and_default_dtypes(tmp_path: Path) -> None:
-    src = tmp_path / "config.json"
-    assert qwen3_rope_theta({"rope_theta": 5.0}, src) == 5.0
-    assert qwen3_rope_theta({"rope_parameters": {"rope_theta": 7.0}}, src) == 7.0
-    # transformers 5 gives rope_parameters priority; so do we.
-    assert qwen3_rope_theta({"rope_theta": 5.0, "rope_parameters": {"rope_theta": 7.0}}, src) == 7.0
-    with pytest.raises(ModelError, match="yarn"):
-        qwen3_rope_theta({"rope_parameters": {"rope_type": "yarn", "rope_theta": 7.0}}, src)
+def test_default_dtypes() -> None:
     assert [default_dtype(d) for d in ("cpu", "mps", "cuda")] == ["float32", "float16", "float16"]
 
 

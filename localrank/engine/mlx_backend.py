@@ -18,8 +18,9 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from localrank.engine.checkpoint import checked_batch, qwen3_rope_theta
 from localrank.engine.types import BackendInfo, Batch, Recipe
-from localrank.errors import BackendError, InvalidInput, ModelError
+from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -113,26 +114,6 @@ class Qwen3(nn.Module):
         for layer in self.layers:
             h = layer(h, mask)
         return self.norm(h)
-
-
-def qwen3_rope_theta(cfg: dict[str, Any], source: Path) -> float:
-    """rope_theta the way transformers 5 resolves it: `rope_parameters` (or legacy
-    `rope_scaling`) first, then the top-level key. Absent from both is an error: transformers
-    would default to 1e4 while every published Qwen3 uses 1e6, and guessing silently is exactly
-    the loader bug this backend exists to avoid."""
-    params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise ModelError(f"{source}: RoPE type {rope_type!r} is not supported (only 'default')")
-    top, nested = cfg.get("rope_theta"), params.get("rope_theta")
-    if top is not None and nested is not None and float(top) != float(nested):
-        log.warning("%s: rope_theta=%s and rope_parameters.rope_theta=%s disagree; using %s as "
-                    "transformers does", source, top, nested, nested)
-    theta = nested if nested is not None else top
-    if theta is None:
-        raise ModelError(f"{source}: no rope_theta (neither top-level nor under rope_parameters); "
-                         "add the model's value (1000000.0 for published Qwen3) to config.json")
-    return float(theta)
 
 
 # ----------------------------------------------------------------------------- BERT
@@ -449,7 +430,8 @@ class MLXEmbedder:
         model = self._model
         if model is None:
             raise BackendError("MLX embedder is closed")
-        ids_np, mask_np = self._validate(batch, model)
+        ids_np, mask_np = checked_batch(
+            batch, self._vocab, model.max_positions if isinstance(model, Bert) else None)
         b, t = ids_np.shape
         if b == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
@@ -480,23 +462,6 @@ class MLXEmbedder:
                                f"(batch shape {b}x{t}, dtype {self.info.dtype})")
         return out
 
-    def _validate(self, batch: Batch, model: Qwen3 | Bert) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = np.asarray(batch.input_ids), np.asarray(batch.attention_mask)
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            raise InvalidInput(f"batch input_ids {ids.shape} and attention_mask {mask.shape} must "
-                               "be equal 2-D shapes")
-        if ids.size == 0:
-            return ids, mask
-        if not (mask != 0).any(axis=1).all():
-            raise InvalidInput("every batch row needs at least one real token")
-        if ids.min() < 0 or ids.max() >= self._vocab:
-            raise InvalidInput(f"token ids must be in [0, {self._vocab}); got "
-                               f"[{ids.min()}, {ids.max()}]")
-        if isinstance(model, Bert) and ids.shape[1] > model.max_positions:
-            raise InvalidInput(f"{ids.shape[1]} tokens is over this model's "
-                               f"{model.max_positions} positions")
-        return ids, mask
-
     def close(self) -> None:
         self._model = None
         mx.clear_cache()
@@ -517,4 +482,4 @@ def attention_mask(real: np.ndarray, *, causal: bool) -> Mask:
     return allowed | mx.eye(t, dtype=mx.bool_)
 
 
-__all__ = ["MLXEmbedder", "attention_mask", "qwen3_rope_theta"]
+__all__ = ["MLXEmbedder", "attention_mask"]

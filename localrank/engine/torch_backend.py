@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from localrank.engine.checkpoint import checked_batch
 from localrank.engine.torch_models import ARCHITECTURES, TorchModel
 from localrank.engine.types import BackendInfo, Batch, Recipe
-from localrank.errors import BackendError, InvalidInput, ModelError
+from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ class TorchEmbedder:
         model = self.model
         if model is None:
             raise BackendError("torch embedder is closed")
-        ids_np, mask_np = self._validate(batch, model)
+        ids_np, mask_np = checked_batch(batch, self._vocab, model.max_positions)
         b, t = ids_np.shape
         if b == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
@@ -113,23 +114,6 @@ class TorchEmbedder:
             raise BackendError(f"torch produced non-finite vectors for batch rows {bad.tolist()} "
                                f"(batch shape {b}x{t}, {self.info.device} {self.info.dtype})")
         return out
-
-    def _validate(self, batch: Batch, model: TorchModel) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = np.asarray(batch.input_ids), np.asarray(batch.attention_mask)
-        if ids.ndim != 2 or ids.shape != mask.shape:
-            raise InvalidInput(f"batch input_ids {ids.shape} and attention_mask {mask.shape} must "
-                               "be equal 2-D shapes")
-        if ids.size == 0:
-            return ids, mask
-        if not (mask != 0).any(axis=1).all():
-            raise InvalidInput("every batch row needs at least one real token")
-        if ids.min() < 0 or ids.max() >= self._vocab:
-            raise InvalidInput(f"token ids must be in [0, {self._vocab}); got "
-                               f"[{ids.min()}, {ids.max()}]")
-        if model.max_positions is not None and ids.shape[1] > model.max_positions:
-            raise InvalidInput(f"{ids.shape[1]} tokens is over this model's "
-                               f"{model.max_positions} positions")
-        return ids, mask
 
     def clear_cache(self) -> None:
         if self.device.type == "mps":

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from localrank.engine.checkpoint import qwen3_rope_theta
 from localrank.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -113,26 +114,6 @@ class Packing:
 
 
 # ----------------------------------------------------------------------------- Qwen3
-
-
-def qwen3_rope_theta(cfg: dict[str, Any], source: Path) -> float:
-    """rope_theta the way transformers 5 resolves it: `rope_parameters` (or legacy
-    `rope_scaling`) first, then the top-level key. Absent from both is an error: transformers
-    would default to 1e4 while every published Qwen3 uses 1e6, and a silent guess is exactly
-    the loader bug to avoid. (Same rule as mlx_backend.qwen3_rope_theta.)"""
-    params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type != "default":
-        raise ModelError(f"{source}: RoPE type {rope_type!r} is not supported (only 'default')")
-    top, nested = cfg.get("rope_theta"), params.get("rope_theta")
-    if top is not None and nested is not None and float(top) != float(nested):
-        log.warning("%s: rope_theta=%s and rope_parameters.rope_theta=%s disagree; using %s as "
-                    "transformers does", source, top, nested, nested)
-    theta = nested if nested is not None else top
-    if theta is None:
-        raise ModelError(f"{source}: no rope_theta (neither top-level nor under rope_parameters); "
-                         "add the model's value (1000000.0 for published Qwen3) to config.json")
-    return float(theta)
 
 
 def _qwen3_dims(cfg: dict[str, Any]) -> tuple[int, int, int, int, int]:
@@ -378,4 +359,4 @@ ARCHITECTURES: dict[str, tuple[type[Qwen3] | type[Bert], Any, str]] = {
 }
 
 __all__ = ["ARCHITECTURES", "Bert", "Qwen3", "TorchModel", "attend", "attention_mask",
-           "qwen3_rope_theta", "rms_norm"]
+           "rms_norm"]
