@@ -55,8 +55,8 @@ class Settings:
     backend: str = "auto"
     dtype: str = "auto"
     max_tokens: int = 8192
-    # Padded tokens per forward pass, and rows per forward pass.
-    max_batch_tokens: int = 8192
+    # Padded tokens per forward pass (0: the backend's default), and rows per forward pass.
+    max_batch_tokens: int = 0
     max_batch_size: int = 128
     # How long the scheduler waits for more requests to merge into a batch.
     batch_wait_ms: float = 2.0
@@ -139,9 +139,11 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"dtype must be auto, float32, float16 or bfloat16, not {s.dtype!r}")
     if not 0 < s.port < 65536:
         raise ConfigError(f"port must be 1..65535, not {s.port}")
-    for name in ("max_tokens", "max_batch_tokens", "max_batch_size", "queue_size", "max_inputs"):
+    for name in ("max_tokens", "max_batch_size", "queue_size", "max_inputs"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    if s.max_batch_tokens < 0:
+        raise ConfigError("max_batch_tokens must be positive, or 0 for the backend's default")
     if s.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {s.log_format!r}")
     if s.log_level.lower() not in LOG_LEVELS:

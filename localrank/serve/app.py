@@ -57,7 +57,7 @@ def _model_ctx(loader: EngineLoader) -> Callable[[web.Application], AsyncIterato
                 state.load_error = LocalrankError(f"{type(exc).__name__}: {exc}")
             else:
                 state.service = EmbeddingService(
-                    engine, app[REGISTRY_KEY], max_batch_tokens=settings.max_batch_tokens,
+                    engine, app[REGISTRY_KEY], max_batch_tokens=engine.max_batch_tokens,
                     max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
                     queue_size=settings.queue_size, cache_size=settings.cache_size,
                     max_inputs=settings.max_inputs)

@@ -131,7 +131,7 @@ async def info(request: web.Request) -> web.Response:
         "model_type": {"embedding": {"pooling": backend.pooling}},
         "max_concurrent_requests": settings.queue_size,
         "max_input_length": backend.max_tokens,
-        "max_batch_tokens": settings.max_batch_tokens,
+        "max_batch_tokens": svc.engine.max_batch_tokens,
         "max_batch_requests": settings.max_batch_size,
         "max_client_batch_size": settings.max_inputs,
         "auto_truncate": True,
