@@ -22,14 +22,10 @@ from transformers import AutoModel, AutoTokenizer
 
 from localrank.engine.checkpoint import qwen3_rope_theta
 from localrank.engine.mlx_backend import MLXEmbedder, attention_mask
-from localrank.engine.types import Batch, Recipe
+from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
+from tests.backend_inputs import EOS, MINILM, QWEN3, pad, unit
 
-EOS = 151643
-QWEN3 = Recipe(family="qwen3", pooling="last_token", padding_side="left", normalize=True, dim=64,
-               max_tokens=8192, pad_token_id=EOS, eos_token_id=EOS)
-MINILM = Recipe(family="bert", pooling="mean", padding_side="right", normalize=True, dim=384,
-                max_tokens=256, pad_token_id=0)
 TEXTS = [
     "",  # the appended <|endoftext|> alone: a one-token input
     "a",
@@ -40,10 +36,6 @@ TEXTS = [
     "repeat me",
     "repeat me",
 ]
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def tokenize(model_dir: Path, texts: list[str], *, append_eos: bool,
@@ -58,16 +50,6 @@ def tokenize(model_dir: Path, texts: list[str], *, append_eos: bool,
             ids.append(EOS)
         out.append(ids[:max_tokens])
     return out
-
-
-def pad(rows: list[list[int]], side: str, pad_id: int) -> Batch:
-    t = max(len(r) for r in rows)
-    ids = np.full((len(rows), t), pad_id, dtype=np.int64)
-    mask = np.zeros((len(rows), t), dtype=np.int64)
-    for i, r in enumerate(rows):
-        sl = slice(t - len(r), t) if side == "left" else slice(0, len(r))
-        ids[i, sl], mask[i, sl] = r, 1
-    return Batch(input_ids=ids, attention_mask=mask)
 
 
 def qwen3_batch(model_dir: Path, texts: list[str], side: str = "left") -> Batch:
