@@ -5,9 +5,10 @@ Kept free of torch and mlx imports so each backend can use it without importing 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -15,6 +16,11 @@ from localrank.engine.types import Batch
 from localrank.errors import InvalidInput, ModelError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Keys a checkpoint may carry that no embedding forward pass reads.
+IGNORED_PREFIXES = ("lm_head.", "pooler.", "cls.")
+IGNORED_SUFFIXES = ("position_ids", "token_type_ids", "rotary_emb.inv_freq")
 
 
 def qwen3_rope_theta(cfg: dict[str, Any], source: Path) -> float:
@@ -55,3 +61,42 @@ def checked_batch(batch: Batch, vocab: int,
     if max_positions is not None and ids.shape[1] > max_positions:
         raise InvalidInput(f"{ids.shape[1]} tokens is over this model's {max_positions} positions")
     return ids, mask
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the shards an index names, or the single file."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"{index}: unreadable shard index: {e}") from e
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise ModelError(f"{f}: shard listed in {index.name} is missing")
+        return files
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelError(f"{model_dir}: no model.safetensors (or shards) found; only safetensors "
+                         "weights are supported")
+    return files
+
+
+def normalise_keys(weights: dict[str, T], origin: dict[str, Path],
+                   prefix: str) -> tuple[dict[str, T], dict[str, Path]]:
+    """Strip the "model." / "bert." prefix, drop heads and buffers, rename gamma/beta."""
+    out: dict[str, T] = {}
+    out_origin: dict[str, Path] = {}
+    for key, value in weights.items():
+        name = key.removeprefix(prefix)
+        if name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES):
+            continue
+        # Old BERT checkpoints name LayerNorm parameters gamma / beta.
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+        name = name.replace("LayerNorm.beta", "LayerNorm.bias")
+        out[name] = value
+        out_origin[name] = origin[key]
+    return out, out_origin

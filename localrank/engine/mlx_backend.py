@@ -18,7 +18,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from localrank.engine.checkpoint import checked_batch, qwen3_rope_theta
+from localrank.engine.checkpoint import (
+    checked_batch,
+    normalise_keys,
+    qwen3_rope_theta,
+    weight_files,
+)
 from localrank.engine.types import BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
 
@@ -33,8 +38,6 @@ DTYPES: dict[str, mx.Dtype] = {
 }
 POOLINGS = ("last_token", "mean", "cls")
 # Checkpoint entries that are not part of the embedding model (LM / pretraining heads, buffers).
-IGNORED_PREFIXES = ("lm_head.", "pooler.", "cls.")
-IGNORED_SUFFIXES = ("position_ids", "token_type_ids", "rotary_emb.inv_freq")
 
 
 # ----------------------------------------------------------------------------- Qwen3
@@ -239,22 +242,9 @@ ARCHITECTURES: dict[str, tuple[type[Qwen3] | type[Bert], str]] = {
 
 def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]:
     """All tensors of a (possibly sharded) safetensors checkpoint, and the file of each key."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        shard_names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        files = [model_dir / name for name in shard_names]
-    elif (model_dir / "model.safetensors").is_file():
-        files = [model_dir / "model.safetensors"]
-    else:
-        files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"{model_dir}: no model.safetensors (or shards) found; only safetensors "
-                         "weights are supported by the MLX backend")
     weights: dict[str, mx.array] = {}
     origin: dict[str, Path] = {}
-    for f in files:
-        if not f.is_file():
-            raise ModelError(f"{f}: shard listed in {index.name} is missing")
+    for f in weight_files(model_dir):
         try:
             loaded = mx.load(str(f))
         except Exception as e:  # mlx raises plain RuntimeError / ValueError
@@ -264,22 +254,6 @@ def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]
             weights[k] = v
             origin[k] = f
     return weights, origin
-
-
-def normalise_keys(weights: dict[str, mx.array], origin: dict[str, Path],
-                   prefix: str) -> tuple[dict[str, mx.array], dict[str, Path]]:
-    out: dict[str, mx.array] = {}
-    out_origin: dict[str, Path] = {}
-    for key, value in weights.items():
-        name = key[len(prefix):] if key.startswith(prefix) else key
-        if name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES):
-            continue
-        # Old BERT checkpoints name LayerNorm parameters gamma / beta.
-        name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
-        name = name.replace("LayerNorm.beta", "LayerNorm.bias")
-        out[name] = value
-        out_origin[name] = origin[key]
-    return out, out_origin
 
 
 def quantization_config(cfg: dict[str, Any], source: Path) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from localrank.engine.checkpoint import checked_batch
+from localrank.engine.checkpoint import checked_batch, normalise_keys, weight_files
 from localrank.engine.torch_models import ARCHITECTURES, TorchModel
 from localrank.engine.types import BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
@@ -28,8 +28,6 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 POOLINGS = ("last_token", "mean", "cls")
 ATTENTION = ("auto", "sdpa", "explicit")
 # Checkpoint entries that are not part of the embedding model (LM / pretraining heads, buffers).
-IGNORED_PREFIXES = ("lm_head.", "pooler.", "cls.")
-IGNORED_SUFFIXES = ("position_ids", "token_type_ids", "rotary_emb.inv_freq")
 
 
 def default_dtype(device: str) -> str:
@@ -168,28 +166,6 @@ def read_config(model_dir: Path) -> tuple[dict[str, Any], Path]:
     return cfg, path
 
 
-def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors files of a checkpoint: the shards an index names, or the single file."""
-    index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ModelError(f"{index}: unreadable shard index: {e}") from e
-        files = [model_dir / name for name in sorted(set(weight_map.values()))]
-        for f in files:
-            if not f.is_file():
-                raise ModelError(f"{f}: shard listed in {index.name} is missing")
-        return files
-    if (model_dir / "model.safetensors").is_file():
-        return [model_dir / "model.safetensors"]
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
-        raise ModelError(f"{model_dir}: no model.safetensors (or shards) found; only safetensors "
-                         "weights are supported by the torch backend")
-    return files
-
-
 def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """All tensors of a (possibly sharded) checkpoint, on CPU as stored, and the file of each."""
     weights: dict[str, torch.Tensor] = {}
@@ -203,23 +179,6 @@ def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Pa
         except (SafetensorError, OSError, RuntimeError, ValueError) as e:
             raise ModelError(f"{f}: cannot read safetensors: {e}") from e
     return weights, origin
-
-
-def normalise_keys(weights: dict[str, torch.Tensor], origin: dict[str, Path],
-                   prefix: str) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """Strip the "model." / "bert." prefix, drop heads and buffers, rename gamma/beta."""
-    out: dict[str, torch.Tensor] = {}
-    out_origin: dict[str, Path] = {}
-    for key, value in weights.items():
-        name = key.removeprefix(prefix)
-        if name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES):
-            continue
-        # Old BERT checkpoints name LayerNorm parameters gamma / beta.
-        name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
-        name = name.replace("LayerNorm.beta", "LayerNorm.bias")
-        out[name] = value
-        out_origin[name] = origin[key]
-    return out, out_origin
 
 
 def check_weights(weights: dict[str, torch.Tensor], origin: dict[str, Path],
