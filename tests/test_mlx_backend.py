@@ -24,7 +24,7 @@ from localrank.engine.checkpoint import qwen3_rope_theta
 from localrank.engine.mlx_backend import MLXEmbedder, attention_mask
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
-from tests.backend_inputs import EOS, MINILM, QWEN3, pad, unit
+from tests.backend_inputs import EOS, MINILM, QWEN3, copy_model, pad, unit
 
 TEXTS = [
     "",  # the appended <|endoftext|> alone: a one-token input
@@ -74,17 +74,6 @@ def qwen3_mlx(tiny_qwen3: Path) -> MLXEmbedder:
 @pytest.fixture(scope="module")
 def qwen3_ref(tiny_qwen3: Path) -> np.ndarray:
     return qwen3_authors(tiny_qwen3, TEXTS)
-
-
-def copy_model(src: Path, dst: Path, **config_changes: object) -> Path:
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        if f.is_file() and f.name != "config.json":
-            (dst / f.name).symlink_to(f)
-    cfg = json.loads((src / "config.json").read_text())
-    cfg.update(config_changes)
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 # ----------------------------------------------------------------------------- Qwen3 parity

@@ -24,7 +24,7 @@ from localrank.engine.torch_backend import TorchEmbedder, default_dtype, pool
 from localrank.engine.torch_models import attention_mask
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
-from tests.backend_inputs import EOS, MINILM, QWEN3, pad, unit
+from tests.backend_inputs import EOS, MINILM, QWEN3, copy_model, pad, unit
 from tests.reference import qwen3_reference, sentence_transformers_reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,23 +52,6 @@ def minilm_batch(model_dir: Path, texts: list[str]) -> Batch:
     tok.no_padding()
     tok.enable_truncation(256)
     return pad([tok.encode(t).ids for t in texts], "right", 0)
-
-
-def copy_model(src: Path, dst: Path, *, weights: dict[str, torch.Tensor] | None = None,
-               **config_changes: object) -> Path:
-    """A model folder sharing src's files, with its own config.json and, when `weights` is given,
-    its own model.safetensors (none at all for an empty dict)."""
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in src.iterdir():
-        own = f.name == "config.json" or (weights is not None and f.suffix == ".safetensors")
-        if f.is_file() and not own:
-            (dst / f.name).symlink_to(f)
-    cfg = json.loads((src / "config.json").read_text())
-    cfg.update(config_changes)
-    (dst / "config.json").write_text(json.dumps(cfg))
-    if weights:
-        save_file(weights, str(dst / "model.safetensors"))
-    return dst
 
 
 @pytest.fixture(scope="module")

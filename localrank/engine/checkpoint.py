@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -100,3 +101,28 @@ def normalise_keys(weights: dict[str, T], origin: dict[str, Path],
         out[name] = value
         out_origin[name] = origin[key]
     return out, out_origin
+
+
+def check_keys(present: Collection[str], expected: Collection[str], origin: Mapping[str, Path],
+               model_dir: Path, *, refused: tuple[str, str] | None = None) -> None:
+    """Every expected weight present and nothing unexplained, or ModelError naming the file.
+
+    `refused` is (key suffix, reason): an unexpected key with that suffix is reported first,
+    with the reason (the torch backend uses it to name MLX-quantised checkpoints).
+    """
+    missing = sorted(set(expected) - set(present))
+    if missing:
+        files = ", ".join(sorted({str(p) for p in origin.values()})) or str(model_dir)
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ModelError(f"{files}: missing weights {', '.join(missing[:5])}{more}")
+    unexpected = sorted(set(present) - set(expected))
+    if not unexpected:
+        return
+    if refused is not None:
+        suffix, reason = refused
+        k = next((k for k in unexpected if k.endswith(suffix)), None)
+        if k is not None:
+            raise ModelError(f"{origin[k]}: {reason} ({k!r})")
+    k = unexpected[0]
+    raise ModelError(f"{origin[k]}: unexpected weight {k!r} (and {len(unexpected) - 1} more); "
+                     "config.json does not describe these weights")

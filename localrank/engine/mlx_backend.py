@@ -19,6 +19,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from localrank.engine.checkpoint import (
+    check_keys,
     checked_batch,
     normalise_keys,
     qwen3_rope_theta,
@@ -287,16 +288,7 @@ def apply_quantization(model: nn.Module, q: dict[str, Any], weights: dict[str, m
 def check_and_load(model: nn.Module, weights: dict[str, mx.array], origin: dict[str, Path],
                    model_dir: Path, dtype: mx.Dtype) -> None:
     expected = flat_parameters(model)
-    missing = sorted(expected.keys() - weights.keys())
-    if missing:
-        files = ", ".join(sorted({str(p) for p in origin.values()})) or str(model_dir)
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ModelError(f"{files}: missing weights {', '.join(missing[:5])}{more}")
-    unexpected = sorted(weights.keys() - expected.keys())
-    if unexpected:
-        k = unexpected[0]
-        raise ModelError(f"{origin[k]}: unexpected weight {k!r} (and {len(unexpected) - 1} more); "
-                         "config.json does not describe these weights")
+    check_keys(weights.keys(), expected.keys(), origin, model_dir)
     for k, ref in expected.items():
         if weights[k].shape != ref.shape:
             raise ModelError(f"{origin[k]}: weight {k!r} has shape {tuple(weights[k].shape)}, "

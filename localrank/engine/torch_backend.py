@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from localrank.engine.checkpoint import checked_batch, normalise_keys, weight_files
+from localrank.engine.checkpoint import check_keys, checked_batch, normalise_keys, weight_files
 from localrank.engine.torch_models import ARCHITECTURES, TorchModel
 from localrank.engine.types import BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
@@ -184,19 +184,9 @@ def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Pa
 def check_weights(weights: dict[str, torch.Tensor], origin: dict[str, Path],
                   expected: dict[str, tuple[int, ...]], model_dir: Path) -> None:
     """Every expected key present with its shape and a floating dtype, nothing unexplained."""
-    missing = sorted(expected.keys() - weights.keys())
-    if missing:
-        files = ", ".join(sorted({str(p) for p in origin.values()})) or str(model_dir)
-        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-        raise ModelError(f"{files}: missing weights {', '.join(missing[:5])}{more}")
-    unexpected = sorted(weights.keys() - expected.keys())
-    if unexpected:
-        k = next((k for k in unexpected if k.endswith(".scales")), unexpected[0])
-        if k.endswith(".scales"):
-            raise ModelError(f"{origin[k]}: quantised weights ({k!r}) are MLX-only; the torch "
-                             "backend needs unquantised safetensors")
-        raise ModelError(f"{origin[k]}: unexpected weight {k!r} (and {len(unexpected) - 1} more); "
-                         "config.json does not describe these weights")
+    check_keys(weights.keys(), expected.keys(), origin, model_dir,
+               refused=(".scales", "quantised weights are MLX-only; the torch backend needs "
+                                   "unquantised safetensors"))
     for k, shape in expected.items():
         got = weights[k]
         if tuple(got.shape) != shape:
