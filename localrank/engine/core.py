@@ -105,6 +105,16 @@ def check_inputs(inputs: Any, *, max_inputs: int | None = None, param: str = "in
                        param=param)
 
 
+def relevance(cosine: np.ndarray) -> np.ndarray:
+    """A bi-encoder rerank score: cosine in [-1, 1] mapped linearly to [0, 1]."""
+    return np.clip((cosine + 1.0) / 2.0, 0.0, 1.0)
+
+
+def cosine_of(score: float) -> float:
+    """The cosine behind a `relevance` score (TEI's `raw_scores`)."""
+    return score * 2.0 - 1.0
+
+
 def apply_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
     """Matryoshka truncation: keep the first `dimensions` and re-normalise."""
     native = vectors.shape[1]
@@ -207,7 +217,7 @@ class Engine:
         vectors = self.run([*q, *d])
         cosine = vectors[1:] @ vectors[0]
         tokens = sum(len(e.ids) for e in (*q, *d))
-        return np.clip((cosine + 1.0) / 2.0, 0.0, 1.0), tokens
+        return relevance(cosine), tokens
 
     def close(self) -> None:
         self.embedder.close()

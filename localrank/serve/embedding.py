@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from localrank.engine.core import Engine, ModelInfo, apply_dimensions, check_inputs
+from localrank.engine.core import Engine, ModelInfo, apply_dimensions, check_inputs, relevance
 from localrank.errors import InvalidInput
 from localrank.serve.metrics import Registry
 from localrank.serve.worker import BatchStats, ModelWorker
@@ -145,7 +145,7 @@ class EmbeddingService:
             self.embed([query], query=True, instruction=instruction, truncate=truncate),
             self.embed(documents, truncate=truncate))
         cosine = d.vectors @ q.vectors[0]
-        return np.clip((cosine + 1.0) / 2.0, 0.0, 1.0), q.prompt_tokens + d.prompt_tokens
+        return relevance(cosine), q.prompt_tokens + d.prompt_tokens
 
     async def tokenize(self, texts: Sequence[str], *, query: bool = False,
                        instruction: str | None = None) -> list[list[int]]:

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from localrank import __version__
-from localrank.engine.core import Engine, check_inputs
+from localrank.engine.core import Engine, check_inputs, cosine_of
 from localrank.errors import InvalidInput
 from localrank.serve.http import field, read_json
 from localrank.serve.options import query_mode, truncate_flag
@@ -77,7 +77,7 @@ async def rerank(request: web.Request) -> web.Response:
                                  truncate=truncate_flag(body))
     out = []
     for i in sorted(range(len(texts)), key=lambda i: -scores[i]):
-        score = float(scores[i]) * 2.0 - 1.0 if raw_scores else float(scores[i])
+        score = cosine_of(float(scores[i])) if raw_scores else float(scores[i])
         item: dict[str, Any] = {"index": i, "score": score}
         if return_text:
             item["text"] = texts[i]
