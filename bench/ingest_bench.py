@@ -1,6 +1,6 @@
 """Ingestion throughput (chunks/s) as a ratio to raw embedding throughput on the same texts.
 
-    python bench/ingest_bench.py --embedder localrank.engine.inprocess:embedder_factory --docs 200
+    python bench/ingest_bench.py --embedder localrank.collections.embedder:in_process_embedder --docs 200
     python bench/ingest_bench.py --embedder fake_embedder:make   # plumbing only (tests/ on path)
 
 `--embedder module:function` names a factory `f(settings) -> AsyncEmbedder`. Raw throughput
@@ -25,14 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from localrank.chunking import chunk_text
+from localrank.collections import AsyncEmbedder, CollectionService, DocumentIn, IngestSettings
+from localrank.collections.chunking import chunk_text
+from localrank.collections.ingest import chunk_budget
 from localrank.config import load_settings
-from localrank.documents import DocumentIn
-from localrank.ingest import AsyncEmbedder, Ingestor, IngestSettings, chunk_budget
-from localrank.search import SearchService
-from localrank.store import Store
-from localrank.store import jobs as jobs_db
-from localrank.store.db import scalar
+from localrank.store import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent
 WORDS = [
@@ -123,17 +120,15 @@ async def ingest(
 ) -> tuple[float, int]:
     """Seconds to ingest `docs` through a job into a fresh store, and the chunks stored."""
     with tempfile.TemporaryDirectory(prefix="localrank-ingest-bench-") as tmp:
-        store = Store(Path(tmp) / "bench.db")
+        store = SQLiteStore(Path(tmp) / "bench.db")
         try:
-            service = SearchService(store, lambda: embedder, Ingestor(store, lambda: embedder, ing))
+            service = CollectionService(store, lambda: embedder, ing)
             await service.create_collection("bench")
             start = time.perf_counter()
             job = await service.ingestor.submit("bench", docs)
-            claimed = jobs_db.claim_job(store.db, service.runner.owner, only=job.id)
-            assert claimed is not None
-            final = await service.ingestor.process_job(claimed)
+            final = await service.run_job_here(job)
             seconds = time.perf_counter() - start
-            chunks = int(scalar(store.db.reader(), "SELECT count(*) FROM chunks"))
+            chunks = store.list_collections()[0][2]
         finally:
             store.close()
     assert final.state == "done", final

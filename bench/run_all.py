@@ -264,7 +264,7 @@ def main() -> int:
             home = tempfile.mkdtemp(prefix="localrank-ingest-home-")
             try:
                 steps.append(run_step("ingest", [
-                    py, str(ingest), "--embedder", "localrank.engine.inprocess:embedder_factory",
+                    py, str(ingest), "--embedder", "localrank.collections.embedder:in_process_embedder",
                     "--docs", str(20 if args.quick else args.ingest_docs), "--home", home],
                     1200.0))
             finally:

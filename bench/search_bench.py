@@ -19,12 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from localrank.chunking import Chunk
-from localrank.search import SearchRequest, run_search
-from localrank.store import Store
-from localrank.store import documents as docs_db
-from localrank.store.records import PreparedDocument
-from localrank.store.retrieve import vector_candidates
+from localrank.collections.search import SearchRequest, run_search
+from localrank.store import SQLiteStore
+from localrank.store.records import Chunk, PreparedDocument
 
 DIM = 1024
 CLUSTERS = 2000
@@ -61,12 +58,11 @@ def build(path: Path, n: int) -> dict[str, float]:
     queries, qlabels = sample(np.random.default_rng(99), cent, QUERIES)
     best_s = np.full((QUERIES, 10), -np.inf, dtype=np.float32)
     best_i = np.zeros((QUERIES, 10), dtype=np.int64)
-    store = Store(path)
+    store = SQLiteStore(path)
     start = time.perf_counter()
     try:
-        coll = docs_db.create_collection(
-            store.db, "bench", fingerprint="synthetic-1024", model_id="synthetic", dim=DIM
-        )
+        store.create_collection("bench", fingerprint="synthetic-1024", model_id="synthetic",
+                                dim=DIM, settings={})
         row = 0
         doc = 0
         while row < n:
@@ -96,8 +92,7 @@ def build(path: Path, n: int) -> dict[str, float]:
                     )  # fmt: skip
                 )
                 doc += 1
-            with store.db.write() as conn:
-                docs_db.write_documents(conn, coll, docs)
+            store.write_documents("bench", "synthetic-1024", "synthetic", docs)
             row += batch_rows
         build_s = time.perf_counter() - start
         ids = np.array(
@@ -114,11 +109,10 @@ def build(path: Path, n: int) -> dict[str, float]:
 def measure(path: Path, n: int, candidates: list[int]) -> list[dict[str, object]]:
     data = np.load(path.with_suffix(".npz"))
     queries, truth, qlabels = data["queries"], data["truth"], data["qlabels"]
-    store = Store(path)
+    store = SQLiteStore(path)
     rows: list[dict[str, object]] = []
     try:
-        conn = store.db.reader()
-        coll = docs_db.get_collection(conn, "bench")
+        coll = store.get_collection("bench")
         t = time.perf_counter()
         index = store.indexes.get(coll.id)
         load_s = time.perf_counter() - t
@@ -127,9 +121,7 @@ def measure(path: Path, n: int, candidates: list[int]) -> list[dict[str, object]
             lat, rec = [], []
             for q, exact in zip(queries, truth, strict=True):
                 t = time.perf_counter()
-                index = store.indexes.get(coll.id)  # the generation check is part of a search
-                assert index is not None
-                hits = vector_candidates(conn, index, q, 10, c)
+                hits = store.vector_candidates(coll, q, 10, candidates=c)
                 lat.append((time.perf_counter() - t) * 1000)
                 rec.append(len({h for h, _ in hits} & set(exact.tolist())) / 10)
             rows.append(row_for(n, "vector", c, lat, rec, load_s, path))

@@ -1,8 +1,9 @@
 """Structured logging: text or JSON lines, a request id on every line, and an access log.
 
-The request id lives in a contextvar set by `request_id_middleware`; aiohttp runs each request
-in its own task, so every log call made while serving it carries the id. Work handed to another
-thread keeps it only if submitted through `contextvars.copy_context().run`.
+The request id lives in a contextvar set by the daemon's request-id middleware
+(`serve.middleware`); aiohttp runs each request in its own task, so every log call made while
+serving it carries the id. Work handed to another thread keeps it only if submitted through
+`contextvars.copy_context().run`.
 """
 
 from __future__ import annotations
@@ -12,20 +13,12 @@ import json
 import logging
 import re
 import sys
-import time
-import uuid
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from aiohttp import web
-from aiohttp.typedefs import Handler
-
-from localrank import __version__
 from localrank.config import Settings
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# Stamped on every response so clients (and `localrank doctor`) can tell a localrank daemon.
-SERVER_HEADER = f"localrank/{__version__}"
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 access_log = logging.getLogger("localrank.access")
 
@@ -92,39 +85,6 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.
     return handler
 
 
-def current_request_id() -> str:
-    """The id of the request being served in this task ("-" outside a request)."""
-    return request_id_var.get()
-
-
-def _incoming_id(request: web.Request) -> str:
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    return given if _SAFE_ID.fullmatch(given) else uuid.uuid4().hex
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Outermost middleware: sets the request id (X-Request-ID in and out) and writes one
-    access-log line per request with method, path, status and duration."""
-    request_id = _incoming_id(request)
-    token = request_id_var.set(request_id)
-    started = time.perf_counter()
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        response.headers[REQUEST_ID_HEADER] = request_id
-        response.headers["Server"] = SERVER_HEADER
-        return response
-    except web.HTTPException as exc:  # aiohttp's own 404/405/413: still responses
-        status = exc.status
-        exc.headers[REQUEST_ID_HEADER] = request_id
-        exc.headers["Server"] = SERVER_HEADER
-        raise
-    finally:
-        duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        access_log.info("%s %s %d %.1fms", request.method, request.path, status, duration_ms,
-                        extra={"method": request.method, "path": request.path,
-                               "status": status, "duration_ms": duration_ms,
-                               "remote": request.remote})
-        request_id_var.reset(token)
+def is_safe_request_id(value: str) -> bool:
+    """A client-chosen request id goes into every log line: only plain short tokens qualify."""
+    return _SAFE_ID.fullmatch(value) is not None

@@ -1,17 +1,28 @@
-"""A deterministic stand-in for the engine, for plumbing tests only (never for vector quality).
+"""Deterministic stand-ins for the model, for plumbing tests only (never for vector quality).
 
 Hashed bag of words: texts that share words get nearby vectors, so retrieval plumbing can be
-tested end to end without a model. Implements localrank.ingest.AsyncEmbedder.
+tested end to end without a model. `HashEmbedder` implements localrank.collections'
+AsyncEmbedder; `hash_engine` puts the same idea behind the engine's backend protocol, so the
+real daemon can be built around it (`make_app(settings, loader=hash_loader(...))`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
+
+from localrank.config import Settings
+from localrank.engine.core import Engine
+from localrank.engine.recipe import load_recipe
+from localrank.engine.resolve import ResolvedModel
+from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
+from localrank.engine.types import BackendInfo, Batch, Recipe
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")
@@ -42,6 +53,7 @@ class HashEmbedder:
         self.texts_embedded = 0
         self.bulk_calls = 0
         self.longest_input = 0  # tokens in the longest text embedded
+        self.closed = False
 
     def vector(self, text: str) -> np.ndarray:
         v = np.zeros(self.dim, dtype=np.float32)
@@ -76,7 +88,55 @@ class HashEmbedder:
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
         return [(m.start(), m.end()) for m in _TOKEN.finditer(text)]
 
+    def close(self) -> None:
+        self.closed = True
+
 
 def make(settings: object | None = None) -> HashEmbedder:
     """Factory with the signature the CLI hook and the benches expect."""
     return HashEmbedder()
+
+
+class HashBackend:
+    """The engine's backend protocol (Embedder) with hashed bag-of-token vectors, so the real
+    daemon (scheduler, cache, dialects, collections adapter) runs around a fake forward pass.
+    For plumbing tests only."""
+
+    def __init__(self, recipe: Recipe, skip: set[int], dim: int) -> None:
+        self.recipe = recipe
+        self.skip = skip  # the special tokens every input carries: not content
+        self.info = BackendInfo(backend="fake", device="cpu", dtype="float32", dim=dim,
+                                pooling=recipe.pooling, max_tokens=recipe.max_tokens)
+
+    def embed(self, batch: Batch) -> np.ndarray:
+        dim = self.info.dim
+        out = np.zeros((batch.shape[0], dim), dtype=np.float32)
+        for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask,
+                                              strict=True)):
+            for token in ids[mask != 0].tolist():
+                if token not in self.skip:
+                    i, sign = _bucket(str(token), dim)
+                    out[row, i] += sign
+            if not out[row].any():
+                out[row, 0] = 1.0
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+def hash_engine(model_dir: Path, *, dim: int = 64, model_id: str = "fake/hash-bow") -> Engine:
+    """A real Engine (tokenizer, recipe, batching) over `model_dir`'s tokenizer, with HashBackend
+    in place of the model."""
+    raw = load_raw_tokenizer(model_dir)
+    recipe = dataclasses.replace(
+        load_recipe(model_dir, raw, max_tokens=8192, default_instruction="x"), dim=dim)
+    tokenizer = TextTokenizer(raw, recipe)
+    backend = HashBackend(recipe, set(tokenizer.prefix + tokenizer.suffix), dim)
+    return Engine(ResolvedModel(model_id, model_dir, "1"), tokenizer, backend,
+                  max_batch_tokens=2048, max_batch_size=64)
+
+
+def hash_loader(model_dir: Path, **kwargs: object) -> Callable[[Settings], Engine]:
+    """A `make_app(loader=...)` that serves `hash_engine(model_dir)`."""
+    return lambda settings: hash_engine(model_dir, **kwargs)  # type: ignore[arg-type]

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from fake_embedder import HashEmbedder
 
-from localrank.chunking import chunk_text
+from localrank.collections.chunking import chunk_text
 from localrank.engine.recipe import load_recipe
 from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
-from localrank.ingest import chunk_budget
+from localrank.collections.ingest import chunk_budget
 
 EMB = HashEmbedder()
 

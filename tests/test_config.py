@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
 
 import pytest
 
-from localrank.cli import service_cmds
+from localrank.cli import main
 from localrank.config import DEFAULT_MODEL, DEFAULT_PORT, is_loopback_host, load_settings
 from localrank.errors import ConfigError
 
@@ -121,19 +120,14 @@ def test_config_command_prints_values_and_sources(tmp_path: Path, monkeypatch: p
     path = write_config(tmp_path, "port = 9999\n")
     monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path))
     monkeypatch.setenv("LOCALRANK_TOKEN", "s3cret")
-    parser = argparse.ArgumentParser()
-    service_cmds.register(parser.add_subparsers())
-
-    args = parser.parse_args(["config", "--json"])
-    assert args.func(args) == 0
+    assert main(["config", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["config_file"] == str(path)
     assert out["settings"]["port"] == {"value": 9999, "source": f"file:{path}"}
     assert out["settings"]["token"] == {"value": "***", "source": "env:LOCALRANK_TOKEN"}
     assert out["settings"]["host"] == {"value": "127.0.0.1", "source": "default"}
 
-    args = parser.parse_args(["config"])
-    assert args.func(args) == 0
+    assert main(["config"]) == 0
     text = capsys.readouterr().out
     assert "s3cret" not in text
     port_line = next(line for line in text.splitlines() if line.startswith("port "))

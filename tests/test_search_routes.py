@@ -1,5 +1,6 @@
-"""The search API through a real aiohttp app (the routes + the cleanup context + a tiny error
-middleware standing in for the daemon's)."""
+"""The search API on the daemon's real app (`make_app`: middlewares, error shapes, the
+collections context and the adapter from the scheduler to the collections layer), with a hashed
+bag-of-tokens backend standing in for the model's forward pass."""
 
 from __future__ import annotations
 
@@ -8,32 +9,29 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from fake_embedder import HashEmbedder
+from fake_embedder import hash_loader
 
-from localrank.config import Settings
-from localrank.errors import LocalrankError, http_status
-from localrank.serve.search_routes import SEARCH_KEY, make_search_ctx, search_routes
-
-
-@web.middleware
-async def errors(request: web.Request, handler):  # type: ignore[no-untyped-def]
-    try:
-        return await handler(request)
-    except LocalrankError as exc:
-        body = {"error": {"message": exc.message, "type": type(exc).__name__, "code": exc.code}}
-        return web.json_response(body, status=http_status(exc))
+from localrank.config import load_settings
+from localrank.serve.app import make_app
+from localrank.serve.state import COLLECTIONS_KEY, STATE_KEY
+from localrank.store import SQLiteStore
 
 
-def make_app(home: Path, embedder: HashEmbedder) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=64 * 1024 * 1024)
-    app.add_routes(search_routes)
-    app.cleanup_ctx.append(make_search_ctx(Settings(home=home), lambda: embedder))
-    return app
+def daemon(home: Path, minilm: Path, **model: object) -> web.Application:
+    settings = load_settings({"home": str(home)}, environ={})
+    return make_app(settings, loader=hash_loader(minilm, **model))
+
+
+async def started(aiohttp_client, app: web.Application):  # type: ignore[no-untyped-def]
+    client = await aiohttp_client(app)
+    await app[STATE_KEY].ready.wait()
+    assert app[STATE_KEY].service is not None, app[STATE_KEY].load_error
+    return client
 
 
 @pytest.fixture
-async def client(aiohttp_client, tmp_path: Path):  # type: ignore[no-untyped-def]
-    return await aiohttp_client(make_app(tmp_path / "home", HashEmbedder()))
+async def client(aiohttp_client, tmp_path: Path, minilm: Path):  # type: ignore[no-untyped-def]
+    return await started(aiohttp_client, daemon(tmp_path / "home", minilm))
 
 
 DOCS = [
@@ -172,16 +170,16 @@ async def test_error_statuses(client) -> None:  # type: ignore[no-untyped-def]
     assert r.status == 413 and "MB" in (await r.json())["error"]["message"]
 
 
-async def test_model_mismatch_is_409_naming_reindex(aiohttp_client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_model_mismatch_is_409_naming_reindex(aiohttp_client, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                     minilm: Path) -> None:
     home = tmp_path / "home"
-    c1 = await aiohttp_client(make_app(home, HashEmbedder(model_id="model-A")))
+    c1 = await started(aiohttp_client, daemon(home, minilm, model_id="model-A"))
     await c1.post("/v1/collections", json={"name": "n"})
     await c1.post(
         "/v1/collections/n/documents", json={"documents": [{"id": "a", "text": "hello world"}]}
     )
     await c1.close()
-    emb_b = HashEmbedder(dim=32, model_id="model-B")
-    c2 = await aiohttp_client(make_app(home, emb_b))
+    c2 = await started(aiohttp_client, daemon(home, minilm, dim=32, model_id="model-B"))
     r = await c2.post("/v1/search", json={"collection": "n", "query": "hello"})
     assert r.status == 409
     msg = (await r.json())["error"]["message"]
@@ -195,4 +193,5 @@ async def test_model_mismatch_is_409_naming_reindex(aiohttp_client, tmp_path: Pa
         await asyncio.sleep(0.05)
     r = await c2.post("/v1/search", json={"collection": "n", "query": "hello"})
     assert r.status == 200 and (await r.json())["results"][0]["document_id"] == "a"
-    assert c2.server.app[SEARCH_KEY].store.path == home / "data" / "localrank.db"
+    store = c2.server.app[COLLECTIONS_KEY].store
+    assert isinstance(store, SQLiteStore) and store.path == home / "data" / "localrank.db"

@@ -1,4 +1,5 @@
-"""Local security middlewares, request ids and the access log, on a real in-process aiohttp app."""
+"""Local security middlewares, request ids and the access log, on the daemon's real app
+(`make_app`, with a hashed bag-of-tokens backend standing in for the model's forward pass)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import logging
 import socket
 import stat
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,18 +18,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from fake_embedder import hash_engine, hash_loader
 
 from localrank.config import Settings, load_settings
-from localrank.errors import ConfigError, LocalrankError, NotReady, TooLarge, http_status
-from localrank.logs import SERVER_HEADER, request_id_middleware, request_id_var, setup_logging
-from localrank.serve.security import (
-    bind_unix_socket,
-    check_batch_size,
-    check_bind_safety,
-    make_security_middlewares,
-    setup_security,
-    start_unix_site,
-)
+from localrank.engine.core import Engine
+from localrank.errors import ConfigError
+from localrank.logs import request_id_var, setup_logging
+from localrank.serve.app import make_app
+from localrank.serve.middleware import SERVER_HEADER
+from localrank.serve.security import bind_unix_socket, check_bind_safety, start_unix_site
+from localrank.serve.state import STATE_KEY
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -37,40 +37,15 @@ def settings(**flags: Any) -> Settings:
     return load_settings(flags, {}, config_file=Path("/nonexistent/config.toml"))
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """A stand-in for the daemon's per-dialect error formatting."""
-    try:
-        return await handler(request)
-    except LocalrankError as exc:
-        return web.json_response({"error": exc.code, "message": exc.message},
-                                 status=http_status(exc))
-
-
-def make_app(s: Settings) -> web.Application:
-    async def health(request: web.Request) -> web.Response:
-        if "loading" in request.query:
-            raise NotReady("the model is loading")
-        return web.json_response({"status": "ok", "model": "secret-model", "device": "cpu"})
-
-    async def embed(request: web.Request) -> web.Response:
-        return web.json_response({"received": await request.json()})
-
-    async def ping(request: web.Request) -> web.Response:
-        return web.json_response({"pong": True})
-
-    app = web.Application(client_max_size=s.max_body_bytes, middlewares=[
-        request_id_middleware, error_middleware, *make_security_middlewares(s)])
-    setup_security(app, s)
-    app.add_routes([web.get("/health", health), web.post("/v1/embeddings", embed),
-                    web.post("/v1/ping", ping), web.get("/v1/models", ping)])
-    return app
-
-
 @pytest.fixture
-def client_for(aiohttp_client: MakeClient) -> Callable[..., Awaitable[Client]]:
+def client_for(aiohttp_client: MakeClient, tmp_path: Path,
+               minilm: Path) -> Callable[..., Awaitable[Client]]:
+    """A started daemon with the given settings (its state under tmp_path)."""
     async def make(**flags: Any) -> Client:
-        return await aiohttp_client(make_app(settings(**flags)))
+        app = make_app(settings(home=str(tmp_path / "home"), **flags), loader=hash_loader(minilm))
+        client = await aiohttp_client(app)
+        await app[STATE_KEY].ready.wait()
+        return client
     return make
 
 
@@ -86,7 +61,7 @@ def has_cors_headers(response: aiohttp.ClientResponse) -> bool:
                                   "Box.Lan", "other.lan:1", "[fe80::1]:8765"])
 async def test_allowed_hosts_pass(client_for: Callable[..., Awaitable[Client]], host: str) -> None:
     client = await client_for(allowed_hosts=("box.lan", "other.lan:8765", "fe80::1"))
-    response = await client.get("/v1/models", headers={"Host": host})
+    response = await client.get("/v1/collections", headers={"Host": host})
     assert response.status == 200, await response.text()
 
 
@@ -96,9 +71,9 @@ async def test_allowed_hosts_pass(client_for: Callable[..., Awaitable[Client]], 
 async def test_foreign_hosts_get_403(client_for: Callable[..., Awaitable[Client]],
                                      host: str) -> None:
     client = await client_for(allowed_hosts=("box.lan",))
-    response = await client.get("/v1/models", headers={"Host": host})
+    response = await client.get("/v1/collections", headers={"Host": host})
     assert response.status == 403
-    assert (await response.json())["error"] == "forbidden"
+    assert (await response.json())["error"]["type"] == "forbidden"
 
 
 async def raw_request(client: Client, request: bytes) -> bytes:
@@ -112,11 +87,11 @@ async def raw_request(client: Client, request: bytes) -> bytes:
 
 async def test_missing_host_header_gets_403(client_for: Callable[..., Awaitable[Client]]) -> None:
     client = await client_for()
-    for request in (b"GET /v1/models HTTP/1.0\r\n\r\n",
-                    b"GET /v1/models HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n"):
+    for request in (b"GET /v1/collections HTTP/1.0\r\n\r\n",
+                    b"GET /v1/collections HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n"):
         status_line = (await raw_request(client, request)).split(b"\r\n", 1)[0]
         assert status_line.split()[1] == b"403", status_line
-    ok = b"GET /v1/models HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    ok = b"GET /v1/collections HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
     assert (await raw_request(client, ok)).startswith(b"HTTP/1.1 200")
 
 
@@ -124,9 +99,9 @@ async def test_a_specific_bind_address_is_an_allowed_host(
         client_for: Callable[..., Awaitable[Client]]) -> None:
     client = await client_for(host="192.168.1.5", token="t")
     auth = {"Authorization": "Bearer t"}
-    assert (await client.get("/v1/models", headers={"Host": "192.168.1.5:8765", **auth})
+    assert (await client.get("/v1/collections", headers={"Host": "192.168.1.5:8765", **auth})
             ).status == 200
-    assert (await client.get("/v1/models", headers={"Host": "192.168.1.6", **auth})).status == 403
+    assert (await client.get("/v1/collections", headers={"Host": "192.168.1.6", **auth})).status == 403
 
 
 # --- Origin and CORS ---------------------------------------------------------------------------
@@ -188,18 +163,18 @@ async def test_token(client_for: Callable[..., Awaitable[Client]], authorization
                      status: int) -> None:
     client = await client_for(token="s3cret")
     headers = {"Authorization": authorization} if authorization else {}
-    response = await client.get("/v1/models", headers=headers)
+    response = await client.get("/v1/collections", headers=headers)
     assert response.status == status
     if status == 401:
         assert response.headers["WWW-Authenticate"].startswith("Bearer")
-        assert (await response.json())["error"] == "unauthorized"
+        assert (await response.json())["error"]["type"] == "unauthorized"
 
 
 async def test_no_token_configured_means_no_auth(
         client_for: Callable[..., Awaitable[Client]]) -> None:
     client = await client_for()
-    assert (await client.get("/v1/models")).status == 200
-    assert (await client.get("/v1/models", headers={"Authorization": "Bearer x"})).status == 200
+    assert (await client.get("/v1/collections")).status == 200
+    assert (await client.get("/v1/collections", headers={"Authorization": "Bearer x"})).status == 200
 
 
 async def test_health_without_token_is_minimal(
@@ -208,9 +183,28 @@ async def test_health_without_token_is_minimal(
     anonymous = await client.get("/health")
     assert anonymous.status == 200 and await anonymous.json() == {"status": "ok"}
     full = await client.get("/health", headers={"Authorization": "Bearer s3cret"})
-    assert (await full.json())["model"] == "secret-model"
-    loading = await client.get("/health?loading=1")
-    assert loading.status == 503 and await loading.json() == {"status": "unavailable"}
+    assert (await full.json())["model"] == "fake/hash-bow"
+
+
+async def test_health_while_loading_without_token_is_minimal(
+        aiohttp_client: MakeClient, tmp_path: Path, minilm: Path) -> None:
+    release = threading.Event()
+
+    def slow(s: Settings) -> Engine:
+        release.wait(30)
+        return hash_engine(minilm)
+
+    app = make_app(settings(home=str(tmp_path), token="s3cret"), loader=slow)
+    client = await aiohttp_client(app)
+    try:
+        loading = await client.get("/health")
+        assert loading.status == 503 and await loading.json() == {"status": "unavailable"}
+        full = await client.get("/health", headers={"Authorization": "Bearer s3cret"})
+        assert full.status == 503 and (await full.json())["status"] == "loading"
+    finally:
+        release.set()
+    await app[STATE_KEY].ready.wait()
+    assert (await client.get("/health")).status == 200
 
 
 async def test_host_check_comes_before_the_token(
@@ -232,13 +226,13 @@ async def test_post_bodies_must_be_json(client_for: Callable[..., Awaitable[Clie
                                  headers={"Content-Type": content_type})
     assert response.status == status
     if status == 415:
-        assert (await response.json())["error"] == "unsupported_media_type"
+        assert (await response.json())["error"]["code"] == "unsupported_media_type"
 
 
 async def test_post_without_body_needs_no_content_type(
         client_for: Callable[..., Awaitable[Client]]) -> None:
     client = await client_for()
-    assert (await client.post("/v1/ping")).status == 200
+    assert (await client.post("/v1/compact")).status == 200
 
 
 async def test_body_size_limit(client_for: Callable[..., Awaitable[Client]]) -> None:
@@ -246,7 +240,7 @@ async def test_body_size_limit(client_for: Callable[..., Awaitable[Client]]) -> 
     small = await client.post("/v1/embeddings", json={"input": "x" * 100})
     assert small.status == 200
     big = await client.post("/v1/embeddings", json={"input": "x" * 2000})
-    assert big.status == 413 and (await big.json())["error"] == "too_large"
+    assert big.status == 413 and (await big.json())["error"]["code"] == "too_large"
 
     async def chunks(total: int) -> AsyncIterator[bytes]:
         body = json.dumps({"input": "y" * total}).encode()
@@ -255,16 +249,18 @@ async def test_body_size_limit(client_for: Callable[..., Awaitable[Client]]) -> 
 
     headers = {"Content-Type": "application/json"}
     chunked = await client.post("/v1/embeddings", data=chunks(5000), headers=headers)
-    assert chunked.status == 413 and (await chunked.json())["error"] == "too_large"
+    assert chunked.status == 413 and (await chunked.json())["error"]["code"] == "too_large"
     chunked_ok = await client.post("/v1/embeddings", data=chunks(50), headers=headers)
     assert chunked_ok.status == 200
-    assert await chunked_ok.json() == {"received": {"input": "y" * 50}}
+    assert len((await chunked_ok.json())["data"]) == 1
 
 
-def test_batch_limit() -> None:
-    check_batch_size(10, settings(max_inputs=10))
-    with pytest.raises(TooLarge, match="max_inputs"):
-        check_batch_size(11, settings(max_inputs=10))
+async def test_batch_limit(client_for: Callable[..., Awaitable[Client]]) -> None:
+    client = await client_for(max_inputs=10)
+    ok = await client.post("/v1/embeddings", json={"input": ["x"] * 10})
+    assert ok.status == 200
+    over = await client.post("/v1/embeddings", json={"input": ["x"] * 11})
+    assert over.status == 413 and "limit is 10" in (await over.json())["error"]["message"]
 
 
 # --- refusing unsafe binds -----------------------------------------------------------------
@@ -285,18 +281,19 @@ def test_loopback_bind_needs_no_token(host: str) -> None:
 # --- unix socket -----------------------------------------------------------------------------
 
 
-async def test_unix_socket_is_private_and_serves(tmp_path: Path) -> None:
+async def test_unix_socket_is_private_and_serves(tmp_path: Path, minilm: Path) -> None:
     path = tmp_path / "run" / "lr.sock"
-    runner = web.AppRunner(make_app(settings()), access_log=None)
+    app = make_app(settings(home=str(tmp_path / "home")), loader=hash_loader(minilm))
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
         await start_unix_site(runner, path)
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(path))) as s:
-            async with s.get("http://localhost/v1/models") as response:
+            async with s.get("http://localhost/v1/collections") as response:
                 assert response.status == 200
-            async with s.get("http://evil.com/v1/models") as response:
+            async with s.get("http://evil.com/v1/collections") as response:
                 assert response.status == 403
         with pytest.raises(ConfigError, match="already serving"):
             bind_unix_socket(path)
@@ -326,12 +323,12 @@ async def test_request_ids_and_access_log(client_for: Callable[..., Awaitable[Cl
     setup_logging(settings(log_format="json", log_level="info"), stream)
     try:
         client = await client_for()
-        given = await client.get("/v1/models", headers={"X-Request-ID": "abc-123"})
+        given = await client.get("/v1/collections", headers={"X-Request-ID": "abc-123"})
         assert given.headers["X-Request-ID"] == "abc-123"
         assert given.headers["Server"] == SERVER_HEADER
-        made = await client.get("/v1/models", headers={"X-Request-ID": "bad id <script>"})
+        made = await client.get("/v1/collections", headers={"X-Request-ID": "bad id <script>"})
         assert len(made.headers["X-Request-ID"]) == 32 and "<" not in made.headers["X-Request-ID"]
-        refused = await client.get("/v1/models", headers={"Host": "evil.com"})
+        refused = await client.get("/v1/collections", headers={"Host": "evil.com"})
         assert refused.status == 403 and refused.headers["X-Request-ID"]
         missing = await client.get("/nope")
         assert missing.status == 404 and missing.headers["X-Request-ID"]
@@ -341,7 +338,7 @@ async def test_request_ids_and_access_log(client_for: Callable[..., Awaitable[Cl
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "localrank.access"]
     assert [(a["method"], a["path"], a["status"]) for a in access] == [
-        ("GET", "/v1/models", 200), ("GET", "/v1/models", 200), ("GET", "/v1/models", 403),
+        ("GET", "/v1/collections", 200), ("GET", "/v1/collections", 200), ("GET", "/v1/collections", 403),
         ("GET", "/nope", 404)]
     assert access[0]["request_id"] == "abc-123"
     assert access[1]["request_id"] == made.headers["X-Request-ID"]

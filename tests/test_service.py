@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import plistlib
 import shlex
@@ -16,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from localrank import service
-from localrank.cli import service_cmds
+from localrank.ops import sd_notify, supervisor
+from localrank.cli import main
 from localrank.config import Settings, load_settings
 from localrank.errors import ConfigError, LocalrankError
 
@@ -43,8 +42,8 @@ def settings_for(home: Path, **flags: object) -> Settings:
 
 def test_plist_parses_and_has_the_service_keys(home: Path) -> None:
     s = settings_for(home, port=9001, backend="cpu")
-    plist = plistlib.loads(service.render_launchd(s, PROGRAM).encode())
-    assert plist["Label"] == service.LAUNCHD_LABEL
+    plist = plistlib.loads(supervisor.render_launchd(s, PROGRAM).encode())
+    assert plist["Label"] == supervisor.LAUNCHD_LABEL
     assert plist["ProgramArguments"] == [*PROGRAM, "serve", "--host", "127.0.0.1",
                                          "--port", "9001", "--backend", "cpu"]
     assert plist["RunAtLoad"] is True
@@ -61,7 +60,7 @@ def test_plist_parses_and_has_the_service_keys(home: Path) -> None:
 def test_plist_escapes_xml_and_keeps_values_exact(home: Path) -> None:
     weird_home = home.parent / "a & b <c> 'd' \"e\""
     s = load_settings({"model": "org/m&<x>", "home": str(weird_home)}, {})
-    plist = plistlib.loads(service.render_launchd(s, PROGRAM).encode())
+    plist = plistlib.loads(supervisor.render_launchd(s, PROGRAM).encode())
     assert plist["ProgramArguments"][-2:] == ["--model", "org/m&<x>"]
     assert plist["EnvironmentVariables"]["LOCALRANK_HOME"] == str(weird_home)
     assert plist["StandardOutPath"].startswith(str(weird_home))
@@ -69,19 +68,19 @@ def test_plist_escapes_xml_and_keeps_values_exact(home: Path) -> None:
 
 def test_default_model_is_not_pinned_as_a_flag(home: Path) -> None:
     # A --model flag would count as "named by the user" and disable the offline fallback.
-    argv = service.serve_arguments(settings_for(home), PROGRAM)
+    argv = supervisor.serve_arguments(settings_for(home), PROGRAM)
     assert "--model" not in argv
     named = load_settings({}, {"LOCALRANK_HOME": str(home), "LOCALRANK_MODEL": "minilm"})
-    assert service.serve_arguments(named, PROGRAM)[-2:] == ["--model", "minilm"]
+    assert supervisor.serve_arguments(named, PROGRAM)[-2:] == ["--model", "minilm"]
     assert "LOCALRANK_HOME" not in plistlib.loads(
-        service.render_launchd(load_settings({}, {}), PROGRAM).encode())["EnvironmentVariables"]
+        supervisor.render_launchd(load_settings({}, {}), PROGRAM).encode())["EnvironmentVariables"]
 
 
 def test_control_characters_are_refused(home: Path) -> None:
     with pytest.raises(ConfigError, match="control characters"):
-        service.render_systemd(settings_for(home, model="a\nExecStartPre=/bin/evil"), PROGRAM)
+        supervisor.render_systemd(settings_for(home, model="a\nExecStartPre=/bin/evil"), PROGRAM)
     with pytest.raises(ConfigError, match="control characters"):
-        service.render_launchd(settings_for(home, model="a\x01b"), PROGRAM)
+        supervisor.render_launchd(settings_for(home, model="a\x01b"), PROGRAM)
 
 
 # --- systemd -------------------------------------------------------------------------------
@@ -113,7 +112,7 @@ def exec_words(exec_start: str) -> list[str]:
 
 def test_systemd_unit_has_the_service_keys(home: Path) -> None:
     s = settings_for(home, port=9002)
-    unit = parse_unit(service.render_systemd(s, PROGRAM))
+    unit = parse_unit(supervisor.render_systemd(s, PROGRAM))
     svc = unit["Service"]
     assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
     assert svc["Restart"] == ["on-failure"] and int(svc["RestartSec"][0]) > 0
@@ -131,13 +130,13 @@ def test_systemd_quoting_round_trips(home: Path) -> None:
     model = 'we "ird" m\\odel 100% $HOME;x'
     s = settings_for(home, model=model)
     program = ["/opt/my tools/py$thon%", "-m", "localrank"]
-    svc = parse_unit(service.render_systemd(s, program))["Service"]
+    svc = parse_unit(supervisor.render_systemd(s, program))["Service"]
     assert exec_words(svc["ExecStart"][0]) == [*program, "serve", "--host", "127.0.0.1",
                                                "--port", "8765", "--model", model]
-    assert service.systemd_quote("plain") == "plain"
-    assert service.systemd_quote("50%") == "50%%"
-    assert service.systemd_quote("$X") == "$$X"
-    assert service.systemd_quote("/a b/$X", executable=True) == '"/a b/$X"'
+    assert supervisor.systemd_quote("plain") == "plain"
+    assert supervisor.systemd_quote("50%") == "50%%"
+    assert supervisor.systemd_quote("$X") == "$$X"
+    assert supervisor.systemd_quote("/a b/$X", executable=True) == '"/a b/$X"'
 
 
 def systemd_verify(unit: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
@@ -156,7 +155,7 @@ def test_systemd_unit_verifies(home: Path, tmp_path: Path) -> None:
     (bin_dir / "python").symlink_to(sys.executable)
     program = [str(bin_dir / "python"), "-m", "localrank"]
     unit = tmp_path / "localrank.service"
-    unit.write_text(service.render_systemd(settings_for(home, model="org/a b%c"), program))
+    unit.write_text(supervisor.render_systemd(settings_for(home, model="org/a b%c"), program))
     broken = tmp_path / "broken.service"
     broken.write_text(unit.read_text().replace("Type=notify", "Type=bogus"))
 
@@ -175,23 +174,23 @@ def test_systemd_unit_verifies(home: Path, tmp_path: Path) -> None:
 
 
 class FakeRunner:
-    def __init__(self, results: dict[str, service.CommandResult] | None = None) -> None:
+    def __init__(self, results: dict[str, supervisor.CommandResult] | None = None) -> None:
         self.calls: list[list[str]] = []
         self.results = results or {}
 
-    def __call__(self, argv: Sequence[str]) -> service.CommandResult:
+    def __call__(self, argv: Sequence[str]) -> supervisor.CommandResult:
         self.calls.append(list(argv))
         for prefix, result in self.results.items():
             if " ".join(argv).startswith(prefix):
                 return result
-        return service.CommandResult(0, "", "")
+        return supervisor.CommandResult(0, "", "")
 
 
 def test_install_linux_writes_unit_and_starts_it(home: Path, tmp_path: Path) -> None:
     path = tmp_path / "units" / "localrank.service"
     runner = FakeRunner()
     s = settings_for(home)
-    service.install(s, "linux", path=path, runner=runner, uid=501, program=PROGRAM)
+    supervisor.install(s, "linux", path=path, runner=runner, uid=501, program=PROGRAM)
     assert parse_unit(path.read_text())["Service"]["Type"] == ["notify"]
     assert (path.stat().st_mode & 0o777) == 0o644
     assert s.paths.logs.is_dir() and s.paths.data.is_dir()
@@ -201,29 +200,29 @@ def test_install_linux_writes_unit_and_starts_it(home: Path, tmp_path: Path) -> 
 
 
 def test_install_macos_reloads_the_agent(home: Path, tmp_path: Path) -> None:
-    path = tmp_path / "LaunchAgents" / f"{service.LAUNCHD_LABEL}.plist"
+    path = tmp_path / "LaunchAgents" / f"{supervisor.LAUNCHD_LABEL}.plist"
     # bootout fails when nothing is loaded yet: that is expected, not an error.
-    runner = FakeRunner({"launchctl bootout": service.CommandResult(113, "", "not loaded")})
-    service.install(settings_for(home), "macos", path=path, runner=runner, uid=501,
+    runner = FakeRunner({"launchctl bootout": supervisor.CommandResult(113, "", "not loaded")})
+    supervisor.install(settings_for(home), "macos", path=path, runner=runner, uid=501,
                     program=PROGRAM)
-    assert plistlib.loads(path.read_bytes())["Label"] == service.LAUNCHD_LABEL
-    target = f"gui/501/{service.LAUNCHD_LABEL}"
+    assert plistlib.loads(path.read_bytes())["Label"] == supervisor.LAUNCHD_LABEL
+    target = f"gui/501/{supervisor.LAUNCHD_LABEL}"
     assert runner.calls == [["launchctl", "bootout", target], ["launchctl", "enable", target],
                             ["launchctl", "bootstrap", "gui/501", str(path)]]
 
 
 def test_install_reports_a_failing_command(home: Path, tmp_path: Path) -> None:
-    runner = FakeRunner({"systemctl --user restart": service.CommandResult(
+    runner = FakeRunner({"systemctl --user restart": supervisor.CommandResult(
         1, "", "Job for localrank.service failed")})
     with pytest.raises(LocalrankError, match="Job for localrank.service failed"):
-        service.install(settings_for(home), "linux", path=tmp_path / "u.service", runner=runner,
+        supervisor.install(settings_for(home), "linux", path=tmp_path / "u.service", runner=runner,
                         uid=1, program=PROGRAM)
 
 
 def test_install_refuses_a_network_bind_without_token(home: Path, tmp_path: Path) -> None:
     runner = FakeRunner()
     with pytest.raises(ConfigError, match="token"):
-        service.install(settings_for(home, host="0.0.0.0"), "linux", path=tmp_path / "u",
+        supervisor.install(settings_for(home, host="0.0.0.0"), "linux", path=tmp_path / "u",
                         runner=runner, uid=1, program=PROGRAM)
     assert runner.calls == [] and not (tmp_path / "u").exists()
 
@@ -232,40 +231,37 @@ def test_uninstall_and_status(home: Path, tmp_path: Path) -> None:
     path = tmp_path / "localrank.service"
     path.write_text("[Service]\n")
     runner = FakeRunner()
-    assert service.uninstall("linux", path=path, runner=runner, uid=1) is True
+    assert supervisor.uninstall("linux", path=path, runner=runner, uid=1) is True
     assert not path.exists()
     assert runner.calls[0] == ["systemctl", "--user", "disable", "--now", "localrank.service"]
-    assert service.uninstall("linux", path=path, runner=runner, uid=1) is False
+    assert supervisor.uninstall("linux", path=path, runner=runner, uid=1) is False
 
-    running = FakeRunner({"launchctl print": service.CommandResult(0, "state = running\n", "")})
-    st = service.status("macos", path=path, runner=running, uid=7)
+    running = FakeRunner({"launchctl print": supervisor.CommandResult(0, "state = running\n", "")})
+    st = supervisor.status("macos", path=path, runner=running, uid=7)
     assert st.running and not st.installed and "state = running" in st.manager_output
-    stopped = FakeRunner({"systemctl": service.CommandResult(3, "inactive (dead)", "")})
-    assert not service.status("linux", path=path, runner=stopped, uid=7).running
+    stopped = FakeRunner({"systemctl": supervisor.CommandResult(3, "inactive (dead)", "")})
+    assert not supervisor.status("linux", path=path, runner=stopped, uid=7).running
 
 
 def test_unforwarded_settings_are_reported(home: Path) -> None:
     s = load_settings({"port": 9000}, {"LOCALRANK_HOME": str(home), "LOCALRANK_TOKEN": "t",
                                        "LOCALRANK_MAX_INPUTS": "10"})
-    assert service.unforwarded_settings(s) == ["max_inputs", "token"]
+    assert supervisor.unforwarded_settings(s) == ["max_inputs", "token"]
 
 
 def test_tail_reads_the_end_of_a_large_file(tmp_path: Path) -> None:
     log = tmp_path / "big.log"
     log.write_text("".join(f"line {i} " + "x" * 100 + "\n" for i in range(5000)))
-    assert [line.split()[1] for line in service.tail(log, 3)] == ["4997", "4998", "4999"]
-    assert len(service.tail(log, 2000)) == 2000
-    assert service.tail(tmp_path / "missing.log", 5) == []
+    assert [line.split()[1] for line in supervisor.tail(log, 3)] == ["4997", "4998", "4999"]
+    assert len(supervisor.tail(log, 2000)) == 2000
+    assert supervisor.tail(tmp_path / "missing.log", 5) == []
 
 
 # --- the CLI ---------------------------------------------------------------------------------
 
 
 def run_cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="localrank")
-    service_cmds.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    return main(argv)
 
 
 def test_cli_dry_run_renders_either_platform(home: Path,
@@ -288,7 +284,7 @@ def test_cli_dry_run_renders_either_platform(home: Path,
 
 def test_cli_refuses_real_changes_for_another_platform(home: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    other = "macos" if service.current_platform() == "linux" else "linux"
+    other = "macos" if supervisor.current_platform() == "linux" else "linux"
     assert run_cli(["service", "install", "--platform", other]) == 2
     assert "use --dry-run" in capsys.readouterr().err
 
@@ -319,9 +315,9 @@ def test_notify_ready_reaches_the_socket(datagram: tuple[socket.socket, str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     sock, path = datagram
     monkeypatch.setenv("NOTIFY_SOCKET", path)
-    assert service.notify_ready("serving on 127.0.0.1:8765") is True
+    assert sd_notify.notify_ready("serving on 127.0.0.1:8765") is True
     assert sock.recv(4096) == b"READY=1\nSTATUS=serving on 127.0.0.1:8765"
-    assert service.notify_stopping() is True
+    assert sd_notify.notify_stopping() is True
     assert sock.recv(4096) == b"STOPPING=1"
 
 
@@ -330,14 +326,14 @@ def test_notify_abstract_namespace() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind("\0" + name)
         sock.settimeout(5)
-        assert service.notify_ready(address="@" + name) is True
+        assert sd_notify.notify_ready(address="@" + name) is True
         assert sock.recv(4096) == b"READY=1"
 
 
 def test_notify_is_a_noop_without_systemd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert service.systemd_notify_socket() is None
-    assert service.notify_ready() is False
-    assert service.systemd_notify_socket({"NOTIFY_SOCKET": "/run/x"}) == "/run/x"
+    assert sd_notify.systemd_notify_socket() is None
+    assert sd_notify.notify_ready() is False
+    assert sd_notify.systemd_notify_socket({"NOTIFY_SOCKET": "/run/x"}) == "/run/x"
     # A socket that went away is logged, not raised: the daemon serves without a supervisor.
-    assert service.notify_ready(address=str(tmp_path / "gone.sock")) is False
+    assert sd_notify.notify_ready(address=str(tmp_path / "gone.sock")) is False

@@ -14,11 +14,9 @@ from pathlib import Path
 
 from fake_embedder import HashEmbedder
 
-from localrank.ingest import Ingestor, IngestSettings
-from localrank.search import SearchRequest, SearchService
-from localrank.store import Store
-from localrank.store import jobs as jobs_db
-from localrank.store.maintenance import counts, integrity_check
+from localrank.collections import CollectionService, SearchRequest
+from localrank.store import SQLiteStore
+from localrank.store.sqlite.maintenance import counts, integrity_check
 
 JOB_DOCS = 300
 
@@ -26,16 +24,13 @@ CHILD = r"""
 import asyncio, sys
 sys.path.insert(0, sys.argv[1])
 from fake_embedder import HashEmbedder
-from localrank.documents import DocumentIn
-from localrank.ingest import IngestSettings, Ingestor
-from localrank.search import SearchService
-from localrank.store import Store
+from localrank.collections import CollectionService, DocumentIn, IngestSettings
+from localrank.store import SQLiteStore
 
 async def main():
-    store = Store(sys.argv[2])
+    store = SQLiteStore(sys.argv[2])
     emb = HashEmbedder(delay=0.03)
-    ing = Ingestor(store, lambda: emb, IngestSettings(job_batch_docs=5))
-    svc = SearchService(store, lambda: emb, ing)
+    svc = CollectionService(store, lambda: emb, IngestSettings(job_batch_docs=5))
     await svc.create_collection("c")
     n = int(sys.argv[3])
     docs = [DocumentIn(f"j{i}", f"job document jobtok{i} body text") for i in range(n)]
@@ -68,7 +63,7 @@ def test_kill_9_mid_job_loses_no_acknowledged_document(tmp_path: Path) -> None:
     reader.start()
     job_id = None
     deadline = time.monotonic() + 60
-    observer: Store | None = None
+    observer: SQLiteStore | None = None
     try:
         while time.monotonic() < deadline:
             time.sleep(0.05)
@@ -76,8 +71,8 @@ def test_kill_9_mid_job_loses_no_acknowledged_document(tmp_path: Path) -> None:
             if job_id is None:
                 job_id = next((ln.split()[1] for ln in lines if ln.startswith("ACK-JOB")), None)
                 continue
-            observer = observer or Store(db_path)  # a reader next to the writing process
-            job = jobs_db.get_job(observer.db.reader(), job_id)
+            observer = observer or SQLiteStore(db_path)  # a reader next to the writing process
+            job = observer.get_job(job_id)
             acked_sync = sum(ln.startswith("ACK s") for ln in lines)
             if job.done >= 40 and acked_sync >= 5:
                 break
@@ -93,17 +88,17 @@ def test_kill_9_mid_job_loses_no_acknowledged_document(tmp_path: Path) -> None:
     assert proc.returncode == -signal.SIGKILL
     acked = [ln.split()[1] for ln in lines if ln.startswith("ACK s")]
 
-    store = Store(db_path)
+    store = SQLiteStore(db_path)
     try:
         conn = store.db.reader()
         assert integrity_check(conn) == ["ok"]
         c = counts(conn)
         assert c["chunks"] == c["vectors"] == c["fts_rows"] and c["chunks_without_vector"] == 0
-        job = jobs_db.get_job(conn, job_id)
+        job = store.get_job(job_id)
         assert job.state == "running" and 0 < job.done < JOB_DOCS  # killed mid-job
 
         emb = HashEmbedder()
-        svc = SearchService(store, lambda: emb, Ingestor(store, lambda: emb, IngestSettings()))
+        svc = CollectionService(store, lambda: emb)
 
         async def resume_and_check() -> None:
             final = await svc.runner.run_once()  # the dead owner's job is taken over

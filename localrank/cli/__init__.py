@@ -1,5 +1,6 @@
 """`localrank ...`: the command line. Each command group lives in its own module with
-`register(subparsers)`; a handler takes the parsed args and returns an exit code."""
+`register(subparsers)`; a command takes the parsed args and the Runtime and returns an exit code.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from localrank import __version__
-from localrank.cli import embed_cmds, serve_cmds, service_cmds, store_cmds
+from localrank.cli import collection_cmds, embed_cmds, ops_cmds, serve_cmds
+from localrank.cli.common import Runtime
 from localrank.errors import LocalrankError, exit_code
 
-COMMAND_MODULES = [serve_cmds, embed_cmds, store_cmds, service_cmds]
+COMMAND_MODULES = [serve_cmds, embed_cmds, collection_cmds, ops_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,11 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, runtime: Runtime | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return int(args.func(args, runtime or Runtime()) or 0)
     except LocalrankError as exc:
         print(f"localrank: error: {exc.message}", file=sys.stderr)
         return exit_code(exc)

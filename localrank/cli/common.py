@@ -1,13 +1,27 @@
-"""Flags shared by several commands, and turning them into Settings."""
+"""What every command shares: the runtime (seams for tests), common flags, Settings, output."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from localrank.collections.embedder import EmbedderFactory, in_process_embedder
 from localrank.config import BACKENDS, Settings, load_settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What commands take from outside their arguments. `main` builds the real one; tests pass
+    their own (a fake embedder for plumbing tests, say)."""
+
+    embedder_factory: EmbedderFactory = in_process_embedder
+
+
+Command = Callable[[argparse.Namespace, Runtime], int]
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from localrank.cli.common import add_model_flags, print_json, settings_from_args
+from localrank.cli.common import Runtime, add_model_flags, print_json, settings_from_args
 from localrank.engine.load import load_engine
 from localrank.engine.resolve import manifest, pull_model
 
@@ -43,7 +43,7 @@ def _quiet_logging() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="localrank: %(message)s")
 
 
-def cmd_embed(args: argparse.Namespace) -> int:
+def cmd_embed(args: argparse.Namespace, runtime: Runtime) -> int:
     _quiet_logging()
     engine = load_engine(settings_from_args(args))
     query = args.query or args.instruction is not None
@@ -68,7 +68,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_rerank(args: argparse.Namespace) -> int:
+def cmd_rerank(args: argparse.Namespace, runtime: Runtime) -> int:
     _quiet_logging()
     engine = load_engine(settings_from_args(args))
     scores, _ = engine.rerank(args.query, args.documents, instruction=args.instruction)
@@ -83,13 +83,13 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_pull(args: argparse.Namespace) -> int:
+def cmd_pull(args: argparse.Namespace, runtime: Runtime) -> int:
     path = pull_model(args.model)
     print(path)
     return 0
 
 
-def cmd_models(args: argparse.Namespace) -> int:
+def cmd_models(args: argparse.Namespace, runtime: Runtime) -> int:
     models = manifest()
     if args.json:
         print_json(models)

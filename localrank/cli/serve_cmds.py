@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from localrank.cli.common import add_model_flags, settings_from_args
+from localrank.cli.common import Runtime, add_model_flags, settings_from_args
 from localrank.logs import setup_logging
 from localrank.serve.run import serve
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     settings = settings_from_args(args, "host", "port", "unix_socket", "log_format", "log_level")
     setup_logging(settings)
     return asyncio.run(serve(settings))

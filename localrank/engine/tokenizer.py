@@ -21,6 +21,17 @@ class Encoded:
     original_tokens: int
 
 
+@dataclass(frozen=True)
+class Token:
+    """One token as TEI's /tokenize shows it: special tokens have no character span."""
+
+    id: int
+    text: str
+    special: bool
+    start: int | None
+    stop: int | None
+
+
 def load_raw_tokenizer(model_dir: Path) -> Tokenizer:
     path = model_dir / "tokenizer.json"
     if not path.is_file():
@@ -98,8 +109,24 @@ class TextTokenizer:
         """Character span of each content token (used for token-aware chunking)."""
         return list(self.raw.encode(text, add_special_tokens=False).offsets)
 
-    def count(self, texts: Sequence[str]) -> list[int]:
-        return [e.original_tokens for e in self.encode(texts)]
+    def describe(self, text: str, *, add_special_tokens: bool = True) -> list[Token]:
+        """The tokens of `text` with their character spans, wrapped in the special tokens the
+        recipe adds when `add_special_tokens`."""
+        enc = self.raw.encode(text, add_special_tokens=False)
+        content = [Token(i, text[a:b], False, a, b)
+                   for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)]
+        if not add_special_tokens:
+            return content
+
+        def special(ids: list[int]) -> list[Token]:
+            return [Token(i, self.raw.id_to_token(i) or "", True, None, None) for i in ids]
+
+        return [*special(self.prefix), *content, *special(self.suffix)]
+
+    def cut(self, text: str, limit: int) -> str:
+        """`text` cut after its first `limit` content tokens (unchanged if it has fewer)."""
+        offsets = self.offsets(text)
+        return text[: offsets[limit - 1][1]] if len(offsets) > limit else text
 
 
 def _find(haystack: list[int], needle: list[int]) -> int:

@@ -1,7 +1,9 @@
 """The app factory: `make_app(settings) -> web.Application`.
 
-The model loads in a thread after the server starts listening, so /health can say 503
-"loading" meanwhile; everything that needs the model answers 503 until it is ready.
+Routes come from the dialect registry (`serve/dialects`). The model loads in a thread after the
+server starts listening, so /health can say 503 "loading" meanwhile; everything that needs the
+model answers 503 until it is ready. The collections (store, ingestion, job runner) open at
+startup and reach the model through the same scheduler as every HTTP request.
 """
 
 from __future__ import annotations
@@ -14,33 +16,27 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from localrank.collections import CollectionService, IngestSettings
 from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
 from localrank.errors import LocalrankError
-from localrank.logs import request_id_middleware
-from localrank.serve import (
-    routes_cohere,
-    routes_docs,
-    routes_native,
-    routes_ollama,
-    routes_openai,
-    routes_ops,
-    routes_tei,
-)
-from localrank.serve.embedding import EmbeddingService, StoreEmbedder
-from localrank.serve.http import REGISTRY_KEY, error_middleware
+from localrank.serve.api import DialectIndex
+from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
+from localrank.serve.embedding import DaemonEmbedder, EmbeddingService
 from localrank.serve.metrics import standard_registry
-from localrank.serve.search_routes import make_search_ctx, search_routes
+from localrank.serve.middleware import error_middleware, request_id_middleware
 from localrank.serve.security import make_security_middlewares, setup_security
-from localrank.serve.state import STATE_KEY, DaemonState
+from localrank.serve.state import COLLECTIONS_KEY, DIALECTS_KEY, METRICS_KEY, STATE_KEY, DaemonState
+from localrank.store import open_store
 
 log = logging.getLogger(__name__)
 
 EngineLoader = Callable[[Settings], Engine]
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def _model_ctx(loader: EngineLoader) -> Callable[[web.Application], AsyncIterator[None]]:
+def _model_ctx(loader: EngineLoader) -> CleanupCtx:
     async def model_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
         settings = state.settings
@@ -57,11 +53,11 @@ def _model_ctx(loader: EngineLoader) -> Callable[[web.Application], AsyncIterato
                 state.load_error = LocalrankError(f"{type(exc).__name__}: {exc}")
             else:
                 state.service = EmbeddingService(
-                    engine, app[REGISTRY_KEY], max_batch_tokens=engine.max_batch_tokens,
+                    engine, app[METRICS_KEY], max_batch_tokens=engine.max_batch_tokens,
                     max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
                     queue_size=settings.queue_size, cache_size=settings.cache_size,
                     max_inputs=settings.max_inputs)
-                state.store_embedder = StoreEmbedder(state.service)
+                state.collection_embedder = DaemonEmbedder(state.service)
                 state.load_seconds = time.monotonic() - started
             finally:
                 state.ready.set()
@@ -79,24 +75,46 @@ def _model_ctx(loader: EngineLoader) -> Callable[[web.Application], AsyncIterato
     return model_ctx
 
 
-def make_app(settings: Settings, *, loader: EngineLoader = load_engine) -> web.Application:
+def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
+    """Open the store under the user data dir (LOCALRANK_HOME moves it), publish the
+    CollectionService, run the job runner (which resumes jobs a previous run left unfinished),
+    and close both on shutdown."""
+
+    async def collections_ctx(app: web.Application) -> AsyncIterator[None]:
+        state = app[STATE_KEY]
+        store = await asyncio.to_thread(open_store, state.settings.paths.database)
+        service = CollectionService(store, state.embedder, ingest)
+        app[COLLECTIONS_KEY] = service
+        runner = asyncio.create_task(service.runner.run_forever(), name="localrank-jobs")
+        try:
+            yield
+        finally:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+            await asyncio.to_thread(store.close)
+
+    return collections_ctx
+
+
+def make_app(settings: Settings, *, loader: EngineLoader = load_engine,
+             ingest: IngestSettings | None = None) -> web.Application:
+    """The daemon: every dialect's routes, the model (loaded by `loader` in a thread) and the
+    collections. Tests pass a `loader` to serve a model of their choosing."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[request_id_middleware, error_middleware,
                      *make_security_middlewares(settings)],
     )
     setup_security(app, settings)
-    app[REGISTRY_KEY] = standard_registry()
-    state = DaemonState(settings)
-    app[STATE_KEY] = state
+    app[METRICS_KEY] = standard_registry()
+    app[STATE_KEY] = DaemonState(settings)
+    app[DIALECTS_KEY] = DialectIndex(DIALECTS, DEFAULT_DIALECT)
+    for _, r in app[DIALECTS_KEY].routes():
+        if r.method == "GET":
+            app.router.add_get(r.path, r.handler)  # and HEAD, as aiohttp's web.get does
+        else:
+            app.router.add_route(r.method, r.path, r.handler)
     app.cleanup_ctx.append(_model_ctx(loader))
-    app.cleanup_ctx.append(make_search_ctx(settings, state.embedder))
-    app.add_routes(routes_ops.routes)
-    app.add_routes(routes_native.routes)
-    app.add_routes(routes_openai.routes)
-    app.add_routes(search_routes)
-    app.add_routes(routes_cohere.routes)
-    app.add_routes(routes_tei.routes)
-    app.add_routes(routes_ollama.routes)
-    app.add_routes(routes_docs.routes)
+    app.cleanup_ctx.append(_collections_ctx(ingest))
     return app

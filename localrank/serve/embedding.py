@@ -1,4 +1,8 @@
-"""The one implementation behind every dialect: cached, scheduled embedding and rerank."""
+"""The one implementation behind every dialect: cached, scheduled embedding and rerank.
+
+Routes reach the model only through `EmbeddingService` (vectors, scores, token ids and counts,
+cutting to a token limit); the collections layer reaches it through `DaemonEmbedder`.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,9 @@ from typing import Any, cast
 
 import numpy as np
 
-from localrank.engine.core import Engine, ModelInfo, apply_dimensions, check_inputs, relevance
+from localrank.engine.core import Engine, apply_dimensions, check_inputs, relevance
+from localrank.engine.tokenizer import Token
+from localrank.engine.core import ModelInfo  # TODO-MERGE types
 from localrank.errors import InvalidInput
 from localrank.serve.metrics import Registry
 from localrank.serve.worker import BatchStats, ModelWorker
@@ -80,6 +86,19 @@ class EmbeddingService:
     def info(self) -> ModelInfo:
         return self.engine.info
 
+    @property
+    def max_batch_tokens(self) -> int:
+        return self.engine.max_batch_tokens
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for or inside the model."""
+        return self.worker.depth
+
+    def format_query(self, text: str, instruction: str | None) -> str:
+        """The model input for a query: the recipe's instruction template, if it has one."""
+        return self.engine.format_query(text, instruction)
+
     def _record_batch(self, stats: BatchStats) -> None:
         r = self.registry
         r.observe("localrank_batch_size", stats.rows)
@@ -147,26 +166,38 @@ class EmbeddingService:
         cosine = d.vectors @ q.vectors[0]
         return relevance(cosine), q.prompt_tokens + d.prompt_tokens
 
-    async def tokenize(self, texts: Sequence[str], *, query: bool = False,
-                       instruction: str | None = None) -> list[list[int]]:
-        check_inputs(texts, max_inputs=self.max_inputs)
-        formatted = [self.engine.format_query(t, instruction) if query else t for t in texts]
-        encoded = await asyncio.to_thread(self.engine.tokenizer.encode, formatted)
-        return [e.ids for e in encoded]
+    async def tokens(self, texts: Sequence[str], *, add_special_tokens: bool = True,
+                     query: bool = False, instruction: str | None = None) -> list[list[Token]]:
+        """Each text's tokens with their character spans (queries formatted as the model sees
+        them), tokenised off the event loop."""
+        check_inputs(texts, max_inputs=self.max_inputs, param="inputs")
+        formatted = [self.format_query(t, instruction) if query else t for t in texts]
+        tok = self.engine.tokenizer
+        return await asyncio.to_thread(
+            lambda: [tok.describe(t, add_special_tokens=add_special_tokens) for t in formatted])
+
+    async def cut_to_tokens(self, texts: Sequence[str], limit: int) -> list[str]:
+        """Each text cut after its first `limit` content tokens."""
+        tok = self.engine.tokenizer
+        return await asyncio.to_thread(lambda: [tok.cut(t, limit) for t in texts])
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each content token of `text`."""
+        return self.engine.tokenizer.offsets(text)
 
     def close(self) -> None:
         self.worker.stop()
 
 
-class StoreEmbedder:
-    """The service seen through the store's AsyncEmbedder protocol (localrank.ingest)."""
+class DaemonEmbedder:
+    """The service seen through the collections layer's AsyncEmbedder protocol."""
 
     def __init__(self, service: EmbeddingService) -> None:
         self.service = service
         self.model_id = service.info.model_id
         self.fingerprint = service.info.fingerprint
-        self.dim = service.engine.dim
-        self.max_tokens = service.engine.recipe.max_tokens
+        self.dim = service.info.recipe.dim
+        self.max_tokens = service.info.recipe.max_tokens
 
     async def embed(self, texts: Sequence[str], *, query: bool, instruction: str | None = None,
                     bulk: bool = False) -> np.ndarray:
@@ -175,5 +206,8 @@ class StoreEmbedder:
         return out.vectors
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        return self.service.engine.tokenizer.offsets(text)
+        return self.service.token_offsets(text)
+
+    def close(self) -> None:
+        """The daemon owns the model; closing this view of it releases nothing."""
 

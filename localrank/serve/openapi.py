@@ -1,4 +1,8 @@
-"""The OpenAPI 3.1 document, built from the app's router so that no route can be missing."""
+"""The OpenAPI 3.1 document, built from the dialect registry the app was made from.
+
+Every route of the app is walked; each is documented by the Operation its dialect declared with
+it, and a route that no dialect declares is flagged `x-undocumented` (a test fails on it).
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,16 @@ from typing import Any
 from aiohttp import web
 
 from localrank import __version__
-from localrank.serve.api_catalog import OPERATIONS, Operation, Param
-from localrank.serve.http import dialect_for, error_body
+from localrank.serve.api import Dialect, DialectIndex, Operation, Param
+from localrank.serve.state import DIALECTS_KEY
 
 _SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})  # HEAD is added by aiohttp to every GET
 _PATH_PARAM = re.compile(r"\{(\w+)")
-_DIALECTS = ("openai", "cohere", "tei", "ollama", "native", "localrank")
 _ERROR_STATUSES = ("400", "404", "413", "415", "422", "429", "503")
 _DESCRIPTION = (
     "A local embedding and rerank daemon. One model, many dialects: OpenAI, Cohere/Jina, "
     "Hugging Face TEI, Ollama and the native API, plus collections and search. Errors come in "
     "each dialect's own shape.")
-
-
-def operation_for(method: str, path: str) -> Operation | None:
-    """The catalogue entry of a route; trailing-slash twins share their entry."""
-    return OPERATIONS.get((method, path.rstrip("/") or "/"))
 
 
 def _param_schema(p: Param) -> dict[str, Any]:
@@ -61,23 +59,26 @@ def _success(op: Operation) -> dict[str, Any]:
                              "content": {op.content_type: media}}}
 
 
-def _errors(path: str) -> dict[str, Any]:
-    ref = {"$ref": f"#/components/schemas/error_{dialect_for(path)}"}
+def _errors(dialect: Dialect) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/error_{dialect.name}"}
     return {code: {"description": "An error, in this route's dialect",
                    "content": {"application/json": {"schema": ref}}}
             for code in _ERROR_STATUSES}
 
 
-def _operation(method: str, path: str, route: web.AbstractRoute) -> dict[str, Any]:
-    op = operation_for(method, path)
+def _operation(method: str, path: str, route: web.AbstractRoute,
+               index: DialectIndex) -> dict[str, Any]:
+    found = index.lookup(method, path)
     out: dict[str, Any] = {"operationId": f"{method.lower()}_{_slug(path)}"}
-    if op is None:
+    if found is None:
         doc = (getattr(route.handler, "__doc__", None) or "").strip()
         out.update({"summary": doc.splitlines()[0] if doc else f"{method} {path}",
                     "tags": ["other"], "x-undocumented": True,
-                    "responses": {"200": {"description": "OK"}, **_errors(path)}})
+                    "responses": {"200": {"description": "OK"}, **_errors(index.default)}})
         return out
-    out.update({"summary": op.summary, "tags": [op.tag]})
+    dialect, declared = found
+    op = declared.doc
+    out.update({"summary": op.summary, "tags": [dialect.name]})
     if op.description:
         out["description"] = op.description
     if path != path.rstrip("/"):
@@ -87,7 +88,7 @@ def _operation(method: str, path: str, route: web.AbstractRoute) -> dict[str, An
         out["parameters"] = params
     if op.body:
         out["requestBody"] = _request_body(op)
-    out["responses"] = {**_success(op), **_errors(path)}
+    out["responses"] = {**_success(op), **_errors(dialect)}
     return out
 
 
@@ -96,28 +97,29 @@ def _slug(path: str) -> str:
     return (slug or "root") + ("_slash" if path.endswith("/") and path != "/" else "")
 
 
-def _error_schemas() -> dict[str, Any]:
-    return {f"error_{d}": {"type": "object",
-                           "example": error_body(d, 422, "'input' must not be empty",
-                                                 "invalid_input", "input")}
-            for d in _DIALECTS}
+def _error_schemas(index: DialectIndex) -> dict[str, Any]:
+    return {f"error_{d.name}": {"type": "object",
+                                "example": d.error_body(422, "'input' must not be empty",
+                                                        "invalid_input", "input")}
+            for d in index.dialects}
 
 
 def build_spec(app: web.Application) -> dict[str, Any]:
-    """Every route of `app` (HEAD twins aside), documented from the catalogue."""
+    """Every route of `app` (HEAD twins aside), documented from its dialect's declaration."""
+    index = app[DIALECTS_KEY]
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         resource = route.resource
         if route.method in _SKIPPED_METHODS or resource is None:
             continue
         path = resource.canonical
-        paths.setdefault(path, {})[route.method.lower()] = _operation(route.method, path, route)
+        paths.setdefault(path, {})[route.method.lower()] = _operation(route.method, path, route, index)
     return {
         "openapi": "3.1.0",
         "info": {"title": "localrank", "version": __version__, "description": _DESCRIPTION},
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": _error_schemas(),
+            "schemas": _error_schemas(index),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                            "description": "Only when a token is configured."}},
         },

@@ -11,10 +11,10 @@ from aiohttp import web
 
 from localrank.config import Settings
 from localrank.errors import exit_code
+from localrank.ops.sd_notify import notify_ready, notify_stopping
 from localrank.serve.app import EngineLoader, make_app
 from localrank.serve.security import check_bind_safety, start_unix_site
 from localrank.serve.state import STATE_KEY
-from localrank.service import notify_ready, notify_stopping
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ at 127.0.0.1 and then talks to the daemon as "same origin". The Host header stil
 so checking Host against a short allow-list closes that hole; refusing browser Origins closes
 the plain cross-site one. Both checks run before anything else, including the token check.
 
-Wiring (the error middleware formats the Localrank errors raised here):
+Wiring (`serve.app.make_app`; the error middleware formats the errors raised here):
 
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[
         request_id_middleware, error_middleware, *make_security_middlewares(settings)])
@@ -217,13 +217,6 @@ def check_bind_safety(settings: Settings) -> None:
         raise ConfigError(f"refusing to listen on {settings.host} without a token: set "
                           "LOCALRANK_TOKEN (or token in config.toml), or bind 127.0.0.1",
                           param="host")
-
-
-def check_batch_size(count: int, settings: Settings) -> None:
-    """Raise TooLarge when a request carries more inputs than `max_inputs`."""
-    if count > settings.max_inputs:
-        raise TooLarge(f"{count} inputs is over the limit of {settings.max_inputs} per request "
-                       "(max_inputs)", param="input")
 
 
 def bind_unix_socket(path: str | Path) -> socket.socket:

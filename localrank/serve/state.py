@@ -1,4 +1,4 @@
-"""The daemon's state, shared by the app factory and the routes."""
+"""The daemon's state, typed app keys, and the accessors route handlers use."""
 
 from __future__ import annotations
 
@@ -8,18 +8,22 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from localrank.collections import AsyncEmbedder, CollectionService
 from localrank.config import Settings
 from localrank.errors import LocalrankError, NotReady
-from localrank.ingest import AsyncEmbedder
-from localrank.serve.embedding import EmbeddingService, StoreEmbedder
+from localrank.serve.api import DialectIndex
+from localrank.serve.embedding import DaemonEmbedder, EmbeddingService
+from localrank.serve.metrics import Registry
 
 
 @dataclass
 class DaemonState:
+    """What the model loader publishes: the embedding service once ready, or why it is not."""
+
     settings: Settings
     started: float = field(default_factory=time.monotonic)
     service: EmbeddingService | None = None
-    store_embedder: StoreEmbedder | None = None
+    collection_embedder: DaemonEmbedder | None = None
     load_error: LocalrankError | None = None
     load_seconds: float | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -33,14 +37,23 @@ class DaemonState:
         raise NotReady("the model is still loading")
 
     def embedder(self) -> AsyncEmbedder:
+        """The model as the collections layer sees it (503 until it is loaded)."""
         self.embedding()
-        assert self.store_embedder is not None
-        return self.store_embedder
+        assert self.collection_embedder is not None
+        return self.collection_embedder
 
 
 STATE_KEY = web.AppKey("state", DaemonState)
+METRICS_KEY = web.AppKey("metrics", Registry)
+DIALECTS_KEY = web.AppKey("dialects", DialectIndex)
+COLLECTIONS_KEY = web.AppKey("collections", CollectionService)
 
 
-def service(request: web.Request) -> EmbeddingService:
+def embedding(request: web.Request) -> EmbeddingService:
+    """The embedding service behind every embed and rerank route (503 until loaded)."""
     return request.app[STATE_KEY].embedding()
 
+
+def collections(request: web.Request) -> CollectionService:
+    """The collection service behind the search API."""
+    return request.app[COLLECTIONS_KEY]

@@ -1,41 +1,24 @@
-"""SQLite + sqlite-vec storage. Knows nothing of HTTP or models: takes and returns arrays.
+"""Persistent collections behind a narrow protocol. Knows nothing of HTTP or models.
 
-`Store` owns the database file and the in-memory binary indexes; the operations live in
-small modules (`documents`, `jobs`, `cache`, `retrieve`, `maintenance`) as functions of a
-connection or of the `Database`.
+`protocol.Store` is the contract (collections bound to fingerprints, documents and chunks with
+citations, durable jobs, keyword and vector candidates, the embedding cache; see its docstring for
+the guarantees); `records` and `filters` are the values that cross it. `sqlite.SQLiteStore` is
+the implementation on one SQLite file with sqlite-vec, the default. The application layer
+(`localrank.collections`) talks to the protocol only, so a second implementation on a server
+engine can be added without touching it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from localrank.store.db import Database, connect
-from localrank.store.schema import migrate
-from localrank.store.vector_index import IndexRegistry
+from localrank.store.protocol import Store
+from localrank.store.sqlite import SQLiteStore
 
 
-class Store:
-    """One database file, migrated on open, plus the per-collection vector indexes."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.db = Database(self.path)
-        try:
-            migrate(self.db)
-        except BaseException:
-            self.db.close()
-            raise
-        self.indexes = IndexRegistry(self.db)
-
-    def close(self) -> None:
-        """Close every connection."""
-        self.db.close()
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def open_store(path: Path | str) -> Store:
+    """The store for a database location (today: an SQLite file path)."""
+    return SQLiteStore(path)
 
 
-__all__ = ["Database", "IndexRegistry", "Store", "connect", "migrate"]
+__all__ = ["SQLiteStore", "Store", "open_store"]

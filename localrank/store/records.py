@@ -1,19 +1,42 @@
-"""Plain values the store returns and accepts. No SQL, no numpy beyond the vectors."""
+"""Plain values a store takes and returns. No SQL, no numpy beyond the vectors.
+
+Every implementation of the store protocol (`localrank.store.protocol.Store`) speaks these, so
+the application layer (`localrank.collections`) never sees a row or a connection.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+import os
+import socket
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from localrank.chunking import Chunk
+from localrank.errors import ModelMismatch
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a document and where it came from (lines are 1-based, inclusive)."""
+
+    ordinal: int
+    text: str
+    char_start: int
+    char_end: int
+    line_start: int
+    line_end: int
+    page: int | None = None
 
 
 @dataclass(frozen=True)
 class Collection:
-    """A named set of documents bound to one embedding fingerprint."""
+    """A named set of documents bound to one embedding fingerprint.
+
+    `generation` changes with every write that adds or removes chunks and `epoch` when vectors
+    change in place (reindex, compact): in-memory indexes use them to catch up.
+    """
 
     id: int
     name: str
@@ -24,20 +47,6 @@ class Collection:
     settings: dict[str, Any]
     generation: int = 0
     epoch: int = 0
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Collection:
-        return cls(
-            id=row[0],
-            name=row[1],
-            fingerprint=row[2],
-            model_id=row[3],
-            dim=row[4],
-            created=row[5],
-            settings=json.loads(row[6]),
-            generation=row[7],
-            epoch=row[8],
-        )
 
     def to_api(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -51,7 +60,19 @@ class Collection:
         }
 
 
-COLLECTION_COLUMNS = "id, name, fingerprint, model_id, dim, created, settings, generation, epoch"
+def check_fingerprint(collection: Collection, fingerprint: str, model_id: str) -> None:
+    """ModelMismatch (409) unless `collection` is bound to the model with `fingerprint`."""
+    if collection.fingerprint == fingerprint:
+        return
+    raise ModelMismatch(
+        f"collection {collection.name!r} was embedded with {collection.model_id} "
+        f"(fingerprint {collection.fingerprint}), but the server runs {model_id} "
+        f"(fingerprint {fingerprint}). Re-embed it with the current model: "
+        f"`localrank reindex {collection.name}` or POST /v1/collections/{collection.name}"
+        "/reindex",
+        collection_model=collection.model_id,
+        server_model=model_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -75,35 +96,6 @@ class WriteResult:
     doc_id: str
     status: str
     chunks: int
-
-
-@dataclass(frozen=True)
-class StoredChunk:
-    """A chunk as read back, with what a citation needs."""
-
-    id: int
-    doc_row: int
-    document_id: str
-    source: str | None
-    ordinal: int
-    text: str
-    char_start: int
-    char_end: int
-    line_start: int
-    line_end: int
-    page: int | None
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def citation(self) -> dict[str, Any]:
-        return {
-            "document_id": self.document_id,
-            "source": self.source,
-            "char_start": self.char_start,
-            "char_end": self.char_end,
-            "line_start": self.line_start,
-            "line_end": self.line_end,
-            "page": self.page,
-        }
 
 
 @dataclass(frozen=True)
@@ -131,3 +123,124 @@ class StoredDocument:
         if include_text:
             out["text"] = self.text
         return out
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    """A chunk as read back: its span, and the document facts a citation needs."""
+
+    id: int
+    doc_row: int
+    document_id: str
+    source: str | None
+    span: Chunk
+    metadata: dict[str, Any]
+
+    @property
+    def text(self) -> str:
+        return self.span.text
+
+    def citation(self) -> dict[str, Any]:
+        s = self.span
+        return {
+            "document_id": self.document_id,
+            "source": self.source,
+            "char_start": s.char_start,
+            "char_end": s.char_end,
+            "line_start": s.line_start,
+            "line_end": s.line_end,
+            "page": s.page,
+        }
+
+
+JOB_STATES = ("queued", "running", "done", "failed")
+
+
+def new_job_owner() -> str:
+    """An owner id for one process's job runner: `host:pid:nonce`, so a store on this host can
+    tell whether the owner of a running job is still alive."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """An ingestion or reindex job, as stored."""
+
+    id: str
+    collection: str
+    kind: str  # "ingest" | "reindex"
+    state: str  # one of JOB_STATES
+    total: int
+    done: int
+    failed: int
+    errors: list[dict[str, Any]]
+    params: dict[str, Any]
+    owner: str | None
+    created: str
+    updated: str
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed")
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "job_id": self.id,
+            "collection": self.collection,
+            "kind": self.kind,
+            "state": self.state,
+            "total": self.total,
+            "done": self.done,
+            "failed": self.failed,
+            "errors": self.errors,
+            "created": self.created,
+            "updated": self.updated,
+        }
+
+
+@dataclass(frozen=True)
+class JobItem:
+    """One pending document of an ingest job: its place in the job and its payload (JSON)."""
+
+    seq: int
+    doc_id: str
+    payload: str
+
+
+@dataclass(frozen=True)
+class ItemFailure:
+    """A job item that could not be stored, and why."""
+
+    seq: int
+    doc_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """What one write did for a job: items stored (`done` seqs) and items that failed."""
+
+    job_id: str
+    done: tuple[int, ...] = ()
+    failed: tuple[ItemFailure, ...] = ()
+
+
+@dataclass(frozen=True)
+class CompactReport:
+    """Sizes before and after a compaction, and what was dropped."""
+
+    bytes_before: int
+    bytes_after: int
+    tombstones: int
+    cache_rows_trimmed: int
+    jobs_removed: int
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "reclaimed": max(0, self.bytes_before - self.bytes_after),
+            "tombstones": self.tombstones,
+            "cache_rows_trimmed": self.cache_rows_trimmed,
+            "jobs_removed": self.jobs_removed,
+        }

@@ -1,0 +1,14 @@
+"""The application layer: documents, chunking, ingestion, jobs, search and evaluation.
+
+`CollectionService` is the only entry point for the HTTP routes and the CLI; it reaches storage
+through the store protocol (`localrank.store`) and the model through an `AsyncEmbedder`.
+"""
+
+from localrank.collections.documents import DocumentIn
+from localrank.collections.embedder import AsyncEmbedder, EmbedderFactory, EmbedderGetter
+from localrank.collections.ingest import IngestSettings
+from localrank.collections.search import SearchRequest
+from localrank.collections.service import CollectionService
+
+__all__ = ["AsyncEmbedder", "CollectionService", "DocumentIn", "EmbedderFactory",
+           "EmbedderGetter", "IngestSettings", "SearchRequest"]

@@ -1,0 +1,83 @@
+"""What the collections layer needs from a model (`AsyncEmbedder`), and the in-process adapter.
+
+The daemon adapts its scheduler-backed EmbeddingService to this protocol (`serve.embedding`);
+`InProcessEmbedder` adapts a loaded Engine for the CLI when it runs without a daemon. Model
+calls run in one worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from localrank.config import Settings
+from localrank.engine.core import Engine
+from localrank.engine.load import load_engine
+
+
+class AsyncEmbedder(Protocol):
+    """What ingestion and search need from the engine."""
+
+    model_id: str  # e.g. "Qwen/Qwen3-Embedding-0.6B"
+    fingerprint: str  # model id + revision + dim + pooling + prompt format
+    dim: int
+    max_tokens: int  # the most tokens one input may have, special tokens included
+
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        query: bool,
+        instruction: str | None = None,
+        bulk: bool = False,
+    ) -> np.ndarray:
+        """float32 [N, dim], L2-normalised."""
+        ...
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        """Character span of each token of `text`."""
+        ...
+
+    def close(self) -> None:
+        """Release the model if this embedder owns one (a no-op for the daemon's adapter)."""
+        ...
+
+
+EmbedderGetter = Callable[[], AsyncEmbedder]
+EmbedderFactory = Callable[[Settings], AsyncEmbedder]
+
+
+class InProcessEmbedder:
+    """A loaded Engine behind the AsyncEmbedder protocol, on its own model thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.model_id = engine.info.model_id
+        self.fingerprint = engine.info.fingerprint
+        self.dim = engine.dim
+        self.max_tokens = engine.recipe.max_tokens
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localrank-model")
+
+    async def embed(self, texts: Sequence[str], *, query: bool, instruction: str | None = None,
+                    bulk: bool = False) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._thread, lambda: self.engine.embed(list(texts), query=query,
+                                                    instruction=instruction))
+        return result.vectors
+
+    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+        return self.engine.tokenizer.offsets(text)
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.engine.close()
+
+
+def in_process_embedder(settings: Settings) -> AsyncEmbedder:
+    """Load the configured model in this process (what the CLI does without a daemon)."""
+    return InProcessEmbedder(load_engine(settings))

@@ -1,0 +1,188 @@
+"""Hybrid retrieval over a collection: the request, the pipeline, and reciprocal-rank fusion.
+
+Pipeline (each stage timed):
+  embed     the query, instructed, as an interactive (not bulk) request;
+  keyword   the store's keyword candidates (FTS5 BM25 in SQLite), filter applied inside;
+  vector    the store's vector candidates (a binary-code scan in SQLite, filter as a scan
+            mask), rescored by exact cosine on the float32 vectors;
+  fuse      reciprocal-rank fusion (k=60) of the two lists (hybrid);
+  rerank    exact cosine of every fused candidate against the query (default in hybrid).
+Scores: cosine when reranked or in vector mode, the RRF score in hybrid without rerank, BM25
+(higher is better) in keyword mode.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from localrank.errors import InvalidInput
+from localrank.store import Store
+from localrank.store.filters import Filter, Scalar, as_scalar
+from localrank.store.records import Collection
+
+MODES = ("hybrid", "vector", "keyword")
+RRF_K = 60
+MAX_TOP_K = 1000
+MAX_QUERY_CHARS = 32_768
+MAX_FILTER_KEYS = 32
+MAX_FILTER_VALUES = 1024
+
+
+def parse_filter(raw: Any) -> Filter | None:
+    """Validate a request's `filter`; None or {} means no filter. Raises InvalidInput."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise InvalidInput("filter must be an object of metadata key -> value", param="filter")
+    if len(raw) > MAX_FILTER_KEYS:
+        raise InvalidInput(f"filter has more than {MAX_FILTER_KEYS} keys", param="filter")
+    terms: list[tuple[str, tuple[Scalar, ...]]] = []
+    for key, value in raw.items():
+        if not isinstance(key, str) or not key:
+            raise InvalidInput("filter keys must be non-empty strings", param="filter")
+        values = value if isinstance(value, list) else [value]
+        if not values or len(values) > MAX_FILTER_VALUES:
+            raise InvalidInput(
+                f"filter[{key!r}] must list 1..{MAX_FILTER_VALUES} values", param="filter"
+            )
+        converted: list[Scalar] = []
+        for v in values:
+            scalar = as_scalar(v)
+            if scalar is None:
+                raise InvalidInput(
+                    f"filter[{key!r}]: values must be strings, numbers or booleans, "
+                    f"not {type(v).__name__}",
+                    param="filter",
+                )
+            converted.append(scalar)
+        terms.append((key, tuple(converted)))
+    return Filter(tuple(terms)) if terms else None
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """A validated search request (field names as in the API)."""
+
+    collection: str
+    query: str
+    top_k: int = 10
+    mode: str = "hybrid"
+    rerank: bool | None = None  # None: on for hybrid, off for keyword (no model needed)
+    filter: Filter | None = None
+    instruction: str | None = None
+    candidates: int | None = None  # binary-scan candidates; None: max(400, 40 * top_k)
+
+    @classmethod
+    def from_json(cls, body: Any) -> SearchRequest:
+        """Validate a `POST /v1/search` body; raises InvalidInput."""
+        if not isinstance(body, dict):
+            raise InvalidInput("the body must be a JSON object")
+        collection, query = body.get("collection"), body.get("query")
+        if not isinstance(collection, str) or not collection:
+            raise InvalidInput("collection must be a non-empty string", param="collection")
+        if not isinstance(query, str) or not query.strip():
+            raise InvalidInput("query must be a non-empty string", param="query")
+        if len(query) > MAX_QUERY_CHARS:
+            raise InvalidInput(f"query is longer than {MAX_QUERY_CHARS} characters", param="query")
+        top_k = body.get("top_k", 10)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
+            raise InvalidInput(f"top_k must be an integer in 1..{MAX_TOP_K}", param="top_k")
+        mode = body.get("mode", "hybrid")
+        if mode not in MODES:
+            raise InvalidInput(f"mode must be one of {', '.join(MODES)}", param="mode")
+        rerank = body.get("rerank")
+        if rerank is not None and not isinstance(rerank, bool):
+            raise InvalidInput("rerank must be true or false", param="rerank")
+        instruction = body.get("instruction")
+        if instruction is not None and not isinstance(instruction, str):
+            raise InvalidInput("instruction must be a string", param="instruction")
+        candidates = body.get("candidates")
+        if candidates is not None and (
+            isinstance(candidates, bool) or not isinstance(candidates, int)
+            or not 1 <= candidates <= 100_000
+        ):  # fmt: skip
+            raise InvalidInput("candidates must be an integer in 1..100000", param="candidates")
+        return cls(collection, query, top_k, mode, rerank, parse_filter(body.get("filter")),
+                   instruction, candidates)  # fmt: skip
+
+    @property
+    def reranked(self) -> bool:
+        return self.mode == "hybrid" if self.rerank is None else self.rerank
+
+    @property
+    def needs_embedding(self) -> bool:
+        return self.mode != "keyword" or self.reranked
+
+
+def rrf(lists: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal-rank fusion: sum of 1 / (k + rank) over the lists each id appears in."""
+    scores: dict[int, float] = {}
+    for ranked in lists:
+        for rank, cid in enumerate(ranked, start=1):
+            scores[cid] = scores.get(cid, 0.0) + 1.0 / (k + rank)
+    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+def run_search(
+    store: Store,
+    collection: Collection,
+    req: SearchRequest,
+    query_vector: np.ndarray | None,
+    timings: dict[str, float],
+) -> list[dict[str, Any]]:
+    """The synchronous part of a search (call it in a worker thread)."""
+    pool = max(50, 4 * req.top_k)
+    keyword: list[tuple[int, float]] = []
+    vector: list[tuple[int, float]] = []
+    if req.mode in ("hybrid", "keyword"):
+        t = time.perf_counter()
+        keyword = store.keyword_candidates(collection, req.query, pool, req.filter)
+        timings["keyword"] = _ms(t)
+    if req.mode in ("hybrid", "vector"):
+        assert query_vector is not None
+        t = time.perf_counter()
+        n_cand = req.candidates or max(400, 40 * req.top_k)
+        vector = store.vector_candidates(collection, query_vector, pool, candidates=n_cand,
+                                         flt=req.filter)
+        timings["vector"] = _ms(t)
+    cosine = dict(vector)
+    if req.mode == "hybrid":
+        ranked = rrf([[c for c, _ in keyword], [c for c, _ in vector]])
+    elif req.mode == "vector":
+        ranked = vector
+    else:
+        ranked = keyword
+    if req.reranked and req.mode != "vector":
+        assert query_vector is not None
+        t = time.perf_counter()
+        missing = [c for c, _ in ranked if c not in cosine]
+        cosine.update(store.exact_scores(missing, query_vector))
+        ranked = sorted(
+            ((c, cosine[c]) for c, _ in ranked if c in cosine), key=lambda kv: (-kv[1], kv[0])
+        )
+        timings["rerank"] = _ms(t)
+    top = ranked[: req.top_k]
+    kw_rank = {c: i for i, (c, _) in enumerate(keyword, start=1)}
+    chunks = store.fetch_chunks([c for c, _ in top])
+    score = dict(top)
+    return [
+        {
+            "document_id": ch.document_id,
+            "chunk_id": ch.id,
+            "text": ch.text,
+            "score": round(float(score[ch.id]), 6),
+            "citation": ch.citation(),
+            "metadata": ch.metadata,
+            "ranks": {"keyword": kw_rank.get(ch.id), "vector_cosine": cosine.get(ch.id)},
+        }
+        for ch in chunks
+    ]

@@ -1,0 +1,228 @@
+"""`CollectionService`: the one entry point to collections, for the HTTP routes and the CLI.
+
+It owns the ingestor and the job runner, reaches storage only through the store protocol and the
+model only through an `AsyncEmbedder`, and returns the API's JSON shapes. Store calls run in
+worker threads: the event loop never waits on SQLite.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from localrank.collections.documents import DocumentIn, content_hash, parse_documents
+from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter
+from localrank.collections.files import DEFAULT_INCLUDE, read_folder
+from localrank.collections.ingest import Ingestor, IngestSettings, check_model
+from localrank.collections.runner import JobRunner
+from localrank.collections.search import SearchRequest, run_search
+from localrank.errors import InvalidInput, NotFound
+from localrank.store import Store
+from localrank.store.records import Collection, Job
+
+ProgressFn = Callable[[Job], None]
+CHUNK_SETTINGS = (("chunk_tokens", 16, 32768), ("chunk_overlap", 0, 16384))
+FOLLOW_POLL_SECONDS = 0.5
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+class CollectionService:
+    """Collections, documents, search, jobs and maintenance over one store and one embedder."""
+
+    def __init__(self, store: Store, embedder: EmbedderGetter,
+                 settings: IngestSettings | None = None) -> None:
+        self.store = store
+        self.get_embedder = embedder
+        self.ingestor = Ingestor(store, embedder, settings)
+        self.runner = JobRunner(self.ingestor)
+
+    @property
+    def settings(self) -> IngestSettings:
+        return self.ingestor.settings
+
+    def embedder(self) -> AsyncEmbedder:
+        """The serving embedder (raises NotReady while the model loads)."""
+        return self.get_embedder()
+
+    async def _collection(self, name: str) -> Collection:
+        return await asyncio.to_thread(self.store.get_collection, name)
+
+    # --- collections --------------------------------------------------------------------
+
+    async def create_collection(self, name: str, *,
+                                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Create a collection bound to the serving model."""
+        settings = dict(settings or {})
+        for key, lo, hi in CHUNK_SETTINGS:
+            value = settings.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or not lo <= value <= hi):
+                raise InvalidInput(f"{key} must be an integer in {lo}..{hi}", param=key)
+        embedder = self.get_embedder()
+        c = await asyncio.to_thread(
+            lambda: self.store.create_collection(name, fingerprint=embedder.fingerprint,
+                                                 model_id=embedder.model_id, dim=embedder.dim,
+                                                 settings=settings))
+        return c.to_api(documents=0, chunks=0)
+
+    async def list_collections(self) -> list[dict[str, Any]]:
+        """Every collection with its counts."""
+        rows = await asyncio.to_thread(self.store.list_collections)
+        return [c.to_api(documents=d, chunks=n) for c, d, n in rows]
+
+    async def get_collection(self, name: str) -> dict[str, Any]:
+        """One collection with its counts (NotFound if absent)."""
+        for c in await self.list_collections():
+            if c["name"] == name:
+                return c
+        raise NotFound(f"collection {name!r} does not exist", param="collection")
+
+    async def delete_collection(self, name: str) -> dict[str, Any]:
+        """Delete a collection and everything in it."""
+        await asyncio.to_thread(self.store.delete_collection, name)
+        return {"name": name, "deleted": True}
+
+    # --- documents ----------------------------------------------------------------------
+
+    def documents_from_request(self, raw: Any) -> list[DocumentIn]:
+        """A request's `documents` list validated (InvalidInput / TooLarge naming the culprit)."""
+        return parse_documents(raw, max_bytes=self.settings.max_document_bytes)
+
+    async def add_documents(self, name: str, docs: Sequence[DocumentIn], *,
+                            background: bool) -> dict[str, Any]:
+        """Upsert documents now (per-document status) or queue a job (its job_id). Nothing is
+        acknowledged before it is durable."""
+        if not background:
+            return await self.ingestor.upsert(name, docs)
+        job = await self.ingestor.submit(name, docs)
+        self.runner.notify()
+        return {"job_id": job.id, "state": job.state, "total": job.total}
+
+    async def get_document(self, name: str, doc_id: str) -> dict[str, Any]:
+        """A document with its chunks and their citations."""
+        collection = await self._collection(name)
+        doc, chunks = await asyncio.to_thread(self.store.get_document, collection, doc_id)
+        out = doc.to_api()
+        out["chunks"] = [{"chunk_id": c.id, "ordinal": c.span.ordinal, "text": c.text,
+                          "citation": c.citation()} for c in chunks]
+        return out
+
+    async def list_documents(self, name: str, *, limit: int = 100,
+                             after: str | None = None) -> dict[str, Any]:
+        """A page of documents (without text); `next_after` pages on."""
+        collection = await self._collection(name)
+        docs = await asyncio.to_thread(
+            lambda: self.store.list_documents(collection, limit=limit, after=after))
+        return {"documents": [d.to_api(include_text=False) for d in docs],
+                "next_after": docs[-1].doc_id if len(docs) == limit else None}
+
+    async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
+        """Delete one document."""
+        await asyncio.to_thread(self.store.delete_document, name, doc_id)
+        return {"id": doc_id, "deleted": True}
+
+    # --- search -------------------------------------------------------------------------
+
+    async def search(self, req: SearchRequest) -> dict[str, Any]:
+        """Run a search; returns {"results": [...], "timings_ms": {...}, ...}."""
+        start = time.perf_counter()
+        timings = {"embed": 0.0, "keyword": 0.0, "vector": 0.0, "rerank": 0.0, "total": 0.0}
+        collection = await self._collection(req.collection)
+        query_vector = None
+        if req.needs_embedding:
+            embedder = self.get_embedder()
+            check_model(collection, embedder)
+            t = time.perf_counter()
+            vecs = await embedder.embed([req.query], query=True, instruction=req.instruction)
+            query_vector = np.asarray(vecs, dtype=np.float32)[0]
+            timings["embed"] = _ms(t)
+        results = await asyncio.to_thread(run_search, self.store, collection, req, query_vector,
+                                          timings)
+        timings["total"] = _ms(start)
+        return {"collection": collection.name, "model": collection.model_id, "mode": req.mode,
+                "reranked": req.reranked, "results": results, "timings_ms": timings}
+
+    # --- jobs ---------------------------------------------------------------------------
+
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        """A job's state and progress."""
+        return (await asyncio.to_thread(self.store.get_job, job_id)).to_api()
+
+    async def list_jobs(self, *, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+        """Recent jobs, newest first."""
+        jobs = await asyncio.to_thread(lambda: self.store.list_jobs(limit=limit, state=state))
+        return [j.to_api() for j in jobs]
+
+    async def reindex(self, name: str, *, force: bool = False) -> dict[str, Any]:
+        """Queue a job re-embedding a collection with the serving model (the daemon runs it)."""
+        job = await self.ingestor.submit_reindex(name, force=force)
+        self.runner.notify()
+        return {"job_id": job.id, "state": job.state, "total": job.total}
+
+    async def run_job_here(self, job: Job, on_progress: ProgressFn | None = None) -> Job:
+        """Run a queued job in this process, or follow it if another runner (a daemon) has
+        already claimed it. Returns the finished job."""
+        claimed = await asyncio.to_thread(
+            lambda: self.store.claim_job(self.runner.owner, only=job.id))
+        if claimed is not None:
+            return await self.ingestor.process_job(claimed, on_progress)
+        while not (current := await asyncio.to_thread(self.store.get_job, job.id)).finished:
+            if on_progress is not None:
+                on_progress(current)
+            await asyncio.sleep(FOLLOW_POLL_SECONDS)
+        return current
+
+    async def reindex_here(self, name: str, *, force: bool = False,
+                           on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Re-embed a collection in this process (the CLI without a daemon)."""
+        job = await self.ingestor.submit_reindex(name, force=force)
+        return (await self.run_job_here(job, on_progress)).to_api()
+
+    # --- folders ------------------------------------------------------------------------
+
+    async def index_folder(self, root: Path, collection: str, *,
+                           include: Sequence[str] = DEFAULT_INCLUDE,
+                           exclude: Sequence[str] = (), wait: bool = True,
+                           on_progress: ProgressFn | None = None) -> dict[str, Any]:
+        """Index the text files under `root` into `collection` (created if missing): unchanged
+        files are skipped by content hash; the rest go through a job, run here when `wait`."""
+        if not root.exists():
+            raise NotFound(f"{root} does not exist")
+        scan = await asyncio.to_thread(read_folder, root, include, exclude,
+                                       self.settings.max_document_bytes)
+        if collection not in {c["name"] for c in await self.list_collections()}:
+            await self.create_collection(collection)
+        coll = await self._collection(collection)
+        docs = scan.documents
+        known = await asyncio.to_thread(self.store.document_hashes, coll, [d.id for d in docs])
+        changed = [d for d in docs if known.get(d.id) != content_hash(d.text)]
+        result: dict[str, Any] = {"collection": collection, "files": len(docs),
+                                  "changed": len(changed), "unchanged": len(docs) - len(changed),
+                                  "skipped": scan.skipped, "job_id": None}
+        if not changed:
+            return result
+        job = await self.ingestor.submit(collection, changed)
+        result["job_id"] = job.id
+        if wait:
+            result.update((await self.run_job_here(job, on_progress)).to_api())
+        return result
+
+    async def upsert(self, name: str, docs: Sequence[DocumentIn]) -> dict[str, Any]:
+        """Store already validated documents now (evaluation, benches)."""
+        return await self.ingestor.upsert(name, docs)
+
+    # --- maintenance --------------------------------------------------------------------
+
+    async def compact(self) -> dict[str, Any]:
+        """Reclaim space left by deletes and trim tombstones, old jobs and the cache."""
+        report = await asyncio.to_thread(
+            lambda: self.store.compact(cache_max_rows=self.settings.cache_max_rows))
+        return report.to_api()

@@ -1,0 +1,141 @@
+"""The SQLite connection discipline: every PRAGMA in `connect()`, one writer, many readers.
+
+Why apsw: the stdlib `sqlite3` of many Pythons (this machine's, several macOS builds) cannot load
+extensions, and the store loads sqlite-vec. apsw also ships a current SQLite with FTS5.
+
+Durability: WAL with `synchronous=FULL`. WAL+NORMAL already survives `kill -9` of the process
+(the WAL is in the OS page cache once COMMIT returns); FULL adds an fsync per commit so an
+acknowledged document also survives power loss. Ingestion commits per batch, so the fsync is
+cheap next to embedding.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import apsw
+import sqlite_vec
+
+from localrank.errors import StoreError
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def connect(path: Path | str) -> apsw.Connection:
+    """Open one connection with sqlite-vec loaded and every PRAGMA localrank relies on."""
+    try:
+        conn = apsw.Connection(str(path))
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        conn.set_busy_timeout(BUSY_TIMEOUT_MS)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # Chunk texts and vectors are read in bursts by search: a bigger page cache (64 MiB)
+        # and memory-mapped reads keep the rescoring fetch off the read() syscall path.
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA mmap_size=268435456")
+        conn.execute("PRAGMA temp_store=MEMORY")
+    except apsw.Error as exc:
+        raise StoreError(f"cannot open database {path}: {exc}") from exc
+    return conn
+
+
+def now_iso() -> str:
+    """UTC timestamp, second precision, the one format stored in every table."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Database:
+    """One SQLite file. Writes go through `write()` (a process-wide lock + BEGIN IMMEDIATE);
+    reads use a per-thread connection, so readers never wait for the writer (WAL)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._all: list[apsw.Connection] = []
+        self._all_lock = threading.Lock()
+        self._closed = False
+        self._writer = connect(self.path)
+        self._all.append(self._writer)
+
+    def reader(self) -> apsw.Connection:
+        """This thread's read connection (created on first use)."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def read(self) -> Iterator[apsw.Connection]:
+        """A consistent snapshot for several statements (a deferred read transaction)."""
+        conn = self.reader()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def write(self) -> Iterator[apsw.Connection]:
+        """The single writer: BEGIN IMMEDIATE ... COMMIT, rolled back on any exception.
+
+        IMMEDIATE takes the write lock up front so a transaction never fails half way with
+        SQLITE_BUSY when another process (a CLI indexer next to the daemon) is writing.
+        """
+        if self._closed:
+            raise StoreError("the store is closed")
+        with self._lock:
+            conn = self._writer
+            for attempt in range(3):
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    break
+                except apsw.BusyError as exc:
+                    if attempt == 2:
+                        raise StoreError(f"database is locked by another writer: {exc}") from exc
+                    time.sleep(0.5)
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
+
+    def execute_autocommit(self, sql: str, bindings: tuple[Any, ...] = ()) -> None:
+        """Statements that cannot run inside a transaction (VACUUM), under the writer lock."""
+        with self._lock:
+            self._writer.execute(sql, bindings)
+
+    def close(self) -> None:
+        """Close every connection this Database opened (all threads)."""
+        with self._lock, self._all_lock:
+            if self._closed:
+                return
+            self._closed = True
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
+
+
+def scalar(conn: apsw.Connection, sql: str, bindings: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row (for COUNT and RETURNING); StoreError if no row."""
+    row = conn.execute(sql, bindings).fetchone()
+    if row is None:
+        raise StoreError("a query that must return a row returned none")
+    return row[0]

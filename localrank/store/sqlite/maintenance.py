@@ -1,0 +1,88 @@
+"""SQLite: compact (reclaim what deletes leave behind) and integrity checks."""
+
+from __future__ import annotations
+
+import apsw
+
+from localrank.store.records import CompactReport
+from localrank.store.sqlite.cache import DEFAULT_MAX_ROWS, trim_cache
+from localrank.store.sqlite.db import Database, connect, scalar
+
+# Finished jobs older than this are deleted by compact (their items first).
+KEEP_FINISHED_JOBS = 200
+
+
+def database_bytes(conn: apsw.Connection) -> int:
+    """Size of the main database in bytes (page_count * page_size)."""
+    pages = scalar(conn, "PRAGMA page_count")
+    size = scalar(conn, "PRAGMA page_size")
+    return int(pages) * int(size)
+
+
+def compact(db: Database, *, cache_max_rows: int = DEFAULT_MAX_ROWS) -> CompactReport:
+    """Drop tombstones, old finished jobs and excess cache rows, optimise FTS5, then VACUUM.
+
+    Vectors live in an ordinary table, so VACUUM rebuilds them compactly (there is no vec0
+    table to rebuild). Every collection's epoch is bumped because its tombstones are gone:
+    in-memory indexes anywhere reload instead of missing a deletion.
+    """
+    with db.write() as conn:
+        before = database_bytes(conn)
+        tombstones = int(scalar(conn, "SELECT count(*) FROM tombstones"))
+        conn.execute("DELETE FROM tombstones")
+        conn.execute("UPDATE collections SET epoch = epoch + 1")
+        trimmed = trim_cache(conn, cache_max_rows)
+        old = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM jobs WHERE state IN ('done', 'failed') "
+                "ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?",
+                (KEEP_FINISHED_JOBS,),
+            )
+        ]
+        conn.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in old])
+        conn.execute(
+            "DELETE FROM job_items WHERE job IN "
+            "(SELECT id FROM jobs WHERE state IN ('done', 'failed'))"
+        )
+        conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
+    db.execute_autocommit("VACUUM")
+    db.execute_autocommit("PRAGMA wal_checkpoint(TRUNCATE)")
+    after = database_bytes(db.reader())
+    return CompactReport(before, after, tombstones, trimmed, len(old))
+
+
+def integrity_check(conn: apsw.Connection) -> list[str]:
+    """`PRAGMA integrity_check` (which includes FTS5's own check) plus FTS5's index-vs-content
+    check; ['ok'] when healthy.
+
+    Both run on a short-lived connection to the same file: FTS5 caches its index structure per
+    connection, and its integrity check can use that cache after another connection wrote,
+    reporting a corruption that a fresh connection (and every query) does not see.
+    """
+    fresh = connect(conn.filename)
+    try:
+        result = [str(r[0]) for r in fresh.execute("PRAGMA integrity_check")]
+        try:
+            fresh.execute("INSERT INTO chunks_fts(chunks_fts, rank) VALUES ('integrity-check', 0)")
+        except apsw.Error as exc:  # the FTS index disagrees with its content table
+            result.append(f"fts: {exc}")
+    finally:
+        fresh.close()
+    return result
+
+
+def counts(conn: apsw.Connection) -> dict[str, int]:
+    """Row counts that must agree: chunks == vectors == fts rows."""
+    one = lambda sql: int(scalar(conn, sql))  # noqa: E731
+    return {
+        "documents": one("SELECT count(*) FROM documents"),
+        "chunks": one("SELECT count(*) FROM chunks"),
+        "vectors": one("SELECT count(*) FROM vectors"),
+        "chunks_without_vector": one(
+            "SELECT count(*) FROM chunks c LEFT JOIN vectors v ON v.chunk = c.id "
+            "WHERE v.chunk IS NULL"
+        ),
+        # external-content FTS5 keeps one docsize row per indexed chunk
+        "fts_rows": one("SELECT count(*) FROM chunks_fts_docsize"),
+    }

@@ -1,0 +1,173 @@
+"""Named, ordered migrations, each applied in the same transaction as the record of it.
+
+Vectors live in an ordinary table (`vectors`: float32 blob + binary code blob), not in vec0:
+search scans the binary codes in memory with numpy (see `vector_index.py` for the measurements
+behind that choice), rescoring reads a few hundred float blobs by primary key, and an ordinary
+table reclaims deleted pages with VACUUM and supports upsert, which vec0 0.1.9 does not.
+The codes are produced by sqlite-vec's `vec_quantize_binary` so the stored format is the
+extension's own bit vector (usable with `vec_distance_hamming`).
+"""
+
+from __future__ import annotations
+
+import apsw
+
+from localrank.store.sqlite.db import Database, now_iso
+
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "0001_collections_documents_chunks",
+        """
+        CREATE TABLE collections (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            fingerprint TEXT NOT NULL,
+            model_id TEXT NOT NULL,
+            dim INTEGER NOT NULL CHECK (dim > 0),
+            created TEXT NOT NULL,
+            settings TEXT NOT NULL DEFAULT '{}',
+            -- bumped by every write that adds or removes chunks: in-memory indexes catch up
+            generation INTEGER NOT NULL DEFAULT 0,
+            -- bumped when vectors change in place (reindex, compact): indexes reload fully
+            epoch INTEGER NOT NULL DEFAULT 0
+        );
+        CREATE TABLE documents (
+            id INTEGER PRIMARY KEY,
+            collection_id INTEGER NOT NULL REFERENCES collections(id) ON DELETE CASCADE,
+            doc_id TEXT NOT NULL,
+            text TEXT NOT NULL,
+            metadata TEXT NOT NULL DEFAULT '{}',
+            source TEXT,
+            content_hash TEXT NOT NULL,
+            updated TEXT NOT NULL,
+            UNIQUE (collection_id, doc_id)
+        );
+        -- One row per filterable metadata value (list values: one row per element), so a
+        -- filter is an index lookup instead of json_extract over every document.
+        CREATE TABLE doc_meta (
+            doc INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            collection_id INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            value ANY
+        );
+        CREATE INDEX doc_meta_lookup ON doc_meta (collection_id, key, value);
+        CREATE INDEX doc_meta_doc ON doc_meta (doc);
+        CREATE TABLE chunks (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            doc INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            collection_id INTEGER NOT NULL,
+            ordinal INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            char_start INTEGER NOT NULL,
+            char_end INTEGER NOT NULL,
+            line_start INTEGER NOT NULL,
+            line_end INTEGER NOT NULL,
+            page INTEGER
+        );
+        CREATE INDEX chunks_doc ON chunks (doc, ordinal);
+        CREATE INDEX chunks_collection ON chunks (collection_id, id);
+        CREATE TABLE vectors (
+            chunk INTEGER PRIMARY KEY REFERENCES chunks(id) ON DELETE CASCADE,
+            embedding BLOB NOT NULL,
+            code BLOB NOT NULL
+        );
+        -- Deleted chunk ids, so an in-memory index in another process can catch up without a
+        -- full reload. Cleared by compact (which bumps the epoch).
+        CREATE TABLE tombstones (
+            collection_id INTEGER NOT NULL,
+            chunk INTEGER NOT NULL,
+            generation INTEGER NOT NULL
+        );
+        CREATE INDEX tombstones_gen ON tombstones (collection_id, generation);
+        CREATE VIRTUAL TABLE chunks_fts USING fts5(
+            text, content='chunks', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 2'
+        );
+        CREATE TRIGGER chunks_ai AFTER INSERT ON chunks BEGIN
+            INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+        END;
+        CREATE TRIGGER chunks_ad AFTER DELETE ON chunks BEGIN
+            INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+        END;
+        """,
+    ),
+    (
+        "0002_jobs",
+        """
+        CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            collection TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('ingest', 'reindex')),
+            state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed')),
+            total INTEGER NOT NULL DEFAULT 0,
+            done INTEGER NOT NULL DEFAULT 0,
+            failed INTEGER NOT NULL DEFAULT 0,
+            errors TEXT NOT NULL DEFAULT '[]',
+            params TEXT NOT NULL DEFAULT '{}',
+            owner TEXT,
+            heartbeat REAL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE INDEX jobs_state ON jobs (state, created);
+        -- The payload of each pending document: written before the API acknowledges the job,
+        -- cleared (payload NULL) in the same transaction that stores the document.
+        CREATE TABLE job_items (
+            job TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            seq INTEGER NOT NULL,
+            doc_id TEXT NOT NULL,
+            payload TEXT,
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'failed')),
+            PRIMARY KEY (job, seq)
+        ) WITHOUT ROWID;
+        CREATE INDEX job_items_pending ON job_items (job, state, seq);
+        -- Reindex writes new vectors here and swaps them in at the end, in one transaction.
+        CREATE TABLE reindex_vectors (
+            job TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+            chunk INTEGER NOT NULL REFERENCES chunks(id) ON DELETE CASCADE,
+            embedding BLOB NOT NULL,
+            code BLOB NOT NULL,
+            PRIMARY KEY (job, chunk)
+        ) WITHOUT ROWID;
+        """,
+    ),
+    (
+        "0003_embed_cache",
+        """
+        CREATE TABLE embed_cache (
+            fingerprint TEXT NOT NULL,
+            text_hash BLOB NOT NULL,
+            embedding BLOB NOT NULL,
+            used REAL NOT NULL,
+            PRIMARY KEY (fingerprint, text_hash)
+        ) WITHOUT ROWID;
+        CREATE INDEX embed_cache_used ON embed_cache (used);
+        """,
+    ),
+]
+
+
+def applied_migrations(conn: apsw.Connection) -> list[str]:
+    """Names of the migrations recorded in this database, in the order applied."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)"
+    )
+    return [row[0] for row in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply the missing migrations in order; return the names applied now."""
+    done_now: list[str] = []
+    with db.write() as conn:
+        already = set(applied_migrations(conn))
+    for name, sql in MIGRATIONS:
+        if name in already:
+            continue
+        with db.write() as conn:
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
+                continue
+            conn.execute(sql)
+            conn.execute("INSERT INTO migrations (name, applied) VALUES (?, ?)", (name, now_iso()))
+        done_now.append(name)
+    return done_now

@@ -1,0 +1,125 @@
+"""The SQLite store's own discipline: PRAGMAs and migrations, sqlite-vec's code format, the
+in-memory index kept current across processes, compaction internals, and readers that never
+wait for a writer holding the lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from store_helpers import make_doc, unit
+
+from localrank.store import SQLiteStore
+from localrank.store.sqlite import catalog
+from localrank.store.sqlite.maintenance import counts, integrity_check
+from localrank.store.sqlite.schema import MIGRATIONS
+from localrank.store.sqlite.vector_index import quantize
+
+DIM = 64
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    s = SQLiteStore(tmp_path / "db" / "localrank.db")
+    s.create_collection("c", fingerprint="fp", model_id="m", dim=DIM, settings={})
+    yield s
+    s.close()
+
+
+def test_pragmas_and_migrations(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    with SQLiteStore(path) as s:
+        conn = s.db.reader()
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        names = [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+        assert names == [m[0] for m in MIGRATIONS]
+        assert conn.execute("SELECT vec_version()").fetchone()[0].startswith("v")
+    with SQLiteStore(path) as s:  # reopening applies nothing twice
+        n = s.db.reader().execute("SELECT count(*) FROM migrations").fetchone()[0]
+        assert n == len(MIGRATIONS)
+
+
+def test_codes_match_sqlite_vec(store: SQLiteStore) -> None:
+    conn = store.db.reader()
+    for row in unit(np.random.default_rng(0), 3, DIM):
+        ours = quantize(row)[0].tobytes()
+        theirs = conn.execute(
+            "SELECT vec_quantize_binary(vec_f32(?))", (row.tobytes(),)
+        ).fetchone()[0]
+        assert ours == theirs
+
+
+def test_index_catches_up_incrementally_and_from_scratch(store: SQLiteStore) -> None:
+    rng = np.random.default_rng(1)
+    coll = store.get_collection("c")
+    store.write_documents("c", "fp", "m", [make_doc(f"d{i}", unit(rng, 3, DIM)) for i in range(20)])
+    first = store.indexes.get(coll.id)
+    assert first is not None and first.size == 60
+    store.write_documents("c", "fp", "m", [make_doc("d0", unit(rng, 2, DIM), text="changed")])
+    store.delete_document("c", "d1")
+    second = store.indexes.get(coll.id)
+    assert second is not None and second.epoch == first.epoch and second.size == 56
+    other = SQLiteStore(store.path)  # another process: a fresh registry
+    try:
+        assert other.indexes.get(coll.id).size == 56
+    finally:
+        other.close()
+    assert counts(store.db.reader())["chunks"] == counts(store.db.reader())["vectors"] == 56
+
+
+def test_compact_drops_tombstones_and_keeps_integrity(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    with SQLiteStore(tmp_path / "c.db") as s:
+        s.create_collection("c", fingerprint="fp", model_id="m", dim=256, settings={})
+        s.write_documents("c", "fp", "m", [make_doc(f"d{i}", unit(rng, 20, 256))
+                                           for i in range(50)])
+        for i in range(45):
+            s.delete_document("c", f"d{i}")
+        epoch = s.get_collection("c").epoch
+        report = s.compact(cache_max_rows=1000)
+        assert report.tombstones == 45 * 20
+        conn = s.db.reader()
+        assert integrity_check(conn) == ["ok"]
+        c = counts(conn)
+        assert c["chunks"] == c["vectors"] == c["fts_rows"] == 100
+        assert c["chunks_without_vector"] == 0
+        # the epoch moved: in-memory indexes anywhere reload instead of missing a deletion
+        assert s.get_collection("c").epoch == epoch + 1
+        assert s.indexes.get(s.get_collection("c").id).size == 100
+
+
+def test_readers_keep_working_while_a_writer_holds_the_lock(store: SQLiteStore) -> None:
+    rng = np.random.default_rng(6)
+    coll = store.get_collection("c")
+    store.write_documents("c", "fp", "m", [make_doc("seed", unit(rng, 4, DIM))])
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    reads = 0
+
+    def writer() -> None:
+        try:
+            for i in range(40):
+                with store.db.write() as conn:
+                    catalog.write_documents(conn, catalog.get_collection(conn, "c"),
+                                            [make_doc(f"w{i}", unit(rng, 5, DIM))])
+                    time.sleep(0.01)  # hold the write lock for a while
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    t = threading.Thread(target=writer)
+    t.start()
+    while not stop.is_set():
+        start = time.perf_counter()
+        hits = store.vector_candidates(coll, unit(rng, 1, DIM)[0], 5, candidates=50)
+        assert hits and time.perf_counter() - start < 1.0
+        reads += 1
+    t.join()
+    assert not errors and reads > 5
+    assert store.indexes.get(coll.id).size == 4 + 40 * 5
