@@ -19,13 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import apsw
-
 from localrank.config import Settings, load_settings
 from localrank.engine.resolve import ResolvedModel, resolve_model
 from localrank.engine.select import Probe, choose_backend, probe_machine
 from localrank.errors import BackendError, ConfigError, ModelError
-from localrank.store.sqlite.db import connect
+from localrank.store.sqlite.db import engine_versions
 
 Status = Literal["ok", "warn", "fail"]
 LOW_DISK_BYTES = 1 << 30
@@ -96,14 +94,11 @@ def check_data_dir(settings: Settings) -> Check:
 def check_sqlite_vec() -> Check:
     """sqlite-vec loads into apsw's SQLite through the store's own connect()."""
     try:
-        conn = connect(":memory:")
-        (version,) = next(conn.execute("select vec_version()"))
-        conn.close()
+        version, sqlite = engine_versions()
     except Exception as exc:  # StoreError from a failed load, or a broken native library
         return Check("sqlite-vec", "fail", f"cannot load sqlite-vec through apsw: {exc}",
                      "pip install --force-reinstall apsw sqlite-vec")
-    return Check("sqlite-vec", "ok",
-                 f"sqlite-vec {version} loads through apsw (SQLite {apsw.sqlite_lib_version()})")
+    return Check("sqlite-vec", "ok", f"sqlite-vec {version} loads through apsw (SQLite {sqlite})")
 
 
 def check_backends(probe: Probe) -> Check:

@@ -48,6 +48,17 @@ def connect(path: Path | str) -> apsw.Connection:
     return conn
 
 
+def engine_versions() -> tuple[str, str]:
+    """(sqlite-vec, SQLite) versions as loaded through `connect`: raises StoreError when the
+    extension does not load (what `localrank doctor` checks)."""
+    conn = connect(":memory:")
+    try:
+        (vec,) = next(conn.execute("SELECT vec_version()"))
+    finally:
+        conn.close()
+    return str(vec), apsw.sqlite_lib_version()
+
+
 def now_iso() -> str:
     """UTC timestamp, second precision, the one format stored in every table."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

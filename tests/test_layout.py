@@ -1,0 +1,138 @@
+"""The architecture, checked: the package's layers, its import graph, and the dialect registry.
+
+Dependencies point inward (cli -> serve -> collections -> engine, store -> config, errors);
+nothing but the CLI imports the daemon; heavy frameworks stay inside their backend packages;
+every route of the app belongs to a dialect that documents it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from fake_embedder import hash_loader
+
+from localrank.config import load_settings
+from localrank.serve.app import make_app
+from localrank.serve.openapi import build_spec
+from localrank.serve.state import DIALECTS_KEY
+
+PACKAGE = Path(__file__).resolve().parent.parent / "localrank"
+ROOT_MODULES = {"__init__", "__main__", "config", "paths", "errors", "logs"}
+# layer -> the layers it must never import
+FORBIDDEN = {
+    "localrank.engine": ("localrank.store", "localrank.collections", "localrank.serve",
+                         "localrank.cli", "localrank.ops"),
+    "localrank.store": ("localrank.engine", "localrank.collections", "localrank.serve",
+                        "localrank.cli", "localrank.ops"),
+    "localrank.collections": ("localrank.serve", "localrank.cli", "localrank.ops"),
+    "localrank.ops": ("localrank.serve", "localrank.cli", "localrank.collections"),
+    "localrank.serve": ("localrank.cli",),
+}
+# third-party module -> the only packages that may import it
+CONFINED = {
+    "torch": ("localrank.engine.torch",),
+    "mlx": ("localrank.engine.mlx",),
+    "transformers": (),
+    "sentence_transformers": (),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def imports(name: str) -> set[str]:
+    """Every module `name` imports (localrank ones resolved to modules, others to their top
+    package), wherever the import statement is."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets = [f"{node.module}.{a.name}" for a in node.names] + [node.module]
+        else:
+            continue
+        for t in targets:
+            if t.startswith("localrank"):
+                while t not in MODULES and "." in t:
+                    t = t.rsplit(".", 1)[0]
+                found.add(t)
+            else:
+                found.add(t.split(".")[0])
+    found.discard(name)
+    return found
+
+
+def test_the_package_root_holds_only_the_entry_point_and_shared_basics() -> None:
+    root = {p.stem for p in PACKAGE.glob("*.py")}
+    assert root == ROOT_MODULES
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_dependencies_point_inward(layer: str) -> None:
+    bad = {(m, i) for m in MODULES if m == layer or m.startswith(layer + ".")
+           for i in imports(m) if i.startswith(FORBIDDEN[layer])}
+    assert not bad
+
+
+def test_only_the_cli_imports_the_daemon() -> None:
+    bad = {(m, i) for m in MODULES if not m.startswith(("localrank.serve", "localrank.cli"))
+           for i in imports(m) if i.startswith("localrank.serve")}
+    assert not bad
+
+
+@pytest.mark.parametrize("library", sorted(CONFINED))
+def test_frameworks_stay_in_their_backend_packages(library: str) -> None:
+    allowed = CONFINED[library]
+    bad = {m for m in MODULES if library in imports(m) and not m.startswith(allowed or ("-",))}
+    assert not bad
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph = {m: {i for i in imports(m) if i in MODULES} for m in MODULES}
+    # A package's __init__ re-exporting its own submodules is not a cycle between layers.
+    for m in graph:
+        graph[m] = {i for i in graph[m] if not (m.startswith(i + ".") and MODULES[i].name ==
+                                                "__init__.py")}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+            if n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_every_route_belongs_to_a_dialect_that_documents_it(tmp_path: Path,
+                                                           minilm: Path) -> None:
+    app = make_app(load_settings({"home": str(tmp_path)}, environ={}), loader=hash_loader(minilm))
+    index = app[DIALECTS_KEY]
+    routes = [r for r in app.router.routes() if r.method not in ("HEAD", "OPTIONS")]
+    assert len(routes) == sum(len(d.routes) for d in index.dialects)
+    for r in routes:
+        assert r.resource is not None
+        found = index.lookup(r.method, r.resource.canonical)
+        assert found is not None, (r.method, r.resource.canonical)
+        assert found[1].doc.summary
+    spec = build_spec(app)
+    undocumented = [(p, m) for p, ops in spec["paths"].items() for m, op in ops.items()
+                    if op.get("x-undocumented")]
+    assert not undocumented
+    names = [d.name for d in index.dialects]
+    assert len(names) == len(set(names))
