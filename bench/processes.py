@@ -185,3 +185,56 @@ class Reference:
                 self.proc.kill()
                 self.proc.wait()
         self.errlog.close()
+
+
+class Running:
+    """The reference worker and the daemon that serve the measured run. Leaving the `with`
+    block closes the worker and stops the daemon (printing its exit code), whatever happened."""
+
+    def __init__(self) -> None:
+        self.reference: Reference | None = None
+        self.daemon: Daemon | None = None
+
+    def __enter__(self) -> Running:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.reference is not None:
+            self.reference.close()
+        if self.daemon is not None:
+            code = self.daemon.stop()
+            print(f"\n  daemon stopped with SIGTERM (exit {code})", flush=True)
+
+
+def cold_starts(
+    running: Running, *, runs: int, model: str, daemon_env: dict[str, str],
+    worker: list[str] | None, texts_file: Path,
+) -> tuple[list[float], list[dict[str, Any]]]:
+    """`runs` fresh launches of each process, the in-process reference and the daemon
+    alternated; returns the daemon's launch -> healthy seconds and the reference's READY
+    figures. The last pair stays up in `running` for the load. `worker` None: no reference."""
+    print(f"\n[cold start] {runs} launch(es) each: daemon launch -> /health 200; "
+          "in-process python -> import + load + first encode", flush=True)
+    daemon_cold: list[float] = []
+    ref_cold: list[dict[str, Any]] = []
+    for i in range(runs):
+        last = i == runs - 1
+        if worker is not None:
+            rp = Reference(worker, texts_file, model, cold_only=not last)
+            c = rp.cold
+            ref_cold.append(c)
+            if last:
+                running.reference = rp
+            print(f"  in-process {i + 1}: ready in {c['launch_to_ready_s']:.2f}s (import "
+                  f"{c['import_s']:.2f}s, load {c['load_s']:.2f}s, first encode "
+                  f"{c['first_encode_s']:.2f}s)", flush=True)
+        d = Daemon(model, env=daemon_env)
+        if last:
+            running.daemon = d  # stopped on leaving `running`, even if it fails to start
+        try:
+            daemon_cold.append(d.start())
+        finally:
+            if not last:
+                d.stop()
+        print(f"  daemon     {i + 1}: healthy in {daemon_cold[-1]:.2f}s", flush=True)
+    return daemon_cold, ref_cold
