@@ -1,4 +1,5 @@
-"""Length-sorted, token-budget batches with few distinct padded shapes.
+"""Length-sorted, token-budget batches with few distinct padded shapes, and the batch checks
+every backend makes before a model call.
 
 Sorting by length keeps padding low on mixed-length input (the reason fixed-size batches in
 input order waste compute); bucketing padded lengths keeps the number of distinct shapes small,
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from localrank.engine.types import Batch
+from localrank.errors import InvalidInput
 
 
 def bucket_length(n: int) -> int:
@@ -67,3 +69,23 @@ def pad(sequences: Sequence[Sequence[int]], *, pad_id: int, side: str,
             ids[row, :n] = seq
             mask[row, :n] = 1
     return Batch(ids, mask)
+
+
+def checked_batch(batch: Batch, vocab: int,
+                  max_positions: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's ids and mask, refused when a model call could not give a true answer:
+    mismatched shapes, a row with no real token, ids outside the vocabulary (lookups do not
+    bounds-check on every backend), or more positions than the model has."""
+    ids, mask = np.asarray(batch.input_ids), np.asarray(batch.attention_mask)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise InvalidInput(f"batch input_ids {ids.shape} and attention_mask {mask.shape} must "
+                           "be equal 2-D shapes")
+    if ids.size == 0:
+        return ids, mask
+    if not (mask != 0).any(axis=1).all():
+        raise InvalidInput("every batch row needs at least one real token")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise InvalidInput(f"token ids must be in [0, {vocab}); got [{ids.min()}, {ids.max()}]")
+    if max_positions is not None and ids.shape[1] > max_positions:
+        raise InvalidInput(f"{ids.shape[1]} tokens is over this model's {max_positions} positions")
+    return ids, mask

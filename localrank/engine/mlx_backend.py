@@ -8,7 +8,6 @@ itself, so no softmax row is ever empty and padding cannot poison real rows.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, cast
@@ -18,11 +17,14 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from localrank.engine.checkpoint import (
+from localrank.engine.batching import checked_batch
+from localrank.engine.model_files import (
     check_keys,
-    checked_batch,
+    hidden_size_of,
+    model_type_of,
     normalise_keys,
     qwen3_rope_theta,
+    read_config,
     weight_files,
 )
 from localrank.engine.types import BackendInfo, Batch, Recipe
@@ -323,21 +325,10 @@ class MLXEmbedder:
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
         self._device, device_name = self._pick_device(device)
-        config_path = model_dir / "config.json"
-        if not config_path.is_file():
-            raise ModelError(f"{config_path}: missing (not a model folder?)")
-        try:
-            cfg = json.loads(config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ModelError(f"{config_path}: unreadable: {e}") from e
-        model_type = cfg.get("model_type")
-        if model_type not in ARCHITECTURES:
-            raise ModelError(f"{config_path}: model_type {model_type!r} is not supported by the "
-                             f"MLX backend (supported: {', '.join(ARCHITECTURES)})")
+        cfg, config_path = read_config(model_dir)
+        model_type = model_type_of(cfg, config_path, ARCHITECTURES, "MLX")
         arch, prefix = ARCHITECTURES[model_type]
-        hidden = int(cfg.get("hidden_size", -1))
-        if recipe.dim != hidden:
-            raise ModelError(f"{config_path}: hidden_size {hidden} != recipe dim {recipe.dim}")
+        hidden = hidden_size_of(cfg, config_path, recipe.dim)
         q = quantization_config(cfg, config_path)
 
         with mx.stream(self._device):

@@ -8,16 +8,22 @@ torch is imported only here and there.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from localrank.engine.checkpoint import check_keys, checked_batch, normalise_keys, weight_files
+from localrank.engine.batching import checked_batch
+from localrank.engine.model_files import (
+    check_keys,
+    hidden_size_of,
+    model_type_of,
+    normalise_keys,
+    read_config,
+    weight_files,
+)
 from localrank.engine.torch_models import ARCHITECTURES, TorchModel
 from localrank.engine.types import BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
@@ -60,14 +66,9 @@ class TorchEmbedder:
         self.explicit = attention == "explicit" or (attention == "auto" and device == "mps")
 
         cfg, config_path = read_config(model_dir)
-        model_type = cfg.get("model_type")
-        if model_type not in ARCHITECTURES:
-            raise ModelError(f"{config_path}: model_type {model_type!r} is not supported by the "
-                             f"torch backend (supported: {', '.join(ARCHITECTURES)})")
+        model_type = model_type_of(cfg, config_path, ARCHITECTURES, "torch")
         arch, shapes_of, prefix = ARCHITECTURES[model_type]
-        hidden = int(cfg.get("hidden_size", -1))
-        if hidden != recipe.dim:
-            raise ModelError(f"{config_path}: hidden_size {hidden} != recipe dim {recipe.dim}")
+        hidden = hidden_size_of(cfg, config_path, recipe.dim)
         try:
             expected = shapes_of(cfg)
         except KeyError as e:
@@ -151,19 +152,6 @@ def device_available(device: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- loading
-
-
-def read_config(model_dir: Path) -> tuple[dict[str, Any], Path]:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise ModelError(f"{path}: missing (not a model folder?)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: unreadable: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ModelError(f"{path}: not a JSON object")
-    return cfg, path
 
 
 def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localrank.engine.checkpoint import qwen3_rope_theta
+from localrank.engine.model_files import qwen3_rope_theta
 from localrank.errors import ModelError
 
 log = logging.getLogger(__name__)
