@@ -5,10 +5,8 @@ One Engine per loaded model. It is not thread-safe: the daemon calls it from one
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -16,56 +14,8 @@ import numpy as np
 from localrank.engine.batching import pad, plan_batches
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import Encoded, TextTokenizer
-from localrank.engine.types import BackendInfo, Embedder, Recipe
+from localrank.engine.types import MIN_DIMENSIONS, Embedder, Inputs, ModelInfo
 from localrank.errors import BackendError, InvalidInput, TooLarge
-
-MIN_DIMENSIONS = 32
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What is being served, as read back from the loaded model."""
-
-    model_id: str
-    path: Path
-    revision: str
-    recipe: Recipe
-    backend: BackendInfo
-    tokenizer_appends_eos: bool
-    fallback_reason: str | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies vectors that can be compared: same model, revision, size, pooling, prompts."""
-        prompt = hashlib.sha256(self.recipe.prompt_format.encode()).hexdigest()[:8]
-        return (f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:"
-                f"{prompt}")
-
-    @property
-    def display_name(self) -> str:
-        """The `model` field of every response: loud when the offline fallback is serving."""
-        if self.fallback_reason is None:
-            return self.model_id
-        return f"{self.model_id} (offline fallback: the configured model is not available)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.display_name,
-            "model_id": self.model_id,
-            "path": str(self.path),
-            "revision": self.revision,
-            "fingerprint": self.fingerprint,
-            "fallback": self.fallback_reason is not None,
-            "fallback_reason": self.fallback_reason,
-            **asdict(self.backend),
-            "normalized": self.recipe.normalize,
-            "padding_side": self.recipe.padding_side,
-            "instructions": self.recipe.query_template is not None,
-            "query_template": self.recipe.query_template,
-            "default_instruction": self.recipe.default_instruction,
-            "tokenizer_appends_eos": self.tokenizer_appends_eos,
-            "min_dimensions": min(MIN_DIMENSIONS, self.recipe.dim),
-        }
 
 
 @dataclass(frozen=True)
@@ -73,9 +23,6 @@ class EmbedResult:
     vectors: np.ndarray  # float32 [N, dim]
     prompt_tokens: int  # tokens the model really saw (after truncation)
     truncated: int  # inputs that were cut to max_tokens
-
-
-Inputs = Sequence[str] | Sequence[Sequence[int]]
 
 
 def check_inputs(inputs: Any, *, max_inputs: int | None = None, param: str = "input") -> bool:

@@ -11,7 +11,8 @@ from typing import Any, cast
 
 import numpy as np
 
-from localrank.engine.core import Engine, ModelInfo, apply_dimensions, check_inputs, relevance
+from localrank.engine.core import Engine, apply_dimensions, check_inputs, relevance
+from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput
 from localrank.serve.metrics import Registry
 from localrank.serve.worker import BatchStats, ModelWorker

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from localrank.engine.core import ModelInfo
 from localrank.engine.resolve import canonical_name
+from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput, NotFound
 from localrank.serve.http import field
 
