@@ -1,4 +1,4 @@
-"""The torch backend's own forwards (torch_models.py) against transformers / sentence-transformers,
+"""The torch backend's own forwards (engine/torch/) against transformers / sentence-transformers,
 both attention paths, the traps (left-padding NaN, rope_theta), dtypes, load errors, and that
 transformers is never imported at runtime.
 
@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from localrank.engine import torch_models
-from localrank.engine.torch_backend import TorchEmbedder, default_dtype, pool
-from localrank.engine.torch_models import attention_mask
+from localrank.engine.torch import TorchEmbedder, default_dtype, pool
+from localrank.engine.torch import layers as torch_layers
+from localrank.engine.torch.layers import attention_mask
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
 from tests.backend_inputs import EOS, MINILM, QWEN3, copy_model, pad, unit
@@ -95,7 +95,7 @@ def test_explicit_attention_equals_sdpa(tiny_qwen3: Path, minilm: Path,
     batch = qwen3_batch(tiny_qwen3, TEXTS)
     assert np.abs(qwen3_sdpa.embed(batch) - qwen3_explicit.embed(batch)).max() < 1e-5
     # torch < 2.5 has no SDPA enable_gqa: k/v heads are repeated instead, same numbers.
-    monkeypatch.setattr(torch_models, "_SDPA_GQA", False)
+    monkeypatch.setattr(torch_layers, "_SDPA_GQA", False)
     assert np.abs(qwen3_sdpa.embed(batch) - qwen3_explicit.embed(batch)).max() < 1e-5
     monkeypatch.undo()
     unpadded = qwen3_batch(tiny_qwen3, ["abc", "xyz"])  # equal lengths: the mask-free path
@@ -135,7 +135,7 @@ def test_left_padded_rows_are_finite_everywhere(tiny_qwen3: Path, attention: str
     assert mask.any(dim=-1).all()  # no empty row anywhere
     # Attention itself is finite at padding positions too (the forward drops them afterwards).
     q, k, v = torch.randn(3, 2, 4, real.shape[1], 16).unbind(0)
-    out = torch_models.attend(q, k, v, mask, causal=True, explicit=attention == "explicit")
+    out = torch_layers.attend(q, k, v, mask, causal=True, explicit=attention == "explicit")
     assert torch.isfinite(out).all()
 
 

@@ -89,7 +89,7 @@ def create_embedder(backend: str, device: str, model_dir: Path, recipe: Recipe,
         embedder: Embedder = mlx_backend.MLXEmbedder(model_dir, recipe, dtype=dtype, device=device)
         return embedder
     if backend == "torch":
-        torch_backend = importlib.import_module("localrank.engine.torch_backend")
-        embedder = torch_backend.TorchEmbedder(model_dir, recipe, device=device, dtype=dtype)
+        torch_package = importlib.import_module("localrank.engine.torch")
+        embedder = torch_package.TorchEmbedder(model_dir, recipe, device=device, dtype=dtype)
         return embedder
     raise BackendError(f"unknown backend {backend!r}")

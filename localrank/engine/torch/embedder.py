@@ -1,9 +1,7 @@
-"""PyTorch backend on mps / cuda / cpu: our own Qwen3 and BERT forwards over safetensors weights.
+"""TorchEmbedder: load a checkpoint onto one torch device, run its family's forward, pool.
 
-transformers is not imported here (nor anywhere at runtime): its modeling modules cost 2.5-5 s of
-cold start. Weights are read with safetensors, checked against the shapes config.json implies,
-cast once to the compute dtype and moved to the device; the forwards live in torch_models.py.
-torch is imported only here and there.
+Weights are read with safetensors, checked against the shapes config.json implies, cast once to
+the compute dtype and moved to the device; the forwards live in qwen3.py and bert.py.
 """
 
 from __future__ import annotations
@@ -24,16 +22,14 @@ from localrank.engine.model_files import (
     read_config,
     weight_files,
 )
-from localrank.engine.torch_models import ARCHITECTURES, TorchModel
-from localrank.engine.types import BackendInfo, Batch, Recipe
+from localrank.engine.torch.families import FAMILIES, TorchModel
+from localrank.engine.types import POOLINGS, BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-POOLINGS = ("last_token", "mean", "cls")
 ATTENTION = ("auto", "sdpa", "explicit")
-# Checkpoint entries that are not part of the embedding model (LM / pretraining heads, buffers).
 
 
 def default_dtype(device: str) -> str:
@@ -66,21 +62,21 @@ class TorchEmbedder:
         self.explicit = attention == "explicit" or (attention == "auto" and device == "mps")
 
         cfg, config_path = read_config(model_dir)
-        model_type = model_type_of(cfg, config_path, ARCHITECTURES, "torch")
-        arch, shapes_of, prefix = ARCHITECTURES[model_type]
+        model_type = model_type_of(cfg, config_path, FAMILIES, "torch")
+        family = FAMILIES[model_type]
         hidden = hidden_size_of(cfg, config_path, recipe.dim)
         try:
-            expected = shapes_of(cfg)
+            expected = family.shapes(cfg)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
-        weights, origin = normalise_keys(*read_weights(model_dir), prefix)
+        weights, origin = normalise_keys(*read_weights(model_dir), family.prefix)
         check_weights(weights, origin, expected, model_dir)
         weights = to_device(weights, self.device, _DTYPES[dtype])
         # Read back: what the loaded tensors really are.
         loaded = next(iter(weights.values()))
         try:
             # The model consumes `weights` (fusing projections frees the unfused copies).
-            self.model: TorchModel | None = arch(cfg, weights, config_path)
+            self.model: TorchModel | None = family.build(cfg, weights, config_path)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
         self._vocab = int(cfg["vocab_size"])
@@ -194,6 +190,3 @@ def to_device(weights: dict[str, torch.Tensor], device: torch.device,
         return weights
     except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
         raise BackendError(f"cannot move the weights to torch device {device}: {e}") from e
-
-
-__all__ = ["TorchEmbedder", "default_dtype", "device_available", "pool"]
