@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from localrank.engine.mlx_backend import MLXEmbedder, attention_mask
+from localrank.engine.mlx import MLXEmbedder, attention_mask
 from localrank.engine.model_files import qwen3_rope_theta
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError

@@ -85,8 +85,8 @@ def create_embedder(backend: str, device: str, model_dir: Path, recipe: Recipe,
                     dtype: str = "auto") -> Embedder:
     """Load the model on the chosen backend. The backend modules are imported only here."""
     if backend == "mlx":
-        mlx_backend = importlib.import_module("localrank.engine.mlx_backend")
-        embedder: Embedder = mlx_backend.MLXEmbedder(model_dir, recipe, dtype=dtype, device=device)
+        mlx_package = importlib.import_module("localrank.engine.mlx")
+        embedder: Embedder = mlx_package.MLXEmbedder(model_dir, recipe, dtype=dtype, device=device)
         return embedder
     if backend == "torch":
         torch_package = importlib.import_module("localrank.engine.torch")
