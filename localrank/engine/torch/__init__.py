@@ -7,13 +7,15 @@ when this backend is chosen (select.create_embedder).
   embedder.py  TorchEmbedder: load, check, cast and move the weights; run; pool
   families.py  model_type -> forward class, expected weight shapes, checkpoint key prefix
   qwen3.py     Qwen3Model's forward        bert.py  BertModel's forward
-  layers.py    what the families share: attention, masks, packing, RMSNorm, RoPE rotation
+  layers.py    what the families share: the TorchModel contract, attention, masks, packing,
+               RMSNorm, RoPE rotation
 """
 
 from __future__ import annotations
 
 from localrank.engine.torch.embedder import TorchEmbedder, default_dtype, device_available, pool
-from localrank.engine.torch.families import FAMILIES, Family, TorchModel
+from localrank.engine.torch.families import FAMILIES, Family
+from localrank.engine.torch.layers import TorchModel
 
 __all__ = ["FAMILIES", "Family", "TorchEmbedder", "TorchModel", "default_dtype",
            "device_available", "pool"]

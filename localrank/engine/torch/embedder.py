@@ -22,7 +22,8 @@ from localrank.engine.model_files import (
     read_config,
     weight_files,
 )
-from localrank.engine.torch.families import FAMILIES, TorchModel
+from localrank.engine.torch.families import FAMILIES
+from localrank.engine.torch.layers import TorchModel
 from localrank.engine.types import POOLINGS, BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
 

@@ -5,24 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from torch import Tensor
 
 from localrank.engine.torch.bert import Bert, bert_shapes
-from localrank.engine.torch.layers import Shapes
+from localrank.engine.torch.layers import Shapes, TorchModel
 from localrank.engine.torch.qwen3 import Qwen3, qwen3_shapes
-
-
-class TorchModel(Protocol):
-    """A family's forward, built from checked weights: what the embedder runs and pools."""
-
-    causal: bool
-    max_positions: int | None
-
-    def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
-        """Last hidden states [B, T, H] for ids [B, T]; `real`: bool [B, T], None if unpadded."""
-        ...
 
 
 @dataclass(frozen=True)

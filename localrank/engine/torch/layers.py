@@ -1,4 +1,5 @@
-"""What the torch families share: attention, packing of real tokens, RMSNorm, RoPE's rotation.
+"""What the torch families share: the model contract the embedder relies on, attention, packing
+of real tokens, RMSNorm, RoPE's rotation.
 
 Masks are boolean and every query may attend to itself, so left-padded rows never go NaN. For
 speed on CPU, token-wise work runs on the real tokens only (`Packing`), so padding costs
@@ -6,6 +7,8 @@ attention time and nothing else.
 """
 
 from __future__ import annotations
+
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +18,17 @@ from torch import Tensor
 Shapes = dict[str, tuple[int, ...]]
 # SDPA's enable_gqa (torch >= 2.5) shares k/v heads without copying them; older: repeat them.
 _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class TorchModel(Protocol):
+    """A family's forward, built from checked weights: what the embedder runs and pools."""
+
+    causal: bool
+    max_positions: int | None
+
+    def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
+        """Last hidden states [B, T, H] for ids [B, T]; `real`: bool [B, T], None if unpadded."""
+        ...
 
 
 def attention_mask(real: Tensor, *, causal: bool) -> Tensor:
