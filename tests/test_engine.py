@@ -15,8 +15,11 @@ from localrank.config import load_settings
 from localrank.engine.batching import bucket_length, pad, plan_batches
 from localrank.engine.core import apply_dimensions
 from localrank.engine.load import load_engine
+from localrank.engine.mlx import FAMILIES as MLX_FAMILIES
+from localrank.engine.recipe import DECODER_FAMILIES, ENCODER_FAMILIES
 from localrank.engine.resolve import canonical_name, resolve_model
 from localrank.engine.select import Probe, choose_backend
+from localrank.engine.torch import FAMILIES as TORCH_FAMILIES
 from localrank.errors import BackendError, InvalidInput, ModelError, TooLarge, http_status
 from tests.test_engine_parity import engine_for
 
@@ -114,6 +117,22 @@ def test_bad_inputs(tiny_qwen3: Path) -> None:
         engine.embed([[1, 2, 10**9]])
     with pytest.raises(InvalidInput, match="empty token list"):
         engine.embed([[]])
+
+
+def test_importing_the_engine_imports_neither_torch_nor_mlx() -> None:
+    # Each backend package is imported by select.create_embedder once that backend is chosen.
+    code = ("import sys, localrank.engine.load, localrank.engine.model_files; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlx')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_family_has_a_recipe_and_both_backends() -> None:
+    families = {*DECODER_FAMILIES, *ENCODER_FAMILIES}
+    assert set(TORCH_FAMILIES) == families
+    assert set(MLX_FAMILIES) == families
 
 
 @pytest.mark.parametrize("missing", ["tokenizer.json", "config.json", "model.safetensors"])
