@@ -29,7 +29,7 @@ UNSUPPORTED_ST_MODULES = ("Dense", "LayerNorm", "WordEmbeddings", "CNN", "LSTM")
 # ----------------------------------------------------------------------------- config.json
 
 
-def read_json(path: Path) -> Any:
+def read_model_json(path: Path) -> Any:
     """A JSON file of a model folder, or ModelError naming it."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -44,7 +44,7 @@ def read_config(model_dir: Path) -> tuple[dict[str, Any], Path]:
     path = model_dir / "config.json"
     if not path.is_file():
         raise ModelError(f"{path}: missing (not a model folder?)")
-    cfg = read_json(path)
+    cfg = read_model_json(path)
     if not isinstance(cfg, dict):
         raise ModelError(f"{path}: not a JSON object")
     return cfg, path
@@ -161,7 +161,7 @@ def check_keys(present: Collection[str], expected: Collection[str], origin: Mapp
 def st_modules(model_dir: Path) -> list[dict[str, Any]] | None:
     """The sentence-transformers pipeline (modules.json), or None when the folder has none."""
     path = model_dir / "modules.json"
-    return read_json(path) if path.is_file() else None
+    return read_model_json(path) if path.is_file() else None
 
 
 def st_pooling(model_dir: Path, modules: list[dict[str, Any]]) -> str:
@@ -173,7 +173,7 @@ def st_pooling(model_dir: Path, modules: list[dict[str, Any]]) -> str:
     pooling_module = next((m for m in modules if m["type"].endswith("Pooling")), None)
     if pooling_module is None:
         raise ModelError(f"{model_dir}/modules.json has no Pooling module")
-    cfg = read_json(model_dir / pooling_module["path"] / "config.json")
+    cfg = read_model_json(model_dir / pooling_module["path"] / "config.json")
     modes = [
         name for key, name in (
             ("pooling_mode_lasttoken", "last_token"),
@@ -202,7 +202,7 @@ def st_query_prefix(model_dir: Path) -> str | None:
     path = model_dir / "config_sentence_transformers.json"
     if not path.is_file():
         return None
-    prompts = read_json(path).get("prompts") or {}
+    prompts = read_model_json(path).get("prompts") or {}
     prefix = prompts.get("query")
     return prefix or None
 
@@ -212,5 +212,5 @@ def st_max_seq_length(model_dir: Path) -> int | None:
     path = model_dir / "sentence_bert_config.json"
     if not path.is_file():
         return None
-    value = read_json(path).get("max_seq_length")
+    value = read_model_json(path).get("max_seq_length")
     return int(value) if value else None
