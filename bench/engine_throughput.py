@@ -52,29 +52,49 @@ def main() -> None:
 
     st = SentenceTransformer(args.model, device="cpu")
     st.encode(texts[:16], normalize_embeddings=True)
-    ref_s = timed(lambda: st.encode(texts, batch_size=args.st_batch_size,
-                                    normalize_embeddings=True), args.repeat)
+    ref_s = timed(
+        lambda: st.encode(texts, batch_size=args.st_batch_size, normalize_embeddings=True),
+        args.repeat,
+    )
     ref_tps = args.n / ref_s
-    print(f"sentence-transformers (torch cpu, batch {args.st_batch_size}): "
-          f"{ref_tps:8.1f} texts/s")
-    rows = [{"impl": "sentence-transformers", "backend": "torch", "device": "cpu",
-             "texts": args.n, "seconds": round(ref_s, 3), "texts_per_s": round(ref_tps, 1),
-             "ratio_vs_st": 1.0}]
+    print(f"sentence-transformers (torch cpu, batch {args.st_batch_size}): {ref_tps:8.1f} texts/s")
+    rows = [
+        {
+            "impl": "sentence-transformers",
+            "backend": "torch",
+            "device": "cpu",
+            "texts": args.n,
+            "seconds": round(ref_s, 3),
+            "texts_per_s": round(ref_tps, 1),
+            "ratio_vs_st": 1.0,
+        }
+    ]
     reference = st.encode(texts, normalize_embeddings=True)
     for backend in args.backends.split(","):
-        settings = load_settings({"model": args.model, "backend": backend, "max_tokens": 8192},
-                                 environ={})
+        settings = load_settings(
+            {"model": args.model, "backend": backend, "max_tokens": 8192}, environ={}
+        )
         engine = load_engine(settings)
         vectors = engine.embed(texts).vectors
         diff = float(abs(vectors - reference).max())
         secs = timed(lambda engine=engine: engine.embed(texts), args.repeat)
         tps = args.n / secs
         info = engine.info.backend
-        print(f"localrank {info.backend}/{info.device}: {tps:8.1f} texts/s  "
-              f"ratio {tps / ref_tps:5.2f}x  (max |diff| vs ST {diff:.1e})")
-        rows.append({"impl": "localrank", "backend": info.backend, "device": info.device,
-                     "texts": args.n, "seconds": round(secs, 3), "texts_per_s": round(tps, 1),
-                     "ratio_vs_st": round(tps / ref_tps, 3)})
+        print(
+            f"localrank {info.backend}/{info.device}: {tps:8.1f} texts/s  "
+            f"ratio {tps / ref_tps:5.2f}x  (max |diff| vs ST {diff:.1e})"
+        )
+        rows.append(
+            {
+                "impl": "localrank",
+                "backend": info.backend,
+                "device": info.device,
+                "texts": args.n,
+                "seconds": round(secs, 3),
+                "texts_per_s": round(tps, 1),
+                "ratio_vs_st": round(tps / ref_tps, 3),
+            }
+        )
         engine.close()
     RESULTS.mkdir(parents=True, exist_ok=True)
     with open(RESULTS / "engine.csv", "w", newline="") as f:

@@ -1,6 +1,7 @@
 """Ingestion throughput (chunks/s) as a ratio to raw embedding throughput on the same texts.
 
-    python bench/ingest_bench.py --embedder localrank.collections.embedder:in_process_embedder --docs 200
+    python bench/ingest_bench.py --docs 200 \
+        --embedder localrank.collections.embedder:in_process_embedder
     python bench/ingest_bench.py --embedder fake_embedder:make   # plumbing only (tests/ on path)
 
 `--embedder module:function` names a factory `f(settings) -> AsyncEmbedder`. Raw throughput
@@ -109,9 +110,11 @@ async def embed_raw(embedder: AsyncEmbedder, texts: list[str], step: int) -> flo
     """Seconds to embed `texts` as the engine does at best: bulk calls of `step` texts."""
     start = time.perf_counter()
     await asyncio.gather(
-        *(embedder.embed(texts[s : s + step], query=False, bulk=True)
-          for s in range(0, len(texts), step))
-    )  # fmt: skip
+        *(
+            embedder.embed(texts[s : s + step], query=False, bulk=True)
+            for s in range(0, len(texts), step)
+        )
+    )
     return time.perf_counter() - start
 
 
@@ -144,9 +147,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     texts = [
         c.text
         for d in docs
-        for c in chunk_text(d.text, embedder.token_offsets(d.text),
-                            target_tokens=target, overlap_tokens=ing.chunk_overlap)
-    ]  # fmt: skip
+        for c in chunk_text(
+            d.text,
+            embedder.token_offsets(d.text),
+            target_tokens=target,
+            overlap_tokens=ing.chunk_overlap,
+        )
+    ]
     await embedder.embed(texts[:8], query=False, bulk=True)  # warm-up
 
     raw: list[float] = []

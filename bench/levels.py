@@ -32,12 +32,19 @@ class Level:
         return (self.warmup + self.requests) * self.texts_per_request
 
 
-def plan_levels(concurrencies: list[int], batch: tuple[int, int] | None, *,
-                requests: int | None, warmup: int | None, quick: bool) -> list[Level]:
+def plan_levels(
+    concurrencies: list[int],
+    batch: tuple[int, int] | None,
+    *,
+    requests: int | None,
+    warmup: int | None,
+    quick: bool,
+) -> list[Level]:
     """One single-text level per concurrency, then the (concurrency, texts) batch level.
 
     `requests` and `warmup` override the defaults, which scale with concurrency (smaller with
     `quick`)."""
+
     def warmup_for(c: int) -> int:
         return warmup if warmup is not None else (10 if quick else max(20, 2 * c))
 
@@ -63,21 +70,22 @@ def split_texts(levels: list[Level], texts: list[str]) -> tuple[dict[str, TextPo
     pools: dict[str, TextPool] = {}
     at = 0
     for level in levels:
-        pools[level.name] = TextPool(texts[at:at + level.texts_needed])
+        pools[level.name] = TextPool(texts[at : at + level.texts_needed])
         at += level.texts_needed
     return pools, TextPool(texts[at:] or texts)
 
 
-def reference_texts(levels: list[Level], pools: dict[str, TextPool], texts: list[str], *,
-                    quick: bool) -> tuple[list[str], list[str]]:
+def reference_texts(
+    levels: list[Level], pools: dict[str, TextPool], texts: list[str], *, quick: bool
+) -> tuple[list[str], list[str]]:
     """(single, batched): the texts the in-process reference measures, the daemon's own. The
     lowest single-text level's texts for single calls, the highest one's for batched
     throughput."""
     singles = [lv for lv in levels if lv.texts_per_request == 1]
     low = min(singles, key=lambda lv: lv.concurrency, default=None)
     high = max(singles, key=lambda lv: lv.concurrency, default=None)
-    single = pools[low.name].texts[:(100 if quick else 300)] if low else texts[:100]
-    batched = pools[high.name].texts[:(256 if quick else 512)] if high else texts[:256]
+    single = pools[low.name].texts[: (100 if quick else 300)] if low else texts[:100]
+    batched = pools[high.name].texts[: (256 if quick else 512)] if high else texts[:256]
     return single, batched
 
 
@@ -86,8 +94,14 @@ class ReferenceFigures:
     current by re-measuring before each level. Without a worker (--skip-reference) nothing is
     measured and every ratio to the reference is nan."""
 
-    def __init__(self, worker: Reference | None, latest: dict[str, Any], *, single_n: int,
-                 batched_repeats: int) -> None:
+    def __init__(
+        self,
+        worker: Reference | None,
+        latest: dict[str, Any],
+        *,
+        single_n: int,
+        batched_repeats: int,
+    ) -> None:
         self.worker = worker
         self.latest = latest
         self.single_n = single_n  # texts timed one at a time
@@ -97,8 +111,9 @@ class ReferenceFigures:
         """The c=1 level (or the first, if none) is compared with single calls, the others with
         batched throughput; both are known before the first level runs."""
         c, k = level.concurrency, level.texts_per_request
-        self.measure("single" if (c, k) == (1, 1) or "single_p50_ms" not in self.latest
-                     else "batched")
+        self.measure(
+            "single" if (c, k) == (1, 1) or "single_p50_ms" not in self.latest else "batched"
+        )
         if "batched_texts_per_s" not in self.latest and self.worker is not None:
             self.measure("batched")
 
@@ -111,31 +126,52 @@ class ReferenceFigures:
         if what == "single":
             ref.update(self.worker.ask(f"single {self.single_n}"))
             ref.update(self.worker.ask(f"engine {self.single_n}"))
-            print(f"  [ref] encode([text]) p50 {ref['single_p50_ms']:.2f} ms (p95 "
-                  f"{ref['single_p95_ms']:.2f}, n={ref['single_n']}); localrank engine "
-                  f"in-process embed([text]) p50 {ref['engine_single_p50_ms']:.2f} ms",
-                  flush=True)
+            print(
+                f"  [ref] encode([text]) p50 {ref['single_p50_ms']:.2f} ms (p95 "
+                f"{ref['single_p95_ms']:.2f}, n={ref['single_n']}); localrank engine "
+                f"in-process embed([text]) p50 {ref['engine_single_p50_ms']:.2f} ms",
+                flush=True,
+            )
         else:
             ref.update(self.worker.ask(f"batched {self.batched_repeats}"))
-            print(f"  [ref] encode(batch_size=64) {ref['batched_texts_per_s']:.1f} texts/s, "
-                  f"32-text calls {ref['batch32_texts_per_s']:.1f} texts/s "
-                  f"(n={ref['batched_n']})", flush=True)
+            print(
+                f"  [ref] encode(batch_size=64) {ref['batched_texts_per_s']:.1f} texts/s, "
+                f"32-text calls {ref['batch32_texts_per_s']:.1f} texts/s "
+                f"(n={ref['batched_n']})",
+                flush=True,
+            )
 
 
-def run_levels(pid: int, client: Client, levels: list[Level], pools: dict[str, TextPool],
-               ref: ReferenceFigures, *, max_seconds: float,
-               timeout_s: float) -> list[dict[str, Any]]:
+def run_levels(
+    pid: int,
+    client: Client,
+    levels: list[Level],
+    pools: dict[str, TextPool],
+    ref: ReferenceFigures,
+    *,
+    max_seconds: float,
+    timeout_s: float,
+) -> list[dict[str, Any]]:
     """Every level in order against the daemon `pid`; one row each (see level_row)."""
     rows = []
     for level in levels:
         ref.before(level)
         bg = background_cpu()
         pool = pools[level.name]
-        r = asyncio.run(closed_loop(pid, client, pool, name=level.name,
-                                    concurrency=level.concurrency,
-                                    per_request=level.texts_per_request,
-                                    n_requests=level.requests, max_seconds=max_seconds,
-                                    warmup=level.warmup, timeout_s=timeout_s))
+        r = asyncio.run(
+            closed_loop(
+                pid,
+                client,
+                pool,
+                name=level.name,
+                concurrency=level.concurrency,
+                per_request=level.texts_per_request,
+                n_requests=level.requests,
+                max_seconds=max_seconds,
+                warmup=level.warmup,
+                timeout_s=timeout_s,
+            )
+        )
         r.background_cpu = bg
         rows.append(level_row(r, ref.latest))
         print_level(r, pool)
@@ -148,26 +184,31 @@ def level_row(r: LevelResult, ref: dict[str, Any]) -> dict[str, Any]:
     row.pop("error_kinds")
     ref_p50 = ref.get("single_p50_ms", NAN)
     ref_tps = ref.get("batched_texts_per_s", NAN)
-    row.update({
-        "ref_single_p50_ms": ref_p50,
-        "p50_vs_ref": ratio(r.p50_ms, ref_p50),
-        "p50_minus_ref_ms": r.p50_ms - ref_p50,
-        "ref_engine_single_p50_ms": ref.get("engine_single_p50_ms", NAN),
-        "p50_minus_engine_ms": r.p50_ms - ref.get("engine_single_p50_ms", NAN),
-        "ref_texts_per_s": ref_tps,
-        "throughput_vs_ref": ratio(r.texts_per_s, ref_tps),
-        "ref_rss_mb": ref.get("rss_mb", NAN),
-        "rss_vs_ref": ratio(r.rss_mb, ref.get("rss_mb", NAN)),
-    })
+    row.update(
+        {
+            "ref_single_p50_ms": ref_p50,
+            "p50_vs_ref": ratio(r.p50_ms, ref_p50),
+            "p50_minus_ref_ms": r.p50_ms - ref_p50,
+            "ref_engine_single_p50_ms": ref.get("engine_single_p50_ms", NAN),
+            "p50_minus_engine_ms": r.p50_ms - ref.get("engine_single_p50_ms", NAN),
+            "ref_texts_per_s": ref_tps,
+            "throughput_vs_ref": ratio(r.texts_per_s, ref_tps),
+            "ref_rss_mb": ref.get("rss_mb", NAN),
+            "rss_vs_ref": ratio(r.rss_mb, ref.get("rss_mb", NAN)),
+        }
+    )
     return row
 
 
 def print_level(r: LevelResult, pool: TextPool) -> None:
     errs = f", errors {r.errors} {r.error_kinds}" if r.errors else ""
-    print(f"  {r.level:>7}: {r.ok} req in {r.seconds:.1f}s  p50 {fmt(r.p50_ms)} "
-          f"p95 {fmt(r.p95_ms)} p99 {fmt(r.p99_ms)} ms  {r.req_per_s:.1f} req/s "
-          f"{r.texts_per_s:.1f} texts/s  RSS {fmt(r.rss_mb, 0)} MiB (peak "
-          f"{fmt(r.rss_peak_mb, 0)}); other load before it {fmt(100 * r.background_cpu, 0)}% CPU"
-          f"{errs}", flush=True)
+    print(
+        f"  {r.level:>7}: {r.ok} req in {r.seconds:.1f}s  p50 {fmt(r.p50_ms)} "
+        f"p95 {fmt(r.p95_ms)} p99 {fmt(r.p99_ms)} ms  {r.req_per_s:.1f} req/s "
+        f"{r.texts_per_s:.1f} texts/s  RSS {fmt(r.rss_mb, 0)} MiB (peak "
+        f"{fmt(r.rss_peak_mb, 0)}); other load before it {fmt(100 * r.background_cpu, 0)}% CPU"
+        f"{errs}",
+        flush=True,
+    )
     if pool.reused:
         print(f"    note: text pool wrapped {pool.reused}x (cache hits possible)", flush=True)

@@ -80,37 +80,59 @@ def default_model() -> str:
 
 # --- settings ----------------------------------------------------------------------------------
 
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; `settings` turns it into the run's Settings."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--model", help="model folder (default: all-MiniLM-L6-v2 from its wheel)")
     ap.add_argument("--quick", action="store_true", help="small counts for a smoke run")
     ap.add_argument("--levels", help="concurrencies with one text per request (default 1,16,64)")
     ap.add_argument("--max-concurrency", action="store_true", help="add concurrency 256")
-    ap.add_argument("--batch", default="4x32",
-                    help="CONCURRENCYxTEXTS level with many texts per request, or 'none'")
-    ap.add_argument("--requests", type=int,
-                    help="requests per level (default: scaled by concurrency)")
+    ap.add_argument(
+        "--batch",
+        default="4x32",
+        help="CONCURRENCYxTEXTS level with many texts per request, or 'none'",
+    )
+    ap.add_argument(
+        "--requests", type=int, help="requests per level (default: scaled by concurrency)"
+    )
     ap.add_argument("--duration", type=float, help="cap per level in seconds (default 20, quick 6)")
-    ap.add_argument("--warmup", type=int, help="warm-up requests per level (default 2x concurrency,"
-                                               " at least 20; quick 10)")
-    ap.add_argument("--route", choices=("openai", "native"), default="openai",
-                    help="POST /v1/embeddings (default) or /api/v1/embed")
-    ap.add_argument("--coldstart-runs", type=int, help="launches for the cold-start median "
-                                                       "(default 3, quick 1)")
+    ap.add_argument(
+        "--warmup",
+        type=int,
+        help="warm-up requests per level (default 2x concurrency, at least 20; quick 10)",
+    )
+    ap.add_argument(
+        "--route",
+        choices=("openai", "native"),
+        default="openai",
+        help="POST /v1/embeddings (default) or /api/v1/embed",
+    )
+    ap.add_argument(
+        "--coldstart-runs", type=int, help="launches for the cold-start median (default 3, quick 1)"
+    )
     ap.add_argument("--skip-rate", action="store_true", help="skip the open-loop rate search")
-    ap.add_argument("--skip-reference", action="store_true",
-                    help="skip the in-process reference (ratios become n/a)")
+    ap.add_argument(
+        "--skip-reference",
+        action="store_true",
+        help="skip the in-process reference (ratios become n/a)",
+    )
     ap.add_argument("--p95-target", type=float, default=150.0, help="ms, for the rate search")
     ap.add_argument("--rate-start", type=float, default=16.0)
     ap.add_argument("--rate-max", type=float, default=4096.0)
     ap.add_argument("--rate-duration", type=float, help="seconds per probe (default 5, quick 2)")
     ap.add_argument("--rate-bisect", type=int, help="bisection steps (default 4, quick 2)")
     ap.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
-    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
-                    help="extra environment for the daemon, e.g. LOCALRANK_BATCH_WAIT_MS=0 "
-                         "(repeatable; for experiments)")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the daemon, e.g. LOCALRANK_BATCH_WAIT_MS=0 "
+        "(repeatable; for experiments)",
+    )
     ap.add_argument("--out", default=str(RESULTS), help="results folder")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -156,20 +178,29 @@ def settings(args: argparse.Namespace, model: str) -> Settings:
         c_s, k_s = args.batch.lower().split("x")
         batch = (int(c_s), int(k_s))
     return Settings(
-        model=model, route=args.route, quick=quick,
+        model=model,
+        route=args.route,
+        quick=quick,
         levels=plan_levels(conc, batch, requests=args.requests, warmup=args.warmup, quick=quick),
         duration=args.duration or (6.0 if quick else 20.0),
         timeout=args.timeout,
         cold_runs=args.coldstart_runs or (1 if quick else 3),
-        skip_reference=args.skip_reference, skip_rate=args.skip_rate,
-        p95_target=args.p95_target, rate_start=args.rate_start, rate_max=args.rate_max,
+        skip_reference=args.skip_reference,
+        skip_rate=args.skip_rate,
+        p95_target=args.p95_target,
+        rate_start=args.rate_start,
+        rate_max=args.rate_max,
         rate_duration=args.rate_duration or (2.0 if quick else 5.0),
         rate_bisect=args.rate_bisect if args.rate_bisect is not None else (2 if quick else 4),
         daemon_env=dict(kv.split("=", 1) for kv in args.env),
-        out=Path(args.out), seed=args.seed, strict=args.strict)
+        out=Path(args.out),
+        seed=args.seed,
+        strict=args.strict,
+    )
 
 
 # --- the steps ---------------------------------------------------------------------------------
+
 
 def make_texts(s: Settings) -> list[str]:
     """Distinct texts for every level and the rate search (and 1000 spare); prints the header."""
@@ -178,36 +209,64 @@ def make_texts(s: Settings) -> list[str]:
     t = time.perf_counter()
     texts = mixed_texts(total, min_words=SHORT_WORDS[0], max_words=SHORT_WORDS[1], seed=s.seed)
     texts = list(dict.fromkeys(texts))  # distinct
-    print(f"localrank load bench: model {s.model}\n  {len(texts)} distinct texts of "
-          f"{SHORT_WORDS[0]}-{SHORT_WORDS[1]} words in {time.perf_counter() - t:.1f}s; "
-          f"route {s.route}; python {platform.python_version()}, {os.cpu_count()} CPUs"
-          + (f"; daemon env {s.daemon_env}" if s.daemon_env else ""), flush=True)
+    print(
+        f"localrank load bench: model {s.model}\n  {len(texts)} distinct texts of "
+        f"{SHORT_WORDS[0]}-{SHORT_WORDS[1]} words in {time.perf_counter() - t:.1f}s; "
+        f"route {s.route}; python {platform.python_version()}, {os.cpu_count()} CPUs"
+        + (f"; daemon env {s.daemon_env}" if s.daemon_env else ""),
+        flush=True,
+    )
     return texts
 
 
 def search_rate(s: Settings, client: Client, pool: TextPool) -> tuple[float, list[RateResult]]:
     """The open-loop rate search: the highest rate with p95 under the target."""
-    print(f"\n[rate] open loop, one text per request, highest rate with p95 <= "
-          f"{s.p95_target:.0f} ms ({s.rate_duration:.0f}s per probe)", flush=True)
-    best, probes = asyncio.run(rate_search(
-        client, pool, start=s.rate_start, max_rate=s.rate_max, duration=s.rate_duration,
-        bisect_steps=s.rate_bisect, target_ms=s.p95_target, max_inflight=1024,
-        timeout_s=s.timeout))
+    print(
+        f"\n[rate] open loop, one text per request, highest rate with p95 <= "
+        f"{s.p95_target:.0f} ms ({s.rate_duration:.0f}s per probe)",
+        flush=True,
+    )
+    best, probes = asyncio.run(
+        rate_search(
+            client,
+            pool,
+            start=s.rate_start,
+            max_rate=s.rate_max,
+            duration=s.rate_duration,
+            bisect_steps=s.rate_bisect,
+            target_ms=s.p95_target,
+            max_inflight=1024,
+            timeout_s=s.timeout,
+        )
+    )
     print(f"  best rate: {best:.1f} req/s", flush=True)
     return best, probes
 
 
-def measure(s: Settings, pools: dict[str, TextPool], rate_pool: TextPool,
-            ref_single_n: int, texts_file: Path) -> Results:
+def measure(
+    s: Settings,
+    pools: dict[str, TextPool],
+    rate_pool: TextPool,
+    ref_single_n: int,
+    texts_file: Path,
+) -> Results:
     """Cold starts, then the levels and the rate search against the last daemon launched; the
     processes are stopped before this returns, whatever happened."""
     # The reference worker is this script again, so it sets up sys.path the same way.
-    worker = None if s.skip_reference else \
-        [sys.executable, str(Path(__file__).resolve()), "--reference-worker"]
+    worker = (
+        None
+        if s.skip_reference
+        else [sys.executable, str(Path(__file__).resolve()), "--reference-worker"]
+    )
     with Running() as running:
-        daemon_cold, ref_cold = cold_starts(running, runs=s.cold_runs, model=s.model,
-                                            daemon_env=s.daemon_env, worker=worker,
-                                            texts_file=texts_file)
+        daemon_cold, ref_cold = cold_starts(
+            running,
+            runs=s.cold_runs,
+            model=s.model,
+            daemon_env=s.daemon_env,
+            worker=worker,
+            texts_file=texts_file,
+        )
         latest: dict[str, Any] = {}
         if ref_cold:
             latest["cold_start_s"] = statistics.median(c["launch_to_ready_s"] for c in ref_cold)
@@ -215,18 +274,30 @@ def measure(s: Settings, pools: dict[str, TextPool], rate_pool: TextPool,
         assert daemon is not None
         idle_rss, _ = daemon.rss()
         client = Client(daemon.base, s.route)
-        print(f"\n[load] closed loop, daemon pid {daemon.pid} port {daemon.port}, idle RSS "
-              f"{fmt(idle_rss, 0)} MiB", flush=True)
-        ref = ReferenceFigures(running.reference, latest, single_n=ref_single_n,
-                               batched_repeats=1 if s.quick else 2)
-        rows = run_levels(daemon.pid, client, s.levels, pools, ref, max_seconds=s.duration,
-                          timeout_s=s.timeout)
-        best_rate, probes = (float("nan"), []) if s.skip_rate else \
-            search_rate(s, client, rate_pool)
+        print(
+            f"\n[load] closed loop, daemon pid {daemon.pid} port {daemon.port}, idle RSS "
+            f"{fmt(idle_rss, 0)} MiB",
+            flush=True,
+        )
+        ref = ReferenceFigures(
+            running.reference, latest, single_n=ref_single_n, batched_repeats=1 if s.quick else 2
+        )
+        rows = run_levels(
+            daemon.pid, client, s.levels, pools, ref, max_seconds=s.duration, timeout_s=s.timeout
+        )
+        best_rate, probes = (float("nan"), []) if s.skip_rate else search_rate(s, client, rate_pool)
         final_rss, peak_rss = daemon.rss()
-    return Results(levels=rows, ref=latest, ref_cold=ref_cold, daemon_cold=daemon_cold,
-                   daemon_idle_rss=idle_rss, daemon_final_rss=final_rss,
-                   daemon_peak_rss=peak_rss, best_rate=best_rate, rate_probes=probes)
+    return Results(
+        levels=rows,
+        ref=latest,
+        ref_cold=ref_cold,
+        daemon_cold=daemon_cold,
+        daemon_idle_rss=idle_rss,
+        daemon_final_rss=final_rss,
+        daemon_peak_rss=peak_rss,
+        best_rate=best_rate,
+        rate_probes=probes,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -244,8 +315,15 @@ def main(argv: list[str] | None = None) -> int:
         texts_file = Path(tmp) / "texts.json"
         texts_file.write_text(json.dumps({"single": single, "batched": batched}))
         results = measure(s, pools, rate_pool, len(single), texts_file)
-    targets = report(s.out, results, model=s.model, route=s.route, quick=s.quick,
-                     p95_target=s.p95_target, rate_searched=not s.skip_rate)
+    targets = report(
+        s.out,
+        results,
+        model=s.model,
+        route=s.route,
+        quick=s.quick,
+        p95_target=s.p95_target,
+        rate_searched=not s.skip_rate,
+    )
     return 1 if s.strict and any(tg["pass"] is False for tg in targets) else 0
 
 

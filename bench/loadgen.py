@@ -82,10 +82,12 @@ def session(limit: int, timeout_s: float) -> Any:
 
     return aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=limit, limit_per_host=limit, force_close=False),
-        timeout=aiohttp.ClientTimeout(total=timeout_s))
+        timeout=aiohttp.ClientTimeout(total=timeout_s),
+    )
 
 
 # --- closed loop -----------------------------------------------------------------------------
+
 
 @dataclass
 class LevelResult:
@@ -131,8 +133,9 @@ async def rss_sampler(pid: int, stop: asyncio.Event, peak: list[float]) -> None:
             await asyncio.wait_for(stop.wait(), 0.25)
 
 
-async def warm_up(s: Any, client: Client, pool: TextPool, *, concurrency: int,
-                  per_request: int, n: int) -> None:
+async def warm_up(
+    s: Any, client: Client, pool: TextPool, *, concurrency: int, per_request: int, n: int
+) -> None:
     """Open the connections and let the daemon see this request shape; not measured."""
     remaining = [n]
 
@@ -144,9 +147,17 @@ async def warm_up(s: Any, client: Client, pool: TextPool, *, concurrency: int,
     await asyncio.gather(*(warm() for _ in range(concurrency)))
 
 
-async def timed_requests(s: Any, pid: int, client: Client, pool: TextPool, *,
-                         concurrency: int, per_request: int, n_requests: int,
-                         max_seconds: float) -> Timed:
+async def timed_requests(
+    s: Any,
+    pid: int,
+    client: Client,
+    pool: TextPool,
+    *,
+    concurrency: int,
+    per_request: int,
+    n_requests: int,
+    max_seconds: float,
+) -> Timed:
     """`n_requests` (or as many as fit in `max_seconds`) from `concurrency` workers, sampling
     the daemon's RSS meanwhile. The first answer of worker 0 is checked for one vector per text."""
     latencies: list[float] = []
@@ -178,8 +189,9 @@ async def timed_requests(s: Any, pid: int, client: Client, pool: TextPool, *,
     return Timed(latencies, errors, elapsed, peak[0])
 
 
-def level_result(name: str, concurrency: int, per_request: int, t: Timed,
-                 rss_now: float) -> LevelResult:
+def level_result(
+    name: str, concurrency: int, per_request: int, t: Timed, rss_now: float
+) -> LevelResult:
     """The figures of one level from its timings and the daemon's RSS read right after it."""
     res = LevelResult(name, concurrency, per_request)
     res.requests = len(t.latencies) + sum(t.errors.values())
@@ -198,24 +210,41 @@ def level_result(name: str, concurrency: int, per_request: int, t: Timed,
     return res
 
 
-async def closed_loop(pid: int, client: Client, pool: TextPool, *, name: str,
-                      concurrency: int, per_request: int, n_requests: int, max_seconds: float,
-                      warmup: int, timeout_s: float) -> LevelResult:
+async def closed_loop(
+    pid: int,
+    client: Client,
+    pool: TextPool,
+    *,
+    name: str,
+    concurrency: int,
+    per_request: int,
+    n_requests: int,
+    max_seconds: float,
+    warmup: int,
+    timeout_s: float,
+) -> LevelResult:
     """`concurrency` workers, each sending its next request when the last one answered.
 
     `pid` is the daemon's, for its RSS; `warmup` requests go first and are not measured.
     """
     async with session(concurrency + 4, timeout_s) as s:
-        await warm_up(s, client, pool, concurrency=concurrency, per_request=per_request,
-                      n=warmup)
-        timed = await timed_requests(s, pid, client, pool, concurrency=concurrency,
-                                     per_request=per_request, n_requests=n_requests,
-                                     max_seconds=max_seconds)
+        await warm_up(s, client, pool, concurrency=concurrency, per_request=per_request, n=warmup)
+        timed = await timed_requests(
+            s,
+            pid,
+            client,
+            pool,
+            concurrency=concurrency,
+            per_request=per_request,
+            n_requests=n_requests,
+            max_seconds=max_seconds,
+        )
     rss_now, _ = rss_mb(pid)
     return level_result(name, concurrency, per_request, timed, rss_now)
 
 
 # --- open loop and the rate search -----------------------------------------------------------
+
 
 @dataclass
 class RateResult:
@@ -235,8 +264,16 @@ class RateResult:
     passed: bool
 
 
-async def open_loop(client: Client, pool: TextPool, *, rate: float, duration: float,
-                    target_ms: float, max_inflight: int, timeout_s: float) -> RateResult:
+async def open_loop(
+    client: Client,
+    pool: TextPool,
+    *,
+    rate: float,
+    duration: float,
+    target_ms: float,
+    max_inflight: int,
+    timeout_s: float,
+) -> RateResult:
     """Fixed-rate arrivals for `duration` seconds; latency from each request's scheduled time,
     so a slow daemon cannot hide behind a slow client."""
     n = max(1, int(rate * duration))
@@ -247,6 +284,7 @@ async def open_loop(client: Client, pool: TextPool, *, rate: float, duration: fl
     overloaded = False
     loop = asyncio.get_running_loop()
     async with session(max_inflight, timeout_s) as s:
+
         async def one(scheduled: float, texts: list[str]) -> None:
             inflight[0] += 1
             most[0] = max(most[0], inflight[0])
@@ -273,31 +311,60 @@ async def open_loop(client: Client, pool: TextPool, *, rate: float, duration: fl
         await asyncio.gather(*tasks)
         elapsed = loop.time() - start
     p95 = pct(latencies, 95)
-    passed = (not overloaded and errors[0] == 0 and len(latencies) == n and p95 <= target_ms)
-    return RateResult(rate, elapsed, len(tasks), len(latencies), errors[0],
-                      len(latencies) / elapsed if elapsed > 0 else 0.0, pct(latencies, 50), p95,
-                      pct(latencies, 99), most[0], overloaded, passed)
+    passed = not overloaded and errors[0] == 0 and len(latencies) == n and p95 <= target_ms
+    return RateResult(
+        rate,
+        elapsed,
+        len(tasks),
+        len(latencies),
+        errors[0],
+        len(latencies) / elapsed if elapsed > 0 else 0.0,
+        pct(latencies, 50),
+        p95,
+        pct(latencies, 99),
+        most[0],
+        overloaded,
+        passed,
+    )
 
 
 def probe_line(r: RateResult) -> str:
     """The progress line printed for one probe."""
-    return (f"    rate {r.rate:7.1f}/s: p50 {fmt(r.p50_ms)} p95 {fmt(r.p95_ms)} "
-            f"p99 {fmt(r.p99_ms)} ms, achieved {r.achieved_rps:6.1f}/s, errors {r.errors}, "
-            f"max in flight {r.max_inflight}{' OVERLOADED' if r.overloaded else ''} -> "
-            f"{'pass' if r.passed else 'fail'}")
+    return (
+        f"    rate {r.rate:7.1f}/s: p50 {fmt(r.p50_ms)} p95 {fmt(r.p95_ms)} "
+        f"p99 {fmt(r.p99_ms)} ms, achieved {r.achieved_rps:6.1f}/s, errors {r.errors}, "
+        f"max in flight {r.max_inflight}{' OVERLOADED' if r.overloaded else ''} -> "
+        f"{'pass' if r.passed else 'fail'}"
+    )
 
 
-async def rate_search(client: Client, pool: TextPool, *, start: float, max_rate: float,
-                      duration: float, bisect_steps: int, target_ms: float,
-                      max_inflight: int, timeout_s: float) -> tuple[float, list[RateResult]]:
+async def rate_search(
+    client: Client,
+    pool: TextPool,
+    *,
+    start: float,
+    max_rate: float,
+    duration: float,
+    bisect_steps: int,
+    target_ms: float,
+    max_inflight: int,
+    timeout_s: float,
+) -> tuple[float, list[RateResult]]:
     """Double from `start` until a rate fails, then bisect between the last pass and the fail.
 
     Returns the highest passing rate (req/s) and every probe in the order run."""
     probes: list[RateResult] = []
 
     async def probe(rate: float) -> bool:
-        r = await open_loop(client, pool, rate=rate, duration=duration, target_ms=target_ms,
-                            max_inflight=max_inflight, timeout_s=timeout_s)
+        r = await open_loop(
+            client,
+            pool,
+            rate=rate,
+            duration=duration,
+            target_ms=target_ms,
+            max_inflight=max_inflight,
+            timeout_s=timeout_s,
+        )
         probes.append(r)
         print(probe_line(r), flush=True)
         await asyncio.sleep(0.5)  # let the queue drain between probes

@@ -48,8 +48,9 @@ def rss_mb(pid: int) -> tuple[float, float]:
             pass
         return cur, peak
     try:
-        out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
         value = int(out) / 1024
         return value, value
     except (OSError, ValueError, subprocess.SubprocessError):
@@ -59,6 +60,7 @@ def rss_mb(pid: int) -> tuple[float, float]:
 def background_cpu(seconds: float = 0.5) -> float:
     """Fraction of all CPUs busy over `seconds` while this benchmark is idle (Linux /proc/stat;
     nan elsewhere): other work on a shared machine, printed next to each level."""
+
     def sample() -> tuple[int, int] | None:
         try:
             fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

@@ -30,8 +30,9 @@ def free_port() -> int:
 class Daemon:
     """`localrank serve` on a free loopback port with its own temporary LOCALRANK_HOME."""
 
-    def __init__(self, model: str, extra: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, model: str, extra: list[str] | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.model = model
         self.extra = extra or []
         self.env = env or {}
@@ -65,17 +66,22 @@ class Daemon:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRANK_")}
         env["LOCALRANK_HOME"] = str(self.home)
         env.update(self.env)
-        cmd = self.command() + ["serve", "--model", self.model, "--host", "127.0.0.1",
-                                "--port", str(self.port)] + self.extra
+        cmd = (
+            self.command()
+            + ["serve", "--model", self.model, "--host", "127.0.0.1", "--port", str(self.port)]
+            + self.extra
+        )
         with open(self.log_path, "wb") as log:
             self.launched = time.perf_counter()
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+            )
         deadline = self.launched + timeout
         while time.perf_counter() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode} before healthy:\n"
-                                   + self.log_tail())
+                raise RuntimeError(
+                    f"daemon exited with {self.proc.returncode} before healthy:\n" + self.log_tail()
+                )
             if self._health() == 200:
                 self.cold_start_s = time.perf_counter() - self.launched
                 return self.cold_start_s
@@ -111,8 +117,10 @@ class Daemon:
             try:
                 code = self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                print(f"  daemon pid {self.proc.pid} ignored SIGTERM for {timeout:.0f}s: killing",
-                      file=sys.stderr)
+                print(
+                    f"  daemon pid {self.proc.pid} ignored SIGTERM for {timeout:.0f}s: killing",
+                    file=sys.stderr,
+                )
                 self.proc.kill()
                 code = self.proc.wait()
         elif self.proc is not None:
@@ -131,16 +139,32 @@ class Reference:
     cold start (interpreter start included).
     """
 
-    def __init__(self, worker: list[str], texts_file: Path, model: str, *,
-                 cold_only: bool = False, timeout: float = 600.0) -> None:
-        cmd = worker + ["--model", model, "--texts-file", str(texts_file)] + \
-            (["--cold-only"] if cold_only else [])
+    def __init__(
+        self,
+        worker: list[str],
+        texts_file: Path,
+        model: str,
+        *,
+        cold_only: bool = False,
+        timeout: float = 600.0,
+    ) -> None:
+        cmd = (
+            worker
+            + ["--model", model, "--texts-file", str(texts_file)]
+            + (["--cold-only"] if cold_only else [])
+        )
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRANK_")}
         self.timeout = timeout
         self.errlog = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         t0 = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.errlog, text=True, env=env)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errlog,
+            text=True,
+            env=env,
+        )
         line = self._line("READY ")
         self.cold = json.loads(line)
         self.cold["launch_to_ready_s"] = time.perf_counter() - t0
@@ -154,15 +178,14 @@ class Reference:
         deadline = time.monotonic() + self.timeout
         for line in self.proc.stdout:
             if line.startswith(prefix):
-                return line[len(prefix):]
+                return line[len(prefix) :]
             if time.monotonic() > deadline:
                 break
         self.proc.kill()
         self.proc.wait()
         self.errlog.seek(0)
         err = self.errlog.read().decode(errors="replace")
-        raise RuntimeError(f"reference worker failed (exit {self.proc.returncode}):\n"
-                           f"{err[-3000:]}")
+        raise RuntimeError(f"reference worker failed (exit {self.proc.returncode}):\n{err[-3000:]}")
 
     def ask(self, command: str) -> dict[str, Any]:
         """Send one command ("single 300", "batched 2", ...) and return its RESULT."""
@@ -207,14 +230,22 @@ class Running:
 
 
 def cold_starts(
-    running: Running, *, runs: int, model: str, daemon_env: dict[str, str],
-    worker: list[str] | None, texts_file: Path,
+    running: Running,
+    *,
+    runs: int,
+    model: str,
+    daemon_env: dict[str, str],
+    worker: list[str] | None,
+    texts_file: Path,
 ) -> tuple[list[float], list[dict[str, Any]]]:
     """`runs` fresh launches of each process, the in-process reference and the daemon
     alternated; returns the daemon's launch -> healthy seconds and the reference's READY
     figures. The last pair stays up in `running` for the load. `worker` None: no reference."""
-    print(f"\n[cold start] {runs} launch(es) each: daemon launch -> /health 200; "
-          "in-process python -> import + load + first encode", flush=True)
+    print(
+        f"\n[cold start] {runs} launch(es) each: daemon launch -> /health 200; "
+        "in-process python -> import + load + first encode",
+        flush=True,
+    )
     daemon_cold: list[float] = []
     ref_cold: list[dict[str, Any]] = []
     for i in range(runs):
@@ -225,9 +256,12 @@ def cold_starts(
             ref_cold.append(c)
             if last:
                 running.reference = rp
-            print(f"  in-process {i + 1}: ready in {c['launch_to_ready_s']:.2f}s (import "
-                  f"{c['import_s']:.2f}s, load {c['load_s']:.2f}s, first encode "
-                  f"{c['first_encode_s']:.2f}s)", flush=True)
+            print(
+                f"  in-process {i + 1}: ready in {c['launch_to_ready_s']:.2f}s (import "
+                f"{c['import_s']:.2f}s, load {c['load_s']:.2f}s, first encode "
+                f"{c['first_encode_s']:.2f}s)",
+                flush=True,
+            )
         d = Daemon(model, env=daemon_env)
         if last:
             running.daemon = d  # stopped on leaving `running`, even if it fails to start

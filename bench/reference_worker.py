@@ -45,8 +45,10 @@ def reference_worker(model: str, texts_file: Path, *, cold_only: bool) -> None:
 
     enc([single[0]])
     t3 = time.perf_counter()
-    print("READY " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1,
-                                 "first_encode_s": t3 - t2}), flush=True)
+    print(
+        "READY " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_encode_s": t3 - t2}),
+        flush=True,
+    )
     if cold_only:
         return
     for text in single[:10]:  # warm-up
@@ -62,13 +64,13 @@ def answer_commands(enc: Encode, model: str, single: list[str], batched: list[st
         cmd, _, arg = line.strip().partition(" ")
         out: dict[str, Any] = {}
         if cmd == "single":
-            out = time_single(enc, single[:int(arg or len(single))])
+            out = time_single(enc, single[: int(arg or len(single))])
         elif cmd == "batched":
             out = time_batched(enc, batched, int(arg or 1))
         elif cmd == "engine":
             if engine is None:
                 engine = load_engine(model, single[:10])
-            out = time_engine(engine, single[:int(arg or len(single))])
+            out = time_engine(engine, single[: int(arg or len(single))])
         elif cmd == "quit":
             break
         out["rss_mb"], out["rss_peak_mb"] = rss_mb(os.getpid())
@@ -82,8 +84,12 @@ def time_single(enc: Encode, texts: list[str]) -> dict[str, Any]:
         s = time.perf_counter()
         enc([text], 32)
         lat.append((time.perf_counter() - s) * 1000)
-    return {"single_n": len(lat), "single_p50_ms": pct(lat, 50),
-            "single_p95_ms": pct(lat, 95), "single_p99_ms": pct(lat, 99)}
+    return {
+        "single_n": len(lat),
+        "single_p50_ms": pct(lat, 50),
+        "single_p95_ms": pct(lat, 95),
+        "single_p99_ms": pct(lat, 99),
+    }
 
 
 def time_batched(enc: Encode, batched: list[str], repeats: int) -> dict[str, Any]:
@@ -95,10 +101,12 @@ def time_batched(enc: Encode, batched: list[str], repeats: int) -> dict[str, Any
         times.append(time.perf_counter() - s)
     s = time.perf_counter()
     for i in range(0, len(batched), 32):  # the shape of the c=4 x 32 level
-        enc(batched[i:i + 32], 32)
-    return {"batched_n": len(batched),
-            "batched_texts_per_s": len(batched) / statistics.median(times),
-            "batch32_texts_per_s": len(batched) / (time.perf_counter() - s)}
+        enc(batched[i : i + 32], 32)
+    return {
+        "batched_n": len(batched),
+        "batched_texts_per_s": len(batched) / statistics.median(times),
+        "batch32_texts_per_s": len(batched) / (time.perf_counter() - s),
+    }
 
 
 def load_engine(model: str, warm_texts: list[str]) -> Any:

@@ -79,6 +79,7 @@ def f2(value: Any, digits: int = 2) -> str:
 
 def busy_fraction(seconds: float = 2.0) -> float:
     """Fraction of all CPUs busy over `seconds` (Linux /proc/stat; 0.0 elsewhere)."""
+
     def sample() -> tuple[int, int]:
         fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
         return sum(fields[:8]), fields[3] + fields[4]
@@ -101,8 +102,11 @@ def wait_quiet(limit_s: float, threshold: float = 0.2) -> None:
             print(f"[wait-quiet] CPUs {100 * busy:.0f}% busy: starting", flush=True)
             return
         if time.monotonic() > deadline:
-            print(f"[wait-quiet] CPUs still {100 * busy:.0f}% busy after {limit_s:.0f}s: "
-                  "starting anyway (figures will be noisy)", flush=True)
+            print(
+                f"[wait-quiet] CPUs still {100 * busy:.0f}% busy after {limit_s:.0f}s: "
+                "starting anyway (figures will be noisy)",
+                flush=True,
+            )
             return
         print(f"[wait-quiet] CPUs {100 * busy:.0f}% busy with other work: waiting", flush=True)
         time.sleep(8)
@@ -120,11 +124,25 @@ def engine_step(args: argparse.Namespace, py: str) -> list[dict[str, Any]]:
     csv_path = RESULTS / "engine.csv"
     for name, backends, n_texts, rep, timeout in runs:
         before = csv_path.stat().st_mtime_ns if csv_path.exists() else None
-        steps.append(run_step(name, [py, str(BENCH / "engine_throughput.py"), "--backends",
-                                     backends, "--n", str(n_texts), "--repeat", str(rep)],
-                              timeout))
-        if steps[-1]["exit"] == 0 and csv_path.exists() and \
-                csv_path.stat().st_mtime_ns != before:  # engine_throughput rewrites it
+        steps.append(
+            run_step(
+                name,
+                [
+                    py,
+                    str(BENCH / "engine_throughput.py"),
+                    "--backends",
+                    backends,
+                    "--n",
+                    str(n_texts),
+                    "--repeat",
+                    str(rep),
+                ],
+                timeout,
+            )
+        )
+        if (
+            steps[-1]["exit"] == 0 and csv_path.exists() and csv_path.stat().st_mtime_ns != before
+        ):  # engine_throughput rewrites it
             for row in read_csv(csv_path):
                 row["run"] = backends
                 rows.append(row)
@@ -138,53 +156,82 @@ def engine_step(args: argparse.Namespace, py: str) -> list[dict[str, Any]]:
 
 
 def summary(args: argparse.Namespace, steps: list[dict[str, Any]]) -> None:
-    print(f"\n{'=' * 100}\nSUMMARY: every figure as a ratio to its in-process reference measured "
-          f"in the same run\n{'=' * 100}")
+    print(
+        f"\n{'=' * 100}\nSUMMARY: every figure as a ratio to its in-process reference measured "
+        f"in the same run\n{'=' * 100}"
+    )
     lines: list[tuple[str, str, str]] = []  # (what, measured, ratio / verdict)
 
     if not args.skip_engine:
         for row in read_csv(RESULTS / "engine.csv"):
             if row.get("impl") == "localrank":
-                lines.append((f"engine bulk {row['backend']}/{row['device']} "
-                              f"({row['texts']} mixed texts)",
-                              f"{row['texts_per_s']} texts/s",
-                              f"{f2(row['ratio_vs_st'])}x sentence-transformers"
-                              + (" (target >= 1.0x: "
-                                 f"{'PASS' if float(row['ratio_vs_st']) >= 1.0 else 'FAIL'})"
-                                 if row["backend"] == "torch" else "")))
+                lines.append(
+                    (
+                        f"engine bulk {row['backend']}/{row['device']} "
+                        f"({row['texts']} mixed texts)",
+                        f"{row['texts_per_s']} texts/s",
+                        f"{f2(row['ratio_vs_st'])}x sentence-transformers"
+                        + (
+                            " (target >= 1.0x: "
+                            f"{'PASS' if float(row['ratio_vs_st']) >= 1.0 else 'FAIL'})"
+                            if row["backend"] == "torch"
+                            else ""
+                        ),
+                    )
+                )
 
     load_json = RESULTS / "load_summary.json"
     if load_json.exists() and any(s["step"] == "load" and s["exit"] == 0 for s in steps):
         s = json.loads(load_json.read_text())
         for lv in s["levels"]:
-            lines.append((f"daemon {lv['level']} p50 / p95 / p99",
-                          f"{f2(lv['p50_ms'], 1)} / {f2(lv['p95_ms'], 1)} / "
-                          f"{f2(lv['p99_ms'], 1)} ms",
-                          f"p50 {f2(lv['p50_vs_ref'])}x in-process encode([text]) "
-                          f"({f2(lv['ref_single_p50_ms'], 1)} ms)"))
-            lines.append((f"daemon {lv['level']} throughput",
-                          f"{f2(lv['texts_per_s'], 1)} texts/s, {f2(lv['req_per_s'], 1)} req/s",
-                          f"{f2(lv['throughput_vs_ref'])}x in-process batched "
-                          f"({f2(lv['ref_texts_per_s'], 1)} texts/s); other CPU load before "
-                          f"the level {f2(100 * float(lv['background_cpu']), 0)}%"))
-            lines.append((f"daemon {lv['level']} RSS (peak)",
-                          f"{f2(lv['rss_mb'], 0)} ({f2(lv['rss_peak_mb'], 0)}) MiB",
-                          f"{f2(lv['rss_vs_ref'])}x in-process RSS "
-                          f"({f2(lv['ref_rss_mb'], 0)} MiB)"))
+            lines.append(
+                (
+                    f"daemon {lv['level']} p50 / p95 / p99",
+                    f"{f2(lv['p50_ms'], 1)} / {f2(lv['p95_ms'], 1)} / {f2(lv['p99_ms'], 1)} ms",
+                    f"p50 {f2(lv['p50_vs_ref'])}x in-process encode([text]) "
+                    f"({f2(lv['ref_single_p50_ms'], 1)} ms)",
+                )
+            )
+            lines.append(
+                (
+                    f"daemon {lv['level']} throughput",
+                    f"{f2(lv['texts_per_s'], 1)} texts/s, {f2(lv['req_per_s'], 1)} req/s",
+                    f"{f2(lv['throughput_vs_ref'])}x in-process batched "
+                    f"({f2(lv['ref_texts_per_s'], 1)} texts/s); other CPU load before "
+                    f"the level {f2(100 * float(lv['background_cpu']), 0)}%",
+                )
+            )
+            lines.append(
+                (
+                    f"daemon {lv['level']} RSS (peak)",
+                    f"{f2(lv['rss_mb'], 0)} ({f2(lv['rss_peak_mb'], 0)}) MiB",
+                    f"{f2(lv['rss_vs_ref'])}x in-process RSS ({f2(lv['ref_rss_mb'], 0)} MiB)",
+                )
+            )
         cold = s["cold_start"]
-        lines.append(("cold start, launch -> healthy (median)",
-                      f"{f2(cold['daemon_median_s'])} s",
-                      f"{f2(cold['daemon_median_s'] / cold['in_process_median_s'])}x in-process "
-                      f"import+load+first encode ({f2(cold['in_process_median_s'])} s)"
-                      if cold.get("in_process_median_s") else "n/a"))
+        lines.append(
+            (
+                "cold start, launch -> healthy (median)",
+                f"{f2(cold['daemon_median_s'])} s",
+                f"{f2(cold['daemon_median_s'] / cold['in_process_median_s'])}x in-process "
+                f"import+load+first encode ({f2(cold['in_process_median_s'])} s)"
+                if cold.get("in_process_median_s")
+                else "n/a",
+            )
+        )
         rate = s["rate"]
         ref = s["reference"]
         if rate.get("probes"):
             best = float(rate["best_rps"])
-            lines.append((f"best open-loop rate, p95 <= {rate['p95_target_ms']:.0f} ms",
-                          f"{best:.1f} req/s",
-                          f"{f2(best / ref['batched_texts_per_s'])}x in-process batched texts/s"
-                          if ref.get("batched_texts_per_s") else "n/a"))
+            lines.append(
+                (
+                    f"best open-loop rate, p95 <= {rate['p95_target_ms']:.0f} ms",
+                    f"{best:.1f} req/s",
+                    f"{f2(best / ref['batched_texts_per_s'])}x in-process batched texts/s"
+                    if ref.get("batched_texts_per_s")
+                    else "n/a",
+                )
+            )
         for tg in s["targets"]:
             verdict = "n/a" if tg["pass"] is None else ("PASS" if tg["pass"] else "FAIL")
             lines.append((f"TARGET {tg['target']}", tg["value"], verdict))
@@ -193,16 +240,24 @@ def summary(args: argparse.Namespace, steps: list[dict[str, Any]]) -> None:
         for row in read_csv(RESULTS / "search.csv"):
             if row.get("candidates") == "400" or row.get("mode") != "vector":
                 rec = row.get("recall_at_10") or ""
-                lines.append((f"search {row['chunks']} chunks {row['mode']} "
-                              f"(candidates {row['candidates']})",
-                              f"p50 {row['p50_ms']} / p95 {row['p95_ms']} ms",
-                              f"recall@10 {rec} vs exact search" if rec else ""))
+                lines.append(
+                    (
+                        f"search {row['chunks']} chunks {row['mode']} "
+                        f"(candidates {row['candidates']})",
+                        f"p50 {row['p50_ms']} / p95 {row['p95_ms']} ms",
+                        f"recall@10 {rec} vs exact search" if rec else "",
+                    )
+                )
         ingest = read_csv(RESULTS / "ingest.csv")
         if ingest:
             row = ingest[-1]
-            lines.append((f"ingest {row['docs']} docs -> {row['chunks']} chunks",
-                          f"{row['ingest_chunks_per_s']} chunks/s",
-                          f"{f2(row['ratio'])}x raw embedding ({row['raw_chunks_per_s']}/s)"))
+            lines.append(
+                (
+                    f"ingest {row['docs']} docs -> {row['chunks']} chunks",
+                    f"{row['ingest_chunks_per_s']} chunks/s",
+                    f"{f2(row['ratio'])}x raw embedding ({row['raw_chunks_per_s']}/s)",
+                )
+            )
 
     w1 = max((len(a) for a, _, _ in lines), default=10)
     w2 = max((len(b) for _, b, _ in lines), default=10)
@@ -210,28 +265,39 @@ def summary(args: argparse.Namespace, steps: list[dict[str, Any]]) -> None:
         print(f"  {a:<{w1}}  {b:<{w2}}  {c}")
     print()
     for st in steps:
-        print(f"  step {st['step']:<14} {'ok' if st['exit'] == 0 else 'FAILED':<6} "
-              f"{st['seconds']:6.0f}s")
+        print(
+            f"  step {st['step']:<14} {'ok' if st['exit'] == 0 else 'FAILED':<6} "
+            f"{st['seconds']:6.0f}s"
+        )
     print(f"  results: {RESULTS}")
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smaller counts: a ~3 minute smoke run")
     ap.add_argument("--skip-engine", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--skip-load", action="store_true")
-    ap.add_argument("--mlx", action="store_true",
-                    help="also run the engine bench on the MLX backend (slow on CPU: --mlx-n)")
+    ap.add_argument(
+        "--mlx",
+        action="store_true",
+        help="also run the engine bench on the MLX backend (slow on CPU: --mlx-n)",
+    )
     ap.add_argument("--engine-n", type=int, default=1000, help="texts for the torch engine run")
     ap.add_argument("--mlx-n", type=int, default=100, help="texts for the MLX engine run")
     ap.add_argument("--max-concurrency", action="store_true", help="load: add concurrency 256")
     ap.add_argument("--search-sizes", default="10k,100k")
     ap.add_argument("--ingest-docs", type=int, default=200)
-    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
-                    help="before each step, wait up to SECONDS for other CPU load to drop "
-                         "below 20%% (shared machines)")
+    ap.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each step, wait up to SECONDS for other CPU load to drop "
+        "below 20%% (shared machines)",
+    )
     args = ap.parse_args()
     global WAIT_QUIET
     WAIT_QUIET = args.wait_quiet
@@ -263,10 +329,22 @@ def main() -> int:
         if ingest.exists():
             home = tempfile.mkdtemp(prefix="localrank-ingest-home-")
             try:
-                steps.append(run_step("ingest", [
-                    py, str(ingest), "--embedder", "localrank.collections.embedder:in_process_embedder",
-                    "--docs", str(20 if args.quick else args.ingest_docs), "--home", home],
-                    1200.0))
+                steps.append(
+                    run_step(
+                        "ingest",
+                        [
+                            py,
+                            str(ingest),
+                            "--embedder",
+                            "localrank.collections.embedder:in_process_embedder",
+                            "--docs",
+                            str(20 if args.quick else args.ingest_docs),
+                            "--home",
+                            home,
+                        ],
+                        1200.0,
+                    )
+                )
             finally:
                 shutil.rmtree(home, ignore_errors=True)
         else:

@@ -61,8 +61,9 @@ def build(path: Path, n: int) -> dict[str, float]:
     store = SQLiteStore(path)
     start = time.perf_counter()
     try:
-        store.create_collection("bench", fingerprint="synthetic-1024", model_id="synthetic",
-                                dim=DIM, settings={})
+        store.create_collection(
+            "bench", fingerprint="synthetic-1024", model_id="synthetic", dim=DIM, settings={}
+        )
         row = 0
         doc = 0
         while row < n:
@@ -82,14 +83,20 @@ def build(path: Path, n: int) -> dict[str, float]:
                 part = vecs[s : s + CHUNKS_PER_DOC]
                 words = rng.integers(0, VOCAB, (len(part), 8))
                 chunks = [
-                    Chunk(k, f"cluster{labels[s + k]} " + " ".join(f"w{w}" for w in words[k]),
-                          0, 10, 1, 1)
+                    Chunk(
+                        k,
+                        f"cluster{labels[s + k]} " + " ".join(f"w{w}" for w in words[k]),
+                        0,
+                        10,
+                        1,
+                        1,
+                    )
                     for k in range(len(part))
-                ]  # fmt: skip
+                ]
                 docs.append(
                     PreparedDocument(
                         f"doc{doc}", "synthetic", {"shard": doc % 10}, None, f"h{doc}", chunks, part
-                    )  # fmt: skip
+                    )
                 )
                 doc += 1
             store.write_documents("bench", "synthetic-1024", "synthetic", docs)
@@ -101,8 +108,9 @@ def build(path: Path, n: int) -> dict[str, float]:
     finally:
         store.close()
     truth = ids[best_i]
-    np.savez(path.with_suffix(".npz"), queries=queries, qlabels=qlabels, truth=truth,
-             build_s=build_s)  # fmt: skip
+    np.savez(
+        path.with_suffix(".npz"), queries=queries, qlabels=qlabels, truth=truth, build_s=build_s
+    )
     return {"build_s": build_s}
 
 
@@ -129,31 +137,41 @@ def measure(path: Path, n: int, candidates: list[int]) -> list[dict[str, object]
         for mode, flt in (("hybrid", None), ("vector+filter", {"shard": 3})):
             lat, rec = [], []
             for q, exact, label in zip(queries, truth, qlabels, strict=True):
-                body = {"collection": "bench", "query": f"cluster{label} w1 w2", "top_k": 10,
-                        "mode": mode.split("+")[0], "filter": flt}  # fmt: skip
+                body = {
+                    "collection": "bench",
+                    "query": f"cluster{label} w1 w2",
+                    "top_k": 10,
+                    "mode": mode.split("+")[0],
+                    "filter": flt,
+                }
                 req = SearchRequest.from_json(body)
                 timings: dict[str, float] = {}
                 t = time.perf_counter()
                 results = run_search(store, coll, req, q, timings)
                 lat.append((time.perf_counter() - t) * 1000)
                 rec.append(len({r["chunk_id"] for r in results} & set(exact.tolist())) / 10)
-            rows.append(row_for(n, mode, max(400, 400), lat, rec if mode == "hybrid" else [],
-                                load_s, path))  # fmt: skip
+            rows.append(
+                row_for(n, mode, max(400, 400), lat, rec if mode == "hybrid" else [], load_s, path)
+            )
     finally:
         store.close()
     return rows
 
 
-def row_for(n: int, mode: str, c: int, lat: list[float], rec: list[float], load_s: float,
-            path: Path) -> dict[str, object]:  # fmt: skip
+def row_for(
+    n: int, mode: str, c: int, lat: list[float], rec: list[float], load_s: float, path: Path
+) -> dict[str, object]:
     return {
-        "chunks": n, "dim": DIM, "mode": mode, "candidates": c,
+        "chunks": n,
+        "dim": DIM,
+        "mode": mode,
+        "candidates": c,
         "p50_ms": round(float(np.percentile(lat, 50)), 2),
         "p95_ms": round(float(np.percentile(lat, 95)), 2),
         "recall_at_10": round(float(np.mean(rec)), 4) if rec else "",
         "index_load_s": round(load_s, 2),
         "db_mb": round(path.stat().st_size / 1e6, 1),
-    }  # fmt: skip
+    }
 
 
 def main() -> None:

@@ -15,9 +15,11 @@ def _words() -> list[str]:
     return words[:20000]
 
 
-def mixed_texts(n: int = 1000, *, min_words: int = 5, max_words: int = 300,
-                seed: int = 0) -> list[str]:
+def mixed_texts(
+    n: int = 1000, *, min_words: int = 5, max_words: int = 300, seed: int = 0
+) -> list[str]:
     rng = random.Random(seed)
     words = _words()
-    return [" ".join(rng.choices(words, k=rng.randint(min_words, max_words))) + "."
-            for _ in range(n)]
+    return [
+        " ".join(rng.choices(words, k=rng.randint(min_words, max_words))) + "." for _ in range(n)
+    ]

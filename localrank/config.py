@@ -155,8 +155,11 @@ def _validate(s: Settings) -> None:
     for origin in s.allowed_origins:
         # A wildcard would let any web page drive the daemon from the user's browser.
         if origin == "*" or "://" not in origin:
-            raise ConfigError(f"allowed_origins entries are full origins such as "
-                              f"http://localhost:3000, not {origin!r}", param="allowed_origins")
+            raise ConfigError(
+                f"allowed_origins entries are full origins such as "
+                f"http://localhost:3000, not {origin!r}",
+                param="allowed_origins",
+            )
 
 
 def env_name(field_name: str) -> str:

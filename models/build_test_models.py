@@ -30,15 +30,27 @@ FORMAT_VERSION = 2  # bump to rebuild cached models when this script changes
 
 SHAPES = {
     "tiny": dict(
-        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        head_dim=16, intermediate_size=128, max_position_embeddings=2048,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        intermediate_size=128,
+        max_position_embeddings=2048,
         # A rope_theta that is not the 1e6 some loaders assume when they miss it.
-        rope_theta=10000.0, torch_dtype="float32",
+        rope_theta=10000.0,
+        torch_dtype="float32",
     ),
     "0.6b": dict(
-        hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
-        head_dim=128, intermediate_size=3072, max_position_embeddings=32768,
-        rope_theta=1000000.0, torch_dtype="bfloat16",
+        hidden_size=1024,
+        num_hidden_layers=28,
+        num_attention_heads=16,
+        num_key_value_heads=8,
+        head_dim=128,
+        intermediate_size=3072,
+        max_position_embeddings=32768,
+        rope_theta=1000000.0,
+        torch_dtype="bfloat16",
     ),
 }
 
@@ -58,12 +70,16 @@ def write_tokenizer(out: Path, append_eos: bool) -> None:
         # What Qwen3-Embedding's own tokenizer.json does: append <|endoftext|> to every input.
         tok["post_processor"] = {
             "type": "TemplateProcessing",
-            "single": [{"Sequence": {"id": "A", "type_id": 0}},
-                       {"SpecialToken": {"id": EOS, "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}},
-                     {"SpecialToken": {"id": EOS, "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 1}},
-                     {"SpecialToken": {"id": EOS, "type_id": 1}}],
+            "single": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": EOS, "type_id": 0}},
+            ],
+            "pair": [
+                {"Sequence": {"id": "A", "type_id": 0}},
+                {"SpecialToken": {"id": EOS, "type_id": 0}},
+                {"Sequence": {"id": "B", "type_id": 1}},
+                {"SpecialToken": {"id": EOS, "type_id": 1}},
+            ],
             "special_tokens": {EOS: {"id": EOS, "ids": [eos_id], "tokens": [EOS]}},
         }
     (out / "tokenizer.json").write_text(json.dumps(tok, ensure_ascii=False), encoding="utf-8")
@@ -78,26 +94,55 @@ def write_tokenizer(out: Path, append_eos: bool) -> None:
 def write_sentence_transformers_files(out: Path) -> None:
     modules = [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling",
-         "type": "sentence_transformers.models.Pooling"},
-        {"idx": 2, "name": "2", "path": "2_Normalize",
-         "type": "sentence_transformers.models.Normalize"},
+        {
+            "idx": 1,
+            "name": "1",
+            "path": "1_Pooling",
+            "type": "sentence_transformers.models.Pooling",
+        },
+        {
+            "idx": 2,
+            "name": "2",
+            "path": "2_Normalize",
+            "type": "sentence_transformers.models.Normalize",
+        },
     ]
     (out / "modules.json").write_text(json.dumps(modules, indent=1))
     (out / "1_Pooling").mkdir(exist_ok=True)
     hidden = json.loads((out / "config.json").read_text())["hidden_size"]
-    (out / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": hidden, "pooling_mode_cls_token": False,
-        "pooling_mode_mean_tokens": False, "pooling_mode_max_tokens": False,
-        "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,
-        "pooling_mode_lasttoken": True, "include_prompt": True}, indent=1))
+    (out / "1_Pooling" / "config.json").write_text(
+        json.dumps(
+            {
+                "word_embedding_dimension": hidden,
+                "pooling_mode_cls_token": False,
+                "pooling_mode_mean_tokens": False,
+                "pooling_mode_max_tokens": False,
+                "pooling_mode_mean_sqrt_len_tokens": False,
+                "pooling_mode_weightedmean_tokens": False,
+                "pooling_mode_lasttoken": True,
+                "include_prompt": True,
+            },
+            indent=1,
+        )
+    )
     (out / "2_Normalize").mkdir(exist_ok=True)
     (out / "sentence_bert_config.json").write_text(
-        json.dumps({"max_seq_length": 8192, "do_lower_case": False}))
-    (out / "config_sentence_transformers.json").write_text(json.dumps({
-        "prompts": {"query": "Instruct: Given a web search query, retrieve relevant passages "
-                             "that answer the query\nQuery:", "document": ""},
-        "default_prompt_name": None, "similarity_fn_name": "cosine"}, indent=1))
+        json.dumps({"max_seq_length": 8192, "do_lower_case": False})
+    )
+    (out / "config_sentence_transformers.json").write_text(
+        json.dumps(
+            {
+                "prompts": {
+                    "query": "Instruct: Given a web search query, retrieve relevant passages "
+                    "that answer the query\nQuery:",
+                    "document": "",
+                },
+                "default_prompt_name": None,
+                "similarity_fn_name": "cosine",
+            },
+            indent=1,
+        )
+    )
 
 
 def build(shape: str, out: Path, *, seed: int = 0, append_eos: bool = True) -> Path:
@@ -113,9 +158,16 @@ def build(shape: str, out: Path, *, seed: int = 0, append_eos: bool = True) -> P
     dtype = getattr(torch, params.pop("torch_dtype"))
     rope_theta = params.pop("rope_theta")
     config = Qwen3Config(
-        vocab_size=QWEN3_VOCAB, rms_norm_eps=1e-6, hidden_act="silu", tie_word_embeddings=True,
-        bos_token_id=151643, eos_token_id=151643, pad_token_id=151643,
-        attention_dropout=0.0, use_sliding_window=False, **params,
+        vocab_size=QWEN3_VOCAB,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151643,
+        pad_token_id=151643,
+        attention_dropout=0.0,
+        use_sliding_window=False,
+        **params,
     )
     # transformers 5 writes rope_theta only under rope_parameters; keep it that way on purpose.
     config.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}

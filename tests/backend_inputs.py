@@ -12,10 +12,25 @@ from safetensors.torch import save_file
 from localrank.engine.types import Batch, Recipe
 
 EOS = 151643
-QWEN3 = Recipe(family="qwen3", pooling="last_token", padding_side="left", normalize=True, dim=64,
-               max_tokens=8192, pad_token_id=EOS, eos_token_id=EOS)
-MINILM = Recipe(family="bert", pooling="mean", padding_side="right", normalize=True, dim=384,
-                max_tokens=256, pad_token_id=0)
+QWEN3 = Recipe(
+    family="qwen3",
+    pooling="last_token",
+    padding_side="left",
+    normalize=True,
+    dim=64,
+    max_tokens=8192,
+    pad_token_id=EOS,
+    eos_token_id=EOS,
+)
+MINILM = Recipe(
+    family="bert",
+    pooling="mean",
+    padding_side="right",
+    normalize=True,
+    dim=384,
+    max_tokens=256,
+    pad_token_id=0,
+)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -32,8 +47,13 @@ def pad(rows: list[list[int]], side: str, pad_id: int) -> Batch:
     return Batch(input_ids=ids, attention_mask=mask)
 
 
-def copy_model(src: Path, dst: Path, *, weights: dict[str, torch.Tensor] | None = None,
-               **config_changes: object) -> Path:
+def copy_model(
+    src: Path,
+    dst: Path,
+    *,
+    weights: dict[str, torch.Tensor] | None = None,
+    **config_changes: object,
+) -> Path:
     """A model folder sharing src's files, with its own config.json and, when `weights` is given,
     its own model.safetensors (none at all for an empty dict)."""
     dst.mkdir(parents=True, exist_ok=True)

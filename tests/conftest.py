@@ -12,8 +12,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _load_builder():
-    spec = importlib.util.spec_from_file_location("build_test_models",
-                                                  ROOT / "models" / "build_test_models.py")
+    spec = importlib.util.spec_from_file_location(
+        "build_test_models", ROOT / "models" / "build_test_models.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules["build_test_models"] = module

@@ -105,14 +105,19 @@ class HashBackend:
     def __init__(self, recipe: Recipe, skip: set[int], dim: int) -> None:
         self.recipe = recipe
         self.skip = skip  # the special tokens every input carries: not content
-        self.info = BackendInfo(backend="fake", device="cpu", dtype="float32", dim=dim,
-                                pooling=recipe.pooling, max_tokens=recipe.max_tokens)
+        self.info = BackendInfo(
+            backend="fake",
+            device="cpu",
+            dtype="float32",
+            dim=dim,
+            pooling=recipe.pooling,
+            max_tokens=recipe.max_tokens,
+        )
 
     def embed(self, batch: Batch) -> np.ndarray:
         dim = self.info.dim
         out = np.zeros((batch.shape[0], dim), dtype=np.float32)
-        for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask,
-                                              strict=True)):
+        for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
             for token in ids[mask != 0].tolist():
                 if token not in self.skip:
                     i, sign = _bucket(str(token), dim)
@@ -130,11 +135,17 @@ def hash_engine(model_dir: Path, *, dim: int = 64, model_id: str = "fake/hash-bo
     in place of the model."""
     raw = load_raw_tokenizer(model_dir)
     recipe = dataclasses.replace(
-        load_recipe(model_dir, raw, max_tokens=8192, default_instruction="x"), dim=dim)
+        load_recipe(model_dir, raw, max_tokens=8192, default_instruction="x"), dim=dim
+    )
     tokenizer = TextTokenizer(raw, recipe)
     backend = HashBackend(recipe, set(tokenizer.prefix + tokenizer.suffix), dim)
-    return Engine(ResolvedModel(model_id, model_dir, "1"), tokenizer, backend,
-                  max_batch_tokens=2048, max_batch_size=64)
+    return Engine(
+        ResolvedModel(model_id, model_dir, "1"),
+        tokenizer,
+        backend,
+        max_batch_tokens=2048,
+        max_batch_size=64,
+    )
 
 
 def hash_loader(model_dir: Path, **kwargs: object) -> Callable[[Settings], Engine]:

@@ -38,16 +38,22 @@ def qwen3_reference(model_dir: Path, texts: list[str], max_length: int = 8192) -
         model = AutoModel.from_pretrained(key, dtype=torch.float32).eval()
         _cache[key] = (tok, model)
     tokenizer, model = _cache[key]
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,  # type: ignore[operator]
-                      return_tensors="pt")
+    batch = tokenizer(
+        texts,
+        padding=True,
+        truncation=True,
+        max_length=max_length,  # type: ignore[operator]
+        return_tensors="pt",
+    )
     with torch.inference_mode():
         outputs = model(**batch)  # type: ignore[operator]
     embeddings = last_token_pool(outputs.last_hidden_state, batch["attention_mask"])
     return F.normalize(embeddings, p=2, dim=1).numpy()
 
 
-def qwen3_reference_ids(model_dir: Path, texts: list[str],
-                        max_length: int = 8192) -> list[list[int]]:
+def qwen3_reference_ids(
+    model_dir: Path, texts: list[str], max_length: int = 8192
+) -> list[list[int]]:
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     return [tokenizer(t, truncation=True, max_length=max_length)["input_ids"] for t in texts]
 

@@ -28,8 +28,12 @@ pytestmark = pytest.mark.asyncio(loop_scope="module")
 MAX_INPUTS = 8
 MAX_BODY = 64 * 1024
 LONG = "word " * 400  # over MiniLM's 256 tokens
-DOCS = ["Berlin is the capital of Germany.", "Paris is the capital of France.",
-        "Bananas are yellow.", "The Eiffel Tower stands in Paris."]
+DOCS = [
+    "Berlin is the capital of Germany.",
+    "Paris is the capital of France.",
+    "Bananas are yellow.",
+    "The Eiffel Tower stands in Paris.",
+]
 QUERY = "What is the capital of France?"
 
 
@@ -40,8 +44,9 @@ def settings_for(model: Path, home: Path, **extra: Any) -> Settings:
 
 @pytest.fixture(scope="module")
 def settings(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return settings_for(minilm, tmp_path_factory.mktemp("home"), max_inputs=MAX_INPUTS,
-                        max_body_bytes=MAX_BODY)
+    return settings_for(
+        minilm, tmp_path_factory.mktemp("home"), max_inputs=MAX_INPUTS, max_body_bytes=MAX_BODY
+    )
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +77,7 @@ def cosine_order(engine: Engine, query: str, docs: list[str]) -> tuple[list[int]
 
 # --- OpenAI and kagent ---------------------------------------------------------------------
 
+
 async def test_openai_string_list_and_token_ids(client: TestClient, engine: Engine) -> None:
     want = engine.embed(DOCS[:2])
     r = await client.post("/v1/embeddings", json={"input": DOCS[0], "model": "minilm"})
@@ -97,8 +103,9 @@ async def test_openai_string_list_and_token_ids(client: TestClient, engine: Engi
 
 async def test_openai_base64_equals_float(client: TestClient) -> None:
     floats = await (await client.post("/v1/embeddings", json={"input": DOCS})).json()
-    b64 = await (await client.post("/v1/embeddings",
-                                   json={"input": DOCS, "encoding_format": "base64"})).json()
+    b64 = await (
+        await client.post("/v1/embeddings", json={"input": DOCS, "encoding_format": "base64"})
+    ).json()
     for f, b in zip(floats["data"], b64["data"], strict=True):
         decoded = np.frombuffer(base64.b64decode(b["embedding"]), dtype="<f4")
         assert np.array_equal(decoded, np.asarray(f["embedding"], dtype=np.float32))
@@ -120,13 +127,18 @@ async def test_kagent_shapes(client: TestClient, engine: Engine) -> None:
     r = await client.get("/embeddings", params={"text": DOCS[0]})
     assert r.status == 200 and close((await r.json())["embeddings"], want[:1])
     r = await client.get("/embeddings")
-    assert r.status == 422 and set((await r.json())["error"]) == {"message", "type", "param",
-                                                                    "code"}
+    assert r.status == 422 and set((await r.json())["error"]) == {
+        "message",
+        "type",
+        "param",
+        "code",
+    }
     r = await client.post("/embeddings", json={"input": DOCS[0]})  # OpenAI shape there too
     assert close((await r.json())["data"][0]["embedding"], want[0])
 
 
 # --- native ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("path", ["/api/v1/embed", "/api/v1/embed/"])
 async def test_native_embed(client: TestClient, engine: Engine, path: str) -> None:
@@ -138,8 +150,9 @@ async def test_native_embed(client: TestClient, engine: Engine, path: str) -> No
     assert body["usage"]["prompt_tokens"] == engine.embed(DOCS).prompt_tokens
 
 
-@pytest.mark.parametrize(("path", "key"), [("/api/v1/rerank", "passages"),
-                                           ("/api/v1/rerank/", "documents")])
+@pytest.mark.parametrize(
+    ("path", "key"), [("/api/v1/rerank", "passages"), ("/api/v1/rerank/", "documents")]
+)
 async def test_native_rerank(client: TestClient, engine: Engine, path: str, key: str) -> None:
     r = await client.post(path, json={"query": QUERY, key: DOCS, "top_k": 3})
     body = await r.json()
@@ -152,10 +165,12 @@ async def test_native_rerank(client: TestClient, engine: Engine, path: str, key:
 
 # --- Cohere / Jina --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
 async def test_cohere_rerank_strings(client: TestClient, engine: Engine, path: str) -> None:
-    r = await client.post(path, json={"model": "all-minilm-l6-v2", "query": QUERY,
-                                      "documents": DOCS, "top_n": 2})
+    r = await client.post(
+        path, json={"model": "all-minilm-l6-v2", "query": QUERY, "documents": DOCS, "top_n": 2}
+    )
     body = await r.json()
     order, scores = cosine_order(engine, QUERY, DOCS)
     assert r.status == 200
@@ -171,50 +186,63 @@ async def test_cohere_rerank_strings(client: TestClient, engine: Engine, path: s
 
 
 @pytest.mark.parametrize("path", ["/v1/rerank", "/v2/rerank"])
-async def test_cohere_rerank_objects_top_k_and_documents(client: TestClient, engine: Engine,
-                                                         path: str) -> None:
+async def test_cohere_rerank_objects_top_k_and_documents(
+    client: TestClient, engine: Engine, path: str
+) -> None:
     docs = [{"text": d, "id": str(i)} for i, d in enumerate(DOCS)]
-    r = await client.post(path, json={"query": QUERY, "documents": docs, "top_k": 3,
-                                      "return_documents": True})
+    r = await client.post(
+        path, json={"query": QUERY, "documents": docs, "top_k": 3, "return_documents": True}
+    )
     body = await r.json()
     order, _ = cosine_order(engine, QUERY, DOCS)
     assert [x["index"] for x in body["results"]] == order[:3]
     assert all(x["document"] == docs[x["index"]] for x in body["results"])
 
-    r = await client.post(path, json={"query": QUERY, "documents": DOCS,
-                                      "return_documents": True})
+    r = await client.post(path, json={"query": QUERY, "documents": DOCS, "return_documents": True})
     results = (await r.json())["results"]
     assert len(results) == len(DOCS)
     assert all(x["document"] == {"text": DOCS[x["index"]]} for x in results)
 
-    r = await client.post(path, json={"query": QUERY, "documents": DOCS,
-                                      "return_documents": False})
+    r = await client.post(path, json={"query": QUERY, "documents": DOCS, "return_documents": False})
     assert all("document" not in x for x in (await r.json())["results"])
 
 
-async def test_cohere_rank_fields_and_max_tokens_per_doc(client: TestClient,
-                                                         engine: Engine) -> None:
+async def test_cohere_rank_fields_and_max_tokens_per_doc(
+    client: TestClient, engine: Engine
+) -> None:
     docs = [{"title": "Germany", "text": DOCS[0]}, {"title": "France", "text": DOCS[1]}]
-    r = await client.post("/v1/rerank", json={"query": QUERY, "documents": docs,
-                                              "rank_fields": ["title", "text"]})
+    r = await client.post(
+        "/v1/rerank", json={"query": QUERY, "documents": docs, "rank_fields": ["title", "text"]}
+    )
     ranked = [f"title: {d['title']}\ntext: {d['text']}" for d in docs]
-    assert [x["index"] for x in (await r.json())["results"]] == cosine_order(
-        engine, QUERY, ranked)[0]
+    assert [x["index"] for x in (await r.json())["results"]] == cosine_order(engine, QUERY, ranked)[
+        0
+    ]
     # Cut to 3 tokens, the long tail no longer counts: the score equals the cut text's.
     long_doc = "Paris is the capital of France and a lot more besides."
-    r = await client.post("/v2/rerank", json={"query": QUERY, "documents": [long_doc],
-                                              "max_tokens_per_doc": 3})
+    r = await client.post(
+        "/v2/rerank", json={"query": QUERY, "documents": [long_doc], "max_tokens_per_doc": 3}
+    )
     score = (await r.json())["results"][0]["relevance_score"]
     assert close(score, cosine_order(engine, QUERY, ["Paris is the"])[1][0])
 
 
 # --- TEI --------------------------------------------------------------------------------------
 
+
 async def test_tei_embed(client: TestClient, engine: Engine) -> None:
     r = await client.post("/embed", json={"inputs": DOCS[0]})
     assert r.status == 200 and close(await r.json(), engine.embed(DOCS[:1]).vectors)
-    r = await client.post("/embed", json={"inputs": DOCS, "normalize": True, "truncate": True,
-                                          "truncation_direction": "Right", "dimensions": 128})
+    r = await client.post(
+        "/embed",
+        json={
+            "inputs": DOCS,
+            "normalize": True,
+            "truncate": True,
+            "truncation_direction": "Right",
+            "dimensions": 128,
+        },
+    )
     body = await r.json()
     assert np.asarray(body).shape == (len(DOCS), 128)
     r = await client.post("/embed", json={"inputs": DOCS, "truncation_direction": "Left"})
@@ -225,11 +253,11 @@ async def test_tei_rerank(client: TestClient, engine: Engine) -> None:
     order, scores = cosine_order(engine, QUERY, DOCS)
     r = await client.post("/rerank", json={"query": QUERY, "texts": DOCS})
     body = await r.json()
-    assert [x["index"] for x in body] == order and all(set(x) == {"index", "score"}
-                                                       for x in body)
+    assert [x["index"] for x in body] == order and all(set(x) == {"index", "score"} for x in body)
     assert close([x["score"] for x in body], scores[order])
-    r = await client.post("/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True,
-                                           "raw_scores": True})
+    r = await client.post(
+        "/rerank", json={"query": QUERY, "texts": DOCS, "return_text": True, "raw_scores": True}
+    )
     body = await r.json()
     assert [x["text"] for x in body] == [DOCS[i] for i in order]
     assert close([x["score"] for x in body], scores[order] * 2 - 1)
@@ -242,10 +270,9 @@ async def test_tei_tokenize(client: TestClient, engine: Engine) -> None:
     assert r.status == 200 and len(body) == 2
     tokens = body[0]
     assert [t["id"] for t in tokens] == engine.tokenizer.encode([text])[0].ids
-    assert tokens[0] == {"id": 101, "text": "[CLS]", "special": True, "start": None,
-                         "stop": None}
+    assert tokens[0] == {"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None}
     assert tokens[-1]["special"] and tokens[-1]["text"] == "[SEP]"
-    assert all(text[t["start"]:t["stop"]] == t["text"] for t in tokens[1:-1])
+    assert all(text[t["start"] : t["stop"]] == t["text"] for t in tokens[1:-1])
     assert tokens[1] == {"id": 7592, "text": "Hello", "special": False, "start": 0, "stop": 5}
     r = await client.post("/tokenize", json={"inputs": text, "add_special_tokens": False})
     assert [t["special"] for t in (await r.json())[0]] == [False] * (len(tokens) - 2)
@@ -258,8 +285,14 @@ async def test_tei_info(client: TestClient, engine: Engine) -> None:
     assert body["model_id"] == engine.info.display_name
     assert body["model_type"] == {"embedding": {"pooling": "mean"}}
     assert body["max_input_length"] == 256 and body["max_client_batch_size"] == MAX_INPUTS
-    for key in ("model_sha", "model_dtype", "max_concurrent_requests", "max_batch_tokens",
-                "tokenization_workers", "version"):
+    for key in (
+        "model_sha",
+        "model_dtype",
+        "max_concurrent_requests",
+        "max_batch_tokens",
+        "tokenization_workers",
+        "version",
+    ):
         assert key in body
     assert (body["backend"], body["device"], body["dim"]) == ("torch", "cpu", 384)
     assert body["rerank_method"].startswith("bi-encoder cosine")
@@ -268,11 +301,14 @@ async def test_tei_info(client: TestClient, engine: Engine) -> None:
 
 # --- Ollama -----------------------------------------------------------------------------------
 
+
 async def test_ollama_embed(client: TestClient, engine: Engine) -> None:
     want = engine.embed(DOCS[:2])
     for model in ("minilm", "minilm:latest", "sentence-transformers/all-MiniLM-L6-v2"):
-        r = await client.post("/api/embed", json={"model": model, "input": DOCS[:2],
-                                                  "keep_alive": "5m", "options": {}})
+        r = await client.post(
+            "/api/embed",
+            json={"model": model, "input": DOCS[:2], "keep_alive": "5m", "options": {}},
+        )
         body = await r.json()
         assert r.status == 200 and close(body["embeddings"], want.vectors)
         assert body["prompt_eval_count"] == want.prompt_tokens
@@ -286,21 +322,22 @@ async def test_ollama_embed(client: TestClient, engine: Engine) -> None:
 
 async def test_ollama_legacy_embeddings(client: TestClient, engine: Engine) -> None:
     r = await client.post("/api/embeddings", json={"model": "minilm", "prompt": DOCS[0]})
-    assert r.status == 200 and close((await r.json())["embedding"], engine.embed(DOCS[:1])
-                                     .vectors[0])
+    assert r.status == 200 and close(
+        (await r.json())["embedding"], engine.embed(DOCS[:1]).vectors[0]
+    )
     r = await client.post("/api/embeddings", json={"model": "minilm", "prompt": ""})
     assert await r.json() == {"embedding": []}
 
 
 async def test_ollama_unknown_model(client: TestClient) -> None:
     for path in ("/api/embed", "/api/embeddings"):
-        r = await client.post(path, json={"model": "nomic-embed-text", "input": "x",
-                                          "prompt": "x"})
+        r = await client.post(path, json={"model": "nomic-embed-text", "input": "x", "prompt": "x"})
         assert r.status == 404
         assert await r.json() == {"error": "model 'nomic-embed-text' not found"}
 
 
 # --- errors, every dialect --------------------------------------------------------------------
+
 
 def _openai_shape(b: Any) -> bool:
     return set(b) == {"error"} and set(b["error"]) == {"message", "type", "param", "code"}
@@ -313,8 +350,19 @@ SHAPES: dict[str, Callable[[Any], bool]] = {
     "ollama": lambda b: set(b) == {"error"} and isinstance(b["error"], str),
     "native": lambda b: set(b) == {"detail", "code"},
 }
-ALL_KINDS = frozenset({"malformed", "wrong_type", "empty", "too_many", "too_long", "dims",
-                       "model", "body_size", "content_type"})
+ALL_KINDS = frozenset(
+    {
+        "malformed",
+        "wrong_type",
+        "empty",
+        "too_many",
+        "too_long",
+        "dims",
+        "model",
+        "body_size",
+        "content_type",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -328,23 +376,33 @@ class Endpoint:
 ENDPOINTS = [
     Endpoint("/v1/embeddings", "openai", lambda t: {"input": t}),
     Endpoint("/embeddings", "openai", lambda t: {"texts": t}, ALL_KINDS - {"too_long"}),
-    Endpoint("/v1/rerank", "cohere", lambda t: {"query": "q", "documents": t},
-             ALL_KINDS - {"dims"}),
-    Endpoint("/v2/rerank", "cohere", lambda t: {"query": "q", "documents": t},
-             ALL_KINDS - {"dims"}),
+    Endpoint(
+        "/v1/rerank", "cohere", lambda t: {"query": "q", "documents": t}, ALL_KINDS - {"dims"}
+    ),
+    Endpoint(
+        "/v2/rerank", "cohere", lambda t: {"query": "q", "documents": t}, ALL_KINDS - {"dims"}
+    ),
     Endpoint("/embed", "tei", lambda t: {"inputs": t}, ALL_KINDS - {"model"}),
-    Endpoint("/rerank", "tei", lambda t: {"query": "q", "texts": t},
-             ALL_KINDS - {"model", "dims"}),
-    Endpoint("/tokenize", "tei", lambda t: {"inputs": t},
-             ALL_KINDS - {"model", "dims", "too_long"}),
-    Endpoint("/api/embed", "ollama", lambda t: {"model": "minilm", "input": t},
-             ALL_KINDS - {"empty"}),  # empty input is Ollama's preload: 200
-    Endpoint("/api/embeddings", "ollama",
-             lambda t: {"model": "minilm", "prompt": t[0] if isinstance(t, list) and t else t},
-             ALL_KINDS - {"empty", "too_many", "dims"}),
+    Endpoint("/rerank", "tei", lambda t: {"query": "q", "texts": t}, ALL_KINDS - {"model", "dims"}),
+    Endpoint(
+        "/tokenize", "tei", lambda t: {"inputs": t}, ALL_KINDS - {"model", "dims", "too_long"}
+    ),
+    Endpoint(
+        "/api/embed", "ollama", lambda t: {"model": "minilm", "input": t}, ALL_KINDS - {"empty"}
+    ),  # empty input is Ollama's preload: 200
+    Endpoint(
+        "/api/embeddings",
+        "ollama",
+        lambda t: {"model": "minilm", "prompt": t[0] if isinstance(t, list) and t else t},
+        ALL_KINDS - {"empty", "too_many", "dims"},
+    ),
     Endpoint("/api/v1/embed", "native", lambda t: {"texts": t}, ALL_KINDS - {"model"}),
-    Endpoint("/api/v1/rerank", "native", lambda t: {"query": "q", "passages": t},
-             ALL_KINDS - {"model", "dims"}),
+    Endpoint(
+        "/api/v1/rerank",
+        "native",
+        lambda t: {"query": "q", "passages": t},
+        ALL_KINDS - {"model", "dims"},
+    ),
 ]
 
 
@@ -367,9 +425,14 @@ def _request(ep: Endpoint, kind: str) -> tuple[int, bytes, str]:
     return status, raw, "text/plain" if kind == "content_type" else "application/json"
 
 
-@pytest.mark.parametrize(("ep", "kind"), [
-    pytest.param(ep, kind, id=f"{ep.path}-{kind}") for ep in ENDPOINTS for kind in sorted(
-        ep.kinds)])
+@pytest.mark.parametrize(
+    ("ep", "kind"),
+    [
+        pytest.param(ep, kind, id=f"{ep.path}-{kind}")
+        for ep in ENDPOINTS
+        for kind in sorted(ep.kinds)
+    ],
+)
 async def test_bad_input_in_dialect_shape(client: TestClient, ep: Endpoint, kind: str) -> None:
     status, raw, content_type = _request(ep, kind)
     r = await client.post(ep.path, data=raw, headers={"Content-Type": content_type})
@@ -386,17 +449,46 @@ async def test_dimensions_too_small_and_not_int(client: TestClient) -> None:
 
 
 MUTATIONS: list[Any] = [
-    {}, {"input": None}, {"input": {"a": 1}}, {"input": [1.5]}, {"input": [[1, "a"]]},
-    {"input": [[-1]]}, {"input": [[]]}, {"input": [None]}, {"inputs": [None]},
-    {"inputs": [[1, 2]]}, {"query": 5}, {"query": ""}, {"documents": [None]},
-    {"documents": [{"text": 5}]}, {"documents": [{"title": "t"}]}, {"rank_fields": []},
-    {"rank_fields": ["missing"]}, {"top_n": -1}, {"top_n": "3"}, {"top_k": 0},
-    {"texts": "abc"}, {"texts": [1, 2]}, {"passages": [None]}, {"model": 5}, {"model": ""},
-    {"dimensions": "x"}, {"dimensions": 1.5}, {"encoding_format": "hex"},
-    {"input_type": "weird"}, {"input_type": "document", "instruction": "x"},
-    {"prompt_name": 3}, {"truncate": "no"}, {"return_documents": "yes"},
-    {"max_tokens_per_doc": 0}, {"add_special_tokens": 1}, {"options": 5}, {"prompt": ["x"]},
-    {"normalize": "x"}, {"raw_scores": 1}, {"truncation_direction": 5},
+    {},
+    {"input": None},
+    {"input": {"a": 1}},
+    {"input": [1.5]},
+    {"input": [[1, "a"]]},
+    {"input": [[-1]]},
+    {"input": [[]]},
+    {"input": [None]},
+    {"inputs": [None]},
+    {"inputs": [[1, 2]]},
+    {"query": 5},
+    {"query": ""},
+    {"documents": [None]},
+    {"documents": [{"text": 5}]},
+    {"documents": [{"title": "t"}]},
+    {"rank_fields": []},
+    {"rank_fields": ["missing"]},
+    {"top_n": -1},
+    {"top_n": "3"},
+    {"top_k": 0},
+    {"texts": "abc"},
+    {"texts": [1, 2]},
+    {"passages": [None]},
+    {"model": 5},
+    {"model": ""},
+    {"dimensions": "x"},
+    {"dimensions": 1.5},
+    {"encoding_format": "hex"},
+    {"input_type": "weird"},
+    {"input_type": "document", "instruction": "x"},
+    {"prompt_name": 3},
+    {"truncate": "no"},
+    {"return_documents": "yes"},
+    {"max_tokens_per_doc": 0},
+    {"add_special_tokens": 1},
+    {"options": 5},
+    {"prompt": ["x"]},
+    {"normalize": "x"},
+    {"raw_scores": 1},
+    {"truncation_direction": 5},
 ]
 
 
@@ -420,11 +512,14 @@ async def test_deeply_nested_json_is_a_400(client: TestClient, ep: Endpoint) -> 
     assert r.status == 400 and SHAPES[ep.dialect](await r.json())
 
 
-@pytest.mark.parametrize("path,body", [
-    ("/v1/embeddings", '{"input": "a \\ud800 b"}'),
-    ("/api/v1/rerank", '{"query": "q", "documents": ["x \\udfff"]}'),
-    ("/v1/search", '{"collection": "none", "query": "\\ud800"}'),
-])
+@pytest.mark.parametrize(
+    "path,body",
+    [
+        ("/v1/embeddings", '{"input": "a \\ud800 b"}'),
+        ("/api/v1/rerank", '{"query": "q", "documents": ["x \\udfff"]}'),
+        ("/v1/search", '{"collection": "none", "query": "\\ud800"}'),
+    ],
+)
 async def test_lone_surrogate_is_a_clear_4xx(client: TestClient, path: str, body: str) -> None:
     r = await client.post(path, data=body, headers={"Content-Type": "application/json"})
     assert 400 <= r.status < 500
@@ -439,13 +534,18 @@ async def test_unknown_route_and_method(client: TestClient) -> None:
 
 # --- operations -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("path", ["/health", "/health/"])
 async def test_health_ready(client: TestClient, engine: Engine, path: str) -> None:
     r = await client.get(path)
     body = await r.json()
     assert r.status == 200 and body["status"] == "ok"
-    assert (body["backend"], body["device"], body["dtype"], body["dim"]) == ("torch", "cpu",
-                                                                             "float32", 384)
+    assert (body["backend"], body["device"], body["dtype"], body["dim"]) == (
+        "torch",
+        "cpu",
+        "float32",
+        384,
+    )
     assert body["model"] == engine.info.display_name
 
 
@@ -494,10 +594,13 @@ async def test_metrics(client: TestClient) -> None:
     after = await r.text()
     assert r.status == 200 and r.content_type == "text/plain"
     route = {"route": "/api/embed", "status": "200"}
-    assert (_metric(after, "localrank_requests_total", **route)
-            - _metric(before, "localrank_requests_total", **route)) == 2
-    assert (_metric(after, "localrank_cache_hits_total")
-            - _metric(before, "localrank_cache_hits_total")) >= 1
+    assert (
+        _metric(after, "localrank_requests_total", **route)
+        - _metric(before, "localrank_requests_total", **route)
+    ) == 2
+    assert (
+        _metric(after, "localrank_cache_hits_total") - _metric(before, "localrank_cache_hits_total")
+    ) >= 1
     assert _metric(after, "localrank_batch_size_count") >= 1
     assert 'localrank_request_seconds_count{route="/api/embed"}' in after
     assert "localrank_queue_depth" in after
@@ -520,8 +623,15 @@ async def test_openapi_covers_every_route(client: TestClient) -> None:
         if route.method in ("POST", "PUT") and path.rstrip("/") not in ("/v1/compact",):
             assert "requestBody" in op, f"{route.method} {path} documents no body"
         seen += 1
-    for prefix in ("/v1/collections", "/v1/search", "/v1/jobs", "/v1/rerank", "/api/embed",
-                   "/tokenize", "/docs"):
+    for prefix in (
+        "/v1/collections",
+        "/v1/search",
+        "/v1/jobs",
+        "/v1/rerank",
+        "/api/embed",
+        "/tokenize",
+        "/docs",
+    ):
         assert any(p.startswith(prefix) for p in spec["paths"]), prefix
     assert seen == sum(len(item) for item in spec["paths"].values())
     ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
@@ -544,6 +654,7 @@ async def test_docs_page_offline(client: TestClient) -> None:
 
 # --- query vs document (the tiny Qwen3 has an instruction template) --------------------------
 
+
 async def test_query_mode_and_instructions(tiny_qwen3: Path, tmp_path: Path) -> None:
     settings = settings_for(tiny_qwen3, tmp_path)
     ref = load_engine(settings)
@@ -560,27 +671,29 @@ async def test_query_mode_and_instructions(tiny_qwen3: Path, tmp_path: Path) -> 
             r = await c.post(path, json=body)
             assert r.status == 200, await r.text()
             out = await r.json()
-            return {"/v1/embeddings": lambda: out["data"][0]["embedding"],
-                    "/embed": lambda: out[0], "/api/v1/embed": lambda: out["vectors"][0],
-                    "/api/embed": lambda: out["embeddings"][0]}[path]()
+            return {
+                "/v1/embeddings": lambda: out["data"][0]["embedding"],
+                "/embed": lambda: out[0],
+                "/api/v1/embed": lambda: out["vectors"][0],
+                "/api/embed": lambda: out["embeddings"][0],
+            }[path]()
 
         assert close(await first("/v1/embeddings", {"input": q}), doc_vec)  # default: document
-        assert close(await first("/v1/embeddings", {"input": q, "input_type": "query"}),
-                     query_vec)
+        assert close(await first("/v1/embeddings", {"input": q, "input_type": "query"}), query_vec)
         assert close(await first("/v1/embeddings", {"input": q, "instruction": task}), task_vec)
         assert close(await first("/embed", {"inputs": q, "prompt_name": "query"}), query_vec)
-        assert close(await first("/api/v1/embed", {"texts": [q], "input_type": "search_query"}),
-                     query_vec)
-        assert close(await first("/api/embed", {"input": q, "input_type": "search_document"}),
-                     doc_vec)
+        assert close(
+            await first("/api/v1/embed", {"texts": [q], "input_type": "search_query"}), query_vec
+        )
+        assert close(
+            await first("/api/embed", {"input": q, "input_type": "search_document"}), doc_vec
+        )
         scores, _ = ref.rerank(q, DOCS)
         r = await c.post("/v2/rerank", json={"query": q, "documents": DOCS})
         results = (await r.json())["results"]
-        assert [x["index"] for x in results] == sorted(range(len(DOCS)),
-                                                       key=lambda i: -scores[i])
+        assert [x["index"] for x in results] == sorted(range(len(DOCS)), key=lambda i: -scores[i])
         assert close([x["relevance_score"] for x in results], np.sort(scores)[::-1])
         scores, _ = ref.rerank(q, DOCS, instruction=task)
         r = await c.post("/rerank", json={"query": q, "texts": DOCS, "instruction": task})
         assert close([x["score"] for x in await r.json()], np.sort(scores)[::-1])
     ref.close()
-

@@ -20,9 +20,27 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_load_bench_quick_writes_csv(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--quick", "--levels", "1,4",
-           "--requests", "20", "--batch", "2x4", "--warmup", "2", "--duration", "60", "--skip-rate",
-           "--skip-reference", "--coldstart-runs", "1", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "load.py"),
+        "--quick",
+        "--levels",
+        "1,4",
+        "--requests",
+        "20",
+        "--batch",
+        "2x4",
+        "--warmup",
+        "2",
+        "--duration",
+        "60",
+        "--skip-rate",
+        "--skip-reference",
+        "--coldstart-runs",
+        "1",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=150, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -30,10 +48,25 @@ def test_load_bench_quick_writes_csv(tmp_path: Path) -> None:
         reader = csv.DictReader(f)
         rows = list(reader)
         fields = reader.fieldnames or []
-    for column in ("level", "concurrency", "texts_per_request", "requests", "ok", "errors",
-                   "p50_ms", "p95_ms", "p99_ms", "req_per_s", "texts_per_s", "rss_mb",
-                   "rss_peak_mb", "ref_single_p50_ms", "p50_vs_ref", "ref_texts_per_s",
-                   "throughput_vs_ref"):
+    for column in (
+        "level",
+        "concurrency",
+        "texts_per_request",
+        "requests",
+        "ok",
+        "errors",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "req_per_s",
+        "texts_per_s",
+        "rss_mb",
+        "rss_peak_mb",
+        "ref_single_p50_ms",
+        "p50_vs_ref",
+        "ref_texts_per_s",
+        "throughput_vs_ref",
+    ):
         assert column in fields, column
     assert [r["level"] for r in rows] == ["c1", "c4", "c2x4"]
     for r in rows:
@@ -41,8 +74,11 @@ def test_load_bench_quick_writes_csv(tmp_path: Path) -> None:
         p50, p95, p99 = float(r["p50_ms"]), float(r["p95_ms"]), float(r["p99_ms"])
         assert 0 < p50 <= p95 <= p99 < 60_000, r
         assert float(r["req_per_s"]) > 0 and float(r["texts_per_s"]) > 0, r
-        assert math.isclose(float(r["texts_per_s"]),
-                            float(r["req_per_s"]) * int(r["texts_per_request"]), rel_tol=0.01)
+        assert math.isclose(
+            float(r["texts_per_s"]),
+            float(r["req_per_s"]) * int(r["texts_per_request"]),
+            rel_tol=0.01,
+        )
         assert 50 < float(r["rss_mb"]) < 16_000, r  # MiB: the daemon's, read from /proc or ps
 
     with open(out / "coldstart.csv", newline="") as f:

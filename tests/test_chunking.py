@@ -9,9 +9,9 @@ import pytest
 from fake_embedder import HashEmbedder
 
 from localrank.collections.chunking import chunk_text
+from localrank.collections.ingest import chunk_budget
 from localrank.engine.recipe import load_recipe
 from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
-from localrank.collections.ingest import chunk_budget
 
 EMB = HashEmbedder()
 

@@ -32,8 +32,9 @@ def test_defaults_when_nothing_is_set(tmp_path: Path) -> None:
 
 
 def test_precedence_flags_over_env_over_file_over_defaults(tmp_path: Path) -> None:
-    path = write_config(tmp_path, 'port = 1111\nmodel = "from-file"\nbackend = "cpu"\n'
-                                  'log-format = "json"\n')
+    path = write_config(
+        tmp_path, 'port = 1111\nmodel = "from-file"\nbackend = "cpu"\nlog-format = "json"\n'
+    )
     env = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_PORT": "2222", "LOCALRANK_BACKEND": "mps"}
     s = load_settings({"port": 3333, "host": None}, env)
     assert s.port == 3333 and s.sources["port"] == "flag"
@@ -58,27 +59,34 @@ def test_home_flag_locates_the_config_file(tmp_path: Path) -> None:
 
 def test_lists_and_empty_variables(tmp_path: Path) -> None:
     write_config(tmp_path, 'allowed_hosts = ["box.lan"]\n')
-    env = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_ALLOWED_ORIGINS":
-           "http://localhost:3000, https://app.example", "LOCALRANK_MODEL": ""}
+    env = {
+        "LOCALRANK_HOME": str(tmp_path),
+        "LOCALRANK_ALLOWED_ORIGINS": "http://localhost:3000, https://app.example",
+        "LOCALRANK_MODEL": "",
+    }
     s = load_settings({}, env)
     assert s.allowed_hosts == ("box.lan",)
     assert s.allowed_origins == ("http://localhost:3000", "https://app.example")
     assert s.model == DEFAULT_MODEL and s.sources["model"] == "default"  # "" means unset
 
 
-@pytest.mark.parametrize(("source", "name", "value", "fragment"), [
-    ("env", "port", "eighty", "port"),
-    ("env", "port", "70000", "1..65535"),
-    ("flag", "backend", "gpu", "backend must be one of"),
-    ("file", "log_format", '"xml"', "log_format"),
-    ("file", "log_level", '"loud"', "log_level"),
-    ("flag", "max_body_bytes", 0, "max_body_bytes"),
-    ("env", "allowed_origins", "*", "allowed_origins"),
-    ("file", "max_inputs", "-1", "max_inputs"),
-    ("file", "no_such_setting", "1", "unknown setting"),
-])
-def test_bad_values_raise_config_error(tmp_path: Path, source: str, name: str, value: object,
-                                       fragment: str) -> None:
+@pytest.mark.parametrize(
+    ("source", "name", "value", "fragment"),
+    [
+        ("env", "port", "eighty", "port"),
+        ("env", "port", "70000", "1..65535"),
+        ("flag", "backend", "gpu", "backend must be one of"),
+        ("file", "log_format", '"xml"', "log_format"),
+        ("file", "log_level", '"loud"', "log_level"),
+        ("flag", "max_body_bytes", 0, "max_body_bytes"),
+        ("env", "allowed_origins", "*", "allowed_origins"),
+        ("file", "max_inputs", "-1", "max_inputs"),
+        ("file", "no_such_setting", "1", "unknown setting"),
+    ],
+)
+def test_bad_values_raise_config_error(
+    tmp_path: Path, source: str, name: str, value: object, fragment: str
+) -> None:
     env = {"LOCALRANK_HOME": str(tmp_path)}
     flags: dict[str, object] = {}
     if source == "env":
@@ -104,17 +112,29 @@ def test_token_is_masked_in_to_dict(tmp_path: Path) -> None:
     assert "s3cret" not in json.dumps(s.to_dict())
 
 
-@pytest.mark.parametrize(("host", "loopback"), [
-    ("127.0.0.1", True), ("127.3.2.1", True), ("localhost", True), ("LOCALHOST", True),
-    ("::1", True), ("[::1]", True), ("0.0.0.0", False), ("::", False),
-    ("192.168.1.5", False), ("example.com", False), ("localhost.example.com", False),
-])
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.3.2.1", True),
+        ("localhost", True),
+        ("LOCALHOST", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.5", False),
+        ("example.com", False),
+        ("localhost.example.com", False),
+    ],
+)
 def test_is_loopback_host(host: str, loopback: bool) -> None:
     assert is_loopback_host(host) is loopback
 
 
-def test_config_command_prints_values_and_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_command_prints_values_and_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     for name in [n for n in os.environ if n.startswith("LOCALRANK_")]:
         monkeypatch.delenv(name)
     path = write_config(tmp_path, "port = 9999\n")

@@ -32,8 +32,12 @@ def get(url: str, timeout: float = 5) -> tuple[int, dict]:
 
 
 def post(url: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.status, json.loads(r.read())
 
@@ -48,15 +52,29 @@ def notify_socket(tmp_path: Path):
     sock.close()
 
 
-def test_ready_notification_and_sigterm_drain(minilm: Path, tmp_path: Path,
-                                              notify_socket: tuple[socket.socket, Path]) -> None:
+def test_ready_notification_and_sigterm_drain(
+    minilm: Path, tmp_path: Path, notify_socket: tuple[socket.socket, Path]
+) -> None:
     sock, sock_path = notify_socket
     port = free_port()
-    env = {**os.environ, "LOCALRANK_HOME": str(tmp_path / "home"),
-           "NOTIFY_SOCKET": str(sock_path)}
+    env = {**os.environ, "LOCALRANK_HOME": str(tmp_path / "home"), "NOTIFY_SOCKET": str(sock_path)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "localrank", "serve", "--model", str(minilm), "--backend", "cpu",
-         "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "localrank",
+            "serve",
+            "--model",
+            str(minilm),
+            "--backend",
+            "cpu",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         messages = sock.recv(4096).decode()
@@ -97,9 +115,20 @@ def test_ready_notification_and_sigterm_drain(minilm: Path, tmp_path: Path,
 
 def test_explicit_missing_model_exits_with_reason(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "localrank", "serve", "--model", str(tmp_path / "missing"),
-         "--port", str(free_port())],
+        [
+            sys.executable,
+            "-m",
+            "localrank",
+            "serve",
+            "--model",
+            str(tmp_path / "missing"),
+            "--port",
+            str(free_port()),
+        ],
         env={**os.environ, "LOCALRANK_HOME": str(tmp_path / "home")},
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode != 0
     assert "does not exist" in proc.stderr

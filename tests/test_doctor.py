@@ -16,12 +16,12 @@ import sqlite_vec
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from localrank.ops import doctor
 from localrank.cli import main
 from localrank.config import Settings, load_settings
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.select import Probe, choose_backend, probe_machine
 from localrank.errors import ModelError
+from localrank.ops import doctor
 from localrank.serve.middleware import request_id_middleware
 
 
@@ -58,10 +58,25 @@ def by_name(checks: list[doctor.Check]) -> dict[str, doctor.Check]:
 def test_every_check_on_this_machine(probe: Probe, isolated: Path) -> None:
     s, config_check = doctor.load_for_doctor({"port": free_port()})
     checks = by_name(doctor.run_checks(s, config_check, probe=probe))
-    assert list(checks) == ["config", "data dir", "sqlite-vec", "backends", "backend choice",
-                            "model", "port", "exposure"]
-    for name in ("config", "data dir", "sqlite-vec", "backends", "backend choice", "port",
-                 "exposure"):
+    assert list(checks) == [
+        "config",
+        "data dir",
+        "sqlite-vec",
+        "backends",
+        "backend choice",
+        "model",
+        "port",
+        "exposure",
+    ]
+    for name in (
+        "config",
+        "data dir",
+        "sqlite-vec",
+        "backends",
+        "backend choice",
+        "port",
+        "exposure",
+    ):
         assert checks[name].status == "ok", checks[name]
     assert (isolated / "data").is_dir()
     assert "loads through apsw" in checks["sqlite-vec"].detail

@@ -10,15 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from engines import engine_for
 
 from localrank.config import load_settings
 from localrank.engine.batching import bucket_length, pad, plan_batches
 from localrank.engine.core import apply_dimensions
 from localrank.engine.load import load_engine
+from localrank.engine.mlx import FAMILIES as MLX_FAMILIES
+from localrank.engine.recipe import DECODER_FAMILIES, ENCODER_FAMILIES
 from localrank.engine.resolve import canonical_name, resolve_model
 from localrank.engine.select import Probe, choose_backend
+from localrank.engine.torch import FAMILIES as TORCH_FAMILIES
 from localrank.errors import BackendError, InvalidInput, ModelError, TooLarge, http_status
-from tests.test_engine_parity import engine_for
 
 
 def test_plan_batches_respects_budget_and_keeps_every_index() -> None:
@@ -66,7 +69,8 @@ def test_qwen3_prompt_format_and_eos(tiny_qwen3: Path) -> None:
     engine = engine_for(str(tiny_qwen3), "cpu")
     assert engine.format_query("q?", None) == (
         "Instruct: Given a web search query, retrieve relevant passages that answer the query"
-        "\nQuery:q?")
+        "\nQuery:q?"
+    )
     assert engine.format_query("q?", "Find code") == "Instruct: Find code\nQuery:q?"
     assert engine.format_query("q?", "") == "q?"
     for enc in engine.prepare(["hello", "", "x " * 100]):
@@ -114,6 +118,23 @@ def test_bad_inputs(tiny_qwen3: Path) -> None:
         engine.embed([[1, 2, 10**9]])
     with pytest.raises(InvalidInput, match="empty token list"):
         engine.embed([[]])
+
+
+def test_importing_the_engine_imports_neither_torch_nor_mlx() -> None:
+    # Each backend package is imported by select.create_embedder once that backend is chosen.
+    code = (
+        "import sys, localrank.engine.load, localrank.engine.model_files; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'mlx')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_family_has_a_recipe_and_both_backends() -> None:
+    families = {*DECODER_FAMILIES, *ENCODER_FAMILIES}
+    assert set(TORCH_FAMILIES) == families
+    assert set(MLX_FAMILIES) == families
 
 
 @pytest.mark.parametrize("missing", ["tokenizer.json", "config.json", "model.safetensors"])
@@ -170,11 +191,19 @@ def test_explicit_model_never_falls_back(tmp_path: Path, monkeypatch: pytest.Mon
 def test_cli_embed_json_minilm(minilm: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "localrank", "embed", "--json", "--model", str(minilm), "hello"],
-        capture_output=True, text=True, timeout=120, check=True)
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     doc = json.loads(out.stdout)
     assert doc["model"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert (doc["backend"], doc["device"], doc["dtype"], doc["dim"]) == ("torch", "cpu",
-                                                                         "float32", 384)
+    assert (doc["backend"], doc["device"], doc["dtype"], doc["dim"]) == (
+        "torch",
+        "cpu",
+        "float32",
+        384,
+    )
     assert len(doc["embeddings"]) == 1 and len(doc["embeddings"][0]) == 384
     assert abs(np.linalg.norm(doc["embeddings"][0]) - 1.0) < 1e-5
 
@@ -182,6 +211,9 @@ def test_cli_embed_json_minilm(minilm: Path) -> None:
 def test_cli_explicit_missing_model_fails_with_reason(tmp_path: Path) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "localrank", "embed", "--model", str(tmp_path / "none"), "hi"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode != 0
     assert "does not exist" in out.stderr

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from localrank.config import load_settings
-from localrank.engine.core import Engine
-from localrank.engine.load import load_engine
-from tests.reference import (
+from engines import MAX_TOKENS, engine_for
+from reference import (
     get_detailed_instruct,
     qwen3_reference,
     qwen3_reference_ids,
@@ -19,7 +15,6 @@ from tests.reference import (
 )
 
 BACKENDS = ["cpu", "mlx"]  # torch CPU and MLX (mlx[cpu]) both run here; neither is skipped
-MAX_TOKENS = 48
 
 TEXTS = [
     "a",  # one token
@@ -32,12 +27,6 @@ TEXTS = [
     "word " * 200,  # beyond max tokens: truncated
     "",
 ]
-
-
-@cache
-def engine_for(model: str, backend: str, max_tokens: int = MAX_TOKENS) -> Engine:
-    return load_engine(load_settings({"model": model, "backend": backend, "max_tokens": max_tokens,
-                                      "dtype": "float32"}, environ={}))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -87,8 +76,9 @@ def test_tokenizer_without_eos_gets_it_appended(
     assert raw.info.tokenizer_appends_eos is False
     assert ref.info.tokenizer_appends_eos is True
     texts = ["hello world", "a", "word " * 200]
-    for enc, want_ids in zip(raw.prepare(texts), qwen3_reference_ids(tiny_qwen3, texts, MAX_TOKENS),
-                             strict=True):
+    for enc, want_ids in zip(
+        raw.prepare(texts), qwen3_reference_ids(tiny_qwen3, texts, MAX_TOKENS), strict=True
+    ):
         assert enc.ids[-1] == 151643
         assert enc.ids == want_ids
     assert np.abs(raw.embed(texts).vectors - ref.embed(texts).vectors).max() < 1e-6
@@ -108,11 +98,13 @@ def test_minilm_matches_sentence_transformers(minilm: Path, backend: str) -> Non
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_minilm_paraphrase_is_nearer_than_unrelated(minilm: Path, backend: str) -> None:
     engine = engine_for(str(minilm), backend, 8192)
-    a, para, other = engine.embed([
-        "The weather is lovely today.",
-        "It is a beautiful sunny day.",
-        "The stock market crashed in 1929.",
-    ]).vectors
+    a, para, other = engine.embed(
+        [
+            "The weather is lovely today.",
+            "It is a beautiful sunny day.",
+            "The stock market crashed in 1929.",
+        ]
+    ).vectors
     assert float(a @ para) > float(a @ other) + 0.2
 
 

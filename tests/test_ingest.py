@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 from fake_embedder import HashEmbedder
 
+from localrank.collections import CollectionService, SearchRequest
 from localrank.collections.documents import DocumentIn, parse_documents
+from localrank.collections.ingest import SPECIAL_TOKENS_MARGIN, Ingestor, IngestSettings
+from localrank.collections.runner import JobRunner
 from localrank.errors import (
     BackendError,
     InvalidInput,
@@ -17,9 +20,6 @@ from localrank.errors import (
     Overloaded,
     TooLarge,
 )
-from localrank.collections import CollectionService, SearchRequest
-from localrank.collections.ingest import SPECIAL_TOKENS_MARGIN, Ingestor, IngestSettings
-from localrank.collections.runner import JobRunner
 from localrank.store import SQLiteStore
 from localrank.store.sqlite.maintenance import counts, integrity_check
 
@@ -254,7 +254,9 @@ class FlakyEmbedder(HashEmbedder):
         return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
 
 
-async def test_overloaded_model_requeues_the_job_without_failing_documents(store: SQLiteStore) -> None:
+async def test_overloaded_model_requeues_the_job_without_failing_documents(
+    store: SQLiteStore,
+) -> None:
     emb = FlakyEmbedder()
     svc = CollectionService(store, lambda: emb)
     await svc.create_collection("c")

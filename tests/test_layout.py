@@ -22,10 +22,20 @@ PACKAGE = Path(__file__).resolve().parent.parent / "localrank"
 ROOT_MODULES = {"__init__", "__main__", "config", "paths", "errors", "logs"}
 # layer -> the layers it must never import
 FORBIDDEN = {
-    "localrank.engine": ("localrank.store", "localrank.collections", "localrank.serve",
-                         "localrank.cli", "localrank.ops"),
-    "localrank.store": ("localrank.engine", "localrank.collections", "localrank.serve",
-                        "localrank.cli", "localrank.ops"),
+    "localrank.engine": (
+        "localrank.store",
+        "localrank.collections",
+        "localrank.serve",
+        "localrank.cli",
+        "localrank.ops",
+    ),
+    "localrank.store": (
+        "localrank.engine",
+        "localrank.collections",
+        "localrank.serve",
+        "localrank.cli",
+        "localrank.ops",
+    ),
     "localrank.collections": ("localrank.serve", "localrank.cli", "localrank.ops"),
     "localrank.ops": ("localrank.serve", "localrank.cli", "localrank.collections"),
     "localrank.serve": ("localrank.cli",),
@@ -76,14 +86,24 @@ def test_the_package_root_holds_only_the_entry_point_and_shared_basics() -> None
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_dependencies_point_inward(layer: str) -> None:
-    bad = {(m, i) for m in MODULES if m == layer or m.startswith(layer + ".")
-           for i in imports(m) if i.startswith(FORBIDDEN[layer])}
+    bad = {
+        (m, i)
+        for m in MODULES
+        if m == layer or m.startswith(layer + ".")
+        for i in imports(m)
+        if i.startswith(FORBIDDEN[layer])
+    }
     assert not bad
 
 
 def test_only_the_cli_imports_the_daemon() -> None:
-    bad = {(m, i) for m in MODULES if not m.startswith(("localrank.serve", "localrank.cli"))
-           for i in imports(m) if i.startswith("localrank.serve")}
+    bad = {
+        (m, i)
+        for m in MODULES
+        if not m.startswith(("localrank.serve", "localrank.cli"))
+        for i in imports(m)
+        if i.startswith("localrank.serve")
+    }
     assert not bad
 
 
@@ -98,8 +118,9 @@ def test_the_import_graph_has_no_cycle() -> None:
     graph = {m: {i for i in imports(m) if i in MODULES} for m in MODULES}
     # A package's __init__ re-exporting its own submodules is not a cycle between layers.
     for m in graph:
-        graph[m] = {i for i in graph[m] if not (m.startswith(i + ".") and MODULES[i].name ==
-                                                "__init__.py")}
+        graph[m] = {
+            i for i in graph[m] if not (m.startswith(i + ".") and MODULES[i].name == "__init__.py")
+        }
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -108,7 +129,7 @@ def test_the_import_graph_has_no_cycle() -> None:
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n):] + [n]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(n) :] + [n]))
             if n not in state:
                 visit(n)
         stack.pop()
@@ -119,8 +140,7 @@ def test_the_import_graph_has_no_cycle() -> None:
             visit(m)
 
 
-def test_every_route_belongs_to_a_dialect_that_documents_it(tmp_path: Path,
-                                                           minilm: Path) -> None:
+def test_every_route_belongs_to_a_dialect_that_documents_it(tmp_path: Path, minilm: Path) -> None:
     app = make_app(load_settings({"home": str(tmp_path)}, environ={}), loader=hash_loader(minilm))
     index = app[DIALECTS_KEY]
     routes = [r for r in app.router.routes() if r.method not in ("HEAD", "OPTIONS")]
@@ -131,8 +151,12 @@ def test_every_route_belongs_to_a_dialect_that_documents_it(tmp_path: Path,
         assert found is not None, (r.method, r.resource.canonical)
         assert found[1].doc.summary
     spec = build_spec(app)
-    undocumented = [(p, m) for p, ops in spec["paths"].items() for m, op in ops.items()
-                    if op.get("x-undocumented")]
+    undocumented = [
+        (p, m)
+        for p, ops in spec["paths"].items()
+        for m, op in ops.items()
+        if op.get("x-undocumented")
+    ]
     assert not undocumented
     names = [d.name for d in index.dialects]
     assert len(names) == len(set(names))

@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from backend_inputs import EOS, MINILM, QWEN3, copy_model, pad, unit
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
-from localrank.engine.checkpoint import qwen3_rope_theta
-from localrank.engine.mlx_backend import MLXEmbedder, attention_mask
+from localrank.engine.mlx import MLXEmbedder, attention_mask
+from localrank.engine.model_files import qwen3_rope_theta
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
-from tests.backend_inputs import EOS, MINILM, QWEN3, copy_model, pad, unit
 
 TEXTS = [
     "",  # the appended <|endoftext|> alone: a one-token input
@@ -38,8 +38,9 @@ TEXTS = [
 ]
 
 
-def tokenize(model_dir: Path, texts: list[str], *, append_eos: bool,
-             max_tokens: int) -> list[list[int]]:
+def tokenize(
+    model_dir: Path, texts: list[str], *, append_eos: bool, max_tokens: int
+) -> list[list[int]]:
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     tok.no_padding()
     tok.no_truncation()
@@ -82,12 +83,18 @@ def qwen3_ref(tiny_qwen3: Path) -> np.ndarray:
 def test_qwen3_info_is_read_back(qwen3_mlx: MLXEmbedder) -> None:
     info = qwen3_mlx.info
     assert (info.backend, info.dtype, info.dim, info.pooling, info.max_tokens) == (
-        "mlx", "float32", 64, "last_token", 8192)
+        "mlx",
+        "float32",
+        64,
+        "last_token",
+        8192,
+    )
     assert info.device == ("gpu" if mx.metal.is_available() else "cpu")
 
 
 def test_qwen3_batched_left_padded_matches_transformers(
-        tiny_qwen3: Path, qwen3_mlx: MLXEmbedder, qwen3_ref: np.ndarray) -> None:
+    tiny_qwen3: Path, qwen3_mlx: MLXEmbedder, qwen3_ref: np.ndarray
+) -> None:
     batch = qwen3_batch(tiny_qwen3, TEXTS)
     assert batch.attention_mask.sum(axis=1).min() == 1  # the one-token row really is there
     got = qwen3_mlx.embed(batch)
@@ -99,13 +106,15 @@ def test_qwen3_batched_left_padded_matches_transformers(
 
 
 def test_qwen3_one_at_a_time_matches_transformers(
-        tiny_qwen3: Path, qwen3_mlx: MLXEmbedder, qwen3_ref: np.ndarray) -> None:
+    tiny_qwen3: Path, qwen3_mlx: MLXEmbedder, qwen3_ref: np.ndarray
+) -> None:
     got = np.concatenate([qwen3_mlx.embed(qwen3_batch(tiny_qwen3, [t])) for t in TEXTS])
     assert np.abs(unit(got) - qwen3_ref).max() < 1e-4
 
 
 def test_qwen3_last_token_index_comes_from_the_mask(
-        tiny_qwen3: Path, qwen3_mlx: MLXEmbedder) -> None:
+    tiny_qwen3: Path, qwen3_mlx: MLXEmbedder
+) -> None:
     # Causal attention: the last real token's state does not depend on the padding side.
     left = qwen3_mlx.embed(qwen3_batch(tiny_qwen3, TEXTS, "left"))
     right = qwen3_mlx.embed(qwen3_batch(tiny_qwen3, TEXTS, "right"))
@@ -113,7 +122,8 @@ def test_qwen3_last_token_index_comes_from_the_mask(
 
 
 def test_qwen3_left_padded_rows_have_no_nan_anywhere(
-        tiny_qwen3: Path, qwen3_mlx: MLXEmbedder) -> None:
+    tiny_qwen3: Path, qwen3_mlx: MLXEmbedder
+) -> None:
     # The mlx-embeddings bug: padding query rows see no key under an additive -inf mask, go NaN,
     # and 0 * NaN spreads. Check every hidden state, padding positions included.
     batch = qwen3_batch(tiny_qwen3, ["", "a much longer input than the first one, by far"])
@@ -126,11 +136,15 @@ def test_qwen3_left_padded_rows_have_no_nan_anywhere(
 
 
 def test_rope_theta_is_read_from_rope_parameters(
-        tiny_qwen3: Path, tmp_path: Path, qwen3_mlx: MLXEmbedder) -> None:
+    tiny_qwen3: Path, tmp_path: Path, qwen3_mlx: MLXEmbedder
+) -> None:
     cfg = json.loads((tiny_qwen3 / "config.json").read_text())
     assert "rope_theta" not in cfg and cfg["rope_parameters"]["rope_theta"] == 10000.0
-    other = copy_model(tiny_qwen3, tmp_path / "theta", rope_parameters={
-        "rope_type": "default", "rope_theta": 1000000.0})
+    other = copy_model(
+        tiny_qwen3,
+        tmp_path / "theta",
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
     texts = TEXTS[2:5]
     batch = qwen3_batch(tiny_qwen3, texts)
     base = unit(qwen3_mlx.embed(batch))
@@ -173,8 +187,9 @@ def quantise_like_mlx_community(src: Path, dst: Path, group_size: int, bits: int
         if k.endswith(".weight") and w.ndim == 2:
             q, scales, biases = mx.quantize(w, group_size=group_size, bits=bits)
             base = k[: -len(".weight")]
-            quantised.update({f"model.{k}": q, f"model.{base}.scales": scales,
-                              f"model.{base}.biases": biases})
+            quantised.update(
+                {f"model.{k}": q, f"model.{base}.scales": scales, f"model.{base}.biases": biases}
+            )
         else:
             quantised[f"model.{k}"] = w
     quantised["lm_head.weight"] = quantised["model.embed_tokens.weight"]
@@ -187,8 +202,14 @@ def quantise_like_mlx_community(src: Path, dst: Path, group_size: int, bits: int
 
 
 @pytest.mark.parametrize(("bits", "group_size", "min_cos"), [(8, 64, 0.98), (4, 32, 0.9)])
-def test_quantised_qwen3(tiny_qwen3: Path, tmp_path: Path, qwen3_ref: np.ndarray,
-                         bits: int, group_size: int, min_cos: float) -> None:
+def test_quantised_qwen3(
+    tiny_qwen3: Path,
+    tmp_path: Path,
+    qwen3_ref: np.ndarray,
+    bits: int,
+    group_size: int,
+    min_cos: float,
+) -> None:
     qdir = quantise_like_mlx_community(tiny_qwen3, tmp_path / f"q{bits}", group_size, bits)
     emb = MLXEmbedder(qdir, QWEN3)
     assert emb.quantization == {"group_size": group_size, "bits": bits}
@@ -234,7 +255,8 @@ def test_minilm_matches_sentence_transformers(minilm: Path, minilm_mlx: MLXEmbed
     from sentence_transformers import SentenceTransformer
 
     want = SentenceTransformer(str(minilm), device="cpu").encode(
-        MINILM_TEXTS, normalize_embeddings=True)
+        MINILM_TEXTS, normalize_embeddings=True
+    )
     got = unit(minilm_mlx.embed(minilm_batch(minilm, MINILM_TEXTS)))
     assert minilm_mlx.info.dim == 384 and minilm_mlx.info.pooling == "mean"
     assert np.abs(got - want).max() < 1e-5
@@ -246,12 +268,15 @@ def test_minilm_matches_sentence_transformers(minilm: Path, minilm_mlx: MLXEmbed
 def test_minilm_cls_pooling_matches_transformers(minilm: Path) -> None:
     texts = MINILM_TEXTS[:2] + MINILM_TEXTS[5:6]
     batch = minilm_batch(minilm, texts)
-    emb = MLXEmbedder(minilm, MINILM.__class__(**{**MINILM.__dict__, "pooling": "cls"}),
-                      dtype="float32")
+    emb = MLXEmbedder(
+        minilm, MINILM.__class__(**{**MINILM.__dict__, "pooling": "cls"}), dtype="float32"
+    )
     model = AutoModel.from_pretrained(str(minilm), dtype=torch.float32).eval()
     with torch.inference_mode():
-        hidden = model(input_ids=torch.tensor(batch.input_ids),
-                       attention_mask=torch.tensor(batch.attention_mask)).last_hidden_state
+        hidden = model(
+            input_ids=torch.tensor(batch.input_ids),
+            attention_mask=torch.tensor(batch.attention_mask),
+        ).last_hidden_state
     assert np.abs(emb.embed(batch) - hidden[:, 0].numpy()).max() < 1e-4
 
 
@@ -335,8 +360,10 @@ def test_sharded_checkpoint(tiny_qwen3: Path, tmp_path: Path, qwen3_mlx: MLXEmbe
     shutil.copy(tiny_qwen3 / "config.json", d / "config.json")
     weights = dict(mx.load(str(tiny_qwen3 / "model.safetensors")))  # type: ignore[arg-type]
     names = sorted(weights)
-    shards = {"model-00001-of-00002.safetensors": names[::2],
-              "model-00002-of-00002.safetensors": names[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     for shard, keys in shards.items():
         mx.save_safetensors(str(d / shard), {k: weights[k] for k in keys})
     index = {"weight_map": {k: shard for shard, keys in shards.items() for k in keys}}

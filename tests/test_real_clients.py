@@ -30,8 +30,12 @@ from localrank.config import load_settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
 
-DOCS = ["Berlin is the capital of Germany.", "Paris is the capital of France.",
-        "Bananas are yellow.", "The Eiffel Tower stands in Paris."]
+DOCS = [
+    "Berlin is the capital of Germany.",
+    "Paris is the capital of France.",
+    "Bananas are yellow.",
+    "The Eiffel Tower stands in Paris.",
+]
 QUERY = "What is the capital of France?"
 MODEL = "all-minilm-l6-v2"
 HEALTH_TIMEOUT = 60.0
@@ -71,16 +75,32 @@ def health_status(port: int) -> int | None:
 @pytest.fixture(scope="module")
 def daemon(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     home = tmp_path_factory.mktemp("daemon-home")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("LOCALRANK_") and k != "NOTIFY_SOCKET"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("LOCALRANK_") and k != "NOTIFY_SOCKET"
+    }
     env.update({"LOCALRANK_HOME": str(home), "NO_PROXY": "127.0.0.1,localhost"})
     port = free_port()
     log = home / "daemon.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "localrank", "serve", "--model", str(minilm),
-             "--backend", "cpu", "--port", str(port)],
-            env=env, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "localrank",
+                "serve",
+                "--model",
+                str(minilm),
+                "--backend",
+                "cpu",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     d = Daemon(process, port, log)
     try:
         deadline = time.monotonic() + HEALTH_TIMEOUT
@@ -100,8 +120,9 @@ def daemon(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 @pytest.fixture(scope="module")
 def engine(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     home = tmp_path_factory.mktemp("engine-home")
-    e = load_engine(load_settings({"model": str(minilm), "backend": "cpu", "home": str(home)},
-                                  environ={}))
+    e = load_engine(
+        load_settings({"model": str(minilm), "backend": "cpu", "home": str(home)}, environ={})
+    )
     yield e
     e.close()
 
@@ -120,8 +141,9 @@ def cosine_order(engine: Engine, query: str, docs: list[str]) -> tuple[list[int]
 
 def test_openai_sdk_default_encoding(daemon: Daemon, engine: Engine) -> None:
     sent: list[dict[str, object]] = []
-    http_client = httpx.Client(event_hooks={"request": [lambda r: sent.append(
-        json.loads(r.content))]})
+    http_client = httpx.Client(
+        event_hooks={"request": [lambda r: sent.append(json.loads(r.content))]}
+    )
     client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="x", http_client=http_client)
     result = client.embeddings.create(model=MODEL, input=DOCS)
     assert sent[-1].get("encoding_format") == "base64"  # the SDK's default, decoded by it
@@ -167,8 +189,12 @@ def test_sigterm_drains_in_flight_request_and_exits_0(daemon: Daemon) -> None:
     """Runs last: the daemon finishes the request it is serving, then exits 0 within 10 s."""
     texts = [f"sentence number {i} about drains and graceful shutdowns" for i in range(200)]
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
-    conn.request("POST", "/v1/embeddings", body=json.dumps({"input": texts}),
-                 headers={"Content-Type": "application/json"})
+    conn.request(
+        "POST",
+        "/v1/embeddings",
+        body=json.dumps({"input": texts}),
+        headers={"Content-Type": "application/json"},
+    )
     time.sleep(0.2)  # the request is in the daemon's hands
     daemon.process.send_signal(signal.SIGTERM)
     response = conn.getresponse()

@@ -170,8 +170,11 @@ async def test_error_statuses(client) -> None:  # type: ignore[no-untyped-def]
     assert r.status == 413 and "MB" in (await r.json())["error"]["message"]
 
 
-async def test_model_mismatch_is_409_naming_reindex(aiohttp_client, tmp_path: Path,  # type: ignore[no-untyped-def]
-                                                     minilm: Path) -> None:
+async def test_model_mismatch_is_409_naming_reindex(
+    aiohttp_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    minilm: Path,
+) -> None:
     home = tmp_path / "home"
     c1 = await started(aiohttp_client, daemon(home, minilm, model_id="model-A"))
     await c1.post("/v1/collections", json={"name": "n"})

@@ -38,14 +38,17 @@ def settings(**flags: Any) -> Settings:
 
 
 @pytest.fixture
-def client_for(aiohttp_client: MakeClient, tmp_path: Path,
-               minilm: Path) -> Callable[..., Awaitable[Client]]:
+def client_for(
+    aiohttp_client: MakeClient, tmp_path: Path, minilm: Path
+) -> Callable[..., Awaitable[Client]]:
     """A started daemon with the given settings (its state under tmp_path)."""
+
     async def make(**flags: Any) -> Client:
         app = make_app(settings(home=str(tmp_path / "home"), **flags), loader=hash_loader(minilm))
         client = await aiohttp_client(app)
         await app[STATE_KEY].ready.wait()
         return client
+
     return make
 
 
@@ -56,20 +59,47 @@ def has_cors_headers(response: aiohttp.ClientResponse) -> bool:
 # --- Host allow-list ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:8765", "LOCALHOST:1", "127.0.0.1",
-                                  "127.0.0.1:8765", "[::1]", "[::1]:8765", "box.lan:8765",
-                                  "Box.Lan", "other.lan:1", "[fe80::1]:8765"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "localhost:8765",
+        "LOCALHOST:1",
+        "127.0.0.1",
+        "127.0.0.1:8765",
+        "[::1]",
+        "[::1]:8765",
+        "box.lan:8765",
+        "Box.Lan",
+        "other.lan:1",
+        "[fe80::1]:8765",
+    ],
+)
 async def test_allowed_hosts_pass(client_for: Callable[..., Awaitable[Client]], host: str) -> None:
     client = await client_for(allowed_hosts=("box.lan", "other.lan:8765", "fe80::1"))
     response = await client.get("/v1/collections", headers={"Host": host})
     assert response.status == 200, await response.text()
 
 
-@pytest.mark.parametrize("host", ["evil.com", "evil.com:8765", "0.0.0.0", "0.0.0.0:8765", "",
-                                  "localhost.evil.com", "127.0.0.1.nip.io", "[::1", "::1",
-                                  "localhost:http", "[::]:8765"])
-async def test_foreign_hosts_get_403(client_for: Callable[..., Awaitable[Client]],
-                                     host: str) -> None:
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.com",
+        "evil.com:8765",
+        "0.0.0.0",
+        "0.0.0.0:8765",
+        "",
+        "localhost.evil.com",
+        "127.0.0.1.nip.io",
+        "[::1",
+        "::1",
+        "localhost:http",
+        "[::]:8765",
+    ],
+)
+async def test_foreign_hosts_get_403(
+    client_for: Callable[..., Awaitable[Client]], host: str
+) -> None:
     client = await client_for(allowed_hosts=("box.lan",))
     response = await client.get("/v1/collections", headers={"Host": host})
     assert response.status == 403
@@ -87,8 +117,10 @@ async def raw_request(client: Client, request: bytes) -> bytes:
 
 async def test_missing_host_header_gets_403(client_for: Callable[..., Awaitable[Client]]) -> None:
     client = await client_for()
-    for request in (b"GET /v1/collections HTTP/1.0\r\n\r\n",
-                    b"GET /v1/collections HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n"):
+    for request in (
+        b"GET /v1/collections HTTP/1.0\r\n\r\n",
+        b"GET /v1/collections HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+    ):
         status_line = (await raw_request(client, request)).split(b"\r\n", 1)[0]
         assert status_line.split()[1] == b"403", status_line
     ok = b"GET /v1/collections HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
@@ -96,53 +128,69 @@ async def test_missing_host_header_gets_403(client_for: Callable[..., Awaitable[
 
 
 async def test_a_specific_bind_address_is_an_allowed_host(
-        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
     client = await client_for(host="192.168.1.5", token="t")
     auth = {"Authorization": "Bearer t"}
-    assert (await client.get("/v1/collections", headers={"Host": "192.168.1.5:8765", **auth})
-            ).status == 200
-    assert (await client.get("/v1/collections", headers={"Host": "192.168.1.6", **auth})).status == 403
+    assert (
+        await client.get("/v1/collections", headers={"Host": "192.168.1.5:8765", **auth})
+    ).status == 200
+    assert (
+        await client.get("/v1/collections", headers={"Host": "192.168.1.6", **auth})
+    ).status == 403
 
 
 # --- Origin and CORS ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("origin", ["http://evil.com", "null", "http://localhost:3000",
-                                    "https://127.0.0.1:8765"])
+@pytest.mark.parametrize(
+    "origin", ["http://evil.com", "null", "http://localhost:3000", "https://127.0.0.1:8765"]
+)
 async def test_browser_origins_are_refused_without_cors_headers(
-        client_for: Callable[..., Awaitable[Client]], origin: str) -> None:
+    client_for: Callable[..., Awaitable[Client]], origin: str
+) -> None:
     client = await client_for()
-    response = await client.post("/v1/embeddings", json={"input": "x"},
-                                 headers={"Origin": origin})
+    response = await client.post("/v1/embeddings", json={"input": "x"}, headers={"Origin": origin})
     assert response.status == 403
     assert not has_cors_headers(response)
-    preflight = await client.options("/v1/embeddings", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST"})
+    preflight = await client.options(
+        "/v1/embeddings", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+    )
     assert preflight.status == 403 and not has_cors_headers(preflight)
 
 
 async def test_same_origin_pages_are_not_cross_site(
-        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
     client = await client_for()
     host = f"127.0.0.1:{client.port}"
-    response = await client.post("/v1/embeddings", json={"input": "x"},
-                                 headers={"Origin": f"http://{host}", "Host": host})
+    response = await client.post(
+        "/v1/embeddings", json={"input": "x"}, headers={"Origin": f"http://{host}", "Host": host}
+    )
     assert response.status == 200 and not has_cors_headers(response)
 
 
 async def test_allowed_origin_gets_cors(client_for: Callable[..., Awaitable[Client]]) -> None:
     origin = "http://localhost:3000"
     client = await client_for(allowed_origins=(origin + "/",), token="t")
-    preflight = await client.options("/v1/embeddings", headers={
-        "Origin": origin, "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "authorization, content-type"})
+    preflight = await client.options(
+        "/v1/embeddings",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
     assert preflight.status == 204  # before the token: browsers send none on preflight
     assert preflight.headers["Access-Control-Allow-Origin"] == origin
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
     assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
 
-    response = await client.post("/v1/embeddings", json={"input": "x"},
-                                 headers={"Origin": origin, "Authorization": "Bearer t"})
+    response = await client.post(
+        "/v1/embeddings",
+        json={"input": "x"},
+        headers={"Origin": origin, "Authorization": "Bearer t"},
+    )
     assert response.status == 200
     assert response.headers["Access-Control-Allow-Origin"] == origin
     assert "Origin" in response.headers.getall("Vary")
@@ -156,11 +204,21 @@ async def test_allowed_origin_gets_cors(client_for: Callable[..., Awaitable[Clie
 # --- bearer token ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("authorization", "status"), [
-    (None, 401), ("Bearer wrong", 401), ("Bearer s3cre", 401), ("Basic czNjcmV0", 401),
-    ("s3cret", 401), ("Bearer s3cret", 200), ("bearer s3cret", 200)])
-async def test_token(client_for: Callable[..., Awaitable[Client]], authorization: str | None,
-                     status: int) -> None:
+@pytest.mark.parametrize(
+    ("authorization", "status"),
+    [
+        (None, 401),
+        ("Bearer wrong", 401),
+        ("Bearer s3cre", 401),
+        ("Basic czNjcmV0", 401),
+        ("s3cret", 401),
+        ("Bearer s3cret", 200),
+        ("bearer s3cret", 200),
+    ],
+)
+async def test_token(
+    client_for: Callable[..., Awaitable[Client]], authorization: str | None, status: int
+) -> None:
     client = await client_for(token="s3cret")
     headers = {"Authorization": authorization} if authorization else {}
     response = await client.get("/v1/collections", headers=headers)
@@ -171,14 +229,18 @@ async def test_token(client_for: Callable[..., Awaitable[Client]], authorization
 
 
 async def test_no_token_configured_means_no_auth(
-        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
     client = await client_for()
     assert (await client.get("/v1/collections")).status == 200
-    assert (await client.get("/v1/collections", headers={"Authorization": "Bearer x"})).status == 200
+    assert (
+        await client.get("/v1/collections", headers={"Authorization": "Bearer x"})
+    ).status == 200
 
 
 async def test_health_without_token_is_minimal(
-        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
     client = await client_for(token="s3cret")
     anonymous = await client.get("/health")
     assert anonymous.status == 200 and await anonymous.json() == {"status": "ok"}
@@ -187,7 +249,8 @@ async def test_health_without_token_is_minimal(
 
 
 async def test_health_while_loading_without_token_is_minimal(
-        aiohttp_client: MakeClient, tmp_path: Path, minilm: Path) -> None:
+    aiohttp_client: MakeClient, tmp_path: Path, minilm: Path
+) -> None:
     release = threading.Event()
 
     def slow(s: Settings) -> Engine:
@@ -208,7 +271,8 @@ async def test_health_while_loading_without_token_is_minimal(
 
 
 async def test_host_check_comes_before_the_token(
-        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
     client = await client_for(token="s3cret")
     assert (await client.get("/health", headers={"Host": "evil.com"})).status == 403
 
@@ -216,21 +280,31 @@ async def test_host_check_comes_before_the_token(
 # --- body rules ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("content_type", "status"), [
-    ("text/plain", 415), ("application/x-www-form-urlencoded", 415), ("multipart/form-data", 415),
-    ("application/json", 200), ("application/json; charset=utf-8", 200)])
-async def test_post_bodies_must_be_json(client_for: Callable[..., Awaitable[Client]],
-                                        content_type: str, status: int) -> None:
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("text/plain", 415),
+        ("application/x-www-form-urlencoded", 415),
+        ("multipart/form-data", 415),
+        ("application/json", 200),
+        ("application/json; charset=utf-8", 200),
+    ],
+)
+async def test_post_bodies_must_be_json(
+    client_for: Callable[..., Awaitable[Client]], content_type: str, status: int
+) -> None:
     client = await client_for()
-    response = await client.post("/v1/embeddings", data=b'{"input": "x"}',
-                                 headers={"Content-Type": content_type})
+    response = await client.post(
+        "/v1/embeddings", data=b'{"input": "x"}', headers={"Content-Type": content_type}
+    )
     assert response.status == status
     if status == 415:
         assert (await response.json())["error"]["code"] == "unsupported_media_type"
 
 
 async def test_post_without_body_needs_no_content_type(
-        client_for: Callable[..., Awaitable[Client]]) -> None:
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
     client = await client_for()
     assert (await client.post("/v1/compact")).status == 200
 
@@ -245,7 +319,7 @@ async def test_body_size_limit(client_for: Callable[..., Awaitable[Client]]) -> 
     async def chunks(total: int) -> AsyncIterator[bytes]:
         body = json.dumps({"input": "y" * total}).encode()
         for i in range(0, len(body), 100):
-            yield body[i:i + 100]
+            yield body[i : i + 100]
 
     headers = {"Content-Type": "application/json"}
     chunked = await client.post("/v1/embeddings", data=chunks(5000), headers=headers)
@@ -338,8 +412,11 @@ async def test_request_ids_and_access_log(client_for: Callable[..., Awaitable[Cl
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     access = [line for line in lines if line["logger"] == "localrank.access"]
     assert [(a["method"], a["path"], a["status"]) for a in access] == [
-        ("GET", "/v1/collections", 200), ("GET", "/v1/collections", 200), ("GET", "/v1/collections", 403),
-        ("GET", "/nope", 404)]
+        ("GET", "/v1/collections", 200),
+        ("GET", "/v1/collections", 200),
+        ("GET", "/v1/collections", 403),
+        ("GET", "/nope", 404),
+    ]
     assert access[0]["request_id"] == "abc-123"
     assert access[1]["request_id"] == made.headers["X-Request-ID"]
     assert all(isinstance(a["duration_ms"], float) and a["duration_ms"] >= 0 for a in access)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from localrank.ops import sd_notify, supervisor
 from localrank.cli import main
 from localrank.config import Settings, load_settings
 from localrank.errors import ConfigError, LocalrankError
+from localrank.ops import sd_notify, supervisor
 
 PROGRAM = [sys.executable, "-m", "localrank"]
 
@@ -44,8 +44,16 @@ def test_plist_parses_and_has_the_service_keys(home: Path) -> None:
     s = settings_for(home, port=9001, backend="cpu")
     plist = plistlib.loads(supervisor.render_launchd(s, PROGRAM).encode())
     assert plist["Label"] == supervisor.LAUNCHD_LABEL
-    assert plist["ProgramArguments"] == [*PROGRAM, "serve", "--host", "127.0.0.1",
-                                         "--port", "9001", "--backend", "cpu"]
+    assert plist["ProgramArguments"] == [
+        *PROGRAM,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9001",
+        "--backend",
+        "cpu",
+    ]
     assert plist["RunAtLoad"] is True
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["ProcessType"] in ("Background", "Adaptive")
@@ -72,8 +80,12 @@ def test_default_model_is_not_pinned_as_a_flag(home: Path) -> None:
     assert "--model" not in argv
     named = load_settings({}, {"LOCALRANK_HOME": str(home), "LOCALRANK_MODEL": "minilm"})
     assert supervisor.serve_arguments(named, PROGRAM)[-2:] == ["--model", "minilm"]
-    assert "LOCALRANK_HOME" not in plistlib.loads(
-        supervisor.render_launchd(load_settings({}, {}), PROGRAM).encode())["EnvironmentVariables"]
+    assert (
+        "LOCALRANK_HOME"
+        not in plistlib.loads(supervisor.render_launchd(load_settings({}, {}), PROGRAM).encode())[
+            "EnvironmentVariables"
+        ]
+    )
 
 
 def test_control_characters_are_refused(home: Path) -> None:
@@ -106,8 +118,10 @@ def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
 def exec_words(exec_start: str) -> list[str]:
     """Undo systemd quoting: double quotes with \\ escapes, then %% and $$ (not in argv[0])."""
     words = shlex.split(exec_start)
-    return [w.replace("%%", "%") if i == 0 else w.replace("%%", "%").replace("$$", "$")
-            for i, w in enumerate(words)]
+    return [
+        w.replace("%%", "%") if i == 0 else w.replace("%%", "%").replace("$$", "$")
+        for i, w in enumerate(words)
+    ]
 
 
 def test_systemd_unit_has_the_service_keys(home: Path) -> None:
@@ -118,8 +132,14 @@ def test_systemd_unit_has_the_service_keys(home: Path) -> None:
     assert svc["Restart"] == ["on-failure"] and int(svc["RestartSec"][0]) > 0
     assert svc["TimeoutStopSec"] == ["15"] and svc["KillSignal"] == ["SIGTERM"]
     assert unit["Install"]["WantedBy"] == ["default.target"]
-    assert exec_words(svc["ExecStart"][0]) == [*PROGRAM, "serve", "--host", "127.0.0.1",
-                                               "--port", "9002"]
+    assert exec_words(svc["ExecStart"][0]) == [
+        *PROGRAM,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "9002",
+    ]
     assert f'"LOCALRANK_HOME={home}"' in svc["Environment"]
     for key in ("StandardOutput", "StandardError"):
         mode, _, path = svc[key][0].partition(":")
@@ -131,8 +151,16 @@ def test_systemd_quoting_round_trips(home: Path) -> None:
     s = settings_for(home, model=model)
     program = ["/opt/my tools/py$thon%", "-m", "localrank"]
     svc = parse_unit(supervisor.render_systemd(s, program))["Service"]
-    assert exec_words(svc["ExecStart"][0]) == [*program, "serve", "--host", "127.0.0.1",
-                                               "--port", "8765", "--model", model]
+    assert exec_words(svc["ExecStart"][0]) == [
+        *program,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "8765",
+        "--model",
+        model,
+    ]
     assert supervisor.systemd_quote("plain") == "plain"
     assert supervisor.systemd_quote("50%") == "50%%"
     assert supervisor.systemd_quote("$X") == "$$X"
@@ -143,8 +171,14 @@ def systemd_verify(unit: Path, tmp_path: Path) -> subprocess.CompletedProcess[st
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
     env = {**os.environ, "XDG_RUNTIME_DIR": str(runtime)}
-    return subprocess.run(["systemd-analyze", "verify", "--user", str(unit)],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    return subprocess.run(
+        ["systemd-analyze", "verify", "--user", str(unit)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_systemd_unit_verifies(home: Path, tmp_path: Path) -> None:
@@ -194,36 +228,59 @@ def test_install_linux_writes_unit_and_starts_it(home: Path, tmp_path: Path) -> 
     assert parse_unit(path.read_text())["Service"]["Type"] == ["notify"]
     assert (path.stat().st_mode & 0o777) == 0o644
     assert s.paths.logs.is_dir() and s.paths.data.is_dir()
-    assert runner.calls == [["systemctl", "--user", "daemon-reload"],
-                            ["systemctl", "--user", "enable", "localrank.service"],
-                            ["systemctl", "--user", "restart", "localrank.service"]]
+    assert runner.calls == [
+        ["systemctl", "--user", "daemon-reload"],
+        ["systemctl", "--user", "enable", "localrank.service"],
+        ["systemctl", "--user", "restart", "localrank.service"],
+    ]
 
 
 def test_install_macos_reloads_the_agent(home: Path, tmp_path: Path) -> None:
     path = tmp_path / "LaunchAgents" / f"{supervisor.LAUNCHD_LABEL}.plist"
     # bootout fails when nothing is loaded yet: that is expected, not an error.
     runner = FakeRunner({"launchctl bootout": supervisor.CommandResult(113, "", "not loaded")})
-    supervisor.install(settings_for(home), "macos", path=path, runner=runner, uid=501,
-                    program=PROGRAM)
+    supervisor.install(
+        settings_for(home), "macos", path=path, runner=runner, uid=501, program=PROGRAM
+    )
     assert plistlib.loads(path.read_bytes())["Label"] == supervisor.LAUNCHD_LABEL
     target = f"gui/501/{supervisor.LAUNCHD_LABEL}"
-    assert runner.calls == [["launchctl", "bootout", target], ["launchctl", "enable", target],
-                            ["launchctl", "bootstrap", "gui/501", str(path)]]
+    assert runner.calls == [
+        ["launchctl", "bootout", target],
+        ["launchctl", "enable", target],
+        ["launchctl", "bootstrap", "gui/501", str(path)],
+    ]
 
 
 def test_install_reports_a_failing_command(home: Path, tmp_path: Path) -> None:
-    runner = FakeRunner({"systemctl --user restart": supervisor.CommandResult(
-        1, "", "Job for localrank.service failed")})
+    runner = FakeRunner(
+        {
+            "systemctl --user restart": supervisor.CommandResult(
+                1, "", "Job for localrank.service failed"
+            )
+        }
+    )
     with pytest.raises(LocalrankError, match="Job for localrank.service failed"):
-        supervisor.install(settings_for(home), "linux", path=tmp_path / "u.service", runner=runner,
-                        uid=1, program=PROGRAM)
+        supervisor.install(
+            settings_for(home),
+            "linux",
+            path=tmp_path / "u.service",
+            runner=runner,
+            uid=1,
+            program=PROGRAM,
+        )
 
 
 def test_install_refuses_a_network_bind_without_token(home: Path, tmp_path: Path) -> None:
     runner = FakeRunner()
     with pytest.raises(ConfigError, match="token"):
-        supervisor.install(settings_for(home, host="0.0.0.0"), "linux", path=tmp_path / "u",
-                        runner=runner, uid=1, program=PROGRAM)
+        supervisor.install(
+            settings_for(home, host="0.0.0.0"),
+            "linux",
+            path=tmp_path / "u",
+            runner=runner,
+            uid=1,
+            program=PROGRAM,
+        )
     assert runner.calls == [] and not (tmp_path / "u").exists()
 
 
@@ -244,8 +301,10 @@ def test_uninstall_and_status(home: Path, tmp_path: Path) -> None:
 
 
 def test_unforwarded_settings_are_reported(home: Path) -> None:
-    s = load_settings({"port": 9000}, {"LOCALRANK_HOME": str(home), "LOCALRANK_TOKEN": "t",
-                                       "LOCALRANK_MAX_INPUTS": "10"})
+    s = load_settings(
+        {"port": 9000},
+        {"LOCALRANK_HOME": str(home), "LOCALRANK_TOKEN": "t", "LOCALRANK_MAX_INPUTS": "10"},
+    )
     assert supervisor.unforwarded_settings(s) == ["max_inputs", "token"]
 
 
@@ -264,8 +323,9 @@ def run_cli(argv: list[str]) -> int:
     return main(argv)
 
 
-def test_cli_dry_run_renders_either_platform(home: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_dry_run_renders_either_platform(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     argv = ["service", "install", "--dry-run", "--platform", "macos", "--port", "9100"]
     assert run_cli(argv) == 0
     out, err = capsys.readouterr()
@@ -273,8 +333,10 @@ def test_cli_dry_run_renders_either_platform(home: Path,
     assert plist["ProgramArguments"][-4:] == ["--host", "127.0.0.1", "--port", "9100"]
     assert "would run: launchctl bootstrap" in err
 
-    assert run_cli(["service", "install", "--dry-run", "--platform", "linux",
-                    "--log-format", "json"]) == 0
+    assert (
+        run_cli(["service", "install", "--dry-run", "--platform", "linux", "--log-format", "json"])
+        == 0
+    )
     out, err = capsys.readouterr()
     svc = parse_unit(out)["Service"]
     assert exec_words(svc["ExecStart"][0])[-2:] == ["--log-format", "json"]
@@ -282,8 +344,9 @@ def test_cli_dry_run_renders_either_platform(home: Path,
     assert not (home / "logs").exists()  # a dry run changes nothing
 
 
-def test_cli_refuses_real_changes_for_another_platform(home: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_refuses_real_changes_for_another_platform(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = "macos" if supervisor.current_platform() == "linux" else "linux"
     assert run_cli(["service", "install", "--platform", other]) == 2
     assert "use --dry-run" in capsys.readouterr().err
@@ -311,8 +374,9 @@ def datagram(tmp_path: Path) -> Iterator[tuple[socket.socket, str]]:
     sock.close()
 
 
-def test_notify_ready_reaches_the_socket(datagram: tuple[socket.socket, str],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_notify_ready_reaches_the_socket(
+    datagram: tuple[socket.socket, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     sock, path = datagram
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     assert sd_notify.notify_ready("serving on 127.0.0.1:8765") is True

@@ -48,8 +48,9 @@ def test_collection_rules(store: Store) -> None:
     assert [(c.name, d, n) for c, d, n in store.list_collections()] == [("c", 0, 0)]
     # A write embedded with another model is refused: vectors never mix.
     with pytest.raises(ModelMismatch):
-        store.write_documents("c", "other-fp", "other", [make_doc("x", unit(
-            np.random.default_rng(0), 1))])
+        store.write_documents(
+            "c", "other-fp", "other", [make_doc("x", unit(np.random.default_rng(0), 1))]
+        )
     store.delete_collection("c")
     assert store.list_collections() == []
 
@@ -71,8 +72,9 @@ def test_upsert_delete_and_incremental_index(store: Store) -> None:
     hits = store.vector_candidates(coll, new[0], 5, candidates=50)
     top = store.fetch_chunks([hits[0][0]])[0]
     assert top.document_id == "d0" and hits[0][1] == pytest.approx(1.0, abs=1e-5)
-    assert "d1" not in ids_of(store, store.vector_candidates(coll, vecs["d1"][0], 60,
-                                                             candidates=60))
+    assert "d1" not in ids_of(
+        store, store.vector_candidates(coll, vecs["d1"][0], 60, candidates=60)
+    )
     doc, chunks = store.get_document(coll, "d0")
     assert doc.text == "changed" and [c.span.ordinal for c in chunks] == [0, 1]
     assert [d.doc_id for d in store.list_documents(coll, limit=2, after="d0")] == ["d10", "d11"]
@@ -95,8 +97,7 @@ def test_filter_applies_inside_the_scan(store: Store) -> None:
     ]
     far = [make_doc(f"f{i}", unit(rng, 1), {"lang": "fr", "tags": ["a", "b"]}) for i in range(5)]
     add_docs(store, "c", near + far)
-    hits = store.vector_candidates(coll, query, 10, candidates=3,
-                                   flt=parse_filter({"lang": "fr"}))
+    hits = store.vector_candidates(coll, query, 10, candidates=3, flt=parse_filter({"lang": "fr"}))
     assert len(hits) == 5  # all five, even with 3 binary candidates requested
     assert ids_of(store, hits) == {f"f{i}" for i in range(5)}
     both = parse_filter({"tags": "b", "lang": ["fr", "de"]})
@@ -120,8 +121,7 @@ def test_binary_candidates_then_exact_rescoring_recall(store: Store) -> None:
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     add_docs(store, "c", [make_doc(f"d{i}", data[i : i + 50]) for i in range(0, 5000, 50)])
     # Chunk ids in insertion order: the row of `data` each chunk holds.
-    ids = np.array([c.id for i in range(0, 5000, 50)
-                    for c in store.get_document(coll, f"d{i}")[1]])
+    ids = np.array([c.id for i in range(0, 5000, 50) for c in store.get_document(coll, f"d{i}")[1]])
     recalls = []
     # Queries come from the data distribution (a random direction has no real neighbours).
     queries = centres[:20] + 0.6 * rng.standard_normal((20, 128)).astype(np.float32) / np.sqrt(128)
@@ -144,16 +144,14 @@ def test_compact_reclaims_space(store: Store) -> None:
     # the survivors are still found, with exact scores
     coll = store.get_collection("c")
     doc, chunks = store.get_document(coll, "d49")
-    hits = store.vector_candidates(coll, np.ones(256, dtype=np.float32) / 16, 200,
-                                   candidates=200)
+    hits = store.vector_candidates(coll, np.ones(256, dtype=np.float32) / 16, 200, candidates=200)
     assert len(hits) == 100 and {c.id for c in chunks} <= {h for h, _ in hits}
 
 
 def test_embedding_cache(store: Store) -> None:
     vecs = unit(np.random.default_rng(5), 3)
     new_collection(store)
-    store.write_documents("c", "fp", "m", [], cache=list(zip(["a", "b", "c"], vecs,
-                                                             strict=True)))
+    store.write_documents("c", "fp", "m", [], cache=list(zip(["a", "b", "c"], vecs, strict=True)))
     got = store.cache_get("fp", ["b", "zz", "a"], DIM)
     assert set(got) == {0, 2} and np.allclose(got[0], vecs[1])
     assert store.cache_get("other-fp", ["a"], DIM) == {}

@@ -76,8 +76,9 @@ def test_compact_drops_tombstones_and_keeps_integrity(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     with SQLiteStore(tmp_path / "c.db") as s:
         s.create_collection("c", fingerprint="fp", model_id="m", dim=256, settings={})
-        s.write_documents("c", "fp", "m", [make_doc(f"d{i}", unit(rng, 20, 256))
-                                           for i in range(50)])
+        s.write_documents(
+            "c", "fp", "m", [make_doc(f"d{i}", unit(rng, 20, 256)) for i in range(50)]
+        )
         for i in range(45):
             s.delete_document("c", f"d{i}")
         epoch = s.get_collection("c").epoch
@@ -105,8 +106,11 @@ def test_readers_keep_working_while_a_writer_holds_the_lock(store: SQLiteStore) 
         try:
             for i in range(40):
                 with store.db.write() as conn:
-                    catalog.write_documents(conn, catalog.get_collection(conn, "c"),
-                                            [make_doc(f"w{i}", unit(rng, 5, DIM))])
+                    catalog.write_documents(
+                        conn,
+                        catalog.get_collection(conn, "c"),
+                        [make_doc(f"w{i}", unit(rng, 5, DIM))],
+                    )
                     time.sleep(0.01)  # hold the write lock for a while
         except BaseException as exc:
             errors.append(exc)

@@ -1,4 +1,4 @@
-"""The torch backend's own forwards (torch_models.py) against transformers / sentence-transformers,
+"""The torch backend's own forwards (engine/torch/) against transformers / sentence-transformers,
 both attention paths, the traps (left-padding NaN, rope_theta), dtypes, load errors, and that
 transformers is never imported at runtime.
 
@@ -16,16 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from backend_inputs import EOS, MINILM, QWEN3, copy_model, pad, unit
+from reference import qwen3_reference, sentence_transformers_reference
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
-from localrank.engine import torch_models
-from localrank.engine.torch_backend import TorchEmbedder, default_dtype, pool
-from localrank.engine.torch_models import attention_mask
+from localrank.engine.torch import TorchEmbedder, default_dtype, pool
+from localrank.engine.torch import layers as torch_layers
+from localrank.engine.torch.layers import attention_mask
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
-from tests.backend_inputs import EOS, MINILM, QWEN3, copy_model, pad, unit
-from tests.reference import qwen3_reference, sentence_transformers_reference
 
 ROOT = Path(__file__).resolve().parent.parent
 TEXTS = [
@@ -73,11 +73,16 @@ def qwen3_ref(tiny_qwen3: Path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
-def test_qwen3_matches_transformers(tiny_qwen3: Path, qwen3_ref: np.ndarray, attention: str,
-                                    request: pytest.FixtureRequest) -> None:
+def test_qwen3_matches_transformers(
+    tiny_qwen3: Path, qwen3_ref: np.ndarray, attention: str, request: pytest.FixtureRequest
+) -> None:
     emb: TorchEmbedder = request.getfixturevalue(f"qwen3_{attention}")
     assert (emb.info.backend, emb.info.device, emb.info.dtype, emb.info.dim) == (
-        "torch", "cpu", "float32", 64)
+        "torch",
+        "cpu",
+        "float32",
+        64,
+    )
     got = emb.embed(qwen3_batch(tiny_qwen3, TEXTS))
     assert got.dtype == np.float32 and got.shape == (len(TEXTS), 64)
     assert np.abs(unit(got) - qwen3_ref).max() < 1e-4
@@ -89,13 +94,17 @@ def test_qwen3_matches_transformers(tiny_qwen3: Path, qwen3_ref: np.ndarray, att
     assert np.abs(unit(right) - qwen3_ref).max() < 1e-4
 
 
-def test_explicit_attention_equals_sdpa(tiny_qwen3: Path, minilm: Path,
-                                        qwen3_sdpa: TorchEmbedder, qwen3_explicit: TorchEmbedder,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_explicit_attention_equals_sdpa(
+    tiny_qwen3: Path,
+    minilm: Path,
+    qwen3_sdpa: TorchEmbedder,
+    qwen3_explicit: TorchEmbedder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     batch = qwen3_batch(tiny_qwen3, TEXTS)
     assert np.abs(qwen3_sdpa.embed(batch) - qwen3_explicit.embed(batch)).max() < 1e-5
     # torch < 2.5 has no SDPA enable_gqa: k/v heads are repeated instead, same numbers.
-    monkeypatch.setattr(torch_models, "_SDPA_GQA", False)
+    monkeypatch.setattr(torch_layers, "_SDPA_GQA", False)
     assert np.abs(qwen3_sdpa.embed(batch) - qwen3_explicit.embed(batch)).max() < 1e-5
     monkeypatch.undo()
     unpadded = qwen3_batch(tiny_qwen3, ["abc", "xyz"])  # equal lengths: the mask-free path
@@ -118,8 +127,9 @@ def test_minilm_matches_sentence_transformers(minilm: Path, attention: str) -> N
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
-def test_left_padded_rows_are_finite_everywhere(tiny_qwen3: Path, attention: str,
-                                                request: pytest.FixtureRequest) -> None:
+def test_left_padded_rows_are_finite_everywhere(
+    tiny_qwen3: Path, attention: str, request: pytest.FixtureRequest
+) -> None:
     # Padding queries under a causal mask with left padding see no real key: unless they may
     # attend to themselves, their softmax row is empty (NaN) and NaN spreads through 0 * NaN.
     emb: TorchEmbedder = request.getfixturevalue(f"qwen3_{attention}")
@@ -128,23 +138,26 @@ def test_left_padded_rows_are_finite_everywhere(tiny_qwen3: Path, attention: str
     assert not real[0, 0]
     assert emb.model is not None
     with torch.inference_mode():
-        hidden = emb.model.forward(torch.from_numpy(batch.input_ids), real,
-                                   explicit=emb.explicit)
+        hidden = emb.model.forward(torch.from_numpy(batch.input_ids), real, explicit=emb.explicit)
     assert torch.isfinite(hidden).all()
     mask = attention_mask(real, causal=True)
     assert mask.any(dim=-1).all()  # no empty row anywhere
     # Attention itself is finite at padding positions too (the forward drops them afterwards).
     q, k, v = torch.randn(3, 2, 4, real.shape[1], 16).unbind(0)
-    out = torch_models.attend(q, k, v, mask, causal=True, explicit=attention == "explicit")
+    out = torch_layers.attend(q, k, v, mask, causal=True, explicit=attention == "explicit")
     assert torch.isfinite(out).all()
 
 
-def test_rope_theta_is_read_from_rope_parameters(tiny_qwen3: Path, tmp_path: Path,
-                                                 qwen3_sdpa: TorchEmbedder) -> None:
+def test_rope_theta_is_read_from_rope_parameters(
+    tiny_qwen3: Path, tmp_path: Path, qwen3_sdpa: TorchEmbedder
+) -> None:
     cfg = json.loads((tiny_qwen3 / "config.json").read_text())
     assert "rope_theta" not in cfg and cfg["rope_parameters"]["rope_theta"] == 10000.0
-    other = copy_model(tiny_qwen3, tmp_path / "theta",
-                       rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})
+    other = copy_model(
+        tiny_qwen3,
+        tmp_path / "theta",
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    )
     texts = TEXTS[2:5]
     batch = qwen3_batch(tiny_qwen3, texts)
     base = unit(qwen3_sdpa.embed(batch))
@@ -156,8 +169,9 @@ def test_rope_theta_is_read_from_rope_parameters(tiny_qwen3: Path, tmp_path: Pat
 # ----------------------------------------------------------------------------- dtypes
 
 
-def test_bf16_checkpoint_is_cast_at_load(tiny_qwen3: Path, tmp_path: Path,
-                                         qwen3_ref: np.ndarray) -> None:
+def test_bf16_checkpoint_is_cast_at_load(
+    tiny_qwen3: Path, tmp_path: Path, qwen3_ref: np.ndarray
+) -> None:
     bf16 = {k: v.to(torch.bfloat16) for k, v in load_file(tiny_qwen3 / "model.safetensors").items()}
     d = copy_model(tiny_qwen3, tmp_path / "bf16", weights=bf16, torch_dtype="bfloat16")
     emb = TorchEmbedder(d, QWEN3)  # auto on cpu: float32
@@ -176,8 +190,10 @@ def test_sharded_checkpoint(tiny_qwen3: Path, tmp_path: Path, qwen3_sdpa: TorchE
     d = copy_model(tiny_qwen3, tmp_path / "sharded", weights={})
     weights = load_file(tiny_qwen3 / "model.safetensors")
     names = sorted(weights)
-    shards = {"model-00001-of-00002.safetensors": names[::2],
-              "model-00002-of-00002.safetensors": names[1::2]}
+    shards = {
+        "model-00001-of-00002.safetensors": names[::2],
+        "model-00002-of-00002.safetensors": names[1::2],
+    }
     for shard, keys in shards.items():
         save_file({f"model.{k}": weights[k] for k in keys}, str(d / shard))  # prefixed keys
     index = {"weight_map": {f"model.{k}": shard for shard, keys in shards.items() for k in keys}}
@@ -196,9 +212,11 @@ def test_missing_key_names_file_and_key(tiny_qwen3: Path, tmp_path: Path) -> Non
     weights = load_file(tiny_qwen3 / "model.safetensors")
     del weights["layers.1.self_attn.k_norm.weight"]
     d = copy_model(tiny_qwen3, tmp_path / "missing", weights=weights)
-    with pytest.raises(ModelError,
-                       match=r"missing/model\.safetensors: missing weights "
-                             r"layers\.1\.self_attn\.k_norm\.weight"):
+    with pytest.raises(
+        ModelError,
+        match=r"missing/model\.safetensors: missing weights "
+        r"layers\.1\.self_attn\.k_norm\.weight",
+    ):
         TorchEmbedder(d, QWEN3)
 
 
@@ -207,8 +225,11 @@ def test_config_and_weights_disagree(tiny_qwen3: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match=r"model\.safetensors: missing weights layers\.2\."):
         TorchEmbedder(d, QWEN3)
     d = copy_model(tiny_qwen3, tmp_path / "wider", intermediate_size=256)
-    with pytest.raises(ModelError, match=r"mlp\.gate_proj\.weight' has shape \(128, 64\), "
-                                         r"config.json implies \(256, 64\)"):
+    with pytest.raises(
+        ModelError,
+        match=r"mlp\.gate_proj\.weight' has shape \(128, 64\), "
+        r"config.json implies \(256, 64\)",
+    ):
         TorchEmbedder(d, QWEN3)
     weights = load_file(tiny_qwen3 / "model.safetensors")
     weights["layers.0.extra.weight"] = torch.zeros(2)
@@ -278,8 +299,9 @@ def test_default_dtypes() -> None:
 
 
 @pytest.mark.parametrize("fixture", ["minilm", "tiny_qwen3"])
-def test_load_engine_never_imports_transformers(fixture: str,
-                                                request: pytest.FixtureRequest) -> None:
+def test_load_engine_never_imports_transformers(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
     model: Path = request.getfixturevalue(fixture)
     code = textwrap.dedent(f"""
         import sys
@@ -293,7 +315,7 @@ def test_load_engine_never_imports_transformers(fixture: str,
         print(heavy[:5])
         assert not heavy, heavy
     """)
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-

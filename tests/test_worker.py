@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_engine_parity import engine_for
 
 from localrank.engine.core import Engine
 from localrank.errors import Overloaded, TooLarge
 from localrank.serve.worker import BatchStats, ModelWorker
-from tests.test_engine_parity import engine_for
 
 
 class Gate:
@@ -74,8 +74,9 @@ async def test_large_arrays_are_split_and_interactive_goes_first(engine: Engine)
         interactive = asyncio.ensure_future(worker.submit(["an editor's query"]))
         await asyncio.sleep(0.1)
         gate.open.set()
-        first_done = (await asyncio.wait({bulk, interactive},
-                                         return_when=asyncio.FIRST_COMPLETED))[0]
+        first_done = (await asyncio.wait({bulk, interactive}, return_when=asyncio.FIRST_COMPLETED))[
+            0
+        ]
         await asyncio.gather(bulk, interactive)
     worker.stop()
     assert interactive in first_done and bulk not in first_done
@@ -112,8 +113,9 @@ async def test_bad_input_fails_only_its_own_request(engine: Engine) -> None:
     assert isinstance(results[1], TooLarge)
 
 
-async def test_backend_failure_reaches_the_caller(engine: Engine,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_backend_failure_reaches_the_caller(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     worker, _ = make_worker(engine)
 
     def boom(encoded):  # type: ignore[no-untyped-def]

@@ -33,8 +33,9 @@ def _no_model() -> AsyncEmbedder:
 
 
 @contextlib.asynccontextmanager
-async def _service(settings: Settings, runtime: Runtime, *, model: bool,
-                   database: Path | None = None) -> AsyncIterator[CollectionService]:
+async def _service(
+    settings: Settings, runtime: Runtime, *, model: bool, database: Path | None = None
+) -> AsyncIterator[CollectionService]:
     """A CollectionService over the user's store (or `database`), with the model loaded only
     when the command needs one; both are closed on the way out."""
     embedder = runtime.embedder_factory(settings) if model else None
@@ -47,8 +48,13 @@ async def _service(settings: Settings, runtime: Runtime, *, model: bool,
             await asyncio.to_thread(embedder.close)
 
 
-def _run(settings: Settings, runtime: Runtime, fn: Callable[[CollectionService], Awaitable[T]],
-         *, model: bool) -> T:
+def _run(
+    settings: Settings,
+    runtime: Runtime,
+    fn: Callable[[CollectionService], Awaitable[T]],
+    *,
+    model: bool,
+) -> T:
     async def go() -> T:
         async with _service(settings, runtime, model=model) as service:
             return await fn(service)
@@ -73,25 +79,41 @@ def _progress_bar(label: str) -> Callable[[Job], None]:
 
 def cmd_index(args: argparse.Namespace, runtime: Runtime) -> int:
     progress = None if args.json else _progress_bar("index")
-    out = _run(settings_from_args(args), runtime, lambda s: s.index_folder(
-        Path(args.path).expanduser(), args.collection, include=args.include or DEFAULT_INCLUDE,
-        exclude=args.exclude or (), wait=not args.detach, on_progress=progress), model=True)
+    out = _run(
+        settings_from_args(args),
+        runtime,
+        lambda s: s.index_folder(
+            Path(args.path).expanduser(),
+            args.collection,
+            include=args.include or DEFAULT_INCLUDE,
+            exclude=args.exclude or (),
+            wait=not args.detach,
+            on_progress=progress,
+        ),
+        model=True,
+    )
     if args.json:
         print_json(out)
     else:
         for s in out["skipped"]:
             print(f"skipped {s}", file=sys.stderr)
-        print(f"{out['collection']}: {out['files']} files, {out['changed']} new or changed, "
-              f"{out['unchanged']} unchanged"
-              + (f", job {out['job_id']} {out.get('state', 'queued')}" if out["job_id"] else ""))
+        print(
+            f"{out['collection']}: {out['files']} files, {out['changed']} new or changed, "
+            f"{out['unchanged']} unchanged"
+            + (f", job {out['job_id']} {out.get('state', 'queued')}" if out["job_id"] else "")
+        )
         for e in out.get("errors", []):
             print(f"  failed {e.get('id')}: {e.get('message')}", file=sys.stderr)
     return 1 if out.get("state") == "failed" else 0
 
 
 def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
-    body: dict[str, Any] = {"collection": args.collection, "query": args.query,
-                            "top_k": args.top_k, "mode": args.mode}
+    body: dict[str, Any] = {
+        "collection": args.collection,
+        "query": args.query,
+        "top_k": args.top_k,
+        "mode": args.mode,
+    }
     if args.filter:
         try:
             body["filter"] = json.loads(args.filter)
@@ -100,8 +122,9 @@ def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
     if args.no_rerank:
         body["rerank"] = False
     req = SearchRequest.from_json(body)
-    out = _run(settings_from_args(args), runtime, lambda s: s.search(req),
-               model=req.needs_embedding)
+    out = _run(
+        settings_from_args(args), runtime, lambda s: s.search(req), model=req.needs_embedding
+    )
     if args.json:
         print_json(out)
         return 0
@@ -127,14 +150,17 @@ def cmd_collections(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, runtime: Runtime) -> int:
-    out = _run(settings_from_args(args), runtime, lambda s: s.list_jobs(limit=args.limit),
-               model=False)
+    out = _run(
+        settings_from_args(args), runtime, lambda s: s.list_jobs(limit=args.limit), model=False
+    )
     if args.json:
         print_json({"jobs": out})
     else:
         for j in out:
-            print(f"{j['job_id']}  {j['kind']:<7} {j['state']:<7} {j['collection']}  "
-                  f"{j['done']}/{j['total']} done, {j['failed']} failed")
+            print(
+                f"{j['job_id']}  {j['kind']:<7} {j['state']:<7} {j['collection']}  "
+                f"{j['done']}/{j['total']} done, {j['failed']} failed"
+            )
     return 0
 
 
@@ -149,8 +175,12 @@ def cmd_compact(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def cmd_reindex(args: argparse.Namespace, runtime: Runtime) -> int:
     progress = None if args.json else _progress_bar("reindex")
-    out = _run(settings_from_args(args), runtime, lambda s: s.reindex_here(
-        args.collection, force=args.force, on_progress=progress), model=True)
+    out = _run(
+        settings_from_args(args),
+        runtime,
+        lambda s: s.reindex_here(args.collection, force=args.force, on_progress=progress),
+        model=True,
+    )
     if args.json:
         print_json(out)
     else:
@@ -165,24 +195,35 @@ def cmd_eval(args: argparse.Namespace, runtime: Runtime) -> int:
     async def run() -> dict[str, Any]:
         # A throwaway database: evaluation never touches the user's collections.
         with tempfile.TemporaryDirectory(prefix="localrank-eval-") as tmp:
-            async with _service(settings, runtime, model=True,
-                                database=Path(tmp) / "eval.db") as service:
+            async with _service(
+                settings, runtime, model=True, database=Path(tmp) / "eval.db"
+            ) as service:
                 chunks = await index_dataset(service, dataset, "eval")
                 metrics = await evaluate(service, dataset, "eval")
                 model = service.embedder().model_id
-        return {"dataset": dataset.name, "model": model, "documents": len(dataset.corpus),
-                "queries": len(dataset.queries), "chunks": chunks, "metrics": metrics}
+        return {
+            "dataset": dataset.name,
+            "model": model,
+            "documents": len(dataset.corpus),
+            "queries": len(dataset.queries),
+            "chunks": chunks,
+            "metrics": metrics,
+        }
 
     out = asyncio.run(run())
     if args.json:
         print_json(out)
     else:
-        print(f"{out['dataset']}: {out['documents']} docs, {out['queries']} queries, "
-              f"model {out['model']}")
+        print(
+            f"{out['dataset']}: {out['documents']} docs, {out['queries']} queries, "
+            f"model {out['model']}"
+        )
         print(f"{'config':<15}{'nDCG@10':>9}{'R@100':>9}{'MRR@10':>9}{'ms/q':>9}")
         for name, m in out["metrics"].items():
-            print(f"{name:<15}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}"
-                  f"{m['mrr@10']:>9.4f}{m['ms_per_query']:>9.2f}")
+            print(
+                f"{name:<15}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}"
+                f"{m['mrr@10']:>9.4f}{m['ms_per_query']:>9.2f}"
+            )
     return 0
 
 

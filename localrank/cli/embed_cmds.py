@@ -47,21 +47,34 @@ def cmd_embed(args: argparse.Namespace, runtime: Runtime) -> int:
     _quiet_logging()
     engine = load_engine(settings_from_args(args))
     query = args.query or args.instruction is not None
-    result = engine.embed(args.texts, query=query, instruction=args.instruction,
-                          dimensions=args.dimensions, truncate=not args.no_truncate)
+    result = engine.embed(
+        args.texts,
+        query=query,
+        instruction=args.instruction,
+        dimensions=args.dimensions,
+        truncate=not args.no_truncate,
+    )
     info = engine.info
     if args.json:
-        print_json({
-            "model": info.model_id, "backend": info.backend.backend,
-            "device": info.backend.device, "dtype": info.backend.dtype,
-            "dim": int(result.vectors.shape[1]), "pooling": info.backend.pooling,
-            "fallback_reason": info.fallback_reason,
-            "usage": {"prompt_tokens": result.prompt_tokens, "truncated": result.truncated},
-            "embeddings": result.vectors.tolist(),
-        })
+        print_json(
+            {
+                "model": info.model_id,
+                "backend": info.backend.backend,
+                "device": info.backend.device,
+                "dtype": info.backend.dtype,
+                "dim": int(result.vectors.shape[1]),
+                "pooling": info.backend.pooling,
+                "fallback_reason": info.fallback_reason,
+                "usage": {"prompt_tokens": result.prompt_tokens, "truncated": result.truncated},
+                "embeddings": result.vectors.tolist(),
+            }
+        )
     else:
-        print(f"# {info.model_id} on {info.backend.backend}/{info.backend.device} "
-              f"{info.backend.dtype}, dim {result.vectors.shape[1]}", file=sys.stderr)
+        print(
+            f"# {info.model_id} on {info.backend.backend}/{info.backend.device} "
+            f"{info.backend.dtype}, dim {result.vectors.shape[1]}",
+            file=sys.stderr,
+        )
         for text, vec in zip(args.texts, result.vectors, strict=True):
             head = " ".join(f"{x:+.4f}" for x in vec[:6])
             print(f"{text[:40]!r}: [{head} ...]")
@@ -74,9 +87,15 @@ def cmd_rerank(args: argparse.Namespace, runtime: Runtime) -> int:
     scores, _ = engine.rerank(args.query, args.documents, instruction=args.instruction)
     ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
     if args.json:
-        print_json({"model": engine.info.model_id, "results": [
-            {"index": i, "score": float(scores[i]), "document": args.documents[i]}
-            for i in ranked]})
+        print_json(
+            {
+                "model": engine.info.model_id,
+                "results": [
+                    {"index": i, "score": float(scores[i]), "document": args.documents[i]}
+                    for i in ranked
+                ],
+            }
+        )
     else:
         for i in ranked:
             print(f"{scores[i]:.4f}  {args.documents[i]}")
@@ -95,6 +114,7 @@ def cmd_models(args: argparse.Namespace, runtime: Runtime) -> int:
         print_json(models)
     else:
         for name, entry in models.items():
-            print(f"{name:45} dim {entry['dim']:5}  max {entry['max_tokens']:6}  "
-                  f"{entry['pooling']}")
+            print(
+                f"{name:45} dim {entry['dim']:5}  max {entry['max_tokens']:6}  {entry['pooling']}"
+            )
     return 0

@@ -8,9 +8,9 @@ import os
 import sys
 from typing import Any
 
-from localrank.ops import doctor, supervisor
 from localrank.cli.common import Runtime, print_json, settings_from_args
 from localrank.config import BACKENDS, Settings, load_settings
+from localrank.ops import doctor, supervisor
 
 _SERVICE_SETTINGS = ("host", "port", "log_format")
 
@@ -27,15 +27,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("service", help="install or manage the background service")
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
-    for name, func, text in (("install", cmd_install, "install and start the service"),
-                             ("uninstall", cmd_uninstall, "stop and remove the service"),
-                             ("status", cmd_status, "is the service installed and running"),
-                             ("logs", cmd_logs, "print the end of the service's logs")):
+    for name, func, text in (
+        ("install", cmd_install, "install and start the service"),
+        ("uninstall", cmd_uninstall, "stop and remove the service"),
+        ("status", cmd_status, "is the service installed and running"),
+        ("logs", cmd_logs, "print the end of the service's logs"),
+    ):
         a = actions.add_parser(name, help=text)
-        a.add_argument("--platform", choices=supervisor.PLATFORMS,
-                       help="macos (launchd) or linux (systemd --user); default: this machine")
-        a.add_argument("--dry-run", action="store_true",
-                       help="print what would be written and run, change nothing")
+        a.add_argument(
+            "--platform",
+            choices=supervisor.PLATFORMS,
+            help="macos (launchd) or linux (systemd --user); default: this machine",
+        )
+        a.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="print what would be written and run, change nothing",
+        )
         if name == "install":
             _add_setting_flags(a)
             a.add_argument("--log-format", choices=("text", "json"), dest="log_format")
@@ -62,8 +70,10 @@ def _check_local(args: argparse.Namespace, platform: supervisor.Platform) -> boo
     """Real changes only for this machine's own service manager; rendering works anywhere."""
     if args.dry_run or platform == supervisor.current_platform():
         return True
-    print(f"localrank: error: this machine is not {platform}; use --dry-run to render the file",
-          file=sys.stderr)
+    print(
+        f"localrank: error: this machine is not {platform}; use --dry-run to render the file",
+        file=sys.stderr,
+    )
     return False
 
 
@@ -79,14 +89,19 @@ def cmd_install(args: argparse.Namespace, runtime: Runtime) -> int:
         return 2
     path = supervisor.service_file(platform)
     for name in supervisor.unforwarded_settings(settings):
-        print(f"localrank: warning: {name} comes from {settings.sources[name]}; the service will "
-              f"not see it: put it in {settings.paths.config_file} instead", file=sys.stderr)
+        print(
+            f"localrank: warning: {name} comes from {settings.sources[name]}; the service will "
+            f"not see it: put it in {settings.paths.config_file} instead",
+            file=sys.stderr,
+        )
     if args.dry_run:
         sys.stdout.write(supervisor.render(settings, platform))
         print(f"# would write: {path}", file=sys.stderr)
         _print_steps(supervisor.install_steps(platform, path, os.getuid()))
         return 0
-    supervisor.install(settings, platform, path=path, runner=supervisor.run_command, uid=os.getuid())
+    supervisor.install(
+        settings, platform, path=path, runner=supervisor.run_command, uid=os.getuid()
+    )
     stdout, stderr = supervisor.log_files(settings)
     print(f"installed {path}\nlogs: {stdout}, {stderr}")
     return 0
@@ -101,7 +116,9 @@ def cmd_uninstall(args: argparse.Namespace, runtime: Runtime) -> int:
         _print_steps(supervisor.uninstall_steps(platform, os.getuid()))
         print(f"# would remove: {path}", file=sys.stderr)
         return 0
-    existed = supervisor.uninstall(platform, path=path, runner=supervisor.run_command, uid=os.getuid())
+    existed = supervisor.uninstall(
+        platform, path=path, runner=supervisor.run_command, uid=os.getuid()
+    )
     print(f"removed {path}" if existed else f"nothing installed at {path}")
     return 0
 
@@ -141,8 +158,7 @@ def cmd_doctor(args: argparse.Namespace, runtime: Runtime) -> int:
     settings, config_check = doctor.load_for_doctor(flags)
     checks = doctor.run_checks(settings, config_check)
     if args.json:
-        print_json({"ok": doctor.exit_status(checks) == 0,
-                    "checks": [c.to_dict() for c in checks]})
+        print_json({"ok": doctor.exit_status(checks) == 0, "checks": [c.to_dict() for c in checks]})
     else:
         print(doctor.format_text(checks))
     return doctor.exit_status(checks)
@@ -150,20 +166,27 @@ def cmd_doctor(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def config_rows(settings: Settings) -> list[dict[str, Any]]:
     """Each setting's effective value (token masked) and its source."""
-    return [{"name": name, "value": value, "source": settings.sources.get(name, "default")}
-            for name, value in settings.to_dict().items()]
+    return [
+        {"name": name, "value": value, "source": settings.sources.get(name, "default")}
+        for name, value in settings.to_dict().items()
+    ]
 
 
 def cmd_config(args: argparse.Namespace, runtime: Runtime) -> int:
     settings = load_settings()
     rows = config_rows(settings)
     if args.json:
-        print_json({"config_file": str(settings.paths.config_file),
-                    "settings": {r["name"]: {"value": r["value"], "source": r["source"]}
-                                 for r in rows}})
+        print_json(
+            {
+                "config_file": str(settings.paths.config_file),
+                "settings": {r["name"]: {"value": r["value"], "source": r["source"]} for r in rows},
+            }
+        )
         return 0
-    print(f"# config file: {settings.paths.config_file}"
-          f"{'' if settings.paths.config_file.is_file() else ' (absent)'}")
+    print(
+        f"# config file: {settings.paths.config_file}"
+        f"{'' if settings.paths.config_file.is_file() else ' (absent)'}"
+    )
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         print(f"{r['name']:<{width}}  {json.dumps(r['value']):<40}  {r['source']}")

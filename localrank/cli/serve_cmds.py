@@ -17,8 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int)
     p.add_argument("--unix-socket", dest="unix_socket", help="listen on a unix socket instead")
     p.add_argument("--log-format", dest="log_format", choices=("text", "json"))
-    p.add_argument("--log-level", dest="log_level",
-                   choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
     p.set_defaults(func=cmd_serve)
 
 

@@ -10,5 +10,12 @@ from localrank.collections.ingest import IngestSettings
 from localrank.collections.search import SearchRequest
 from localrank.collections.service import CollectionService
 
-__all__ = ["AsyncEmbedder", "CollectionService", "DocumentIn", "EmbedderFactory",
-           "EmbedderGetter", "IngestSettings", "SearchRequest"]
+__all__ = [
+    "AsyncEmbedder",
+    "CollectionService",
+    "DocumentIn",
+    "EmbedderFactory",
+    "EmbedderGetter",
+    "IngestSettings",
+    "SearchRequest",
+]

@@ -62,12 +62,19 @@ class InProcessEmbedder:
         self.max_tokens = engine.recipe.max_tokens
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localrank-model")
 
-    async def embed(self, texts: Sequence[str], *, query: bool, instruction: str | None = None,
-                    bulk: bool = False) -> np.ndarray:
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        query: bool,
+        instruction: str | None = None,
+        bulk: bool = False,
+    ) -> np.ndarray:
         loop = asyncio.get_running_loop()
         result = await loop.run_in_executor(
-            self._thread, lambda: self.engine.embed(list(texts), query=query,
-                                                    instruction=instruction))
+            self._thread,
+            lambda: self.engine.embed(list(texts), query=query, instruction=instruction),
+        )
         return result.vectors
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:

@@ -11,8 +11,21 @@ from pathlib import Path
 from localrank.collections.documents import DEFAULT_MAX_DOCUMENT_BYTES, DocumentIn, check_text
 from localrank.errors import LocalrankError
 
-IGNORED_DIRS = frozenset({".git", "node_modules", ".venv", "venv", "__pycache__", ".mypy_cache",
-                          ".pytest_cache", ".ruff_cache", ".tox", ".hg", ".svn"})
+IGNORED_DIRS = frozenset(
+    {
+        ".git",
+        "node_modules",
+        ".venv",
+        "venv",
+        "__pycache__",
+        ".mypy_cache",
+        ".pytest_cache",
+        ".ruff_cache",
+        ".tox",
+        ".hg",
+        ".svn",
+    }
+)
 DEFAULT_INCLUDE = ("*.md", "*.markdown", "*.txt", "*.rst", "*.org", "*.adoc")
 
 
@@ -41,9 +54,12 @@ def iter_files(root: Path, include: Sequence[str], exclude: Sequence[str]) -> It
             yield path
 
 
-def read_folder(root: Path, include: Sequence[str] = DEFAULT_INCLUDE,
-                exclude: Sequence[str] = (),
-                max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> FolderScan:
+def read_folder(
+    root: Path,
+    include: Sequence[str] = DEFAULT_INCLUDE,
+    exclude: Sequence[str] = (),
+    max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES,
+) -> FolderScan:
     """Each readable text file as a document whose id is its path relative to the folder."""
     scan = FolderScan([])
     base = root if root.is_dir() else root.parent

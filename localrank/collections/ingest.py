@@ -153,8 +153,12 @@ class Ingestor:
             h = content_hash(d.text)
             chunks = None  # unchanged text (same hash): no chunks, nothing to embed
             if existing.get(d.id) != h:
-                chunks = chunk_text(d.text, embedder.token_offsets(d.text),
-                                    target_tokens=target, overlap_tokens=overlap)  # fmt: skip
+                chunks = chunk_text(
+                    d.text,
+                    embedder.token_offsets(d.text),
+                    target_tokens=target,
+                    overlap_tokens=overlap,
+                )
             prepared.append(PreparedDocument(d.id, d.text, d.metadata, d.source, h, chunks))
         batch = self._lookup(embedder, [c.text for p in prepared for c in p.chunks or ()])
         batch.docs = prepared
@@ -166,9 +170,11 @@ class Ingestor:
         if unique:
             step = self.settings.embed_batch
             parts = await asyncio.gather(
-                *(embedder.embed(unique[s : s + step], query=False, bulk=True)
-                  for s in range(0, len(unique), step))
-            )  # fmt: skip
+                *(
+                    embedder.embed(unique[s : s + step], query=False, bulk=True)
+                    for s in range(0, len(unique), step)
+                )
+            )
             vecs = np.concatenate(parts).astype(np.float32, copy=False)
             if vecs.shape != (len(unique), embedder.dim) or not np.isfinite(vecs).all():
                 raise LocalrankError(f"embedder returned {vecs.shape} or non-finite vectors")
@@ -215,9 +221,14 @@ class Ingestor:
         progress = None
         if job_id is not None:
             progress = JobProgress(job_id, tuple(i.seq for i in batch.items), tuple(batch.failed))
-        return self.store.write_documents(collection_name, embedder.fingerprint,
-                                          embedder.model_id, batch.docs, cache=batch.fresh,
-                                          progress=progress)
+        return self.store.write_documents(
+            collection_name,
+            embedder.fingerprint,
+            embedder.model_id,
+            batch.docs,
+            cache=batch.fresh,
+            progress=progress,
+        )
 
     async def upsert(self, collection_name: str, docs: Sequence[DocumentIn]) -> dict[str, Any]:
         """Store documents now; returns {"documents": [{id, status, chunks}], "chunks": n}."""
@@ -257,13 +268,14 @@ class Ingestor:
                 f"collection {collection_name!r} already uses {embedder.model_id}; "
                 "pass force to re-embed anyway"
             )
-        params = {"fingerprint": embedder.fingerprint, "model_id": embedder.model_id,
-                  "dim": embedder.dim}
+        params = {
+            "fingerprint": embedder.fingerprint,
+            "model_id": embedder.model_id,
+            "dim": embedder.dim,
+        }
         return await asyncio.to_thread(self.store.create_reindex_job, collection_name, params)
 
-    async def process_job(
-        self, job: Job, on_progress: Callable[[Job], None] | None = None
-    ) -> Job:
+    async def process_job(self, job: Job, on_progress: Callable[[Job], None] | None = None) -> Job:
         """Run a claimed job to the end. ModelMismatch / NotReady propagate (job stays open)."""
         if job.kind == "reindex":
             await self._run_reindex(job, on_progress)
@@ -281,8 +293,9 @@ class Ingestor:
             items = self.store.pending_items(job.id, self.settings.job_batch_docs, after=after)
             if not items:
                 return None
-            batch = self._stage(collection, embedder,
-                                [DocumentIn.from_payload(i.payload) for i in items])
+            batch = self._stage(
+                collection, embedder, [DocumentIn.from_payload(i.payload) for i in items]
+            )
             batch.items = items
             return batch
 
@@ -315,8 +328,9 @@ class Ingestor:
         collection = await self._collection(job.collection)
 
         def stage(after: int) -> _Batch | None:
-            todo = self.store.chunks_to_reindex(collection, job.id, self.settings.embed_batch,
-                                                after=after)
+            todo = self.store.chunks_to_reindex(
+                collection, job.id, self.settings.embed_batch, after=after
+            )
             if not todo:
                 return None
             batch = self._lookup(embedder, [t for _, t in todo])
@@ -331,9 +345,14 @@ class Ingestor:
 
         async def write(batch: _Batch) -> None:
             progress = await asyncio.to_thread(
-                lambda: self.store.stage_reindexed(job.id, batch.chunk_ids, batch.vectors,
-                                                   fingerprint=embedder.fingerprint,
-                                                   cache=batch.fresh))
+                lambda: self.store.stage_reindexed(
+                    job.id,
+                    batch.chunk_ids,
+                    batch.vectors,
+                    fingerprint=embedder.fingerprint,
+                    cache=batch.fresh,
+                )
+            )
             if on_progress:
                 on_progress(progress)
 

@@ -41,8 +41,7 @@ class JobRunner:
         except LocalrankError:
             return None  # the model is still loading
         self._blocked = {j: f for j, f in self._blocked.items() if f == fingerprint}
-        job = await asyncio.to_thread(
-            lambda: store.claim_job(self.owner, skip=list(self._blocked)))
+        job = await asyncio.to_thread(lambda: store.claim_job(self.owner, skip=list(self._blocked)))
         if job is None:
             return None
         try:

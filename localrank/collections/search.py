@@ -103,12 +103,21 @@ class SearchRequest:
             raise InvalidInput("instruction must be a string", param="instruction")
         candidates = body.get("candidates")
         if candidates is not None and (
-            isinstance(candidates, bool) or not isinstance(candidates, int)
+            isinstance(candidates, bool)
+            or not isinstance(candidates, int)
             or not 1 <= candidates <= 100_000
-        ):  # fmt: skip
+        ):
             raise InvalidInput("candidates must be an integer in 1..100000", param="candidates")
-        return cls(collection, query, top_k, mode, rerank, parse_filter(body.get("filter")),
-                   instruction, candidates)  # fmt: skip
+        return cls(
+            collection,
+            query,
+            top_k,
+            mode,
+            rerank,
+            parse_filter(body.get("filter")),
+            instruction,
+            candidates,
+        )
 
     @property
     def reranked(self) -> bool:
@@ -151,8 +160,9 @@ def run_search(
         assert query_vector is not None
         t = time.perf_counter()
         n_cand = req.candidates or max(400, 40 * req.top_k)
-        vector = store.vector_candidates(collection, query_vector, pool, candidates=n_cand,
-                                         flt=req.filter)
+        vector = store.vector_candidates(
+            collection, query_vector, pool, candidates=n_cand, flt=req.filter
+        )
         timings["vector"] = _ms(t)
     cosine = dict(vector)
     if req.mode == "hybrid":

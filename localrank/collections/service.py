@@ -37,8 +37,9 @@ def _ms(start: float) -> float:
 class CollectionService:
     """Collections, documents, search, jobs and maintenance over one store and one embedder."""
 
-    def __init__(self, store: Store, embedder: EmbedderGetter,
-                 settings: IngestSettings | None = None) -> None:
+    def __init__(
+        self, store: Store, embedder: EmbedderGetter, settings: IngestSettings | None = None
+    ) -> None:
         self.store = store
         self.get_embedder = embedder
         self.ingestor = Ingestor(store, embedder, settings)
@@ -57,20 +58,27 @@ class CollectionService:
 
     # --- collections --------------------------------------------------------------------
 
-    async def create_collection(self, name: str, *,
-                                settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def create_collection(
+        self, name: str, *, settings: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Create a collection bound to the serving model."""
         settings = dict(settings or {})
         for key, lo, hi in CHUNK_SETTINGS:
             value = settings.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or not lo <= value <= hi):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi
+            ):
                 raise InvalidInput(f"{key} must be an integer in {lo}..{hi}", param=key)
         embedder = self.get_embedder()
         c = await asyncio.to_thread(
-            lambda: self.store.create_collection(name, fingerprint=embedder.fingerprint,
-                                                 model_id=embedder.model_id, dim=embedder.dim,
-                                                 settings=settings))
+            lambda: self.store.create_collection(
+                name,
+                fingerprint=embedder.fingerprint,
+                model_id=embedder.model_id,
+                dim=embedder.dim,
+                settings=settings,
+            )
+        )
         return c.to_api(documents=0, chunks=0)
 
     async def list_collections(self) -> list[dict[str, Any]]:
@@ -96,8 +104,9 @@ class CollectionService:
         """A request's `documents` list validated (InvalidInput / TooLarge naming the culprit)."""
         return parse_documents(raw, max_bytes=self.settings.max_document_bytes)
 
-    async def add_documents(self, name: str, docs: Sequence[DocumentIn], *,
-                            background: bool) -> dict[str, Any]:
+    async def add_documents(
+        self, name: str, docs: Sequence[DocumentIn], *, background: bool
+    ) -> dict[str, Any]:
         """Upsert documents now (per-document status) or queue a job (its job_id). Nothing is
         acknowledged before it is durable."""
         if not background:
@@ -111,18 +120,24 @@ class CollectionService:
         collection = await self._collection(name)
         doc, chunks = await asyncio.to_thread(self.store.get_document, collection, doc_id)
         out = doc.to_api()
-        out["chunks"] = [{"chunk_id": c.id, "ordinal": c.span.ordinal, "text": c.text,
-                          "citation": c.citation()} for c in chunks]
+        out["chunks"] = [
+            {"chunk_id": c.id, "ordinal": c.span.ordinal, "text": c.text, "citation": c.citation()}
+            for c in chunks
+        ]
         return out
 
-    async def list_documents(self, name: str, *, limit: int = 100,
-                             after: str | None = None) -> dict[str, Any]:
+    async def list_documents(
+        self, name: str, *, limit: int = 100, after: str | None = None
+    ) -> dict[str, Any]:
         """A page of documents (without text); `next_after` pages on."""
         collection = await self._collection(name)
         docs = await asyncio.to_thread(
-            lambda: self.store.list_documents(collection, limit=limit, after=after))
-        return {"documents": [d.to_api(include_text=False) for d in docs],
-                "next_after": docs[-1].doc_id if len(docs) == limit else None}
+            lambda: self.store.list_documents(collection, limit=limit, after=after)
+        )
+        return {
+            "documents": [d.to_api(include_text=False) for d in docs],
+            "next_after": docs[-1].doc_id if len(docs) == limit else None,
+        }
 
     async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
         """Delete one document."""
@@ -144,11 +159,18 @@ class CollectionService:
             vecs = await embedder.embed([req.query], query=True, instruction=req.instruction)
             query_vector = np.asarray(vecs, dtype=np.float32)[0]
             timings["embed"] = _ms(t)
-        results = await asyncio.to_thread(run_search, self.store, collection, req, query_vector,
-                                          timings)
+        results = await asyncio.to_thread(
+            run_search, self.store, collection, req, query_vector, timings
+        )
         timings["total"] = _ms(start)
-        return {"collection": collection.name, "model": collection.model_id, "mode": req.mode,
-                "reranked": req.reranked, "results": results, "timings_ms": timings}
+        return {
+            "collection": collection.name,
+            "model": collection.model_id,
+            "mode": req.mode,
+            "reranked": req.reranked,
+            "results": results,
+            "timings_ms": timings,
+        }
 
     # --- jobs ---------------------------------------------------------------------------
 
@@ -171,7 +193,8 @@ class CollectionService:
         """Run a queued job in this process, or follow it if another runner (a daemon) has
         already claimed it. Returns the finished job."""
         claimed = await asyncio.to_thread(
-            lambda: self.store.claim_job(self.runner.owner, only=job.id))
+            lambda: self.store.claim_job(self.runner.owner, only=job.id)
+        )
         if claimed is not None:
             return await self.ingestor.process_job(claimed, on_progress)
         while not (current := await asyncio.to_thread(self.store.get_job, job.id)).finished:
@@ -180,33 +203,46 @@ class CollectionService:
             await asyncio.sleep(FOLLOW_POLL_SECONDS)
         return current
 
-    async def reindex_here(self, name: str, *, force: bool = False,
-                           on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    async def reindex_here(
+        self, name: str, *, force: bool = False, on_progress: ProgressFn | None = None
+    ) -> dict[str, Any]:
         """Re-embed a collection in this process (the CLI without a daemon)."""
         job = await self.ingestor.submit_reindex(name, force=force)
         return (await self.run_job_here(job, on_progress)).to_api()
 
     # --- folders ------------------------------------------------------------------------
 
-    async def index_folder(self, root: Path, collection: str, *,
-                           include: Sequence[str] = DEFAULT_INCLUDE,
-                           exclude: Sequence[str] = (), wait: bool = True,
-                           on_progress: ProgressFn | None = None) -> dict[str, Any]:
+    async def index_folder(
+        self,
+        root: Path,
+        collection: str,
+        *,
+        include: Sequence[str] = DEFAULT_INCLUDE,
+        exclude: Sequence[str] = (),
+        wait: bool = True,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
         """Index the text files under `root` into `collection` (created if missing): unchanged
         files are skipped by content hash; the rest go through a job, run here when `wait`."""
         if not root.exists():
             raise NotFound(f"{root} does not exist")
-        scan = await asyncio.to_thread(read_folder, root, include, exclude,
-                                       self.settings.max_document_bytes)
+        scan = await asyncio.to_thread(
+            read_folder, root, include, exclude, self.settings.max_document_bytes
+        )
         if collection not in {c["name"] for c in await self.list_collections()}:
             await self.create_collection(collection)
         coll = await self._collection(collection)
         docs = scan.documents
         known = await asyncio.to_thread(self.store.document_hashes, coll, [d.id for d in docs])
         changed = [d for d in docs if known.get(d.id) != content_hash(d.text)]
-        result: dict[str, Any] = {"collection": collection, "files": len(docs),
-                                  "changed": len(changed), "unchanged": len(docs) - len(changed),
-                                  "skipped": scan.skipped, "job_id": None}
+        result: dict[str, Any] = {
+            "collection": collection,
+            "files": len(docs),
+            "changed": len(changed),
+            "unchanged": len(docs) - len(changed),
+            "skipped": scan.skipped,
+            "job_id": None,
+        }
         if not changed:
             return result
         job = await self.ingestor.submit(collection, changed)
@@ -224,5 +260,6 @@ class CollectionService:
     async def compact(self) -> dict[str, Any]:
         """Reclaim space left by deletes and trim tombstones, old jobs and the cache."""
         report = await asyncio.to_thread(
-            lambda: self.store.compact(cache_max_rows=self.settings.cache_max_rows))
+            lambda: self.store.compact(cache_max_rows=self.settings.cache_max_rows)
+        )
         return report.to_api()

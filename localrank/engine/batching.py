@@ -1,4 +1,5 @@
-"""Length-sorted, token-budget batches with few distinct padded shapes.
+"""Length-sorted, token-budget batches with few distinct padded shapes, and the batch checks
+every backend makes before a model call.
 
 Sorting by length keeps padding low on mixed-length input (the reason fixed-size batches in
 input order waste compute); bucketing padded lengths keeps the number of distinct shapes small,
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from localrank.engine.types import Batch
+from localrank.errors import InvalidInput
 
 
 def bucket_length(n: int) -> int:
@@ -40,8 +42,9 @@ def plan_batches(
     for i in order:
         n = bucket_length(lengths[i]) if bucket else lengths[i]
         new_width = max(width, n)
-        if current and (new_width * (len(current) + 1) > max_batch_tokens
-                        or len(current) >= max_batch_size):
+        if current and (
+            new_width * (len(current) + 1) > max_batch_tokens or len(current) >= max_batch_size
+        ):
             batches.append(current)
             current, new_width = [], n
         current.append(i)
@@ -51,8 +54,9 @@ def plan_batches(
     return batches
 
 
-def pad(sequences: Sequence[Sequence[int]], *, pad_id: int, side: str,
-        bucket: bool = True) -> Batch:
+def pad(
+    sequences: Sequence[Sequence[int]], *, pad_id: int, side: str, bucket: bool = True
+) -> Batch:
     """Pad id sequences into a Batch on the given side, with a 1/0 attention mask."""
     longest = max(len(s) for s in sequences)
     width = bucket_length(longest) if bucket else longest
@@ -61,9 +65,31 @@ def pad(sequences: Sequence[Sequence[int]], *, pad_id: int, side: str,
     for row, seq in enumerate(sequences):
         n = len(seq)
         if side == "left":
-            ids[row, width - n:] = seq
-            mask[row, width - n:] = 1
+            ids[row, width - n :] = seq
+            mask[row, width - n :] = 1
         else:
             ids[row, :n] = seq
             mask[row, :n] = 1
     return Batch(ids, mask)
+
+
+def checked_batch(
+    batch: Batch, vocab: int, max_positions: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's ids and mask, refused when a model call could not give a true answer:
+    mismatched shapes, a row with no real token, ids outside the vocabulary (lookups do not
+    bounds-check on every backend), or more positions than the model has."""
+    ids, mask = np.asarray(batch.input_ids), np.asarray(batch.attention_mask)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise InvalidInput(
+            f"batch input_ids {ids.shape} and attention_mask {mask.shape} must be equal 2-D shapes"
+        )
+    if ids.size == 0:
+        return ids, mask
+    if not (mask != 0).any(axis=1).all():
+        raise InvalidInput("every batch row needs at least one real token")
+    if ids.min() < 0 or ids.max() >= vocab:
+        raise InvalidInput(f"token ids must be in [0, {vocab}); got [{ids.min()}, {ids.max()}]")
+    if max_positions is not None and ids.shape[1] > max_positions:
+        raise InvalidInput(f"{ids.shape[1]} tokens is over this model's {max_positions} positions")
+    return ids, mask

@@ -5,10 +5,8 @@ One Engine per loaded model. It is not thread-safe: the daemon calls it from one
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
@@ -16,56 +14,8 @@ import numpy as np
 from localrank.engine.batching import pad, plan_batches
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import Encoded, TextTokenizer
-from localrank.engine.types import BackendInfo, Embedder, Recipe
+from localrank.engine.types import MIN_DIMENSIONS, Embedder, Inputs, ModelInfo
 from localrank.errors import BackendError, InvalidInput, TooLarge
-
-MIN_DIMENSIONS = 32
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """What is being served, as read back from the loaded model."""
-
-    model_id: str
-    path: Path
-    revision: str
-    recipe: Recipe
-    backend: BackendInfo
-    tokenizer_appends_eos: bool
-    fallback_reason: str | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        """Identifies vectors that can be compared: same model, revision, size, pooling, prompts."""
-        prompt = hashlib.sha256(self.recipe.prompt_format.encode()).hexdigest()[:8]
-        return (f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:"
-                f"{prompt}")
-
-    @property
-    def display_name(self) -> str:
-        """The `model` field of every response: loud when the offline fallback is serving."""
-        if self.fallback_reason is None:
-            return self.model_id
-        return f"{self.model_id} (offline fallback: the configured model is not available)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "model": self.display_name,
-            "model_id": self.model_id,
-            "path": str(self.path),
-            "revision": self.revision,
-            "fingerprint": self.fingerprint,
-            "fallback": self.fallback_reason is not None,
-            "fallback_reason": self.fallback_reason,
-            **asdict(self.backend),
-            "normalized": self.recipe.normalize,
-            "padding_side": self.recipe.padding_side,
-            "instructions": self.recipe.query_template is not None,
-            "query_template": self.recipe.query_template,
-            "default_instruction": self.recipe.default_instruction,
-            "tokenizer_appends_eos": self.tokenizer_appends_eos,
-            "min_dimensions": min(MIN_DIMENSIONS, self.recipe.dim),
-        }
 
 
 @dataclass(frozen=True)
@@ -73,9 +23,6 @@ class EmbedResult:
     vectors: np.ndarray  # float32 [N, dim]
     prompt_tokens: int  # tokens the model really saw (after truncation)
     truncated: int  # inputs that were cut to max_tokens
-
-
-Inputs = Sequence[str] | Sequence[Sequence[int]]
 
 
 def check_inputs(inputs: Any, *, max_inputs: int | None = None, param: str = "input") -> bool:
@@ -92,17 +39,21 @@ def check_inputs(inputs: Any, *, max_inputs: int | None = None, param: str = "in
                 try:
                     text.encode("utf-8")
                 except UnicodeEncodeError:  # a lone surrogate from a JSON "\ud800" escape
-                    raise InvalidInput(f"{param}[{i}] is not valid Unicode (lone surrogate)",
-                                       param=param) from None
+                    raise InvalidInput(
+                        f"{param}[{i}] is not valid Unicode (lone surrogate)", param=param
+                    ) from None
         return False
-    if all(isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
-           for x in inputs):
+    if all(
+        isinstance(x, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in x)
+        for x in inputs
+    ):
         if any(len(x) == 0 for x in inputs):
             raise InvalidInput(f"{param} has an empty token list", param=param)
         return True
     bad = next(i for i, x in enumerate(inputs) if not isinstance(x, str))
-    raise InvalidInput(f"{param}[{bad}] must be a string, not {type(inputs[bad]).__name__}",
-                       param=param)
+    raise InvalidInput(
+        f"{param}[{bad}] must be a string, not {type(inputs[bad]).__name__}", param=param
+    )
 
 
 def relevance(cosine: np.ndarray) -> np.ndarray:
@@ -124,16 +75,24 @@ def apply_dimensions(vectors: np.ndarray, dimensions: int | None) -> np.ndarray:
         raise InvalidInput("dimensions must be an integer", param="dimensions")
     low = min(MIN_DIMENSIONS, native)
     if not low <= dimensions <= native:
-        raise InvalidInput(f"dimensions must be between {low} and {native}, not {dimensions}",
-                           param="dimensions")
+        raise InvalidInput(
+            f"dimensions must be between {low} and {native}, not {dimensions}", param="dimensions"
+        )
     cut = vectors[:, :dimensions]
     norms = np.linalg.norm(cut, axis=1, keepdims=True)
     return (cut / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class Engine:
-    def __init__(self, resolved: ResolvedModel, tokenizer: TextTokenizer, embedder: Embedder, *,
-                 max_batch_tokens: int = 16384, max_batch_size: int = 128) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedModel,
+        tokenizer: TextTokenizer,
+        embedder: Embedder,
+        *,
+        max_batch_tokens: int = 16384,
+        max_batch_size: int = 128,
+    ) -> None:
         self.tokenizer = tokenizer
         self.embedder = embedder
         self.recipe = tokenizer.recipe
@@ -144,8 +103,11 @@ class Engine:
         info = embedder.info
         self.bucket = not (info.backend == "torch" and info.device == "cpu")
         self.info = ModelInfo(
-            model_id=resolved.model_id, path=resolved.path, revision=resolved.revision,
-            recipe=self.recipe, backend=embedder.info,
+            model_id=resolved.model_id,
+            path=resolved.path,
+            revision=resolved.revision,
+            recipe=self.recipe,
+            backend=embedder.info,
             tokenizer_appends_eos=tokenizer.tokenizer_appends_eos,
             fallback_reason=resolved.fallback_reason,
         )
@@ -162,8 +124,14 @@ class Engine:
         task = instruction if instruction is not None else (self.recipe.default_instruction or "")
         return template.format(task=task, query=text)
 
-    def prepare(self, inputs: Inputs, *, query: bool = False, instruction: str | None = None,
-                truncate: bool = True) -> list[Encoded]:
+    def prepare(
+        self,
+        inputs: Inputs,
+        *,
+        query: bool = False,
+        instruction: str | None = None,
+        truncate: bool = True,
+    ) -> list[Encoded]:
         """Tokenize inputs by the recipe. With truncate=False an over-long input is an error."""
         if check_inputs(inputs):
             encoded = self.tokenizer.encode_ids(cast(Sequence[Sequence[int]], inputs))
@@ -175,42 +143,64 @@ class Engine:
         if not truncate:
             for i, e in enumerate(encoded):
                 if e.truncated:
-                    raise TooLarge(f"input[{i}] has {e.original_tokens} tokens; the limit is "
-                                   f"{self.recipe.max_tokens} and truncation is off",
-                                   param="input")
+                    raise TooLarge(
+                        f"input[{i}] has {e.original_tokens} tokens; the limit is "
+                        f"{self.recipe.max_tokens} and truncation is off",
+                        param="input",
+                    )
         return encoded
 
     def run(self, encoded: Sequence[Encoded]) -> np.ndarray:
         """Embed prepared inputs: sorted, token-budget batches; results in input order."""
         out = np.empty((len(encoded), self.dim), dtype=np.float32)
-        plan = plan_batches([len(e.ids) for e in encoded], max_batch_tokens=self.max_batch_tokens,
-                            max_batch_size=self.max_batch_size, bucket=self.bucket)
+        plan = plan_batches(
+            [len(e.ids) for e in encoded],
+            max_batch_tokens=self.max_batch_tokens,
+            max_batch_size=self.max_batch_size,
+            bucket=self.bucket,
+        )
         for indices in plan:
-            batch = pad([encoded[i].ids for i in indices], pad_id=self.recipe.pad_token_id,
-                        side=self.recipe.padding_side, bucket=self.bucket)
+            batch = pad(
+                [encoded[i].ids for i in indices],
+                pad_id=self.recipe.pad_token_id,
+                side=self.recipe.padding_side,
+                bucket=self.bucket,
+            )
             vectors = np.asarray(self.embedder.embed(batch), dtype=np.float32)
             if vectors.shape != (len(indices), self.dim):
-                raise BackendError(f"backend returned shape {vectors.shape}, expected "
-                                   f"{(len(indices), self.dim)}")
+                raise BackendError(
+                    f"backend returned shape {vectors.shape}, expected {(len(indices), self.dim)}"
+                )
             out[indices] = vectors
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if bad.size:
-            raise BackendError(f"the {self.info.backend.backend} backend produced non-finite "
-                               f"vectors for inputs {bad[:10].tolist()}")
+            raise BackendError(
+                f"the {self.info.backend.backend} backend produced non-finite "
+                f"vectors for inputs {bad[:10].tolist()}"
+            )
         if self.recipe.normalize:
             norms = np.linalg.norm(out, axis=1, keepdims=True)
             out /= np.maximum(norms, 1e-12)
         return out
 
-    def embed(self, inputs: Inputs, *, query: bool = False, instruction: str | None = None,
-              dimensions: int | None = None, truncate: bool = True) -> EmbedResult:
+    def embed(
+        self,
+        inputs: Inputs,
+        *,
+        query: bool = False,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        truncate: bool = True,
+    ) -> EmbedResult:
         encoded = self.prepare(inputs, query=query, instruction=instruction, truncate=truncate)
         vectors = apply_dimensions(self.run(encoded), dimensions)
-        return EmbedResult(vectors, sum(len(e.ids) for e in encoded),
-                           sum(e.truncated for e in encoded))
+        return EmbedResult(
+            vectors, sum(len(e.ids) for e in encoded), sum(e.truncated for e in encoded)
+        )
 
-    def rerank(self, query: str, documents: Sequence[str], *,
-               instruction: str | None = None) -> tuple[np.ndarray, int]:
+    def rerank(
+        self, query: str, documents: Sequence[str], *, instruction: str | None = None
+    ) -> tuple[np.ndarray, int]:
         """Bi-encoder rerank: the instructed query's cosine to each document, mapped to [0, 1]."""
         q = self.prepare([query], query=True, instruction=instruction)
         d = self.prepare(documents)

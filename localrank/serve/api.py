@@ -89,8 +89,7 @@ class Dialect:
         return default
 
 
-def localrank_error_body(status: int, message: str, code: str,
-                         param: str | None) -> dict[str, Any]:
+def localrank_error_body(status: int, message: str, code: str, param: str | None) -> dict[str, Any]:
     """localrank's own error shape (the search API, operations, and unknown paths)."""
     return {"error": {"message": message, "type": code, "code": status, "param": param}}
 

@@ -53,10 +53,15 @@ def _model_ctx(loader: EngineLoader) -> CleanupCtx:
                 state.load_error = LocalrankError(f"{type(exc).__name__}: {exc}")
             else:
                 state.service = EmbeddingService(
-                    engine, app[METRICS_KEY], max_batch_tokens=engine.max_batch_tokens,
-                    max_batch_size=settings.max_batch_size, batch_wait_ms=settings.batch_wait_ms,
-                    queue_size=settings.queue_size, cache_size=settings.cache_size,
-                    max_inputs=settings.max_inputs)
+                    engine,
+                    app[METRICS_KEY],
+                    max_batch_tokens=engine.max_batch_tokens,
+                    max_batch_size=settings.max_batch_size,
+                    batch_wait_ms=settings.batch_wait_ms,
+                    queue_size=settings.queue_size,
+                    cache_size=settings.cache_size,
+                    max_inputs=settings.max_inputs,
+                )
                 state.collection_embedder = DaemonEmbedder(state.service)
                 state.load_seconds = time.monotonic() - started
             finally:
@@ -97,14 +102,14 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
     return collections_ctx
 
 
-def make_app(settings: Settings, *, loader: EngineLoader = load_engine,
-             ingest: IngestSettings | None = None) -> web.Application:
+def make_app(
+    settings: Settings, *, loader: EngineLoader = load_engine, ingest: IngestSettings | None = None
+) -> web.Application:
     """The daemon: every dialect's routes, the model (loaded by `loader` in a thread) and the
     collections. Tests pass a `loader` to serve a model of their choosing."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[request_id_middleware, error_middleware,
-                     *make_security_middlewares(settings)],
+        middlewares=[request_id_middleware, error_middleware, *make_security_middlewares(settings)],
     )
     setup_security(app, settings)
     app[METRICS_KEY] = standard_registry()

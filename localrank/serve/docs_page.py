@@ -36,11 +36,15 @@ def type_label(schema: dict[str, Any]) -> str:
 def _fields_table(rows: list[tuple[str, str, bool, str]]) -> str:
     if not rows:
         return ""
-    body = "".join(f"<tr><td><code>{escape(n)}</code></td><td>{escape(t)}</td>"
-                   f"<td>{'yes' if r else ''}</td><td>{escape(d)}</td></tr>"
-                   for n, t, r, d in rows)
-    return ("<table><tr><th>field</th><th>type</th><th>required</th><th>description</th></tr>"
-            f"{body}</table>")
+    body = "".join(
+        f"<tr><td><code>{escape(n)}</code></td><td>{escape(t)}</td>"
+        f"<td>{'yes' if r else ''}</td><td>{escape(d)}</td></tr>"
+        for n, t, r, d in rows
+    )
+    return (
+        "<table><tr><th>field</th><th>type</th><th>required</th><th>description</th></tr>"
+        f"{body}</table>"
+    )
 
 
 def _example(title: str, value: Any) -> str:
@@ -49,19 +53,34 @@ def _example(title: str, value: Any) -> str:
 
 
 def _render_op(method: str, path: str, op: dict[str, Any]) -> str:
-    parts = [f'<div class="op" id="{escape(op["operationId"])}">',
-             f'<div><span class="m">{method.upper()}</span><code>{escape(path)}</code></div>',
-             f"<p>{escape(op.get('summary', ''))}</p>"]
+    parts = [
+        f'<div class="op" id="{escape(op["operationId"])}">',
+        f'<div><span class="m">{method.upper()}</span><code>{escape(path)}</code></div>',
+        f"<p>{escape(op.get('summary', ''))}</p>",
+    ]
     if op.get("description"):
         parts.append(f"<p>{escape(op['description'])}</p>")
-    params = [(p["name"], f"{p['in']}: {type_label(p['schema'])}", p["required"],
-               p.get("description", "")) for p in op.get("parameters", [])]
+    params = [
+        (
+            p["name"],
+            f"{p['in']}: {type_label(p['schema'])}",
+            p["required"],
+            p.get("description", ""),
+        )
+        for p in op.get("parameters", [])
+    ]
     parts.append(_fields_table(params))
     media = op.get("requestBody", {}).get("content", {}).get("application/json", {})
     schema = media.get("schema", {})
     required = set(schema.get("required", []))
-    parts.append(_fields_table([(name, type_label(s), name in required, s.get("description", ""))
-                                for name, s in schema.get("properties", {}).items()]))
+    parts.append(
+        _fields_table(
+            [
+                (name, type_label(s), name in required, s.get("description", ""))
+                for name, s in schema.get("properties", {}).items()
+            ]
+        )
+    )
     if "example" in media:
         parts.append(_example("Example request", media["example"]))
     for status, response in op.get("responses", {}).items():
@@ -81,12 +100,15 @@ def render_html(spec: dict[str, Any]) -> str:
                 op = item[method]
                 groups.setdefault(op["tags"][0], []).append(_render_op(method, path, op))
     nav = "".join(f'<a href="#tag-{escape(t)}">{escape(t)}</a>' for t in groups)
-    sections = "".join(f'<h2 id="tag-{escape(t)}">{escape(t)}</h2>{"".join(ops)}'
-                       for t, ops in groups.items())
+    sections = "".join(
+        f'<h2 id="tag-{escape(t)}">{escape(t)}</h2>{"".join(ops)}' for t, ops in groups.items()
+    )
     info = spec["info"]
-    return (f"<!doctype html><html lang=en><head><meta charset=utf-8>"
-            f"<title>{escape(info['title'])} API</title><style>{_STYLE}</style></head><body>"
-            f"<h1>{escape(info['title'])} {escape(info['version'])}</h1>"
-            f"<p>{escape(info['description'])}</p>"
-            f'<p>Machine-readable: <a href="/openapi.json">/openapi.json</a></p>'
-            f"<nav>{nav}</nav>{sections}</body></html>")
+    return (
+        f"<!doctype html><html lang=en><head><meta charset=utf-8>"
+        f"<title>{escape(info['title'])} API</title><style>{_STYLE}</style></head><body>"
+        f"<h1>{escape(info['title'])} {escape(info['version'])}</h1>"
+        f"<p>{escape(info['description'])}</p>"
+        f'<p>Machine-readable: <a href="/openapi.json">/openapi.json</a></p>'
+        f"<nav>{nav}</nav>{sections}</body></html>"
+    )

@@ -17,7 +17,7 @@ import numpy as np
 
 from localrank.engine.core import Engine, apply_dimensions, check_inputs, relevance
 from localrank.engine.tokenizer import Token
-from localrank.engine.core import ModelInfo  # TODO-MERGE types
+from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput
 from localrank.serve.metrics import Registry
 from localrank.serve.worker import BatchStats, ModelWorker
@@ -67,20 +67,40 @@ class EmbeddingCache:
 
 
 class EmbeddingService:
-    def __init__(self, engine: Engine, registry: Registry, *, max_batch_tokens: int,
-                 max_batch_size: int, batch_wait_ms: float, queue_size: int,
-                 cache_size: int, max_inputs: int = 2048) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Registry,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        queue_size: int,
+        cache_size: int,
+        max_inputs: int = 2048,
+    ) -> None:
         self.engine = engine
         self.max_inputs = max_inputs
         self.registry = registry
         self.cache = EmbeddingCache(cache_size)
-        self.worker = ModelWorker(engine, max_batch_tokens=max_batch_tokens,
-                                  max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms,
-                                  queue_size=queue_size, on_batch=self._record_batch)
-        registry.gauge("localrank_queue_depth", "Requests waiting for or in the model",
-                       lambda: float(self.worker.depth))
-        registry.gauge("localrank_cache_entries", "Vectors in the embedding cache",
-                       lambda: float(len(self.cache)))
+        self.worker = ModelWorker(
+            engine,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            batch_wait_ms=batch_wait_ms,
+            queue_size=queue_size,
+            on_batch=self._record_batch,
+        )
+        registry.gauge(
+            "localrank_queue_depth",
+            "Requests waiting for or in the model",
+            lambda: float(self.worker.depth),
+        )
+        registry.gauge(
+            "localrank_cache_entries",
+            "Vectors in the embedding cache",
+            lambda: float(len(self.cache)),
+        )
 
     @property
     def info(self) -> ModelInfo:
@@ -105,9 +125,16 @@ class EmbeddingService:
         r.observe("localrank_batch_tokens", stats.tokens)
         r.observe("localrank_batch_seconds", stats.seconds)
 
-    async def embed(self, inputs: Sequence[str] | Sequence[Sequence[int]], *, query: bool = False,
-                    instruction: str | None = None, dimensions: int | None = None,
-                    truncate: bool = True, bulk: bool = False) -> EmbedOutput:
+    async def embed(
+        self,
+        inputs: Sequence[str] | Sequence[Sequence[int]],
+        *,
+        query: bool = False,
+        instruction: str | None = None,
+        dimensions: int | None = None,
+        truncate: bool = True,
+        bulk: bool = False,
+    ) -> EmbedOutput:
         """Embed texts (or token ids): cache first, the model for the rest."""
         is_ids = check_inputs(inputs, max_inputs=self.max_inputs)
         dim = self.engine.dim
@@ -122,8 +149,7 @@ class EmbeddingService:
             missing = list(range(len(inputs)))
         else:
             texts = cast(Sequence[str], inputs)
-            model_inputs = [self.engine.format_query(t, instruction) if query else t
-                            for t in texts]
+            model_inputs = [self.engine.format_query(t, instruction) if query else t for t in texts]
             for i, text in enumerate(model_inputs):
                 entry = self.cache.get((fingerprint, text))
                 if entry is None or (entry.truncated and not truncate):
@@ -136,16 +162,18 @@ class EmbeddingService:
         if missing:
             if not is_ids:
                 self.registry.inc("localrank_cache_misses_total", len(missing))
-            result = await self.worker.submit([model_inputs[i] for i in missing],
-                                              truncate=truncate, bulk=bulk)
+            result = await self.worker.submit(
+                [model_inputs[i] for i in missing], truncate=truncate, bulk=bulk
+            )
             for j, i in enumerate(missing):
                 out[i] = result.vectors[j]
                 tokens[i] = result.tokens[j]
                 truncated[i] = result.truncated[j]
                 if not is_ids:
-                    self.cache.put((fingerprint, model_inputs[i]),
-                                   _Entry(result.vectors[j].copy(), result.tokens[j],
-                                          result.truncated[j]))
+                    self.cache.put(
+                        (fingerprint, model_inputs[i]),
+                        _Entry(result.vectors[j].copy(), result.tokens[j], result.truncated[j]),
+                    )
             self.registry.inc("localrank_embedded_inputs_total", len(missing))
             self.registry.inc("localrank_tokens_total", sum(result.tokens))
         n_truncated = sum(truncated)
@@ -153,28 +181,41 @@ class EmbeddingService:
             self.registry.inc("localrank_truncated_inputs_total", n_truncated)
         return EmbedOutput(apply_dimensions(out, dimensions), sum(tokens), n_truncated, hits)
 
-    async def rerank(self, query: str, documents: Sequence[str], *,
-                     instruction: str | None = None,
-                     truncate: bool = True) -> tuple[np.ndarray, int]:
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        truncate: bool = True,
+    ) -> tuple[np.ndarray, int]:
         """Bi-encoder scores in [0, 1]: the instructed query's cosine to each document."""
         check_inputs(documents, max_inputs=self.max_inputs, param="documents")
         if not isinstance(query, str):
             raise InvalidInput("query must be a string", param="query")
         q, d = await asyncio.gather(
             self.embed([query], query=True, instruction=instruction, truncate=truncate),
-            self.embed(documents, truncate=truncate))
+            self.embed(documents, truncate=truncate),
+        )
         cosine = d.vectors @ q.vectors[0]
         return relevance(cosine), q.prompt_tokens + d.prompt_tokens
 
-    async def tokens(self, texts: Sequence[str], *, add_special_tokens: bool = True,
-                     query: bool = False, instruction: str | None = None) -> list[list[Token]]:
+    async def tokens(
+        self,
+        texts: Sequence[str],
+        *,
+        add_special_tokens: bool = True,
+        query: bool = False,
+        instruction: str | None = None,
+    ) -> list[list[Token]]:
         """Each text's tokens with their character spans (queries formatted as the model sees
         them), tokenised off the event loop."""
         check_inputs(texts, max_inputs=self.max_inputs, param="inputs")
         formatted = [self.format_query(t, instruction) if query else t for t in texts]
         tok = self.engine.tokenizer
         return await asyncio.to_thread(
-            lambda: [tok.describe(t, add_special_tokens=add_special_tokens) for t in formatted])
+            lambda: [tok.describe(t, add_special_tokens=add_special_tokens) for t in formatted]
+        )
 
     async def cut_to_tokens(self, texts: Sequence[str], limit: int) -> list[str]:
         """Each text cut after its first `limit` content tokens."""
@@ -199,10 +240,15 @@ class DaemonEmbedder:
         self.dim = service.info.recipe.dim
         self.max_tokens = service.info.recipe.max_tokens
 
-    async def embed(self, texts: Sequence[str], *, query: bool, instruction: str | None = None,
-                    bulk: bool = False) -> np.ndarray:
-        out = await self.service.embed(list(texts), query=query, instruction=instruction,
-                                       bulk=bulk)
+    async def embed(
+        self,
+        texts: Sequence[str],
+        *,
+        query: bool,
+        instruction: str | None = None,
+        bulk: bool = False,
+    ) -> np.ndarray:
+        out = await self.service.embed(list(texts), query=query, instruction=instruction, bulk=bulk)
         return out.vectors
 
     def token_offsets(self, text: str) -> list[tuple[int, int]]:
@@ -210,4 +256,3 @@ class DaemonEmbedder:
 
     def close(self) -> None:
         """The daemon owns the model; closing this view of it releases nothing."""
-

@@ -52,15 +52,31 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
         raise
     finally:
         duration_ms = round((time.perf_counter() - started) * 1000, 2)
-        access_log.info("%s %s %d %.1fms", request.method, request.path, status, duration_ms,
-                        extra={"method": request.method, "path": request.path,
-                               "status": status, "duration_ms": duration_ms,
-                               "remote": request.remote})
+        access_log.info(
+            "%s %s %d %.1fms",
+            request.method,
+            request.path,
+            status,
+            duration_ms,
+            extra={
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": duration_ms,
+                "remote": request.remote,
+            },
+        )
         request_id_var.reset(token)
 
 
-def _json(dialect: Dialect, status: int, message: str, code: str, param: str | None = None,
-          headers: dict[str, str] | None = None) -> web.Response:
+def _json(
+    dialect: Dialect,
+    status: int,
+    message: str,
+    code: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body: Any = dialect.error_body(status, message, code, param)
     return web.json_response(body, status=status, headers=headers)
 

@@ -21,7 +21,8 @@ _ERROR_STATUSES = ("400", "404", "413", "415", "422", "429", "503")
 _DESCRIPTION = (
     "A local embedding and rerank daemon. One model, many dialects: OpenAI, Cohere/Jina, "
     "Hugging Face TEI, Ollama and the native API, plus collections and search. Errors come in "
-    "each dialect's own shape.")
+    "each dialect's own shape."
+)
 
 
 def _param_schema(p: Param) -> dict[str, Any]:
@@ -43,11 +44,20 @@ def _request_body(op: Operation) -> dict[str, Any]:
 
 
 def _parameters(path: str, op: Operation | None) -> list[dict[str, Any]]:
-    params = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-              for name in _PATH_PARAM.findall(path)]
+    params = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(path)
+    ]
     for p in op.query if op else ():
-        params.append({"name": p.name, "in": "query", "required": p.required,
-                       "description": p.description, "schema": p.schema})
+        params.append(
+            {
+                "name": p.name,
+                "in": "query",
+                "required": p.required,
+                "description": p.description,
+                "schema": p.schema,
+            }
+        )
     return params
 
 
@@ -55,26 +65,35 @@ def _success(op: Operation) -> dict[str, Any]:
     media: dict[str, Any] = {}
     if op.response is not None:
         media["example"] = op.response
-    return {str(op.status): {"description": "OK",
-                             "content": {op.content_type: media}}}
+    return {str(op.status): {"description": "OK", "content": {op.content_type: media}}}
 
 
 def _errors(dialect: Dialect) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/error_{dialect.name}"}
-    return {code: {"description": "An error, in this route's dialect",
-                   "content": {"application/json": {"schema": ref}}}
-            for code in _ERROR_STATUSES}
+    return {
+        code: {
+            "description": "An error, in this route's dialect",
+            "content": {"application/json": {"schema": ref}},
+        }
+        for code in _ERROR_STATUSES
+    }
 
 
-def _operation(method: str, path: str, route: web.AbstractRoute,
-               index: DialectIndex) -> dict[str, Any]:
+def _operation(
+    method: str, path: str, route: web.AbstractRoute, index: DialectIndex
+) -> dict[str, Any]:
     found = index.lookup(method, path)
     out: dict[str, Any] = {"operationId": f"{method.lower()}_{_slug(path)}"}
     if found is None:
         doc = (getattr(route.handler, "__doc__", None) or "").strip()
-        out.update({"summary": doc.splitlines()[0] if doc else f"{method} {path}",
-                    "tags": ["other"], "x-undocumented": True,
-                    "responses": {"200": {"description": "OK"}, **_errors(index.default)}})
+        out.update(
+            {
+                "summary": doc.splitlines()[0] if doc else f"{method} {path}",
+                "tags": ["other"],
+                "x-undocumented": True,
+                "responses": {"200": {"description": "OK"}, **_errors(index.default)},
+            }
+        )
         return out
     dialect, declared = found
     op = declared.doc
@@ -98,10 +117,13 @@ def _slug(path: str) -> str:
 
 
 def _error_schemas(index: DialectIndex) -> dict[str, Any]:
-    return {f"error_{d.name}": {"type": "object",
-                                "example": d.error_body(422, "'input' must not be empty",
-                                                        "invalid_input", "input")}
-            for d in index.dialects}
+    return {
+        f"error_{d.name}": {
+            "type": "object",
+            "example": d.error_body(422, "'input' must not be empty", "invalid_input", "input"),
+        }
+        for d in index.dialects
+    }
 
 
 def build_spec(app: web.Application) -> dict[str, Any]:
@@ -113,14 +135,21 @@ def build_spec(app: web.Application) -> dict[str, Any]:
         if route.method in _SKIPPED_METHODS or resource is None:
             continue
         path = resource.canonical
-        paths.setdefault(path, {})[route.method.lower()] = _operation(route.method, path, route, index)
+        paths.setdefault(path, {})[route.method.lower()] = _operation(
+            route.method, path, route, index
+        )
     return {
         "openapi": "3.1.0",
         "info": {"title": "localrank", "version": __version__, "description": _DESCRIPTION},
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": _error_schemas(index),
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
-                                           "description": "Only when a token is configured."}},
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Only when a token is configured.",
+                }
+            },
         },
     }

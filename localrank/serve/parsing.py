@@ -9,17 +9,24 @@ from typing import Any
 from aiohttp import web
 
 from localrank.engine.resolve import canonical_name
-from localrank.engine.core import ModelInfo  # TODO-MERGE types
+from localrank.engine.types import ModelInfo
 from localrank.errors import BadRequest, InvalidInput, NotFound
 
 QUERY_TYPES = {"query", "search_query", "queries", "question"}
-DOCUMENT_TYPES = {"document", "search_document", "passage", "documents", "passages",
-                  "classification", "clustering"}
+DOCUMENT_TYPES = {
+    "document",
+    "search_document",
+    "passage",
+    "documents",
+    "passages",
+    "classification",
+    "clustering",
+}
 # Names clients send when they mean "whatever this server runs".
 GENERIC_MODEL_NAMES = {"default", "localrank", ""}
 
 
-async def read_json(request: web.Request) -> dict[str, Any]:
+async def read_body(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object, or BadRequest naming what is wrong."""
     raw = await request.read()
     if not raw:
@@ -33,8 +40,14 @@ async def read_json(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], default: Any = None,
-          *, required: bool = False) -> Any:
+def field(
+    body: dict[str, Any],
+    name: str,
+    kind: type | tuple[type, ...],
+    default: Any = None,
+    *,
+    required: bool = False,
+) -> Any:
     """A typed field of a JSON body. bool is not accepted where int is asked."""
     if name not in body or body[name] is None:
         if required:
@@ -45,14 +58,21 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], defaul
     if isinstance(value, bool) and bool not in kinds:
         raise InvalidInput(f"{name!r} must be {_kind_name(kinds)}", param=name)
     if not isinstance(value, kinds):
-        raise InvalidInput(f"{name!r} must be {_kind_name(kinds)}, not "
-                           f"{type(value).__name__}", param=name)
+        raise InvalidInput(
+            f"{name!r} must be {_kind_name(kinds)}, not {type(value).__name__}", param=name
+        )
     return value
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:
-    names = {str: "a string", int: "an integer", float: "a number", bool: "a boolean",
-             list: "a list", dict: "an object"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "a list",
+        dict: "an object",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -61,6 +81,7 @@ def positive_int(body: dict[str, Any], name: str, default: int | None = None) ->
     if value is not None and value <= 0:
         raise InvalidInput(f"{name!r} must be a positive integer", param=name)
     return value
+
 
 def query_mode(body: dict[str, Any], *, default_query: bool = False) -> tuple[bool, str | None]:
     """(is query, instruction) from `input_type` (OpenAI-compatible servers, Cohere), TEI's
@@ -74,11 +95,14 @@ def query_mode(body: dict[str, Any], *, default_query: bool = False) -> tuple[bo
         return True, instruction
     if kind in DOCUMENT_TYPES:
         if instruction is not None:
-            raise InvalidInput("an instruction applies to queries, not documents",
-                               param="instruction")
+            raise InvalidInput(
+                "an instruction applies to queries, not documents", param="instruction"
+            )
         return False, None
-    raise InvalidInput(f"input_type must be query or document (or search_query / "
-                       f"search_document), not {kind!r}", param="input_type")
+    raise InvalidInput(
+        f"input_type must be query or document (or search_query / search_document), not {kind!r}",
+        param="input_type",
+    )
 
 
 def check_requested_model(body: dict[str, Any], info: ModelInfo) -> None:
@@ -89,8 +113,9 @@ def check_requested_model(body: dict[str, Any], info: ModelInfo) -> None:
     served = {info.model_id.lower(), info.model_id.rsplit("/", 1)[-1].lower()}
     if name.lower() in served or canonical_name(name).lower() in served:
         return
-    raise NotFound(f"model {name!r} is not served here; this daemon serves {info.model_id!r}",
-                   param="model")
+    raise NotFound(
+        f"model {name!r} is not served here; this daemon serves {info.model_id!r}", param="model"
+    )
 
 
 def truncate_flag(body: dict[str, Any]) -> bool:

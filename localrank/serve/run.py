@@ -56,8 +56,13 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
         info = state.embedding().info
         if info.fallback_reason:
             log.warning("FALLBACK MODEL IN USE: %s", info.fallback_reason)
-        log.info("ready in %.2fs: %s on %s/%s", state.load_seconds or 0.0, info.model_id,
-                 info.backend.backend, info.backend.device)
+        log.info(
+            "ready in %.2fs: %s on %s/%s",
+            state.load_seconds or 0.0,
+            info.model_id,
+            info.backend.backend,
+            info.backend.device,
+        )
         notify_ready(f"serving {info.model_id} on {where}")
         await stopped
     ready.cancel()

@@ -91,10 +91,12 @@ class SecurityPolicy:
         bound = settings.host.strip().lower().strip("[]")
         if bound not in _WILDCARDS:
             hosts.add(bound)
-        return cls(hosts=frozenset(hosts - _WILDCARDS),
-                   origins=frozenset(normalize_origin(o) for o in settings.allowed_origins),
-                   token=settings.token.encode("utf-8") if settings.token else None,
-                   max_body_bytes=settings.max_body_bytes)
+        return cls(
+            hosts=frozenset(hosts - _WILDCARDS),
+            origins=frozenset(normalize_origin(o) for o in settings.allowed_origins),
+            token=settings.token.encode("utf-8") if settings.token else None,
+            max_body_bytes=settings.max_body_bytes,
+        )
 
     def host_allowed(self, header: str) -> bool:
         parsed = split_host(header)
@@ -128,8 +130,10 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
         # The raw header: request.host falls back to the machine's name when Host is absent.
         header = request.headers.get(hdrs.HOST, "")
         if not policy.host_allowed(header):
-            raise Forbidden(f"Host {header!r} is not allowed: localrank answers only to localhost "
-                            "names (add others with the allowed_hosts setting)")
+            raise Forbidden(
+                f"Host {header!r} is not allowed: localrank answers only to localhost "
+                "names (add others with the allowed_hosts setting)"
+            )
         return await handler(request)
 
     @web.middleware
@@ -138,15 +142,23 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
         if origin is None or _same_origin(origin, request.headers.get(hdrs.HOST, "")):
             return await handler(request)
         if not policy.origin_allowed(origin):
-            raise Forbidden(f"requests from web pages ({origin}) are refused; allow an origin "
-                            "with the allowed_origins setting")
-        if (request.method == hdrs.METH_OPTIONS
-                and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers):
+            raise Forbidden(
+                f"requests from web pages ({origin}) are refused; allow an origin "
+                "with the allowed_origins setting"
+            )
+        if (
+            request.method == hdrs.METH_OPTIONS
+            and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
+        ):
             # Preflight: answered here, before the token check (browsers send no credentials).
-            return web.Response(status=204, headers={
-                hdrs.ACCESS_CONTROL_ALLOW_METHODS: _CORS_ALLOW_METHODS,
-                hdrs.ACCESS_CONTROL_ALLOW_HEADERS: _CORS_ALLOW_HEADERS,
-                hdrs.ACCESS_CONTROL_MAX_AGE: "600"})
+            return web.Response(
+                status=204,
+                headers={
+                    hdrs.ACCESS_CONTROL_ALLOW_METHODS: _CORS_ALLOW_METHODS,
+                    hdrs.ACCESS_CONTROL_ALLOW_HEADERS: _CORS_ALLOW_HEADERS,
+                    hdrs.ACCESS_CONTROL_MAX_AGE: "600",
+                },
+            )
         return await handler(request)
 
     @web.middleware
@@ -161,27 +173,36 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
             status = "ok" if code < 400 else "unavailable"
             return web.json_response({"status": status}, status=code)
         missing = hdrs.AUTHORIZATION not in request.headers
-        raise Unauthorized("a bearer token is required (Authorization: Bearer <token>)" if missing
-                           else "the bearer token is not valid")
+        raise Unauthorized(
+            "a bearer token is required (Authorization: Bearer <token>)"
+            if missing
+            else "the bearer token is not valid"
+        )
 
     @web.middleware
     async def body_rules(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method in _BODY_METHODS and request.body_exists:
             length = request.content_length
             if length is not None and length > policy.max_body_bytes:
-                raise TooLarge(f"request body of {length} bytes is over the "
-                               f"{policy.max_body_bytes}-byte limit (max_body_bytes)")
+                raise TooLarge(
+                    f"request body of {length} bytes is over the "
+                    f"{policy.max_body_bytes}-byte limit (max_body_bytes)"
+                )
             if request.content_type != "application/json":
-                raise UnsupportedMediaType(f"request bodies must be application/json, "
-                                           f"not {request.content_type or 'unspecified'}")
+                raise UnsupportedMediaType(
+                    f"request bodies must be application/json, "
+                    f"not {request.content_type or 'unspecified'}"
+                )
             if length is None:
                 # Chunked: no length to check up front. Read now (aiohttp caches the bytes for
                 # the handler) so the app's client_max_size turns into our own error type.
                 try:
                     await request.read()
                 except web.HTTPRequestEntityTooLarge as exc:
-                    raise TooLarge(f"request body is over the {policy.max_body_bytes}-byte "
-                                   "limit (max_body_bytes)") from exc
+                    raise TooLarge(
+                        f"request body is over the {policy.max_body_bytes}-byte "
+                        "limit (max_body_bytes)"
+                    ) from exc
         return await handler(request)
 
     middlewares: list[Middleware] = [host_allowlist, origin_check]
@@ -214,9 +235,11 @@ def check_bind_safety(settings: Settings) -> None:
     """Refuse to start on a non-loopback address without a token: anyone on the network
     could otherwise use the daemon (and read every collection)."""
     if not settings.binds_loopback and not settings.token:
-        raise ConfigError(f"refusing to listen on {settings.host} without a token: set "
-                          "LOCALRANK_TOKEN (or token in config.toml), or bind 127.0.0.1",
-                          param="host")
+        raise ConfigError(
+            f"refusing to listen on {settings.host} without a token: set "
+            "LOCALRANK_TOKEN (or token in config.toml), or bind 127.0.0.1",
+            param="host",
+        )
 
 
 def bind_unix_socket(path: str | Path) -> socket.socket:
@@ -236,8 +259,9 @@ def bind_unix_socket(path: str | Path) -> socket.socket:
                 if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
                     raise
             else:
-                raise ConfigError(f"another process is already serving on {path}",
-                                  param="unix_socket")
+                raise ConfigError(
+                    f"another process is already serving on {path}", param="unix_socket"
+                )
         path.unlink()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # umask around bind: the file never exists with wider permissions, not even briefly.

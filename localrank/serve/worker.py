@@ -57,8 +57,7 @@ class _Job:
     vectors: np.ndarray | None = None
     remaining: int = 0
 
-    def settle(self, result: WorkResult | None = None,
-               error: BaseException | None = None) -> None:
+    def settle(self, result: WorkResult | None = None, error: BaseException | None = None) -> None:
         def apply() -> None:
             if self.future.done():  # the client went away
                 return
@@ -73,9 +72,16 @@ class _Job:
 class ModelWorker:
     """Owns `engine` on a dedicated thread. `submit` is called from the event loop."""
 
-    def __init__(self, engine: Engine, *, max_batch_tokens: int, max_batch_size: int,
-                 batch_wait_ms: float, queue_size: int,
-                 on_batch: Callable[[BatchStats], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch_tokens: int,
+        max_batch_size: int,
+        batch_wait_ms: float,
+        queue_size: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
@@ -94,14 +100,17 @@ class ModelWorker:
         """Requests waiting for or inside the model."""
         return self._pending
 
-    async def submit(self, inputs: Inputs, *, truncate: bool = True,
-                     bulk: bool = False) -> WorkResult:
+    async def submit(
+        self, inputs: Inputs, *, truncate: bool = True, bulk: bool = False
+    ) -> WorkResult:
         if self._stopping:
             raise NotReady("the daemon is shutting down")
         with self._lock:
             if self._pending >= self.queue_size:
-                raise Overloaded(f"{self._pending} requests are waiting for the model; "
-                                 "retry shortly", retry_after=1.0)
+                raise Overloaded(
+                    f"{self._pending} requests are waiting for the model; retry shortly",
+                    retry_after=1.0,
+                )
             self._pending += 1
         loop = asyncio.get_running_loop()
         job = _Job(inputs, truncate, bulk, loop.create_future(), loop)
@@ -157,8 +166,12 @@ class ModelWorker:
             if interactive or bulk:
                 self._step(interactive, bulk)
 
-    def _accept(self, job: _Job, interactive: collections.deque[tuple[_Job, int]],
-                bulk: collections.deque[tuple[_Job, int]]) -> None:
+    def _accept(
+        self,
+        job: _Job,
+        interactive: collections.deque[tuple[_Job, int]],
+        bulk: collections.deque[tuple[_Job, int]],
+    ) -> None:
         if job.future.cancelled():
             return
         try:
@@ -171,8 +184,11 @@ class ModelWorker:
         target = bulk if job.bulk else interactive
         target.extend((job, i) for i in range(len(job.encoded)))
 
-    def _take(self, interactive: collections.deque[tuple[_Job, int]],
-              bulk: collections.deque[tuple[_Job, int]]) -> list[tuple[_Job, int]]:
+    def _take(
+        self,
+        interactive: collections.deque[tuple[_Job, int]],
+        bulk: collections.deque[tuple[_Job, int]],
+    ) -> list[tuple[_Job, int]]:
         taken: list[tuple[_Job, int]] = []
         tokens = 0
         for source in (interactive, bulk):
@@ -189,8 +205,11 @@ class ModelWorker:
                 tokens += n
         return taken
 
-    def _step(self, interactive: collections.deque[tuple[_Job, int]],
-              bulk: collections.deque[tuple[_Job, int]]) -> None:
+    def _step(
+        self,
+        interactive: collections.deque[tuple[_Job, int]],
+        bulk: collections.deque[tuple[_Job, int]],
+    ) -> None:
         taken = self._take(interactive, bulk)
         if not taken:
             return
@@ -209,9 +228,19 @@ class ModelWorker:
             job.vectors[i] = vector
             job.remaining -= 1
             if job.remaining == 0:
-                job.settle(WorkResult(job.vectors, [len(e.ids) for e in job.encoded],
-                                      [e.truncated for e in job.encoded]))
+                job.settle(
+                    WorkResult(
+                        job.vectors,
+                        [len(e.ids) for e in job.encoded],
+                        [e.truncated for e in job.encoded],
+                    )
+                )
         if self.on_batch is not None:
-            self.on_batch(BatchStats(len(taken), sum(len(job.encoded[i].ids) for job, i in taken),
-                                     time.perf_counter() - started,
-                                     len({id(job) for job, _ in taken})))
+            self.on_batch(
+                BatchStats(
+                    len(taken),
+                    sum(len(job.encoded[i].ids) for job, i in taken),
+                    time.perf_counter() - started,
+                    len({id(job) for job, _ in taken}),
+                )
+            )

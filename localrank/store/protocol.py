@@ -49,8 +49,9 @@ class Store(Protocol):
 
     # --- collections and fingerprints ---------------------------------------------------
 
-    def create_collection(self, name: str, *, fingerprint: str, model_id: str, dim: int,
-                          settings: dict[str, Any]) -> Collection:
+    def create_collection(
+        self, name: str, *, fingerprint: str, model_id: str, dim: int, settings: dict[str, Any]
+    ) -> Collection:
         """Create a collection bound to an embedding fingerprint; Conflict if the name is taken,
         InvalidInput if it is not a valid name."""
         ...
@@ -73,22 +74,30 @@ class Store(Protocol):
         """doc_id -> content hash, for the ids already stored."""
         ...
 
-    def write_documents(self, collection_name: str, fingerprint: str, model_id: str,
-                        docs: Sequence[PreparedDocument], *,
-                        cache: Sequence[tuple[str, np.ndarray]] = (),
-                        progress: JobProgress | None = None) -> tuple[list[WriteResult], Job | None]:
+    def write_documents(
+        self,
+        collection_name: str,
+        fingerprint: str,
+        model_id: str,
+        docs: Sequence[PreparedDocument],
+        *,
+        cache: Sequence[tuple[str, np.ndarray]] = (),
+        progress: JobProgress | None = None,
+    ) -> tuple[list[WriteResult], Job | None]:
         """Upsert documents in one transaction, together with new cache entries (text, vector)
         and, for a job, the progress of its items. Returns what happened to each document and
         the job as it now stands (None without `progress`)."""
         ...
 
-    def get_document(self, collection: Collection,
-                     doc_id: str) -> tuple[StoredDocument, list[StoredChunk]]:
+    def get_document(
+        self, collection: Collection, doc_id: str
+    ) -> tuple[StoredDocument, list[StoredChunk]]:
         """A document and its chunks in order, or NotFound."""
         ...
 
-    def list_documents(self, collection: Collection, *, limit: int,
-                       after: str | None = None) -> list[StoredDocument]:
+    def list_documents(
+        self, collection: Collection, *, limit: int, after: str | None = None
+    ) -> list[StoredDocument]:
         """Documents ordered by id, `limit` at a time after the id `after` (keyset paging)."""
         ...
 
@@ -102,13 +111,21 @@ class Store(Protocol):
 
     # --- retrieval ----------------------------------------------------------------------
 
-    def keyword_candidates(self, collection: Collection, query: str, limit: int,
-                           flt: Filter | None = None) -> list[tuple[int, float]]:
+    def keyword_candidates(
+        self, collection: Collection, query: str, limit: int, flt: Filter | None = None
+    ) -> list[tuple[int, float]]:
         """(chunk id, keyword score; higher is better) of the best `limit` keyword matches."""
         ...
 
-    def vector_candidates(self, collection: Collection, query: np.ndarray, limit: int, *,
-                          candidates: int, flt: Filter | None = None) -> list[tuple[int, float]]:
+    def vector_candidates(
+        self,
+        collection: Collection,
+        query: np.ndarray,
+        limit: int,
+        *,
+        candidates: int,
+        flt: Filter | None = None,
+    ) -> list[tuple[int, float]]:
         """(chunk id, exact cosine) of the best `limit` chunks, best first. `candidates` is how
         many the first (approximate) stage keeps for exact rescoring."""
         ...
@@ -119,8 +136,7 @@ class Store(Protocol):
 
     # --- jobs ---------------------------------------------------------------------------
 
-    def create_ingest_job(self, collection_name: str,
-                          items: Sequence[tuple[str, str]]) -> Job:
+    def create_ingest_job(self, collection_name: str, items: Sequence[tuple[str, str]]) -> Job:
         """Queue an ingest job with its items (doc_id, payload JSON); durable on return."""
         ...
 
@@ -137,8 +153,9 @@ class Store(Protocol):
         """Most recent jobs first, optionally only those in `state`."""
         ...
 
-    def claim_job(self, owner: str, *, skip: Sequence[str] = (),
-                  only: str | None = None) -> Job | None:
+    def claim_job(
+        self, owner: str, *, skip: Sequence[str] = (), only: str | None = None
+    ) -> Job | None:
         """Take the oldest unfinished job nobody live is working on (or one already ours);
         with `only`, that job or nothing."""
         ...
@@ -161,14 +178,21 @@ class Store(Protocol):
 
     # --- reindex ------------------------------------------------------------------------
 
-    def chunks_to_reindex(self, collection: Collection, job_id: str, limit: int, *,
-                          after: int = 0) -> list[tuple[int, str]]:
+    def chunks_to_reindex(
+        self, collection: Collection, job_id: str, limit: int, *, after: int = 0
+    ) -> list[tuple[int, str]]:
         """(chunk id, text) with id > `after` that have no new vector staged for this job."""
         ...
 
-    def stage_reindexed(self, job_id: str, chunk_ids: Sequence[int], vectors: np.ndarray, *,
-                        fingerprint: str,
-                        cache: Sequence[tuple[str, np.ndarray]] = ()) -> Job:
+    def stage_reindexed(
+        self,
+        job_id: str,
+        chunk_ids: Sequence[int],
+        vectors: np.ndarray,
+        *,
+        fingerprint: str,
+        cache: Sequence[tuple[str, np.ndarray]] = (),
+    ) -> Job:
         """Stage new vectors for chunks (and cache entries), recording the job's progress."""
         ...
 
@@ -179,8 +203,7 @@ class Store(Protocol):
 
     # --- cache and maintenance ----------------------------------------------------------
 
-    def cache_get(self, fingerprint: str, texts: Sequence[str],
-                  dim: int) -> dict[int, np.ndarray]:
+    def cache_get(self, fingerprint: str, texts: Sequence[str], dim: int) -> dict[int, np.ndarray]:
         """Positions in `texts` whose vectors are cached, with those vectors."""
         ...
 

@@ -20,7 +20,7 @@ from localrank.serve.parsing import (
     field,
     positive_int,
     query_mode,
-    read_json,
+    read_body,
     truncate_flag,
 )
 from localrank.serve.state import embedding
@@ -36,22 +36,27 @@ def document_texts(docs: list[Any], rank_fields: list[str] | None) -> list[str]:
         elif isinstance(doc, dict) and rank_fields:
             missing = [k for k in rank_fields if not isinstance(doc.get(k), str)]
             if missing:
-                raise InvalidInput(f"documents[{i}] has no string field {missing[0]!r} "
-                                   "(named in rank_fields)", param="documents")
+                raise InvalidInput(
+                    f"documents[{i}] has no string field {missing[0]!r} (named in rank_fields)",
+                    param="documents",
+                )
             texts.append("\n".join(f"{k}: {doc[k]}" for k in rank_fields))
         elif isinstance(doc, dict) and isinstance(doc.get("text"), str):
             texts.append(doc["text"])
         else:
-            raise InvalidInput(f"documents[{i}] must be a string or an object with a string "
-                               "'text'", param="documents")
+            raise InvalidInput(
+                f"documents[{i}] must be a string or an object with a string 'text'",
+                param="documents",
+            )
     return texts
 
 
 def _rank_fields(body: dict[str, Any]) -> list[str] | None:
     fields = field(body, "rank_fields", list)
     if fields is not None and (not fields or not all(isinstance(f, str) for f in fields)):
-        raise InvalidInput("rank_fields must be a non-empty list of field names",
-                           param="rank_fields")
+        raise InvalidInput(
+            "rank_fields must be a non-empty list of field names", param="rank_fields"
+        )
     return fields
 
 
@@ -61,7 +66,7 @@ def _top_n(body: dict[str, Any], count: int) -> int:
 
 
 async def rerank(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = await read_body(request)
     svc = embedding(request)
     check_requested_model(body, svc.info)
     query = field(body, "query", str, required=True)
@@ -76,8 +81,9 @@ async def rerank(request: web.Request) -> web.Response:
     ranked = texts
     if max_tokens is not None and texts:
         ranked = await svc.cut_to_tokens(texts, max_tokens)
-    scores, tokens = await svc.rerank(query, ranked, instruction=instruction,
-                                      truncate=truncate_flag(body))
+    scores, tokens = await svc.rerank(
+        query, ranked, instruction=instruction, truncate=truncate_flag(body)
+    )
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_n]
     results = []
     for i in order:
@@ -86,15 +92,19 @@ async def rerank(request: web.Request) -> web.Response:
             item["document"] = docs[i] if isinstance(docs[i], dict) else {"text": docs[i]}
         results.append(item)
     version = "1" if request.path.startswith("/v1/") else "2"
-    return web.json_response({
-        "id": str(uuid.uuid4()),
-        "results": results,
-        "meta": {"api_version": {"version": version},
-                 "billed_units": {"search_units": 1},
-                 "tokens": {"input_tokens": tokens, "output_tokens": 0}},
-        "model": svc.info.display_name,
-        "usage": {"total_tokens": tokens},
-    })
+    return web.json_response(
+        {
+            "id": str(uuid.uuid4()),
+            "results": results,
+            "meta": {
+                "api_version": {"version": version},
+                "billed_units": {"search_units": 1},
+                "tokens": {"input_tokens": tokens, "output_tokens": 0},
+            },
+            "model": svc.info.display_name,
+            "usage": {"total_tokens": tokens},
+        }
+    )
 
 
 def error_body(status: int, message: str, code: str, param: str | None) -> dict[str, Any]:
@@ -102,31 +112,62 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
 
 
 _BODY = (
-    MODEL, QUERY,
-    Param("documents", arr(one_of(STR, OBJ)), "Strings, or objects with a text field.",
-          required=True),
+    MODEL,
+    QUERY,
+    Param(
+        "documents", arr(one_of(STR, OBJ)), "Strings, or objects with a text field.", required=True
+    ),
     Param("top_n", INT, "Return only the best n (top_k is accepted too)."),
-    Param("return_documents", BOOL, "Include each document (default false: the key is "
-          "omitted)."),
+    Param("return_documents", BOOL, "Include each document (default false: the key is omitted)."),
     Param("max_tokens_per_doc", INT, "Cut each document to this many tokens first."),
     Param("rank_fields", arr(STR), "Cohere v1: object fields to rank on, in order."),
     INSTRUCTION,
 )
-_EXAMPLE = {"model": "all-minilm-l6-v2", "query": "capital of France",
-            "documents": ["Berlin is in Germany.", "Paris is the capital of France."],
-            "top_n": 2}
-_RESPONSE = {"id": "3f0c...", "results": [{"index": 1, "relevance_score": 0.83},
-                                          {"index": 0, "relevance_score": 0.51}],
-             "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1},
-                      "tokens": {"input_tokens": 18, "output_tokens": 0}},
-             "model": MINILM, "usage": {"total_tokens": 18}}
+_EXAMPLE = {
+    "model": "all-minilm-l6-v2",
+    "query": "capital of France",
+    "documents": ["Berlin is in Germany.", "Paris is the capital of France."],
+    "top_n": 2,
+}
+_RESPONSE = {
+    "id": "3f0c...",
+    "results": [{"index": 1, "relevance_score": 0.83}, {"index": 0, "relevance_score": 0.51}],
+    "meta": {
+        "api_version": {"version": "2"},
+        "billed_units": {"search_units": 1},
+        "tokens": {"input_tokens": 18, "output_tokens": 0},
+    },
+    "model": MINILM,
+    "usage": {"total_tokens": 18},
+}
 
-DIALECT = Dialect("cohere", error_body, (
-    route("POST", "/v1/rerank", rerank, Operation(
-        "Cohere v1 / Jina rerank.",
-        "relevance_score is the instructed query's cosine to each document, mapped to [0, 1].",
-        body=_BODY, example=_EXAMPLE, response=_RESPONSE)),
-    route("POST", "/v2/rerank", rerank, Operation(
-        "Cohere v2 rerank (what cohere.ClientV2.rerank calls).",
-        body=_BODY, example=_EXAMPLE, response=_RESPONSE)),
-))
+DIALECT = Dialect(
+    "cohere",
+    error_body,
+    (
+        route(
+            "POST",
+            "/v1/rerank",
+            rerank,
+            Operation(
+                "Cohere v1 / Jina rerank.",
+                "relevance_score is the instructed query's cosine to each document, mapped to "
+                "[0, 1].",
+                body=_BODY,
+                example=_EXAMPLE,
+                response=_RESPONSE,
+            ),
+        ),
+        route(
+            "POST",
+            "/v2/rerank",
+            rerank,
+            Operation(
+                "Cohere v2 rerank (what cohere.ClientV2.rerank calls).",
+                body=_BODY,
+                example=_EXAMPLE,
+                response=_RESPONSE,
+            ),
+        ),
+    ),
+)

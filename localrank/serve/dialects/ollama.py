@@ -20,7 +20,7 @@ from localrank.serve.parsing import (
     check_requested_model,
     field,
     query_mode,
-    read_json,
+    read_body,
     truncate_flag,
 )
 from localrank.serve.state import embedding
@@ -45,8 +45,9 @@ def _inputs(body: dict[str, Any]) -> list[str]:
         return [raw]
     if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
         return raw
-    raise InvalidInput("invalid input type: 'input' must be a string or a list of strings",
-                       param="input")
+    raise InvalidInput(
+        "invalid input type: 'input' must be a string or a list of strings", param="input"
+    )
 
 
 def _common(body: dict[str, Any]) -> None:
@@ -57,7 +58,7 @@ def _common(body: dict[str, Any]) -> None:
 
 async def embed(request: web.Request) -> web.Response:
     started = time.perf_counter_ns()
-    body = await read_json(request)
+    body = await read_body(request)
     svc = embedding(request)
     check_ollama_model(body, svc)
     _common(body)
@@ -68,21 +69,24 @@ async def embed(request: web.Request) -> web.Response:
     embeddings: list[list[float]] = []
     tokens = 0
     if inputs:
-        result = await svc.embed(inputs, query=query, instruction=instruction,
-                                 dimensions=dimensions, truncate=truncate)
+        result = await svc.embed(
+            inputs, query=query, instruction=instruction, dimensions=dimensions, truncate=truncate
+        )
         embeddings, tokens = result.vectors.tolist(), result.prompt_tokens
-    return web.json_response({
-        "model": svc.info.display_name,
-        "embeddings": embeddings,
-        "total_duration": time.perf_counter_ns() - started,
-        "load_duration": 0,
-        "prompt_eval_count": tokens,
-    })
+    return web.json_response(
+        {
+            "model": svc.info.display_name,
+            "embeddings": embeddings,
+            "total_duration": time.perf_counter_ns() - started,
+            "load_duration": 0,
+            "prompt_eval_count": tokens,
+        }
+    )
 
 
 async def embeddings(request: web.Request) -> web.Response:
     """Legacy `{"model", "prompt"}` -> `{"embedding": [...]}` (empty for an empty prompt)."""
-    body = await read_json(request)
+    body = await read_body(request)
     svc = embedding(request)
     check_ollama_model(body, svc)
     _common(body)
@@ -90,8 +94,9 @@ async def embeddings(request: web.Request) -> web.Response:
     query, instruction = query_mode(body)
     if not prompt:
         return web.json_response({"embedding": []})
-    result = await svc.embed([prompt], query=query, instruction=instruction,
-                             truncate=truncate_flag(body))
+    result = await svc.embed(
+        [prompt], query=query, instruction=instruction, truncate=truncate_flag(body)
+    )
     return web.json_response({"embedding": result.vectors[0].tolist()})
 
 
@@ -99,19 +104,48 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
     return {"error": message}
 
 
-DIALECT = Dialect("ollama", error_body, (
-    route("POST", "/api/embed", embed, Operation(
-        "Ollama embed (what ollama.Client.embed calls).",
-        body=(MODEL, Param("input", one_of(STR, arr(STR)), "Text or texts; empty answers no "
-                           "embeddings."),
-              TRUNCATE, DIMENSIONS, Param("options", OBJ, "Accepted, not used."),
-              Param("keep_alive", STR, "Accepted, not used (the model stays loaded).")),
-        example={"model": "all-minilm-l6-v2", "input": ["hello world"]},
-        response={"model": MINILM, "embeddings": [VEC], "total_duration": 4200000,
-                  "load_duration": 0, "prompt_eval_count": 4})),
-    route("POST", "/api/embeddings", embeddings, Operation(
-        "Ollama's legacy embeddings: one prompt, one vector.",
-        body=(MODEL, Param("prompt", STR, "The text."), Param("options", OBJ, "Ignored.")),
-        example={"model": "all-minilm-l6-v2", "prompt": "hello world"},
-        response={"embedding": VEC})),
-))
+DIALECT = Dialect(
+    "ollama",
+    error_body,
+    (
+        route(
+            "POST",
+            "/api/embed",
+            embed,
+            Operation(
+                "Ollama embed (what ollama.Client.embed calls).",
+                body=(
+                    MODEL,
+                    Param(
+                        "input",
+                        one_of(STR, arr(STR)),
+                        "Text or texts; empty answers no embeddings.",
+                    ),
+                    TRUNCATE,
+                    DIMENSIONS,
+                    Param("options", OBJ, "Accepted, not used."),
+                    Param("keep_alive", STR, "Accepted, not used (the model stays loaded)."),
+                ),
+                example={"model": "all-minilm-l6-v2", "input": ["hello world"]},
+                response={
+                    "model": MINILM,
+                    "embeddings": [VEC],
+                    "total_duration": 4200000,
+                    "load_duration": 0,
+                    "prompt_eval_count": 4,
+                },
+            ),
+        ),
+        route(
+            "POST",
+            "/api/embeddings",
+            embeddings,
+            Operation(
+                "Ollama's legacy embeddings: one prompt, one vector.",
+                body=(MODEL, Param("prompt", STR, "The text."), Param("options", OBJ, "Ignored.")),
+                example={"model": "all-minilm-l6-v2", "prompt": "hello world"},
+                response={"embedding": VEC},
+            ),
+        ),
+    ),
+)

@@ -19,25 +19,34 @@ async def health(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     uptime = round(time.monotonic() - state.started, 3)
     if state.service is None:
-        body: dict[str, object] = {"status": "error" if state.load_error else "loading",
-                                   "uptime_s": uptime, "version": __version__}
+        body: dict[str, object] = {
+            "status": "error" if state.load_error else "loading",
+            "uptime_s": uptime,
+            "version": __version__,
+        }
         if state.load_error is not None:
             body["error"] = state.load_error.message
         return web.json_response(body, status=503)
-    return web.json_response({
-        "status": "ok",
-        "version": __version__,
-        "uptime_s": uptime,
-        "load_seconds": state.load_seconds,
-        "queue_depth": state.service.queue_depth,
-        **state.service.info.to_dict(),
-    })
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "uptime_s": uptime,
+            "load_seconds": state.load_seconds,
+            "queue_depth": state.service.queue_depth,
+            **state.service.info.to_dict(),
+        }
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
     text = request.app[METRICS_KEY].render()
-    return web.Response(text=text, content_type="text/plain", charset="utf-8",
-                        headers={"X-Prometheus-Format": "0.0.4"})
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Prometheus-Format": "0.0.4"},
+    )
 
 
 async def openapi_json(request: web.Request) -> web.Response:
@@ -46,24 +55,54 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 async def docs(request: web.Request) -> web.Response:
     html = render_html(build_spec(request.app))
-    return web.Response(text=html, content_type="text/html", charset="utf-8",
-                        headers={"Content-Security-Policy": CSP})
+    return web.Response(
+        text=html,
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Content-Security-Policy": CSP},
+    )
 
 
 HEALTH = Operation(
     "Readiness: 200 with the model, backend, device, dtype and dim; 503 while loading.",
-    response={"status": "ok", "model": MINILM, "backend": "torch", "device": "cpu",
-              "dtype": "float32", "dim": 384})
+    response={
+        "status": "ok",
+        "model": MINILM,
+        "backend": "torch",
+        "device": "cpu",
+        "dtype": "float32",
+        "dim": 384,
+    },
+)
 
-DIALECT = Dialect("operations", localrank_error_body, (
-    route("GET", "/health", health, HEALTH),
-    route("GET", "/health/", health, HEALTH),
-    route("GET", "/metrics", metrics, Operation(
-        "Prometheus metrics: requests and latency per route, queue depth, batch sizes and "
-        "tokens, cache hits, truncations, errors.",
-        content_type="text/plain", response="localrank_requests_total{...} 3\n")),
-    route("GET", "/openapi.json", openapi_json, Operation(
-        "This OpenAPI 3.1 document.", response={"openapi": "3.1.0"})),
-    route("GET", "/docs", docs, Operation(
-        "This page: every route, rendered offline.", content_type="text/html")),
-))
+DIALECT = Dialect(
+    "operations",
+    localrank_error_body,
+    (
+        route("GET", "/health", health, HEALTH),
+        route("GET", "/health/", health, HEALTH),
+        route(
+            "GET",
+            "/metrics",
+            metrics,
+            Operation(
+                "Prometheus metrics: requests and latency per route, queue depth, batch sizes and "
+                "tokens, cache hits, truncations, errors.",
+                content_type="text/plain",
+                response="localrank_requests_total{...} 3\n",
+            ),
+        ),
+        route(
+            "GET",
+            "/openapi.json",
+            openapi_json,
+            Operation("This OpenAPI 3.1 document.", response={"openapi": "3.1.0"}),
+        ),
+        route(
+            "GET",
+            "/docs",
+            docs,
+            Operation("This page: every route, rendered offline.", content_type="text/html"),
+        ),
+    ),
+)

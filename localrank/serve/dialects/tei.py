@@ -16,7 +16,7 @@ from localrank.engine.core import check_inputs, cosine_of
 from localrank.errors import BackendError, InvalidInput
 from localrank.serve.api import BOOL, STR, Dialect, Operation, Param, arr, one_of, route
 from localrank.serve.dialects.fields import DIMENSIONS, INSTRUCTION, MINILM, QUERY, TRUNCATE, VEC
-from localrank.serve.parsing import field, query_mode, read_json, truncate_flag
+from localrank.serve.parsing import field, query_mode, read_body, truncate_flag
 from localrank.serve.state import STATE_KEY, embedding
 
 RERANK_METHOD = "bi-encoder cosine of the instructed query and each document, mapped to [0,1]"
@@ -29,8 +29,11 @@ def tei_inputs(body: dict[str, Any], name: str = "inputs") -> list[str] | list[l
         raise InvalidInput(f"{name!r} is required", param=name)
     if isinstance(raw, str):
         return [raw]
-    if isinstance(raw, list) and raw and all(isinstance(t, int) and not isinstance(t, bool)
-                                             for t in raw):
+    if (
+        isinstance(raw, list)
+        and raw
+        and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
+    ):
         return [raw]
     if isinstance(raw, list):
         return raw
@@ -40,28 +43,33 @@ def tei_inputs(body: dict[str, Any], name: str = "inputs") -> list[str] | list[l
 def _check_direction(body: dict[str, Any]) -> None:
     direction = field(body, "truncation_direction", str, "Right")
     if direction.lower() != "right":
-        raise InvalidInput("only truncation_direction Right is supported",
-                           param="truncation_direction")
+        raise InvalidInput(
+            "only truncation_direction Right is supported", param="truncation_direction"
+        )
 
 
 async def embed(request: web.Request) -> web.Response:
     """TEI `/embed` -> `[[float, ...], ...]`. Vectors are always unit length (the recipe's)."""
-    body = await read_json(request)
+    body = await read_body(request)
     svc = embedding(request)
     inputs = tei_inputs(body)
     field(body, "normalize", bool, True)
     _check_direction(body)
     query, instruction = query_mode(body)
-    result = await svc.embed(inputs, query=query, instruction=instruction,
-                             dimensions=field(body, "dimensions", int),
-                             truncate=truncate_flag(body))
+    result = await svc.embed(
+        inputs,
+        query=query,
+        instruction=instruction,
+        dimensions=field(body, "dimensions", int),
+        truncate=truncate_flag(body),
+    )
     return web.json_response(result.vectors.tolist())
 
 
 async def rerank(request: web.Request) -> web.Response:
     """TEI `/rerank` -> `[{"index", "score", "text"?}]`, best first. `raw_scores` gives the
     cosine itself (in [-1, 1]) instead of the [0, 1] score."""
-    body = await read_json(request)
+    body = await read_body(request)
     svc = embedding(request)
     query = field(body, "query", str, required=True)
     if not query.strip():
@@ -74,8 +82,9 @@ async def rerank(request: web.Request) -> web.Response:
     return_text = field(body, "return_text", bool, False)
     _check_direction(body)
     _, instruction = query_mode(body, default_query=True)
-    scores, _ = await svc.rerank(query, texts, instruction=instruction,
-                                 truncate=truncate_flag(body))
+    scores, _ = await svc.rerank(
+        query, texts, instruction=instruction, truncate=truncate_flag(body)
+    )
     out = []
     for i in sorted(range(len(texts)), key=lambda i: -scores[i]):
         score = cosine_of(float(scores[i])) if raw_scores else float(scores[i])
@@ -87,7 +96,7 @@ async def rerank(request: web.Request) -> web.Response:
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    body = await read_body(request)
     svc = embedding(request)
     raw = tei_inputs(body)
     inputs = [t for t in raw if isinstance(t, str)]
@@ -95,8 +104,9 @@ async def tokenize(request: web.Request) -> web.Response:
         raise InvalidInput("'inputs' must be a string or a list of strings", param="inputs")
     add_special = field(body, "add_special_tokens", bool, True)
     query, instruction = query_mode(body)
-    tokens = await svc.tokens(inputs, add_special_tokens=add_special, query=query,
-                              instruction=instruction)
+    tokens = await svc.tokens(
+        inputs, add_special_tokens=add_special, query=query, instruction=instruction
+    )
     return web.json_response([[asdict(t) for t in row] for row in tokens])
 
 
@@ -106,33 +116,40 @@ async def info(request: web.Request) -> web.Response:
     settings = request.app[STATE_KEY].settings
     model = svc.info
     backend = model.backend
-    return web.json_response({
-        "model_id": model.display_name,
-        "model_sha": model.revision,
-        "model_dtype": backend.dtype,
-        "model_type": {"embedding": {"pooling": backend.pooling}},
-        "max_concurrent_requests": settings.queue_size,
-        "max_input_length": backend.max_tokens,
-        "max_batch_tokens": svc.max_batch_tokens,
-        "max_batch_requests": settings.max_batch_size,
-        "max_client_batch_size": settings.max_inputs,
-        "auto_truncate": True,
-        "tokenization_workers": 1,
-        "version": __version__,
-        "sha": None,
-        "docker_label": None,
-        "backend": backend.backend,
-        "device": backend.device,
-        "dim": backend.dim,
-        "rerank_method": RERANK_METHOD,
-        "fallback": model.fallback_reason is not None,
-        "fallback_reason": model.fallback_reason,
-        "fingerprint": model.fingerprint,
-    })
+    return web.json_response(
+        {
+            "model_id": model.display_name,
+            "model_sha": model.revision,
+            "model_dtype": backend.dtype,
+            "model_type": {"embedding": {"pooling": backend.pooling}},
+            "max_concurrent_requests": settings.queue_size,
+            "max_input_length": backend.max_tokens,
+            "max_batch_tokens": svc.max_batch_tokens,
+            "max_batch_requests": settings.max_batch_size,
+            "max_client_batch_size": settings.max_inputs,
+            "auto_truncate": True,
+            "tokenization_workers": 1,
+            "version": __version__,
+            "sha": None,
+            "docker_label": None,
+            "backend": backend.backend,
+            "device": backend.device,
+            "dim": backend.dim,
+            "rerank_method": RERANK_METHOD,
+            "fallback": model.fallback_reason is not None,
+            "fallback_reason": model.fallback_reason,
+            "fingerprint": model.fingerprint,
+        }
+    )
 
 
-_ERROR_TYPES = {400: "Validation", 413: "Validation", 422: "Validation", 429: "Overloaded",
-                503: "Unhealthy"}
+_ERROR_TYPES = {
+    400: "Validation",
+    413: "Validation",
+    422: "Validation",
+    429: "Overloaded",
+    503: "Unhealthy",
+}
 
 
 def error_body(status: int, message: str, code: str, param: str | None) -> dict[str, Any]:
@@ -140,33 +157,89 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
     return {"error": message, "error_type": _ERROR_TYPES.get(status, fallback)}
 
 
-DIALECT = Dialect("tei", error_body, statuses={BackendError: 424}, routes=(
-    route("POST", "/embed", embed, Operation(
-        "TEI embed: a list of vectors.",
-        body=(Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
-              Param("normalize", BOOL, "Accepted; vectors are always unit length."),
-              TRUNCATE, Param("truncation_direction", STR, "Right (the only one supported)."),
-              Param("prompt_name", STR, "query or document."), DIMENSIONS, INSTRUCTION),
-        example={"inputs": ["hello world"]}, response=[VEC])),
-    route("POST", "/rerank", rerank, Operation(
-        "TEI rerank: [{index, score, text?}] best first.",
-        body=(QUERY, Param("texts", arr(STR), "Texts to rank.", required=True),
-              Param("raw_scores", BOOL, "The cosine in [-1, 1] instead of [0, 1]."),
-              Param("return_text", BOOL, "Include each text."), TRUNCATE, INSTRUCTION),
-        example={"query": "capital of France", "texts": ["Berlin", "Paris"]},
-        response=[{"index": 1, "score": 0.8}, {"index": 0, "score": 0.55}])),
-    route("POST", "/tokenize", tokenize, Operation(
-        "TEI tokenize: per input, its tokens with character spans.",
-        body=(Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
-              Param("add_special_tokens", BOOL, "Include the model's special tokens "
-                    "(default true)."), Param("prompt_name", STR, "query formats a query.")),
-        example={"inputs": "hello world"},
-        response=[[{"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
-                   {"id": 7592, "text": "hello", "special": False, "start": 0, "stop": 5}]])),
-    route("GET", "/info", info, Operation(
-        "TEI info, plus backend, device, dim, rerank_method, fallback and fingerprint.",
-        response={"model_id": MINILM, "model_dtype": "float32",
-                  "model_type": {"embedding": {"pooling": "mean"}}, "max_input_length": 256,
-                  "backend": "torch", "device": "cpu", "dim": 384,
-                  "rerank_method": "bi-encoder cosine ..."})),
-))
+DIALECT = Dialect(
+    "tei",
+    error_body,
+    statuses={BackendError: 424},
+    routes=(
+        route(
+            "POST",
+            "/embed",
+            embed,
+            Operation(
+                "TEI embed: a list of vectors.",
+                body=(
+                    Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
+                    Param("normalize", BOOL, "Accepted; vectors are always unit length."),
+                    TRUNCATE,
+                    Param("truncation_direction", STR, "Right (the only one supported)."),
+                    Param("prompt_name", STR, "query or document."),
+                    DIMENSIONS,
+                    INSTRUCTION,
+                ),
+                example={"inputs": ["hello world"]},
+                response=[VEC],
+            ),
+        ),
+        route(
+            "POST",
+            "/rerank",
+            rerank,
+            Operation(
+                "TEI rerank: [{index, score, text?}] best first.",
+                body=(
+                    QUERY,
+                    Param("texts", arr(STR), "Texts to rank.", required=True),
+                    Param("raw_scores", BOOL, "The cosine in [-1, 1] instead of [0, 1]."),
+                    Param("return_text", BOOL, "Include each text."),
+                    TRUNCATE,
+                    INSTRUCTION,
+                ),
+                example={"query": "capital of France", "texts": ["Berlin", "Paris"]},
+                response=[{"index": 1, "score": 0.8}, {"index": 0, "score": 0.55}],
+            ),
+        ),
+        route(
+            "POST",
+            "/tokenize",
+            tokenize,
+            Operation(
+                "TEI tokenize: per input, its tokens with character spans.",
+                body=(
+                    Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
+                    Param(
+                        "add_special_tokens",
+                        BOOL,
+                        "Include the model's special tokens (default true).",
+                    ),
+                    Param("prompt_name", STR, "query formats a query."),
+                ),
+                example={"inputs": "hello world"},
+                response=[
+                    [
+                        {"id": 101, "text": "[CLS]", "special": True, "start": None, "stop": None},
+                        {"id": 7592, "text": "hello", "special": False, "start": 0, "stop": 5},
+                    ]
+                ],
+            ),
+        ),
+        route(
+            "GET",
+            "/info",
+            info,
+            Operation(
+                "TEI info, plus backend, device, dim, rerank_method, fallback and fingerprint.",
+                response={
+                    "model_id": MINILM,
+                    "model_dtype": "float32",
+                    "model_type": {"embedding": {"pooling": "mean"}},
+                    "max_input_length": 256,
+                    "backend": "torch",
+                    "device": "cpu",
+                    "dim": 384,
+                    "rerank_method": "bi-encoder cosine ...",
+                },
+            ),
+        ),
+    ),
+)

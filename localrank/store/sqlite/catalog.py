@@ -55,9 +55,17 @@ def get_collection(conn: apsw.Connection, name: str) -> Collection:
 
 
 def _collection(row: Any) -> Collection:
-    return Collection(id=row[0], name=row[1], fingerprint=row[2], model_id=row[3], dim=row[4],
-                      created=row[5], settings=json.loads(row[6]), generation=row[7],
-                      epoch=row[8])
+    return Collection(
+        id=row[0],
+        name=row[1],
+        fingerprint=row[2],
+        model_id=row[3],
+        dim=row[4],
+        created=row[5],
+        settings=json.loads(row[6]),
+        generation=row[7],
+        epoch=row[8],
+    )
 
 
 def create_collection(

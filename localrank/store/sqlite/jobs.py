@@ -48,9 +48,19 @@ _COLUMNS = (
 
 def _job(row: tuple[Any, ...]) -> Job:
     return Job(
-        row[0], row[1], row[2], row[3], row[4], row[5], row[6],
-        json.loads(row[7]), json.loads(row[8]), row[9], row[10], row[11],
-    )  # fmt: skip
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        json.loads(row[7]),
+        json.loads(row[8]),
+        row[9],
+        row[10],
+        row[11],
+    )
 
 
 def create_job(
@@ -68,9 +78,16 @@ def create_job(
     conn.execute(
         "INSERT INTO jobs (id, collection, kind, state, total, params, created, updated) "
         "VALUES (?, ?, ?, 'queued', ?, ?, ?, ?)",
-        (job_id, collection, kind, len(items) if total is None else total,
-         json.dumps(params or {}), stamp, stamp),
-    )  # fmt: skip
+        (
+            job_id,
+            collection,
+            kind,
+            len(items) if total is None else total,
+            json.dumps(params or {}),
+            stamp,
+            stamp,
+        ),
+    )
     conn.executemany(
         "INSERT INTO job_items (job, seq, doc_id, payload) VALUES (?, ?, ?, ?)",
         [(job_id, i, doc_id, payload) for i, (doc_id, payload) in enumerate(items)],
@@ -176,9 +193,14 @@ def record_progress(
     conn.execute(
         "UPDATE jobs SET done = done + ?, failed = failed + ?, heartbeat = ?, updated = ? "
         "WHERE id = ?",
-        (len(done) if done_count is None else done_count, len(failed), time.time(), now_iso(),
-         job_id),
-    )  # fmt: skip
+        (
+            len(done) if done_count is None else done_count,
+            len(failed),
+            time.time(),
+            now_iso(),
+            job_id,
+        ),
+    )
 
 
 def finish_job(conn: apsw.Connection, job_id: str, state: str, message: str | None = None) -> None:

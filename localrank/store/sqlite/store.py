@@ -58,10 +58,12 @@ class SQLiteStore:
 
     # --- collections --------------------------------------------------------------------
 
-    def create_collection(self, name: str, *, fingerprint: str, model_id: str, dim: int,
-                          settings: dict[str, Any]) -> Collection:
-        return catalog.create_collection(self.db, name, fingerprint=fingerprint,
-                                         model_id=model_id, dim=dim, settings=settings)
+    def create_collection(
+        self, name: str, *, fingerprint: str, model_id: str, dim: int, settings: dict[str, Any]
+    ) -> Collection:
+        return catalog.create_collection(
+            self.db, name, fingerprint=fingerprint, model_id=model_id, dim=dim, settings=settings
+        )
 
     def get_collection(self, name: str) -> Collection:
         return catalog.get_collection(self.db.reader(), name)
@@ -77,10 +79,16 @@ class SQLiteStore:
     def document_hashes(self, collection: Collection, doc_ids: Sequence[str]) -> dict[str, str]:
         return catalog.document_hashes(self.db.reader(), collection.id, doc_ids)
 
-    def write_documents(self, collection_name: str, fingerprint: str, model_id: str,
-                        docs: Sequence[PreparedDocument], *,
-                        cache: Sequence[tuple[str, np.ndarray]] = (),
-                        progress: JobProgress | None = None) -> tuple[list[WriteResult], Job | None]:
+    def write_documents(
+        self,
+        collection_name: str,
+        fingerprint: str,
+        model_id: str,
+        docs: Sequence[PreparedDocument],
+        *,
+        cache: Sequence[tuple[str, np.ndarray]] = (),
+        progress: JobProgress | None = None,
+    ) -> tuple[list[WriteResult], Job | None]:
         # One transaction: the documents, their new cache entries and the job's progress commit
         # together. That is what makes a job's resume exact.
         with self.db.write() as conn:
@@ -90,16 +98,17 @@ class SQLiteStore:
             results = catalog.write_documents(conn, current, docs)
             if progress is None:
                 return results, None
-            jobs.record_progress(conn, progress.job_id, done=progress.done,
-                                 failed=progress.failed)
+            jobs.record_progress(conn, progress.job_id, done=progress.done, failed=progress.failed)
             return results, jobs.get_job(conn, progress.job_id)
 
-    def get_document(self, collection: Collection,
-                     doc_id: str) -> tuple[StoredDocument, list[StoredChunk]]:
+    def get_document(
+        self, collection: Collection, doc_id: str
+    ) -> tuple[StoredDocument, list[StoredChunk]]:
         return catalog.get_document(self.db.reader(), collection, doc_id)
 
-    def list_documents(self, collection: Collection, *, limit: int,
-                       after: str | None = None) -> list[StoredDocument]:
+    def list_documents(
+        self, collection: Collection, *, limit: int, after: str | None = None
+    ) -> list[StoredDocument]:
         return catalog.list_documents(self.db.reader(), collection, limit=limit, after=after)
 
     def delete_document(self, collection_name: str, doc_id: str) -> None:
@@ -115,26 +124,35 @@ class SQLiteStore:
             return None
         return retrieve.allowed_documents(self.db.reader(), collection.id, flt)
 
-    def keyword_candidates(self, collection: Collection, query: str, limit: int,
-                           flt: Filter | None = None) -> list[tuple[int, float]]:
-        return retrieve.keyword_candidates(self.db.reader(), collection.id, query, limit,
-                                           self._allowed(collection, flt))
+    def keyword_candidates(
+        self, collection: Collection, query: str, limit: int, flt: Filter | None = None
+    ) -> list[tuple[int, float]]:
+        return retrieve.keyword_candidates(
+            self.db.reader(), collection.id, query, limit, self._allowed(collection, flt)
+        )
 
-    def vector_candidates(self, collection: Collection, query: np.ndarray, limit: int, *,
-                          candidates: int, flt: Filter | None = None) -> list[tuple[int, float]]:
+    def vector_candidates(
+        self,
+        collection: Collection,
+        query: np.ndarray,
+        limit: int,
+        *,
+        candidates: int,
+        flt: Filter | None = None,
+    ) -> list[tuple[int, float]]:
         index = self.indexes.get(collection.id)
         if index is None:
             return []
-        return retrieve.vector_candidates(self.db.reader(), index, query, limit, candidates,
-                                          self._allowed(collection, flt))
+        return retrieve.vector_candidates(
+            self.db.reader(), index, query, limit, candidates, self._allowed(collection, flt)
+        )
 
     def exact_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
         return retrieve.exact_scores(self.db.reader(), chunk_ids, query)
 
     # --- jobs ---------------------------------------------------------------------------
 
-    def create_ingest_job(self, collection_name: str,
-                          items: Sequence[tuple[str, str]]) -> Job:
+    def create_ingest_job(self, collection_name: str, items: Sequence[tuple[str, str]]) -> Job:
         with self.db.write() as conn:
             catalog.get_collection(conn, collection_name)
             job_id = jobs.create_job(conn, collection=collection_name, kind="ingest", items=items)
@@ -143,10 +161,17 @@ class SQLiteStore:
     def create_reindex_job(self, collection_name: str, params: dict[str, Any]) -> Job:
         with self.db.write() as conn:
             collection = catalog.get_collection(conn, collection_name)
-            total = scalar(conn, "SELECT count(*) FROM chunks WHERE collection_id = ?",
-                           (collection.id,))
-            job_id = jobs.create_job(conn, collection=collection_name, kind="reindex", items=[],
-                                     params=params, total=int(total))
+            total = scalar(
+                conn, "SELECT count(*) FROM chunks WHERE collection_id = ?", (collection.id,)
+            )
+            job_id = jobs.create_job(
+                conn,
+                collection=collection_name,
+                kind="reindex",
+                items=[],
+                params=params,
+                total=int(total),
+            )
             return jobs.get_job(conn, job_id)
 
     def get_job(self, job_id: str) -> Job:
@@ -155,8 +180,9 @@ class SQLiteStore:
     def list_jobs(self, *, limit: int = 50, state: str | None = None) -> list[Job]:
         return jobs.list_jobs(self.db.reader(), limit=limit, state=state)
 
-    def claim_job(self, owner: str, *, skip: Sequence[str] = (),
-                  only: str | None = None) -> Job | None:
+    def claim_job(
+        self, owner: str, *, skip: Sequence[str] = (), only: str | None = None
+    ) -> Job | None:
         return jobs.claim_job(self.db, owner, skip=skip, only=only)
 
     def pending_items(self, job_id: str, limit: int, *, after: int = -1) -> list[JobItem]:
@@ -177,14 +203,22 @@ class SQLiteStore:
 
     # --- reindex ------------------------------------------------------------------------
 
-    def chunks_to_reindex(self, collection: Collection, job_id: str, limit: int, *,
-                          after: int = 0) -> list[tuple[int, str]]:
-        return reindex.chunks_to_reindex(self.db.reader(), collection.id, job_id, limit,
-                                         after=after)
+    def chunks_to_reindex(
+        self, collection: Collection, job_id: str, limit: int, *, after: int = 0
+    ) -> list[tuple[int, str]]:
+        return reindex.chunks_to_reindex(
+            self.db.reader(), collection.id, job_id, limit, after=after
+        )
 
-    def stage_reindexed(self, job_id: str, chunk_ids: Sequence[int], vectors: np.ndarray, *,
-                        fingerprint: str,
-                        cache: Sequence[tuple[str, np.ndarray]] = ()) -> Job:
+    def stage_reindexed(
+        self,
+        job_id: str,
+        chunk_ids: Sequence[int],
+        vectors: np.ndarray,
+        *,
+        fingerprint: str,
+        cache: Sequence[tuple[str, np.ndarray]] = (),
+    ) -> Job:
         with self.db.write() as conn:
             _cache_put(conn, fingerprint, cache)
             reindex.stage_vectors(conn, job_id, chunk_ids, vectors)
@@ -196,16 +230,21 @@ class SQLiteStore:
             job = jobs.get_job(conn, job_id)
             current = catalog.get_collection(conn, collection_name)
             p = job.params
-            swapped = reindex.swap_vectors(conn, current, job_id, fingerprint=p["fingerprint"],
-                                           model_id=p["model_id"], dim=int(p["dim"]))
+            swapped = reindex.swap_vectors(
+                conn,
+                current,
+                job_id,
+                fingerprint=p["fingerprint"],
+                model_id=p["model_id"],
+                dim=int(p["dim"]),
+            )
             if swapped:
                 jobs.finish_job(conn, job_id, "done")
             return swapped
 
     # --- cache and maintenance ----------------------------------------------------------
 
-    def cache_get(self, fingerprint: str, texts: Sequence[str],
-                  dim: int) -> dict[int, np.ndarray]:
+    def cache_get(self, fingerprint: str, texts: Sequence[str], dim: int) -> dict[int, np.ndarray]:
         return cache.cache_get(self.db.reader(), fingerprint, texts, dim)
 
     def trim_cache(self, max_rows: int) -> int:
@@ -216,7 +255,10 @@ class SQLiteStore:
         return maintenance.compact(self.db, cache_max_rows=cache_max_rows)
 
 
-def _cache_put(conn: apsw.Connection, fingerprint: str, entries: Sequence[tuple[str, np.ndarray]]) -> None:
+def _cache_put(
+    conn: apsw.Connection, fingerprint: str, entries: Sequence[tuple[str, np.ndarray]]
+) -> None:
     if entries:
-        cache.cache_put(conn, fingerprint, [t for t, _ in entries],
-                        np.stack([v for _, v in entries]))
+        cache.cache_put(
+            conn, fingerprint, [t for t, _ in entries], np.stack([v for _, v in entries])
+        )

@@ -1,33 +1,36 @@
-"""PyTorch backend on mps / cuda / cpu: our own Qwen3 and BERT forwards over safetensors weights.
+"""TorchEmbedder: load a checkpoint onto one torch device, run its family's forward, pool.
 
-transformers is not imported here (nor anywhere at runtime): its modeling modules cost 2.5-5 s of
-cold start. Weights are read with safetensors, checked against the shapes config.json implies,
-cast once to the compute dtype and moved to the device; the forwards live in torch_models.py.
-torch is imported only here and there.
+Weights are read with safetensors, checked against the shapes config.json implies, cast once to
+the compute dtype and moved to the device; the forwards live in qwen3.py and bert.py.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
-from localrank.engine.checkpoint import check_keys, checked_batch, normalise_keys, weight_files
-from localrank.engine.torch_models import ARCHITECTURES, TorchModel
-from localrank.engine.types import BackendInfo, Batch, Recipe
+from localrank.engine.batching import checked_batch
+from localrank.engine.model_files import (
+    check_keys,
+    hidden_size_of,
+    model_type_of,
+    normalise_keys,
+    read_config,
+    weight_files,
+)
+from localrank.engine.torch.families import FAMILIES
+from localrank.engine.torch.layers import TorchModel
+from localrank.engine.types import POOLINGS, BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-POOLINGS = ("last_token", "mean", "cls")
 ATTENTION = ("auto", "sdpa", "explicit")
-# Checkpoint entries that are not part of the embedding model (LM / pretraining heads, buffers).
 
 
 def default_dtype(device: str) -> str:
@@ -43,8 +46,15 @@ class TorchEmbedder:
     explicit on MPS, where SDPA gives NaN for Qwen3 on some macOS versions, SDPA elsewhere.
     """
 
-    def __init__(self, model_dir: Path, recipe: Recipe, *, device: str = "cpu",
-                 dtype: str = "auto", attention: str = "auto") -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        recipe: Recipe,
+        *,
+        device: str = "cpu",
+        dtype: str = "auto",
+        attention: str = "auto",
+    ) -> None:
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
@@ -60,36 +70,40 @@ class TorchEmbedder:
         self.explicit = attention == "explicit" or (attention == "auto" and device == "mps")
 
         cfg, config_path = read_config(model_dir)
-        model_type = cfg.get("model_type")
-        if model_type not in ARCHITECTURES:
-            raise ModelError(f"{config_path}: model_type {model_type!r} is not supported by the "
-                             f"torch backend (supported: {', '.join(ARCHITECTURES)})")
-        arch, shapes_of, prefix = ARCHITECTURES[model_type]
-        hidden = int(cfg.get("hidden_size", -1))
-        if hidden != recipe.dim:
-            raise ModelError(f"{config_path}: hidden_size {hidden} != recipe dim {recipe.dim}")
+        model_type = model_type_of(cfg, config_path, FAMILIES, "torch")
+        family = FAMILIES[model_type]
+        hidden = hidden_size_of(cfg, config_path, recipe.dim)
         try:
-            expected = shapes_of(cfg)
+            expected = family.shapes(cfg)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
-        weights, origin = normalise_keys(*read_weights(model_dir), prefix)
+        weights, origin = normalise_keys(*read_weights(model_dir), family.prefix)
         check_weights(weights, origin, expected, model_dir)
         weights = to_device(weights, self.device, _DTYPES[dtype])
         # Read back: what the loaded tensors really are.
         loaded = next(iter(weights.values()))
         try:
             # The model consumes `weights` (fusing projections frees the unfused copies).
-            self.model: TorchModel | None = arch(cfg, weights, config_path)
+            self.model: TorchModel | None = family.build(cfg, weights, config_path)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
         self._vocab = int(cfg["vocab_size"])
         self.info = BackendInfo(
-            backend="torch", device=loaded.device.type,
-            dtype=str(loaded.dtype).removeprefix("torch."), dim=hidden,
-            pooling=recipe.pooling, max_tokens=recipe.max_tokens,
+            backend="torch",
+            device=loaded.device.type,
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            dim=hidden,
+            pooling=recipe.pooling,
+            max_tokens=recipe.max_tokens,
         )
-        log.info("torch: loaded %s (%s) on %s as %s, %s attention", model_dir, model_type,
-                 self.info.device, self.info.dtype, "explicit" if self.explicit else "SDPA")
+        log.info(
+            "torch: loaded %s (%s) on %s as %s, %s attention",
+            model_dir,
+            model_type,
+            self.info.device,
+            self.info.dtype,
+            "explicit" if self.explicit else "SDPA",
+        )
 
     def embed(self, batch: Batch) -> np.ndarray:
         """Pooled, not normalised, float32 [B, dim] vectors."""
@@ -104,13 +118,14 @@ class TorchEmbedder:
             ids = torch.from_numpy(np.ascontiguousarray(ids_np, dtype=np.int64)).to(self.device)
             mask = torch.from_numpy(np.ascontiguousarray(mask_np != 0)).to(self.device)
             # No padding at all (common: batches are length-sorted): no mask, faster kernels.
-            hidden = model.forward(ids, None if bool(mask.all()) else mask,
-                                   explicit=self.explicit)
+            hidden = model.forward(ids, None if bool(mask.all()) else mask, explicit=self.explicit)
             out = pool(hidden, mask, self.recipe.pooling).float().cpu().numpy()
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if bad.size:
-            raise BackendError(f"torch produced non-finite vectors for batch rows {bad.tolist()} "
-                               f"(batch shape {b}x{t}, {self.info.device} {self.info.dtype})")
+            raise BackendError(
+                f"torch produced non-finite vectors for batch rows {bad.tolist()} "
+                f"(batch shape {b}x{t}, {self.info.device} {self.info.dtype})"
+            )
         return out
 
     def clear_cache(self) -> None:
@@ -153,19 +168,6 @@ def device_available(device: str) -> bool:
 # ----------------------------------------------------------------------------- loading
 
 
-def read_config(model_dir: Path) -> tuple[dict[str, Any], Path]:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise ModelError(f"{path}: missing (not a model folder?)")
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ModelError(f"{path}: unreadable: {e}") from e
-    if not isinstance(cfg, dict):
-        raise ModelError(f"{path}: not a JSON object")
-    return cfg, path
-
-
 def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """All tensors of a (possibly sharded) checkpoint, on CPU as stored, and the file of each."""
     weights: dict[str, torch.Tensor] = {}
@@ -181,23 +183,37 @@ def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Pa
     return weights, origin
 
 
-def check_weights(weights: dict[str, torch.Tensor], origin: dict[str, Path],
-                  expected: dict[str, tuple[int, ...]], model_dir: Path) -> None:
+def check_weights(
+    weights: dict[str, torch.Tensor],
+    origin: dict[str, Path],
+    expected: dict[str, tuple[int, ...]],
+    model_dir: Path,
+) -> None:
     """Every expected key present with its shape and a floating dtype, nothing unexplained."""
-    check_keys(weights.keys(), expected.keys(), origin, model_dir,
-               refused=(".scales", "quantised weights are MLX-only; the torch backend needs "
-                                   "unquantised safetensors"))
+    check_keys(
+        weights.keys(),
+        expected.keys(),
+        origin,
+        model_dir,
+        refused=(
+            ".scales",
+            "quantised weights are MLX-only; the torch backend needs unquantised safetensors",
+        ),
+    )
     for k, shape in expected.items():
         got = weights[k]
         if tuple(got.shape) != shape:
-            raise ModelError(f"{origin[k]}: weight {k!r} has shape {tuple(got.shape)}, "
-                             f"config.json implies {shape}")
+            raise ModelError(
+                f"{origin[k]}: weight {k!r} has shape {tuple(got.shape)}, "
+                f"config.json implies {shape}"
+            )
         if not got.is_floating_point():
             raise ModelError(f"{origin[k]}: weight {k!r} has dtype {got.dtype}, expected floats")
 
 
-def to_device(weights: dict[str, torch.Tensor], device: torch.device,
-              dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def to_device(
+    weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """Cast once (bf16 checkpoints become float32 on CPU, float16 on accelerators) and move,
     in place, so the stored copy of each tensor is freed as soon as its cast exists."""
     try:
@@ -206,6 +222,3 @@ def to_device(weights: dict[str, torch.Tensor], device: torch.device,
         return weights
     except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
         raise BackendError(f"cannot move the weights to torch device {device}: {e}") from e
-
-
-__all__ = ["TorchEmbedder", "default_dtype", "device_available", "pool"]

@@ -1,0 +1,253 @@
+"""MLXEmbedder: Metal on Apple GPUs, mlx[cpu] elsewhere (used here for parity tests).
+
+Picks the device and compute dtype, builds the family's model, swaps in quantised layers where
+an mlx-community checkpoint has them, checks every weight against the model, and pools.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, cast
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from localrank.engine.batching import checked_batch
+from localrank.engine.mlx.families import FAMILIES
+from localrank.engine.mlx.layers import MLXModel, attention_mask
+from localrank.engine.model_files import (
+    check_keys,
+    hidden_size_of,
+    model_type_of,
+    normalise_keys,
+    read_config,
+    weight_files,
+)
+from localrank.engine.types import POOLINGS, BackendInfo, Batch, Recipe
+from localrank.errors import BackendError, ModelError
+
+log = logging.getLogger(__name__)
+
+DTYPES: dict[str, mx.Dtype] = {
+    "float32": mx.float32,
+    "float16": mx.float16,
+    "bfloat16": mx.bfloat16,
+}
+
+
+def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]:
+    """All tensors of a (possibly sharded) safetensors checkpoint, and the file of each key."""
+    weights: dict[str, mx.array] = {}
+    origin: dict[str, Path] = {}
+    for f in weight_files(model_dir):
+        try:
+            loaded = mx.load(str(f))
+        except Exception as e:  # mlx raises plain RuntimeError / ValueError
+            raise ModelError(f"{f}: cannot read safetensors: {e}") from e
+        assert isinstance(loaded, dict)
+        for k, v in loaded.items():
+            weights[k] = v
+            origin[k] = f
+    return weights, origin
+
+
+def quantization_config(cfg: dict[str, Any], source: Path) -> dict[str, Any] | None:
+    """config.json's MLX quantisation (group_size, bits, per-layer overrides), or None."""
+    q = cfg.get("quantization") or cfg.get("quantization_config")
+    if q is None:
+        return None
+    if "group_size" not in q or "bits" not in q:
+        raise ModelError(
+            f"{source}: quantization {q!r} is not an MLX (group_size, bits) "
+            "quantization; use an mlx-community checkpoint or unquantised weights"
+        )
+    return dict(q)
+
+
+def apply_quantization(
+    model: nn.Module, q: dict[str, Any], weights: dict[str, mx.array], prefix: str
+) -> None:
+    """Swap in QuantizedLinear / QuantizedEmbedding wherever the checkpoint has `.scales`,
+    with per-layer overrides as mlx-lm writes them (keyed by module path, maybe prefixed)."""
+    default = {
+        "group_size": int(q["group_size"]),
+        "bits": int(q["bits"]),
+        "mode": q.get("mode", "affine"),
+    }
+
+    def predicate(path: str, module: nn.Module) -> bool | dict[str, Any]:
+        if f"{path}.scales" not in weights or not hasattr(module, "to_quantized"):
+            return False
+        override = q.get(path, q.get(prefix + path))
+        if isinstance(override, dict):
+            return {**default, **override}
+        return dict(default)
+
+    nn.quantize(model, class_predicate=predicate)
+
+
+def check_and_load(
+    model: nn.Module,
+    weights: dict[str, mx.array],
+    origin: dict[str, Path],
+    model_dir: Path,
+    dtype: mx.Dtype,
+) -> None:
+    """Check the weights against the model's own parameters (names, shapes), then load them."""
+    expected = flat_parameters(model)
+    check_keys(weights.keys(), expected.keys(), origin, model_dir)
+    for k, ref in expected.items():
+        if weights[k].shape != ref.shape:
+            raise ModelError(
+                f"{origin[k]}: weight {k!r} has shape {tuple(weights[k].shape)}, "
+                f"config.json implies {tuple(ref.shape)}"
+            )
+    # Quantised (integer) tensors stay as stored; floating tensors take the compute dtype.
+    cast = [
+        (k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v)
+        for k, v in weights.items()
+    ]
+    model.update(tree_unflatten(cast))
+    mx.eval(model.parameters())
+
+
+def flat_parameters(model: nn.Module) -> dict[str, mx.array]:
+    """The model's parameters by dotted name, as checkpoints key them."""
+    return cast("dict[str, mx.array]", dict(tree_flatten(model.parameters())))
+
+
+def dtype_name(dtype: mx.Dtype) -> str:
+    """ "float32", "float16", "bfloat16" (or mlx's own name for anything else)."""
+    for name, d in DTYPES.items():
+        if d == dtype:
+            return name
+    return str(dtype).rsplit(".", 1)[-1]
+
+
+class MLXEmbedder:
+    """A Qwen3 or BERT model on MLX, following the Embedder protocol."""
+
+    def __init__(
+        self, model_dir: Path, recipe: Recipe, *, dtype: str = "auto", device: str = "auto"
+    ) -> None:
+        model_dir = Path(model_dir)
+        if recipe.pooling not in POOLINGS:
+            raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
+        self._device, device_name = self._pick_device(device)
+        cfg, config_path = read_config(model_dir)
+        model_type = model_type_of(cfg, config_path, FAMILIES, "MLX")
+        family = FAMILIES[model_type]
+        hidden = hidden_size_of(cfg, config_path, recipe.dim)
+        q = quantization_config(cfg, config_path)
+
+        with mx.stream(self._device):
+            weights, origin = normalise_keys(*read_weights(model_dir), family.prefix)
+            if q is None and any(k.endswith(".scales") for k in weights):
+                raise ModelError(
+                    f"{config_path}: weights are quantised (.scales present) but "
+                    "config.json has no 'quantization' entry"
+                )
+            compute = self._pick_dtype(dtype, device_name, q, weights)
+            try:
+                model = family.build(cfg, config_path)
+            except KeyError as e:
+                raise ModelError(f"{config_path}: missing config key {e}") from e
+            if q is not None:
+                apply_quantization(model, q, weights, family.prefix)
+            check_and_load(model, weights, origin, model_dir, compute)
+        model.eval()
+        self._model: MLXModel | None = model
+        self._recipe = recipe
+        self._vocab = int(cfg["vocab_size"])
+        # Read back: the dtype the loaded floating parameters really have.
+        floats = [
+            v.dtype for v in flat_parameters(model).values() if mx.issubdtype(v.dtype, mx.floating)
+        ]
+        self.info = BackendInfo(
+            backend="mlx",
+            device=device_name,
+            dtype=dtype_name(floats[0]),
+            dim=hidden,
+            pooling=recipe.pooling,
+            max_tokens=recipe.max_tokens,
+        )
+        self.quantization = None if q is None else {k: q[k] for k in ("group_size", "bits")}
+        log.info(
+            "mlx: loaded %s (%s) on %s as %s%s",
+            model_dir,
+            model_type,
+            device_name,
+            self.info.dtype,
+            f", quantised {self.quantization}" if q else "",
+        )
+
+    @staticmethod
+    def _pick_device(device: str) -> tuple[mx.Device, str]:
+        metal = mx.metal.is_available()
+        if device == "auto":
+            device = "gpu" if metal else "cpu"
+        if device == "gpu":
+            if not metal:
+                raise BackendError("MLX device 'gpu' requested but no Metal GPU is available")
+            return mx.Device(mx.gpu), "gpu"
+        if device == "cpu":
+            return mx.Device(mx.cpu), "cpu"
+        raise BackendError(f"unknown MLX device {device!r}; expected auto, gpu or cpu")
+
+    @staticmethod
+    def _pick_dtype(
+        dtype: str, device: str, q: dict[str, Any] | None, weights: dict[str, mx.array]
+    ) -> mx.Dtype:
+        if dtype != "auto":
+            if dtype not in DTYPES:
+                raise BackendError(f"unknown dtype {dtype!r}; expected auto or {', '.join(DTYPES)}")
+            return DTYPES[dtype]
+        if q is not None:
+            # Quantised checkpoints: compute in the dtype their scales were saved in.
+            return next(v.dtype for k, v in weights.items() if k.endswith(".scales"))
+        return mx.float16 if device == "gpu" else mx.float32
+
+    def embed(self, batch: Batch) -> np.ndarray:
+        """Pooled, not normalised, float32 [B, dim] vectors."""
+        model = self._model
+        if model is None:
+            raise BackendError("MLX embedder is closed")
+        ids_np, mask_np = checked_batch(batch, self._vocab, model.max_positions)
+        b, t = ids_np.shape
+        if b == 0:
+            return np.zeros((0, self.info.dim), dtype=np.float32)
+        real = mask_np != 0
+        with mx.stream(self._device):
+            ids = mx.array(ids_np.astype(np.int32))
+            h = model(ids, attention_mask(real, causal=model.causal))
+            rows = mx.arange(b)
+            if self._recipe.pooling == "last_token":
+                # Last real token from the mask: right for left padding and for right padding.
+                last = t - 1 - np.argmax(real[:, ::-1], axis=1)
+                pooled = h[rows, mx.array(last.astype(np.int32))].astype(mx.float32)
+            elif self._recipe.pooling == "cls":
+                first = np.argmax(real, axis=1)
+                pooled = h[rows, mx.array(first.astype(np.int32))].astype(mx.float32)
+            else:
+                m = mx.array(real.astype(np.float32))[..., None]
+                summed = (h.astype(mx.float32) * m).sum(axis=1)
+                pooled = summed / mx.maximum(m.sum(axis=1), 1e-9)
+            mx.eval(pooled)
+            out = np.array(pooled, dtype=np.float32)
+            del h, pooled
+        # MLX caches freed buffers per shape; varying lengths would grow memory without bound.
+        mx.clear_cache()
+        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if bad.size:
+            raise BackendError(
+                f"MLX produced non-finite vectors for batch rows {bad.tolist()} "
+                f"(batch shape {b}x{t}, dtype {self.info.dtype})"
+            )
+        return out
+
+    def close(self) -> None:
+        self._model = None
+        mx.clear_cache()

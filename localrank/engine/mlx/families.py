@@ -1,0 +1,26 @@
+"""The MLX families: config.json's model_type -> how to build the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from localrank.engine.mlx.bert import Bert
+from localrank.engine.mlx.layers import MLXModel
+from localrank.engine.mlx.qwen3 import Qwen3
+
+
+@dataclass(frozen=True)
+class Family:
+    """How to build one model_type; the weights are checked against the built model's own."""
+
+    build: Callable[[dict[str, Any], Path], MLXModel]
+    prefix: str  # what *For... / pretraining checkpoints add to every key
+
+
+FAMILIES: dict[str, Family] = {
+    "qwen3": Family(Qwen3, "model."),
+    "bert": Family(Bert, "bert."),
+}

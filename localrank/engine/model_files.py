@@ -1,0 +1,248 @@
+"""Reading a model folder: config.json, safetensors shards and weight keys, and the
+sentence-transformers files.
+
+Framework-free (no torch, no mlx imports) so the recipe and both backends read a folder the same
+way, and every error names the file at fault.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Collection, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from localrank.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# Keys a checkpoint may carry that no embedding forward pass reads (LM / pretraining heads,
+# buffers).
+IGNORED_PREFIXES = ("lm_head.", "pooler.", "cls.")
+IGNORED_SUFFIXES = ("position_ids", "token_type_ids", "rotary_emb.inv_freq")
+# sentence-transformers modules that change the vectors and that no backend here implements.
+UNSUPPORTED_ST_MODULES = ("Dense", "LayerNorm", "WordEmbeddings", "CNN", "LSTM")
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+def read_model_json(path: Path) -> Any:
+    """A JSON file of a model folder, or ModelError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path}: missing") from None
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: unreadable: {e}") from e
+
+
+def read_config(model_dir: Path) -> tuple[dict[str, Any], Path]:
+    """config.json as a dict, and its path (for errors about its values)."""
+    path = model_dir / "config.json"
+    if not path.is_file():
+        raise ModelError(f"{path}: missing (not a model folder?)")
+    cfg = read_model_json(path)
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: not a JSON object")
+    return cfg, path
+
+
+def model_type_of(
+    cfg: dict[str, Any], source: Path, supported: Collection[str], backend: str
+) -> str:
+    """config.json's model_type, refused unless it is one of the families `backend` supports."""
+    model_type = cfg.get("model_type")
+    if model_type not in supported:
+        raise ModelError(
+            f"{source}: model_type {model_type!r} is not supported by the {backend} "
+            f"backend (supported: {', '.join(supported)})"
+        )
+    return str(model_type)
+
+
+def hidden_size_of(cfg: dict[str, Any], source: Path, dim: int) -> int:
+    """config.json's hidden_size, refused unless it is the recipe's vector size."""
+    hidden = int(cfg.get("hidden_size", -1))
+    if hidden != dim:
+        raise ModelError(f"{source}: hidden_size {hidden} != recipe dim {dim}")
+    return hidden
+
+
+def qwen3_rope_theta(cfg: dict[str, Any], source: Path) -> float:
+    """rope_theta the way transformers 5 resolves it: `rope_parameters` (or legacy
+    `rope_scaling`) first, then the top-level key. Absent from both is an error: transformers
+    would default to 1e4 while every published Qwen3 uses 1e6, and guessing silently is exactly
+    the loader bug this backend exists to avoid."""
+    params = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type != "default":
+        raise ModelError(f"{source}: RoPE type {rope_type!r} is not supported (only 'default')")
+    top, nested = cfg.get("rope_theta"), params.get("rope_theta")
+    if top is not None and nested is not None and float(top) != float(nested):
+        log.warning(
+            "%s: rope_theta=%s and rope_parameters.rope_theta=%s disagree; using %s as "
+            "transformers does",
+            source,
+            top,
+            nested,
+            nested,
+        )
+    theta = nested if nested is not None else top
+    if theta is None:
+        raise ModelError(
+            f"{source}: no rope_theta (neither top-level nor under rope_parameters); "
+            "add the model's value (1000000.0 for published Qwen3) to config.json"
+        )
+    return float(theta)
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a checkpoint: the shards an index names, or the single file."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ModelError(f"{index}: unreadable shard index: {e}") from e
+        files = [model_dir / name for name in sorted(set(weight_map.values()))]
+        for f in files:
+            if not f.is_file():
+                raise ModelError(f"{f}: shard listed in {index.name} is missing")
+        return files
+    if (model_dir / "model.safetensors").is_file():
+        return [model_dir / "model.safetensors"]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelError(
+            f"{model_dir}: no model.safetensors (or shards) found; only safetensors "
+            "weights are supported"
+        )
+    return files
+
+
+def normalise_keys(
+    weights: dict[str, T], origin: dict[str, Path], prefix: str
+) -> tuple[dict[str, T], dict[str, Path]]:
+    """Strip the "model." / "bert." prefix, drop heads and buffers, rename gamma/beta."""
+    out: dict[str, T] = {}
+    out_origin: dict[str, Path] = {}
+    for key, value in weights.items():
+        name = key.removeprefix(prefix)
+        if name.startswith(IGNORED_PREFIXES) or name.endswith(IGNORED_SUFFIXES):
+            continue
+        # Old BERT checkpoints name LayerNorm parameters gamma / beta.
+        name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
+        name = name.replace("LayerNorm.beta", "LayerNorm.bias")
+        out[name] = value
+        out_origin[name] = origin[key]
+    return out, out_origin
+
+
+def check_keys(
+    present: Collection[str],
+    expected: Collection[str],
+    origin: Mapping[str, Path],
+    model_dir: Path,
+    *,
+    refused: tuple[str, str] | None = None,
+) -> None:
+    """Every expected weight present and nothing unexplained, or ModelError naming the file.
+
+    `refused` is (key suffix, reason): an unexpected key with that suffix is reported first,
+    with the reason (the torch backend uses it to name MLX-quantised checkpoints).
+    """
+    missing = sorted(set(expected) - set(present))
+    if missing:
+        files = ", ".join(sorted({str(p) for p in origin.values()})) or str(model_dir)
+        more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+        raise ModelError(f"{files}: missing weights {', '.join(missing[:5])}{more}")
+    unexpected = sorted(set(present) - set(expected))
+    if not unexpected:
+        return
+    if refused is not None:
+        suffix, reason = refused
+        k = next((k for k in unexpected if k.endswith(suffix)), None)
+        if k is not None:
+            raise ModelError(f"{origin[k]}: {reason} ({k!r})")
+    k = unexpected[0]
+    raise ModelError(
+        f"{origin[k]}: unexpected weight {k!r} (and {len(unexpected) - 1} more); "
+        "config.json does not describe these weights"
+    )
+
+
+# ------------------------------------------------------------------- sentence-transformers
+
+
+def st_modules(model_dir: Path) -> list[dict[str, Any]] | None:
+    """The sentence-transformers pipeline (modules.json), or None when the folder has none."""
+    path = model_dir / "modules.json"
+    return read_model_json(path) if path.is_file() else None
+
+
+def st_pooling(model_dir: Path, modules: list[dict[str, Any]]) -> str:
+    """The pooling mode ("last_token" | "mean" | "cls") the Pooling module's config sets.
+
+    Refused when it sets none, several, or one we do not implement, and when the pipeline has a
+    module that would change the vectors after pooling.
+    """
+    pooling_module = next((m for m in modules if m["type"].endswith("Pooling")), None)
+    if pooling_module is None:
+        raise ModelError(f"{model_dir}/modules.json has no Pooling module")
+    cfg = read_model_json(model_dir / pooling_module["path"] / "config.json")
+    modes = [
+        name
+        for key, name in (
+            ("pooling_mode_lasttoken", "last_token"),
+            ("pooling_mode_mean_tokens", "mean"),
+            ("pooling_mode_cls_token", "cls"),
+        )
+        if cfg.get(key)
+    ]
+    unsupported = [
+        k
+        for k in (
+            "pooling_mode_max_tokens",
+            "pooling_mode_mean_sqrt_len_tokens",
+            "pooling_mode_weightedmean_tokens",
+        )
+        if cfg.get(k)
+    ]
+    if len(modes) != 1 or unsupported:
+        raise ModelError(f"{model_dir}: unsupported pooling configuration {cfg}")
+    for m in modules:
+        if m["type"].endswith(UNSUPPORTED_ST_MODULES):
+            raise ModelError(
+                f"{model_dir}: sentence-transformers module {m['type']} is not supported"
+            )
+    return modes[0]
+
+
+def st_normalizes(modules: list[dict[str, Any]]) -> bool:
+    """Whether the pipeline ends in a Normalize module (unit-length vectors)."""
+    return any(m["type"].endswith("Normalize") for m in modules)
+
+
+def st_query_prefix(model_dir: Path) -> str | None:
+    """The "query" prompt of config_sentence_transformers.json, or None (none, or empty)."""
+    path = model_dir / "config_sentence_transformers.json"
+    if not path.is_file():
+        return None
+    prompts = read_model_json(path).get("prompts") or {}
+    prefix = prompts.get("query")
+    return prefix or None
+
+
+def st_max_seq_length(model_dir: Path) -> int | None:
+    """sentence_bert_config.json's max_seq_length, or None when the folder does not set one."""
+    path = model_dir / "sentence_bert_config.json"
+    if not path.is_file():
+        return None
+    value = read_model_json(path).get("max_seq_length")
+    return int(value) if value else None

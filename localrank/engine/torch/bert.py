@@ -1,0 +1,137 @@
+"""BertModel's forward in torch (as sentence-transformers runs it), on plain tensors.
+
+Matches transformers' `BertModel` to float32 rounding: post-LayerNorm, exact (erf) GELU,
+absolute positions, single-segment inputs. query, key and value are fused into one matmul at
+build time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from localrank.engine.torch.layers import Packing, Shapes, attend, attention_mask
+from localrank.errors import ModelError
+
+ACTIVATIONS = {
+    "gelu": F.gelu,  # exact erf GELU, as HF's "gelu"
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+}
+
+
+def bert_shapes(cfg: dict[str, Any]) -> Shapes:
+    """Every weight a BERT checkpoint needs (prefix stripped), shaped as config.json implies."""
+    hidden, inter = int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+    shapes: Shapes = {
+        "embeddings.word_embeddings.weight": (int(cfg["vocab_size"]), hidden),
+        "embeddings.position_embeddings.weight": (int(cfg["max_position_embeddings"]), hidden),
+        "embeddings.token_type_embeddings.weight": (int(cfg.get("type_vocab_size", 2)), hidden),
+        "embeddings.LayerNorm.weight": (hidden,),
+        "embeddings.LayerNorm.bias": (hidden,),
+    }
+    for i in range(int(cfg["num_hidden_layers"])):
+        p = f"encoder.layer.{i}."
+        square = (hidden, hidden)
+        dense = {
+            "attention.self.query": square,
+            "attention.self.key": square,
+            "attention.self.value": square,
+            "attention.output.dense": square,
+            "intermediate.dense": (inter, hidden),
+            "output.dense": (hidden, inter),
+        }
+        for name, shape in dense.items():
+            shapes[f"{p}{name}.weight"], shapes[f"{p}{name}.bias"] = shape, (shape[0],)
+        for ln in ("attention.output.LayerNorm", "output.LayerNorm"):
+            shapes[f"{p}{ln}.weight"], shapes[f"{p}{ln}.bias"] = (hidden,), (hidden,)
+    return shapes
+
+
+@dataclass(frozen=True)
+class BertLayer:
+    qkv: Tensor  # query, key and value stacked: one GEMM instead of three
+    qkv_b: Tensor
+    o: Tensor
+    o_b: Tensor
+    ln1: Tensor
+    ln1_b: Tensor
+    up: Tensor
+    up_b: Tensor
+    down: Tensor
+    down_b: Tensor
+    ln2: Tensor
+    ln2_b: Tensor
+
+    @classmethod
+    def build(cls, w: dict[str, Tensor], p: str) -> BertLayer:
+        s = f"{p}attention.self."
+        names = ("query", "key", "value")
+        return cls(
+            qkv=torch.cat([w.pop(f"{s}{n}.weight") for n in names]),
+            qkv_b=torch.cat([w.pop(f"{s}{n}.bias") for n in names]),
+            o=w.pop(f"{p}attention.output.dense.weight"),
+            o_b=w.pop(f"{p}attention.output.dense.bias"),
+            ln1=w.pop(f"{p}attention.output.LayerNorm.weight"),
+            ln1_b=w.pop(f"{p}attention.output.LayerNorm.bias"),
+            up=w.pop(f"{p}intermediate.dense.weight"),
+            up_b=w.pop(f"{p}intermediate.dense.bias"),
+            down=w.pop(f"{p}output.dense.weight"),
+            down_b=w.pop(f"{p}output.dense.bias"),
+            ln2=w.pop(f"{p}output.LayerNorm.weight"),
+            ln2_b=w.pop(f"{p}output.LayerNorm.bias"),
+        )
+
+
+class Bert:
+    """BertModel's forward (no pooler): last hidden states, single-segment inputs."""
+
+    causal = False
+
+    def __init__(self, cfg: dict[str, Any], w: dict[str, Tensor], source: Path) -> None:
+        if cfg.get("position_embedding_type", "absolute") != "absolute":
+            raise ModelError(
+                f"{source}: BERT position_embedding_type="
+                f"{cfg['position_embedding_type']!r} is not supported"
+            )
+        act = cfg.get("hidden_act", "gelu")
+        if act not in ACTIVATIONS:
+            raise ModelError(f"{source}: BERT hidden_act={act!r} is not supported")
+        self.act = ACTIVATIONS[act]
+        self.hidden = int(cfg["hidden_size"])
+        self.heads = int(cfg["num_attention_heads"])
+        self.eps = float(cfg.get("layer_norm_eps", 1e-12))
+        self.max_positions: int | None = int(cfg["max_position_embeddings"])
+        e = "embeddings."
+        self.word = w.pop(f"{e}word_embeddings.weight")
+        self.position = w.pop(f"{e}position_embeddings.weight")
+        self.token_type0 = w.pop(f"{e}token_type_embeddings.weight")[0]  # single-segment inputs
+        self.ln = (w.pop(f"{e}LayerNorm.weight"), w.pop(f"{e}LayerNorm.bias"))
+        self.layers = [
+            BertLayer.build(w, f"encoder.layer.{i}.") for i in range(int(cfg["num_hidden_layers"]))
+        ]
+
+    def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
+        b, t = ids.shape
+        hd = self.hidden // self.heads
+        packing = Packing(real, b, t)
+        # HF's order: (word + token type) + position, positions 0..T-1 (right padding).
+        h = F.embedding(ids, self.word) + self.token_type0 + self.position[:t]
+        h = F.layer_norm(packing.gather(h), (self.hidden,), *self.ln, eps=self.eps)  # [N, H]
+        mask = None if real is None else attention_mask(real, causal=False)
+        for L in self.layers:
+            qkv = packing.scatter(F.linear(h, L.qkv, L.qkv_b)).view(b, t, 3, self.heads, hd)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, D]
+            o = attend(q, k, v, mask, causal=False, explicit=explicit).transpose(1, 2)
+            o = F.linear(packing.gather(o).reshape(-1, self.hidden), L.o, L.o_b)
+            # Post-LN: residual first, then LayerNorm (BertSelfOutput / BertOutput).
+            h = F.layer_norm(o + h, (self.hidden,), L.ln1, L.ln1_b, eps=self.eps)
+            x = F.linear(self.act(F.linear(h, L.up, L.up_b)), L.down, L.down_b)
+            h = F.layer_norm(x + h, (self.hidden,), L.ln2, L.ln2_b, eps=self.eps)
+        return packing.scatter(h)

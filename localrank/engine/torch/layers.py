@@ -1,0 +1,113 @@
+"""What the torch families share: the model contract the embedder relies on, attention, packing
+of real tokens, RMSNorm, RoPE's rotation.
+
+Masks are boolean and every query may attend to itself, so left-padded rows never go NaN. For
+speed on CPU, token-wise work runs on the real tokens only (`Packing`), so padding costs
+attention time and nothing else.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Weight name -> the shape config.json implies for it (what the loader checks).
+Shapes = dict[str, tuple[int, ...]]
+# SDPA's enable_gqa (torch >= 2.5) shares k/v heads without copying them; older: repeat them.
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+
+
+class TorchModel(Protocol):
+    """A family's forward, built from checked weights: what the embedder runs and pools."""
+
+    causal: bool
+    max_positions: int | None
+
+    def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
+        """Last hidden states [B, T, H] for ids [B, T]; `real`: bool [B, T], None if unpadded."""
+        ...
+
+
+def attention_mask(real: Tensor, *, causal: bool) -> Tensor:
+    """Boolean mask (True = may attend): [B, 1, T, T] if causal, else [B, 1, 1, T].
+
+    Causal: each query may always attend to itself, so a left-padding query (which sees no real
+    key) never gets an empty softmax row; real queries already see themselves, so they are
+    unchanged. Bidirectional: every row has a real token (the backend checks), so keys suffice.
+    """
+    keys = real[:, None, None, :]
+    if not causal:
+        return keys
+    t = real.shape[1]
+    tril = torch.ones(t, t, dtype=torch.bool, device=real.device).tril_()
+    return (keys & tril) | torch.eye(t, dtype=torch.bool, device=real.device)
+
+
+def attend(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, causal: bool, explicit: bool
+) -> Tensor:
+    """softmax(q k^T / sqrt(d)) v for q [B, Hq, T, D] and k, v [B, Hkv, T, D] (Hq % Hkv == 0).
+
+    `mask` None means no padding (plain causal or full attention). `explicit` is matmul +
+    float32 softmax, for devices whose SDPA kernels are unreliable (MPS: NaN for Qwen3).
+    """
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and (explicit or not _SDPA_GQA):
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    if explicit:
+        # Scale q before the product (less fp16 overflow); softmax in float32 as HF's eager.
+        scores = ((q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)).float()
+        if mask is None and causal:
+            t = q.shape[2]
+            mask = torch.ones(t, t, dtype=torch.bool, device=q.device).tril_()
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return scores.softmax(dim=-1).to(v.dtype) @ v
+    if groups > 1 and _SDPA_GQA:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal and mask is None, enable_gqa=True
+        )
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal and mask is None
+    )
+
+
+class Packing:
+    """Where the real tokens of a padded [B, T] batch are.
+
+    Token-wise work (projections, MLP, norms: ~90% of the FLOPs) runs on the N real tokens
+    packed as [N, D], so padding costs nothing there; only attention sees the padded layout.
+    Without padding, packing is a free reshape.
+    """
+
+    def __init__(self, real: Tensor | None, b: int, t: int) -> None:
+        self.b, self.t = b, t
+        self.idx = None if real is None else real.flatten().nonzero().squeeze(1)
+
+    def gather(self, x: Tensor) -> Tensor:
+        """[B, T, ...] -> [N, ...]: the real tokens, in row-major order."""
+        flat = x.reshape(self.b * self.t, *x.shape[2:])
+        return flat if self.idx is None else flat.index_select(0, self.idx)
+
+    def scatter(self, x: Tensor) -> Tensor:
+        """[N, D] -> [B, T, D], zeros at padding."""
+        if self.idx is None:
+            return x.view(self.b, self.t, -1)
+        out = x.new_zeros(self.b * self.t, x.shape[-1])
+        return out.index_copy_(0, self.idx, x).view(self.b, self.t, -1)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm as Qwen3RMSNorm: statistics in float32, scaled back in the input dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """RoPE's rotate-half layout, as HF's: [x1, x2] -> [-x2, x1] over the last dimension."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
