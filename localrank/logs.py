@@ -60,11 +60,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, default=str, ensure_ascii=False)
 
 
+# Control characters (and Unicode line breaks) in a message, written as escapes: a message
+# carries what clients send (a decoded path with %0a in it, say), and one record must stay one
+# line, or a client could forge log lines.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, 0x85)}
+_ESCAPES.update(
+    {ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+)
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character and line break escaped."""
+    return text.translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
-    """`time level logger [request-id] message` for humans (extras appear in JSON only)."""
+    """`time level logger [request-id] message` for humans (extras appear in JSON only).
+
+    The message is escaped to one line; a traceback, appended after it, is ours to trust."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:

@@ -442,3 +442,21 @@ def test_text_logs_carry_the_request_id() -> None:
         assert h1 not in logging.getLogger().handlers and h2 in logging.getLogger().handlers
     finally:
         logging.getLogger().removeHandler(h2)
+
+
+async def test_a_client_cannot_forge_log_lines(
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
+    stream = io.StringIO()
+    handler = setup_logging(settings(log_format="text", log_level="info"), stream)
+    try:
+        client = await client_for()
+        forged = (
+            "/x%0a2026-01-01 00:00:00,000 INFO    localrank.access [forged] POST /v1/compact 200"
+        )
+        assert (await client.get(forged)).status == 404
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [line for line in stream.getvalue().splitlines() if "localrank.access" in line]
+    assert len(lines) == 1 and "[forged]" in lines[0] and "/x\\n2026-01-01" in lines[0]
+    assert not any(line.startswith("2026-01-01") for line in stream.getvalue().splitlines())

@@ -157,3 +157,36 @@ def test_embedding_cache(store: Store) -> None:
     assert store.cache_get("other-fp", ["a"], DIM) == {}
     assert store.trim_cache(1) == 2
     assert len(store.cache_get("fp", ["a", "b", "c"], DIM)) == 1
+
+
+def test_filters_compare_values_exactly_as_stored(store: Store) -> None:
+    rng = np.random.default_rng(7)
+    coll = new_collection(store)
+    values = {
+        "s110": "1.10",
+        "s11": "1.1",
+        "s01234": "01234",
+        "n1234": 1234,
+        "s1e3": "1e3",
+        "n1000": 1000,
+        "f1": 1.0,
+        "n1": 1,
+        "t": True,
+        "list": ["1.10", 7],
+    }
+    add_docs(store, "c", [make_doc(k, unit(rng, 1), {"v": v}) for k, v in values.items()])
+    q = unit(rng, 1)[0]
+
+    def matching(value: object) -> set[str]:
+        hits = store.vector_candidates(coll, q, 50, candidates=50, flt=parse_filter({"v": value}))
+        return ids_of(store, hits)
+
+    assert matching("1.1") == {"s11"}
+    assert matching("1.10") == {"s110", "list"}
+    assert matching("01234") == {"s01234"}
+    assert matching(1234) == {"n1234"}
+    assert matching("1e3") == {"s1e3"}
+    assert matching(1000) == {"n1000"}
+    assert matching(1) == {"f1", "n1", "t"}  # numbers compare as numbers; true is stored as 1
+    assert matching(7) == {"list"}
+    assert matching("7") == set()

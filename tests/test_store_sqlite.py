@@ -13,9 +13,9 @@ import pytest
 from store_helpers import make_doc, unit
 
 from localrank.store import SQLiteStore
-from localrank.store.sqlite import catalog
+from localrank.store.sqlite import catalog, schema
+from localrank.store.sqlite import db as sqlite_db
 from localrank.store.sqlite.maintenance import counts, integrity_check
-from localrank.store.sqlite.schema import MIGRATIONS
 from localrank.store.sqlite.vector_index import quantize
 
 DIM = 64
@@ -37,11 +37,11 @@ def test_pragmas_and_migrations(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
         names = [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
-        assert names == [m[0] for m in MIGRATIONS]
+        assert names == [m[0] for m in schema.MIGRATIONS]
         assert conn.execute("SELECT vec_version()").fetchone()[0].startswith("v")
     with SQLiteStore(path) as s:  # reopening applies nothing twice
         n = s.db.reader().execute("SELECT count(*) FROM migrations").fetchone()[0]
-        assert n == len(MIGRATIONS)
+        assert n == len(schema.MIGRATIONS)
 
 
 def test_codes_match_sqlite_vec(store: SQLiteStore) -> None:
@@ -127,3 +127,48 @@ def test_readers_keep_working_while_a_writer_holds_the_lock(store: SQLiteStore) 
     t.join()
     assert not errors and reads > 5
     assert store.indexes.get(coll.id).size == 4 + 40 * 5
+
+
+def test_metadata_values_coerced_by_an_old_schema_are_rebuilt_exactly(tmp_path: Path) -> None:
+    """Databases from before 0004 stored "1.10" as 1.1 (NUMERIC affinity); the migration rebuilds
+    the filter rows from each document's metadata."""
+    path = tmp_path / "old.db"
+    database = sqlite_db.Database(path)
+    try:
+        for name, sql in schema.MIGRATIONS[:3]:
+            with database.write() as conn:
+                schema.applied_migrations(conn)
+                conn.execute(sql)
+                conn.execute("INSERT INTO migrations (name, applied) VALUES (?, 'then')", (name,))
+        with database.write() as conn:
+            conn.execute(
+                "INSERT INTO collections (name, fingerprint, model_id, dim, created) "
+                "VALUES ('c', 'fp', 'm', 64, 'then')"
+            )
+            for i, meta in enumerate(('{"v": "1.10"}', '{"v": "1.1", "tags": ["01234", 5]}')):
+                conn.execute(
+                    "INSERT INTO documents (id, collection_id, doc_id, text, metadata, "
+                    "content_hash, updated) VALUES (?, 1, ?, 't', ?, 'h', 'then')",
+                    (i + 1, f"d{i}", meta),
+                )
+                conn.execute(
+                    "INSERT INTO doc_meta SELECT ?, 1, j.key, j.value "
+                    "FROM json_each(?) j WHERE j.type = 'text'",
+                    (i + 1, meta),
+                )
+            coerced = conn.execute("SELECT typeof(value) FROM doc_meta").fetchall()
+            assert [r[0] for r in coerced] == ["real", "real"]  # what the old schema did
+    finally:
+        database.close()
+    with SQLiteStore(path) as s:
+        rows = (
+            s.db.reader()
+            .execute("SELECT doc, key, value, typeof(value) FROM doc_meta ORDER BY doc, key, value")
+            .fetchall()
+        )
+        assert [tuple(r) for r in rows] == [
+            (1, "v", "1.10", "text"),
+            (2, "tags", 5, "integer"),
+            (2, "tags", "01234", "text"),
+            (2, "v", "1.1", "text"),
+        ]

@@ -144,6 +144,34 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX embed_cache_used ON embed_cache (used);
         """,
     ),
+    (
+        # doc_meta.value was declared ANY, which in an ordinary table means NUMERIC affinity:
+        # "1.10" was stored as 1.1 and "01234" as 1234, so filters matched the wrong documents.
+        # A column with no declared type converts nothing: a string equals only the same
+        # string, numbers compare as numbers. Rebuilt from documents.metadata, the source of
+        # truth, because the coerced values cannot be turned back.
+        "0004_exact_metadata_values",
+        """
+        CREATE TABLE doc_meta_exact (
+            doc INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+            collection_id INTEGER NOT NULL,
+            key TEXT NOT NULL,
+            value
+        );
+        INSERT INTO doc_meta_exact (doc, collection_id, key, value)
+            SELECT d.id, d.collection_id, j.key, j.value
+            FROM documents d, json_each(d.metadata) j
+            WHERE j.type IN ('text', 'integer', 'real', 'true', 'false');
+        INSERT INTO doc_meta_exact (doc, collection_id, key, value)
+            SELECT d.id, d.collection_id, j.key, e.value
+            FROM documents d, json_each(d.metadata) j, json_each(j.value) e
+            WHERE j.type = 'array' AND e.type IN ('text', 'integer', 'real', 'true', 'false');
+        DROP TABLE doc_meta;
+        ALTER TABLE doc_meta_exact RENAME TO doc_meta;
+        CREATE INDEX doc_meta_lookup ON doc_meta (collection_id, key, value);
+        CREATE INDEX doc_meta_doc ON doc_meta (doc);
+        """,
+    ),
 ]
 
 
