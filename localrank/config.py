@@ -64,6 +64,13 @@ class Settings:
     queue_size: int = 1024
     max_inputs: int = 2048
     max_body_bytes: int = 64 * 1024 * 1024
+    # A connection that has not sent a whole request this long after connecting (or after its
+    # last response) is closed: idle keep-alives, stalled and slow-drip headers alike.
+    idle_timeout_s: float = 15.0
+    # The longest a request body may take to arrive.
+    body_timeout_s: float = 30.0
+    # Open connections at once (0: just below the process's open-file limit).
+    max_connections: int = 0
     cache_size: int = 8192
     token: str | None = None
     allowed_hosts: tuple[str, ...] = ()
@@ -150,6 +157,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"log_level must be one of {', '.join(LOG_LEVELS)}, not {s.log_level!r}")
     if s.max_body_bytes <= 0:
         raise ConfigError("max_body_bytes must be positive")
+    if s.idle_timeout_s <= 0 or s.body_timeout_s <= 0:
+        raise ConfigError("idle_timeout_s and body_timeout_s must be positive")
+    if s.max_connections < 0:
+        raise ConfigError("max_connections must be positive, or 0 for automatic")
     if not s.host.strip():
         raise ConfigError("host must not be empty")
     for origin in s.allowed_origins:

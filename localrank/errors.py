@@ -60,6 +60,12 @@ class TooLarge(LocalrankError):
     code = "too_large"
 
 
+class RequestTimeout(LocalrankError):
+    """The client did not send its request body in time."""
+
+    code = "request_timeout"
+
+
 class UnsupportedMediaType(LocalrankError):
     code = "unsupported_media_type"
 
@@ -107,6 +113,7 @@ ERROR_TABLE: dict[type[LocalrankError], tuple[int, int]] = {
     NotFound: (404, 4),
     ModelMismatch: (409, 5),
     Conflict: (409, 5),
+    RequestTimeout: (408, 2),
     TooLarge: (413, 2),
     UnsupportedMediaType: (415, 2),
     Overloaded: (429, 6),

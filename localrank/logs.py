@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import sys
+import time
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -34,6 +35,31 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        return True
+
+
+class RepeatFilter(logging.Filter):
+    """Lets the same warning or error (same logger, same message template) through at most once
+    per `window` seconds, then says how many were held back: a flood of bad connections or a
+    full file table must not write thousands of lines."""
+
+    def __init__(self, window: float = 10.0) -> None:
+        super().__init__()
+        self.window = window
+        self._seen: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        since, held = self._seen.get(key, (-self.window, 0))
+        if now - since < self.window:
+            self._seen[key] = (since, held + 1)
+            return False
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.window:g} s)"
         return True
 
 
@@ -98,6 +124,7 @@ def setup_logging(settings: Settings, stream: IO[str] | None = None) -> logging.
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(RequestIdFilter())
+    handler.addFilter(RepeatFilter())
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(settings.log_level.upper())

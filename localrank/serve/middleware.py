@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from localrank import __version__
-from localrank.errors import LocalrankError, Overloaded, http_status
+from localrank.errors import LocalrankError, Overloaded, RequestTimeout, http_status
 from localrank.logs import REQUEST_ID_HEADER, access_log, is_safe_request_id, request_id_var
 from localrank.serve.api import Dialect
 from localrank.serve.state import DIALECTS_KEY, METRICS_KEY
@@ -88,7 +88,10 @@ def error_response(request: web.Request, exc: LocalrankError) -> web.Response:
     headers = None
     if isinstance(exc, Overloaded):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-    return _json(dialect, status, exc.message, exc.code, exc.param, headers)
+    response = _json(dialect, status, exc.message, exc.code, exc.param, headers)
+    if isinstance(exc, RequestTimeout):
+        response.force_close()  # the rest of the body may still be on its way
+    return response
 
 
 def _route_name(request: web.Request) -> str:

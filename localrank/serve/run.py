@@ -13,6 +13,7 @@ from localrank.config import Settings
 from localrank.errors import exit_code
 from localrank.ops.sd_notify import notify_ready, notify_stopping
 from localrank.serve.app import EngineLoader, make_app
+from localrank.serve.connections import make_runner
 from localrank.serve.security import check_bind_safety, start_unix_site
 from localrank.serve.state import STATE_KEY
 
@@ -27,7 +28,7 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
     """Serve until SIGTERM/SIGINT. Returns the process exit code."""
     check_bind_safety(settings)
     app = make_app(settings, loader=loader) if loader else make_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+    runner = make_runner(app, settings, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
     sites: list[web.BaseSite] = []
     if settings.unix_socket:

@@ -18,6 +18,7 @@ and on what hardware is for token holders.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import hmac
 import os
@@ -33,6 +34,7 @@ from localrank.errors import (
     ConfigError,
     Forbidden,
     LocalrankError,
+    RequestTimeout,
     TooLarge,
     Unauthorized,
     UnsupportedMediaType,
@@ -76,6 +78,7 @@ class SecurityPolicy:
     origins: frozenset[str]
     token: bytes | None
     max_body_bytes: int
+    body_timeout_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecurityPolicy:
@@ -96,6 +99,7 @@ class SecurityPolicy:
             origins=frozenset(normalize_origin(o) for o in settings.allowed_origins),
             token=settings.token.encode("utf-8") if settings.token else None,
             max_body_bytes=settings.max_body_bytes,
+            body_timeout_s=settings.body_timeout_s,
         )
 
     def host_allowed(self, header: str) -> bool:
@@ -193,16 +197,20 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
                     f"request bodies must be application/json, "
                     f"not {request.content_type or 'unspecified'}"
                 )
-            if length is None:
-                # Chunked: no length to check up front. Read now (aiohttp caches the bytes for
-                # the handler) so the app's client_max_size turns into our own error type.
-                try:
-                    await request.read()
-                except web.HTTPRequestEntityTooLarge as exc:
-                    raise TooLarge(
-                        f"request body is over the {policy.max_body_bytes}-byte "
-                        "limit (max_body_bytes)"
-                    ) from exc
+            # Read the whole body now, against the clock (aiohttp caches the bytes for the
+            # handler): a client dripping its body cannot hold the connection, and a chunked
+            # body over client_max_size turns into our own error type.
+            try:
+                await asyncio.wait_for(request.read(), policy.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {policy.body_timeout_s:g} s "
+                    "(body_timeout_s)"
+                ) from None
+            except web.HTTPRequestEntityTooLarge as exc:
+                raise TooLarge(
+                    f"request body is over the {policy.max_body_bytes}-byte limit (max_body_bytes)"
+                ) from exc
         return await handler(request)
 
     middlewares: list[Middleware] = [host_allowlist, origin_check]
