@@ -472,6 +472,8 @@ MUTATIONS: list[Any] = [
     {"texts": "abc"},
     {"texts": [1, 2]},
     {"passages": [None]},
+    {"passages": None},
+    {"documents": None, "passages": None},
     {"model": 5},
     {"model": ""},
     {"dimensions": "x"},

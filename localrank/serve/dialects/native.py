@@ -76,11 +76,9 @@ async def rerank(request: web.Request) -> web.Response:
     body = await read_body(request)
     svc = embedding(request)
     query = field(body, "query", str, required=True)
-    docs = (
-        field(body, "passages", list)
-        if "passages" in body
-        else field(body, "documents", list, required=True)
-    )
+    # `passages` (the embed-rerank name) or `documents`; a null one counts as absent.
+    name = "passages" if body.get("passages") is not None else "documents"
+    docs = field(body, name, list, required=True)
     texts = [
         d["text"] if isinstance(d, dict) and isinstance(d.get("text"), str) else d for d in docs
     ]
