@@ -58,6 +58,7 @@ class Operation:
     example: dict[str, Any] | None = None
     response: Any = None
     status: int = 200
+    also: tuple[int, ...] = ()  # other success statuses (202 when a request queues a job)
     content_type: str = "application/json"
 
 
@@ -74,13 +75,15 @@ class Dialect:
     """One wire format: its routes and the JSON body its errors take.
 
     `error_body(status, message, code, param)` renders an error; `statuses` overrides the
-    status of some error types (TEI answers a failed model call with 424).
+    status of some error types (TEI answers a failed model call with 424); `error_statuses`
+    are the statuses its routes answer beyond those every route can (documented in OpenAPI).
     """
 
     name: str
     error_body: ErrorBody
     routes: tuple[Route, ...]
     statuses: Mapping[type[LocalrankError], int] = field(default_factory=dict)
+    error_statuses: tuple[int, ...] = ()
 
     def status_for(self, exc: LocalrankError, default: int) -> int:
         for cls in type(exc).__mro__:

@@ -17,7 +17,10 @@ from localrank.serve.state import DIALECTS_KEY
 
 _SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})  # HEAD is added by aiohttp to every GET
 _PATH_PARAM = re.compile(r"\{(\w+)")
-_ERROR_STATUSES = ("400", "404", "413", "415", "422", "429", "503")
+# What the middlewares can answer on any route: malformed (400), token (401), Host / Origin
+# (403), not found (404), slow body (408), too large (413), not JSON (415), invalid (422),
+# queue full (429), model not ready (503). Dialects add their own (409, 424).
+_ERROR_STATUSES = (400, 401, 403, 404, 408, 413, 415, 422, 429, 503)
 _DESCRIPTION = (
     "A local embedding and rerank daemon. One model, many dialects: OpenAI, Cohere/Jina, "
     "Hugging Face TEI, Ollama and the native API, plus collections and search. Errors come in "
@@ -65,7 +68,10 @@ def _success(op: Operation) -> dict[str, Any]:
     media: dict[str, Any] = {}
     if op.response is not None:
         media["example"] = op.response
-    return {str(op.status): {"description": "OK", "content": {op.content_type: media}}}
+    out = {str(op.status): {"description": "OK", "content": {op.content_type: media}}}
+    for status in op.also:
+        out[str(status)] = {"description": "OK", "content": {op.content_type: {}}}
+    return out
 
 
 def _errors(dialect: Dialect) -> dict[str, Any]:
@@ -75,7 +81,7 @@ def _errors(dialect: Dialect) -> dict[str, Any]:
             "description": "An error, in this route's dialect",
             "content": {"application/json": {"schema": ref}},
         }
-        for code in _ERROR_STATUSES
+        for code in map(str, sorted({*_ERROR_STATUSES, *dialect.error_statuses}))
     }
 
 

@@ -164,7 +164,8 @@ _SEARCH_BODY = (
 DIALECT = Dialect(
     "collections",
     localrank_error_body,
-    (
+    error_statuses=(409,),  # a name taken, or a collection bound to another model
+    routes=(
         route(
             "POST",
             "/v1/collections",
@@ -207,6 +208,7 @@ DIALECT = Dialect(
             add_documents,
             Operation(
                 "Upsert documents (chunked and embedded); async=true queues a job (202).",
+                also=(202,),
                 body=(
                     Param(
                         "documents",

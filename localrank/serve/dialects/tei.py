@@ -161,6 +161,7 @@ DIALECT = Dialect(
     "tei",
     error_body,
     statuses={BackendError: 424},
+    error_statuses=(424,),
     routes=(
         route(
             "POST",
