@@ -71,6 +71,9 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     default_instruction: str = DEFAULT_INSTRUCTION
+    # Extra names the served model answers to and lists (vLLM's and infinity's
+    # --served-model-name), besides its Hugging Face id and aliases.
+    served_model_names: tuple[str, ...] = ()
     # Where each field's value came from: "default", "file:<path>", "env:<NAME>" or "flag".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -159,6 +162,13 @@ def _validate(s: Settings) -> None:
                 f"allowed_origins entries are full origins such as "
                 f"http://localhost:3000, not {origin!r}",
                 param="allowed_origins",
+            )
+    for name in s.served_model_names:
+        if not name.strip() or name != name.strip() or not name.isprintable():
+            raise ConfigError(
+                f"served_model_names entries must be non-empty names without surrounding "
+                f"spaces, not {name!r}",
+                param="served_model_names",
             )
 
 

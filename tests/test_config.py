@@ -70,6 +70,22 @@ def test_lists_and_empty_variables(tmp_path: Path) -> None:
     assert s.model == DEFAULT_MODEL and s.sources["model"] == "default"  # "" means unset
 
 
+def test_served_model_names_from_flag_env_and_file(tmp_path: Path) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    assert load_settings({}, env).served_model_names == ()
+    write_config(tmp_path, 'served_model_names = ["text-embedding-3-small", "nomic-embed-text"]\n')
+    assert load_settings({}, env).served_model_names == (
+        "text-embedding-3-small",
+        "nomic-embed-text",
+    )
+    env["LOCALRANK_SERVED_MODEL_NAMES"] = "a-name, another:latest"
+    assert load_settings({}, env).served_model_names == ("a-name", "another:latest")
+    flagged = load_settings({"served_model_names": ["mine"]}, env)
+    assert (
+        flagged.served_model_names == ("mine",) and flagged.sources["served_model_names"] == "flag"
+    )
+
+
 @pytest.mark.parametrize(
     ("source", "name", "value", "fragment"),
     [
@@ -80,6 +96,8 @@ def test_lists_and_empty_variables(tmp_path: Path) -> None:
         ("file", "log_level", '"loud"', "log_level"),
         ("flag", "max_body_bytes", 0, "max_body_bytes"),
         ("env", "allowed_origins", "*", "allowed_origins"),
+        ("file", "served_model_names", '["ok", " padded"]', "served_model_names"),
+        ("file", "served_model_names", '[""]', "served_model_names"),
         ("file", "max_inputs", "-1", "max_inputs"),
         ("file", "no_such_setting", "1", "unknown setting"),
     ],

@@ -17,8 +17,9 @@ from localrank.engine.batching import bucket_length, pad, plan_batches
 from localrank.engine.core import apply_dimensions
 from localrank.engine.load import load_engine
 from localrank.engine.mlx import FAMILIES as MLX_FAMILIES
+from localrank.engine.names import canonical_name
 from localrank.engine.recipe import DECODER_FAMILIES, ENCODER_FAMILIES
-from localrank.engine.resolve import canonical_name, resolve_model
+from localrank.engine.resolve import resolve_model
 from localrank.engine.select import Probe, choose_backend
 from localrank.engine.torch import FAMILIES as TORCH_FAMILIES
 from localrank.errors import BackendError, InvalidInput, ModelError, TooLarge, http_status
