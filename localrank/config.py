@@ -26,7 +26,8 @@ DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-BACKENDS = ("auto", "mlx", "mps", "cuda", "cpu")
+# "torch" is torch on its best device (MPS, then CUDA, then CPU): embed-rerank's BACKEND value.
+BACKENDS = ("auto", "mlx", "torch", "mps", "cuda", "cpu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localrank.cli import main
+from localrank.cli import build_parser, main
+from localrank.cli.common import settings_from_args
 from localrank.config import DEFAULT_MODEL, DEFAULT_PORT, is_loopback_host, load_settings
 from localrank.errors import ConfigError
 
@@ -84,6 +85,20 @@ def test_served_model_names_from_flag_env_and_file(tmp_path: Path) -> None:
     assert (
         flagged.served_model_names == ("mine",) and flagged.sources["served_model_names"] == "flag"
     )
+
+
+def test_serve_flags_for_names_and_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path))
+    args = build_parser().parse_args(
+        ["serve", "--backend", "torch", "--served-model-name", "a", "--served-model-name", "b"]
+    )
+    s = settings_from_args(args, "served_model_names")
+    assert s.backend == "torch" and s.served_model_names == ("a", "b")
+
+
+def test_torch_is_a_backend(tmp_path: Path) -> None:
+    """embed-rerank's BACKEND=torch: torch on its best device (see choose_backend)."""
+    assert load_settings({"backend": "torch"}, {"LOCALRANK_HOME": str(tmp_path)}).backend == "torch"
 
 
 @pytest.mark.parametrize(

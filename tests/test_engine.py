@@ -66,6 +66,16 @@ def test_choose_backend_order() -> None:
         choose_backend("auto", Probe(notes={"torch": "cannot import torch: boom"}))
 
 
+def test_backend_torch_means_torch_on_its_best_device() -> None:
+    """--backend torch (embed-rerank's BACKEND value): MPS, then CUDA, then CPU; never MLX."""
+    mac = Probe(mlx=True, metal=True, torch=True, mps=True)
+    assert choose_backend("torch", mac) == ("torch", "mps")
+    assert choose_backend("torch", Probe(torch=True, cuda=True)) == ("torch", "cuda")
+    assert choose_backend("torch", Probe(mlx=True, metal=False, torch=True)) == ("torch", "cpu")
+    with pytest.raises(BackendError, match="needs torch"):
+        choose_backend("torch", Probe(mlx=True, metal=True, notes={"torch": "not installed"}))
+
+
 def test_qwen3_prompt_format_and_eos(tiny_qwen3: Path) -> None:
     engine = engine_for(str(tiny_qwen3), "cpu")
     assert engine.format_query("q?", None) == (
