@@ -302,6 +302,29 @@ async def test_post_bodies_must_be_json(
         assert (await response.json())["error"]["code"] == "unsupported_media_type"
 
 
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("text/plain;charset=UTF-8", 200),  # fetch() with a string body and no Content-Type
+        ("application/x-www-form-urlencoded", 200),  # `curl -d`, as Ollama's docs show it
+        ("application/json", 200),
+        ("multipart/form-data", 415),
+    ],
+)
+async def test_ollama_routes_read_json_whatever_its_label(
+    client_for: Callable[..., Awaitable[Client]], content_type: str, status: int
+) -> None:
+    """Ollama parses every body as JSON; its clients rely on that (and Origin checks, not the
+    media type, keep web pages out)."""
+    client = await client_for()
+    response = await client.post(
+        "/api/embed", data=b'{"input": "x"}', headers={"Content-Type": content_type}
+    )
+    assert response.status == status
+    if status == 415:
+        assert set(await response.json()) == {"error"}  # Ollama's error shape
+
+
 async def test_post_without_body_needs_no_content_type(
     client_for: Callable[..., Awaitable[Client]],
 ) -> None:

@@ -38,6 +38,7 @@ from localrank.errors import (
     UnsupportedMediaType,
     http_status,
 )
+from localrank.serve.state import DIALECTS_KEY
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Wildcard bind addresses are never a valid Host: a browser would only send one under attack.
@@ -188,7 +189,8 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
                     f"request body of {length} bytes is over the "
                     f"{policy.max_body_bytes}-byte limit (max_body_bytes)"
                 )
-            if request.content_type != "application/json":
+            accepted = request.app[DIALECTS_KEY].for_request(request).body_types
+            if request.content_type not in accepted:
                 raise UnsupportedMediaType(
                     f"request bodies must be application/json, "
                     f"not {request.content_type or 'unspecified'}"
