@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ DEFAULT_PORT = 8765
 # "torch" is torch on its best device (MPS, then CUDA, then CPU): embed-rerank's BACKEND value.
 BACKENDS = ("auto", "mlx", "torch", "mps", "cuda", "cpu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# An origin as browsers send it: scheme://host[:port], any scheme (app://obsidian.md,
+# chrome-extension://id), no path, no wildcard.
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#@*\s]+/?$", re.IGNORECASE)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -157,11 +161,12 @@ def _validate(s: Settings) -> None:
     if not s.host.strip():
         raise ConfigError("host must not be empty")
     for origin in s.allowed_origins:
-        # A wildcard would let any web page drive the daemon from the user's browser.
-        if origin == "*" or "://" not in origin:
+        # A wildcard would let any web page drive the daemon from the user's browser; "null"
+        # is what sandboxed frames and file:// pages send, so it would admit any of them.
+        if not _ORIGIN.match(origin):
             raise ConfigError(
-                f"allowed_origins entries are full origins such as "
-                f"http://localhost:3000, not {origin!r}",
+                f"allowed_origins entries are origins (scheme://host[:port]) such as "
+                f"http://localhost:3000 or app://obsidian.md, not {origin!r}",
                 param="allowed_origins",
             )
     for name in s.served_model_names:

@@ -71,6 +71,17 @@ def test_lists_and_empty_variables(tmp_path: Path) -> None:
     assert s.model == DEFAULT_MODEL and s.sources["model"] == "default"  # "" means unset
 
 
+def test_origins_of_any_scheme(tmp_path: Path) -> None:
+    """Apps send their own schemes (Obsidian: app://obsidian.md); all are origins."""
+    origins = "app://obsidian.md, chrome-extension://abcdefgh, http://[::1]:3000/"
+    s = load_settings({}, {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_ALLOWED_ORIGINS": origins})
+    assert s.allowed_origins == (
+        "app://obsidian.md",
+        "chrome-extension://abcdefgh",
+        "http://[::1]:3000/",
+    )
+
+
 def test_served_model_names_from_flag_env_and_file(tmp_path: Path) -> None:
     env = {"LOCALRANK_HOME": str(tmp_path)}
     assert load_settings({}, env).served_model_names == ()
@@ -111,6 +122,10 @@ def test_torch_is_a_backend(tmp_path: Path) -> None:
         ("file", "log_level", '"loud"', "log_level"),
         ("flag", "max_body_bytes", 0, "max_body_bytes"),
         ("env", "allowed_origins", "*", "allowed_origins"),
+        ("env", "allowed_origins", "null", "allowed_origins"),
+        ("env", "allowed_origins", "localhost:3000", "allowed_origins"),
+        ("env", "allowed_origins", "http://*.example.com", "allowed_origins"),
+        ("env", "allowed_origins", "http://localhost:3000/app", "allowed_origins"),
         ("file", "served_model_names", '["ok", " padded"]', "served_model_names"),
         ("file", "served_model_names", '[""]', "served_model_names"),
         ("file", "max_inputs", "-1", "max_inputs"),
