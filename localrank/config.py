@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,8 +27,12 @@ DEFAULT_MODEL = "Qwen/Qwen3-Embedding-0.6B"
 DEFAULT_INSTRUCTION = "Given a web search query, retrieve relevant passages that answer the query"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
-BACKENDS = ("auto", "mlx", "mps", "cuda", "cpu")
+# "torch" is torch on its best device (MPS, then CUDA, then CPU): embed-rerank's BACKEND value.
+BACKENDS = ("auto", "mlx", "torch", "mps", "cuda", "cpu")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# An origin as browsers send it: scheme://host[:port], any scheme (app://obsidian.md,
+# chrome-extension://id), no path, no wildcard.
+_ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#@*\s]+/?$", re.IGNORECASE)
 
 
 def is_loopback_host(host: str) -> bool:
@@ -78,6 +83,9 @@ class Settings:
     log_format: str = "text"
     log_level: str = "info"
     default_instruction: str = DEFAULT_INSTRUCTION
+    # Extra names the served model answers to and lists (vLLM's and infinity's
+    # --served-model-name), besides its Hugging Face id and aliases.
+    served_model_names: tuple[str, ...] = ()
     # Where each field's value came from: "default", "file:<path>", "env:<NAME>" or "flag".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -164,12 +172,20 @@ def _validate(s: Settings) -> None:
     if not s.host.strip():
         raise ConfigError("host must not be empty")
     for origin in s.allowed_origins:
-        # A wildcard would let any web page drive the daemon from the user's browser.
-        if origin == "*" or "://" not in origin:
+        # A wildcard would let any web page drive the daemon from the user's browser; "null"
+        # is what sandboxed frames and file:// pages send, so it would admit any of them.
+        if not _ORIGIN.match(origin):
             raise ConfigError(
-                f"allowed_origins entries are full origins such as "
-                f"http://localhost:3000, not {origin!r}",
+                f"allowed_origins entries are origins (scheme://host[:port]) such as "
+                f"http://localhost:3000 or app://obsidian.md, not {origin!r}",
                 param="allowed_origins",
+            )
+    for name in s.served_model_names:
+        if not name.strip() or name != name.strip() or not name.isprintable():
+            raise ConfigError(
+                f"served_model_names entries must be non-empty names without surrounding "
+                f"spaces, not {name!r}",
+                param="served_model_names",
             )
 
 

@@ -130,7 +130,13 @@ class HashBackend:
         pass
 
 
-def hash_engine(model_dir: Path, *, dim: int = 64, model_id: str = "fake/hash-bow") -> Engine:
+def hash_engine(
+    model_dir: Path,
+    *,
+    dim: int = 64,
+    model_id: str = "fake/hash-bow",
+    served_names: Sequence[str] = (),
+) -> Engine:
     """A real Engine (tokenizer, recipe, batching) over `model_dir`'s tokenizer, with HashBackend
     in place of the model."""
     raw = load_raw_tokenizer(model_dir)
@@ -145,9 +151,15 @@ def hash_engine(model_dir: Path, *, dim: int = 64, model_id: str = "fake/hash-bo
         backend,
         max_batch_tokens=2048,
         max_batch_size=64,
+        served_names=served_names,
     )
 
 
 def hash_loader(model_dir: Path, **kwargs: object) -> Callable[[Settings], Engine]:
-    """A `make_app(loader=...)` that serves `hash_engine(model_dir)`."""
-    return lambda settings: hash_engine(model_dir, **kwargs)  # type: ignore[arg-type]
+    """A `make_app(loader=...)` that serves `hash_engine(model_dir)`, under the settings'
+    served model names."""
+    return lambda settings: hash_engine(
+        model_dir,
+        served_names=settings.served_model_names,
+        **kwargs,  # type: ignore[arg-type]
+    )

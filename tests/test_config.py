@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from localrank.cli import main
+from localrank.cli import build_parser, main
+from localrank.cli.common import settings_from_args
 from localrank.config import DEFAULT_MODEL, DEFAULT_PORT, is_loopback_host, load_settings
 from localrank.errors import ConfigError
 
@@ -70,6 +71,47 @@ def test_lists_and_empty_variables(tmp_path: Path) -> None:
     assert s.model == DEFAULT_MODEL and s.sources["model"] == "default"  # "" means unset
 
 
+def test_origins_of_any_scheme(tmp_path: Path) -> None:
+    """Apps send their own schemes (Obsidian: app://obsidian.md); all are origins."""
+    origins = "app://obsidian.md, chrome-extension://abcdefgh, http://[::1]:3000/"
+    s = load_settings({}, {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_ALLOWED_ORIGINS": origins})
+    assert s.allowed_origins == (
+        "app://obsidian.md",
+        "chrome-extension://abcdefgh",
+        "http://[::1]:3000/",
+    )
+
+
+def test_served_model_names_from_flag_env_and_file(tmp_path: Path) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    assert load_settings({}, env).served_model_names == ()
+    write_config(tmp_path, 'served_model_names = ["text-embedding-3-small", "nomic-embed-text"]\n')
+    assert load_settings({}, env).served_model_names == (
+        "text-embedding-3-small",
+        "nomic-embed-text",
+    )
+    env["LOCALRANK_SERVED_MODEL_NAMES"] = "a-name, another:latest"
+    assert load_settings({}, env).served_model_names == ("a-name", "another:latest")
+    flagged = load_settings({"served_model_names": ["mine"]}, env)
+    assert (
+        flagged.served_model_names == ("mine",) and flagged.sources["served_model_names"] == "flag"
+    )
+
+
+def test_serve_flags_for_names_and_torch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path))
+    args = build_parser().parse_args(
+        ["serve", "--backend", "torch", "--served-model-name", "a", "--served-model-name", "b"]
+    )
+    s = settings_from_args(args, "served_model_names")
+    assert s.backend == "torch" and s.served_model_names == ("a", "b")
+
+
+def test_torch_is_a_backend(tmp_path: Path) -> None:
+    """embed-rerank's BACKEND=torch: torch on its best device (see choose_backend)."""
+    assert load_settings({"backend": "torch"}, {"LOCALRANK_HOME": str(tmp_path)}).backend == "torch"
+
+
 @pytest.mark.parametrize(
     ("source", "name", "value", "fragment"),
     [
@@ -80,6 +122,12 @@ def test_lists_and_empty_variables(tmp_path: Path) -> None:
         ("file", "log_level", '"loud"', "log_level"),
         ("flag", "max_body_bytes", 0, "max_body_bytes"),
         ("env", "allowed_origins", "*", "allowed_origins"),
+        ("env", "allowed_origins", "null", "allowed_origins"),
+        ("env", "allowed_origins", "localhost:3000", "allowed_origins"),
+        ("env", "allowed_origins", "http://*.example.com", "allowed_origins"),
+        ("env", "allowed_origins", "http://localhost:3000/app", "allowed_origins"),
+        ("file", "served_model_names", '["ok", " padded"]', "served_model_names"),
+        ("file", "served_model_names", '[""]', "served_model_names"),
         ("file", "max_inputs", "-1", "max_inputs"),
         ("file", "no_such_setting", "1", "unknown setting"),
     ],

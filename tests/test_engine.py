@@ -17,8 +17,9 @@ from localrank.engine.batching import bucket_length, pad, plan_batches
 from localrank.engine.core import apply_dimensions
 from localrank.engine.load import load_engine
 from localrank.engine.mlx import FAMILIES as MLX_FAMILIES
+from localrank.engine.names import canonical_name
 from localrank.engine.recipe import DECODER_FAMILIES, ENCODER_FAMILIES
-from localrank.engine.resolve import canonical_name, resolve_model
+from localrank.engine.resolve import resolve_model
 from localrank.engine.select import Probe, choose_backend
 from localrank.engine.torch import FAMILIES as TORCH_FAMILIES
 from localrank.errors import BackendError, InvalidInput, ModelError, TooLarge, http_status
@@ -63,6 +64,16 @@ def test_choose_backend_order() -> None:
         choose_backend("cuda", linux)
     with pytest.raises(BackendError, match="no backend"):
         choose_backend("auto", Probe(notes={"torch": "cannot import torch: boom"}))
+
+
+def test_backend_torch_means_torch_on_its_best_device() -> None:
+    """--backend torch (embed-rerank's BACKEND value): MPS, then CUDA, then CPU; never MLX."""
+    mac = Probe(mlx=True, metal=True, torch=True, mps=True)
+    assert choose_backend("torch", mac) == ("torch", "mps")
+    assert choose_backend("torch", Probe(torch=True, cuda=True)) == ("torch", "cuda")
+    assert choose_backend("torch", Probe(mlx=True, metal=False, torch=True)) == ("torch", "cpu")
+    with pytest.raises(BackendError, match="needs torch"):
+        choose_backend("torch", Probe(mlx=True, metal=True, notes={"torch": "not installed"}))
 
 
 def test_qwen3_prompt_format_and_eos(tiny_qwen3: Path) -> None:

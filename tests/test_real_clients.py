@@ -1,8 +1,11 @@
-"""The official client libraries (openai, cohere, ollama) against a live `localrank serve`.
+"""The official client libraries (openai, cohere, ollama, huggingface_hub) against a live
+`localrank serve`.
 
-One daemon subprocess per module on a free port; its vectors must equal the engine's direct
-output within 1e-5 and its rerank orders the engine's cosine order. The last test stops it with
-SIGTERM while a request is in flight: the request completes and the process exits 0.
+The main daemon serves a copy of all-MiniLM-L6-v2 at a path that says nothing (recognised by its
+content) with `--served-model-name my-embedder`; a second one runs on the default settings (here:
+the offline fallback). Vectors must equal the engine's direct output within 1e-5 and rerank
+orders the engine's cosine order. The last test stops the main daemon with SIGTERM while a
+request is in flight: the request completes and the process exits 0.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,6 +29,7 @@ import numpy as np
 import ollama
 import openai
 import pytest
+from huggingface_hub import InferenceClient
 
 from localrank.config import load_settings
 from localrank.engine.core import Engine
@@ -38,6 +43,8 @@ DOCS = [
 ]
 QUERY = "What is the capital of France?"
 MODEL = "all-minilm-l6-v2"
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+SERVED = "my-embedder"
 HEALTH_TIMEOUT = 60.0
 
 
@@ -72,31 +79,27 @@ def health_status(port: int) -> int | None:
         conn.close()
 
 
-@pytest.fixture(scope="module")
-def daemon(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    home = tmp_path_factory.mktemp("daemon-home")
+def start_daemon(home: Path, *args: str) -> Iterator[Daemon]:
+    """`localrank serve ARGS` on a free port with its state under `home`, once healthy."""
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("LOCALRANK_") and k != "NOTIFY_SOCKET"
+        if not k.startswith(("LOCALRANK_", "HF_")) and k != "NOTIFY_SOCKET"
     }
-    env.update({"LOCALRANK_HOME": str(home), "NO_PROXY": "127.0.0.1,localhost"})
+    env.update(
+        {
+            "LOCALRANK_HOME": str(home),
+            "NO_PROXY": "127.0.0.1,localhost",
+            # No hub here: an empty cache, and never a download attempt.
+            "HF_HOME": str(home / "hf"),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
     port = free_port()
     log = home / "daemon.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "localrank",
-                "serve",
-                "--model",
-                str(minilm),
-                "--backend",
-                "cpu",
-                "--port",
-                str(port),
-            ],
+            [sys.executable, "-m", "localrank", "serve", "--port", str(port), *args],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -115,6 +118,23 @@ def daemon(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         if process.poll() is None:
             process.kill()
             process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def daemon(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """`localrank serve --model <folder> --served-model-name my-embedder`, the folder a copy of
+    all-MiniLM-L6-v2 somewhere else."""
+    home = tmp_path_factory.mktemp("daemon-home")
+    copy = shutil.copytree(minilm, home / "models" / "copied-model")
+    yield from start_daemon(
+        home, "--model", str(copy), "--backend", "cpu", "--served-model-name", SERVED
+    )
+
+
+@pytest.fixture(scope="module")
+def default_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """`localrank serve` with the default settings."""
+    yield from start_daemon(tmp_path_factory.mktemp("default-home"))
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +202,88 @@ def test_ollama_client_embed(daemon: Daemon, engine: Engine) -> None:
     assert np.abs(np.asarray(legacy.embedding) - want.vectors[0]).max() < 1e-5
     with pytest.raises(ollama.ResponseError) as err:
         client.embed(model="nomic-embed-text", input="x")
-    assert err.value.status_code == 404 and err.value.error == "model 'nomic-embed-text' not found"
+    assert err.value.status_code == 404
+    assert err.value.error.startswith("model 'nomic-embed-text' not found")
+
+
+def test_huggingface_inference_client(daemon: Daemon, engine: Engine) -> None:
+    """InferenceClient(model=URL) posts to the URL itself, as for a TEI endpoint (LangChain's
+    HuggingFaceEndpointEmbeddings is this client)."""
+    client = InferenceClient(model=daemon.url)
+    one = client.feature_extraction(DOCS[0])
+    assert one.shape == (1, 384) and np.abs(one - engine.embed(DOCS[:1]).vectors).max() < 1e-5
+    many = client.feature_extraction(DOCS)
+    assert np.abs(many - engine.embed(DOCS).vectors).max() < 1e-5
+    scores = client.sentence_similarity(QUERY, DOCS)
+    vectors = engine.embed([QUERY, *DOCS]).vectors
+    assert np.abs(np.asarray(scores) - vectors[1:] @ vectors[0]).max() < 1e-5
+
+
+def test_openai_models(daemon: Daemon) -> None:
+    client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="x")
+    ids = [m.id for m in client.models.list()]
+    assert ids[:2] == [SERVED, MINILM_ID] and "localrank-embed" in ids
+    for name in (SERVED, MINILM_ID):  # the SDK sends the slash as %2F
+        assert client.models.retrieve(name).id == name
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("text-embedding-3-small")
+    result = client.embeddings.create(model=SERVED, input="hello")
+    assert len(result.data[0].embedding) == 384
+
+
+def test_cohere_client_v2_embed(daemon: Daemon, engine: Engine) -> None:
+    client = cohere.ClientV2(api_key="x", base_url=daemon.url)
+    result = client.embed(
+        model=SERVED, texts=DOCS, input_type="search_document", embedding_types=["float"]
+    )
+    assert result.embeddings.float_ is not None
+    got = np.asarray(result.embeddings.float_, dtype=np.float32)
+    assert np.abs(got - engine.embed(DOCS).vectors).max() < 1e-5
+
+
+def test_ollama_client_list_show_ps(daemon: Daemon) -> None:
+    client = ollama.Client(host=daemon.url)
+    names = [m.model for m in client.list().models]
+    assert names[:2] == [SERVED, MINILM_ID]
+    shown = client.show(f"{SERVED}:latest")
+    assert shown.modelinfo is not None
+    assert shown.modelinfo["bert.embedding_length"] == 384
+    assert shown.modelinfo["bert.context_length"] == 256
+    assert shown.details is not None and shown.details.family == "bert"
+    assert shown.capabilities == ["embedding"]
+    assert [m.model for m in client.ps().models] == [SERVED]
+    with pytest.raises(ollama.ResponseError) as err:
+        client.show("nomic-embed-text")
+    assert err.value.status_code == 404
+
+
+def test_every_client_on_the_default_settings(default_daemon: Daemon, engine: Engine) -> None:
+    """No model named, no Qwen3 on this machine: the offline fallback serves, under its own
+    names and localrank-embed, and every client works against it."""
+    url = default_daemon.url
+    want = engine.embed(DOCS)
+    oai = openai.OpenAI(base_url=f"{url}/v1", api_key="x")
+    ids = [m.id for m in oai.models.list()]
+    assert (
+        ids[0] == MINILM_ID and "localrank-embed" in ids and "Qwen/Qwen3-Embedding-0.6B" not in ids
+    )
+    got = [d.embedding for d in oai.embeddings.create(model="localrank-embed", input=DOCS).data]
+    assert np.abs(np.asarray(got) - want.vectors).max() < 1e-5
+    with pytest.raises(openai.NotFoundError):  # never silently a different model
+        oai.embeddings.create(model="Qwen/Qwen3-Embedding-0.6B", input="x")
+    ol = ollama.Client(host=url)
+    assert "localrank-embed" in [m.model for m in ol.list().models]
+    assert ol.show("localrank-embed").modelinfo["bert.embedding_length"] == 384
+    embedded = ol.embed(model="all-minilm", input=DOCS).embeddings
+    assert np.abs(np.asarray(embedded) - want.vectors).max() < 1e-5
+    hf = InferenceClient(model=url).feature_extraction(DOCS)
+    assert np.abs(hf - want.vectors).max() < 1e-5
+    ranked = cohere.ClientV2(api_key="x", base_url=url).rerank(
+        model="localrank-embed", query=QUERY, documents=DOCS
+    )
+    assert [r.index for r in ranked.results] == cosine_order(engine, QUERY, DOCS)[0]
+    health = json.loads(httpx.get(f"{url}/health").text)
+    assert health["fallback"] is True and health["names"] == ids
 
 
 def test_sigterm_drains_in_flight_request_and_exits_0(daemon: Daemon) -> None:

@@ -184,7 +184,10 @@ async def test_allowed_origin_gets_cors(client_for: Callable[..., Awaitable[Clie
     assert preflight.status == 204  # before the token: browsers send none on preflight
     assert preflight.headers["Access-Control-Allow-Origin"] == origin
     assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
-    assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
+    allowed = {
+        h.strip().lower() for h in preflight.headers["Access-Control-Allow-Headers"].split(",")
+    }
+    assert {"authorization", "content-type"} <= allowed
 
     response = await client.post(
         "/v1/embeddings",
@@ -199,6 +202,78 @@ async def test_allowed_origin_gets_cors(client_for: Callable[..., Awaitable[Clie
     failed = await client.post("/v1/embeddings", json={"input": "x"}, headers={"Origin": origin})
     assert failed.status == 401
     assert failed.headers["Access-Control-Allow-Origin"] == origin
+
+
+async def test_app_origins_get_cors_as_browsers_send_it(
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
+    """Obsidian's renderer (app://obsidian.md), as Chromium sends it: a simple GET, a text/plain
+    POST (fetch with a string body) and a preflighted JSON POST whose preflight asks for the
+    headers a browser SDK adds (openai-node's X-Stainless-*) and for Private Network Access."""
+    origin = "app://obsidian.md"
+    client = await client_for(allowed_origins=(origin,))
+    browser = {"Origin": origin, "Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "cross-site"}
+    simple = await client.get("/api/tags", headers=browser)
+    assert simple.status == 200
+    assert simple.headers["Access-Control-Allow-Origin"] == origin
+    assert "Origin" in simple.headers.getall("Vary")
+    text_post = await client.post(
+        "/api/show",
+        data='{"model": "localrank-embed"}',
+        headers={**browser, "Content-Type": "text/plain;charset=UTF-8"},
+    )
+    assert text_post.status == 200
+    assert text_post.headers["Access-Control-Allow-Origin"] == origin
+    asked = "authorization,content-type,x-stainless-os,x-stainless-retry-count"
+    preflight = await client.options(
+        "/v1/embeddings",
+        headers={
+            **browser,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": asked,
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin
+    allowed = preflight.headers["Access-Control-Allow-Headers"].lower().replace(" ", "")
+    assert allowed.split(",") == asked.split(",")
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert preflight.headers["Access-Control-Allow-Private-Network"] == "true"
+    assert "Access-Control-Request-Headers" in preflight.headers["Vary"]
+    post = await client.post("/v1/embeddings", json={"input": "x"}, headers=browser)
+    assert post.status == 200 and post.headers["Access-Control-Allow-Origin"] == origin
+
+
+async def test_preflight_echoes_only_well_formed_header_names(
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
+    client = await client_for(allowed_origins=("app://obsidian.md",))
+    preflight = await client.options(
+        "/api/embed",
+        headers={
+            "Origin": "app://obsidian.md",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type, bad header, x-ok",
+        },
+    )
+    assert preflight.status == 204
+    assert preflight.headers["Access-Control-Allow-Headers"] == "content-type, x-ok"
+    assert "Access-Control-Allow-Private-Network" not in preflight.headers
+
+
+@pytest.mark.parametrize("origin", ["app://obsidian.md.evil.com", "app://obsidian", "null"])
+async def test_only_the_exact_allowed_origin_passes(
+    client_for: Callable[..., Awaitable[Client]], origin: str
+) -> None:
+    client = await client_for(allowed_origins=("app://obsidian.md",))
+    for response in (
+        await client.get("/api/tags", headers={"Origin": origin}),
+        await client.options(
+            "/api/embed", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+        ),
+    ):
+        assert response.status == 403 and not has_cors_headers(response)
 
 
 # --- bearer token ------------------------------------------------------------------------------
@@ -300,6 +375,29 @@ async def test_post_bodies_must_be_json(
     assert response.status == status
     if status == 415:
         assert (await response.json())["error"]["code"] == "unsupported_media_type"
+
+
+@pytest.mark.parametrize(
+    ("content_type", "status"),
+    [
+        ("text/plain;charset=UTF-8", 200),  # fetch() with a string body and no Content-Type
+        ("application/x-www-form-urlencoded", 200),  # `curl -d`, as Ollama's docs show it
+        ("application/json", 200),
+        ("multipart/form-data", 415),
+    ],
+)
+async def test_ollama_routes_read_json_whatever_its_label(
+    client_for: Callable[..., Awaitable[Client]], content_type: str, status: int
+) -> None:
+    """Ollama parses every body as JSON; its clients rely on that (and Origin checks, not the
+    media type, keep web pages out)."""
+    client = await client_for()
+    response = await client.post(
+        "/api/embed", data=b'{"input": "x"}', headers={"Content-Type": content_type}
+    )
+    assert response.status == status
+    if status == 415:
+        assert set(await response.json()) == {"error"}  # Ollama's error shape
 
 
 async def test_post_without_body_needs_no_content_type(

@@ -8,7 +8,8 @@ import sys
 
 from localrank.cli.common import Runtime, add_model_flags, print_json, settings_from_args
 from localrank.engine.load import load_engine
-from localrank.engine.resolve import manifest, pull_model
+from localrank.engine.names import manifest
+from localrank.engine.resolve import pull_model
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -18,10 +18,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--unix-socket", dest="unix_socket", help="listen on a unix socket instead")
     p.add_argument("--log-format", dest="log_format", choices=("text", "json"))
     p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--served-model-name",
+        dest="served_model_names",
+        action="append",
+        metavar="NAME",
+        help="another name the model answers to and lists (repeatable)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
-    settings = settings_from_args(args, "host", "port", "unix_socket", "log_format", "log_level")
+    settings = settings_from_args(
+        args, "host", "port", "unix_socket", "log_format", "log_level", "served_model_names"
+    )
     setup_logging(settings)
     return asyncio.run(serve(settings))

@@ -12,6 +12,7 @@ from typing import Any, cast
 import numpy as np
 
 from localrank.engine.batching import pad, plan_batches
+from localrank.engine.names import model_names
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import Encoded, TextTokenizer
 from localrank.engine.types import MIN_DIMENSIONS, Embedder, Inputs, ModelInfo
@@ -92,6 +93,7 @@ class Engine:
         *,
         max_batch_tokens: int = 16384,
         max_batch_size: int = 128,
+        served_names: Sequence[str] = (),
     ) -> None:
         self.tokenizer = tokenizer
         self.embedder = embedder
@@ -110,6 +112,7 @@ class Engine:
             backend=embedder.info,
             tokenizer_appends_eos=tokenizer.tokenizer_appends_eos,
             fallback_reason=resolved.fallback_reason,
+            names=model_names(resolved.model_id, served_names),
         )
 
     @property

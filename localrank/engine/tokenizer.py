@@ -99,7 +99,11 @@ class TextTokenizer:
             ]
             if bad:
                 raise InvalidInput(
-                    f"input[{i}] has token ids outside 0..{self.vocab_size - 1}: {bad[:5]}",
+                    f"input[{i}] has token ids outside 0..{self.vocab_size - 1}: {bad[:5]}. "
+                    "Token ids are the served model's tokenizer's; a client that sends OpenAI "
+                    "tiktoken ids must send text instead (LangChain: "
+                    "check_embedding_ctx_length=False; LibreChat's RAG API: "
+                    "RAG_CHECK_EMBEDDING_CTX_LENGTH=false)",
                     param="input",
                 )
             content = list(ids)

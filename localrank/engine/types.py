@@ -88,6 +88,8 @@ class ModelInfo:
     backend: BackendInfo
     tokenizer_appends_eos: bool
     fallback_reason: str | None = None
+    # Every name the model answers to, as lists show them (engine/names.py `model_names`).
+    names: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -106,6 +108,7 @@ class ModelInfo:
         return {
             "model": self.display_name,
             "model_id": self.model_id,
+            "names": list(self.names),
             "path": str(self.path),
             "revision": self.revision,
             "fingerprint": self.fingerprint,

@@ -77,6 +77,9 @@ class Dialect:
     `error_body(status, message, code, param)` renders an error; `statuses` overrides the
     status of some error types (TEI answers a failed model call with 424); `error_statuses`
     are the statuses its routes answer beyond those every route can (documented in OpenAPI).
+    `body_types` are the media types its request bodies may be declared as (always parsed as
+    JSON): Ollama reads any, and browser clients of it post JSON strings that fetch() labels
+    text/plain.
     """
 
     name: str
@@ -84,6 +87,7 @@ class Dialect:
     routes: tuple[Route, ...]
     statuses: Mapping[type[LocalrankError], int] = field(default_factory=dict)
     error_statuses: tuple[int, ...] = ()
+    body_types: frozenset[str] = frozenset({"application/json"})
 
     def status_for(self, exc: LocalrankError, default: int) -> int:
         for cls in type(exc).__mro__:
@@ -129,14 +133,16 @@ class DialectIndex:
                 yield d, r
 
     def for_request(self, request: web.Request) -> Dialect:
-        """The matched route's dialect; for a path with no route for this method (405), the
-        dialect that owns the path; otherwise the default."""
+        """The matched route's dialect (a path may have one per method: `GET /` is Ollama's,
+        `POST /` TEI's); for a path with no route for this method (405), the dialect that
+        registered the path first; otherwise the default."""
         resource = request.match_info.route.resource
-        if resource is not None:
-            found = self._by_path.get(resource.canonical)
-            if found is not None:
-                return found
-        return self._by_path.get(request.path, self.default)
+        path = resource.canonical if resource is not None else request.path
+        method = "GET" if request.method == "HEAD" else request.method
+        route = self._by_route.get((method, path))
+        if route is not None:
+            return route[0]
+        return self._by_path.get(path, self.default)
 
     def lookup(self, method: str, path: str) -> tuple[Dialect, Route] | None:
         """The dialect and declaration of a route, by method and canonical path."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from localrank.engine.resolve import canonical_name
+from localrank.engine.names import answers_to, describe_names
 from localrank.engine.types import ModelInfo
 from localrank.errors import BadRequest, InvalidInput, NotFound
 
@@ -22,8 +22,6 @@ DOCUMENT_TYPES = {
     "classification",
     "clustering",
 }
-# Names clients send when they mean "whatever this server runs".
-GENERIC_MODEL_NAMES = {"default", "localrank", ""}
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:
@@ -105,17 +103,22 @@ def query_mode(body: dict[str, Any], *, default_query: bool = False) -> tuple[bo
     )
 
 
+def serves(info: ModelInfo, name: str) -> bool:
+    """True when `name` names the served model: one of its names (engine/names.py), a generic
+    name such as "default", or the `model` field its own responses carry."""
+    return answers_to(name, info.names) or name == info.display_name
+
+
+def unknown_model(name: str, info: ModelInfo) -> str:
+    """Why `name` is refused, listing the names that would be accepted."""
+    return f"model {name!r} is not served here; it answers to {describe_names(info.names)}"
+
+
 def check_requested_model(body: dict[str, Any], info: ModelInfo) -> None:
-    """A request may name the served model (by id, alias or folder name), or none."""
+    """A request may name the served model (by any of its names), or none."""
     name = field(body, "model", str)
-    if name is None or name.lower() in GENERIC_MODEL_NAMES:
-        return
-    served = {info.model_id.lower(), info.model_id.rsplit("/", 1)[-1].lower()}
-    if name.lower() in served or canonical_name(name).lower() in served:
-        return
-    raise NotFound(
-        f"model {name!r} is not served here; this daemon serves {info.model_id!r}", param="model"
-    )
+    if name is not None and not serves(info, name):
+        raise NotFound(unknown_model(name, info), param="model")
 
 
 def truncate_flag(body: dict[str, Any]) -> bool:

@@ -22,6 +22,7 @@ import asyncio
 import errno
 import hmac
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +41,19 @@ from localrank.errors import (
     UnsupportedMediaType,
     http_status,
 )
+from localrank.serve.state import DIALECTS_KEY
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 # Wildcard bind addresses are never a valid Host: a browser would only send one under attack.
 _WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 OPEN_PATHS = frozenset({"/health"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_CORS_ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+_CORS_ALLOW_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
 _CORS_EXPOSE_HEADERS = "X-Request-ID, Retry-After"
+_PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+# A header name as RFC 9110 defines a token: what a preflight may echo back.
+_HEADER_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 WWW_AUTHENTICATE = 'Bearer realm="localrank"'
 
 
@@ -119,6 +124,25 @@ class SecurityPolicy:
         return hmac.compare_digest(credentials.strip().encode("utf-8"), self.token)
 
 
+def preflight_headers(request: web.Request) -> dict[str, str]:
+    """The answer to an allowed origin's CORS preflight: the methods, the request headers it
+    asked for (any well-formed names: browser SDKs send their own, such as openai-node's
+    X-Stainless-*), and Private Network Access consent when Chrome asks for it."""
+    asked = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, "")
+    names = [h.strip() for h in asked.split(",") if h.strip()]
+    headers: dict[str, str] = {
+        hdrs.ACCESS_CONTROL_ALLOW_METHODS: _CORS_ALLOW_METHODS,
+        hdrs.ACCESS_CONTROL_ALLOW_HEADERS: (
+            ", ".join(h for h in names if _HEADER_TOKEN.match(h)) or _CORS_ALLOW_HEADERS
+        ),
+        hdrs.ACCESS_CONTROL_MAX_AGE: "600",
+        hdrs.VARY: _PREFLIGHT_VARY,
+    }
+    if request.headers.get("Access-Control-Request-Private-Network", "").lower() == "true":
+        headers["Access-Control-Allow-Private-Network"] = "true"
+    return headers
+
+
 def _same_origin(origin: str, host_header: str) -> bool:
     """A page the daemon served itself (e.g. /docs) calling back into it: not cross-site."""
     origin = normalize_origin(origin)
@@ -155,14 +179,7 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
             and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
         ):
             # Preflight: answered here, before the token check (browsers send no credentials).
-            return web.Response(
-                status=204,
-                headers={
-                    hdrs.ACCESS_CONTROL_ALLOW_METHODS: _CORS_ALLOW_METHODS,
-                    hdrs.ACCESS_CONTROL_ALLOW_HEADERS: _CORS_ALLOW_HEADERS,
-                    hdrs.ACCESS_CONTROL_MAX_AGE: "600",
-                },
-            )
+            return web.Response(status=204, headers=preflight_headers(request))
         return await handler(request)
 
     @web.middleware
@@ -192,7 +209,8 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
                     f"request body of {length} bytes is over the "
                     f"{policy.max_body_bytes}-byte limit (max_body_bytes)"
                 )
-            if request.content_type != "application/json":
+            accepted = request.app[DIALECTS_KEY].for_request(request).body_types
+            if request.content_type not in accepted:
                 raise UnsupportedMediaType(
                     f"request bodies must be application/json, "
                     f"not {request.content_type or 'unspecified'}"
@@ -232,7 +250,9 @@ def setup_security(app: web.Application, settings: Settings) -> None:
         if origin is not None and policy.origin_allowed(origin):
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
             response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = _CORS_EXPOSE_HEADERS
-            response.headers.add(hdrs.VARY, "Origin")
+            vary = ",".join(response.headers.getall(hdrs.VARY, [])).lower()
+            if "origin" not in vary:  # a preflight carries its own, fuller Vary
+                response.headers.add(hdrs.VARY, "Origin")
         if response.status == 401 and hdrs.WWW_AUTHENTICATE not in response.headers:
             response.headers[hdrs.WWW_AUTHENTICATE] = WWW_AUTHENTICATE
 

@@ -1,40 +1,55 @@
-"""Ollama: `POST /api/embed` and the legacy `POST /api/embeddings`.
+"""Ollama: embeddings (`POST /api/embed`, the legacy `POST /api/embeddings`) and what clients
+call before embedding: `GET /` and `HEAD /` (liveness), `GET /api/version`, `GET /api/tags`,
+`POST /api/show`, `GET /api/ps`.
 
 As in Ollama, an empty input is not an error: it answers no embeddings (clients send it to
-preload a model). Ollama's clients send the model name they were configured with; an unknown
-one answers Ollama's 404 `{"error": "model 'x' not found"}`.
+preload a model). Ollama's clients send the model name they were configured with, with or
+without its `:latest` tag; an unknown one answers Ollama's 404 `{"error": "model 'x' not
+found"}`, followed by the names this daemon would accept. Shapes follow Ollama's `api/types.go`;
+Obsidian Smart Connections reads `*.embedding_length` and `*.context_length` from `/api/show`'s
+`model_info`, Roo Code looks its model up in `/api/tags` by name.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from aiohttp import web
 
+from localrank.engine.names import describe_names
+from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput, NotFound
-from localrank.serve.api import OBJ, STR, Dialect, Operation, Param, arr, one_of, route
+from localrank.serve.api import BOOL, OBJ, STR, Dialect, Operation, Param, arr, one_of, route
 from localrank.serve.dialects.fields import DIMENSIONS, MINILM, MODEL, TRUNCATE, VEC
-from localrank.serve.embedding import EmbeddingService
-from localrank.serve.parsing import (
-    check_requested_model,
-    field,
-    query_mode,
-    read_body,
-    truncate_flag,
-)
+from localrank.serve.dialects.listing import ModelFacts, model_facts
+from localrank.serve.parsing import field, query_mode, read_body, serves, truncate_flag
 from localrank.serve.state import embedding
 
+# The Ollama API level these routes follow (what `GET /api/version` reports): /api/embed with
+# `truncate` and `dimensions`, `capabilities` in /api/tags and /api/show.
+OLLAMA_VERSION = "0.12.0"
+LIVENESS = "Ollama is running"
+# Ollama keeps a model loaded until its keep_alive runs out; this one never unloads.
+_NEVER = datetime(2318, 1, 1, tzinfo=timezone.utc)
 
-def check_ollama_model(body: dict[str, Any], svc: EmbeddingService) -> None:
-    """check_requested_model, with Ollama's implicit `:latest` tag and its own 404 wording."""
-    name = field(body, "model", str)
-    if name is not None and name.endswith(":latest"):
-        body = {**body, "model": name.removesuffix(":latest")}
-    try:
-        check_requested_model(body, svc.info)
-    except NotFound:
-        raise NotFound(f"model {name!r} not found", param="model") from None
+
+def not_found(name: str, info: ModelInfo) -> NotFound:
+    return NotFound(
+        f"model {name!r} not found; this server has {describe_names(info.names)}", param="model"
+    )
+
+
+def check_ollama_model(name: str | None, info: ModelInfo) -> None:
+    """The served model, named with or without Ollama's implicit `:latest` tag, or no model."""
+    if name is None or serves(info, name) or serves(info, name.removesuffix(":latest")):
+        return
+    raise not_found(name, info)
+
+
+def _model_name(body: dict[str, Any]) -> str | None:
+    return field(body, "model", str)
 
 
 def _inputs(body: dict[str, Any]) -> list[str]:
@@ -60,7 +75,7 @@ async def embed(request: web.Request) -> web.Response:
     started = time.perf_counter_ns()
     body = await read_body(request)
     svc = embedding(request)
-    check_ollama_model(body, svc)
+    check_ollama_model(_model_name(body), svc.info)
     _common(body)
     inputs = _inputs(body)
     query, instruction = query_mode(body)
@@ -88,7 +103,7 @@ async def embeddings(request: web.Request) -> web.Response:
     """Legacy `{"model", "prompt"}` -> `{"embedding": [...]}` (empty for an empty prompt)."""
     body = await read_body(request)
     svc = embedding(request)
-    check_ollama_model(body, svc)
+    check_ollama_model(_model_name(body), svc.info)
     _common(body)
     prompt = field(body, "prompt", str, "")
     query, instruction = query_mode(body)
@@ -100,14 +115,201 @@ async def embeddings(request: web.Request) -> web.Response:
     return web.json_response({"embedding": result.vectors[0].tolist()})
 
 
+async def liveness(request: web.Request) -> web.Response:
+    """What Ollama answers on its root (clients probe it before anything else)."""
+    return web.Response(text=LIVENESS, content_type="text/plain")
+
+
+async def version(request: web.Request) -> web.Response:
+    return web.json_response({"version": OLLAMA_VERSION})
+
+
+def _details(info: ModelInfo, facts: ModelFacts) -> dict[str, Any]:
+    family = info.recipe.family
+    return {
+        "parent_model": "",
+        "format": "safetensors",
+        "family": family,
+        "families": [family],
+        "parameter_size": facts.parameter_size,
+        "quantization_level": info.backend.dtype.upper().replace("FLOAT", "F"),
+    }
+
+
+async def tags(request: web.Request) -> web.Response:
+    """Every name of the served model, each as a model (clients pick theirs by name)."""
+    info = embedding(request).info
+    facts = await model_facts(info)
+    details = _details(info, facts)
+    models = [
+        {
+            "name": name,
+            "model": name,
+            "modified_at": facts.modified.isoformat(),
+            "size": facts.size_bytes,
+            "digest": facts.digest,
+            "details": details,
+            "capabilities": ["embedding"],
+        }
+        for name in info.names
+    ]
+    return web.json_response({"models": models})
+
+
+async def show(request: web.Request) -> web.Response:
+    """The model's details: `model_info` carries `<family>.embedding_length` (the vector size)
+    and `<family>.context_length` (the served token limit)."""
+    body = await read_body(request)
+    svc = embedding(request)
+    name = _model_name(body) or field(body, "name", str)  # `name`: Ollama's older field
+    if not name:
+        raise InvalidInput("model is required", param="model")
+    check_ollama_model(name, svc.info)
+    field(body, "verbose", bool)
+    info = svc.info
+    facts = await model_facts(info)
+    family = info.recipe.family
+    return web.json_response(
+        {
+            "license": "",
+            "modelfile": f"# served by localrank\nFROM {info.path}\n",
+            "parameters": f"num_ctx {info.backend.max_tokens}",
+            "template": "",
+            "details": _details(info, facts),
+            "model_info": {
+                "general.architecture": family,
+                "general.basename": info.model_id.rsplit("/", 1)[-1],
+                "general.parameter_count": facts.parameters,
+                f"{family}.embedding_length": info.backend.dim,
+                f"{family}.context_length": info.backend.max_tokens,
+                f"{family}.pooling_type": info.backend.pooling,
+            },
+            "capabilities": ["embedding"],
+            "modified_at": facts.modified.isoformat(),
+        }
+    )
+
+
+async def ps(request: web.Request) -> web.Response:
+    """The loaded model (always exactly one, loaded for good)."""
+    info = embedding(request).info
+    facts = await model_facts(info)
+    name = info.names[0] if info.names else info.model_id
+    return web.json_response(
+        {
+            "models": [
+                {
+                    "name": name,
+                    "model": name,
+                    "size": facts.size_bytes,
+                    "digest": facts.digest,
+                    "details": _details(info, facts),
+                    "expires_at": _NEVER.isoformat(),
+                    "size_vram": 0 if info.backend.device == "cpu" else facts.size_bytes,
+                    "context_length": info.backend.max_tokens,
+                }
+            ]
+        }
+    )
+
+
 def error_body(status: int, message: str, code: str, param: str | None) -> dict[str, Any]:
     return {"error": message}
 
 
+_DETAILS = {
+    "parent_model": "",
+    "format": "safetensors",
+    "family": "bert",
+    "families": ["bert"],
+    "parameter_size": "22.71M",
+    "quantization_level": "F32",
+}
+_TAG = {
+    "name": "all-minilm-l6-v2",
+    "model": "all-minilm-l6-v2",
+    "modified_at": "2026-11-22T10:00:00+00:00",
+    "size": 90868376,
+    "digest": "9a3f...",
+    "details": _DETAILS,
+    "capabilities": ["embedding"],
+}
+
 DIALECT = Dialect(
     "ollama",
     error_body,
-    (
+    body_types=frozenset({"application/json", "text/plain", "application/x-www-form-urlencoded"}),
+    routes=(
+        route(
+            "GET",
+            "/",
+            liveness,
+            Operation(
+                'Ollama liveness: 200 "Ollama is running" (also HEAD), model loaded or not.',
+                content_type="text/plain",
+                response=LIVENESS,
+            ),
+        ),
+        route(
+            "GET",
+            "/api/version",
+            version,
+            Operation(
+                "The Ollama API version these routes follow.",
+                response={"version": OLLAMA_VERSION},
+            ),
+        ),
+        route(
+            "GET",
+            "/api/tags",
+            tags,
+            Operation(
+                "Ollama's model list: every name the served model answers to, one entry each.",
+                response={"models": [_TAG]},
+            ),
+        ),
+        route(
+            "POST",
+            "/api/show",
+            show,
+            Operation(
+                "Ollama model details: model_info carries <family>.embedding_length and "
+                "<family>.context_length; 404 for a model not served here.",
+                body=(
+                    Param("model", STR, "Any name of the served model.", required=True),
+                    Param("name", STR, "Ollama's older spelling of model."),
+                    Param("verbose", BOOL, "Accepted, not used."),
+                ),
+                example={"model": "all-minilm-l6-v2"},
+                response={
+                    "details": _DETAILS,
+                    "model_info": {
+                        "general.architecture": "bert",
+                        "bert.embedding_length": 384,
+                        "bert.context_length": 256,
+                    },
+                    "capabilities": ["embedding"],
+                },
+            ),
+        ),
+        route(
+            "GET",
+            "/api/ps",
+            ps,
+            Operation(
+                "Ollama's loaded models: the served one, which never unloads.",
+                response={
+                    "models": [
+                        {
+                            **{k: _TAG[k] for k in ("name", "model", "size", "digest", "details")},
+                            "expires_at": _NEVER.isoformat(),
+                            "size_vram": 0,
+                            "context_length": 256,
+                        }
+                    ]
+                },
+            ),
+        ),
         route(
             "POST",
             "/api/embed",

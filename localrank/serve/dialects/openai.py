@@ -1,4 +1,6 @@
-"""OpenAI `/v1/embeddings` (and `/embeddings`, which also speaks the kagent shape)."""
+"""OpenAI `/v1/embeddings` (and `/embeddings`, which also speaks the kagent shape), and the model
+list `GET /v1/models` (`/v1/models/{id}`) that OpenAI-style clients read to list or validate
+models."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 
-from localrank.errors import InvalidInput
+from localrank.engine.types import ModelInfo
+from localrank.errors import InvalidInput, NotFound
 from localrank.serve.api import INT, STR, Dialect, Operation, Param, arr, one_of, route
 from localrank.serve.dialects.fields import (
     DIMENSIONS,
@@ -20,12 +23,15 @@ from localrank.serve.dialects.fields import (
     TRUNCATE,
     VEC,
 )
+from localrank.serve.dialects.listing import ModelFacts, model_facts
 from localrank.serve.parsing import (
     check_requested_model,
     field,
     query_mode,
     read_body,
+    serves,
     truncate_flag,
+    unknown_model,
 )
 from localrank.serve.state import embedding
 
@@ -112,6 +118,36 @@ async def embeddings_get(request: web.Request) -> web.Response:
     return await _kagent(request, {"texts": [text]})
 
 
+def _model_object(name: str, info: ModelInfo, facts: ModelFacts) -> dict[str, Any]:
+    """One entry of /v1/models: OpenAI's fields, then vLLM's `root` and `max_model_len`."""
+    return {
+        "id": name,
+        "object": "model",
+        "created": facts.created,
+        "owned_by": "localrank",
+        "root": info.model_id,
+        "max_model_len": info.backend.max_tokens,
+    }
+
+
+async def models(request: web.Request) -> web.Response:
+    """Every name the served model answers to, each as a model (clients that validate their
+    configured name against this list find it, whichever name it is)."""
+    info = embedding(request).info
+    facts = await model_facts(info)
+    return web.json_response(
+        {"object": "list", "data": [_model_object(n, info, facts) for n in info.names]}
+    )
+
+
+async def model(request: web.Request) -> web.Response:
+    info = embedding(request).info
+    name = request.match_info["model"]
+    if not serves(info, name):
+        raise NotFound(unknown_model(name, info), param="model")
+    return web.json_response(_model_object(name, info, await model_facts(info)))
+
+
 def error_body(status: int, message: str, code: str, param: str | None) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else "server_error"
     if status == 429:
@@ -122,6 +158,14 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
 TOKEN_IDS = arr(INT)
 ANY_INPUT = one_of(STR, arr(STR), TOKEN_IDS, arr(TOKEN_IDS))
 KAGENT = {"embeddings": [VEC], "model": MINILM, "dimensions": 384}
+MODEL_OBJECT = {
+    "id": MINILM,
+    "object": "model",
+    "created": 1764000000,
+    "owned_by": "localrank",
+    "root": MINILM,
+    "max_model_len": 256,
+}
 
 DIALECT = Dialect(
     "openai",
@@ -170,6 +214,25 @@ DIALECT = Dialect(
                 ),
                 example={"texts": ["hello world"]},
                 response=KAGENT,
+            ),
+        ),
+        route(
+            "GET",
+            "/v1/models",
+            models,
+            Operation(
+                "OpenAI model list: every name the served model answers to, one entry each.",
+                response={"object": "list", "data": [MODEL_OBJECT]},
+            ),
+        ),
+        route(
+            "GET",
+            "/v1/models/{model:.+}",
+            model,
+            Operation(
+                "One OpenAI model object, for any name the served model answers to; 404 "
+                "listing the names otherwise.",
+                response=MODEL_OBJECT,
             ),
         ),
         route(

@@ -1,7 +1,11 @@
-"""Hugging Face text-embeddings-inference: `POST /embed`, `/rerank`, `/tokenize`, `GET /info`.
+"""Hugging Face text-embeddings-inference: `POST /embed`, `/rerank`, `/similarity`,
+`/tokenize`, `GET /info`, and `POST /`.
 
 Shapes follow TEI's router (`router/src/http/types.rs`). localrank behaves like TEI started with
-`--auto-truncate`: `truncate` defaults to true, and /info says so.
+`--auto-truncate`: `truncate` defaults to true, and /info says so. TEI serves an embedding model
+on `POST /` too, and that is where `huggingface_hub.InferenceClient(model=URL)` posts both
+`feature_extraction` (`{"inputs": text}`) and `sentence_similarity` (`{"inputs":
+{"source_sentence", "sentences"}}`): `POST /` answers each by the shape of its `inputs`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from aiohttp import web
 from localrank import __version__
 from localrank.engine.core import check_inputs, cosine_of
 from localrank.errors import BackendError, InvalidInput
-from localrank.serve.api import BOOL, STR, Dialect, Operation, Param, arr, one_of, route
+from localrank.serve.api import BOOL, OBJ, STR, Dialect, Operation, Param, arr, one_of, route
 from localrank.serve.dialects.fields import DIMENSIONS, INSTRUCTION, MINILM, QUERY, TRUNCATE, VEC
 from localrank.serve.parsing import field, query_mode, read_body, truncate_flag
 from localrank.serve.state import STATE_KEY, embedding
@@ -50,7 +54,10 @@ def _check_direction(body: dict[str, Any]) -> None:
 
 async def embed(request: web.Request) -> web.Response:
     """TEI `/embed` -> `[[float, ...], ...]`. Vectors are always unit length (the recipe's)."""
-    body = await read_body(request)
+    return await _embed(request, await read_body(request))
+
+
+async def _embed(request: web.Request, body: dict[str, Any]) -> web.Response:
     svc = embedding(request)
     inputs = tei_inputs(body)
     field(body, "normalize", bool, True)
@@ -64,6 +71,42 @@ async def embed(request: web.Request) -> web.Response:
         truncate=truncate_flag(body),
     )
     return web.json_response(result.vectors.tolist())
+
+
+async def similarity(request: web.Request) -> web.Response:
+    """TEI `/similarity` -> `[float, ...]`: the cosine of `source_sentence` to each of
+    `sentences` (TEI's sentence-similarity task)."""
+    return await _similarity(request, await read_body(request))
+
+
+async def _similarity(request: web.Request, body: dict[str, Any]) -> web.Response:
+    svc = embedding(request)
+    inputs = field(body, "inputs", dict, required=True)
+    source = field(inputs, "source_sentence", str, required=True)
+    sentences = field(inputs, "sentences", list, required=True)
+    if not sentences or not all(isinstance(t, str) for t in sentences):
+        raise InvalidInput("'inputs.sentences' must be a non-empty list of strings", param="inputs")
+    check_inputs([source, *sentences], max_inputs=svc.max_inputs, param="inputs")
+    parameters = field(body, "parameters", dict, {})
+    _check_direction(parameters)
+    query, instruction = query_mode(parameters)
+    result = await svc.embed(
+        [source, *sentences],
+        query=query,
+        instruction=instruction,
+        truncate=truncate_flag(parameters),
+    )
+    vectors = result.vectors
+    return web.json_response((vectors[1:] @ vectors[0]).tolist())
+
+
+async def root(request: web.Request) -> web.Response:
+    """TEI's `POST /` for an embedding model: sentence similarity when `inputs` holds
+    `source_sentence` and `sentences`, embeddings otherwise."""
+    body = await read_body(request)
+    if isinstance(body.get("inputs"), dict):
+        return await _similarity(request, body)
+    return await _embed(request, body)
 
 
 async def rerank(request: web.Request) -> web.Response:
@@ -119,6 +162,7 @@ async def info(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "model_id": model.display_name,
+            "names": list(model.names),
             "model_sha": model.revision,
             "model_dtype": backend.dtype,
             "model_type": {"embedding": {"pooling": backend.pooling}},
@@ -157,6 +201,24 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
     return {"error": message, "error_type": _ERROR_TYPES.get(status, fallback)}
 
 
+_EMBED_BODY = (
+    Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
+    Param("normalize", BOOL, "Accepted; vectors are always unit length."),
+    TRUNCATE,
+    Param("truncation_direction", STR, "Right (the only one supported)."),
+    Param("prompt_name", STR, "query or document."),
+    DIMENSIONS,
+    INSTRUCTION,
+)
+_SIMILARITY_INPUTS = {
+    "type": "object",
+    "properties": {"source_sentence": STR, "sentences": arr(STR)},
+    "required": ["source_sentence", "sentences"],
+}
+_SIMILARITY_PARAMETERS = Param(
+    "parameters", OBJ, "Similarity only: truncate, truncation_direction, prompt_name."
+)
+
 DIALECT = Dialect(
     "tei",
     error_body,
@@ -169,17 +231,54 @@ DIALECT = Dialect(
             embed,
             Operation(
                 "TEI embed: a list of vectors.",
-                body=(
-                    Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
-                    Param("normalize", BOOL, "Accepted; vectors are always unit length."),
-                    TRUNCATE,
-                    Param("truncation_direction", STR, "Right (the only one supported)."),
-                    Param("prompt_name", STR, "query or document."),
-                    DIMENSIONS,
-                    INSTRUCTION,
-                ),
+                body=_EMBED_BODY,
                 example={"inputs": ["hello world"]},
                 response=[VEC],
+            ),
+        ),
+        route(
+            "POST",
+            "/",
+            root,
+            Operation(
+                "TEI's root for an embedding model (where huggingface_hub.InferenceClient posts): "
+                "embed, or similarity when inputs is {source_sentence, sentences}.",
+                body=(
+                    Param(
+                        "inputs",
+                        one_of(STR, arr(STR), _SIMILARITY_INPUTS),
+                        "Text or texts (embed), or {source_sentence, sentences} (similarity).",
+                        required=True,
+                    ),
+                    *_EMBED_BODY[1:],
+                    _SIMILARITY_PARAMETERS,
+                ),
+                example={"inputs": "hello world"},
+                response=[VEC],
+            ),
+        ),
+        route(
+            "POST",
+            "/similarity",
+            similarity,
+            Operation(
+                "TEI sentence similarity: the cosine of source_sentence to each sentence.",
+                body=(
+                    Param(
+                        "inputs",
+                        _SIMILARITY_INPUTS,
+                        "{source_sentence, sentences}.",
+                        required=True,
+                    ),
+                    _SIMILARITY_PARAMETERS,
+                ),
+                example={
+                    "inputs": {
+                        "source_sentence": "What is Deep Learning?",
+                        "sentences": ["What is Machine Learning?", "Bananas are yellow."],
+                    }
+                },
+                response=[0.71, 0.08],
             ),
         ),
         route(
