@@ -159,15 +159,56 @@ async def test_browser_origins_are_refused_without_cors_headers(
     assert preflight.status == 403 and not has_cors_headers(preflight)
 
 
-async def test_same_origin_pages_are_not_cross_site(
+async def test_the_daemons_own_pages_are_not_cross_site(
     client_for: Callable[..., Awaitable[Client]],
 ) -> None:
+    """/docs calls back into the daemon: whichever loopback name the page was opened under, and
+    whichever the request's Host says, the daemon's own origin (its names, its port) is fine."""
     client = await client_for()
-    host = f"127.0.0.1:{client.port}"
-    response = await client.post(
-        "/v1/embeddings", json={"input": "x"}, headers={"Origin": f"http://{host}", "Host": host}
+    for page in ("127.0.0.1", "localhost", "[::1]"):
+        for host in ("127.0.0.1", "localhost"):
+            headers = {
+                "Origin": f"http://{page}:{client.port}",
+                "Host": f"{host}:{client.port}",
+                "Sec-Fetch-Site": "same-origin" if page == host else "same-site",
+            }
+            response = await client.post("/v1/embeddings", json={"input": "x"}, headers=headers)
+            assert response.status == 200 and not has_cors_headers(response), (page, host)
+    # the same names on another port are another origin (another local server's page)
+    other = await client.post(
+        "/v1/embeddings",
+        json={"input": "x"},
+        headers={"Origin": f"http://localhost:{client.port + 1}"},
     )
-    assert response.status == 200 and not has_cors_headers(response)
+    assert other.status == 403
+    https = await client.post(
+        "/v1/embeddings",
+        json={"input": "x"},
+        headers={"Origin": f"https://localhost:{client.port}"},
+    )
+    assert https.status == 403
+
+
+@pytest.mark.parametrize("path", ["/v1/collections", "/embeddings?text=secret", "/health"])
+@pytest.mark.parametrize(
+    ("site", "status"),
+    [("cross-site", 403), ("same-site", 403), ("same-origin", 200), ("none", 200)],
+)
+async def test_browser_requests_without_an_origin_follow_sec_fetch_site(
+    client_for: Callable[..., Awaitable[Client]], path: str, site: str, status: int
+) -> None:
+    """An image tag or a no-cors fetch from another site sends no Origin, but says cross-site."""
+    client = await client_for()
+    response = await client.get(path, headers={"Sec-Fetch-Site": site, "Sec-Fetch-Mode": "no-cors"})
+    assert response.status == status, await response.text()
+
+
+async def test_an_allowed_origin_may_come_cross_site(
+    client_for: Callable[..., Awaitable[Client]],
+) -> None:
+    client = await client_for(allowed_origins=("app://obsidian.md",))
+    headers = {"Origin": "app://obsidian.md", "Sec-Fetch-Site": "cross-site"}
+    assert (await client.get("/v1/collections", headers=headers)).status == 200
 
 
 async def test_allowed_origin_gets_cors(client_for: Callable[..., Awaitable[Client]]) -> None:

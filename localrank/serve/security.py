@@ -26,6 +26,7 @@ import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -143,10 +144,21 @@ def preflight_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-def _same_origin(origin: str, host_header: str) -> bool:
-    """A page the daemon served itself (e.g. /docs) calling back into it: not cross-site."""
-    origin = normalize_origin(origin)
-    return origin == f"http://{host_header.strip().lower()}"
+def _own_origin(origin: str, request: web.Request, hosts: frozenset[str]) -> bool:
+    """A page the daemon served itself (e.g. /docs) calling back into it, under any of its host
+    names: http, an allowed host, this listener's port. Not cross-site."""
+    try:
+        parts = urlsplit(normalize_origin(origin))
+        port = parts.port or 80
+    except ValueError:
+        return False
+    if parts.scheme != "http" or parts.hostname not in hosts:
+        return False
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        return port == sockname[1]
+    # A unix socket has no port: only the exact host the page was served under.
+    return normalize_origin(origin) == f"http://{request.headers.get(hdrs.HOST, '').lower()}"
 
 
 def make_security_middlewares(settings: Settings) -> list[Middleware]:
@@ -167,7 +179,17 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
     @web.middleware
     async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None or _same_origin(origin, request.headers.get(hdrs.HOST, "")):
+        if origin is None:
+            # Browsers omit Origin on some cross-site requests (image tags, no-cors GETs) but
+            # always say where a request comes from in Sec-Fetch-Site; other clients send none.
+            site = request.headers.get("Sec-Fetch-Site", "").lower()
+            if site in ("cross-site", "same-site"):
+                raise Forbidden(
+                    f"{site} requests from web pages are refused; allow an origin with the "
+                    "allowed_origins setting"
+                )
+            return await handler(request)
+        if _own_origin(origin, request, policy.hosts):
             return await handler(request)
         if not policy.origin_allowed(origin):
             raise Forbidden(
