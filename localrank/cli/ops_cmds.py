@@ -10,7 +10,7 @@ from typing import Any
 
 from localrank.cli.common import Runtime, print_json, settings_from_args
 from localrank.config import BACKENDS, Settings, load_settings
-from localrank.ops import doctor, supervisor
+from localrank.ops import supervisor
 
 _SERVICE_SETTINGS = ("host", "port", "log_format")
 
@@ -154,6 +154,8 @@ def cmd_logs(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, runtime: Runtime) -> int:
+    from localrank.ops import doctor  # probes the engine and the store: only for this command
+
     flags = {name: getattr(args, name) for name in ("model", "backend", "host", "port")}
     settings, config_check = doctor.load_for_doctor(flags)
     checks = doctor.run_checks(settings, config_check)

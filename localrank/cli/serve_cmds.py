@@ -7,7 +7,6 @@ import asyncio
 
 from localrank.cli.common import Runtime, add_model_flags, settings_from_args
 from localrank.logs import setup_logging
-from localrank.serve.run import serve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,4 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     settings = settings_from_args(args, "host", "port", "unix_socket", "log_format", "log_level")
     setup_logging(settings)
+    from localrank.serve.run import serve  # aiohttp and the engine: only for this command
+
     return asyncio.run(serve(settings))

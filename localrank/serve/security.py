@@ -4,6 +4,7 @@ Local AI daemons have shipped DNS-rebinding CVEs: a web page on evil.com re-poin
 at 127.0.0.1 and then talks to the daemon as "same origin". The Host header still says evil.com,
 so checking Host against a short allow-list closes that hole; refusing browser Origins closes
 the plain cross-site one. Both checks run before anything else, including the token check.
+The rules themselves (`SecurityPolicy`) live in `ops.access`, shared with `localrank mcp --http`.
 
 Wiring (`serve.app.make_app`; the error middleware formats the errors raised here):
 
@@ -19,10 +20,8 @@ and on what hardware is for token holders.
 from __future__ import annotations
 
 import errno
-import hmac
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import hdrs, web
@@ -38,87 +37,22 @@ from localrank.errors import (
     UnsupportedMediaType,
     http_status,
 )
+from localrank.ops.access import SecurityPolicy, check_bind_safety, same_origin
 
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-# Wildcard bind addresses are never a valid Host: a browser would only send one under attack.
-_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+# check_bind_safety lives with the other rules (ops.access); the daemon's modules import it here.
+__all__ = [
+    "bind_unix_socket",
+    "check_bind_safety",
+    "make_security_middlewares",
+    "setup_security",
+    "start_unix_site",
+]
 OPEN_PATHS = frozenset({"/health"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CORS_ALLOW_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-ID"
 _CORS_EXPOSE_HEADERS = "X-Request-ID, Retry-After"
 WWW_AUTHENTICATE = 'Bearer realm="localrank"'
-
-
-def split_host(value: str) -> tuple[str, str | None] | None:
-    """Split a Host header into (lowercase name, port or None); None when malformed."""
-    value = value.strip().lower()
-    if value.startswith("["):  # [v6]:port
-        name, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
-            return None
-        return name, rest[1:] or None
-    name, sep, port = value.partition(":")
-    if sep and not port.isdigit():
-        return None  # also rejects bare IPv6 without brackets
-    return name, port or None
-
-
-def normalize_origin(origin: str) -> str:
-    return origin.strip().lower().rstrip("/")
-
-
-@dataclass(frozen=True)
-class SecurityPolicy:
-    """The allow-lists and limits of one daemon, precomputed from Settings."""
-
-    hosts: frozenset[str]
-    origins: frozenset[str]
-    token: bytes | None
-    max_body_bytes: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SecurityPolicy:
-        hosts = set(LOOPBACK_HOSTS)
-        for entry in settings.allowed_hosts:  # names; a port given with one is ignored
-            entry = entry.strip()
-            if entry.count(":") > 1 and not entry.startswith("["):
-                entry = f"[{entry}]"  # a bare IPv6 address
-            parsed = split_host(entry)
-            if parsed is not None:
-                hosts.add(parsed[0])
-        # A daemon bound to one specific address (e.g. a LAN IP, with a token) is addressed by it.
-        bound = settings.host.strip().lower().strip("[]")
-        if bound not in _WILDCARDS:
-            hosts.add(bound)
-        return cls(
-            hosts=frozenset(hosts - _WILDCARDS),
-            origins=frozenset(normalize_origin(o) for o in settings.allowed_origins),
-            token=settings.token.encode("utf-8") if settings.token else None,
-            max_body_bytes=settings.max_body_bytes,
-        )
-
-    def host_allowed(self, header: str) -> bool:
-        parsed = split_host(header)
-        return parsed is not None and parsed[0] in self.hosts
-
-    def origin_allowed(self, origin: str) -> bool:
-        return normalize_origin(origin) in self.origins
-
-    def token_ok(self, authorization: str) -> bool:
-        if self.token is None:
-            return True
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        # Constant-time: the comparison must not reveal how many leading bytes matched.
-        return hmac.compare_digest(credentials.strip().encode("utf-8"), self.token)
-
-
-def _same_origin(origin: str, host_header: str) -> bool:
-    """A page the daemon served itself (e.g. /docs) calling back into it: not cross-site."""
-    origin = normalize_origin(origin)
-    return origin == f"http://{host_header.strip().lower()}"
 
 
 def make_security_middlewares(settings: Settings) -> list[Middleware]:
@@ -139,7 +73,7 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
     @web.middleware
     async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None or _same_origin(origin, request.headers.get(hdrs.HOST, "")):
+        if origin is None or same_origin(origin, request.headers.get(hdrs.HOST, "")):
             return await handler(request)
         if not policy.origin_allowed(origin):
             raise Forbidden(
@@ -229,17 +163,6 @@ def setup_security(app: web.Application, settings: Settings) -> None:
             response.headers[hdrs.WWW_AUTHENTICATE] = WWW_AUTHENTICATE
 
     app.on_response_prepare.append(on_response_prepare)
-
-
-def check_bind_safety(settings: Settings) -> None:
-    """Refuse to start on a non-loopback address without a token: anyone on the network
-    could otherwise use the daemon (and read every collection)."""
-    if not settings.binds_loopback and not settings.token:
-        raise ConfigError(
-            f"refusing to listen on {settings.host} without a token: set "
-            "LOCALRANK_TOKEN (or token in config.toml), or bind 127.0.0.1",
-            param="host",
-        )
 
 
 def bind_unix_socket(path: str | Path) -> socket.socket:
