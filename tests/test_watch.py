@@ -137,9 +137,7 @@ async def test_the_watch_survives_a_daemon_restart(
     (folder / "gone.md").write_text("the dodo leaves\n")
     home = tmp_path / "home"
     first = await started(aiohttp_client, daemon(home, minilm))
-    r = await first.post(
-        f"/v1/collections/notes/index", json={"path": str(folder), "watch": True}
-    )
+    r = await first.post("/v1/collections/notes/index", json={"path": str(folder), "watch": True})
     body = await r.json()
     assert r.status == 200 and body["changed"] == 2 and body["watch"]["path"]
     await wait_watching(first)
@@ -225,8 +223,10 @@ async def test_watch_requests_are_validated(aiohttp_client, tmp_path: Path, mini
         ("delete", "/v1/watches/abc", None, 422),
     ]
     for method, url, body, status in cases:
-        r = await getattr(client, method)(url, json=body) if body else await getattr(
-            client, method
-        )(url)
+        r = (
+            await getattr(client, method)(url, json=body)
+            if body
+            else await getattr(client, method)(url)
+        )
         assert r.status == status, (url, body, await r.text())
         assert (await r.json())["error"]["message"]

@@ -313,6 +313,22 @@ class FolderWatcher:
         for s in scan.skipped:
             status.errors.append(s)
         await self._write(watch, status, scan.documents, reader.root.as_posix(), prune=True)
+        # A watch mirrors the folder under its rules: files it no longer reads (newly ignored or
+        # excluded) leave the collection too. Files it cannot read are only reported.
+        collection = await _in_thread(self.store.get_collection, watch.collection)
+        stored = await _in_thread(self.store.document_files, collection, reader.root.as_posix())
+        read = {d.id for d in scan.documents} | {s.split(": ", 1)[0] for s in scan.skipped}
+        unwanted = [
+            f.doc_id
+            for f in stored
+            if f.doc_id not in read
+            and Path(f.source).exists()
+            and not reader.wanted(Path(f.source))
+        ]
+        if unwanted:
+            status.removed += await _in_thread(
+                self.store.delete_documents, watch.collection, unwanted
+            )
         status.last_sync = _now()
 
     async def _apply(

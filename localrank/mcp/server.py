@@ -8,12 +8,14 @@ daemon requests, so the model stays loaded once, in the daemon. Built on the off
 folders of the user's choosing, so they are off unless the user turns them on).
 
 Errors the model can act on (a collection that does not exist, a bad filter, a line range
-past the end) come back as tool errors carrying the daemon's own message; arguments that do
-not fit a tool's schema are refused by the SDK before the tool runs.
+past the end) come back as tool errors carrying the daemon's own message (`ToolError`: the SDK
+withholds the text of any other exception); arguments that do not fit a tool's schema are
+refused by the SDK before the tool runs.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -21,14 +23,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from localrank import __version__
 from localrank.client import DaemonClient, DaemonUnreachable
-from localrank.errors import InvalidInput, NotFound, NotReady
+from localrank.errors import InvalidInput, LocalrankError, NotFound, NotReady
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 READY_WAIT_SECONDS = 180.0  # a tool call waits this long for a daemon that is loading its model
 
 INSTRUCTIONS = """\
@@ -80,6 +84,19 @@ class DaemonAccess:
         raise AssertionError("unreachable")
 
 
+def tool_errors(fn: F) -> F:
+    """localrank's errors (the daemon's, or a tool's own) as tool errors with their message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LocalrankError as exc:
+            raise ToolError(exc.message) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _lines(text: str, start: int | None, end: int | None) -> tuple[str, int, int, int]:
     """(the text of lines start..end, 1-based inclusive, the range used, the line count)."""
     lines = text.splitlines(keepends=True)
@@ -117,6 +134,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         return usable
 
     @server.tool(annotations=read_only)
+    @tool_errors
     def search(
         query: Annotated[str, Field(min_length=1, description="What to look for, in words.")],
         collections: Annotated[
@@ -173,6 +191,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         return {"query": query, "collections": searched, "results": merged[:top_k]}
 
     @server.tool(annotations=read_only)
+    @tool_errors
     def get(
         document: Annotated[
             str,
@@ -223,6 +242,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         raise NotFound(f"no document {document!r} in {where}")
 
     @server.tool(annotations=read_only)
+    @tool_errors
     def collections() -> dict[str, Any]:
         """The user's collections: name, model, how many documents and chunks each holds."""
         rows = access.call(_collections)
@@ -230,6 +250,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         return {"collections": [{k: c.get(k) for k in keep} for c in rows]}
 
     @server.tool(annotations=read_only)
+    @tool_errors
     def status() -> dict[str, Any]:
         """The daemon's state: the model it serves, ingestion jobs in progress, and the folders
         it keeps indexed (with what each is doing)."""
@@ -252,6 +273,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         write = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
 
         @server.tool(annotations=write)
+        @tool_errors
         def index_folder(
             path: Annotated[
                 str, Field(min_length=1, description="Absolute path of a folder (or a file).")
@@ -284,6 +306,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
             return access.call(lambda c: c.index(collection, body))
 
         @server.tool(annotations=write)
+        @tool_errors
         def unwatch(
             folder: Annotated[
                 str, Field(min_length=1, description="The watched folder's path, or its id.")
