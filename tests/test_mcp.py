@@ -255,3 +255,44 @@ async def test_starts_a_daemon_in_process_when_none_answers(
         assert structured(await client.call_tool("status", {}))["model"]["dim"] == 384
     with pytest.raises(OSError):
         request(f"http://127.0.0.1:{port}/health", timeout=2)  # stopped with the MCP server
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_launch_commands() -> dict[str, list[str]]:
+    """The launch command of each editor snippet in the README's MCP section, as written."""
+    section = README.read_text().split("## Agents and editors (MCP)", 1)[1].split("\n## ", 1)[0]
+    blocks = section.split("```")[1::2]
+    out: dict[str, list[str]] = {}
+    for block in blocks:
+        lang, _, body = block.partition("\n")
+        if lang == "sh":
+            (line,) = [x for x in body.splitlines() if x.startswith("claude mcp add")]
+            out["claude"] = line.split(" -- ", 1)[1].split()
+            assert line.split()[3] == "localrank"  # the server's name
+            continue
+        config = json.loads(body)
+        (key,) = config
+        entry = config[key]["localrank"]
+        if key == "servers":  # VS Code
+            assert entry["type"] == "stdio"
+        out[key] = [entry["command"], *entry["args"]]
+    assert set(out) == {"claude", "mcpServers", "servers", "context_servers"}
+    return out
+
+
+async def test_the_readme_snippets_work_as_written(live: LiveDaemon) -> None:
+    for editor, argv in readme_launch_commands().items():
+        assert argv[0] == "localrank"
+        # The editor resolves `localrank` on its PATH (here: the test environment's).
+        params = StdioServerParameters(
+            command=argv[0],
+            args=argv[1:],
+            env={k: v for k, v in live.env.items() if k.startswith("LOCALRANK_") or k == "PATH"},
+        )
+        async with Client(params) as client:
+            names = {t.name for t in (await client.list_tools()).tools}
+            assert names == READ_TOOLS, editor
+            out = structured(await client.call_tool("search", {"query": "tides and the moon"}))
+            assert out["results"][0]["citation"]["source"].endswith("tides.md"), editor
