@@ -13,7 +13,6 @@ import sys
 from localrank.cli.common import Runtime, settings_from_args
 from localrank.client import DaemonClient
 from localrank.config import DEFAULT_MCP_PORT
-from localrank.logs import setup_logging
 
 MCP_HELP = """\
 Serve localrank's collections to coding agents and editors over the Model Context Protocol:
@@ -48,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_mcp(args: argparse.Namespace, runtime: Runtime) -> int:
+    from localrank.logs import setup_logging
+
     settings = settings_from_args(args, "mcp_port")
     # stdout is the protocol channel on stdio: every log line goes to stderr.
     setup_logging(settings, stream=sys.stderr)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from localrank.cli.common import Runtime, add_model_flags, settings_from_args
-from localrank.logs import setup_logging
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
+    # asyncio, aiohttp, the engine: imported only for this command (the CLI starts fast).
+    import asyncio
+
+    from localrank.logs import setup_logging
+    from localrank.serve.run import serve
+
     settings = settings_from_args(args, "host", "port", "unix_socket", "log_format", "log_level")
     setup_logging(settings)
-    from localrank.serve.run import serve  # aiohttp and the engine: only for this command
-
     return asyncio.run(serve(settings))

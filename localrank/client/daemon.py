@@ -1,15 +1,17 @@
 """A client of the running daemon over HTTP (TCP or its unix socket), standard library only.
 
 The CLI and the MCP server reach the daemon through it. It imports nothing heavy (no aiohttp,
-numpy, torch or SQLite driver), so `localrank search` against a running daemon starts in a
-fraction of a second. The daemon's errors come back as the same `localrank.errors` types the
-in-process path raises (mapped by the error `type` the daemon sends, else by status), with the
-daemon's own message: a command fails the same way whichever path ran it.
+numpy, torch or SQLite driver, not even `http.client`, whose `email` and `ssl` imports cost
+more than a search: it speaks the little HTTP/1.1 it needs over a socket, one request per
+connection), so `localrank search` against a running daemon starts in a fraction of a second.
+
+The daemon's errors come back as the same `localrank.errors` types the in-process path raises
+(mapped by the error `type` the daemon sends, else by status), with the daemon's own message:
+a command fails the same way whichever path ran it.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import time
@@ -38,16 +40,39 @@ class DaemonUnreachable(LocalrankError):
     code = "daemon_unreachable"
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = path
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (names as sent) and body of one HTTP/1.1 response; the server closes
+    the connection after it (`Connection: close`)."""
+    parts = []
+    while chunk := sock.recv(65536):
+        parts.append(chunk)
+    raw = b"".join(parts)
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep:
+        raise OSError("the connection closed before a complete response")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip()] = value.strip()
+    lower = {k.lower(): v for k, v in headers.items()}
+    if lower.get("transfer-encoding", "").lower() == "chunked":
+        body = _dechunk(body)
+    elif "content-length" in lower:
+        body = body[: int(lower["content-length"])]
+    return status, headers, body
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
+
+def _dechunk(data: bytes) -> bytes:
+    out, pos = [], 0
+    while True:
+        end = data.index(b"\r\n", pos)
+        size = int(data[pos:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(data[end + 2 : end + 2 + size])
+        pos = end + 2 + size + 2
 
 
 @dataclass(frozen=True)
@@ -83,10 +108,24 @@ class Endpoint:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
-    def connect(self, timeout: float) -> http.client.HTTPConnection:
+    def connect(self, timeout: float) -> socket.socket:
         if self.unix_socket:
-            return _UnixConnection(self.unix_socket, timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            try:
+                sock.connect(self.unix_socket)
+            except OSError:
+                sock.close()
+                raise
+            return sock
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    @property
+    def host_header(self) -> str:
+        if self.unix_socket:
+            return "localhost"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 def _error(status: int, raw: bytes) -> LocalrankError:
@@ -139,30 +178,27 @@ class DaemonClient:
         timeout: float | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body bytes); DaemonUnreachable when nothing answers."""
-        headers = {"Accept": "application/json", "Host": self._host_header()}
-        data = None
+        data = b"" if body is None else json.dumps(body).encode("utf-8")
+        head = [
+            f"{method} {path} HTTP/1.1",
+            f"Host: {self.endpoint.host_header}",
+            "Accept: application/json",
+            "Connection: close",
+            f"Content-Length: {len(data)}",
+        ]
         if body is not None:
-            data = json.dumps(body).encode("utf-8")
-            headers["Content-Type"] = "application/json"
+            head.append("Content-Type: application/json")
         if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        conn = self.endpoint.connect(timeout or self.timeout)
+            head.append(f"Authorization: Bearer {self.token}")
+        message = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data
         try:
-            conn.request(method, path, body=data, headers=headers)
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        except (OSError, http.client.HTTPException) as exc:
+            with self.endpoint.connect(timeout or self.timeout) as sock:
+                sock.sendall(message)
+                return _read_response(sock)
+        except (OSError, ValueError) as exc:
             raise DaemonUnreachable(
                 f"no localrank daemon answers at {self.endpoint.url}: {exc}"
             ) from exc
-        finally:
-            conn.close()
-
-    def _host_header(self) -> str:
-        if self.endpoint.unix_socket:
-            return "localhost"
-        host = self.endpoint.host
-        return f"[{host}]:{self.endpoint.port}" if ":" in host else f"{host}:{self.endpoint.port}"
 
     def request(
         self,

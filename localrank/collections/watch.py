@@ -361,6 +361,8 @@ class FolderWatcher:
         to_read: set[Path] = set()
         gone: list[Path] = []
         for path in paths:
+            if path == reader.root:
+                continue  # the folder itself: a vanished folder keeps its documents
             if path.is_dir():
                 if reader.wanted(path, is_dir=True):
                     to_read.update(reader.files(under=path))
