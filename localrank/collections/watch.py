@@ -55,6 +55,7 @@ POLLED_FILESYSTEMS = frozenset(
 MAX_ERRORS_KEPT = 20
 TICK_MS = 1000  # the watcher wakes this often without changes (readiness, a vanished folder)
 RETRY_SECONDS = 2.0
+RECHECK_SECONDS = 0.5  # a file read by the watcher is looked at again this long after
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,19 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
         with contextlib.suppress(Exception):
             await future
         raise
+
+
+def _stamps(paths: Iterable[Path]) -> dict[Path, tuple[int, int, float]]:
+    """(size, mtime, when) of each file, taken just before it is read."""
+    out: dict[Path, tuple[int, int, float]] = {}
+    now = time.monotonic()
+    for p in paths:
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        out[p] = (st.st_size, st.st_mtime_ns, now)
+    return out
 
 
 def _now() -> str:
@@ -238,6 +252,7 @@ class FolderWatcher:
     ) -> None:
         queue: asyncio.Queue[set[tuple[watchfiles.Change, str]]] = asyncio.Queue()
         ready = asyncio.Event()
+        recheck: dict[Path, tuple[int, int, float]] = {}
         root = Path(watch.root)
 
         async def produce() -> None:
@@ -278,8 +293,10 @@ class FolderWatcher:
                 if not changes:
                     if not root.exists():
                         return
-                    continue
-                await self._apply(watch, reader, status, changes)
+                    changes = await _in_thread(self._moved_since_read, reader, recheck)
+                    if not changes:
+                        continue
+                await self._apply(watch, reader, status, changes, recheck)
         finally:
             producer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -337,6 +354,7 @@ class FolderWatcher:
         reader: FolderReader,
         status: WatchStatus,
         changes: set[tuple[watchfiles.Change, str]],
+        recheck: dict[Path, tuple[int, int, float]] | None = None,
     ) -> None:
         paths = {Path(p) for _, p in changes}
         status.pending = len(paths)
@@ -346,6 +364,8 @@ class FolderWatcher:
                 return
             await self._ready_embedder()
             to_read, gone = await _in_thread(self._classify, reader, paths)
+            if recheck is not None:
+                recheck.update(await _in_thread(_stamps, to_read))
             scan = await _in_thread(reader.read_all, sorted(to_read))
             for s in scan.skipped:
                 status.errors.append(s)  # reported and left as it was stored
@@ -354,6 +374,28 @@ class FolderWatcher:
             status.last_sync = _now()
         finally:
             status.pending = 0
+
+    @staticmethod
+    def _moved_since_read(
+        reader: FolderReader, recheck: dict[Path, tuple[int, int, float]]
+    ) -> set[tuple[watchfiles.Change, str]]:
+        """Files whose size or time changed since they were read, without an event saying so:
+        a file read between its truncation and its write, when both fall in one tick of the
+        file system's clock, which a poller cannot see. Checked once, a moment after the
+        read."""
+        out: set[tuple[watchfiles.Change, str]] = set()
+        now = time.monotonic()
+        for path, (size, mtime, read_at) in list(recheck.items()):
+            if now - read_at < RECHECK_SECONDS:
+                continue
+            del recheck[path]
+            try:
+                st = path.stat()
+            except OSError:
+                continue
+            if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                out.add((watchfiles.Change.modified, str(path)))
+        return out
 
     @staticmethod
     def _classify(reader: FolderReader, paths: Iterable[Path]) -> tuple[set[Path], list[Path]]:
