@@ -230,3 +230,36 @@ async def test_watch_requests_are_validated(aiohttp_client, tmp_path: Path, mini
         )
         assert r.status == status, (url, body, await r.text())
         assert (await r.json())["error"]["message"]
+
+
+async def test_a_vanished_folder_keeps_its_documents_until_it_returns(
+    aiohttp_client,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    minilm: Path,
+) -> None:
+    """An unmounted volume or a folder moved away is not a mass delete."""
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    (folder / "a.md").write_text("the wombat digs\n")
+    client = await started(aiohttp_client, daemon(tmp_path / "home", minilm))
+    assert (
+        await client.post("/v1/watches", json={"collection": "notes", "path": str(folder)})
+    ).status == 201
+    await wait_watching(client)
+    root = folder.resolve().as_posix()
+    assert await found(client, "wombat") == [f"{root}/a.md"]
+    away = tmp_path / "elsewhere"
+    folder.rename(away)
+
+    async def missing() -> bool:
+        return (await watching(client))["state"] == "missing"
+
+    await eventually(missing, "the watch notices the folder is gone")
+    assert await found(client, "wombat") == [f"{root}/a.md"]  # kept
+    away.rename(folder)
+    (folder / "b.md").write_text("the echidna returns\n")
+    await wait_watching(client)
+    await eventually(
+        lambda: _equals(found(client, "echidna"), [f"{root}/b.md"]), "watched again on return"
+    )
+    assert await found(client, "wombat") == [f"{root}/a.md"]
