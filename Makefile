@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-engine bench-search test-models clean
+.PHONY: install serve test lint bench bench-engine bench-search bench-cli bench-watch test-models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ bench-engine: $(STAMP)
 
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_bench.py
+
+# `localrank search` wall time with the daemon running (10k chunks), and save -> searchable.
+bench-cli: $(STAMP)
+	$(BIN)/python bench/cli_search.py
+
+bench-watch: $(STAMP)
+	$(BIN)/python bench/watch_latency.py
 
 clean:
 	rm -rf $(VENV) models/.cache bench/results

@@ -33,6 +33,8 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 # An origin as browsers send it: scheme://host[:port], any scheme (app://obsidian.md,
 # chrome-extension://id), no path, no wildcard.
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#@*\s]+/?$", re.IGNORECASE)
+DEFAULT_MCP_PORT = 8766
+WATCH_POLLING = ("auto", "always", "never")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -86,6 +88,12 @@ class Settings:
     # Extra names the served model answers to and lists (vLLM's and infinity's
     # --served-model-name), besides its Hugging Face id and aliases.
     served_model_names: tuple[str, ...] = ()
+    # `localrank mcp --http` listens here (on `host`), beside the daemon's own port.
+    mcp_port: int = DEFAULT_MCP_PORT
+    # Watched folders: how long a burst of file changes is gathered before it is applied, and
+    # whether to poll instead of native events (auto: poll network / FUSE file systems only).
+    watch_debounce_ms: int = 1000
+    watch_polling: str = "auto"
     # Where each field's value came from: "default", "file:<path>", "env:<NAME>" or "flag".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -152,8 +160,16 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, not {s.backend!r}")
     if s.dtype not in ("auto", "float32", "float16", "bfloat16"):
         raise ConfigError(f"dtype must be auto, float32, float16 or bfloat16, not {s.dtype!r}")
-    if not 0 < s.port < 65536:
-        raise ConfigError(f"port must be 1..65535, not {s.port}")
+    for name in ("port", "mcp_port"):
+        if not 0 < getattr(s, name) < 65536:
+            raise ConfigError(f"{name} must be 1..65535, not {getattr(s, name)}", param=name)
+    if not 50 <= s.watch_debounce_ms <= 60_000:
+        raise ConfigError("watch_debounce_ms must be 50..60000", param="watch_debounce_ms")
+    if s.watch_polling not in WATCH_POLLING:
+        raise ConfigError(
+            f"watch_polling must be one of {', '.join(WATCH_POLLING)}, not {s.watch_polling!r}",
+            param="watch_polling",
+        )
     for name in ("max_tokens", "max_batch_size", "queue_size", "max_inputs"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")

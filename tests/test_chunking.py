@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,18 @@ def test_chunks_fit_the_real_tokenizers_limit(
     encoded = tokenizer.encode([c.text for c in chunks])
     assert not [e.original_tokens for e in encoded if e.truncated]
     assert max(len(e.ids) for e in encoded) <= recipe.max_tokens
+
+
+def test_source_code_is_not_cut_at_comments() -> None:
+    """`# comment` lines are headings in Markdown (forced cuts) but not in code."""
+    code = "".join(
+        f"# step {i}: explain what follows\ndef f{i}(x):\n    return x + {i}\n\n" for i in range(12)
+    )
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", code)]
+    as_markdown = chunk_text(code, spans, target_tokens=60, overlap_tokens=0)
+    as_code = chunk_text(code, spans, target_tokens=60, overlap_tokens=0, markdown=False)
+    assert len(as_markdown) == 12  # one chunk per "heading"
+    assert len(as_code) < len(as_markdown)
+    # Code chunks end between functions (a blank line), never inside one.
+    for c in as_code[:-1]:
+        assert c.text.rstrip().split("\n")[-1].startswith("    return")

@@ -1,8 +1,9 @@
 """The architecture, checked: the package's layers, its import graph, and the dialect registry.
 
 Dependencies point inward (cli -> serve -> collections -> engine, store -> config, errors);
-nothing but the CLI imports the daemon; heavy frameworks stay inside their backend packages;
-every route of the app belongs to a dialect that documents it.
+nothing but the CLI imports the daemon; the daemon's clients (the HTTP client, the MCP server)
+stay thin; heavy frameworks stay inside their backend packages; every route of the app belongs
+to a dialect that documents it.
 """
 
 from __future__ import annotations
@@ -38,7 +39,24 @@ FORBIDDEN = {
     ),
     "localrank.collections": ("localrank.serve", "localrank.cli", "localrank.ops"),
     "localrank.ops": ("localrank.serve", "localrank.cli", "localrank.collections"),
-    "localrank.serve": ("localrank.cli",),
+    "localrank.serve": ("localrank.cli", "localrank.mcp"),
+    # The daemon's HTTP client: standard library, config and errors only (fast CLI start).
+    "localrank.client": (
+        "localrank.cli",
+        "localrank.serve",
+        "localrank.mcp",
+        "localrank.collections",
+        "localrank.engine",
+        "localrank.store",
+    ),
+    # The MCP server is a client of the daemon: it reaches the collections through HTTP only.
+    "localrank.mcp": (
+        "localrank.cli",
+        "localrank.serve",
+        "localrank.collections",
+        "localrank.engine",
+        "localrank.store",
+    ),
 }
 # third-party module -> the only packages that may import it
 CONFINED = {
@@ -46,7 +64,14 @@ CONFINED = {
     "mlx": ("localrank.engine.mlx",),
     "transformers": (),
     "sentence_transformers": (),
+    "mcp": ("localrank.mcp",),
+    "watchfiles": ("localrank.collections.watch",),
 }
+
+
+def within(module: str, packages: tuple[str, ...]) -> bool:
+    """`module` is one of `packages` or inside one (localrank.client is not in localrank.cli)."""
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def module_name(path: Path) -> str:
@@ -91,7 +116,7 @@ def test_dependencies_point_inward(layer: str) -> None:
         for m in MODULES
         if m == layer or m.startswith(layer + ".")
         for i in imports(m)
-        if i.startswith(FORBIDDEN[layer])
+        if within(i, FORBIDDEN[layer])
     }
     assert not bad
 
@@ -100,9 +125,9 @@ def test_only_the_cli_imports_the_daemon() -> None:
     bad = {
         (m, i)
         for m in MODULES
-        if not m.startswith(("localrank.serve", "localrank.cli"))
+        if not within(m, ("localrank.serve", "localrank.cli"))
         for i in imports(m)
-        if i.startswith("localrank.serve")
+        if within(i, ("localrank.serve",))
     }
     assert not bad
 
@@ -110,7 +135,7 @@ def test_only_the_cli_imports_the_daemon() -> None:
 @pytest.mark.parametrize("library", sorted(CONFINED))
 def test_frameworks_stay_in_their_backend_packages(library: str) -> None:
     allowed = CONFINED[library]
-    bad = {m for m in MODULES if library in imports(m) and not m.startswith(allowed or ("-",))}
+    bad = {m for m in MODULES if library in imports(m) and not within(m, allowed)}
     assert not bad
 
 

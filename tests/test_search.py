@@ -159,7 +159,8 @@ async def test_evaluate_tiny_beir(tmp_path: Path) -> None:
 # -- CLI ------------------------------------------------------------------------------------
 
 
-FAKE = Runtime(embedder_factory=lambda settings: HashEmbedder())
+# In-process: never the daemon some other process may run on the default port.
+FAKE = Runtime(embedder_factory=lambda settings: HashEmbedder(), find_daemon=lambda settings: None)
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -203,7 +204,9 @@ def test_cli_index_search_and_friends(cli_home: Path, capsys: pytest.CaptureFixt
     code, out = run_cli(
         ["search", "lava", "--collection", "notes", "--json", "--mode", "keyword"], capsys
     )
-    assert [r["document_id"] for r in json.loads(out)["results"]] == ["sub/deep.md"]
+    # A file's id is its absolute path (unique whatever folders share the collection).
+    deep = (folder / "sub" / "deep.md").resolve().as_posix()
+    assert [r["document_id"] for r in json.loads(out)["results"]] == [deep]
 
     code, out = run_cli(["collections", "--json"], capsys)
     assert json.loads(out)["collections"][0]["documents"] == 4

@@ -401,3 +401,10 @@ def test_notify_is_a_noop_without_systemd(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert sd_notify.systemd_notify_socket({"NOTIFY_SOCKET": "/run/x"}) == "/run/x"
     # A socket that went away is logged, not raised: the daemon serves without a supervisor.
     assert sd_notify.notify_ready(address=str(tmp_path / "gone.sock")) is False
+
+
+def test_the_cli_spells_the_platforms_as_the_supervisor_does() -> None:
+    from localrank.cli import ops_cmds
+    from localrank.ops import supervisor
+
+    assert ops_cmds.PLATFORMS == supervisor.PLATFORMS

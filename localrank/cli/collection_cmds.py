@@ -1,70 +1,55 @@
-"""`localrank index | search | collections | jobs | compact | reindex | eval`.
+"""`localrank index | search | collections | jobs | watch | compact | reindex | eval`.
 
-Every command works through `CollectionService`: it opens the store (WAL: safe next to a running
-daemon) and, when the command needs a model, the Runtime's embedder factory.
+`search`, `index`, `collections`, `jobs` and `watch` talk to the running daemon when one of this
+configuration answers (its model is already loaded: nothing is loaded here), and work in this
+process otherwise or with --local (`cli.local`, imported only then). Both paths return the same
+documents, so the output is the same either way.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import sys
-import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from localrank.cli.common import Runtime, add_model_flags, print_json, settings_from_args
-from localrank.collections import AsyncEmbedder, CollectionService, SearchRequest
-from localrank.collections.evaluate import evaluate, index_dataset, load_beir
-from localrank.collections.files import DEFAULT_INCLUDE
-from localrank.config import Settings
-from localrank.errors import InvalidInput, NotReady
-from localrank.store import open_store
-from localrank.store.records import Job
+from localrank.cli.common import (
+    Runtime,
+    add_local_flag,
+    add_model_flags,
+    daemon_for,
+    print_json,
+    settings_from_args,
+)
+from localrank.client import DaemonClient
+from localrank.errors import InvalidInput, LocalrankError
 
-T = TypeVar("T")
+FOLLOW_SECONDS = 0.5
+INDEX_HELP = """\
+Index a folder (or one file) into a collection, created if missing.
 
+What is read by default fits both a notes folder and a code repository:
+  notes: Markdown (.md .markdown .mdx), text (.txt .text), reStructuredText, Org, AsciiDoc,
+         LaTeX, PDF (text per page; citations carry page numbers) and HTML (text only);
+  code:  Python, JavaScript/TypeScript, Go, Rust, Java/Kotlin/Scala, Swift, C/C++/C#, Ruby,
+         PHP, shell, SQL, and TOML/YAML/INI configuration, Dockerfile, Makefile;
+  skipped: .gitignore'd and .ignore'd files (--no-ignore reads them), .git, node_modules,
+         virtual environments and caches, lock files and minified bundles.
+--include replaces the default globs, --exclude adds to the excluded ones. A file that cannot
+be read (not UTF-8, too large, an encrypted or scanned PDF) is reported and skipped.
 
-def _no_model() -> AsyncEmbedder:
-    raise NotReady("this command does not load a model")
-
-
-@contextlib.asynccontextmanager
-async def _service(
-    settings: Settings, runtime: Runtime, *, model: bool, database: Path | None = None
-) -> AsyncIterator[CollectionService]:
-    """A CollectionService over the user's store (or `database`), with the model loaded only
-    when the command needs one; both are closed on the way out."""
-    embedder = runtime.embedder_factory(settings) if model else None
-    store = await asyncio.to_thread(open_store, database or settings.paths.database)
-    try:
-        yield CollectionService(store, (lambda: embedder) if embedder else _no_model)
-    finally:
-        store.close()
-        if embedder is not None:
-            await asyncio.to_thread(embedder.close)
-
-
-def _run(
-    settings: Settings,
-    runtime: Runtime,
-    fn: Callable[[CollectionService], Awaitable[T]],
-    *,
-    model: bool,
-) -> T:
-    async def go() -> T:
-        async with _service(settings, runtime, model=model) as service:
-            return await fn(service)
-
-    return asyncio.run(go())
+Each file's document id is its absolute path, so several folders can share a collection.
+Unchanged files are skipped by content hash. With a running daemon the daemon does the work
+(and the folder is read on its machine); --watch keeps the folder indexed from then on.
+"""
 
 
-def _progress_bar(label: str) -> Callable[[Job], None]:
-    def show(job: Job) -> None:
-        done, total = job.done + job.failed, job.total
+def _progress_bar(label: str) -> Callable[[dict[str, Any]], None]:
+    def show(job: dict[str, Any]) -> None:
+        done, total = job["done"] + job["failed"], job["total"]
         if not sys.stderr.isatty() and done < total:
             return
         width = 30
@@ -77,21 +62,54 @@ def _progress_bar(label: str) -> Callable[[Job], None]:
     return show
 
 
+def follow_job(
+    client: DaemonClient, job_id: str, progress: Callable[[dict[str, Any]], None] | None
+) -> dict[str, Any]:
+    """Poll a daemon's job until it finishes (reporting progress); returns the finished job."""
+    while True:
+        job = client.job(job_id)
+        if progress is not None:
+            progress(job)
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(FOLLOW_SECONDS)
+
+
+def _folder_options(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"ignore_files": not args.no_ignore}
+    if args.include:
+        out["include"] = list(args.include)
+    if args.exclude:
+        out["exclude"] = list(args.exclude)
+    return out
+
+
 def cmd_index(args: argparse.Namespace, runtime: Runtime) -> int:
+    settings = settings_from_args(args)
     progress = None if args.json else _progress_bar("index")
-    out = _run(
-        settings_from_args(args),
-        runtime,
-        lambda s: s.index_folder(
-            Path(args.path).expanduser(),
+    path = Path(args.path).expanduser().absolute()
+    options = _folder_options(args)
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        body = {**options, "path": str(path), "prune": args.prune, "watch": args.watch}
+        out = client.index(args.collection, body)
+        if out.get("job_id") and not args.detach:
+            out.update(follow_job(client, out["job_id"], progress))
+    else:
+        from localrank.cli import local
+        from localrank.collections import FolderOptions
+
+        out = local.index(
+            settings,
+            runtime,
+            path,
             args.collection,
-            include=args.include or DEFAULT_INCLUDE,
-            exclude=args.exclude or (),
+            options=FolderOptions.from_dict(options),
+            prune=args.prune,
             wait=not args.detach,
-            on_progress=progress,
-        ),
-        model=True,
-    )
+            watch=args.watch,
+            progress=progress,
+        )
     if args.json:
         print_json(out)
     else:
@@ -100,10 +118,15 @@ def cmd_index(args: argparse.Namespace, runtime: Runtime) -> int:
         print(
             f"{out['collection']}: {out['files']} files, {out['changed']} new or changed, "
             f"{out['unchanged']} unchanged"
+            + (f", {out['pruned']} removed" if out.get("pruned") else "")
             + (f", job {out['job_id']} {out.get('state', 'queued')}" if out["job_id"] else "")
         )
         for e in out.get("errors", []):
             print(f"  failed {e.get('id')}: {e.get('message')}", file=sys.stderr)
+        if "watch" in out:
+            w = out["watch"]
+            where = "" if client is not None else " (the daemon watches it once it runs)"
+            print(f"watching {w['path']} into {w['collection']} (watch {w['id']}){where}")
     return 1 if out.get("state") == "failed" else 0
 
 
@@ -121,18 +144,23 @@ def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
             raise InvalidInput(f"--filter is not JSON: {exc}") from exc
     if args.no_rerank:
         body["rerank"] = False
-    req = SearchRequest.from_json(body)
-    out = _run(
-        settings_from_args(args), runtime, lambda s: s.search(req), model=req.needs_embedding
-    )
+    settings = settings_from_args(args)
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        out = client.search(body)
+    else:
+        from localrank.cli import local
+
+        out = local.search(settings, runtime, body)
     if args.json:
         print_json(out)
         return 0
     for r in out["results"]:
         c = r["citation"]
         where = c["source"] or c["document_id"]
+        page = f" p.{c['page']}" if c.get("page") else ""
         snippet = " ".join(r["text"].split())[:160]
-        print(f"{where}:{c['line_start']}-{c['line_end']}  score {r['score']:.4f}")
+        print(f"{where}:{c['line_start']}-{c['line_end']}{page}  score {r['score']:.4f}")
         print(f"    {snippet}")
     if not out["results"]:
         print("no results")
@@ -140,7 +168,14 @@ def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_collections(args: argparse.Namespace, runtime: Runtime) -> int:
-    out = _run(settings_from_args(args), runtime, lambda s: s.list_collections(), model=False)
+    settings = settings_from_args(args)
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        out = client.collections()
+    else:
+        from localrank.cli import local
+
+        out = local.collections(settings, runtime)
     if args.json:
         print_json({"collections": out})
     else:
@@ -150,9 +185,14 @@ def cmd_collections(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, runtime: Runtime) -> int:
-    out = _run(
-        settings_from_args(args), runtime, lambda s: s.list_jobs(limit=args.limit), model=False
-    )
+    settings = settings_from_args(args)
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        out = client.jobs(limit=args.limit)
+    else:
+        from localrank.cli import local
+
+        out = local.jobs(settings, runtime, args.limit)
     if args.json:
         print_json({"jobs": out})
     else:
@@ -164,8 +204,61 @@ def cmd_jobs(args: argparse.Namespace, runtime: Runtime) -> int:
     return 0
 
 
+def cmd_watch_list(args: argparse.Namespace, runtime: Runtime) -> int:
+    settings = settings_from_args(args)
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        out = client.watches()
+    else:
+        from localrank.cli import local
+
+        out = local.watches(settings, runtime)
+    if args.json:
+        print_json({"watches": out})
+    else:
+        for w in out:
+            print(
+                f"{w['id']}  {w['path']} -> {w['collection']}  {w.get('state', 'registered')}"
+                + (f", {w['indexed']} indexed, {w['removed']} removed" if "indexed" in w else "")
+                + (" (polling)" if w.get("polling") else "")
+            )
+            for e in w.get("errors", []):
+                print(f"    {e}")
+        if not out:
+            print("no watched folders")
+    return 0
+
+
+def cmd_watch_remove(args: argparse.Namespace, runtime: Runtime) -> int:
+    settings = settings_from_args(args)
+    target: int | str = int(args.watch) if args.watch.isdigit() else args.watch
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        if isinstance(target, int):
+            out = client.remove_watch(target)
+        else:
+            path = Path(target).expanduser().absolute().as_posix()
+            resolved = Path(target).expanduser().resolve().as_posix()
+            ids = [w["id"] for w in client.watches() if w["path"] in (path, resolved)]
+            if not ids:
+                raise LocalrankError(f"no watch matches {target!r}")
+            out = {"removed": [r for i in ids for r in client.remove_watch(i)["removed"]]}
+    else:
+        from localrank.cli import local
+
+        out = local.remove_watch(settings, runtime, target)
+    if args.json:
+        print_json(out)
+    else:
+        for w in out["removed"]:
+            print(f"stopped watching {w['path']} (watch {w['id']}, collection {w['collection']})")
+    return 0
+
+
 def cmd_compact(args: argparse.Namespace, runtime: Runtime) -> int:
-    report = _run(settings_from_args(args), runtime, lambda s: s.compact(), model=False)
+    from localrank.cli import local
+
+    report = local.compact(settings_from_args(args), runtime)
     if args.json:
         print_json(report)
     else:
@@ -174,13 +267,10 @@ def cmd_compact(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace, runtime: Runtime) -> int:
+    from localrank.cli import local
+
     progress = None if args.json else _progress_bar("reindex")
-    out = _run(
-        settings_from_args(args),
-        runtime,
-        lambda s: s.reindex_here(args.collection, force=args.force, on_progress=progress),
-        model=True,
-    )
+    out = local.reindex(settings_from_args(args), runtime, args.collection, args.force, progress)
     if args.json:
         print_json(out)
     else:
@@ -189,28 +279,9 @@ def cmd_reindex(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_eval(args: argparse.Namespace, runtime: Runtime) -> int:
-    dataset = load_beir(args.dataset)
-    settings = settings_from_args(args)
+    from localrank.cli import local
 
-    async def run() -> dict[str, Any]:
-        # A throwaway database: evaluation never touches the user's collections.
-        with tempfile.TemporaryDirectory(prefix="localrank-eval-") as tmp:
-            async with _service(
-                settings, runtime, model=True, database=Path(tmp) / "eval.db"
-            ) as service:
-                chunks = await index_dataset(service, dataset, "eval")
-                metrics = await evaluate(service, dataset, "eval")
-                model = service.embedder().model_id
-        return {
-            "dataset": dataset.name,
-            "model": model,
-            "documents": len(dataset.corpus),
-            "queries": len(dataset.queries),
-            "chunks": chunks,
-            "metrics": metrics,
-        }
-
-    out = asyncio.run(run())
+    out = local.eval_dataset(settings_from_args(args), runtime, args.dataset)
     if args.json:
         print_json(out)
     else:
@@ -229,11 +300,29 @@ def cmd_eval(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the collection commands to the `localrank` parser."""
-    p = sub.add_parser("index", help="index a folder (or file) into a collection")
+    p = sub.add_parser(
+        "index",
+        help="index a folder (or file) into a collection",
+        description=INDEX_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("path")
     p.add_argument("--collection", "-c", required=True)
     p.add_argument("--include", action="append", help="glob to include (repeatable)")
     p.add_argument("--exclude", action="append", help="glob to exclude (repeatable)")
+    p.add_argument(
+        "--no-ignore",
+        action="store_true",
+        dest="no_ignore",
+        help="read files that .gitignore / .ignore exclude",
+    )
+    p.add_argument("--prune", action="store_true", help="remove documents whose files are gone")
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="keep the folder indexed: the daemon re-indexes changed files and removes deleted "
+        "ones (remembered across restarts; `localrank watch list | remove`)",
+    )
     p.add_argument("--detach", action="store_true", help="queue the job and return")
     p.set_defaults(func=cmd_index)
 
@@ -242,7 +331,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--collection", "-c", required=True)
     p.add_argument("--top-k", type=int, default=10, dest="top_k")
     p.add_argument("--mode", choices=("hybrid", "vector", "keyword"), default="hybrid")
-    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"path": "a.md"}\'')
+    p.add_argument("--filter", help='metadata filter as JSON, e.g. \'{"format": "pdf"}\'')
     p.add_argument("--no-rerank", action="store_true", dest="no_rerank")
     p.set_defaults(func=cmd_search)
 
@@ -251,6 +340,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("jobs", help="list recent ingestion jobs")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("watch", help="folders the daemon keeps indexed")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    a = actions.add_parser("list", help="watched folders and what each is doing")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    add_local_flag(a)
+    a.set_defaults(func=cmd_watch_list)
+    a = actions.add_parser("remove", help="stop watching a folder (its documents stay)")
+    a.add_argument("watch", help="a watch id (see `watch list`) or the folder's path")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    add_local_flag(a)
+    a.set_defaults(func=cmd_watch_remove)
+
     p = sub.add_parser("compact", help="reclaim space left by deletes")
     p.set_defaults(func=cmd_compact)
 
@@ -268,3 +371,5 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--json", action="store_true", help="machine-readable output")
         if name in ("index", "search", "reindex", "eval"):
             add_model_flags(parser)
+        if name in ("index", "search", "collections", "jobs"):
+            add_local_flag(parser)

@@ -1,20 +1,31 @@
-"""`localrank embed | rerank | pull | models`: the engine from the command line, in-process."""
+"""`localrank embed | rerank | pull | models`: the engine from the command line.
+
+`embed` and `rerank` use the running daemon's model when one answers (nothing is loaded here),
+and load the model in this process otherwise, with --local, or when a model flag names one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
 
-from localrank.cli.common import Runtime, add_model_flags, print_json, settings_from_args
-from localrank.engine.load import load_engine
-from localrank.engine.names import manifest
-from localrank.engine.resolve import pull_model
+from localrank.cli.common import (
+    Runtime,
+    add_local_flag,
+    add_model_flags,
+    daemon_for,
+    print_json,
+    settings_from_args,
+)
+from localrank.client import DaemonClient
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("embed", help="embed texts and print the vectors")
     add_model_flags(p)
+    add_local_flag(p)
     p.add_argument("--query", action="store_true", help="embed as queries (with the instruction)")
     p.add_argument("--instruction", help="the task for queries (implies --query)")
     p.add_argument("--dimensions", type=int, help="Matryoshka size (32..native)")
@@ -25,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("rerank", help="score documents against a query")
     add_model_flags(p)
+    add_local_flag(p)
     p.add_argument("--instruction")
     p.add_argument("--json", action="store_true")
     p.add_argument("query")
@@ -44,39 +56,59 @@ def _quiet_logging() -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="localrank: %(message)s")
 
 
+def _daemon_embed(client: DaemonClient, args: argparse.Namespace, query: bool) -> dict[str, Any]:
+    body: dict[str, Any] = {"texts": args.texts, "truncate": not args.no_truncate}
+    if query:
+        body["input_type"] = "query"
+    if args.instruction is not None:
+        body["instruction"] = args.instruction
+    if args.dimensions is not None:
+        body["dimensions"] = args.dimensions
+    out = client.embed(body)
+    health = client.health
+    return {
+        "model": health.get("model_id", out["model_info"]["model_id"]),
+        "backend": out["backend"],
+        "device": out["device"],
+        "dtype": out["model_info"]["dtype"],
+        "dim": out["dim"],
+        "pooling": out["model_info"]["pooling"],
+        "fallback_reason": health.get("fallback_reason"),
+        "usage": {
+            "prompt_tokens": out["usage"]["prompt_tokens"],
+            "truncated": out["usage"]["truncated_inputs"],
+        },
+        "embeddings": out["vectors"],
+    }
+
+
 def cmd_embed(args: argparse.Namespace, runtime: Runtime) -> int:
     _quiet_logging()
-    engine = load_engine(settings_from_args(args))
+    settings = settings_from_args(args)
     query = args.query or args.instruction is not None
-    result = engine.embed(
-        args.texts,
-        query=query,
-        instruction=args.instruction,
-        dimensions=args.dimensions,
-        truncate=not args.no_truncate,
-    )
-    info = engine.info
-    if args.json:
-        print_json(
-            {
-                "model": info.model_id,
-                "backend": info.backend.backend,
-                "device": info.backend.device,
-                "dtype": info.backend.dtype,
-                "dim": int(result.vectors.shape[1]),
-                "pooling": info.backend.pooling,
-                "fallback_reason": info.fallback_reason,
-                "usage": {"prompt_tokens": result.prompt_tokens, "truncated": result.truncated},
-                "embeddings": result.vectors.tolist(),
-            }
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        out = _daemon_embed(client, args, query)
+    else:
+        from localrank.cli import local
+
+        out = local.embed(
+            settings,
+            args.texts,
+            query=query,
+            instruction=args.instruction,
+            dimensions=args.dimensions,
+            truncate=not args.no_truncate,
         )
+    if args.json:
+        print_json(out)
     else:
         print(
-            f"# {info.model_id} on {info.backend.backend}/{info.backend.device} "
-            f"{info.backend.dtype}, dim {result.vectors.shape[1]}",
+            f"# {out['model']} on {out['backend']}/{out['device']} {out['dtype']}, "
+            f"dim {out['dim']}",
             file=sys.stderr,
         )
-        for text, vec in zip(args.texts, result.vectors, strict=True):
+        for text, vec in zip(args.texts, out["embeddings"], strict=True):
             head = " ".join(f"{x:+.4f}" for x in vec[:6])
             print(f"{text[:40]!r}: [{head} ...]")
     return 0
@@ -84,32 +116,43 @@ def cmd_embed(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def cmd_rerank(args: argparse.Namespace, runtime: Runtime) -> int:
     _quiet_logging()
-    engine = load_engine(settings_from_args(args))
-    scores, _ = engine.rerank(args.query, args.documents, instruction=args.instruction)
-    ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
-    if args.json:
-        print_json(
-            {
-                "model": engine.info.model_id,
-                "results": [
-                    {"index": i, "score": float(scores[i]), "document": args.documents[i]}
-                    for i in ranked
-                ],
-            }
-        )
+    settings = settings_from_args(args)
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        body: dict[str, Any] = {"query": args.query, "documents": args.documents}
+        if args.instruction is not None:
+            body["instruction"] = args.instruction
+        answer = client.rerank(body)
+        out: dict[str, Any] = {
+            "model": client.health.get("model_id"),
+            "results": [
+                {"index": r["index"], "score": r["score"], "document": args.documents[r["index"]]}
+                for r in answer["results"]
+            ],
+        }
     else:
-        for i in ranked:
-            print(f"{scores[i]:.4f}  {args.documents[i]}")
+        from localrank.cli import local
+
+        out = local.rerank(settings, args.query, args.documents, args.instruction)
+    if args.json:
+        print_json(out)
+    else:
+        for r in out["results"]:
+            print(f"{r['score']:.4f}  {r['document']}")
     return 0
 
 
 def cmd_pull(args: argparse.Namespace, runtime: Runtime) -> int:
+    from localrank.engine.resolve import pull_model
+
     path = pull_model(args.model)
     print(path)
     return 0
 
 
 def cmd_models(args: argparse.Namespace, runtime: Runtime) -> int:
+    from localrank.engine.names import manifest
+
     models = manifest()
     if args.json:
         print_json(models)

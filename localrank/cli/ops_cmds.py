@@ -6,11 +6,25 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from localrank.cli.common import Runtime, print_json, settings_from_args
 from localrank.config import BACKENDS, Settings, load_settings
-from localrank.ops import doctor, supervisor
+
+if TYPE_CHECKING:
+    from localrank.ops import supervisor
+
+# supervisor.PLATFORMS, spelled out: the service helpers are imported only when a `service`
+# command runs (they pull in subprocess and xml, whose import brings http.client and ssl).
+PLATFORMS = ("macos", "linux")
+
+
+def _sv() -> ModuleType:
+    from localrank.ops import supervisor
+
+    return supervisor
+
 
 _SERVICE_SETTINGS = ("host", "port", "log_format")
 
@@ -36,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         a = actions.add_parser(name, help=text)
         a.add_argument(
             "--platform",
-            choices=supervisor.PLATFORMS,
+            choices=PLATFORMS,
             help="macos (launchd) or linux (systemd --user); default: this machine",
         )
         a.add_argument(
@@ -62,13 +76,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _platform(args: argparse.Namespace) -> supervisor.Platform:
-    platform: supervisor.Platform = args.platform or supervisor.current_platform()
+    platform: supervisor.Platform = args.platform or _sv().current_platform()
     return platform
 
 
 def _check_local(args: argparse.Namespace, platform: supervisor.Platform) -> bool:
     """Real changes only for this machine's own service manager; rendering works anywhere."""
-    if args.dry_run or platform == supervisor.current_platform():
+    if args.dry_run or platform == _sv().current_platform():
         return True
     print(
         f"localrank: error: this machine is not {platform}; use --dry-run to render the file",
@@ -87,22 +101,20 @@ def cmd_install(args: argparse.Namespace, runtime: Runtime) -> int:
     platform = _platform(args)
     if not _check_local(args, platform):
         return 2
-    path = supervisor.service_file(platform)
-    for name in supervisor.unforwarded_settings(settings):
+    path = _sv().service_file(platform)
+    for name in _sv().unforwarded_settings(settings):
         print(
             f"localrank: warning: {name} comes from {settings.sources[name]}; the service will "
             f"not see it: put it in {settings.paths.config_file} instead",
             file=sys.stderr,
         )
     if args.dry_run:
-        sys.stdout.write(supervisor.render(settings, platform))
+        sys.stdout.write(_sv().render(settings, platform))
         print(f"# would write: {path}", file=sys.stderr)
-        _print_steps(supervisor.install_steps(platform, path, os.getuid()))
+        _print_steps(_sv().install_steps(platform, path, os.getuid()))
         return 0
-    supervisor.install(
-        settings, platform, path=path, runner=supervisor.run_command, uid=os.getuid()
-    )
-    stdout, stderr = supervisor.log_files(settings)
+    _sv().install(settings, platform, path=path, runner=_sv().run_command, uid=os.getuid())
+    stdout, stderr = _sv().log_files(settings)
     print(f"installed {path}\nlogs: {stdout}, {stderr}")
     return 0
 
@@ -111,14 +123,12 @@ def cmd_uninstall(args: argparse.Namespace, runtime: Runtime) -> int:
     platform = _platform(args)
     if not _check_local(args, platform):
         return 2
-    path = supervisor.service_file(platform)
+    path = _sv().service_file(platform)
     if args.dry_run:
-        _print_steps(supervisor.uninstall_steps(platform, os.getuid()))
+        _print_steps(_sv().uninstall_steps(platform, os.getuid()))
         print(f"# would remove: {path}", file=sys.stderr)
         return 0
-    existed = supervisor.uninstall(
-        platform, path=path, runner=supervisor.run_command, uid=os.getuid()
-    )
+    existed = _sv().uninstall(platform, path=path, runner=_sv().run_command, uid=os.getuid())
     print(f"removed {path}" if existed else f"nothing installed at {path}")
     return 0
 
@@ -127,11 +137,11 @@ def cmd_status(args: argparse.Namespace, runtime: Runtime) -> int:
     platform = _platform(args)
     if not _check_local(args, platform):
         return 2
-    path = supervisor.service_file(platform)
+    path = _sv().service_file(platform)
     if args.dry_run:
-        _print_steps([supervisor.status_step(platform, os.getuid())])
+        _print_steps([_sv().status_step(platform, os.getuid())])
         return 0
-    st = supervisor.status(platform, path=path, runner=supervisor.run_command, uid=os.getuid())
+    st = _sv().status(platform, path=path, runner=_sv().run_command, uid=os.getuid())
     print(f"file: {path} ({'installed' if st.installed else 'not installed'})")
     print(f"running: {'yes' if st.running else 'no'}")
     if st.manager_output:
@@ -142,11 +152,11 @@ def cmd_status(args: argparse.Namespace, runtime: Runtime) -> int:
 def cmd_logs(args: argparse.Namespace, runtime: Runtime) -> int:
     settings = settings_from_args(args)
     found = False
-    for path in supervisor.log_files(settings):
+    for path in _sv().log_files(settings):
         if args.dry_run:
             print(f"# would print the end of {path}", file=sys.stderr)
             continue
-        lines = supervisor.tail(path, args.lines)
+        lines = _sv().tail(path, args.lines)
         found = found or path.exists()
         print(f"==> {path} <==")
         print("\n".join(lines) if lines else "(empty)" if path.exists() else "(no such file)")
@@ -154,6 +164,8 @@ def cmd_logs(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, runtime: Runtime) -> int:
+    from localrank.ops import doctor  # probes the engine and the store: only for this command
+
     flags = {name: getattr(args, name) for name in ("model", "backend", "host", "port")}
     settings, config_check = doctor.load_for_doctor(flags)
     checks = doctor.run_checks(settings, config_check)

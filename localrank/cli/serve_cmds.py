@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from localrank.cli.common import Runtime, add_model_flags, settings_from_args
-from localrank.logs import setup_logging
-from localrank.serve.run import serve
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,6 +26,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
+    # asyncio, aiohttp, the engine: imported only for this command (the CLI starts fast).
+    import asyncio
+
+    from localrank.logs import setup_logging
+    from localrank.serve.run import serve
+
     settings = settings_from_args(
         args, "host", "port", "unix_socket", "log_format", "log_level", "served_model_names"
     )

@@ -6,9 +6,11 @@ through the store protocol (`localrank.store`) and the model through an `AsyncEm
 
 from localrank.collections.documents import DocumentIn
 from localrank.collections.embedder import AsyncEmbedder, EmbedderFactory, EmbedderGetter
+from localrank.collections.files import FolderOptions
 from localrank.collections.ingest import IngestSettings
 from localrank.collections.search import SearchRequest
 from localrank.collections.service import CollectionService
+from localrank.collections.watch import WatchSettings
 
 __all__ = [
     "AsyncEmbedder",
@@ -16,6 +18,8 @@ __all__ = [
     "DocumentIn",
     "EmbedderFactory",
     "EmbedderGetter",
+    "FolderOptions",
     "IngestSettings",
     "SearchRequest",
+    "WatchSettings",
 ]

@@ -14,6 +14,10 @@ at a heading or code-block boundary do not overlap the next one; the others over
 the same text and offsets always give the same chunks.
 
 A form feed (`\\f`, how PDF text extraction marks pages) advances the page number.
+
+Source code is not Markdown: with `markdown=False` (documents whose metadata says
+`format: code`) a `# comment` is not a heading and ``` is not a fence; cuts fall between
+paragraphs (blank lines, which separate functions and classes in most code), then lines.
 """
 
 from __future__ import annotations
@@ -43,14 +47,18 @@ def _line_starts(text: str) -> list[int]:
     return starts
 
 
-def _line_kinds(text: str, starts: list[int]) -> list[str]:
-    """Each line's role: heading, fence, code, blank or text."""
+def _line_kinds(text: str, starts: list[int], markdown: bool = True) -> list[str]:
+    """Each line's role: heading, fence, code, blank or text (blank or text only when the text
+    is not Markdown)."""
     kinds: list[str] = []
     in_code = False
     fence = ""
     for i, start in enumerate(starts):
         end = starts[i + 1] if i + 1 < len(starts) else len(text)
         line = text[start:end].rstrip("\n")
+        if not markdown:
+            kinds.append("text" if line.strip() else "blank")
+            continue
         m = _FENCE.match(line)
         if in_code:
             if m and m.group(1) == fence and not line.strip()[3:].strip("`~").strip():
@@ -68,10 +76,10 @@ def _line_kinds(text: str, starts: list[int]) -> list[str]:
     return kinds
 
 
-def _priorities(text: str, spans: Sequence[tuple[int, int]]) -> list[int]:
+def _priorities(text: str, spans: Sequence[tuple[int, int]], markdown: bool = True) -> list[int]:
     """prio[i]: how good it is to cut before token i (prio[0] is unused)."""
     starts = _line_starts(text)
-    kinds = _line_kinds(text, starts)
+    kinds = _line_kinds(text, starts, markdown)
     in_code_line = [k == "code" for k in kinds]
     # A fence line belongs to the code block: the opening fence closes it off from above,
     # the closing fence from below.
@@ -157,8 +165,10 @@ def chunk_text(
     *,
     target_tokens: int = 512,
     overlap_tokens: int = 64,
+    markdown: bool = True,
 ) -> list[Chunk]:
-    """Split `text` into chunks of at most `target_tokens` tokens (the `spans` of its tokens)."""
+    """Split `text` into chunks of at most `target_tokens` tokens (the `spans` of its tokens);
+    `markdown=False` for source code (no headings or fences)."""
     if target_tokens <= 0:
         raise ValueError("target_tokens must be positive")
     overlap_tokens = max(0, min(overlap_tokens, target_tokens // 2))
@@ -167,7 +177,7 @@ def chunk_text(
     n = len(tokens)
     if n == 0:
         return []
-    prio = _priorities(text, tokens)
+    prio = _priorities(text, tokens, markdown)
     starts = _line_starts(text)
     pages = [m.start() for m in re.finditer("\f", text)]
     chunks: list[Chunk] = []

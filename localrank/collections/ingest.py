@@ -158,6 +158,8 @@ class Ingestor:
                     embedder.token_offsets(d.text),
                     target_tokens=target,
                     overlap_tokens=overlap,
+                    # Source code read from a folder: `# comment` is no heading.
+                    markdown=d.metadata.get("format") != "code",
                 )
             prepared.append(PreparedDocument(d.id, d.text, d.metadata, d.source, h, chunks))
         batch = self._lookup(embedder, [c.text for p in prepared for c in p.chunks or ()])

@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from localrank.collections.documents import DocumentIn, content_hash, parse_documents
+from localrank.collections.documents import DocumentIn, parse_documents
 from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter
-from localrank.collections.files import DEFAULT_INCLUDE, read_folder
+from localrank.collections.files import FolderOptions, FolderReader
+from localrank.collections.folders import plan
 from localrank.collections.ingest import Ingestor, IngestSettings, check_model
 from localrank.collections.runner import JobRunner
 from localrank.collections.search import SearchRequest, run_search
+from localrank.collections.watch import FolderWatcher, WatchSettings
 from localrank.errors import InvalidInput, NotFound
 from localrank.store import Store
 from localrank.store.records import Collection, Job
@@ -38,12 +40,19 @@ class CollectionService:
     """Collections, documents, search, jobs and maintenance over one store and one embedder."""
 
     def __init__(
-        self, store: Store, embedder: EmbedderGetter, settings: IngestSettings | None = None
+        self,
+        store: Store,
+        embedder: EmbedderGetter,
+        settings: IngestSettings | None = None,
+        *,
+        watch: WatchSettings | None = None,
     ) -> None:
         self.store = store
         self.get_embedder = embedder
         self.ingestor = Ingestor(store, embedder, settings)
         self.runner = JobRunner(self.ingestor)
+        # Runs only where someone calls `watcher.run_forever()`: the daemon.
+        self.watcher = FolderWatcher(store, self.ingestor, watch)
 
     @property
     def settings(self) -> IngestSettings:
@@ -125,6 +134,15 @@ class CollectionService:
             for c in chunks
         ]
         return out
+
+    async def find_document(self, name: str, source: str) -> dict[str, Any]:
+        """The document read from the file `source` (an absolute path), as `get_document`."""
+        collection = await self._collection(name)
+        files = await asyncio.to_thread(self.store.document_files, collection, source)
+        exact = [f for f in files if f.source == source]
+        if not exact:
+            raise NotFound(f"no document from {source!r} in {name!r}", param="source")
+        return await self.get_document(name, exact[0].doc_id)
 
     async def list_documents(
         self, name: str, *, limit: int = 100, after: str | None = None
@@ -217,39 +235,93 @@ class CollectionService:
         root: Path,
         collection: str,
         *,
-        include: Sequence[str] = DEFAULT_INCLUDE,
-        exclude: Sequence[str] = (),
+        options: FolderOptions | None = None,
+        prune: bool = False,
         wait: bool = True,
         on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        """Index the text files under `root` into `collection` (created if missing): unchanged
-        files are skipped by content hash; the rest go through a job, run here when `wait`."""
-        if not root.exists():
-            raise NotFound(f"{root} does not exist")
-        scan = await asyncio.to_thread(
-            read_folder, root, include, exclude, self.settings.max_document_bytes
-        )
+        """Index the wanted files under `root` (or the one file `root`) into `collection`
+        (created if missing). Document ids are absolute paths, so folders indexed into one
+        collection never replace each other's files. Unchanged files are skipped by content
+        hash; the rest go through a job, run here when `wait`. With `prune`, documents whose
+        file is gone are removed. A file that cannot be read is listed in `skipped`."""
+        reader = FolderReader(root, options, self.settings.max_document_bytes)
+        if not reader.root.exists():
+            raise NotFound(f"{reader.root} does not exist", param="path")
+        scan = await asyncio.to_thread(reader.scan)
         if collection not in {c["name"] for c in await self.list_collections()}:
             await self.create_collection(collection)
         coll = await self._collection(collection)
-        docs = scan.documents
-        known = await asyncio.to_thread(self.store.document_hashes, coll, [d.id for d in docs])
-        changed = [d for d in docs if known.get(d.id) != content_hash(d.text)]
+        stored = await asyncio.to_thread(self.store.document_files, coll, reader.root.as_posix())
+        p = plan(scan.documents, stored, prune=prune)
         result: dict[str, Any] = {
             "collection": collection,
-            "files": len(docs),
-            "changed": len(changed),
-            "unchanged": len(docs) - len(changed),
+            "path": reader.root.as_posix(),
+            "files": len(scan.documents),
+            "changed": len(p.changed),
+            "unchanged": p.unchanged,
             "skipped": scan.skipped,
+            "pruned": 0,
             "job_id": None,
         }
-        if not changed:
+        dead = [*p.replaced, *p.gone]
+        if dead:
+            removed = await asyncio.to_thread(self.store.delete_documents, collection, dead)
+            result["pruned"] = min(removed, len(p.gone))
+        if not p.changed:
             return result
-        job = await self.ingestor.submit(collection, changed)
+        job = await self.ingestor.submit(collection, p.changed)
+        self.runner.notify()
         result["job_id"] = job.id
         if wait:
             result.update((await self.run_job_here(job, on_progress)).to_api())
         return result
+
+    # --- watched folders ------------------------------------------------------------------
+
+    async def add_watch(
+        self, root: Path, collection: str, *, options: FolderOptions | None = None
+    ) -> dict[str, Any]:
+        """Register a folder to keep indexed into `collection` (created if missing). The daemon
+        watches it from now on (and after every restart)."""
+        reader = FolderReader(root, options, self.settings.max_document_bytes)
+        if not reader.root.is_dir():
+            raise InvalidInput(f"{reader.root} is not a folder: only folders can be watched")
+        if collection not in {c["name"] for c in await self.list_collections()}:
+            await self.create_collection(collection)
+        watch = await asyncio.to_thread(
+            self.store.add_watch, collection, reader.root.as_posix(), reader.options.to_dict()
+        )
+        self.watcher.reload()
+        return self._watch_api(watch.to_api())
+
+    def _watch_api(self, watch: dict[str, Any]) -> dict[str, Any]:
+        live = self.watcher.statuses().get(watch["id"])
+        if live is not None:
+            return live
+        state = "registered" if not self.watcher.running else "starting"
+        return {**watch, "state": state}
+
+    async def list_watches(self) -> list[dict[str, Any]]:
+        """Every registered watch with what it is doing (when this process runs the watcher)."""
+        watches = await asyncio.to_thread(self.store.list_watches)
+        return [self._watch_api(w.to_api()) for w in watches]
+
+    async def remove_watch(self, watch: int | str) -> dict[str, Any]:
+        """Stop watching a folder (by watch id or by path: every watch of that folder). Its
+        documents stay in the collection."""
+        watches = await asyncio.to_thread(self.store.list_watches)
+        if isinstance(watch, int):
+            chosen = [w for w in watches if w.id == watch]
+        else:
+            path = Path(watch).expanduser()
+            names = {path.as_posix(), path.resolve().as_posix()}
+            chosen = [w for w in watches if w.root in names]
+        if not chosen:
+            raise NotFound(f"no watch matches {watch!r}", param="watch")
+        removed = [await asyncio.to_thread(self.store.remove_watch, w.id) for w in chosen]
+        self.watcher.reload()
+        return {"removed": [w.to_api() for w in removed]}
 
     async def upsert(self, name: str, docs: Sequence[DocumentIn]) -> dict[str, Any]:
         """Store already validated documents now (evaluation, benches)."""

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from localrank.collections import CollectionService, IngestSettings
+from localrank.collections import CollectionService, IngestSettings, WatchSettings
 from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
@@ -82,21 +82,33 @@ def _model_ctx(loader: EngineLoader) -> CleanupCtx:
 
 def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
     """Open the store under the user data dir (LOCALRANK_HOME moves it), publish the
-    CollectionService, run the job runner (which resumes jobs a previous run left unfinished),
-    and close both on shutdown."""
+    CollectionService, run the job runner (which resumes jobs a previous run left unfinished)
+    and the folder watcher (which resumes every registered watch), and close them on
+    shutdown."""
 
     async def collections_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
-        store = await asyncio.to_thread(open_store, state.settings.paths.database)
-        service = CollectionService(store, state.embedder, ingest)
+        settings = state.settings
+        store = await asyncio.to_thread(open_store, settings.paths.database)
+        watch = WatchSettings(
+            debounce_ms=settings.watch_debounce_ms,
+            step_ms=min(100, settings.watch_debounce_ms),
+            polling=settings.watch_polling,
+        )
+        service = CollectionService(store, state.embedder, ingest, watch=watch)
         app[COLLECTIONS_KEY] = service
-        runner = asyncio.create_task(service.runner.run_forever(), name="localrank-jobs")
+        tasks = [
+            asyncio.create_task(service.runner.run_forever(), name="localrank-jobs"),
+            asyncio.create_task(service.watcher.run_forever(), name="localrank-watches"),
+        ]
         try:
             yield
         finally:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await asyncio.to_thread(store.close)
 
     return collections_ctx

@@ -4,6 +4,7 @@ Local AI daemons have shipped DNS-rebinding CVEs: a web page on evil.com re-poin
 at 127.0.0.1 and then talks to the daemon as "same origin". The Host header still says evil.com,
 so checking Host against a short allow-list closes that hole; refusing browser Origins closes
 the plain cross-site one. Both checks run before anything else, including the token check.
+The rules themselves (`SecurityPolicy`) live in `ops.access`, shared with `localrank mcp --http`.
 
 Wiring (`serve.app.make_app`; the error middleware formats the errors raised here):
 
@@ -20,13 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import hmac
 import os
 import re
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -42,11 +40,22 @@ from localrank.errors import (
     UnsupportedMediaType,
     http_status,
 )
+from localrank.ops.access import (
+    SecurityPolicy,
+    browser_refusal,
+    check_bind_safety,
+    host_refusal,
+)
 from localrank.serve.state import DIALECTS_KEY
 
-LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-# Wildcard bind addresses are never a valid Host: a browser would only send one under attack.
-_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
+# check_bind_safety lives with the other rules (ops.access); the daemon's modules import it here.
+__all__ = [
+    "bind_unix_socket",
+    "check_bind_safety",
+    "make_security_middlewares",
+    "setup_security",
+    "start_unix_site",
+]
 OPEN_PATHS = frozenset({"/health"})
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _CORS_ALLOW_METHODS = "GET, HEAD, POST, PUT, DELETE, OPTIONS"
@@ -56,73 +65,6 @@ _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request
 # A header name as RFC 9110 defines a token: what a preflight may echo back.
 _HEADER_TOKEN = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
 WWW_AUTHENTICATE = 'Bearer realm="localrank"'
-
-
-def split_host(value: str) -> tuple[str, str | None] | None:
-    """Split a Host header into (lowercase name, port or None); None when malformed."""
-    value = value.strip().lower()
-    if value.startswith("["):  # [v6]:port
-        name, sep, rest = value[1:].partition("]")
-        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
-            return None
-        return name, rest[1:] or None
-    name, sep, port = value.partition(":")
-    if sep and not port.isdigit():
-        return None  # also rejects bare IPv6 without brackets
-    return name, port or None
-
-
-def normalize_origin(origin: str) -> str:
-    return origin.strip().lower().rstrip("/")
-
-
-@dataclass(frozen=True)
-class SecurityPolicy:
-    """The allow-lists and limits of one daemon, precomputed from Settings."""
-
-    hosts: frozenset[str]
-    origins: frozenset[str]
-    token: bytes | None
-    max_body_bytes: int
-    body_timeout_s: float
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SecurityPolicy:
-        hosts = set(LOOPBACK_HOSTS)
-        for entry in settings.allowed_hosts:  # names; a port given with one is ignored
-            entry = entry.strip()
-            if entry.count(":") > 1 and not entry.startswith("["):
-                entry = f"[{entry}]"  # a bare IPv6 address
-            parsed = split_host(entry)
-            if parsed is not None:
-                hosts.add(parsed[0])
-        # A daemon bound to one specific address (e.g. a LAN IP, with a token) is addressed by it.
-        bound = settings.host.strip().lower().strip("[]")
-        if bound not in _WILDCARDS:
-            hosts.add(bound)
-        return cls(
-            hosts=frozenset(hosts - _WILDCARDS),
-            origins=frozenset(normalize_origin(o) for o in settings.allowed_origins),
-            token=settings.token.encode("utf-8") if settings.token else None,
-            max_body_bytes=settings.max_body_bytes,
-            body_timeout_s=settings.body_timeout_s,
-        )
-
-    def host_allowed(self, header: str) -> bool:
-        parsed = split_host(header)
-        return parsed is not None and parsed[0] in self.hosts
-
-    def origin_allowed(self, origin: str) -> bool:
-        return normalize_origin(origin) in self.origins
-
-    def token_ok(self, authorization: str) -> bool:
-        if self.token is None:
-            return True
-        scheme, _, credentials = authorization.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        # Constant-time: the comparison must not reveal how many leading bytes matched.
-        return hmac.compare_digest(credentials.strip().encode("utf-8"), self.token)
 
 
 def preflight_headers(request: web.Request) -> dict[str, str]:
@@ -144,21 +86,12 @@ def preflight_headers(request: web.Request) -> dict[str, str]:
     return headers
 
 
-def _own_origin(origin: str, request: web.Request, hosts: frozenset[str]) -> bool:
-    """A page the daemon served itself (e.g. /docs) calling back into it, under any of its host
-    names: http, an allowed host, this listener's port. Not cross-site."""
-    try:
-        parts = urlsplit(normalize_origin(origin))
-        port = parts.port or 80
-    except ValueError:
-        return False
-    if parts.scheme != "http" or parts.hostname not in hosts:
-        return False
+def _listener_port(request: web.Request) -> int | None:
+    """The TCP port this request came in on (None on a unix socket)."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
     if isinstance(sockname, tuple) and len(sockname) >= 2:
-        return port == sockname[1]
-    # A unix socket has no port: only the exact host the page was served under.
-    return normalize_origin(origin) == f"http://{request.headers.get(hdrs.HOST, '').lower()}"
+        return int(sockname[1])
+    return None
 
 
 def make_security_middlewares(settings: Settings) -> list[Middleware]:
@@ -168,36 +101,27 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
     @web.middleware
     async def host_allowlist(request: web.Request, handler: Handler) -> web.StreamResponse:
         # The raw header: request.host falls back to the machine's name when Host is absent.
-        header = request.headers.get(hdrs.HOST, "")
-        if not policy.host_allowed(header):
-            raise Forbidden(
-                f"Host {header!r} is not allowed: localrank answers only to localhost "
-                "names (add others with the allowed_hosts setting)"
-            )
+        refused = host_refusal(policy, request.headers.get(hdrs.HOST, ""))
+        if refused is not None:
+            raise Forbidden(refused)
         return await handler(request)
 
     @web.middleware
     async def origin_check(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None:
-            # Browsers omit Origin on some cross-site requests (image tags, no-cors GETs) but
-            # always say where a request comes from in Sec-Fetch-Site; other clients send none.
-            site = request.headers.get("Sec-Fetch-Site", "").lower()
-            if site in ("cross-site", "same-site"):
-                raise Forbidden(
-                    f"{site} requests from web pages are refused; allow an origin with the "
-                    "allowed_origins setting"
-                )
-            return await handler(request)
-        if _own_origin(origin, request, policy.hosts):
-            return await handler(request)
-        if not policy.origin_allowed(origin):
-            raise Forbidden(
-                f"requests from web pages ({origin}) are refused; allow an origin "
-                "with the allowed_origins setting"
-            )
+        refused = browser_refusal(
+            policy,
+            origin=origin,
+            fetch_site=request.headers.get("Sec-Fetch-Site", ""),
+            host_header=request.headers.get(hdrs.HOST, ""),
+            port=_listener_port(request),
+        )
+        if refused is not None:
+            raise Forbidden(refused)
         if (
-            request.method == hdrs.METH_OPTIONS
+            origin is not None
+            and policy.origin_allowed(origin)
+            and request.method == hdrs.METH_OPTIONS
             and hdrs.ACCESS_CONTROL_REQUEST_METHOD in request.headers
         ):
             # Preflight: answered here, before the token check (browsers send no credentials).
@@ -279,17 +203,6 @@ def setup_security(app: web.Application, settings: Settings) -> None:
             response.headers[hdrs.WWW_AUTHENTICATE] = WWW_AUTHENTICATE
 
     app.on_response_prepare.append(on_response_prepare)
-
-
-def check_bind_safety(settings: Settings) -> None:
-    """Refuse to start on a non-loopback address without a token: anyone on the network
-    could otherwise use the daemon (and read every collection)."""
-    if not settings.binds_loopback and not settings.token:
-        raise ConfigError(
-            f"refusing to listen on {settings.host} without a token: set "
-            "LOCALRANK_TOKEN (or token in config.toml), or bind 127.0.0.1",
-            param="host",
-        )
 
 
 def bind_unix_socket(path: str | Path) -> socket.socket:

@@ -34,12 +34,14 @@ from localrank.store.filters import Filter
 from localrank.store.records import (
     Collection,
     CompactReport,
+    DocumentFile,
     Job,
     JobItem,
     JobProgress,
     PreparedDocument,
     StoredChunk,
     StoredDocument,
+    Watch,
     WriteResult,
 )
 
@@ -65,7 +67,8 @@ class Store(Protocol):
         ...
 
     def delete_collection(self, name: str) -> None:
-        """Delete a collection with its documents, chunks, vectors and unfinished jobs."""
+        """Delete a collection with its documents, chunks, vectors, unfinished jobs and
+        watches."""
         ...
 
     # --- documents and chunks -----------------------------------------------------------
@@ -107,6 +110,30 @@ class Store(Protocol):
 
     def fetch_chunks(self, chunk_ids: Sequence[int]) -> list[StoredChunk]:
         """Chunks with their document's id, source and metadata, in the order given."""
+        ...
+
+    def document_files(self, collection: Collection, root: str) -> list[DocumentFile]:
+        """Documents whose `source` is the path `root` or lies under it (`root/...`), by
+        source: what a folder's re-index, prune and watch compare against."""
+        ...
+
+    def delete_documents(self, collection_name: str, doc_ids: Sequence[str]) -> int:
+        """Delete those of `doc_ids` that exist, in one transaction; returns how many."""
+        ...
+
+    # --- watched folders ----------------------------------------------------------------
+
+    def add_watch(self, collection: str, root: str, options: dict[str, Any]) -> Watch:
+        """Register a folder to keep indexed into a collection (NotFound if the collection does
+        not exist); registering the same pair again updates its options."""
+        ...
+
+    def list_watches(self) -> list[Watch]:
+        """Every registered watch, oldest first."""
+        ...
+
+    def remove_watch(self, watch_id: int) -> Watch:
+        """Unregister a watch (its documents stay); NotFound if there is none with that id."""
         ...
 
     # --- retrieval ----------------------------------------------------------------------

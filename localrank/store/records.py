@@ -153,6 +153,39 @@ class StoredChunk:
         }
 
 
+@dataclass(frozen=True)
+class DocumentFile:
+    """A stored document that came from a file: its id, where it was read from, its hash."""
+
+    doc_id: str
+    source: str
+    content_hash: str
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A folder kept indexed into a collection, as registered (the daemon watches it).
+
+    `options` are the folder-reading options (include / exclude globs, ignore files) as the
+    application layer wrote them; the store keeps them as given.
+    """
+
+    id: int
+    collection: str
+    root: str
+    options: dict[str, Any]
+    created: str
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "collection": self.collection,
+            "path": self.root,
+            "options": self.options,
+            "created": self.created,
+        }
+
+
 JOB_STATES = ("queued", "running", "done", "failed")
 
 

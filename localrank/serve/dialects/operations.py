@@ -34,6 +34,8 @@ async def health(request: web.Request) -> web.Response:
             "uptime_s": uptime,
             "load_seconds": state.load_seconds,
             "queue_depth": state.service.queue_depth,
+            # Which store this daemon serves: the CLI talks to a daemon only when it is its own.
+            "database": str(state.settings.paths.database),
             **state.service.info.to_dict(),
         }
     )

@@ -6,9 +6,12 @@ localrank.errors types; the app's middleware renders them in this dialect's shap
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from aiohttp import web
 
-from localrank.collections import CollectionService, SearchRequest
+from localrank.collections import CollectionService, FolderOptions, SearchRequest
 from localrank.errors import InvalidInput
 from localrank.serve.api import (
     BOOL,
@@ -81,6 +84,12 @@ async def add_documents(request: web.Request) -> web.Response:
 
 
 async def list_documents(request: web.Request) -> web.Response:
+    source = request.query.get("source")
+    if source is not None:
+        doc = await _service(request).find_document(request.match_info["name"], source)
+        doc.pop("text", None)
+        doc.pop("chunks", None)
+        return web.json_response({"documents": [doc], "next_after": None})
     limit = _int_query(request, "limit", 100, 1, 1000)
     out = await _service(request).list_documents(
         request.match_info["name"], limit=limit, after=request.query.get("after")
@@ -128,6 +137,64 @@ async def compact(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).compact())
 
 
+def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{name} must be true or false", param=name)
+    return value
+
+
+def _folder(body: dict[str, Any]) -> tuple[Path, FolderOptions]:
+    """The folder a request names (an absolute path on the daemon's machine) and how to read
+    it."""
+    raw = body.get("path")
+    if not isinstance(raw, str) or not raw.strip():
+        raise InvalidInput("path must be a non-empty string", param="path")
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise InvalidInput(
+            f"path must be absolute ({raw!r} is not): the daemon does not share your working "
+            "directory",
+            param="path",
+        )
+    return path, FolderOptions.from_dict(
+        {k: body[k] for k in ("include", "exclude", "ignore_files") if k in body}
+    )
+
+
+async def index_folder(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    path, options = _folder(body)
+    prune, watch = _bool(body, "prune", False), _bool(body, "watch", False)
+    name = request.match_info["name"]
+    service = _service(request)
+    out = await service.index_folder(path, name, options=options, prune=prune, wait=False)
+    if watch:
+        out["watch"] = await service.add_watch(path, name, options=options)
+    return web.json_response(out)
+
+
+async def list_watches(request: web.Request) -> web.Response:
+    return web.json_response({"watches": await _service(request).list_watches()})
+
+
+async def add_watch(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    path, options = _folder(body)
+    name = body.get("collection")
+    if not isinstance(name, str):
+        raise InvalidInput("collection must be a string", param="collection")
+    out = await _service(request).add_watch(path, name, options=options)
+    return web.json_response(out, status=201)
+
+
+async def remove_watch(request: web.Request) -> web.Response:
+    raw = request.match_info["watch_id"]
+    if not raw.isdigit():
+        raise InvalidInput("a watch id is an integer", param="watch_id")
+    return web.json_response(await _service(request).remove_watch(int(raw)))
+
+
 _COLLECTION = {
     "name": "notes",
     "model": MINILM,
@@ -150,6 +217,31 @@ _JOB = {
     "created": "...",
     "updated": "...",
 }
+_WATCH = {
+    "id": 1,
+    "collection": "notes",
+    "path": "/home/me/notes",
+    "options": {"include": ["*.md"], "exclude": [], "ignore_files": True},
+    "created": "2025-01-01T00:00:00Z",
+    "state": "watching",
+    "polling": False,
+    "last_sync": "2025-01-01T00:00:05Z",
+    "indexed": 12,
+    "removed": 0,
+    "pending": 0,
+    "errors": [],
+}
+_FOLDER_BODY = (
+    Param(
+        "path",
+        STR,
+        "Absolute path of a folder (or one file) on the daemon's machine.",
+        required=True,
+    ),
+    Param("include", arr(STR), "Globs of files to read (default: notes and code files)."),
+    Param("exclude", arr(STR), "Globs of files to leave out, besides lock and minified files."),
+    Param("ignore_files", BOOL, "Honour .gitignore and .ignore files (default true)."),
+)
 _SEARCH_BODY = (
     Param("collection", STR, "Collection name.", required=True),
     Param("query", STR, "The query.", required=True),
@@ -227,10 +319,11 @@ DIALECT = Dialect(
             "/v1/collections/{name}/documents",
             list_documents,
             Operation(
-                "List documents (without text), paged by id.",
+                "List documents (without text), paged by id; or the one read from a file.",
                 query=(
                     Param("limit", INT, "1..1000 (default 100)."),
                     Param("after", STR, "The last id of the previous page."),
+                    Param("source", STR, "Only the document read from this file (absolute)."),
                 ),
                 response={"documents": [{"id": "a.md"}], "next_after": None},
             ),
@@ -267,6 +360,65 @@ DIALECT = Dialect(
                 body=(Param("force", BOOL, "Re-embed even when the model did not change."),),
                 example={"force": False},
                 response={"job_id": "j_02", "state": "queued", "total": 10},
+            ),
+        ),
+        route(
+            "POST",
+            "/v1/collections/{name}/index",
+            index_folder,
+            Operation(
+                "Index a folder on the daemon's machine into a collection (created if missing): "
+                "new and changed files are embedded by a job (job_id; null when nothing "
+                "changed), unchanged ones skipped by content hash, unreadable ones listed in "
+                "skipped. watch=true also keeps the folder indexed from now on.",
+                body=(
+                    *_FOLDER_BODY,
+                    Param("prune", BOOL, "Remove documents whose file is gone (default false)."),
+                    Param("watch", BOOL, "Also watch the folder (default false)."),
+                ),
+                example={"path": "/home/me/notes", "prune": True, "watch": True},
+                response={
+                    "collection": "notes",
+                    "path": "/home/me/notes",
+                    "files": 12,
+                    "changed": 2,
+                    "unchanged": 10,
+                    "skipped": [],
+                    "pruned": 0,
+                    "job_id": "j_03",
+                    "watch": _WATCH,
+                },
+            ),
+        ),
+        route(
+            "GET",
+            "/v1/watches",
+            list_watches,
+            Operation(
+                "Watched folders and what each is doing (state, files indexed and removed, "
+                "errors).",
+                response={"watches": [_WATCH]},
+            ),
+        ),
+        route(
+            "POST",
+            "/v1/watches",
+            add_watch,
+            Operation(
+                "Keep a folder indexed into a collection: it is synced now, then on every change, "
+                "and after every restart.",
+                status=201,
+                body=(Param("collection", STR, "Collection name.", required=True), *_FOLDER_BODY),
+                example={"collection": "notes", "path": "/home/me/notes"},
+                response=_WATCH,
+            ),
+        ),
+        route(
+            "DELETE",
+            "/v1/watches/{watch_id}",
+            remove_watch,
+            Operation(
+                "Stop watching a folder (its documents stay).", response={"removed": [_WATCH]}
             ),
         ),
         route(

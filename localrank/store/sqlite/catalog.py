@@ -112,6 +112,7 @@ def delete_collection(db: Database, name: str) -> None:
         conn.execute(
             "DELETE FROM jobs WHERE collection = ? AND state IN ('queued', 'running')", (name,)
         )
+        conn.execute("DELETE FROM watches WHERE collection = ?", (name,))
 
 
 def bump_generation(conn: apsw.Connection, collection_id: int) -> int:
@@ -139,7 +140,8 @@ def document_hashes(
     }
 
 
-def _remove_chunks(conn: apsw.Connection, collection_id: int, doc_row: int, gen: int) -> None:
+def remove_chunks(conn: apsw.Connection, collection_id: int, doc_row: int, gen: int) -> None:
+    """Delete a document's chunks (and, by cascade, vectors), leaving tombstones at `gen`."""
     conn.execute(
         "INSERT INTO tombstones (collection_id, chunk, generation) "
         "SELECT collection_id, id, ? FROM chunks WHERE doc = ?",
@@ -204,7 +206,7 @@ def write_documents(
             status = "created"
         else:
             doc_row = int(row[0])
-            _remove_chunks(conn, collection.id, doc_row, gen)
+            remove_chunks(conn, collection.id, doc_row, gen)
             conn.execute(
                 "UPDATE documents SET text = ?, metadata = ?, source = ?, content_hash = ?, "
                 "updated = ? WHERE id = ?",
@@ -260,7 +262,7 @@ def delete_document(db: Database, collection_name: str, doc_id: str) -> None:
         if row is None:
             raise NotFound(f"document {doc_id!r} not found in {collection_name!r}")
         gen = bump_generation(conn, c.id)
-        _remove_chunks(conn, c.id, int(row[0]), gen)
+        remove_chunks(conn, c.id, int(row[0]), gen)
         conn.execute("DELETE FROM documents WHERE id = ?", (row[0],))
 
 

@@ -172,6 +172,23 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX doc_meta_doc ON doc_meta (doc);
         """,
     ),
+    (
+        "0005_watched_folders",
+        """
+        -- Folders the daemon keeps indexed: registered by `localrank index --watch`, so the
+        -- watch survives a restart. One row per (collection, folder).
+        CREATE TABLE watches (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            collection TEXT NOT NULL,
+            root TEXT NOT NULL,
+            options TEXT NOT NULL DEFAULT '{}',
+            created TEXT NOT NULL,
+            UNIQUE (collection, root)
+        );
+        -- Documents read from files are found by where they came from (prune, watch, get by path).
+        CREATE INDEX documents_source ON documents (collection_id, source);
+        """,
+    ),
 ]
 
 

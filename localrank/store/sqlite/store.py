@@ -18,16 +18,18 @@ from localrank.store.filters import Filter
 from localrank.store.records import (
     Collection,
     CompactReport,
+    DocumentFile,
     Job,
     JobItem,
     JobProgress,
     PreparedDocument,
     StoredChunk,
     StoredDocument,
+    Watch,
     WriteResult,
     check_fingerprint,
 )
-from localrank.store.sqlite import cache, catalog, jobs, maintenance, reindex, retrieve
+from localrank.store.sqlite import cache, catalog, jobs, maintenance, reindex, retrieve, watches
 from localrank.store.sqlite.db import Database, scalar
 from localrank.store.sqlite.schema import migrate
 from localrank.store.sqlite.vector_index import IndexRegistry
@@ -116,6 +118,23 @@ class SQLiteStore:
 
     def fetch_chunks(self, chunk_ids: Sequence[int]) -> list[StoredChunk]:
         return catalog.fetch_chunks(self.db.reader(), chunk_ids)
+
+    def document_files(self, collection: Collection, root: str) -> list[DocumentFile]:
+        return watches.document_files(self.db.reader(), collection, root)
+
+    def delete_documents(self, collection_name: str, doc_ids: Sequence[str]) -> int:
+        return watches.delete_documents(self.db, collection_name, doc_ids)
+
+    # --- watched folders ----------------------------------------------------------------
+
+    def add_watch(self, collection: str, root: str, options: dict[str, Any]) -> Watch:
+        return watches.add_watch(self.db, collection, root, options)
+
+    def list_watches(self) -> list[Watch]:
+        return watches.list_watches(self.db.reader())
+
+    def remove_watch(self, watch_id: int) -> Watch:
+        return watches.remove_watch(self.db, watch_id)
 
     # --- retrieval ----------------------------------------------------------------------
 

@@ -1,0 +1,211 @@
+"""The commands' in-process work, when no daemon runs (or with --local): a CollectionService
+over the user's store (WAL: safe next to a daemon), and the model loaded here only when the
+command needs one. Imported by the command modules only when they run in-process: it brings
+in the engine (numpy, torch) and the store (apsw, sqlite-vec).
+
+Every function returns what the daemon's API returns for the same request, so a command prints
+the same output whichever path ran it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from localrank.cli.common import Runtime
+from localrank.collections import AsyncEmbedder, CollectionService, FolderOptions, SearchRequest
+from localrank.collections.embedder import in_process_embedder
+from localrank.collections.evaluate import evaluate, index_dataset, load_beir
+from localrank.config import Settings
+from localrank.engine.load import load_engine
+from localrank.errors import NotReady
+from localrank.store import open_store
+from localrank.store.records import Job
+
+T = TypeVar("T")
+Progress = Callable[[dict[str, Any]], None]
+
+
+def _no_model() -> AsyncEmbedder:
+    raise NotReady("this command does not load a model")
+
+
+@contextlib.asynccontextmanager
+async def service(
+    settings: Settings, runtime: Runtime, *, model: bool, database: Path | None = None
+) -> AsyncIterator[CollectionService]:
+    """A CollectionService over the user's store (or `database`), with the model loaded only
+    when the command needs one; both are closed on the way out."""
+    factory = runtime.embedder_factory or in_process_embedder
+    embedder = factory(settings) if model else None
+    store = await asyncio.to_thread(open_store, database or settings.paths.database)
+    try:
+        yield CollectionService(store, (lambda: embedder) if embedder else _no_model)
+    finally:
+        store.close()
+        if embedder is not None:
+            await asyncio.to_thread(embedder.close)
+
+
+def run(
+    settings: Settings,
+    runtime: Runtime,
+    fn: Callable[[CollectionService], Awaitable[T]],
+    *,
+    model: bool,
+) -> T:
+    async def go() -> T:
+        async with service(settings, runtime, model=model) as s:
+            return await fn(s)
+
+    return asyncio.run(go())
+
+
+def _jobs_as_api(progress: Progress | None) -> Callable[[Job], None] | None:
+    if progress is None:
+        return None
+    return lambda job: progress(job.to_api())
+
+
+def search(settings: Settings, runtime: Runtime, body: dict[str, Any]) -> dict[str, Any]:
+    req = SearchRequest.from_json(body)
+    return run(settings, runtime, lambda s: s.search(req), model=req.needs_embedding)
+
+
+def index(
+    settings: Settings,
+    runtime: Runtime,
+    path: Path,
+    collection: str,
+    *,
+    options: FolderOptions,
+    prune: bool,
+    wait: bool,
+    watch: bool,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    async def go(s: CollectionService) -> dict[str, Any]:
+        out = await s.index_folder(
+            path,
+            collection,
+            options=options,
+            prune=prune,
+            wait=wait,
+            on_progress=_jobs_as_api(progress),
+        )
+        if watch:
+            # Registered in the database: the daemon watches it from its next start.
+            out["watch"] = await s.add_watch(path, collection, options=options)
+        return out
+
+    return run(settings, runtime, go, model=True)
+
+
+def collections(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
+    return run(settings, runtime, lambda s: s.list_collections(), model=False)
+
+
+def jobs(settings: Settings, runtime: Runtime, limit: int) -> list[dict[str, Any]]:
+    return run(settings, runtime, lambda s: s.list_jobs(limit=limit), model=False)
+
+
+def watches(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
+    return run(settings, runtime, lambda s: s.list_watches(), model=False)
+
+
+def remove_watch(settings: Settings, runtime: Runtime, watch: int | str) -> dict[str, Any]:
+    return run(settings, runtime, lambda s: s.remove_watch(watch), model=False)
+
+
+def compact(settings: Settings, runtime: Runtime) -> dict[str, Any]:
+    return run(settings, runtime, lambda s: s.compact(), model=False)
+
+
+def reindex(
+    settings: Settings, runtime: Runtime, collection: str, force: bool, progress: Progress | None
+) -> dict[str, Any]:
+    return run(
+        settings,
+        runtime,
+        lambda s: s.reindex_here(collection, force=force, on_progress=_jobs_as_api(progress)),
+        model=True,
+    )
+
+
+def eval_dataset(settings: Settings, runtime: Runtime, folder: str) -> dict[str, Any]:
+    dataset = load_beir(folder)
+
+    async def go() -> dict[str, Any]:
+        # A throwaway database: evaluation never touches the user's collections.
+        with tempfile.TemporaryDirectory(prefix="localrank-eval-") as tmp:
+            async with service(settings, runtime, model=True, database=Path(tmp) / "eval.db") as s:
+                chunks = await index_dataset(s, dataset, "eval")
+                metrics = await evaluate(s, dataset, "eval")
+                model = s.embedder().model_id
+        return {
+            "dataset": dataset.name,
+            "model": model,
+            "documents": len(dataset.corpus),
+            "queries": len(dataset.queries),
+            "chunks": chunks,
+            "metrics": metrics,
+        }
+
+    return asyncio.run(go())
+
+
+def embed(
+    settings: Settings,
+    texts: Sequence[str],
+    *,
+    query: bool,
+    instruction: str | None,
+    dimensions: int | None,
+    truncate: bool,
+) -> dict[str, Any]:
+    """The `localrank embed --json` document."""
+    engine = load_engine(settings)
+    try:
+        result = engine.embed(
+            list(texts),
+            query=query,
+            instruction=instruction,
+            dimensions=dimensions,
+            truncate=truncate,
+        )
+        info = engine.info
+        return {
+            "model": info.model_id,
+            "backend": info.backend.backend,
+            "device": info.backend.device,
+            "dtype": info.backend.dtype,
+            "dim": int(result.vectors.shape[1]),
+            "pooling": info.backend.pooling,
+            "fallback_reason": info.fallback_reason,
+            "usage": {"prompt_tokens": result.prompt_tokens, "truncated": result.truncated},
+            "embeddings": result.vectors.tolist(),
+        }
+    finally:
+        engine.close()
+
+
+def rerank(
+    settings: Settings, query: str, documents: Sequence[str], instruction: str | None
+) -> dict[str, Any]:
+    """The `localrank rerank --json` document."""
+    engine = load_engine(settings)
+    try:
+        scores, _ = engine.rerank(query, list(documents), instruction=instruction)
+        ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
+        return {
+            "model": engine.info.model_id,
+            "results": [
+                {"index": i, "score": float(scores[i]), "document": documents[i]} for i in ranked
+            ],
+        }
+    finally:
+        engine.close()
