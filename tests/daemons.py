@@ -1,8 +1,10 @@
-"""A real `localrank serve` process for tests that need one (the CLI's daemon path, the MCP
-server): started on a free loopback port with its own LOCALRANK_HOME, stopped with SIGTERM."""
+"""A real `localrank serve` process for tests that need the daemon exactly as users run it (real
+clients, the CLI's daemon path, the MCP server, fuzzing): started on a free loopback port with
+its own LOCALRANK_HOME and no hub (never a download), logging to a file, stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,6 +14,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +49,12 @@ def request(
 
 @dataclass
 class LiveDaemon:
+    """`localrank serve ARGS` for `model` (None: the default setting) under `home`."""
+
     home: Path
     port: int
-    model: Path
+    model: Path | None
+    args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
 
@@ -57,38 +63,57 @@ class LiveDaemon:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def log(self) -> Path:
+        return self.home / "daemon.log"
+
+    @property
     def env(self) -> dict[str, str]:
         """The environment of a client configured for this daemon (as a user's shell is)."""
-        return {
-            **os.environ,
+        base = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("LOCALRANK_", "HF_")) and k != "NOTIFY_SOCKET"
+        }
+        env = {
+            **base,
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+            "NO_PROXY": "127.0.0.1,localhost",
+            # No hub here: an empty cache, and never a download attempt.
+            "HF_HOME": str(self.home / "hf"),
+            "HF_HUB_OFFLINE": "1",
             "LOCALRANK_HOME": str(self.home),
             "LOCALRANK_PORT": str(self.port),
-            "LOCALRANK_MODEL": str(self.model),
-            "LOCALRANK_BACKEND": "cpu",
             **self.extra_env,
         }
+        if self.model is not None:
+            env.update({"LOCALRANK_MODEL": str(self.model), "LOCALRANK_BACKEND": "cpu"})
+        return env
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def start(self, timeout: float = 180) -> LiveDaemon:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "localrank", "serve"],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        self.home.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "localrank", "serve", *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {self.proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 status, _ = request(f"{self.url}/health", timeout=2)
             except OSError:
                 status = 0
             if status == 200:
                 return self
-            time.sleep(0.2)
+            time.sleep(0.1)
         self.stop()
-        raise RuntimeError("daemon did not become healthy")
+        raise RuntimeError(f"daemon did not become healthy:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -98,8 +123,6 @@ class LiveDaemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None and self.proc.stderr is not None:
-            self.proc.stderr.close()
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a counter's samples whose labels include `labels`."""
@@ -121,6 +144,18 @@ class LiveDaemon:
                 return dict(job)
             time.sleep(0.1)
         raise AssertionError(f"job {job_id} did not finish")
+
+
+@contextlib.contextmanager
+def running(
+    home: Path, model: Path | None, *args: str, env: dict[str, str] | None = None
+) -> Iterator[LiveDaemon]:
+    """A started daemon for the duration of a `with` block."""
+    daemon = LiveDaemon(home, free_port(), model, args, extra_env=dict(env or {})).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
 
 
 def write_notes(folder: Path) -> dict[str, str]:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from live_daemon import start_daemon
+from daemons import running
 
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
@@ -45,7 +45,7 @@ def schemathesis(url: str, *, examples: int, seed: int) -> subprocess.CompletedP
 
 
 def test_every_route_answers_within_its_document(tmp_path: Path, minilm: Path) -> None:
-    with start_daemon(tmp_path, model=minilm) as daemon:
+    with running(tmp_path, minilm) as daemon:
         run = schemathesis(daemon.url, examples=6, seed=1)
         log = daemon.log_tail()
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]

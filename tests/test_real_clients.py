@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import cohere
@@ -29,6 +24,7 @@ import numpy as np
 import ollama
 import openai
 import pytest
+from daemons import LiveDaemon, running
 from huggingface_hub import InferenceClient
 
 from localrank.config import load_settings
@@ -45,96 +41,25 @@ QUERY = "What is the capital of France?"
 MODEL = "all-minilm-l6-v2"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 SERVED = "my-embedder"
-HEALTH_TIMEOUT = 60.0
-
-
-@dataclass
-class Daemon:
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def health_status(port: int) -> int | None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-    try:
-        conn.request("GET", "/health")
-        return conn.getresponse().status
-    except OSError:
-        return None
-    finally:
-        conn.close()
-
-
-def start_daemon(home: Path, *args: str) -> Iterator[Daemon]:
-    """`localrank serve ARGS` on a free port with its state under `home`, once healthy."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LOCALRANK_", "HF_")) and k != "NOTIFY_SOCKET"
-    }
-    env.update(
-        {
-            "LOCALRANK_HOME": str(home),
-            "NO_PROXY": "127.0.0.1,localhost",
-            # No hub here: an empty cache, and never a download attempt.
-            "HF_HOME": str(home / "hf"),
-            "HF_HUB_OFFLINE": "1",
-        }
-    )
-    port = free_port()
-    log = home / "daemon.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "localrank", "serve", "--port", str(port), *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    d = Daemon(process, port, log)
-    try:
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        while health_status(port) != 200:
-            if process.poll() is not None:
-                pytest.fail(f"localrank serve exited with {process.returncode}:\n{d.log_tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"/health not 200 within {HEALTH_TIMEOUT}s:\n{d.log_tail()}")
-            time.sleep(0.1)
-        yield d
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(10)
 
 
 @pytest.fixture(scope="module")
-def daemon(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def daemon(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
     """`localrank serve --model <folder> --served-model-name my-embedder`, the folder a copy of
     all-MiniLM-L6-v2 somewhere else."""
     home = tmp_path_factory.mktemp("daemon-home")
     copy = shutil.copytree(minilm, home / "models" / "copied-model")
-    yield from start_daemon(
-        home, "--model", str(copy), "--backend", "cpu", "--served-model-name", SERVED
-    )
+    with running(
+        home, None, "--model", str(copy), "--backend", "cpu", "--served-model-name", SERVED
+    ) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
-def default_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def default_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDaemon]:
     """`localrank serve` with the default settings."""
-    yield from start_daemon(tmp_path_factory.mktemp("default-home"))
+    with running(tmp_path_factory.mktemp("default-home"), None) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -159,7 +84,7 @@ def cosine_order(engine: Engine, query: str, docs: list[str]) -> tuple[list[int]
     return sorted(range(len(docs)), key=lambda i: -scores[i]), scores
 
 
-def test_openai_sdk_default_encoding(daemon: Daemon, engine: Engine) -> None:
+def test_openai_sdk_default_encoding(daemon: LiveDaemon, engine: Engine) -> None:
     sent: list[dict[str, object]] = []
     http_client = httpx.Client(
         event_hooks={"request": [lambda r: sent.append(json.loads(r.content))]}
@@ -179,7 +104,7 @@ def test_openai_sdk_default_encoding(daemon: Daemon, engine: Engine) -> None:
     assert err.value.body is not None
 
 
-def test_cohere_client_v2_rerank(daemon: Daemon, engine: Engine) -> None:
+def test_cohere_client_v2_rerank(daemon: LiveDaemon, engine: Engine) -> None:
     client = cohere.ClientV2(api_key="x", base_url=daemon.url)
     result = client.rerank(model=MODEL, query=QUERY, documents=DOCS, top_n=3)
     order, scores = cosine_order(engine, QUERY, DOCS)
@@ -192,7 +117,7 @@ def test_cohere_client_v2_rerank(daemon: Daemon, engine: Engine) -> None:
         client.rerank(model="rerank-v3.5", query=QUERY, documents=DOCS)
 
 
-def test_ollama_client_embed(daemon: Daemon, engine: Engine) -> None:
+def test_ollama_client_embed(daemon: LiveDaemon, engine: Engine) -> None:
     client = ollama.Client(host=daemon.url)
     result = client.embed(model=MODEL, input=DOCS)
     want = engine.embed(DOCS)
@@ -206,7 +131,7 @@ def test_ollama_client_embed(daemon: Daemon, engine: Engine) -> None:
     assert err.value.error.startswith("model 'nomic-embed-text' not found")
 
 
-def test_huggingface_inference_client(daemon: Daemon, engine: Engine) -> None:
+def test_huggingface_inference_client(daemon: LiveDaemon, engine: Engine) -> None:
     """InferenceClient(model=URL) posts to the URL itself, as for a TEI endpoint (LangChain's
     HuggingFaceEndpointEmbeddings is this client)."""
     client = InferenceClient(model=daemon.url)
@@ -219,7 +144,7 @@ def test_huggingface_inference_client(daemon: Daemon, engine: Engine) -> None:
     assert np.abs(np.asarray(scores) - vectors[1:] @ vectors[0]).max() < 1e-5
 
 
-def test_openai_models(daemon: Daemon) -> None:
+def test_openai_models(daemon: LiveDaemon) -> None:
     client = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="x")
     ids = [m.id for m in client.models.list()]
     assert ids[:2] == [SERVED, MINILM_ID] and "localrank-embed" in ids
@@ -231,7 +156,7 @@ def test_openai_models(daemon: Daemon) -> None:
     assert len(result.data[0].embedding) == 384
 
 
-def test_cohere_client_v2_embed(daemon: Daemon, engine: Engine) -> None:
+def test_cohere_client_v2_embed(daemon: LiveDaemon, engine: Engine) -> None:
     client = cohere.ClientV2(api_key="x", base_url=daemon.url)
     result = client.embed(
         model=SERVED, texts=DOCS, input_type="search_document", embedding_types=["float"]
@@ -241,7 +166,7 @@ def test_cohere_client_v2_embed(daemon: Daemon, engine: Engine) -> None:
     assert np.abs(got - engine.embed(DOCS).vectors).max() < 1e-5
 
 
-def test_ollama_client_list_show_ps(daemon: Daemon) -> None:
+def test_ollama_client_list_show_ps(daemon: LiveDaemon) -> None:
     client = ollama.Client(host=daemon.url)
     names = [m.model for m in client.list().models]
     assert names[:2] == [SERVED, MINILM_ID]
@@ -257,7 +182,7 @@ def test_ollama_client_list_show_ps(daemon: Daemon) -> None:
     assert err.value.status_code == 404
 
 
-def test_every_client_on_the_default_settings(default_daemon: Daemon, engine: Engine) -> None:
+def test_every_client_on_the_default_settings(default_daemon: LiveDaemon, engine: Engine) -> None:
     """No model named, no Qwen3 on this machine: the offline fallback serves, under its own
     names and localrank-embed, and every client works against it."""
     url = default_daemon.url
@@ -286,7 +211,7 @@ def test_every_client_on_the_default_settings(default_daemon: Daemon, engine: En
     assert health["fallback"] is True and health["names"] == ids
 
 
-def test_sigterm_drains_in_flight_request_and_exits_0(daemon: Daemon) -> None:
+def test_sigterm_drains_in_flight_request_and_exits_0(daemon: LiveDaemon) -> None:
     """Runs last: the daemon finishes the request it is serving, then exits 0 within 10 s."""
     texts = [f"sentence number {i} about drains and graceful shutdowns" for i in range(200)]
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
@@ -297,8 +222,9 @@ def test_sigterm_drains_in_flight_request_and_exits_0(daemon: Daemon) -> None:
         headers={"Content-Type": "application/json"},
     )
     time.sleep(0.2)  # the request is in the daemon's hands
-    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
     response = conn.getresponse()
     body = json.loads(response.read())
     assert response.status == 200 and len(body["data"]) == len(texts)
-    assert daemon.process.wait(10) == 0, daemon.log_tail()
+    assert daemon.proc.wait(10) == 0, daemon.log_tail()
