@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -31,11 +32,16 @@ class Daemon:
     """`localrank serve` on a free loopback port with its own temporary LOCALRANK_HOME."""
 
     def __init__(
-        self, model: str, extra: list[str] | None = None, env: dict[str, str] | None = None
+        self,
+        model: str,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        file_limit: int | None = None,
     ) -> None:
         self.model = model
         self.extra = extra or []
         self.env = env or {}
+        self.file_limit = file_limit  # RLIMIT_NOFILE (soft and hard) for the daemon
         self.port = 0
         self.home: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -74,7 +80,12 @@ class Daemon:
         with open(self.log_path, "wb") as log:
             self.launched = time.perf_counter()
             self.proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                preexec_fn=self._limit_files if self.file_limit else None,
             )
         deadline = self.launched + timeout
         while time.perf_counter() < deadline:
@@ -88,6 +99,10 @@ class Daemon:
             time.sleep(0.02)
         self.stop()
         raise TimeoutError(f"daemon not healthy within {timeout:.0f}s:\n" + self.log_tail())
+
+    def _limit_files(self) -> None:
+        assert self.file_limit is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def _health(self) -> int:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)

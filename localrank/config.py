@@ -75,7 +75,7 @@ class Settings:
     # last response) is closed: idle keep-alives, stalled and slow-drip headers alike.
     idle_timeout_s: float = 15.0
     # The longest a request body may take to arrive.
-    body_timeout_s: float = 30.0
+    body_timeout_s: float = 20.0
     # Open connections at once (0: just below the process's open-file limit).
     max_connections: int = 0
     cache_size: int = 8192
