@@ -97,7 +97,7 @@ async def test_slow_drip_headers_and_silent_connections_are_closed(daemon: int) 
             closed_at = time.monotonic()
             break
     assert closed_at is not None and closed_at - start < 3.0
-    assert await asyncio.wait_for(silent_reader.read(), 3.0) == b""  # closed, nothing sent
+    assert await _closed_silently(silent_reader, 3.0)
     writer.close()
     silent_writer.close()
 
@@ -107,6 +107,16 @@ async def _eof_soon(reader: asyncio.StreamReader) -> bool:
         return await asyncio.wait_for(reader.read(1), 0.01) == b""
     except asyncio.TimeoutError:
         return False
+    except ConnectionError:  # a reset is a close too: the kernel may answer unread bytes with RST
+        return True
+
+
+async def _closed_silently(reader: asyncio.StreamReader, timeout: float) -> bool:
+    """Closed with nothing sent: an orderly EOF or a reset both count."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout) == b""
+    except ConnectionError:
+        return True
 
 
 async def test_a_stalled_body_gets_408(daemon: int) -> None:
@@ -133,7 +143,7 @@ async def test_idle_connections_past_the_cap_make_room_for_real_clients(daemon: 
         )
         assert raw.startswith(b"HTTP/1.1 200") and time.monotonic() - start < 1.0
         # the oldest idle ones were closed to make room
-        assert await asyncio.wait_for(idle[0][0].read(), 1.0) == b""
+        assert await _closed_silently(idle[0][0], 1.0)
     finally:
         for _, w in idle:
             w.close()
