@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from localrank.engine.batching import bucket_rows
+
 # Weight name -> the shape config.json implies for it (what the loader checks).
 Shapes = dict[str, tuple[int, ...]]
 # SDPA's enable_gqa (torch >= 2.5) shares k/v heads without copying them; older: repeat them.
@@ -80,22 +82,32 @@ class Packing:
 
     Token-wise work (projections, MLP, norms: ~90% of the FLOPs) runs on the N real tokens
     packed as [N, D], so padding costs nothing there; only attention sees the padded layout.
-    Without padding, packing is a free reshape.
+    N is rounded up to a few sizes (`bucket_rows`: the extra rows repeat the first token and are
+    dropped by `scatter`), so the kernels that are compiled and cached per shape stay few.
     """
 
     def __init__(self, real: Tensor | None, b: int, t: int) -> None:
         self.b, self.t = b, t
-        self.idx = None if real is None else real.flatten().nonzero().squeeze(1)
+        real_idx = None if real is None else real.flatten().nonzero().squeeze(1)
+        self.n = b * t if real_idx is None else int(real_idx.numel())
+        self.idx = real_idx
+        extra = bucket_rows(self.n) - self.n
+        self.take: Tensor | None = None  # what `gather` selects, when not a plain reshape
+        if real_idx is not None or extra:
+            device = real.device if real is not None else None
+            first = torch.arange(self.n, device=device) if real_idx is None else real_idx
+            self.take = torch.cat([first, first[:1].expand(extra)])
 
     def gather(self, x: Tensor) -> Tensor:
-        """[B, T, ...] -> [N, ...]: the real tokens, in row-major order."""
+        """[B, T, ...] -> [rows, ...]: the real tokens in row-major order, then fill rows."""
         flat = x.reshape(self.b * self.t, *x.shape[2:])
-        return flat if self.idx is None else flat.index_select(0, self.idx)
+        return flat if self.take is None else flat.index_select(0, self.take.to(flat.device))
 
     def scatter(self, x: Tensor) -> Tensor:
-        """[N, D] -> [B, T, D], zeros at padding."""
+        """[rows, D] -> [B, T, D], zeros at padding."""
+        x = x[: self.n]
         if self.idx is None:
-            return x.view(self.b, self.t, -1)
+            return x.reshape(self.b, self.t, -1)
         out = x.new_zeros(self.b * self.t, x.shape[-1])
         return out.index_copy_(0, self.idx, x).view(self.b, self.t, -1)
 
