@@ -143,9 +143,10 @@ class Engine:
         if not truncate:
             for i, e in enumerate(encoded):
                 if e.truncated:
+                    limit = self.recipe.max_tokens
+                    size = e.original_tokens or f"more than {limit}"
                     raise TooLarge(
-                        f"input[{i}] has {e.original_tokens} tokens; the limit is "
-                        f"{self.recipe.max_tokens} and truncation is off",
+                        f"input[{i}] has {size} tokens; the limit is {limit} and truncation is off",
                         param="input",
                     )
         return encoded

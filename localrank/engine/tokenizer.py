@@ -1,4 +1,17 @@
-"""Text -> model input ids, by the recipe: special tokens, EOS, truncation that is counted."""
+"""Text -> model input ids, by the recipe: special tokens, EOS, truncation that is counted.
+
+A text longer than the model reads is cut by characters before it is tokenised, so a 30 MB
+input costs what its first few thousand tokens cost. The cut is exact: the ids equal those of
+the whole text tokenised and then truncated. Normalisers and pre-tokenisers work on local
+context and each pre-token is split into tokens on its own, so only the tokens of the last
+pre-token or two before a cut can differ from the whole text's. A prefix is therefore accepted
+only when it has `CUT_MARGIN` tokens to spare past the limit AND a prefix twice as long gives
+the same first `limit` ids; otherwise the bound doubles (tests/test_tokenizer.py checks both
+tokenizers on multi-byte text, text without spaces and texts at the limit).
+
+Every call into the tokenizers library goes through `encode_batch`, which releases the GIL
+(`encode` holds it for the whole text: seconds for a few MB, during which no other thread runs).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 from localrank.engine.types import Recipe
 from localrank.errors import InvalidInput, ModelError
@@ -18,7 +31,9 @@ class Encoded:
 
     ids: list[int]
     truncated: bool
-    original_tokens: int
+    # Tokens of the whole input, special tokens included; None when a long text was cut before
+    # tokenising (it has more than the model reads; how many more was not counted).
+    original_tokens: int | None
 
 
 @dataclass(frozen=True)
@@ -30,6 +45,17 @@ class Token:
     special: bool
     start: int | None
     stop: int | None
+
+
+# A first character bound for `limit` tokens: 8 characters a token is more than English BPE or
+# WordPiece use (4-6), so one round usually suffices; denser scripts just get more tokens. Never
+# under 256, so the two compared prefixes differ by more than WordPiece's longest word (100
+# characters; a longer one is a single [UNK], a prefix of it is not).
+CHARS_PER_TOKEN = 8
+MIN_CUT_CHARS = 256
+# Tokens a prefix must have past the limit before its first `limit` are compared with a longer
+# prefix's.
+CUT_MARGIN = 8
 
 
 def load_raw_tokenizer(model_dir: Path) -> Tokenizer:
@@ -75,18 +101,43 @@ class TextTokenizer:
         if self.content_limit < 1:
             raise ModelError(f"max_tokens {recipe.max_tokens} leaves no room for content")
 
-    def _wrap(self, content: Sequence[int]) -> Encoded:
+    def _wrap(self, content: Sequence[int], cut: bool = False) -> Encoded:
         n = len(content)
-        truncated = n > self.content_limit
+        truncated = cut or n > self.content_limit
         body = list(content[: self.content_limit])
-        return Encoded(
-            self.prefix + body + self.suffix, truncated, n + len(self.prefix) + len(self.suffix)
-        )
+        total = None if cut else n + len(self.prefix) + len(self.suffix)
+        return Encoded(self.prefix + body + self.suffix, truncated, total)
+
+    def _raw(self, texts: Sequence[str]) -> list[Encoding]:
+        return self.raw.encode_batch(list(texts), add_special_tokens=False)
+
+    def _leading(self, texts: Sequence[str], limit: int) -> list[tuple[Encoding, bool]]:
+        """Each text's content encoding, exact in its first `limit` tokens, and whether the
+        text was cut (then it has more than `limit` tokens and only a prefix was tokenised)."""
+        out: list[tuple[Encoding, bool] | None] = [None] * len(texts)
+        bound = max(MIN_CUT_CHARS, (limit + CUT_MARGIN) * CHARS_PER_TOKEN)
+        todo = list(range(len(texts)))
+        while todo:
+            whole = [i for i in todo if len(texts[i]) <= 2 * bound]
+            for i, enc in zip(whole, self._raw([texts[i] for i in whole]), strict=True):
+                out[i] = (enc, False)
+            cut = [i for i in todo if len(texts[i]) > 2 * bound]
+            pieces = [texts[i][: k * bound] for i in cut for k in (1, 2)]
+            encs = self._raw(pieces)
+            todo = []
+            for j, i in enumerate(cut):
+                short, longer = encs[2 * j], encs[2 * j + 1]
+                ids = short.ids
+                if len(ids) >= limit + CUT_MARGIN and ids[:limit] == longer.ids[:limit]:
+                    out[i] = (short, True)
+                else:
+                    todo.append(i)
+            bound *= 2
+        return [o for o in out if o is not None]
 
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
         """Encode texts; inputs over max_tokens are cut to fit (Encoded.truncated says so)."""
-        encodings = self.raw.encode_batch(list(texts), add_special_tokens=False)
-        return [self._wrap(e.ids) for e in encodings]
+        return [self._wrap(enc.ids, cut) for enc, cut in self._leading(texts, self.content_limit)]
 
     def encode_ids(self, inputs: Sequence[Sequence[int]]) -> list[Encoded]:
         """Wrap caller-supplied token ids (OpenAI's token-array input) the same way as text."""
@@ -113,12 +164,12 @@ class TextTokenizer:
 
     def offsets(self, text: str) -> list[tuple[int, int]]:
         """Character span of each content token (used for token-aware chunking)."""
-        return list(self.raw.encode(text, add_special_tokens=False).offsets)
+        return list(self._raw([text])[0].offsets)
 
     def describe(self, text: str, *, add_special_tokens: bool = True) -> list[Token]:
         """The tokens of `text` with their character spans, wrapped in the special tokens the
         recipe adds when `add_special_tokens`."""
-        enc = self.raw.encode(text, add_special_tokens=False)
+        enc = self._raw([text])[0]
         content = [
             Token(i, text[a:b], False, a, b) for i, (a, b) in zip(enc.ids, enc.offsets, strict=True)
         ]
@@ -130,10 +181,13 @@ class TextTokenizer:
 
         return [*special(self.prefix), *content, *special(self.suffix)]
 
-    def cut(self, text: str, limit: int) -> str:
-        """`text` cut after its first `limit` content tokens (unchanged if it has fewer)."""
-        offsets = self.offsets(text)
-        return text[: offsets[limit - 1][1]] if len(offsets) > limit else text
+    def cut(self, texts: Sequence[str], limit: int) -> list[str]:
+        """Each text cut after its first `limit` content tokens (unchanged if it has fewer)."""
+        out = []
+        for text, (enc, _) in zip(texts, self._leading(texts, limit), strict=True):
+            offsets = enc.offsets
+            out.append(text[: offsets[limit - 1][1]] if len(offsets) > limit else text)
+        return out
 
 
 def _find(haystack: list[int], needle: list[int]) -> int:
