@@ -60,6 +60,10 @@ class Settings:
     max_batch_size: int = 128
     # How long the scheduler waits for more requests to merge into a batch.
     batch_wait_ms: float = 2.0
+    # A forward pass takes at most about this long (sized by the measured cost of recent
+    # passes; one input at least), so a request that arrives while the model is busy waits about
+    # this long whatever else is queued. 0: passes are limited by max_batch_tokens only.
+    max_batch_ms: float = 50.0
     # Requests (not texts) waiting for the model before new ones get 429.
     queue_size: int = 1024
     max_inputs: int = 2048
@@ -142,6 +146,11 @@ def _validate(s: Settings) -> None:
     for name in ("max_tokens", "max_batch_size", "queue_size", "max_inputs"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    for name in ("batch_wait_ms", "max_batch_ms"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name} must be 0 or more")
+    if s.cache_size < 0:
+        raise ConfigError("cache_size must be 0 (no cache) or more")
     if s.max_batch_tokens < 0:
         raise ConfigError("max_batch_tokens must be positive, or 0 for the backend's default")
     if s.log_format not in ("text", "json"):

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -102,9 +103,14 @@ class HashBackend:
     daemon (scheduler, cache, dialects, collections adapter) runs around a fake forward pass.
     For plumbing tests only."""
 
-    def __init__(self, recipe: Recipe, skip: set[int], dim: int) -> None:
+    def __init__(
+        self, recipe: Recipe, skip: set[int], dim: int, seconds_per_token: float = 0.0
+    ) -> None:
         self.recipe = recipe
         self.skip = skip  # the special tokens every input carries: not content
+        # A forward pass that takes time like a model's (it sleeps, so the GIL is free).
+        self.seconds_per_token = seconds_per_token
+        self.rows = 0  # rows embedded so far
         self.info = BackendInfo(
             backend="fake",
             device="cpu",
@@ -116,6 +122,9 @@ class HashBackend:
 
     def embed(self, batch: Batch) -> np.ndarray:
         dim = self.info.dim
+        self.rows += batch.shape[0]
+        if self.seconds_per_token:
+            time.sleep(self.seconds_per_token * int(np.asarray(batch.attention_mask).sum()))
         out = np.zeros((batch.shape[0], dim), dtype=np.float32)
         for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
             for token in ids[mask != 0].tolist():
@@ -130,15 +139,22 @@ class HashBackend:
         pass
 
 
-def hash_engine(model_dir: Path, *, dim: int = 64, model_id: str = "fake/hash-bow") -> Engine:
+def hash_engine(
+    model_dir: Path,
+    *,
+    dim: int = 64,
+    model_id: str = "fake/hash-bow",
+    seconds_per_token: float = 0.0,
+    max_tokens: int = 8192,
+) -> Engine:
     """A real Engine (tokenizer, recipe, batching) over `model_dir`'s tokenizer, with HashBackend
     in place of the model."""
     raw = load_raw_tokenizer(model_dir)
     recipe = dataclasses.replace(
-        load_recipe(model_dir, raw, max_tokens=8192, default_instruction="x"), dim=dim
+        load_recipe(model_dir, raw, max_tokens=max_tokens, default_instruction="x"), dim=dim
     )
     tokenizer = TextTokenizer(raw, recipe)
-    backend = HashBackend(recipe, set(tokenizer.prefix + tokenizer.suffix), dim)
+    backend = HashBackend(recipe, set(tokenizer.prefix + tokenizer.suffix), dim, seconds_per_token)
     return Engine(
         ResolvedModel(model_id, model_dir, "1"),
         tokenizer,

@@ -27,7 +27,11 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
     """Serve until SIGTERM/SIGINT. Returns the process exit code."""
     check_bind_safety(settings)
     app = make_app(settings, loader=loader) if loader else make_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+    # handler_cancellation: a client that disconnects gets its handler cancelled, and so its
+    # queued model work dropped (aiohttp's default keeps running it for nobody).
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=DRAIN_SECONDS, handler_cancellation=True
+    )
     await runner.setup()
     sites: list[web.BaseSite] = []
     if settings.unix_socket:
