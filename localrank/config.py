@@ -60,10 +60,11 @@ class Settings:
     max_batch_size: int = 128
     # How long the scheduler waits for more requests to merge into a batch.
     batch_wait_ms: float = 2.0
-    # A forward pass takes at most about this long (sized by the measured cost of recent
-    # passes; one input at least), so a request that arrives while the model is busy waits about
-    # this long whatever else is queued. 0: passes are limited by max_batch_tokens only.
-    max_batch_ms: float = 50.0
+    # How long a request that arrives while the model is busy waits before its own pass starts:
+    # a pass pauses between layers for it, and passes are sized (by the measured cost of recent
+    # ones) so that the stretch between two pauses takes about this long. 0: passes are sized by
+    # max_batch_tokens only.
+    preempt_ms: float = 25.0
     # Requests (not texts) waiting for the model before new ones get 429.
     queue_size: int = 1024
     max_inputs: int = 2048
@@ -146,7 +147,7 @@ def _validate(s: Settings) -> None:
     for name in ("max_tokens", "max_batch_size", "queue_size", "max_inputs"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")
-    for name in ("batch_wait_ms", "max_batch_ms"):
+    for name in ("batch_wait_ms", "preempt_ms"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be 0 or more")
     if s.cache_size < 0:

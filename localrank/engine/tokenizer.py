@@ -135,6 +135,12 @@ class TextTokenizer:
             bound *= 2
         return [o for o in out if o is not None]
 
+    def work(self, text: str) -> int:
+        """About how many characters `encode` tokenises for `text`: all of a short one, two
+        prefixes of a long one (usually; a dense script may take another round)."""
+        bound = max(MIN_CUT_CHARS, (self.content_limit + CUT_MARGIN) * CHARS_PER_TOKEN)
+        return len(text) if len(text) <= 2 * bound else 3 * bound
+
     def encode(self, texts: Sequence[str]) -> list[Encoded]:
         """Encode texts; inputs over max_tokens are cut to fit (Encoded.truncated says so)."""
         return [self._wrap(enc.ids, cut) for enc, cut in self._leading(texts, self.content_limit)]

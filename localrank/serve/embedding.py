@@ -96,7 +96,7 @@ class EmbeddingService:
         queue_size: int,
         cache_size: int,
         max_inputs: int = 2048,
-        max_batch_ms: float = 0.0,
+        preempt_ms: float = 0.0,
     ) -> None:
         self.engine = engine
         self.max_inputs = max_inputs
@@ -107,7 +107,7 @@ class EmbeddingService:
             max_batch_tokens=max_batch_tokens,
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
-            max_batch_ms=max_batch_ms,
+            preempt_ms=preempt_ms,
             queue_size=queue_size,
             on_batch=self._record_batch,
         )

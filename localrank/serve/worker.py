@@ -7,11 +7,13 @@ first slice while the rest is still being tokenised.
 
 The scheduler serves requests, not items (the way TEI batches, made fair): each forward pass takes
 one item from each waiting request in turn (round robin, the turn kept from one pass to the
-next), interactive requests before bulk (ingestion) ones, until the pass is full. A pass is full
-at the token budget, at the row limit, or when, by the cost per token measured on recent passes,
-it would take longer than `max_batch_ms`: a request that arrives while the model is busy waits
-about one such pass, whatever else is queued. The queue is bounded: when it is full, `submit`
-raises Overloaded at once (429 + Retry-After) instead of queueing without limit.
+next), interactive requests before bulk (ingestion) ones, until the pass is full: at the token
+budget, at the row limit, or at what the cost of recent passes says it can do in `preempt_ms`
+per stretch. A pass pauses between two layers (torch; MLX runs its graph at once) when an
+interactive request that has no part in it is waiting, and runs a short pass for it there: so
+a one-text request waits about one stretch, not behind a 2,000-text request or an ingestion.
+The queue is bounded: when it is full, `submit` raises Overloaded at once (429 + Retry-After)
+instead of queueing without limit.
 
 A request whose caller went away (the client disconnected and aiohttp cancelled the handler) has
 the rest of its tokenisation skipped and its queued items dropped.
@@ -34,17 +36,17 @@ import numpy as np
 
 from localrank.engine.core import Engine
 from localrank.engine.tokenizer import Encoded
+from localrank.engine.types import Pause
 from localrank.errors import NotReady, Overloaded
 
 log = logging.getLogger(__name__)
 
 Inputs = Sequence[str] | Sequence[Sequence[int]]
 
-# One turn on the tokeniser thread: at most this many texts, or characters (a long text counts
-# at most CHARS_PER_TEXT: the tokenizer cuts it to a prefix first).
+# One turn on the tokeniser thread: at most this many texts, or characters to tokenise (a long
+# text counts what the tokenizer reads of it, a prefix): ~10-30 ms of tokenising.
 SLICE_TEXTS = 256
-SLICE_CHARS = 256 * 1024
-CHARS_PER_TEXT = 64 * 1024
+SLICE_CHARS = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -128,16 +130,16 @@ class PassCost:
         return int(max(0.0, seconds - fixed) / per_token) if per_token > 0 else None
 
 
-def _slices(inputs: Inputs) -> Iterator[list]:  # type: ignore[type-arg]
-    """Consecutive runs of inputs, each one turn on the tokeniser. Token ids come in one run
-    (they are only checked and wrapped)."""
+def _slices(inputs: Inputs, work: Callable[[str], int]) -> Iterator[list]:  # type: ignore[type-arg]
+    """Consecutive runs of inputs, each one turn on the tokeniser; `work` is what tokenising a
+    text costs, in characters. Token ids come in one run (they are only checked and wrapped)."""
     if not inputs or not isinstance(inputs[0], str):
         yield list(inputs)
         return
     part: list[str] = []
     chars = 0
     for text in inputs:
-        cost = min(len(text), CHARS_PER_TEXT)  # type: ignore[arg-type]
+        cost = work(text)  # type: ignore[arg-type]
         if part and (len(part) >= SLICE_TEXTS or chars + cost > SLICE_CHARS):
             yield part
             part, chars = [], 0
@@ -157,20 +159,25 @@ class ModelWorker:
         max_batch_size: int,
         batch_wait_ms: float,
         queue_size: int,
-        max_batch_ms: float = 0.0,
+        preempt_ms: float = 0.0,
         on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
         self.max_batch_size = max_batch_size
         self.batch_wait = batch_wait_ms / 1000.0
-        self.max_batch_seconds = max_batch_ms / 1000.0
+        self.preempt_seconds = preempt_ms / 1000.0
         self.queue_size = queue_size
         self.on_batch = on_batch
         self.cost = PassCost()
         self._inbox: queue.SimpleQueue[tuple[_Job, list[Encoded]] | None] = queue.SimpleQueue()
         self._jobs: set[_Job] = set()  # submitted and not yet returned (event loop only)
         self._stopping = False
+        # The model thread's own state: the turn orders, and what the last pass showed.
+        self._interactive: collections.deque[_Job] = collections.deque()
+        self._bulk: collections.deque[_Job] = collections.deque()
+        self._stop_seen = False
+        self._segments = 1  # stretches between pauses in the last pass (layers, on torch)
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="localrank-tokenizer")
         self._thread = threading.Thread(target=self._run, name="localrank-model", daemon=True)
         self._thread.start()
@@ -195,7 +202,7 @@ class ModelWorker:
         job = _Job(len(inputs), bulk, loop.create_future(), loop, vectors)
         self._jobs.add(job)
         try:
-            for part in _slices(inputs):
+            for part in _slices(inputs, self.engine.tokenizer.work):
                 encoded = await loop.run_in_executor(self._tokenizer, self._prepare, part, truncate)
                 self._inbox.put((job, encoded))
             return await job.future
@@ -221,16 +228,13 @@ class ModelWorker:
     # --- model thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        interactive: collections.deque[_Job] = collections.deque()
-        bulk: collections.deque[_Job] = collections.deque()
-        stop = False
-        while not (stop and not interactive and not bulk):
-            if not interactive and not bulk:
+        while not (self._stop_seen and not self._interactive and not self._bulk):
+            if not self._interactive and not self._bulk:
                 message = self._inbox.get()  # idle: block
                 if message is None:
-                    stop = True
+                    self._stop_seen = True
                     continue
-                self._accept(message, interactive, bulk)
+                self._accept(message)
                 # Just woke up: give concurrent requests a moment to join this batch, unless
                 # this is the only request in flight (then waiting is pure latency).
                 wait = self.batch_wait if len(self._jobs) > 1 else 0.0
@@ -241,83 +245,123 @@ class ModelWorker:
                     except queue.Empty:
                         break
                     if message is None:
-                        stop = True
+                        self._stop_seen = True
                         break
-                    self._accept(message, interactive, bulk)
-            # Whatever arrived during the last forward pass joins this one.
-            while True:
-                try:
-                    message = self._inbox.get_nowait()
-                except queue.Empty:
-                    break
-                if message is None:
-                    stop = True
-                    continue
-                self._accept(message, interactive, bulk)
-            if interactive or bulk:
-                self._step(interactive, bulk)
+                    self._accept(message)
+            self._collect()  # whatever arrived during the last forward pass joins this one
+            if self._interactive or self._bulk:
+                self._step()
 
-    def _accept(
-        self,
-        message: tuple[_Job, list[Encoded]],
-        interactive: collections.deque[_Job],
-        bulk: collections.deque[_Job],
-    ) -> None:
+    def _collect(self) -> None:
+        while True:
+            try:
+                message = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if message is None:
+                self._stop_seen = True
+            else:
+                self._accept(message)
+
+    def _accept(self, message: tuple[_Job, list[Encoded]]) -> None:
         job, encoded = message
         if job.closed:
             return
         job.encoded.extend(encoded)
         if not job.queued:
             job.queued = True
-            (bulk if job.bulk else interactive).append(job)
+            (self._bulk if job.bulk else self._interactive).append(job)
 
-    def _budget(self) -> int:
-        """Tokens for the next pass: the token budget, or fewer if they would take longer than
-        max_batch_ms by the measured cost of recent passes."""
-        if self.max_batch_seconds <= 0:
+    def _budget(self, segments: int) -> int:
+        """Tokens for a pass that pauses `segments - 1` times: each stretch between two pauses
+        should take about preempt_ms by the measured cost of recent passes."""
+        if self.preempt_seconds <= 0:
             return self.max_batch_tokens
-        within = self.cost.tokens_within(self.max_batch_seconds)
+        within = self.cost.tokens_within(self.preempt_seconds * segments)
         return self.max_batch_tokens if within is None else min(within, self.max_batch_tokens)
 
     def _take(
-        self, interactive: collections.deque[_Job], bulk: collections.deque[_Job], budget: int
-    ) -> list[tuple[_Job, int]]:
-        """One item from each waiting request in turn, interactive first, until the pass is
-        full. The request served last moves to the back, so the next pass starts after it."""
+        self, turns: collections.deque[_Job], budget: int, taken: list[tuple[_Job, int]]
+    ) -> bool:
+        """Add one item from each waiting request in `turns`, in turn, to `taken` until the pass
+        is full (then False). The request served last moves to the back, so the next pass
+        starts after it."""
+        tokens = sum(len(job.encoded[i].ids) for job, i in taken)
+        while turns and len(taken) < self.max_batch_size:
+            job = turns[0]
+            if job.closed or job.scheduled >= len(job.encoded):
+                # Gone, or waiting for its next slice to be tokenised (which re-queues it).
+                turns.popleft()
+                job.queued = False
+                continue
+            n = len(job.encoded[job.scheduled].ids)
+            if taken and tokens + n > budget:
+                return False
+            taken.append((job, job.scheduled))
+            job.scheduled += 1
+            tokens += n
+            turns.rotate(-1)
+        return len(taken) < self.max_batch_size
+
+    def _newcomers(self, running: set[int], stretch: int) -> list[tuple[_Job, int]]:
+        """For a pass run inside another's pause: one item from each waiting interactive
+        request that has none in the running pass, as many as fit in one stretch (by the cost
+        model, or `stretch` tokens: one stretch of the running pass, if that is more)."""
+        budget = max(self._budget(1), stretch)
         taken: list[tuple[_Job, int]] = []
         tokens = 0
-        for turns in (interactive, bulk):
-            while turns and len(taken) < self.max_batch_size:
-                job = turns[0]
-                if job.closed or job.scheduled >= len(job.encoded):
-                    # Gone, or waiting for its next slice to be tokenised (which re-queues it).
-                    turns.popleft()
-                    job.queued = False
-                    continue
-                n = len(job.encoded[job.scheduled].ids)
-                if taken and tokens + n > budget:
-                    return taken
-                taken.append((job, job.scheduled))
-                job.scheduled += 1
-                tokens += n
-                turns.rotate(-1)
+        for job in list(self._interactive):
+            if id(job) in running or job.closed or job.scheduled >= len(job.encoded):
+                continue
+            n = len(job.encoded[job.scheduled].ids)
+            if tokens + n > budget or len(taken) >= self.max_batch_size:
+                break
+            taken.append((job, job.scheduled))
+            job.scheduled += 1
+            tokens += n
+            self._interactive.remove(job)  # served: its next turn comes after the others'
+            self._interactive.append(job)
         return taken
 
-    def _step(self, interactive: collections.deque[_Job], bulk: collections.deque[_Job]) -> None:
-        taken = self._take(interactive, bulk, self._budget())
+    def _step(self) -> None:
+        """One forward pass: interactive requests first, then bulk ones. Between two of its
+        layers, interactive requests that arrived meanwhile run a short pass of their own."""
+        taken: list[tuple[_Job, int]] = []
+        budget = self._budget(self._segments)
+        if self._take(self._interactive, budget, taken):
+            self._take(self._bulk, budget, taken)
         if not taken:
             return
+        running = {id(job) for job, _ in taken}
+        tokens = sum(len(job.encoded[i].ids) for job, i in taken)
+        stretch = tokens // self._segments
+        pauses = [0]
+        nested = [0.0]
+
+        def pause() -> None:
+            pauses[0] += 1
+            self._collect()
+            if self._interactive:
+                waiting = self._newcomers(running, stretch)
+                if waiting:
+                    nested[0] += self._forward(waiting, None)
+
+        seconds = self._forward(taken, pause)
+        self._segments = pauses[0] + 1
+        self.cost.add(tokens, seconds - nested[0])
+
+    def _forward(self, taken: list[tuple[_Job, int]], pause: Pause | None) -> float:
+        """Run `taken` through the model, hand each vector to its request; the seconds spent."""
         tokens = sum(len(job.encoded[i].ids) for job, i in taken)
         started = time.perf_counter()
         try:
-            vectors = self.engine.run([job.encoded[i] for job, i in taken])
+            vectors = self.engine.run([job.encoded[i] for job, i in taken], pause)
         except Exception as exc:
             log.exception("model call failed")
             for job in {job for job, _ in taken}:
                 job.settle(error=exc)
-            return
+            return time.perf_counter() - started
         seconds = time.perf_counter() - started
-        self.cost.add(tokens, seconds)
         if self.on_batch is not None:
             self.on_batch(BatchStats(len(taken), tokens, seconds, len({id(j) for j, _ in taken})))
         for (job, i), vector in zip(taken, vectors, strict=True):
@@ -333,3 +377,4 @@ class ModelWorker:
                         [e.truncated for e in job.encoded],
                     )
                 )
+        return seconds

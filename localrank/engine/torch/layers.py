@@ -8,7 +8,8 @@ attention time and nothing else.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -23,14 +24,32 @@ _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 class TorchModel(Protocol):
-    """A family's forward, built from checked weights: what the embedder runs and pools."""
+    """A family's forward, built from checked weights: what the embedder runs and pools.
+
+    `forward` runs its layers by iterating `layers` once, in order: the embedder replaces the
+    list with `Layers`, which can pause between two of them (the scheduler's preemption).
+    """
 
     causal: bool
     max_positions: int | None
+    layers: list[Any]
 
     def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
         """Last hidden states [B, T, H] for ids [B, T]; `real`: bool [B, T], None if unpadded."""
         ...
+
+
+class Layers(list[Any]):
+    """A model's layers. Iterating them calls `pause` (when set) between two layers."""
+
+    pause: Callable[[], None] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        pause = self.pause
+        for i, layer in enumerate(super().__iter__()):
+            if i and pause is not None:
+                pause()
+            yield layer
 
 
 def attention_mask(real: Tensor, *, causal: bool) -> Tensor:
