@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from tokenizers import Encoding, Tokenizer
+from tokenizers import Encoding, Tokenizer, normalizers, pre_tokenizers
 
+import localrank.engine.tokenizer as tokenizer_module
 from localrank.engine.recipe import load_recipe
 from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
 
@@ -132,3 +133,35 @@ def test_cut_to_tokens_matches_offsets(model_dir: Path) -> None:
             offsets = tok.raw.encode(text, add_special_tokens=False).offsets
             want = text[: offsets[limit - 1][1]] if len(offsets) > limit else text
             assert cut == want
+
+
+def test_spans_of_a_long_text_are_the_whole_texts(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Spans for chunking are computed on pieces cut at line breaks: with pieces as small as
+    they get (a cut at every break), they equal the whole text's."""
+    tok = tokenizer(model_dir, 512)
+    assert tok.cuts_at_breaks
+    monkeypatch.setattr(tokenizer_module, "SPAN_PIECE_CHARS", 1)
+    rng = random.Random(3)
+    for _ in range(30):
+        lines = [random_text(rng, rng.randint(0, 12)) for _ in range(rng.randint(1, 40))]
+        seps = ["\n", "\n\n", " \n", "  \r\n", ".\n", "!\n\n", "\t\n ", ":\n-"]
+        text = "".join(line + rng.choice(seps) for line in lines)
+        whole = tok.raw.encode(text, add_special_tokens=False).offsets
+        assert tok.offsets(text).tolist() == [list(o) for o in whole]
+
+
+def test_a_tokenizer_that_cannot_be_cut_is_tokenised_whole(minilm: Path) -> None:
+    """Metaspace pre-tokenisation (sentencepiece-style) splits on spaces only, so a line break
+    sits inside a pre-token, and each piece gets a space marker prepended: the probe at load
+    sees that and the text is never cut."""
+    raw = load_raw_tokenizer(minilm)
+    raw.normalizer = normalizers.Lowercase()  # not BERT's, which turns line breaks to spaces
+    raw.pre_tokenizer = pre_tokenizers.Metaspace()
+    recipe = load_recipe(minilm, raw, max_tokens=512, default_instruction="x")
+    tok = TextTokenizer(raw, recipe)
+    assert not tok.cuts_at_breaks
+    text = "first line\nsecond line\n\nthird\n" * 5000
+    whole = raw.encode(text, add_special_tokens=False).offsets
+    assert tok.offsets(text).tolist() == [list(o) for o in whole]

@@ -256,8 +256,8 @@ class EmbeddingService:
         tok = self.engine.tokenizer
         return await asyncio.to_thread(tok.cut, texts, limit)
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character span of each content token of `text`."""
+    def token_offsets(self, text: str) -> np.ndarray:
+        """Character span of each content token of `text`: int64 [n, 2]."""
         return self.engine.tokenizer.offsets(text)
 
     def close(self) -> None:
@@ -285,7 +285,7 @@ class DaemonEmbedder:
         out = await self.service.embed(list(texts), query=query, instruction=instruction, bulk=bulk)
         return out.vectors
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+    def token_offsets(self, text: str) -> np.ndarray:
         return self.service.token_offsets(text)
 
     def close(self) -> None:
