@@ -9,8 +9,10 @@ only when it has `CUT_MARGIN` tokens to spare past the limit AND a prefix twice 
 the same first `limit` ids; otherwise the bound doubles (tests/test_tokenizer.py checks both
 tokenizers on multi-byte text, text without spaces and texts at the limit).
 
-Every call into the tokenizers library goes through `encode_batch`, which releases the GIL
-(`encode` holds it for the whole text: seconds for a few MB, during which no other thread runs).
+Long texts go through `encode_batch`, which releases the GIL (`encode` holds it for the whole
+text: 6.6 s for 6 MB, during which no other thread runs); short ones through `encode`, which
+does not wait for the library's shared thread pool (a probe request waited 5.5 s for it while
+a 9 MB document was being tokenised).
 The token spans of a long text (for chunking) are computed on pieces of it cut where a run of
 whitespace with a line break follows a letter or digit, in parallel, as one compact array: a
 9 MB document took 29 s and 1.1 GB tokenised whole. Pre-tokenisers split there (whitespace ends
@@ -66,6 +68,9 @@ MIN_CUT_CHARS = 256
 CUT_MARGIN = 8
 
 
+# Up to this many characters in one call are tokenised on the calling thread (encode), more
+# with the GIL released on the library's thread pool (encode_batch).
+SMALL_CHARS = 16 * 1024
 # Pieces of about this many characters when spans of a long text are computed in parallel.
 SPAN_PIECE_CHARS = 64 * 1024
 SPAN_PIECES_PER_CALL = 8
@@ -132,6 +137,10 @@ class TextTokenizer:
         return Encoded(self.prefix + body + self.suffix, truncated, total)
 
     def _raw(self, texts: Sequence[str]) -> list[Encoding]:
+        if sum(len(t) for t in texts) <= SMALL_CHARS:
+            # encode() holds the GIL, for microseconds here, and needs no thread of the
+            # library's shared pool, which a long document may be keeping busy for seconds.
+            return [self.raw.encode(t, add_special_tokens=False) for t in texts]
         return self.raw.encode_batch(list(texts), add_special_tokens=False)
 
     def _leading(self, texts: Sequence[str], limit: int) -> list[tuple[Encoding, bool]]:
