@@ -1,6 +1,12 @@
 """The overload burst: `n` one-text requests at once, each on its own connection. Every one
 must be answered 200, or 429 with Retry-After, within `deadline` seconds; the daemon's RSS
-`settle` seconds later is compared with its RSS just before the burst."""
+`settle` seconds later is compared with its RSS just before the burst.
+
+Before the burst the daemon serves `warmup` requests like the burst's, one after another: the
+RSS of a daemon that has been serving, whose memory-mapped weights have the rows of the words
+it has seen paged in (a fresh daemon has touched a few hundred rows of its embedding table; a
+burst of random words pages in tens of MB more of it, file-backed and reclaimable, which says
+nothing about what the burst allocated). Anonymous and file-backed RSS are reported apart."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bench.measure import rss_parts_mb
 from bench.processes import Daemon
 from bench.soakkit import Texts
 
@@ -23,6 +30,10 @@ class Burst:
     rss_before: float = float("nan")
     rss_peak: float = float("nan")
     rss_after: float = float("nan")
+    anon_before: float = float("nan")
+    anon_after: float = float("nan")
+    file_before: float = float("nan")
+    file_after: float = float("nan")
 
     @property
     def answered_properly(self) -> int:
@@ -69,7 +80,14 @@ async def fire(daemon: Daemon, burst: Burst, texts: Texts, deadline: float) -> N
 
 
 def overload_burst(
-    model: str, *, env: dict[str, str], requests: int, deadline: float, settle: float, seed: int
+    model: str,
+    *,
+    env: dict[str, str],
+    requests: int,
+    deadline: float,
+    settle: float,
+    seed: int,
+    warmup: int = 300,
 ) -> Burst:
     raise_file_limit(requests)
     texts = Texts(seed)
@@ -79,20 +97,22 @@ def overload_burst(
     try:
 
         async def main() -> None:
-            # A few ordinary requests first, so "before" is a daemon that has served.
+            # Ordinary requests first, so "before" is a daemon that has been serving.
             warm = aiohttp.ClientSession()
             async with warm:
-                for _ in range(20):
+                for _ in range(warmup):
                     async with warm.post(
                         daemon.base + "/v1/embeddings", json={"input": texts.short()}
                     ) as r:
                         await r.read()
-            await asyncio.sleep(2)
+            await asyncio.sleep(3)
             burst.rss_before = daemon.rss()[0]
+            burst.anon_before, burst.file_before = rss_parts_mb(daemon.pid)
             await fire(daemon, burst, texts, deadline)
             burst.rss_peak = daemon.rss()[1]
             await asyncio.sleep(settle)
             burst.rss_after = daemon.rss()[0]
+            burst.anon_after, burst.file_after = rss_parts_mb(daemon.pid)
 
         asyncio.run(main())
     finally:
@@ -100,7 +120,9 @@ def overload_burst(
     print(
         f"  {requests} at once: {burst.statuses}, last answer after {burst.slowest_s:.1f}s; RSS "
         f"before {burst.rss_before:.0f}, peak {burst.rss_peak:.0f}, {settle:.0f}s after "
-        f"{burst.rss_after:.0f} MiB ({burst.rss_change:+.1%})",
+        f"{burst.rss_after:.0f} MiB ({burst.rss_change:+.1%}); anonymous {burst.anon_before:.0f} "
+        f"-> {burst.anon_after:.0f}, file-backed {burst.file_before:.0f} -> "
+        f"{burst.file_after:.0f} MiB",
         flush=True,
     )
     return burst

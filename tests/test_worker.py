@@ -14,6 +14,8 @@ from fake_embedder import hash_engine
 
 from localrank.engine.core import Engine
 from localrank.errors import NotReady, Overloaded, TooLarge
+from localrank.ops import allocator
+from localrank.serve import worker as worker_module
 from localrank.serve.worker import SLICE_TEXTS, BatchStats, ModelWorker, PassCost
 
 
@@ -358,3 +360,28 @@ async def test_stop_answers_what_cannot_finish(hashed: Engine) -> None:
         with pytest.raises(NotReady):
             await held
         gate.open.set()
+
+
+async def test_the_idle_hook_runs_once_after_work_and_not_while_idle(
+    hashed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "IDLE_SECONDS", 0.2)
+    idled: list[float] = []
+    worker, _ = make_worker(hashed, on_idle=lambda: idled.append(time.monotonic()))
+    try:
+        await asyncio.sleep(0.5)
+        assert idled == []  # nothing was done, nothing to hand back
+        await worker.submit(["one text"])
+        await asyncio.sleep(0.8)
+        assert len(idled) == 1  # once after the work, not every IDLE_SECONDS
+        await worker.submit(["another text"])
+        await asyncio.sleep(0.8)
+        assert len(idled) == 2
+    finally:
+        worker.stop()
+
+
+def test_the_allocator_trim_is_available_on_glibc() -> None:
+    # On this Linux/glibc machine the trim must really be wired, or the soak figure is luck.
+    assert allocator.can_trim()
+    assert isinstance(allocator.trim(), bool)

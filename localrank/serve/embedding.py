@@ -20,6 +20,7 @@ from localrank.engine.core import Engine, apply_dimensions, check_inputs, releva
 from localrank.engine.tokenizer import Token
 from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput
+from localrank.ops import allocator
 from localrank.serve.metrics import Registry
 from localrank.serve.worker import BatchStats, ModelWorker
 
@@ -110,6 +111,8 @@ class EmbeddingService:
             preempt_ms=preempt_ms,
             queue_size=queue_size,
             on_batch=self._record_batch,
+            # After a burst, hand the memory it freed back to the system.
+            on_idle=allocator.trim,
         )
         registry.gauge(
             "localrank_queue_depth",

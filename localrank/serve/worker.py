@@ -46,6 +46,8 @@ Inputs = Sequence[str] | Sequence[Sequence[int]]
 # One turn on the tokeniser thread: at most this many texts, or characters to tokenise (a long
 # text counts what the tokenizer reads of it, a prefix): ~10-30 ms of tokenising.
 SLICE_TEXTS = 256
+# After work, the model thread calls on_idle once nothing has come for this long.
+IDLE_SECONDS = 1.0
 SLICE_CHARS = 64 * 1024
 
 
@@ -161,6 +163,7 @@ class ModelWorker:
         queue_size: int,
         preempt_ms: float = 0.0,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
@@ -169,6 +172,7 @@ class ModelWorker:
         self.preempt_seconds = preempt_ms / 1000.0
         self.queue_size = queue_size
         self.on_batch = on_batch
+        self.on_idle = on_idle  # on the model thread, once it has idled IDLE_SECONDS after work
         self.cost = PassCost()
         self._inbox: queue.SimpleQueue[tuple[_Job, list[Encoded]] | None] = queue.SimpleQueue()
         self._jobs: set[_Job] = set()  # submitted and not yet returned (event loop only)
@@ -228,9 +232,16 @@ class ModelWorker:
     # --- model thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        worked = False
         while not (self._stop_seen and not self._interactive and not self._bulk):
             if not self._interactive and not self._bulk:
-                message = self._inbox.get()  # idle: block
+                try:  # idle: block (after work, for a moment first)
+                    message = self._inbox.get(timeout=IDLE_SECONDS if worked else None)
+                except queue.Empty:
+                    worked = False
+                    if self.on_idle is not None:
+                        self.on_idle()
+                    continue
                 if message is None:
                     self._stop_seen = True
                     continue
@@ -251,6 +262,7 @@ class ModelWorker:
             self._collect()  # whatever arrived during the last forward pass joins this one
             if self._interactive or self._bulk:
                 self._step()
+                worked = True
 
     def _collect(self) -> None:
         while True:
