@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-engine bench-search bench-cli bench-watch test-models clean
+.PHONY: install serve test lint bench bench-engine bench-search bench-cli bench-watch soak test-models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,11 @@ bench-cli: $(STAMP)
 
 bench-watch: $(STAMP)
 	$(BIN)/python bench/watch_latency.py
+
+# Memory soak, head-of-line and overload burst, time-boxed to under 10 minutes; the full counts
+# (and the 0.6B shape with --bench-model): python bench/soak.py
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py --quick
 
 clean:
 	rm -rf $(VENV) models/.cache bench/results

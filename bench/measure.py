@@ -57,6 +57,22 @@ def rss_mb(pid: int) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
+def rss_parts_mb(pid: int) -> tuple[float, float]:
+    """(anonymous, file-backed) resident MiB of a process (Linux; nan elsewhere). File-backed
+    pages are mostly the memory-mapped weights: clean page cache, which grows as new rows of the
+    embedding table are touched and which the kernel can drop."""
+    anon = file = float("nan")
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                anon = int(line.split()[1]) / 1024
+            elif line.startswith("RssFile:"):
+                file = int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return anon, file
+
+
 def background_cpu(seconds: float = 0.5) -> float:
     """Fraction of all CPUs busy over `seconds` while this benchmark is idle (Linux /proc/stat;
     nan elsewhere): other work on a shared machine, printed next to each level."""

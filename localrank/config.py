@@ -67,6 +67,11 @@ class Settings:
     max_batch_size: int = 128
     # How long the scheduler waits for more requests to merge into a batch.
     batch_wait_ms: float = 2.0
+    # How long a request that arrives while the model is busy waits before its own pass starts:
+    # a pass pauses between layers for it, and passes are sized (by the measured cost of recent
+    # ones) so that the stretch between two pauses takes about this long. 0: passes are sized by
+    # max_batch_tokens only.
+    preempt_ms: float = 25.0
     # Requests (not texts) waiting for the model before new ones get 429.
     queue_size: int = 1024
     max_inputs: int = 2048
@@ -173,6 +178,11 @@ def _validate(s: Settings) -> None:
     for name in ("max_tokens", "max_batch_size", "queue_size", "max_inputs"):
         if getattr(s, name) <= 0:
             raise ConfigError(f"{name} must be positive")
+    for name in ("batch_wait_ms", "preempt_ms"):
+        if getattr(s, name) < 0:
+            raise ConfigError(f"{name} must be 0 or more")
+    if s.cache_size < 0:
+        raise ConfigError("cache_size must be 0 (no cache) or more")
     if s.max_batch_tokens < 0:
         raise ConfigError("max_batch_tokens must be positive, or 0 for the backend's default")
     if s.log_format not in ("text", "json"):

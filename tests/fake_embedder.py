@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import hashlib
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from localrank.engine.core import Engine
 from localrank.engine.recipe import load_recipe
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
-from localrank.engine.types import BackendInfo, Batch, Recipe
+from localrank.engine.types import BackendInfo, Batch, Pause, Recipe
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _WORD = re.compile(r"\w+")
@@ -102,9 +103,22 @@ class HashBackend:
     daemon (scheduler, cache, dialects, collections adapter) runs around a fake forward pass.
     For plumbing tests only."""
 
-    def __init__(self, recipe: Recipe, skip: set[int], dim: int) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        skip: set[int],
+        dim: int,
+        seconds_per_token: float = 0.0,
+        layers: int = 4,
+    ) -> None:
         self.recipe = recipe
         self.skip = skip  # the special tokens every input carries: not content
+        # A forward pass that takes time like a model's: `layers` sleeps (the GIL is free), with
+        # the scheduler's pause between two of them, as the torch backend does.
+        self.seconds_per_token = seconds_per_token
+        self.layers = layers
+        self.rows = 0  # rows embedded so far
+        self.pauses = 0
         self.info = BackendInfo(
             backend="fake",
             device="cpu",
@@ -114,8 +128,16 @@ class HashBackend:
             max_tokens=recipe.max_tokens,
         )
 
-    def embed(self, batch: Batch) -> np.ndarray:
+    def embed(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
         dim = self.info.dim
+        self.rows += batch.shape[0]
+        if self.seconds_per_token:
+            tokens = int(np.asarray(batch.attention_mask).sum())
+            for layer in range(self.layers):
+                if layer and pause is not None:
+                    self.pauses += 1
+                    pause()
+                time.sleep(self.seconds_per_token * tokens / self.layers)
         out = np.zeros((batch.shape[0], dim), dtype=np.float32)
         for row, (ids, mask) in enumerate(zip(batch.input_ids, batch.attention_mask, strict=True)):
             for token in ids[mask != 0].tolist():
@@ -136,15 +158,17 @@ def hash_engine(
     dim: int = 64,
     model_id: str = "fake/hash-bow",
     served_names: Sequence[str] = (),
+    seconds_per_token: float = 0.0,
+    max_tokens: int = 8192,
 ) -> Engine:
     """A real Engine (tokenizer, recipe, batching) over `model_dir`'s tokenizer, with HashBackend
     in place of the model."""
     raw = load_raw_tokenizer(model_dir)
     recipe = dataclasses.replace(
-        load_recipe(model_dir, raw, max_tokens=8192, default_instruction="x"), dim=dim
+        load_recipe(model_dir, raw, max_tokens=max_tokens, default_instruction="x"), dim=dim
     )
     tokenizer = TextTokenizer(raw, recipe)
-    backend = HashBackend(recipe, set(tokenizer.prefix + tokenizer.suffix), dim)
+    backend = HashBackend(recipe, set(tokenizer.prefix + tokenizer.suffix), dim, seconds_per_token)
     return Engine(
         ResolvedModel(model_id, model_dir, "1"),
         tokenizer,

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from chunking_reference import chunk_text as reference_chunk_text
 from fake_embedder import HashEmbedder
 
 from localrank.collections.chunking import chunk_text
@@ -149,3 +150,54 @@ def test_source_code_is_not_cut_at_comments() -> None:
     # Code chunks end between functions (a blank line), never inside one.
     for c in as_code[:-1]:
         assert c.text.rstrip().split("\n")[-1].startswith("    return")
+
+
+def markdown(rng: random.Random, paragraphs: int) -> str:
+    """Random markdown: headings, prose with sentences, lists, fenced code (with '#' lines that
+    are not headings), blank-line runs, form feeds and trailing spaces."""
+    words = ["alpha", "beta", "gamma", "delta", "café", "東京", "x1", "(note)", '"quoted"']
+    out = []
+    for _ in range(paragraphs):
+        kind = rng.randrange(6)
+        if kind == 0:
+            out.append("#" * rng.randint(1, 6) + " " + " ".join(rng.choices(words, k=3)))
+        elif kind == 1:
+            body = "\n".join(
+                rng.choice(["# not a heading", "x = 1", "  return x", ""]) for _ in range(6)
+            )
+            out.append(f"```python\n{body}\n```")
+        elif kind == 2:
+            out.append("\n".join("- " + " ".join(rng.choices(words, k=4)) for _ in range(3)))
+        else:
+            sentences = [
+                " ".join(rng.choices(words, k=rng.randint(2, 12)))
+                + rng.choice([".", "!", "?", ".)", ""])
+                for _ in range(rng.randint(1, 8))
+            ]
+            out.append(" ".join(sentences) + rng.choice(["", "  ", "\f"]))
+    return "".join(p + rng.choice(["\n\n", "\n", "\n\n\n", " \n\n"]) for p in out)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_chunker_agrees_with_the_reference(seed: int, tiny_qwen3: Path) -> None:
+    rng = random.Random(seed)
+    raw = load_raw_tokenizer(tiny_qwen3)
+    tokenizer = TextTokenizer(
+        raw, load_recipe(tiny_qwen3, raw, max_tokens=512, default_instruction="x")
+    )
+    for _ in range(5):
+        text = markdown(rng, rng.randint(1, 60))
+        target, overlap = rng.choice([(8, 2), (40, 8), (120, 30), (512, 64)])
+        for spans in (EMB.token_offsets(text), tokenizer.offsets(text)):
+            for as_markdown in (True, False):
+                want = reference_chunk_text(
+                    text,
+                    [tuple(map(int, s)) for s in spans],
+                    target_tokens=target,
+                    overlap_tokens=overlap,
+                    markdown=as_markdown,
+                )
+                got = chunk_text(
+                    text, spans, target_tokens=target, overlap_tokens=overlap, markdown=as_markdown
+                )
+                assert got == want

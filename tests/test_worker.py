@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_engine_parity import engine_for
+from engines import engine_for
+from fake_embedder import hash_engine
 
 from localrank.engine.core import Engine
-from localrank.errors import Overloaded, TooLarge
-from localrank.serve.worker import BatchStats, ModelWorker
+from localrank.errors import NotReady, Overloaded, TooLarge
+from localrank.ops import allocator
+from localrank.serve import worker as worker_module
+from localrank.serve.worker import SLICE_TEXTS, BatchStats, ModelWorker, PassCost
 
 
 class Gate:
@@ -26,10 +30,10 @@ class Gate:
         self._run = engine.run
 
     def __enter__(self) -> Gate:
-        def run(encoded):  # type: ignore[no-untyped-def]
+        def run(encoded, pause=None):  # type: ignore[no-untyped-def]
             self.calls.append([e.ids for e in encoded])
             self.open.wait(10)
-            return self._run(encoded)
+            return self._run(encoded, pause)
 
         self.engine.run = run  # type: ignore[method-assign]
         return self
@@ -118,7 +122,7 @@ async def test_backend_failure_reaches_the_caller(
 ) -> None:
     worker, _ = make_worker(engine)
 
-    def boom(encoded):  # type: ignore[no-untyped-def]
+    def boom(encoded, pause=None):  # type: ignore[no-untyped-def]
         raise RuntimeError("device lost")
 
     monkeypatch.setattr(engine, "run", boom)
@@ -127,3 +131,257 @@ async def test_backend_failure_reaches_the_caller(
     monkeypatch.undo()
     assert (await worker.submit(["x"])).vectors.shape == (1, engine.dim)
     worker.stop()
+
+
+# --- fairness, tokenisation off the model thread, cancellation (hashed backend: fast) ---------
+
+
+@pytest.fixture
+def hashed(minilm: Path) -> Engine:
+    return hash_engine(minilm)
+
+
+def texts_of(tag: str, n: int, words: int = 6) -> list[str]:
+    return [" ".join(f"{tag}{i}w{j}" for j in range(words)) for i in range(n)]
+
+
+def owners(engine: Engine, requests: dict[str, list[str]], calls: list[list[list[int]]]):  # type: ignore[no-untyped-def]
+    """For each pass, the request each row came from."""
+    by_ids = {}
+    for name, texts in requests.items():
+        for e in engine.prepare(texts):
+            by_ids[tuple(e.ids)] = name
+    return [[by_ids[tuple(ids)] for ids in call] for call in calls]
+
+
+async def started_passes(gate: Gate, n: int) -> None:
+    for _ in range(200):
+        if len(gate.calls) >= n:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"the model did not start pass {n}")
+
+
+async def test_one_text_requests_pass_a_big_request_and_it_keeps_advancing(
+    hashed: Engine,
+) -> None:
+    worker, _ = make_worker(hashed, max_batch_tokens=96, batch_wait_ms=0)
+    requests = {
+        "big": texts_of("big", 60),
+        **{f"one{k}": texts_of(f"one{k}", 1, 1) for k in range(3)},
+    }
+    with Gate(hashed) as gate:
+        gate.open.clear()
+        big = asyncio.ensure_future(worker.submit(requests["big"]))
+        await started_passes(gate, 1)  # the big request's first pass holds the model
+        small = [asyncio.ensure_future(worker.submit(requests[f"one{k}"])) for k in range(3)]
+        await asyncio.sleep(0.2)
+        gate.open.set()
+        await asyncio.gather(big, *small)
+    worker.stop()
+    passes = owners(hashed, requests, gate.calls)
+    # All three one-text requests ride in the pass right after the one that was running,
+    # next to the big request's items: it advances in every pass until it is done.
+    assert {"one0", "one1", "one2", "big"} <= set(passes[1])
+    assert all("big" in p for p in passes)
+    assert np.abs(big.result().vectors - hashed.embed(requests["big"]).vectors).max() < 1e-6
+
+
+async def test_passes_take_turns_between_requests(hashed: Engine) -> None:
+    worker, _ = make_worker(hashed, max_batch_tokens=120, batch_wait_ms=0)
+    requests = {name: texts_of(name, 30) for name in ("a", "b", "c")}
+    with Gate(hashed) as gate:
+        gate.open.clear()
+        first = asyncio.ensure_future(worker.submit(requests["a"]))
+        await started_passes(gate, 1)
+        rest = [asyncio.ensure_future(worker.submit(requests[n])) for n in ("b", "c")]
+        await asyncio.sleep(0.2)
+        gate.open.set()
+        await asyncio.gather(first, *rest)
+    worker.stop()
+    passes = owners(hashed, requests, gate.calls)
+    for p in passes[1:]:
+        if len(set(p)) == 3:
+            counts = [p.count(n) for n in ("a", "b", "c")]
+            assert max(counts) - min(counts) <= 1  # round robin: one item each per turn
+    # While all three had work, every pass served all three.
+    assert all(len(set(p)) == 3 for p in passes[1:4])
+
+
+async def test_tokenisation_runs_off_the_model_thread(
+    hashed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    prepare = hashed.prepare
+    slow = threading.Event()
+
+    def spy(inputs, **kw):  # type: ignore[no-untyped-def]
+        threads.append(threading.current_thread().name)
+        if inputs[0].startswith("slow"):
+            slow.wait(10)
+        return prepare(inputs, **kw)
+
+    monkeypatch.setattr(hashed, "prepare", spy)
+    worker, _ = make_worker(hashed, batch_wait_ms=0)
+    blocked = asyncio.ensure_future(worker.submit(["slow to tokenise"]))
+    await asyncio.sleep(0.1)
+    # The tokeniser is busy with the slow text; the model thread is not waiting for it:
+    # it finishes work that is already tokenised. (A request tokenised before it.)
+    assert not blocked.done()
+    slow.set()
+    assert (await blocked).vectors.shape == (1, hashed.dim)
+    worker.stop()
+    assert threads and all(name.startswith("localrank-tokenizer") for name in threads)
+
+
+async def test_a_big_request_is_tokenised_in_slices_while_the_model_runs(
+    hashed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    prepare, run = hashed.prepare, hashed.run
+
+    def spy_prepare(inputs, **kw):  # type: ignore[no-untyped-def]
+        events.append("tokenise")
+        time.sleep(0.05)
+        return prepare(inputs, **kw)
+
+    def spy_run(encoded, pause=None):  # type: ignore[no-untyped-def]
+        events.append("model")
+        return run(encoded, pause)
+
+    monkeypatch.setattr(hashed, "prepare", spy_prepare)
+    monkeypatch.setattr(hashed, "run", spy_run)
+    worker, _ = make_worker(hashed, max_batch_tokens=512, batch_wait_ms=0)
+    texts = texts_of("s", 4 * SLICE_TEXTS)
+    result = await worker.submit(texts)
+    worker.stop()
+    assert events.count("tokenise") == 4
+    assert events.index("model") < len(events) - 1 - events[::-1].index("tokenise")
+    assert np.abs(result.vectors - hashed.embed(texts).vectors).max() < 1e-6
+
+
+async def test_a_cancelled_request_is_dropped(
+    hashed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slices = [0]
+    prepare = hashed.prepare
+
+    def counting(inputs, **kw):  # type: ignore[no-untyped-def]
+        slices[0] += 1
+        time.sleep(0.05)
+        return prepare(inputs, **kw)
+
+    monkeypatch.setattr(hashed, "prepare", counting)
+    worker, _ = make_worker(hashed, max_batch_tokens=64, batch_wait_ms=0)
+    texts = texts_of("gone", 10 * SLICE_TEXTS)
+    with Gate(hashed) as gate:
+        gate.open.clear()
+        task = asyncio.ensure_future(worker.submit(texts))
+        await started_passes(gate, 1)
+        task.cancel()
+        await asyncio.sleep(0.1)
+        gate.open.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0.3)
+    # The pass that was running finished; nothing of the request ran after it, and the rest of
+    # its text was never tokenised.
+    assert len(gate.calls) <= 2
+    assert slices[0] < 10
+    assert worker.depth == 0
+    assert (await worker.submit(["still serving"])).vectors.shape == (1, hashed.dim)
+    worker.stop()
+
+
+def test_pass_cost_separates_fixed_and_per_token_time() -> None:
+    cost = PassCost()
+    assert cost.tokens_within(0.05) is None
+    for n in (10, 400, 50, 2000, 120, 800) * 5:
+        cost.add(n, 0.004 + 0.0001 * n)
+    fixed, per_token = cost.fit()  # type: ignore[misc]
+    assert fixed == pytest.approx(0.004, rel=1e-3) and per_token == pytest.approx(1e-4, rel=1e-3)
+    assert cost.tokens_within(0.05) == pytest.approx(460, abs=2)
+
+
+async def test_passes_are_sized_to_the_preemption_time(minilm: Path) -> None:
+    engine = hash_engine(minilm, seconds_per_token=0.0005)  # 4 layers: 3 pauses a pass
+    worker, stats = make_worker(
+        engine, max_batch_tokens=100_000, max_batch_size=10_000, batch_wait_ms=0, preempt_ms=10
+    )
+    await worker.submit(texts_of("warm", 40))  # one pass over the whole budget: now it knows
+    stats.clear()
+    await worker.submit(texts_of("timed", 200))
+    worker.stop()
+    # 4 stretches of 10 ms: ~80 tokens at 0.5 ms a token; every text is ~26 tokens.
+    assert len(stats) >= 20
+    assert max(s.tokens for s in stats) <= 120
+    assert max(s.seconds for s in stats) < 0.2
+
+
+async def test_a_one_text_request_runs_inside_a_long_pass(minilm: Path) -> None:
+    """A bulk pass of ~2 s pauses between its layers: the one-text request that arrives while
+    it runs is answered long before it ends, and the bulk pass still completes."""
+    engine = hash_engine(minilm, seconds_per_token=0.002)
+    worker, stats = make_worker(engine, max_batch_tokens=4096, batch_wait_ms=0, preempt_ms=0)
+    bulk = asyncio.ensure_future(worker.submit(texts_of("bulk", 40), bulk=True))  # ~1,000 tokens
+    await asyncio.sleep(0.3)
+    t0 = time.perf_counter()
+    one = await worker.submit(["one query"])
+    waited = time.perf_counter() - t0
+    assert not bulk.done()
+    await bulk
+    worker.stop()
+    assert one.vectors.shape == (1, engine.dim)
+    assert waited < 1.0  # one stretch (~0.5 s) and its own tiny pass, not the whole ~2 s
+    # The nested pass (just the query) is reported first: it ended inside the bulk pass.
+    assert [s.rows for s in stats] == [1, 40]
+    assert engine.embedder.pauses >= 3  # type: ignore[attr-defined]
+
+
+async def test_requests_in_the_running_pass_do_not_run_nested(minilm: Path) -> None:
+    """Only requests with nothing in the running pass use its pauses: a big interactive
+    request in the pass does not jump ahead through them."""
+    engine = hash_engine(minilm, seconds_per_token=0.001)
+    worker, stats = make_worker(engine, max_batch_tokens=300, batch_wait_ms=0, preempt_ms=0)
+    result = await worker.submit(texts_of("big", 60))  # ~1,600 tokens over passes of <= 300
+    worker.stop()
+    assert all(s.tokens <= 300 for s in stats)
+    assert sum(s.rows for s in stats) == 60 and all(s.requests == 1 for s in stats)
+    assert np.abs(result.vectors - engine.embed(texts_of("big", 60)).vectors).max() < 1e-6
+
+
+async def test_stop_answers_what_cannot_finish(hashed: Engine) -> None:
+    worker, _ = make_worker(hashed, batch_wait_ms=0)
+    with Gate(hashed) as gate:
+        gate.open.clear()
+        held = asyncio.ensure_future(worker.submit(["held"]))
+        await started_passes(gate, 1)
+        await asyncio.to_thread(worker.stop, 0.2)
+        with pytest.raises(NotReady):
+            await held
+        gate.open.set()
+
+
+async def test_the_idle_hook_runs_once_after_work_and_not_while_idle(
+    hashed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_module, "IDLE_SECONDS", 0.2)
+    idled: list[float] = []
+    worker, _ = make_worker(hashed, on_idle=lambda: idled.append(time.monotonic()))
+    try:
+        await asyncio.sleep(0.5)
+        assert idled == []  # nothing was done, nothing to hand back
+        await worker.submit(["one text"])
+        await asyncio.sleep(0.8)
+        assert len(idled) == 1  # once after the work, not every IDLE_SECONDS
+        await worker.submit(["another text"])
+        await asyncio.sleep(0.8)
+        assert len(idled) == 2
+    finally:
+        worker.stop()
+
+
+def test_the_allocator_trim_is_available_on_glibc() -> None:
+    # On this Linux/glibc machine the trim must really be wired, or the soak figure is luck.
+    assert allocator.can_trim()
+    assert isinstance(allocator.trim(), bool)

@@ -18,6 +18,8 @@ from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
 
+Spans = Sequence[tuple[int, int]] | np.ndarray
+
 
 class AsyncEmbedder(Protocol):
     """What ingestion and search need from the engine."""
@@ -38,8 +40,8 @@ class AsyncEmbedder(Protocol):
         """float32 [N, dim], L2-normalised."""
         ...
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character span of each token of `text`."""
+    def token_offsets(self, text: str) -> Spans:
+        """Character span of each token of `text`: pairs, or an int array [n, 2]."""
         ...
 
     def close(self) -> None:
@@ -77,7 +79,7 @@ class InProcessEmbedder:
         )
         return result.vectors
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+    def token_offsets(self, text: str) -> Spans:
         return self.engine.tokenizer.offsets(text)
 
     def close(self) -> None:

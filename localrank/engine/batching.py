@@ -27,6 +27,19 @@ def bucket_length(n: int) -> int:
     return max(step, -(-n // step) * step)
 
 
+def bucket_rows(n: int) -> int:
+    """Round a count of packed tokens up to one of few sizes: multiples of 8 up to 256, then 16
+    steps per doubling (at most 1/16 more rows).
+
+    oneDNN (GELU in float32, every matmul in bfloat16 on CPU) JIT-compiles and caches a kernel
+    per shape; with one shape per distinct token count its cache churns and the long-lived
+    kernels it keeps fragment the heap, which grew the daemon's RSS without bound (measured:
+    bench/soak.py). A few hundred sizes fit in the cache and are compiled once.
+    """
+    step = max(8, 1 << max(0, n.bit_length() - 5))
+    return max(step, -(-n // step) * step)
+
+
 def plan_batches(
     lengths: Sequence[int], *, max_batch_tokens: int, max_batch_size: int, bucket: bool = True
 ) -> list[list[int]]:

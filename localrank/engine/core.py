@@ -15,7 +15,7 @@ from localrank.engine.batching import pad, plan_batches
 from localrank.engine.names import model_names
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import Encoded, TextTokenizer
-from localrank.engine.types import MIN_DIMENSIONS, Embedder, Inputs, ModelInfo
+from localrank.engine.types import MIN_DIMENSIONS, Embedder, Inputs, ModelInfo, Pause
 from localrank.errors import BackendError, InvalidInput, TooLarge
 
 
@@ -146,15 +146,17 @@ class Engine:
         if not truncate:
             for i, e in enumerate(encoded):
                 if e.truncated:
+                    limit = self.recipe.max_tokens
+                    size = e.original_tokens or f"more than {limit}"
                     raise TooLarge(
-                        f"input[{i}] has {e.original_tokens} tokens; the limit is "
-                        f"{self.recipe.max_tokens} and truncation is off",
+                        f"input[{i}] has {size} tokens; the limit is {limit} and truncation is off",
                         param="input",
                     )
         return encoded
 
-    def run(self, encoded: Sequence[Encoded]) -> np.ndarray:
-        """Embed prepared inputs: sorted, token-budget batches; results in input order."""
+    def run(self, encoded: Sequence[Encoded], pause: Pause | None = None) -> np.ndarray:
+        """Embed prepared inputs: sorted, token-budget batches; results in input order.
+        `pause` is handed to the backend (called between layers where it can)."""
         out = np.empty((len(encoded), self.dim), dtype=np.float32)
         plan = plan_batches(
             [len(e.ids) for e in encoded],
@@ -169,7 +171,7 @@ class Engine:
                 side=self.recipe.padding_side,
                 bucket=self.bucket,
             )
-            vectors = np.asarray(self.embedder.embed(batch), dtype=np.float32)
+            vectors = np.asarray(self.embedder.embed(batch, pause), dtype=np.float32)
             if vectors.shape != (len(indices), self.dim):
                 raise BackendError(
                     f"backend returned shape {vectors.shape}, expected {(len(indices), self.dim)}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,13 +63,20 @@ class BackendInfo:
     max_tokens: int
 
 
+Pause = Callable[[], None]
+
+
 class Embedder(Protocol):
     """A loaded model on one device. One thread calls it at a time."""
 
     info: BackendInfo
 
-    def embed(self, batch: Batch) -> np.ndarray:
-        """Pooled, not normalised, float32 [B, dim] vectors for a padded batch."""
+    def embed(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
+        """Pooled, not normalised, float32 [B, dim] vectors for a padded batch.
+
+        `pause`, where the backend can, is called between two layers of the forward pass, on the
+        calling thread: the scheduler runs a short pass for waiting requests there. It may call
+        `embed` again (without a pause); a backend that runs the graph at once ignores it."""
         ...
 
     def close(self) -> None:

@@ -58,6 +58,7 @@ def _model_ctx(loader: EngineLoader) -> CleanupCtx:
                     max_batch_tokens=engine.max_batch_tokens,
                     max_batch_size=settings.max_batch_size,
                     batch_wait_ms=settings.batch_wait_ms,
+                    preempt_ms=settings.preempt_ms,
                     queue_size=settings.queue_size,
                     cache_size=settings.cache_size,
                     max_inputs=settings.max_inputs,

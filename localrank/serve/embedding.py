@@ -7,6 +7,7 @@ cutting to a token limit); the collections layer reaches it through `DaemonEmbed
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from localrank.engine.core import Engine, apply_dimensions, check_inputs, releva
 from localrank.engine.tokenizer import Token
 from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput
+from localrank.ops import allocator
 from localrank.serve.metrics import Registry
 from localrank.serve.worker import BatchStats, ModelWorker
 
@@ -38,29 +40,46 @@ class _Entry:
     truncated: bool
 
 
+CacheKey = tuple[str, bytes]  # model fingerprint, digest of the model input text
+# Above this many characters in one request, the cache keys are hashed in a thread.
+HASH_IN_THREAD_CHARS = 1 << 20
+
+
+def cache_key(fingerprint: str, text: str) -> CacheKey:
+    """The text's digest, not the text: an entry costs the same for a 30 MB input as for a
+    word (128-bit BLAKE2b; a collision is not a practical concern)."""
+    return fingerprint, hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+
+
 class EmbeddingCache:
-    """An in-memory LRU of full-size vectors, keyed by model fingerprint and model input text."""
+    """An in-memory LRU of full-size vectors, keyed by model fingerprint and a digest of the
+    model input text, so its memory is bounded by its capacity: capacity x (vector + ~200 B)."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._data: OrderedDict[tuple[str, str], _Entry] = OrderedDict()
+        self._data: OrderedDict[CacheKey, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self.nbytes = 0  # vector bytes held
 
-    def get(self, key: tuple[str, str]) -> _Entry | None:
+    def get(self, key: CacheKey) -> _Entry | None:
         with self._lock:
             entry = self._data.get(key)
             if entry is not None:
                 self._data.move_to_end(key)
             return entry
 
-    def put(self, key: tuple[str, str], entry: _Entry) -> None:
+    def put(self, key: CacheKey, entry: _Entry) -> None:
         if self.capacity <= 0:
             return
         with self._lock:
+            old = self._data.pop(key, None)
+            if old is not None:
+                self.nbytes -= old.vector.nbytes
             self._data[key] = entry
-            self._data.move_to_end(key)
+            self.nbytes += entry.vector.nbytes
             while len(self._data) > self.capacity:
-                self._data.popitem(last=False)
+                _, evicted = self._data.popitem(last=False)
+                self.nbytes -= evicted.vector.nbytes
 
     def __len__(self) -> int:
         return len(self._data)
@@ -78,6 +97,7 @@ class EmbeddingService:
         queue_size: int,
         cache_size: int,
         max_inputs: int = 2048,
+        preempt_ms: float = 0.0,
     ) -> None:
         self.engine = engine
         self.max_inputs = max_inputs
@@ -88,8 +108,11 @@ class EmbeddingService:
             max_batch_tokens=max_batch_tokens,
             max_batch_size=max_batch_size,
             batch_wait_ms=batch_wait_ms,
+            preempt_ms=preempt_ms,
             queue_size=queue_size,
             on_batch=self._record_batch,
+            # After a burst, hand the memory it freed back to the system.
+            on_idle=allocator.trim,
         )
         registry.gauge(
             "localrank_queue_depth",
@@ -100,6 +123,11 @@ class EmbeddingService:
             "localrank_cache_entries",
             "Vectors in the embedding cache",
             lambda: float(len(self.cache)),
+        )
+        registry.gauge(
+            "localrank_cache_bytes",
+            "Bytes of the vectors in the embedding cache",
+            lambda: float(self.cache.nbytes),
         )
 
     @property
@@ -143,6 +171,7 @@ class EmbeddingService:
         truncated = [False] * len(inputs)
         fingerprint = self.info.fingerprint
         missing: list[int] = []
+        keys: list[CacheKey] = []
         model_inputs: list[Any]
         if is_ids:
             model_inputs = list(inputs)
@@ -150,8 +179,9 @@ class EmbeddingService:
         else:
             texts = cast(Sequence[str], inputs)
             model_inputs = [self.engine.format_query(t, instruction) if query else t for t in texts]
-            for i, text in enumerate(model_inputs):
-                entry = self.cache.get((fingerprint, text))
+            keys = await self._keys(fingerprint, model_inputs)
+            for i, key in enumerate(keys):
+                entry = self.cache.get(key)
                 if entry is None or (entry.truncated and not truncate):
                     missing.append(i)
                     continue
@@ -171,7 +201,7 @@ class EmbeddingService:
                 truncated[i] = result.truncated[j]
                 if not is_ids:
                     self.cache.put(
-                        (fingerprint, model_inputs[i]),
+                        keys[i],
                         _Entry(result.vectors[j].copy(), result.tokens[j], result.truncated[j]),
                     )
             self.registry.inc("localrank_embedded_inputs_total", len(missing))
@@ -180,6 +210,13 @@ class EmbeddingService:
         if n_truncated:
             self.registry.inc("localrank_truncated_inputs_total", n_truncated)
         return EmbedOutput(apply_dimensions(out, dimensions), sum(tokens), n_truncated, hits)
+
+    async def _keys(self, fingerprint: str, texts: Sequence[str]) -> list[CacheKey]:
+        if self.cache.capacity <= 0:
+            return [(fingerprint, b"")] * len(texts)  # nothing is stored or found
+        if sum(len(t) for t in texts) < HASH_IN_THREAD_CHARS:
+            return [cache_key(fingerprint, t) for t in texts]
+        return await asyncio.to_thread(lambda: [cache_key(fingerprint, t) for t in texts])
 
     async def rerank(
         self,
@@ -220,10 +257,10 @@ class EmbeddingService:
     async def cut_to_tokens(self, texts: Sequence[str], limit: int) -> list[str]:
         """Each text cut after its first `limit` content tokens."""
         tok = self.engine.tokenizer
-        return await asyncio.to_thread(lambda: [tok.cut(t, limit) for t in texts])
+        return await asyncio.to_thread(tok.cut, texts, limit)
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
-        """Character span of each content token of `text`."""
+    def token_offsets(self, text: str) -> np.ndarray:
+        """Character span of each content token of `text`: int64 [n, 2]."""
         return self.engine.tokenizer.offsets(text)
 
     def close(self) -> None:
@@ -251,7 +288,7 @@ class DaemonEmbedder:
         out = await self.service.embed(list(texts), query=query, instruction=instruction, bulk=bulk)
         return out.vectors
 
-    def token_offsets(self, text: str) -> list[tuple[int, int]]:
+    def token_offsets(self, text: str) -> np.ndarray:
         return self.service.token_offsets(text)
 
     def close(self) -> None:

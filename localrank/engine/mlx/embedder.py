@@ -26,7 +26,7 @@ from localrank.engine.model_files import (
     read_config,
     weight_files,
 )
-from localrank.engine.types import POOLINGS, BackendInfo, Batch, Recipe
+from localrank.engine.types import POOLINGS, BackendInfo, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,9 @@ class MLXEmbedder:
             return next(v.dtype for k, v in weights.items() if k.endswith(".scales"))
         return mx.float16 if device == "gpu" else mx.float32
 
-    def embed(self, batch: Batch) -> np.ndarray:
-        """Pooled, not normalised, float32 [B, dim] vectors."""
+    def embed(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
+        """Pooled, not normalised, float32 [B, dim] vectors. MLX builds the whole graph and
+        evaluates it at once: there is no point between layers to `pause` at."""
         model = self._model
         if model is None:
             raise BackendError("MLX embedder is closed")

@@ -23,8 +23,8 @@ from localrank.engine.model_files import (
     weight_files,
 )
 from localrank.engine.torch.families import FAMILIES
-from localrank.engine.torch.layers import TorchModel
-from localrank.engine.types import POOLINGS, BackendInfo, Batch, Recipe
+from localrank.engine.torch.layers import Layers, TorchModel
+from localrank.engine.types import POOLINGS, BackendInfo, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ class TorchEmbedder:
             self.model: TorchModel | None = family.build(cfg, weights, config_path)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
+        # The forward iterates these: with a `pause`, it can stop between two layers.
+        self._layers = self.model.layers = Layers(self.model.layers)
         self._vocab = int(cfg["vocab_size"])
         self.info = BackendInfo(
             backend="torch",
@@ -105,8 +107,9 @@ class TorchEmbedder:
             "explicit" if self.explicit else "SDPA",
         )
 
-    def embed(self, batch: Batch) -> np.ndarray:
-        """Pooled, not normalised, float32 [B, dim] vectors."""
+    def embed(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
+        """Pooled, not normalised, float32 [B, dim] vectors; `pause` is called between layers
+        (not in a pass run from inside a pause)."""
         model = self.model
         if model is None:
             raise BackendError("torch embedder is closed")
@@ -114,12 +117,19 @@ class TorchEmbedder:
         b, t = ids_np.shape
         if b == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
-        with torch.inference_mode():
-            ids = torch.from_numpy(np.ascontiguousarray(ids_np, dtype=np.int64)).to(self.device)
-            mask = torch.from_numpy(np.ascontiguousarray(mask_np != 0)).to(self.device)
-            # No padding at all (common: batches are length-sorted): no mask, faster kernels.
-            hidden = model.forward(ids, None if bool(mask.all()) else mask, explicit=self.explicit)
-            out = pool(hidden, mask, self.recipe.pooling).float().cpu().numpy()
+        layers = self._layers
+        outer = layers.pause  # set: this is a pass run from inside another's pause
+        layers.pause = pause if outer is None else None
+        try:
+            with torch.inference_mode():
+                ids = torch.from_numpy(np.ascontiguousarray(ids_np, dtype=np.int64)).to(self.device)
+                mask = torch.from_numpy(np.ascontiguousarray(mask_np != 0)).to(self.device)
+                # No padding at all (common: batches are length-sorted): no mask, faster kernels.
+                real = None if bool(mask.all()) else mask
+                hidden = model.forward(ids, real, explicit=self.explicit)
+                out = pool(hidden, mask, self.recipe.pooling).float().cpu().numpy()
+        finally:
+            layers.pause = outer
         bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
         if bad.size:
             raise BackendError(

@@ -8,11 +8,14 @@ attention time and nothing else.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from localrank.engine.batching import bucket_rows
 
 # Weight name -> the shape config.json implies for it (what the loader checks).
 Shapes = dict[str, tuple[int, ...]]
@@ -21,14 +24,32 @@ _SDPA_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
 
 
 class TorchModel(Protocol):
-    """A family's forward, built from checked weights: what the embedder runs and pools."""
+    """A family's forward, built from checked weights: what the embedder runs and pools.
+
+    `forward` runs its layers by iterating `layers` once, in order: the embedder replaces the
+    list with `Layers`, which can pause between two of them (the scheduler's preemption).
+    """
 
     causal: bool
     max_positions: int | None
+    layers: list[Any]
 
     def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
         """Last hidden states [B, T, H] for ids [B, T]; `real`: bool [B, T], None if unpadded."""
         ...
+
+
+class Layers(list[Any]):
+    """A model's layers. Iterating them calls `pause` (when set) between two layers."""
+
+    pause: Callable[[], None] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        pause = self.pause
+        for i, layer in enumerate(super().__iter__()):
+            if i and pause is not None:
+                pause()
+            yield layer
 
 
 def attention_mask(real: Tensor, *, causal: bool) -> Tensor:
@@ -80,22 +101,32 @@ class Packing:
 
     Token-wise work (projections, MLP, norms: ~90% of the FLOPs) runs on the N real tokens
     packed as [N, D], so padding costs nothing there; only attention sees the padded layout.
-    Without padding, packing is a free reshape.
+    N is rounded up to a few sizes (`bucket_rows`: the extra rows repeat the first token and are
+    dropped by `scatter`), so the kernels that are compiled and cached per shape stay few.
     """
 
     def __init__(self, real: Tensor | None, b: int, t: int) -> None:
         self.b, self.t = b, t
-        self.idx = None if real is None else real.flatten().nonzero().squeeze(1)
+        real_idx = None if real is None else real.flatten().nonzero().squeeze(1)
+        self.n = b * t if real_idx is None else int(real_idx.numel())
+        self.idx = real_idx
+        extra = bucket_rows(self.n) - self.n
+        self.take: Tensor | None = None  # what `gather` selects, when not a plain reshape
+        if real_idx is not None or extra:
+            device = real.device if real is not None else None
+            first = torch.arange(self.n, device=device) if real_idx is None else real_idx
+            self.take = torch.cat([first, first[:1].expand(extra)])
 
     def gather(self, x: Tensor) -> Tensor:
-        """[B, T, ...] -> [N, ...]: the real tokens, in row-major order."""
+        """[B, T, ...] -> [rows, ...]: the real tokens in row-major order, then fill rows."""
         flat = x.reshape(self.b * self.t, *x.shape[2:])
-        return flat if self.idx is None else flat.index_select(0, self.idx)
+        return flat if self.take is None else flat.index_select(0, self.take.to(flat.device))
 
     def scatter(self, x: Tensor) -> Tensor:
-        """[N, D] -> [B, T, D], zeros at padding."""
+        """[rows, D] -> [B, T, D], zeros at padding."""
+        x = x[: self.n]
         if self.idx is None:
-            return x.view(self.b, self.t, -1)
+            return x.reshape(self.b, self.t, -1)
         out = x.new_zeros(self.b * self.t, x.shape[-1])
         return out.index_copy_(0, self.idx, x).view(self.b, self.t, -1)
 

