@@ -172,6 +172,15 @@ class CollectionService:
             "timings_ms": timings,
         }
 
+    async def prepare_search(self) -> None:
+        """Bring what searches need into memory (the daemon starts this at startup, in the
+        background); searches that arrive first are still answered, correctly."""
+        await asyncio.to_thread(self.store.prepare_search)
+
+    def search_readiness(self) -> dict[str, Any]:
+        """{"ready", "loaded", "total"}: how far `prepare_search` got (no I/O)."""
+        return self.store.search_readiness().to_api()
+
     # --- jobs ---------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> dict[str, Any]:

@@ -82,14 +82,16 @@ def _model_ctx(loader: EngineLoader) -> CleanupCtx:
 
 def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
     """Open the store under the user data dir (LOCALRANK_HOME moves it), publish the
-    CollectionService, run the job runner (which resumes jobs a previous run left unfinished),
-    and close both on shutdown."""
+    CollectionService, prepare the collections for search in the background (so the first
+    search is as fast as the rest; /health reports how far it got), run the job runner (which
+    resumes jobs a previous run left unfinished), and close all of it on shutdown."""
 
     async def collections_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
         store = await asyncio.to_thread(open_store, state.settings.paths.database)
         service = CollectionService(store, state.embedder, ingest)
         app[COLLECTIONS_KEY] = service
+        preload = asyncio.create_task(service.prepare_search(), name="localrank-search-preload")
         runner = asyncio.create_task(service.runner.run_forever(), name="localrank-jobs")
         try:
             yield
@@ -97,7 +99,8 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-            await asyncio.to_thread(store.close)
+            await asyncio.to_thread(store.close)  # stops the preload first
+            await preload
 
     return collections_ctx
 
