@@ -1,7 +1,8 @@
 """The in-memory binary index (store/sqlite/vector_index.py) and its registry: the three-stage
 scan (coarse Hamming on a column layout, full Hamming, asymmetric), filters inside the scan,
-snapshots over shared append-only buffers, tombstones and repacking, epoch reloads, and the
-preload that makes the first search after a start as fast as the rest."""
+snapshots over shared append-only buffers, tombstones and repacking, epoch reloads, the
+preload that makes the first search after a start as fast as the rest, and the `codes` table
+the index loads from (and the migration that made it)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from store_helpers import make_doc, unit
 
 from localrank.collections.search import parse_filter
 from localrank.store import SQLiteStore
+from localrank.store.sqlite import schema
+from localrank.store.sqlite.db import Database
 from localrank.store.sqlite.index_registry import IndexRegistry
+from localrank.store.sqlite.maintenance import counts, integrity_check
 from localrank.store.sqlite.vector_index import (
     BinaryIndex,
     Stages,
@@ -309,3 +313,78 @@ def test_filtered_search_through_the_store_uses_the_scan_mask(tmp_path: Path) ->
         assert {c.document_id for c in store.fetch_chunks([h for h, _ in hits])} <= {
             f"f{i}" for i in range(12)
         }
+
+
+# --- where the codes live: their own table ---------------------------------------------------
+
+
+def test_upgrade_moves_codes_out_of_vectors(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    rng = np.random.default_rng(13)
+    vecs = unit(rng, 6, 64)
+    names = [name for name, _ in schema.MIGRATIONS]
+    db = Database(path)
+    with db.write() as conn:  # a store as the releases before 0005_vector_codes left it
+        schema.applied_migrations(conn)
+        for name, sql in schema.MIGRATIONS[: names.index("0005_vector_codes")]:
+            conn.execute(sql)
+            conn.execute("INSERT INTO migrations (name, applied) VALUES (?, 'then')", (name,))
+        conn.execute(
+            "INSERT INTO collections (name, fingerprint, model_id, dim, created) "
+            "VALUES ('c', 'fp', 'm', 64, 'then')"
+        )
+        for d in range(2):
+            conn.execute(
+                "INSERT INTO documents (collection_id, doc_id, text, content_hash, updated) "
+                "VALUES (1, ?, 'text', 'h', 'then')",
+                (f"d{d}",),
+            )
+        for i, v in enumerate(vecs):
+            conn.execute(
+                "INSERT INTO chunks (doc, collection_id, ordinal, text, char_start, char_end, "
+                "line_start, line_end) VALUES (?, 1, ?, ?, 0, 4, 1, 1)",
+                (1 + i % 2, i, f"chunk {i}"),
+            )
+            conn.execute(
+                "INSERT INTO vectors (chunk, embedding, code) VALUES (?, ?, ?)",
+                (i + 1, v.tobytes(), quantize(v)[0].tobytes()),
+            )
+    db.close()
+
+    with SQLiteStore(path) as store:
+        conn = store.db.reader()
+        rows = conn.execute("SELECT chunk, collection_id, doc, code FROM codes ORDER BY chunk")
+        assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+            (i + 1, 1, 1 + i % 2, quantize(v)[0].tobytes()) for i, v in enumerate(vecs)
+        ]
+        c = counts(conn)
+        assert c["chunks"] == c["vectors"] == c["codes"] == 6 and c["chunks_without_code"] == 0
+        assert integrity_check(conn) == ["ok"]
+        coll = store.get_collection("c")
+        hits = store.vector_candidates(coll, vecs[4], 1, candidates=6)
+        assert hits[0][0] == 5 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        # New writes go to both tables; deletes cascade to both.
+        store.write_documents("c", "fp", "m", [make_doc("d2", unit(rng, 2, 64))])
+        store.delete_document("c", "d0")
+        c = counts(conn)
+        assert c["chunks"] == c["vectors"] == c["codes"] == 5 and c["chunks_without_code"] == 0
+
+
+def test_reindex_swaps_the_codes_with_the_vectors(tmp_path: Path) -> None:
+    rng = np.random.default_rng(14)
+    with SQLiteStore(tmp_path / "db.sqlite") as store:
+        coll = store.create_collection("c", fingerprint="fp", model_id="m", dim=64, settings={})
+        store.write_documents("c", "fp", "m", [make_doc("d", unit(rng, 5, 64))])
+        assert store.indexes.get(coll.id) is not None
+        job = store.create_reindex_job("c", {"fingerprint": "fp2", "model_id": "m2", "dim": 32})
+        todo = store.chunks_to_reindex(coll, job.id, 100)
+        new = unit(rng, len(todo), 32)
+        store.stage_reindexed(job.id, [c for c, _ in todo], new, fingerprint="fp2")
+        assert store.swap_reindexed("c", job.id)
+        idx = store.indexes.get(coll.id)
+        assert idx is not None and idx.buffers.n_words == 1  # 32-d codes now
+        assert np.array_equal(idx.words, as_words(quantize(new)))
+        c = counts(store.db.reader())
+        assert c["chunks"] == c["codes"] == 5 and c["chunks_without_code"] == 0
+        hits = store.vector_candidates(store.get_collection("c"), new[3], 1, candidates=5)
+        assert hits[0][0] == todo[3][0] and hits[0][1] == pytest.approx(1.0, abs=1e-5)

@@ -30,8 +30,7 @@ LOAD_PAGE_ROWS = 65_536
 STOP_WAIT_SECONDS = 30.0
 
 _ROWS_SQL = """
-    SELECT c.id, c.doc, v.code FROM chunks c JOIN vectors v ON v.chunk = c.id
-    WHERE c.collection_id = ? AND c.id > ? ORDER BY c.id LIMIT ?
+    SELECT chunk, doc, code FROM codes WHERE collection_id = ? AND chunk > ? ORDER BY chunk LIMIT ?
 """
 
 
