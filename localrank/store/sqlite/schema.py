@@ -1,12 +1,13 @@
 """Named, ordered migrations, each applied in the same transaction as the record of it.
 
 Vectors live in ordinary tables, not in vec0: `vectors` holds the float32 blobs, `codes` the
-binary code of each (with the chunk's collection and document, so loading a collection's index
-reads nothing else; `vectors.code` is a copy kept from the first schema, see 0005). Search scans the codes in memory with numpy (see `vector_index.py` for the
-measurements behind that choice), rescoring reads a few hundred float blobs by primary key, and
-an ordinary table reclaims deleted pages with VACUUM and supports upsert, which vec0 0.1.9 does
-not. The codes have the byte format of sqlite-vec's `vec_quantize_binary` (the extension's own
-bit vector, usable with `vec_distance_hamming`).
+binary code of each, with the chunk's collection and document, so loading a collection's index
+reads nothing else (`vectors.code` is a copy kept from the first schema, see 0005). Search scans
+the codes in memory with numpy (see `vector_index.py` for the measurements behind that choice),
+rescoring reads a few hundred float blobs by primary key, and an ordinary table reclaims deleted
+pages with VACUUM and supports upsert, which vec0 0.1.9 does not. The codes have the byte format
+of sqlite-vec's `vec_quantize_binary` (the extension's own bit vector, usable with
+`vec_distance_hamming`).
 """
 
 from __future__ import annotations
