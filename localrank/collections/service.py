@@ -21,6 +21,7 @@ from localrank.collections.files import DEFAULT_INCLUDE, read_folder
 from localrank.collections.ingest import Ingestor, IngestSettings, check_model
 from localrank.collections.runner import JobRunner
 from localrank.collections.search import SearchRequest, run_search
+from localrank.collections.search_threads import SearchThreads
 from localrank.errors import InvalidInput, NotFound
 from localrank.store import Store
 from localrank.store.records import Collection, Job
@@ -44,6 +45,7 @@ class CollectionService:
         self.get_embedder = embedder
         self.ingestor = Ingestor(store, embedder, settings)
         self.runner = JobRunner(self.ingestor)
+        self.search_threads = SearchThreads(store)
 
     @property
     def settings(self) -> IngestSettings:
@@ -150,7 +152,9 @@ class CollectionService:
         """Run a search; returns {"results": [...], "timings_ms": {...}, ...}."""
         start = time.perf_counter()
         timings = {"embed": 0.0, "keyword": 0.0, "vector": 0.0, "rerank": 0.0, "total": 0.0}
-        collection = await self._collection(req.collection)
+        collection = await self.search_threads.run(
+            lambda: self.store.get_collection(req.collection)
+        )
         query_vector = None
         if req.needs_embedding:
             embedder = self.get_embedder()
@@ -159,8 +163,8 @@ class CollectionService:
             vecs = await embedder.embed([req.query], query=True, instruction=req.instruction)
             query_vector = np.asarray(vecs, dtype=np.float32)[0]
             timings["embed"] = _ms(t)
-        results = await asyncio.to_thread(
-            run_search, self.store, collection, req, query_vector, timings
+        results = await self.search_threads.run(
+            lambda: run_search(self.store, collection, req, query_vector, timings)
         )
         timings["total"] = _ms(start)
         return {
@@ -173,13 +177,19 @@ class CollectionService:
         }
 
     async def prepare_search(self) -> None:
-        """Bring what searches need into memory (the daemon starts this at startup, in the
-        background); searches that arrive first are still answered, correctly."""
-        await asyncio.to_thread(self.store.prepare_search)
+        """Bring what searches need into memory and warm the threads searches run on (the
+        daemon starts this at startup, in the background); searches that arrive first are
+        still answered, correctly."""
+        await self.search_threads.prepare()
 
     def search_readiness(self) -> dict[str, Any]:
         """{"ready", "loaded", "total"}: how far `prepare_search` got (no I/O)."""
-        return self.store.search_readiness().to_api()
+        return self.search_threads.readiness()
+
+    async def close(self) -> None:
+        """Stop preparing for search and release the search threads (the store stays open:
+        whoever opened it closes it, which also stops a running preload)."""
+        await self.search_threads.close()
 
     # --- jobs ---------------------------------------------------------------------------
 

@@ -99,7 +99,8 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
             runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
-            await asyncio.to_thread(store.close)  # stops the preload first
+            await service.close()  # no more warm-up searches
+            await asyncio.to_thread(store.close)  # stops a running preload first
             await preload
 
     return collections_ctx

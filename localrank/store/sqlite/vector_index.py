@@ -21,10 +21,10 @@ Collections of at most 256 bits per code skip stage 2 (stage 1 already sees ever
 
 Metadata filters become a mask over the rows inside stage 1, so a filter never starves the
 top-k. The index is kept current incrementally: new chunks have larger ids (AUTOINCREMENT) and
-are appended to column buffers shared by successive snapshots (capacity doubles, so an append
-costs the new rows, not a copy of the matrix); deleted ones are listed in `tombstones` with the
-generation that deleted them and masked out until a quarter of the rows are dead, when the
-snapshot is repacked. A change of `epoch` (reindex, compact) reloads it.
+are appended to column buffers shared by successive snapshots (with a quarter to spare, so an
+append costs the new rows, not a copy of the matrix); deleted ones are listed in `tombstones`
+with the generation that deleted them and masked out until a quarter of the rows are dead, when
+the snapshot is repacked. A change of `epoch` (reindex, compact) reloads it.
 """
 
 from __future__ import annotations
