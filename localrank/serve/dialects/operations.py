@@ -19,7 +19,7 @@ async def health(request: web.Request) -> web.Response:
     state = request.app[STATE_KEY]
     uptime = round(time.monotonic() - state.started, 3)
     service = request.app.get(COLLECTIONS_KEY)
-    # Whether every collection's search index is in memory: searches are answered either way.
+    # Whether searches run at full speed yet: they are answered either way.
     collections = service.search_readiness() if service is not None else None
     if state.service is None:
         body: dict[str, object] = {
@@ -70,8 +70,9 @@ async def docs(request: web.Request) -> web.Response:
 
 HEALTH = Operation(
     "Readiness: 200 with the model, backend, device, dtype and dim; 503 while loading. "
-    "`collections` says whether every collection's search index is in memory yet (searches "
-    "are answered before that too; the first ones may wait for their collection to load).",
+    "`collections` says whether searches are ready to run at full speed (every collection's "
+    "index in memory, the search threads warm); they are answered before that too, the first "
+    "ones may wait for their collection to load.",
     response={
         "status": "ok",
         "collections": {"ready": True, "loaded": 2, "total": 2},

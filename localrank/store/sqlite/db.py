@@ -42,8 +42,8 @@ def connect(path: Path | str) -> apsw.Connection:
         # Chunk texts and vectors are read in bursts by search: a bigger page cache (64 MiB)
         # and memory-mapped reads keep the rescoring fetch off the read() syscall path. The
         # map covers the whole file (up to MMAP_BYTES), not only its first 256 MiB: at 1M
-        # chunks (4.9 GB) a search's keyword and vector stages then take ~0.7x the time, and a
-        # reader connection new to a thread starts much closer to a warm one (measured here).
+        # chunks (4.9 GB) a search's keyword and vector stages then took ~0.7x the time
+        # (interleaved runs on a busy 2-core machine).
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         conn.execute("PRAGMA temp_store=MEMORY")
