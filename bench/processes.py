@@ -29,7 +29,8 @@ def free_port() -> int:
 
 
 class Daemon:
-    """`localrank serve` on a free loopback port with its own temporary LOCALRANK_HOME."""
+    """`localrank serve` on a free loopback port with its own temporary LOCALRANK_HOME, or with
+    `home` (kept when it stops: a bench's prepared collections)."""
 
     def __init__(
         self,
@@ -37,12 +38,14 @@ class Daemon:
         extra: list[str] | None = None,
         env: dict[str, str] | None = None,
         file_limit: int | None = None,
+        home: Path | None = None,
     ) -> None:
         self.model = model
         self.extra = extra or []
         self.env = env or {}
         self.file_limit = file_limit  # RLIMIT_NOFILE (soft and hard) for the daemon
         self.port = 0
+        self.keep_home = home
         self.home: Path | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.launched = 0.0
@@ -67,7 +70,7 @@ class Daemon:
     def start(self, timeout: float = 180.0) -> float:
         """Launch and block until /health answers 200; returns launch -> healthy seconds."""
         self.port = free_port()
-        self.home = Path(tempfile.mkdtemp(prefix="localrank-bench-"))
+        self.home = self.keep_home or Path(tempfile.mkdtemp(prefix="localrank-bench-"))
         self.log_path = self.home / "serve.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALRANK_")}
         env["LOCALRANK_HOME"] = str(self.home)
@@ -140,9 +143,9 @@ class Daemon:
                 code = self.proc.wait()
         elif self.proc is not None:
             code = self.proc.returncode
-        if self.home is not None:
+        if self.home is not None and self.keep_home is None:
             shutil.rmtree(self.home, ignore_errors=True)
-            self.home = None
+        self.home = None
         return code
 
 

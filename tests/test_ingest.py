@@ -99,7 +99,8 @@ async def test_dedupe_and_persistent_cache(store: SQLiteStore) -> None:
     assert [d["status"] for d in res["documents"]] == ["updated", "metadata"]
     assert emb.texts_embedded == embedded + 1
     c = counts(store.db.reader())
-    assert c["chunks"] == c["vectors"] and c["chunks_without_vector"] == 0
+    assert c["chunks"] == c["vectors"] == c["codes"] and c["chunks_without_vector"] == 0
+    assert c["chunks_without_code"] == 0
 
 
 async def test_model_mismatch_and_unknown_collection(store: SQLiteStore) -> None:

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,8 @@ from localrank.collections.evaluate import (
     ndcg_at_k,
     recall_at_k,
 )
-from localrank.collections.search import rrf
+from localrank.collections.search import WARM_UP_SEARCHES, rrf
+from localrank.collections.search_threads import SEARCH_THREADS
 from localrank.errors import InvalidInput
 from localrank.store import SQLiteStore
 
@@ -222,3 +225,49 @@ def test_cli_index_search_and_friends(cli_home: Path, capsys: pytest.CaptureFixt
         "hybrid+rerank",
     }
     assert (cli_home / "home" / "data" / "localrank.db").exists()
+
+
+class RecordingStore(SQLiteStore):
+    """Notes which thread asked for vector candidates, and with which keyword query."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.vector_threads: list[str] = []
+        self.keyword_queries: list[str] = []
+
+    def vector_candidates(self, collection, query, limit, *, candidates, flt=None):  # type: ignore[no-untyped-def]
+        self.vector_threads.append(threading.current_thread().name)
+        return super().vector_candidates(collection, query, limit, candidates=candidates, flt=flt)
+
+    def keyword_candidates(self, collection, query, limit, flt=None):  # type: ignore[no-untyped-def]
+        self.keyword_queries.append(query)
+        return super().keyword_candidates(collection, query, limit, flt)
+
+
+async def test_prepare_search_warms_every_search_thread(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "db.sqlite")
+    svc = CollectionService(store, lambda: HashEmbedder())
+    try:
+        for name in ("notes", "empty"):
+            await svc.create_collection(name)
+        docs = [DocumentIn(k, v, {}, f"/notes/{k}") for k, v in NOTES.items()]
+        await svc.add_documents("notes", docs, background=False)
+        assert svc.search_readiness()["ready"] is False
+        await svc.prepare_search()
+        assert svc.search_readiness() == {"ready": True, "loaded": 2, "total": 2}
+        # Each search thread ran its own warm-up searches on the collection with chunks, with
+        # words of its documents as the keyword query (the empty one needs no warming).
+        threads = Counter(store.vector_threads)
+        assert len(threads) == SEARCH_THREADS
+        assert all(name.startswith("localrank-search") for name in threads)
+        assert set(threads.values()) == {WARM_UP_SEARCHES}
+        assert any(
+            "Sourdough" in q or "Tomatoes" in q or "Code" in q for q in store.keyword_queries
+        )
+        # Real searches run on the same threads.
+        out = await svc.search(SearchRequest.from_json({"collection": "notes", "query": "basil"}))
+        assert out["results"][0]["document_id"] == "garden.md"
+        assert store.vector_threads[-1] in threads
+    finally:
+        await svc.close()
+        store.close()

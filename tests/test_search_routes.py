@@ -198,3 +198,45 @@ async def test_model_mismatch_is_409_naming_reindex(
     assert r.status == 200 and (await r.json())["results"][0]["document_id"] == "a"
     store = c2.server.app[COLLECTIONS_KEY].store
     assert isinstance(store, SQLiteStore) and store.path == home / "data" / "localrank.db"
+
+
+async def _health_until_collections_ready(client) -> dict:  # type: ignore[no-untyped-def]
+    for _ in range(200):
+        body = await (await client.get("/health")).json()
+        if body["collections"]["ready"]:
+            return body
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"collections never ready: {body}")
+
+
+async def test_health_reports_search_readiness_across_a_restart(
+    aiohttp_client,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+    minilm: Path,
+) -> None:
+    home = tmp_path / "home"
+    c1 = await started(aiohttp_client, daemon(home, minilm))
+    body = await _health_until_collections_ready(c1)
+    assert body["collections"] == {"ready": True, "loaded": 0, "total": 0}
+    for name in ("notes", "empty"):
+        assert (await c1.post("/v1/collections", json={"name": name})).status == 201
+    r = await c1.post("/v1/collections/notes/documents", json={"documents": DOCS})
+    assert r.status == 200
+    await c1.close()
+
+    # The restarted daemon loads both collections' indexes by itself, in the background.
+    app = daemon(home, minilm)
+    c2 = await aiohttp_client(app)
+    early = await (await c2.get("/health")).json()  # model and collections may still load
+    assert set(early["collections"]) == {"ready", "loaded", "total"}
+    await app[STATE_KEY].ready.wait()
+    r = await c2.post(
+        "/v1/search", json={"collection": "notes", "query": "cat mat", "mode": "vector"}
+    )
+    assert r.status == 200 and (await r.json())["results"][0]["document_id"] == "a/one.md"
+    body = await _health_until_collections_ready(c2)
+    assert body["status"] == "ok"
+    assert body["collections"] == {"ready": True, "loaded": 2, "total": 2}
+    store = app[COLLECTIONS_KEY].store
+    assert isinstance(store, SQLiteStore)
+    assert store.indexes.get(store.get_collection("notes").id) is not None

@@ -93,7 +93,8 @@ def test_kill_9_mid_job_loses_no_acknowledged_document(tmp_path: Path) -> None:
         conn = store.db.reader()
         assert integrity_check(conn) == ["ok"]
         c = counts(conn)
-        assert c["chunks"] == c["vectors"] == c["fts_rows"] and c["chunks_without_vector"] == 0
+        assert c["chunks"] == c["vectors"] == c["codes"] == c["fts_rows"]
+        assert c["chunks_without_vector"] == c["chunks_without_code"] == 0
         job = store.get_job(job_id)
         assert job.state == "running" and 0 < job.done < JOB_DOCS  # killed mid-job
 

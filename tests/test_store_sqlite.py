@@ -87,8 +87,8 @@ def test_compact_drops_tombstones_and_keeps_integrity(tmp_path: Path) -> None:
         conn = s.db.reader()
         assert integrity_check(conn) == ["ok"]
         c = counts(conn)
-        assert c["chunks"] == c["vectors"] == c["fts_rows"] == 100
-        assert c["chunks_without_vector"] == 0
+        assert c["chunks"] == c["vectors"] == c["codes"] == c["fts_rows"] == 100
+        assert c["chunks_without_vector"] == c["chunks_without_code"] == 0
         # the epoch moved: in-memory indexes anywhere reload instead of missing a deletion
         assert s.get_collection("c").epoch == epoch + 1
         assert s.indexes.get(s.get_collection("c").id).size == 100

@@ -22,6 +22,7 @@ from localrank.collections.folders import plan
 from localrank.collections.ingest import Ingestor, IngestSettings, check_model
 from localrank.collections.runner import JobRunner
 from localrank.collections.search import SearchRequest, run_search
+from localrank.collections.search_threads import SearchThreads
 from localrank.collections.watch import FolderWatcher, WatchSettings
 from localrank.errors import InvalidInput, NotFound
 from localrank.store import Store
@@ -53,6 +54,7 @@ class CollectionService:
         self.runner = JobRunner(self.ingestor)
         # Runs only where someone calls `watcher.run_forever()`: the daemon.
         self.watcher = FolderWatcher(store, self.ingestor, watch)
+        self.search_threads = SearchThreads(store)
 
     @property
     def settings(self) -> IngestSettings:
@@ -168,7 +170,9 @@ class CollectionService:
         """Run a search; returns {"results": [...], "timings_ms": {...}, ...}."""
         start = time.perf_counter()
         timings = {"embed": 0.0, "keyword": 0.0, "vector": 0.0, "rerank": 0.0, "total": 0.0}
-        collection = await self._collection(req.collection)
+        collection = await self.search_threads.run(
+            lambda: self.store.get_collection(req.collection)
+        )
         query_vector = None
         if req.needs_embedding:
             embedder = self.get_embedder()
@@ -177,8 +181,8 @@ class CollectionService:
             vecs = await embedder.embed([req.query], query=True, instruction=req.instruction)
             query_vector = np.asarray(vecs, dtype=np.float32)[0]
             timings["embed"] = _ms(t)
-        results = await asyncio.to_thread(
-            run_search, self.store, collection, req, query_vector, timings
+        results = await self.search_threads.run(
+            lambda: run_search(self.store, collection, req, query_vector, timings)
         )
         timings["total"] = _ms(start)
         return {
@@ -189,6 +193,21 @@ class CollectionService:
             "results": results,
             "timings_ms": timings,
         }
+
+    async def prepare_search(self) -> None:
+        """Bring what searches need into memory and warm the threads searches run on (the
+        daemon starts this at startup, in the background); searches that arrive first are
+        still answered, correctly."""
+        await self.search_threads.prepare()
+
+    def search_readiness(self) -> dict[str, Any]:
+        """{"ready", "loaded", "total"}: how far `prepare_search` got (no I/O)."""
+        return self.search_threads.readiness()
+
+    async def close(self) -> None:
+        """Stop preparing for search and release the search threads (the store stays open:
+        whoever opened it closes it, which also stops a running preload)."""
+        await self.search_threads.close()
 
     # --- jobs ---------------------------------------------------------------------------
 

@@ -83,9 +83,10 @@ def _model_ctx(loader: EngineLoader) -> CleanupCtx:
 
 def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
     """Open the store under the user data dir (LOCALRANK_HOME moves it), publish the
-    CollectionService, run the job runner (which resumes jobs a previous run left unfinished)
-    and the folder watcher (which resumes every registered watch), and close them on
-    shutdown."""
+    CollectionService, prepare the collections for search in the background (so the first
+    search is as fast as the rest; /health reports how far it got), run the job runner (which
+    resumes jobs a previous run left unfinished) and the folder watcher (which resumes every
+    registered watch), and close all of it on shutdown."""
 
     async def collections_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
@@ -98,6 +99,7 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
         )
         service = CollectionService(store, state.embedder, ingest, watch=watch)
         app[COLLECTIONS_KEY] = service
+        preload = asyncio.create_task(service.prepare_search(), name="localrank-search-preload")
         tasks = [
             asyncio.create_task(service.runner.run_forever(), name="localrank-jobs"),
             asyncio.create_task(service.watcher.run_forever(), name="localrank-watches"),
@@ -110,7 +112,9 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await asyncio.to_thread(store.close)
+            await service.close()  # no more warm-up searches
+            await asyncio.to_thread(store.close)  # stops a running preload first
+            await preload
 
     return collections_ctx
 

@@ -39,6 +39,7 @@ from localrank.store.records import (
     JobItem,
     JobProgress,
     PreparedDocument,
+    SearchReadiness,
     StoredChunk,
     StoredDocument,
     Watch,
@@ -161,6 +162,17 @@ class Store(Protocol):
         """Exact cosine of each chunk's stored vector to the query."""
         ...
 
+    def prepare_search(self) -> None:
+        """Bring into memory what searches need (for SQLite: every collection's vector index),
+        so the first search after a start is as fast as the rest. Blocking: the daemon runs it
+        in a thread at startup. Searches that arrive meanwhile are answered correctly (they wait
+        for their collection, or load it). `close()` stops it."""
+        ...
+
+    def search_readiness(self) -> SearchReadiness:
+        """How far `prepare_search` got (cheap: no I/O, callable from an event loop)."""
+        ...
+
     # --- jobs ---------------------------------------------------------------------------
 
     def create_ingest_job(self, collection_name: str, items: Sequence[tuple[str, str]]) -> Job:
@@ -243,5 +255,5 @@ class Store(Protocol):
         ...
 
     def close(self) -> None:
-        """Release connections."""
+        """Stop a running `prepare_search` and release connections."""
         ...

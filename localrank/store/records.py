@@ -277,3 +277,21 @@ class CompactReport:
             "cache_rows_trimmed": self.cache_rows_trimmed,
             "jobs_removed": self.jobs_removed,
         }
+
+
+@dataclass(frozen=True)
+class SearchReadiness:
+    """How far a store got preparing its collections for search (`Store.prepare_search`):
+    `ready` once every collection that existed when it started can be searched at full speed.
+    Searches are answered before that too, only the first ones may wait for a load."""
+
+    ready: bool
+    loaded: int
+    total: int
+    error: str | None = None
+
+    def to_api(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"ready": self.ready, "loaded": self.loaded, "total": self.total}
+        if self.error is not None:
+            body["error"] = self.error
+        return body

@@ -11,18 +11,22 @@ from localrank.serve.api import Dialect, Operation, localrank_error_body, route
 from localrank.serve.dialects.fields import MINILM
 from localrank.serve.docs_page import CSP, render_html
 from localrank.serve.openapi import build_spec
-from localrank.serve.state import METRICS_KEY, STATE_KEY
+from localrank.serve.state import COLLECTIONS_KEY, METRICS_KEY, STATE_KEY
 
 
 async def health(request: web.Request) -> web.Response:
     """200 when the model is ready; 503 while it loads or when it failed (with the reason)."""
     state = request.app[STATE_KEY]
     uptime = round(time.monotonic() - state.started, 3)
+    service = request.app.get(COLLECTIONS_KEY)
+    # Whether searches run at full speed yet: they are answered either way.
+    collections = service.search_readiness() if service is not None else None
     if state.service is None:
         body: dict[str, object] = {
             "status": "error" if state.load_error else "loading",
             "uptime_s": uptime,
             "version": __version__,
+            "collections": collections,
         }
         if state.load_error is not None:
             body["error"] = state.load_error.message
@@ -36,6 +40,7 @@ async def health(request: web.Request) -> web.Response:
             "queue_depth": state.service.queue_depth,
             # Which store this daemon serves: the CLI talks to a daemon only when it is its own.
             "database": str(state.settings.paths.database),
+            "collections": collections,
             **state.service.info.to_dict(),
         }
     )
@@ -66,9 +71,13 @@ async def docs(request: web.Request) -> web.Response:
 
 
 HEALTH = Operation(
-    "Readiness: 200 with the model, backend, device, dtype and dim; 503 while loading.",
+    "Readiness: 200 with the model, backend, device, dtype and dim; 503 while loading. "
+    "`collections` says whether searches are ready to run at full speed (every collection's "
+    "index in memory, the search threads warm); they are answered before that too, the first "
+    "ones may wait for their collection to load.",
     response={
         "status": "ok",
+        "collections": {"ready": True, "loaded": 2, "total": 2},
         "model": MINILM,
         "backend": "torch",
         "device": "cpu",

@@ -246,9 +246,14 @@ def insert_chunks(
                 ch.page,
             ),
         )
+        code = codes[i].tobytes()
         conn.execute(
             "INSERT INTO vectors (chunk, embedding, code) VALUES (?, ?, ?)",
-            (chunk_id, vecs[i].tobytes(), codes[i].tobytes()),
+            (chunk_id, vecs[i].tobytes(), code),
+        )
+        conn.execute(
+            "INSERT INTO codes (chunk, collection_id, doc, code) VALUES (?, ?, ?, ?)",
+            (chunk_id, collection_id, doc_row, code),
         )
 
 

@@ -73,12 +73,17 @@ def integrity_check(conn: apsw.Connection) -> list[str]:
 
 
 def counts(conn: apsw.Connection) -> dict[str, int]:
-    """Row counts that must agree: chunks == vectors == fts rows."""
+    """Row counts that must agree: chunks == vectors == codes == fts rows."""
     one = lambda sql: int(scalar(conn, sql))  # noqa: E731
     return {
         "documents": one("SELECT count(*) FROM documents"),
         "chunks": one("SELECT count(*) FROM chunks"),
         "vectors": one("SELECT count(*) FROM vectors"),
+        "codes": one("SELECT count(*) FROM codes"),
+        "chunks_without_code": one(
+            "SELECT count(*) FROM chunks c LEFT JOIN codes k ON k.chunk = c.id "
+            "WHERE k.chunk IS NULL OR k.collection_id != c.collection_id OR k.doc != c.doc"
+        ),
         "chunks_without_vector": one(
             "SELECT count(*) FROM chunks c LEFT JOIN vectors v ON v.chunk = c.id "
             "WHERE v.chunk IS NULL"

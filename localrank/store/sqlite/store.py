@@ -23,6 +23,7 @@ from localrank.store.records import (
     JobItem,
     JobProgress,
     PreparedDocument,
+    SearchReadiness,
     StoredChunk,
     StoredDocument,
     Watch,
@@ -31,8 +32,8 @@ from localrank.store.records import (
 )
 from localrank.store.sqlite import cache, catalog, jobs, maintenance, reindex, retrieve, watches
 from localrank.store.sqlite.db import Database, scalar
+from localrank.store.sqlite.index_registry import IndexRegistry
 from localrank.store.sqlite.schema import migrate
-from localrank.store.sqlite.vector_index import IndexRegistry
 
 
 class SQLiteStore:
@@ -49,7 +50,8 @@ class SQLiteStore:
         self.indexes = IndexRegistry(self.db)
 
     def close(self) -> None:
-        """Close every connection."""
+        """Stop a running preload, then close every connection."""
+        self.indexes.stop()
         self.db.close()
 
     def __enter__(self) -> SQLiteStore:
@@ -168,6 +170,12 @@ class SQLiteStore:
 
     def exact_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
         return retrieve.exact_scores(self.db.reader(), chunk_ids, query)
+
+    def prepare_search(self) -> None:
+        self.indexes.preload()
+
+    def search_readiness(self) -> SearchReadiness:
+        return self.indexes.readiness()
 
     # --- jobs ---------------------------------------------------------------------------
 
