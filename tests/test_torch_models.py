@@ -56,12 +56,12 @@ def minilm_batch(model_dir: Path, texts: list[str]) -> Batch:
 
 @pytest.fixture(scope="module")
 def qwen3_sdpa(tiny_qwen3: Path) -> TorchEmbedder:
-    return TorchEmbedder(tiny_qwen3, QWEN3, attention="sdpa")
+    return TorchEmbedder(tiny_qwen3, QWEN3, attention="sdpa", dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def qwen3_explicit(tiny_qwen3: Path) -> TorchEmbedder:
-    return TorchEmbedder(tiny_qwen3, QWEN3, attention="explicit")
+    return TorchEmbedder(tiny_qwen3, QWEN3, attention="explicit", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +161,7 @@ def test_rope_theta_is_read_from_rope_parameters(
     texts = TEXTS[2:5]
     batch = qwen3_batch(tiny_qwen3, texts)
     base = unit(qwen3_sdpa.embed(batch))
-    changed = unit(TorchEmbedder(other, QWEN3).embed(batch))
+    changed = unit(TorchEmbedder(other, QWEN3, dtype="float32").embed(batch))
     assert np.abs(base - changed).max() > 1e-3  # theta really matters for these inputs
     assert np.abs(changed - qwen3_reference(other, texts)).max() < 1e-4
 
@@ -174,7 +174,7 @@ def test_bf16_checkpoint_is_cast_at_load(
 ) -> None:
     bf16 = {k: v.to(torch.bfloat16) for k, v in load_file(tiny_qwen3 / "model.safetensors").items()}
     d = copy_model(tiny_qwen3, tmp_path / "bf16", weights=bf16, torch_dtype="bfloat16")
-    emb = TorchEmbedder(d, QWEN3)  # auto on cpu: float32
+    emb = TorchEmbedder(d, QWEN3, dtype="float32")
     assert emb.info.dtype == "float32"
     got = unit(emb.embed(qwen3_batch(tiny_qwen3, TEXTS)))
     # transformers loading the same bf16 file in float32 computes exactly what we do...
@@ -199,7 +199,8 @@ def test_sharded_checkpoint(tiny_qwen3: Path, tmp_path: Path, qwen3_sdpa: TorchE
     index = {"weight_map": {f"model.{k}": shard for shard, keys in shards.items() for k in keys}}
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
     batch = qwen3_batch(tiny_qwen3, TEXTS[:3])
-    np.testing.assert_array_equal(TorchEmbedder(d, QWEN3).embed(batch), qwen3_sdpa.embed(batch))
+    sharded = TorchEmbedder(d, QWEN3, dtype="float32")
+    np.testing.assert_array_equal(sharded.embed(batch), qwen3_sdpa.embed(batch))
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ModelError, match="00002-of-00002.safetensors"):
         TorchEmbedder(d, QWEN3)

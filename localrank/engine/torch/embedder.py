@@ -1,7 +1,10 @@
 """TorchEmbedder: load a checkpoint onto one torch device, run its family's forward, pool.
 
-Weights are read with safetensors, checked against the shapes config.json implies, cast once to
-the compute dtype and moved to the device; the forwards live in qwen3.py and bert.py.
+Weights are mapped from safetensors (never read twice, see weights.py), checked against the
+shapes config.json implies, and placed on the device in the compute dtype (a no-op for tensors
+already right); the forwards live in qwen3.py and bert.py. The compute dtype is decided once, with
+its reason (precision.py): on CPU, bfloat16 where the processor has it natively and a probe
+matmul confirms it is faster, float32 otherwise.
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from localrank.engine.batching import checked_batch
+from localrank.engine.machine import read_cpu_features, read_topology
 from localrank.engine.model_files import (
     check_keys,
     hidden_size_of,
@@ -22,8 +25,17 @@ from localrank.engine.model_files import (
     read_config,
     weight_files,
 )
-from localrank.engine.torch.families import FAMILIES
+from localrank.engine.precision import (
+    DTYPES,
+    DtypeChoice,
+    accelerator_dtype,
+    choose_cpu_dtype,
+    requested,
+)
+from localrank.engine.torch.cpu import bf16_timing, configure_threads
+from localrank.engine.torch.families import FAMILIES, Family
 from localrank.engine.torch.layers import TorchModel
+from localrank.engine.torch.weights import MappedCheckpoint, Placement
 from localrank.engine.types import POOLINGS, BackendInfo, Batch, Recipe
 from localrank.errors import BackendError, ModelError
 
@@ -34,9 +46,31 @@ ATTENTION = ("auto", "sdpa", "explicit")
 
 
 def default_dtype(device: str) -> str:
-    # Half precision on accelerators halves memory and is what the authors ship; on CPU float32
-    # is both faster (no native half matmuls on most CPUs) and exact.
+    """The dtype "auto" means before the CPU is looked at: half precision on accelerators,
+    float32 on CPU (which `pick_dtype` upgrades to bfloat16 where the CPU has it natively)."""
     return "float32" if device == "cpu" else "float16"
+
+
+def pick_dtype(
+    dtype: str, device: str, model_type: str, family: Family, source: str
+) -> DtypeChoice:
+    """The compute dtype and why: the setting if explicit, else the device's rule."""
+    if dtype != "auto":
+        if dtype not in _DTYPES:
+            raise BackendError(f"unknown dtype {dtype!r}; expected auto or {', '.join(DTYPES)}")
+        choice = requested(dtype, source)
+        if device == "cpu" and dtype != "float32" and read_cpu_features().native_bf16() is None:
+            log.warning("dtype %s on a CPU without native half precision: expect it slow", dtype)
+        return choice
+    if device != "cpu":
+        return accelerator_dtype(device)
+    if not family.mixed_precision:
+        return DtypeChoice(
+            "float32",
+            f"the {model_type} forward computes in float32 on CPU (bfloat16 is chosen only for "
+            "families that keep norms and softmax in float32)",
+        )
+    return choose_cpu_dtype(read_cpu_features(), bf16_timing)
 
 
 class TorchEmbedder:
@@ -54,20 +88,22 @@ class TorchEmbedder:
         device: str = "cpu",
         dtype: str = "auto",
         attention: str = "auto",
+        threads: int = 0,
+        dtype_source: str = "the dtype setting",
     ) -> None:
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
         if attention not in ATTENTION:
             raise BackendError(f"unknown attention {attention!r}; expected one of {ATTENTION}")
-        dtype = default_dtype(device) if dtype == "auto" else dtype
-        if dtype not in _DTYPES:
-            raise BackendError(f"unknown dtype {dtype!r}; expected auto or {', '.join(_DTYPES)}")
         if not device_available(device):
             raise BackendError(f"torch device {device!r} is not available here")
         self.recipe = recipe
         self.device = torch.device(device)
         self.explicit = attention == "explicit" or (attention == "auto" and device == "mps")
+        if device == "cpu":
+            # Before anything runs (the dtype probe included): one thread per physical core.
+            configure_threads(threads or read_topology().physical_cores())
 
         cfg, config_path = read_config(model_dir)
         model_type = model_type_of(cfg, config_path, FAMILIES, "torch")
@@ -77,32 +113,39 @@ class TorchEmbedder:
             expected = family.shapes(cfg)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
-        weights, origin = normalise_keys(*read_weights(model_dir), family.prefix)
+        checkpoint = MappedCheckpoint.open(weight_files(model_dir))
+        weights, origin = normalise_keys(checkpoint.tensors, checkpoint.origin, family.prefix)
+        checkpoint.tensors = {}  # the model takes ownership of what it keeps
         check_weights(weights, origin, expected, model_dir)
-        weights = to_device(weights, self.device, _DTYPES[dtype])
-        # Read back: what the loaded tensors really are.
-        loaded = next(iter(weights.values()))
+        choice = pick_dtype(dtype, device, model_type, family, dtype_source)
+        place = Placement(self.device, _DTYPES[choice.dtype], checkpoint)
         try:
-            # The model consumes `weights` (fusing projections frees the unfused copies).
-            self.model: TorchModel | None = family.build(cfg, weights, config_path)
+            # The model consumes `weights`, placing each (a no-op when already right).
+            self.model: TorchModel | None = family.build(cfg, weights, config_path, place)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
+        except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
+            raise BackendError(f"cannot place the weights on torch device {device}: {e}") from e
         self._vocab = int(cfg["vocab_size"])
         self.info = BackendInfo(
             backend="torch",
-            device=loaded.device.type,
-            dtype=str(loaded.dtype).removeprefix("torch."),
+            device=self.device.type,
+            dtype=str(place.dtype).removeprefix("torch."),
             dim=hidden,
             pooling=recipe.pooling,
             max_tokens=recipe.max_tokens,
+            dtype_reason=choice.reason,
+            threads=torch.get_num_threads() if device == "cpu" else 0,
         )
         log.info(
-            "torch: loaded %s (%s) on %s as %s, %s attention",
+            "torch: loaded %s (%s) on %s as %s (%s), %s attention%s",
             model_dir,
             model_type,
             self.info.device,
             self.info.dtype,
+            choice.reason,
             "explicit" if self.explicit else "SDPA",
+            f", {self.info.threads} threads" if self.info.threads else "",
         )
 
     def embed(self, batch: Batch) -> np.ndarray:
@@ -168,21 +211,6 @@ def device_available(device: str) -> bool:
 # ----------------------------------------------------------------------------- loading
 
 
-def read_weights(model_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """All tensors of a (possibly sharded) checkpoint, on CPU as stored, and the file of each."""
-    weights: dict[str, torch.Tensor] = {}
-    origin: dict[str, Path] = {}
-    for f in weight_files(model_dir):
-        try:
-            with safe_open(str(f), framework="pt") as st:
-                for key in st.keys():  # noqa: SIM118 - safe_open is not a Mapping
-                    weights[key] = st.get_tensor(key)
-                    origin[key] = f
-        except (SafetensorError, OSError, RuntimeError, ValueError) as e:
-            raise ModelError(f"{f}: cannot read safetensors: {e}") from e
-    return weights, origin
-
-
 def check_weights(
     weights: dict[str, torch.Tensor],
     origin: dict[str, Path],
@@ -209,16 +237,3 @@ def check_weights(
             )
         if not got.is_floating_point():
             raise ModelError(f"{origin[k]}: weight {k!r} has dtype {got.dtype}, expected floats")
-
-
-def to_device(
-    weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """Cast once (bf16 checkpoints become float32 on CPU, float16 on accelerators) and move,
-    in place, so the stored copy of each tensor is freed as soon as its cast exists."""
-    try:
-        for k in list(weights):
-            weights[k] = weights[k].to(device=device, dtype=dtype)
-        return weights
-    except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
-        raise BackendError(f"cannot move the weights to torch device {device}: {e}") from e

@@ -15,17 +15,22 @@ from localrank.serve.state import METRICS_KEY, STATE_KEY
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when the model is ready; 503 while it loads or when it failed (with the reason)."""
+    """200 when the model is ready; 503 while it downloads or loads (with the phase, and bytes
+    done and total while downloading) or when it failed (with the reason)."""
     state = request.app[STATE_KEY]
     uptime = round(time.monotonic() - state.started, 3)
     if state.service is None:
+        progress = state.progress.snapshot()
+        status = "downloading" if "download" in progress else "loading"
         body: dict[str, object] = {
-            "status": "error" if state.load_error else "loading",
+            "status": "error" if state.load_error else status,
             "uptime_s": uptime,
             "version": __version__,
         }
         if state.load_error is not None:
             body["error"] = state.load_error.message
+        else:
+            body["loading"] = progress
         return web.json_response(body, status=503)
     return web.json_response(
         {
@@ -64,13 +69,15 @@ async def docs(request: web.Request) -> web.Response:
 
 
 HEALTH = Operation(
-    "Readiness: 200 with the model, backend, device, dtype and dim; 503 while loading.",
+    "Readiness: 200 with the model, backend, device, dtype (and why it was chosen) and dim; "
+    "503 while loading, or downloading (with bytes done and total), or after a failure.",
     response={
         "status": "ok",
         "model": MINILM,
         "backend": "torch",
         "device": "cpu",
         "dtype": "float32",
+        "dtype_reason": "the bert forward computes in float32 on CPU ...",
         "dim": 384,
     },
 )
