@@ -102,3 +102,42 @@ def test_auto_dtype_on_this_cpu(tiny_qwen3: Path, minilm: Path) -> None:
     # BERT's forward has no float32-norm mixed precision: it stays float32, and says so.
     bert = engine(minilm, "cpu", "auto").info.backend
     assert bert.dtype == "float32" and "bert" in bert.dtype_reason
+
+
+def test_repacked_weights_compute_the_same(tiny_qwen3: Path) -> None:
+    """Engine.optimize (the daemon runs it once serving) repacks the bfloat16 CPU weights for
+    oneDNN; the vectors stay those of the plain path, prefix path included."""
+    e = engine(tiny_qwen3, "cpu", "bfloat16")
+    queries = [*QUERIES, "x"]
+    before_docs = e.embed(DOCUMENTS).vectors
+    before_queries = e.embed(queries, query=True).vectors
+    # 2 layers x (qkv, o, gate_up, down): a float32 checkpoint cast to bf16 is stacked.
+    assert e.optimize() == 2 * 4
+    after_docs = e.embed(DOCUMENTS).vectors
+    after_queries = e.embed(queries, query=True).vectors
+    assert cosine(before_docs, after_docs).min() > 0.99999
+    assert cosine(before_queries, after_queries).min() > 0.99999
+    assert e.optimize() == 0  # once is enough
+
+
+def test_the_query_prefix_is_computed_once_and_changes_nothing(tiny_qwen3: Path) -> None:
+    """Queries with the default instruction share ~18 leading tokens; the torch backend caches
+    their keys and values. Exact to float32 rounding against the full forward, and against the
+    authors' recipe."""
+    e = engine(tiny_qwen3, "cpu", "float32")
+    assert e.cached_prefix_tokens > 10
+    queries = [*QUERIES, ":starts with a colon", "日本語の質問", "x"]
+    cached = e.embed(queries, query=True).vectors
+    exact = qwen3_reference(
+        tiny_qwen3, [get_detailed_instruct(DEFAULT_INSTRUCTION, q) for q in queries]
+    )
+    assert np.abs(cached - exact).max() < 1e-4
+    # A custom instruction does not start with the cached prefix: the full forward, still right.
+    task = "Find the definition"
+    custom = e.embed(queries, query=True, instruction=task).vectors
+    want = qwen3_reference(tiny_qwen3, [get_detailed_instruct(task, q) for q in queries])
+    assert np.abs(custom - want).max() < 1e-4
+    # A batch mixing queries and documents splits between the two paths and keeps its order.
+    mixed = e.embed([DOCUMENTS[0], e.format_query(QUERIES[0], None), DOCUMENTS[2]]).vectors
+    np.testing.assert_allclose(mixed[1], cached[0], atol=1e-5)
+    np.testing.assert_allclose(mixed[0], e.embed([DOCUMENTS[0]]).vectors[0], atol=1e-5)

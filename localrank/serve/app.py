@@ -67,6 +67,8 @@ def _model_ctx(loader: EngineLoader | None) -> CleanupCtx:
                 )
                 state.collection_embedder = DaemonEmbedder(state.service)
                 state.load_seconds = time.monotonic() - started
+                # Serving already; make later requests faster in the background.
+                state.optimizing = asyncio.ensure_future(asyncio.to_thread(_optimize, engine))
             finally:
                 state.ready.set()
 
@@ -76,11 +78,22 @@ def _model_ctx(loader: EngineLoader | None) -> CleanupCtx:
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # a thread cannot be cancelled; let the load finish
+                if state.optimizing is not None:
+                    await state.optimizing  # likewise the background optimisation
             if state.service is not None:
                 await asyncio.to_thread(state.service.close)
                 state.service.engine.close()
 
     return model_ctx
+
+
+def _optimize(engine: Engine) -> int:
+    """Engine.optimize, in the background: a failure costs speed, never service."""
+    try:
+        return engine.optimize()
+    except Exception:
+        log.exception("background optimisation failed; serving as loaded")
+        return 0
 
 
 def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:

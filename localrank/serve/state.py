@@ -30,6 +30,8 @@ class DaemonState:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     # What the loader is doing meanwhile (resolving, downloading with bytes, loading, warming).
     progress: LoadProgress = field(default_factory=LoadProgress)
+    # Engine.optimize running in a thread once the model serves (awaited at shutdown).
+    optimizing: asyncio.Future[int] | None = None
 
     def embedding(self) -> EmbeddingService:
         """The loaded model's service, or 503 with why there is none."""

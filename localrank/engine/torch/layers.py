@@ -8,7 +8,7 @@ attention time and nothing else.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,38 @@ class TorchModel(Protocol):
     def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
         """Last hidden states [B, T, H] for ids [B, T]; `real`: bool [B, T], None if unpadded."""
         ...
+
+
+class PrefixModel(Protocol):
+    """A decoder that can cache a shared prefix's keys and values and continue from it."""
+
+    def prefill(self, ids: list[int]) -> Any:
+        """The cached state for `ids` (one unpadded row)."""
+        ...
+
+    def forward(
+        self, ids: Tensor, real: Tensor | None, *, explicit: bool, prefix: Any = None
+    ) -> Tensor:
+        """As TorchModel.forward; with `prefix`, rows hold only the tokens after it."""
+        ...
+
+
+class Linear:
+    """A weight for x @ W^T (+ b). `packed`, when set, is the same weight in oneDNN's blocked
+    layout: a bfloat16 matmul against it skips the reorder oneDNN otherwise does on every call
+    (measured: 1.7-1.8x for a short query's ~12 rows, 1.05x for 2k-token batches)."""
+
+    __slots__ = ("weight", "packed")
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.packed: Tensor | None = None
+
+    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        packed = self.packed
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return F.linear(x, self.weight, bias)
 
 
 def attention_mask(real: Tensor, *, causal: bool) -> Tensor:

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from localrank.engine.model_files import qwen3_rope_theta
 from localrank.engine.torch.layers import (
+    Linear,
     Packing,
     Shapes,
     attend,
@@ -80,7 +81,7 @@ class Projection:
     and stacking would cost load time and a second copy of two thirds of the model.
     """
 
-    weights: tuple[Tensor, ...]
+    linears: tuple[Linear, ...]
     biases: tuple[Tensor | None, ...]
     sizes: tuple[int, ...]
 
@@ -88,25 +89,26 @@ class Projection:
     def build(cls, ws: list[Tensor], bs: list[Tensor] | None, place: Placement) -> Projection:
         sizes = tuple(int(w.shape[0]) for w in ws)
         if place.needs_copy(ws[0]):
-            return cls((place.stack(ws),), (None if bs is None else place.stack(bs),), sizes)
+            bias = None if bs is None else place.stack(bs)
+            return cls((Linear(place.stack(ws)),), (bias,), sizes)
         biases = [None] * len(ws) if bs is None else [place.put(b) for b in bs]
-        return cls(tuple(place.put(w) for w in ws), tuple(biases), sizes)
+        return cls(tuple(Linear(place.put(w)) for w in ws), tuple(biases), sizes)
 
     def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
-        if len(self.weights) == 1:
-            return F.linear(x, self.weights[0], self.biases[0]).split(self.sizes, dim=-1)
-        return tuple(F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True))
+        if len(self.linears) == 1:
+            return self.linears[0](x, self.biases[0]).split(self.sizes, dim=-1)
+        return tuple(lin(x, b) for lin, b in zip(self.linears, self.biases, strict=True))
 
 
 @dataclass(frozen=True)
 class Qwen3Layer:
     qkv: Projection
-    o: Tensor
+    o: Linear
     o_b: Tensor | None
     q_norm: Tensor  # norm weights in float32: the norms run in float32 whatever the dtype
     k_norm: Tensor
     gate_up: Projection
-    down: Tensor
+    down: Linear
     ln1: Tensor
     ln2: Tensor
 
@@ -122,17 +124,20 @@ class Qwen3Layer:
                 [w.pop(f"{a}{n}_proj.bias") for n in "qkv"] if biased else None,
                 place,
             ),
-            o=place.put(w.pop(f"{a}o_proj.weight")),
+            o=Linear(place.put(w.pop(f"{a}o_proj.weight"))),
             o_b=None if o_b is None else place.put(o_b),
             q_norm=place.put(w.pop(f"{a}q_norm.weight"), f32),
             k_norm=place.put(w.pop(f"{a}k_norm.weight"), f32),
             gate_up=Projection.build(
                 [w.pop(f"{p}mlp.gate_proj.weight"), w.pop(f"{p}mlp.up_proj.weight")], None, place
             ),
-            down=place.put(w.pop(f"{p}mlp.down_proj.weight")),
+            down=Linear(place.put(w.pop(f"{p}mlp.down_proj.weight"))),
             ln1=place.put(w.pop(f"{p}input_layernorm.weight"), f32),
             ln2=place.put(w.pop(f"{p}post_attention_layernorm.weight"), f32),
         )
+
+    def linears(self) -> list[Linear]:
+        return [*self.qkv.linears, self.o, *self.gate_up.linears, self.down]
 
 
 class Qwen3:
@@ -170,23 +175,58 @@ class Qwen3:
             Qwen3Layer.build(w, f"layers.{i}.", place) for i in range(int(cfg["num_hidden_layers"]))
         ]
 
-    def rope(self, t: int) -> tuple[Tensor, Tensor]:
-        # Positions 0..T-1 whatever the padding, as Qwen3Model does without position_ids.
-        positions = torch.arange(t, dtype=torch.float32, device=self.inv_freq.device)
+    def linears(self) -> list[Linear]:
+        """Every matmul weight (what `prepack` may repack)."""
+        return [lin for layer in self.layers for lin in layer.linears()]
+
+    def rope(self, t: int, offset: int = 0) -> tuple[Tensor, Tensor]:
+        # Positions 0..T-1 whatever the padding, as Qwen3Model does without position_ids
+        # (RoPE is relative: shifting every real token alike changes nothing). After a cached
+        # prefix of P tokens: P..P+T-1.
+        positions = torch.arange(
+            offset, offset + t, dtype=torch.float32, device=self.inv_freq.device
+        )
         freqs = positions[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos(), emb.sin()
 
-    def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
+    def prefill(self, ids: list[int]) -> Prefix:
+        """Every layer's keys and values for `ids` (one unpadded row): what later rows that start
+        with these tokens reuse instead of recomputing them (causal attention: a token's keys and
+        values depend on the tokens before it only)."""
+        device = self.inv_freq.device
+        row = torch.tensor([ids], dtype=torch.int64, device=device)
+        kv: list[tuple[Tensor, Tensor]] = []
+        self.forward(row, None, explicit=False, capture=kv)
+        return Prefix(tuple(ids), kv)
+
+    def forward(
+        self,
+        ids: Tensor,
+        real: Tensor | None,
+        *,
+        explicit: bool,
+        prefix: Prefix | None = None,
+        capture: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """Last hidden states for `ids` [B, T]. With `prefix`, the rows continue a cached prefix
+        (they hold only the tokens after it, right-padded) and attend to its keys and values too.
+        `capture` collects each layer's keys and values (for `prefill`)."""
         b, t = ids.shape
         cd, f32 = self.dtype, torch.float32
         packing = Packing(real, b, t)
         # The residual stream, [N, H] over real tokens only, in float32.
         h = F.embedding(packing.gather(ids), self.embed).to(f32)
-        cos, sin = self.rope(t)
+        offset = 0 if prefix is None else len(prefix.ids)
+        cos, sin = self.rope(t, offset)
         mask = None if real is None else attention_mask(real, causal=True)
+        if prefix is not None:
+            # Every row sees the whole prefix, then its own tokens causally.
+            own = mask if mask is not None else causal_mask(t, ids.device)[None, None]
+            seen = torch.ones(own.shape[0], 1, t, offset, dtype=torch.bool, device=ids.device)
+            mask = torch.cat([seen.expand(b, 1, t, offset), own.expand(b, 1, t, t)], dim=-1)
         hd = self.head_dim
-        for L in self.layers:
+        for i, L in enumerate(self.layers):
             q, k, v = L.qkv(rms_norm(h, L.ln1, self.eps).to(cd))
             # Per-head RMSNorm on [B, T, heads, D], then heads first, then RoPE (HF's order).
             q = rms_norm(packing.scatter(q).view(b, t, -1, hd).to(f32), L.q_norm, self.eps)
@@ -194,8 +234,27 @@ class Qwen3:
             q = (q.transpose(1, 2) * cos + rotate_half(q.transpose(1, 2)) * sin).to(cd)
             k = (k.transpose(1, 2) * cos + rotate_half(k.transpose(1, 2)) * sin).to(cd)
             v = packing.scatter(v).view(b, t, -1, hd).transpose(1, 2)
+            if capture is not None:
+                capture.append((k, v))
+            if prefix is not None:
+                pk, pv = prefix.kv[i]
+                k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
+                v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
             o = attend(q, k, v, mask, causal=True, explicit=explicit).transpose(1, 2)
-            h = h + F.linear(packing.gather(o).reshape(-1, self.heads * hd), L.o, L.o_b).to(f32)
+            h = h + L.o(packing.gather(o).reshape(-1, self.heads * hd), L.o_b).to(f32)
             gate, up = L.gate_up(rms_norm(h, L.ln2, self.eps).to(cd))
-            h = h + F.linear((F.silu(gate.to(f32)) * up.to(f32)).to(cd), L.down).to(f32)
+            h = h + L.down((F.silu(gate.to(f32)) * up.to(f32)).to(cd)).to(f32)
         return packing.scatter(rms_norm(h, self.norm, self.eps))
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A token prefix many inputs share (a query instruction), and each layer's keys and values
+    for it, in the compute dtype, [1, kv heads, P, head dim] (after k_norm and RoPE)."""
+
+    ids: tuple[int, ...]
+    kv: list[tuple[Tensor, Tensor]]
+
+
+def causal_mask(t: int, device: torch.device) -> Tensor:
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril_()
