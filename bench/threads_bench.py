@@ -45,6 +45,7 @@ def child(args: argparse.Namespace) -> None:
     engine = load_engine(
         load_settings({"model": args.model, "backend": "cpu", "threads": args.threads}, environ={})
     )
+    engine.optimize()  # what a daemon does once it serves: steady state
     queries = mixed_texts(args.queries + 3, min_words=5, max_words=16, seed=11)
     docs = mixed_texts(args.docs, seed=12)
     for q in queries[:3]:
