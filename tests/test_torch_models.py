@@ -24,6 +24,8 @@ from tokenizers import Tokenizer
 from localrank.engine.torch import TorchEmbedder, default_dtype, pool
 from localrank.engine.torch import layers as torch_layers
 from localrank.engine.torch.layers import attention_mask
+from localrank.engine.torch.qwen3 import Qwen3
+from localrank.engine.torch.weights import MappedCheckpoint
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
 
@@ -320,3 +322,40 @@ def test_load_engine_never_imports_transformers(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_weights_are_mapped_not_copied(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """A checkpoint already in the compute dtype is used where it lies in the file's memory map
+    (nothing read up front, nothing held twice); a cast reads each tensor once into its final
+    dtype; the token table stays mapped either way."""
+    bf16 = {k: v.to(torch.bfloat16) for k, v in load_file(tiny_qwen3 / "model.safetensors").items()}
+    d = copy_model(tiny_qwen3, tmp_path / "bf16", weights=bf16, torch_dtype="bfloat16")
+    mapped = TorchEmbedder(d, QWEN3, dtype="bfloat16")
+    model = mapped.model
+    assert isinstance(model, Qwen3) and mapped._checkpoint is not None
+    ranges = mapped._checkpoint._ranges
+    linears = model.linears()
+    assert len(linears) == 2 * 7  # q, k, v, o, gate, up, down: not stacked, not copied
+    assert all(lin.weight.data_ptr() in ranges for lin in linears)
+    assert model.embed.data_ptr() in ranges and model.embed.dtype == torch.bfloat16
+    cast = TorchEmbedder(d, QWEN3, dtype="float32")
+    model32 = cast.model
+    assert isinstance(model32, Qwen3) and cast._checkpoint is not None
+    assert len(model32.linears()) == 2 * 4  # stacked while casting: one pass
+    assert all(lin.weight.dtype == torch.float32 for lin in model32.linears())
+    assert not any(lin.weight.data_ptr() in cast._checkpoint._ranges for lin in model32.linears())
+    assert model32.embed.data_ptr() in cast._checkpoint._ranges  # rows widened after lookup
+    batch = qwen3_batch(tiny_qwen3, TEXTS)
+    a, b = unit(mapped.embed(batch)), unit(cast.embed(batch))
+    assert (a * b).sum(axis=1).min() > 0.999
+
+
+def test_released_pages_read_back_unchanged(tiny_qwen3: Path) -> None:
+    """Dropping a mapped tensor's pages (after a cast copied it) loses nothing: a later read
+    faults the file's bytes back in."""
+    ckpt = MappedCheckpoint.open([tiny_qwen3 / "model.safetensors"])
+    t = ckpt.tensors["embed_tokens.weight"]
+    before = t.clone()
+    ckpt.release(t)
+    assert t.data_ptr() not in ckpt._ranges  # released once
+    assert torch.equal(t, before)

@@ -129,7 +129,8 @@ class TorchEmbedder:
             raise ModelError(f"{config_path}: missing config key {e}") from e
         except (RuntimeError, AssertionError) as e:  # AssertionError: torch built without CUDA
             raise BackendError(f"cannot place the weights on torch device {device}: {e}") from e
-        self._checkpoint = checkpoint  # what `optimize` releases pages of
+        # What `optimize` releases pages of; it also keeps the file maps alive.
+        self._checkpoint: MappedCheckpoint | None = checkpoint
         self._vocab = int(cfg["vocab_size"])
         self._prefix: Any = None  # the model's cached query prefix (qwen3.Prefix), if any
         self._prefix_model: PrefixModel | None = None
@@ -196,14 +197,14 @@ class TorchEmbedder:
         memory, and first-touching 0.84 GB of it costs ~1 s of CPU on this project's VMs, too
         much for the cold start. Forwards running meanwhile read each weight in whichever form
         it has at that moment: the same numbers. Returns how many weights were repacked."""
-        model = self.model
+        model, checkpoint = self.model, self._checkpoint
         linears = getattr(model, "linears", None)
-        if model is None or linears is None or self.device.type != "cpu":
+        if model is None or checkpoint is None or linears is None or self.device.type != "cpu":
             return 0
         if self.info.dtype != "bfloat16":
             return 0
         started = time.perf_counter()
-        packed = prepack(linears(), self._checkpoint.release)
+        packed = prepack(linears(), checkpoint.release)
         if packed:
             # The packed path's kernels for a short query's shape, before a request needs them.
             with torch.inference_mode():
@@ -274,7 +275,7 @@ class TorchEmbedder:
             torch.cuda.empty_cache()
 
     def close(self) -> None:
-        self.model = None
+        self.model = self._checkpoint = None
         self._prefix = self._prefix_model = None
         self.clear_cache()
 
