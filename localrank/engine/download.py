@@ -140,16 +140,18 @@ def _silent_tqdm() -> type:
 
 class _Watcher:
     """Polls the size of the cache's blob folder (partial files included) while a download runs,
-    and reports it: to `progress` every poll, to the log every LOG_EVERY_S."""
+    and reports what it grew by: to `progress` every poll, to the log every LOG_EVERY_S."""
 
     def __init__(
         self, blobs: Path, total: int, repo_id: str, progress: LoadProgress | None
     ) -> None:
         self.blobs, self.total, self.repo_id, self.progress = blobs, total, repo_id, progress
         self._stop = threading.Event()
+        self._initial = 0
         self._thread = threading.Thread(target=self._run, name="localrank-download", daemon=True)
 
     def start(self) -> None:
+        self._initial = self.size()  # blobs of other revisions already there
         self._thread.start()
 
     def stop(self) -> None:
@@ -165,7 +167,8 @@ class _Watcher:
     def _run(self) -> None:
         last_log = time.monotonic()
         while not self._stop.wait(POLL_S):
-            done = min(self.size(), self.total) if self.total else self.size()
+            grown = max(0, self.size() - self._initial)
+            done = min(grown, self.total) if self.total else grown
             if self.progress is not None:
                 self.progress.bytes_done(done)
             if time.monotonic() - last_log >= LOG_EVERY_S:
