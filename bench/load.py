@@ -105,6 +105,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="warm-up requests per level (default 2x concurrency, at least 20; quick 10)",
     )
     ap.add_argument(
+        "--input-type",
+        choices=("document", "query"),
+        default="document",
+        help="query: every request (and the reference) embeds queries with the instruction",
+    )
+    ap.add_argument(
+        "--words",
+        default=f"{SHORT_WORDS[0]},{SHORT_WORDS[1]}",
+        help="MIN,MAX words per one-text request (default 8,30)",
+    )
+    ap.add_argument(
         "--route",
         choices=("openai", "native"),
         default="openai",
@@ -118,6 +129,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--skip-reference",
         action="store_true",
         help="skip the in-process reference (ratios become n/a)",
+    )
+    ap.add_argument(
+        "--no-engine-reference",
+        action="store_true",
+        help="do not also time localrank's engine inside the reference process (keeps the "
+        "reference's RSS that of sentence-transformers alone)",
     )
     ap.add_argument("--p95-target", type=float, default=150.0, help="ms, for the rate search")
     ap.add_argument("--rate-start", type=float, default=16.0)
@@ -149,12 +166,15 @@ class Settings:
 
     model: str
     route: str  # "openai" (POST /v1/embeddings) or "native" (/api/v1/embed)
+    input_type: str  # "document" or "query"
+    words: tuple[int, int]  # words per one-text request
     quick: bool
     levels: list[Level]
     duration: float  # cap per level, seconds
     timeout: float  # per request, seconds
     cold_runs: int
     skip_reference: bool
+    engine_reference: bool
     skip_rate: bool
     p95_target: float  # ms, for the rate search
     rate_start: float  # req/s
@@ -177,15 +197,19 @@ def settings(args: argparse.Namespace, model: str) -> Settings:
     if args.batch and args.batch.lower() != "none":
         c_s, k_s = args.batch.lower().split("x")
         batch = (int(c_s), int(k_s))
+    low, high = (int(w) for w in args.words.split(","))
     return Settings(
         model=model,
         route=args.route,
+        input_type=args.input_type,
+        words=(low, high),
         quick=quick,
         levels=plan_levels(conc, batch, requests=args.requests, warmup=args.warmup, quick=quick),
         duration=args.duration or (6.0 if quick else 20.0),
         timeout=args.timeout,
         cold_runs=args.coldstart_runs or (1 if quick else 3),
         skip_reference=args.skip_reference,
+        engine_reference=not args.no_engine_reference,
         skip_rate=args.skip_rate,
         p95_target=args.p95_target,
         rate_start=args.rate_start,
@@ -207,11 +231,11 @@ def make_texts(s: Settings) -> list[str]:
     rate_n = 0 if s.skip_rate else (4000 if s.quick else 20000)
     total = sum(level.texts_needed for level in s.levels) + rate_n + 1000
     t = time.perf_counter()
-    texts = mixed_texts(total, min_words=SHORT_WORDS[0], max_words=SHORT_WORDS[1], seed=s.seed)
+    texts = mixed_texts(total, min_words=s.words[0], max_words=s.words[1], seed=s.seed)
     texts = list(dict.fromkeys(texts))  # distinct
     print(
-        f"localrank load bench: model {s.model}\n  {len(texts)} distinct texts of "
-        f"{SHORT_WORDS[0]}-{SHORT_WORDS[1]} words in {time.perf_counter() - t:.1f}s; "
+        f"localrank load bench: model {s.model}\n  {len(texts)} distinct {s.input_type}s of "
+        f"{s.words[0]}-{s.words[1]} words in {time.perf_counter() - t:.1f}s; "
         f"route {s.route}; python {platform.python_version()}, {os.cpu_count()} CPUs"
         + (f"; daemon env {s.daemon_env}" if s.daemon_env else ""),
         flush=True,
@@ -273,14 +297,18 @@ def measure(
         daemon = running.daemon
         assert daemon is not None
         idle_rss, _ = daemon.rss()
-        client = Client(daemon.base, s.route)
+        client = Client(daemon.base, s.route, s.input_type)
         print(
             f"\n[load] closed loop, daemon pid {daemon.pid} port {daemon.port}, idle RSS "
             f"{fmt(idle_rss, 0)} MiB",
             flush=True,
         )
         ref = ReferenceFigures(
-            running.reference, latest, single_n=ref_single_n, batched_repeats=1 if s.quick else 2
+            running.reference,
+            latest,
+            single_n=ref_single_n,
+            batched_repeats=1 if s.quick else 2,
+            engine=s.engine_reference,
         )
         rows = run_levels(
             daemon.pid, client, s.levels, pools, ref, max_seconds=s.duration, timeout_s=s.timeout
@@ -313,7 +341,9 @@ def main(argv: list[str] | None = None) -> int:
     single, batched = reference_texts(s.levels, pools, texts, quick=s.quick)
     with tempfile.TemporaryDirectory(prefix="localrank-load-", ignore_cleanup_errors=True) as tmp:
         texts_file = Path(tmp) / "texts.json"
-        texts_file.write_text(json.dumps({"single": single, "batched": batched}))
+        texts_file.write_text(
+            json.dumps({"single": single, "batched": batched, "query": s.input_type == "query"})
+        )
         results = measure(s, pools, rate_pool, len(single), texts_file)
     targets = report(
         s.out,

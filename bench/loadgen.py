@@ -41,15 +41,20 @@ class TextPool:
 class Client:
     """One embedding route of the daemon: the OpenAI-compatible one or localrank's native one."""
 
-    def __init__(self, base: str, route: str) -> None:
+    def __init__(self, base: str, route: str, input_type: str = "document") -> None:
         self.base = base
         self.route = route
+        self.input_type = input_type  # "query": each text gets the model's query instruction
         self.url = base + ("/v1/embeddings" if route == "openai" else "/api/v1/embed")
 
     def body(self, texts: list[str]) -> dict[str, Any]:
         if self.route == "openai":
-            return {"input": texts, "encoding_format": "float"}
-        return {"texts": texts}
+            body: dict[str, Any] = {"input": texts, "encoding_format": "float"}
+        else:
+            body = {"texts": texts}
+        if self.input_type == "query":
+            body["input_type"] = "query"
+        return body
 
     @staticmethod
     def count(payload: dict[str, Any]) -> int:

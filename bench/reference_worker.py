@@ -39,14 +39,23 @@ def reference_worker(model: str, texts_file: Path, *, cold_only: bool) -> None:
     t2 = time.perf_counter()
     spec = json.loads(texts_file.read_text())
     single, batched = spec["single"], spec["batched"]
+    # Queries: the model's own query prompt (config_sentence_transformers.json), as the daemon
+    # prepends its instruction for input_type "query".
+    prompt = {"prompt_name": "query"} if spec.get("query") else {}
 
     def enc(texts: list[str], bs: int = 32) -> None:
-        st.encode(texts, batch_size=bs, normalize_embeddings=True, show_progress_bar=False)
+        st.encode(
+            texts, batch_size=bs, normalize_embeddings=True, show_progress_bar=False, **prompt
+        )
 
     enc([single[0]])
     t3 = time.perf_counter()
+    dtype = str(next(st.parameters()).dtype).removeprefix("torch.")
     print(
-        "READY " + json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_encode_s": t3 - t2}),
+        "READY "
+        + json.dumps(
+            {"import_s": t1 - t0, "load_s": t2 - t1, "first_encode_s": t3 - t2, "dtype": dtype}
+        ),
         flush=True,
     )
     if cold_only:
@@ -54,10 +63,12 @@ def reference_worker(model: str, texts_file: Path, *, cold_only: bool) -> None:
     for text in single[:10]:  # warm-up
         enc([text])
     enc(batched[:64], 64)
-    answer_commands(enc, model, single, batched)
+    answer_commands(enc, model, single, batched, query=bool(spec.get("query")))
 
 
-def answer_commands(enc: Encode, model: str, single: list[str], batched: list[str]) -> None:
+def answer_commands(
+    enc: Encode, model: str, single: list[str], batched: list[str], *, query: bool = False
+) -> None:
     """The command loop: one RESULT line per command until "quit" or end of stdin."""
     engine: Any = None
     for line in sys.stdin:
@@ -70,7 +81,7 @@ def answer_commands(enc: Encode, model: str, single: list[str], batched: list[st
         elif cmd == "engine":
             if engine is None:
                 engine = load_engine(model, single[:10])
-            out = time_engine(engine, single[: int(arg or len(single))])
+            out = time_engine(engine, single[: int(arg or len(single))], query=query)
         elif cmd == "quit":
             break
         out["rss_mb"], out["rss_peak_mb"] = rss_mb(os.getpid())
@@ -117,16 +128,17 @@ def load_engine(model: str, warm_texts: list[str]) -> Any:
     from localrank.engine.load import load_engine as load
 
     engine = load(load_settings({"model": model, "backend": "cpu"}, environ={}))
+    engine.optimize()  # what the daemon does once it serves
     for text in warm_texts:
         engine.embed([text])
     return engine
 
 
-def time_engine(engine: Any, texts: list[str]) -> dict[str, Any]:
+def time_engine(engine: Any, texts: list[str], *, query: bool = False) -> dict[str, Any]:
     """engine.embed([text]) one text at a time (no HTTP, no scheduler)."""
     lat = []
     for text in texts:
         s = time.perf_counter()
-        engine.embed([text])
+        engine.embed([text], query=query)
         lat.append((time.perf_counter() - s) * 1000)
     return {"engine_single_p50_ms": pct(lat, 50), "engine_single_p95_ms": pct(lat, 95)}

@@ -9,11 +9,14 @@
   2. load     bench/load.py: the live daemon against in-process sentence-transformers (issue 3).
   3. search   bench/search_bench.py (--search-sizes, 10k,100k by default) and
               bench/ingest_bench.py, when those files exist.
+  4. default  bench/default_model.py: the default model (Qwen3-Embedding-0.6B's shape) against
+              sentence-transformers: bulk, query latency, cold start, RSS, search (issue 9);
+              the same as `make bench-default`. --skip-default leaves it out.
 
 Each step runs as a subprocess (fresh interpreter, its own timeout); a failed step is reported
 and the others still run. Results land in bench/results/ (CSV, PNG, load_summary.json).
 
-    python bench/run_all.py                 # full run, ~15-25 minutes on a quiet 2-core box
+    python bench/run_all.py                 # full run, ~40-50 minutes on a quiet 2-core box
     python bench/run_all.py --quick         # smoke run, ~3 minutes
     python bench/run_all.py --skip-engine --skip-search
     python bench/run_all.py --mlx --max-concurrency
@@ -236,6 +239,19 @@ def summary(args: argparse.Namespace, steps: list[dict[str, Any]]) -> None:
             verdict = "n/a" if tg["pass"] is None else ("PASS" if tg["pass"] else "FAIL")
             lines.append((f"TARGET {tg['target']}", tg["value"], verdict))
 
+    default = RESULTS / "default" / "default_model.json"
+    if not args.skip_default and default.exists():
+        for fig in json.loads(default.read_text())["figures"]:
+            verdict = "" if fig["pass"] is None else (" PASS" if fig["pass"] else " FAIL")
+            lines.append(
+                (
+                    f"default model: {fig['figure']}",
+                    fig["value"],
+                    f"{fig['ratio']} vs {fig['reference']}".strip()
+                    + (f" (target {fig['target']}:{verdict})" if fig["target"] else ""),
+                )
+            )
+
     if not args.skip_search:
         for row in read_csv(RESULTS / "search.csv"):
             if row.get("candidates") == "400" or row.get("mode") != "vector":
@@ -280,6 +296,7 @@ def main() -> int:
     ap.add_argument("--skip-engine", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--skip-load", action="store_true")
+    ap.add_argument("--skip-default", action="store_true", help="skip the default-model bench")
     ap.add_argument(
         "--mlx",
         action="store_true",
@@ -349,6 +366,11 @@ def main() -> int:
                 shutil.rmtree(home, ignore_errors=True)
         else:
             print("\n[ingest] bench/ingest_bench.py not present: skipped")
+
+    if not args.skip_default:
+        (RESULTS / "default" / "default_model.json").unlink(missing_ok=True)
+        cmd = [py, str(BENCH / "default_model.py")] + (["--quick"] if args.quick else [])
+        steps.append(run_step("default", cmd, 1800.0 if args.quick else 7200.0))
 
     summary(args, steps)
     print(f"  total {time.perf_counter() - t0:.0f}s")

@@ -61,6 +61,8 @@ class Settings:
     model: str = DEFAULT_MODEL
     backend: str = "auto"
     dtype: str = "auto"
+    # Compute threads for the CPU backend (0: one per physical core this process may use).
+    threads: int = 0
     max_tokens: int = 8192
     # Padded tokens per forward pass (0: the backend's default), and rows per forward pass.
     max_batch_tokens: int = 0
@@ -110,6 +112,18 @@ class Settings:
     def binds_loopback(self) -> bool:
         """True when the TCP listener is reachable from this machine only."""
         return is_loopback_host(self.host)
+
+    def source_of(self, name: str) -> str:
+        """Where a setting's value came from, as a user would write it: "--dtype",
+        "LOCALRANK_DTYPE", "dtype in /path/config.toml" or "the default"."""
+        source = self.sources.get(name, "default")
+        if source == "flag":
+            return "--" + name.replace("_", "-")
+        if source.startswith("env:"):
+            return source.removeprefix("env:")
+        if source.startswith("file:"):
+            return f"{name} in {source.removeprefix('file:')}"
+        return "the default"
 
     @property
     def model_is_default(self) -> bool:
@@ -183,6 +197,8 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name} must be 0 or more")
     if s.cache_size < 0:
         raise ConfigError("cache_size must be 0 (no cache) or more")
+    if s.threads < 0:
+        raise ConfigError("threads must be positive, or 0 for one per physical core")
     if s.max_batch_tokens < 0:
         raise ConfigError("max_batch_tokens must be positive, or 0 for the backend's default")
     if s.log_format not in ("text", "json"):

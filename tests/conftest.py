@@ -3,12 +3,33 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _dead_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+# Never the network, never the user's Hugging Face cache: localrank downloads models it does not
+# have, so every hub call in the suite (and in the daemons it starts) goes to a loopback port
+# nothing listens on, unless a test points it at its local stand-in (tests/hub_standin.py).
+# Set before huggingface_hub is first imported: it reads both at import.
+os.environ["HF_ENDPOINT"] = _dead_endpoint()
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="localrank-tests-hf-")
+for _name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.pop(_name, None)
+# Imported now, so these are the values it keeps (a test's setenv later would not reach it).
+import huggingface_hub.constants  # noqa: E402, F401  (its package imports it lazily)
 
 
 def _load_builder():

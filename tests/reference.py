@@ -30,12 +30,15 @@ def last_token_pool(last_hidden_states: Tensor, attention_mask: Tensor) -> Tenso
     return last_hidden_states[torch.arange(batch_size), sequence_lengths]
 
 
-def qwen3_reference(model_dir: Path, texts: list[str], max_length: int = 8192) -> np.ndarray:
-    """Qwen3-Embedding model card recipe: left padding, last-token pooling, L2 normalisation."""
-    key = str(model_dir)
+def qwen3_reference(
+    model_dir: Path, texts: list[str], max_length: int = 8192, dtype: torch.dtype = torch.float32
+) -> np.ndarray:
+    """Qwen3-Embedding model card recipe: left padding, last-token pooling, L2 normalisation.
+    `dtype`: the dtype transformers loads and runs the model in (the recipe as is)."""
+    key = f"{model_dir}:{dtype}"
     if key not in _cache:
-        tok = AutoTokenizer.from_pretrained(key, padding_side="left")
-        model = AutoModel.from_pretrained(key, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
+        model = AutoModel.from_pretrained(str(model_dir), dtype=dtype).eval()
         _cache[key] = (tok, model)
     tokenizer, model = _cache[key]
     batch = tokenizer(
@@ -48,7 +51,7 @@ def qwen3_reference(model_dir: Path, texts: list[str], max_length: int = 8192) -
     with torch.inference_mode():
         outputs = model(**batch)  # type: ignore[operator]
     embeddings = last_token_pool(outputs.last_hidden_state, batch["attention_mask"])
-    return F.normalize(embeddings, p=2, dim=1).numpy()
+    return F.normalize(embeddings.float(), p=2, dim=1).numpy()
 
 
 def qwen3_reference_ids(

@@ -24,6 +24,8 @@ from tokenizers import Tokenizer
 from localrank.engine.torch import TorchEmbedder, default_dtype, pool
 from localrank.engine.torch import layers as torch_layers
 from localrank.engine.torch.layers import attention_mask
+from localrank.engine.torch.qwen3 import Qwen3
+from localrank.engine.torch.weights import MappedCheckpoint
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
 
@@ -56,12 +58,12 @@ def minilm_batch(model_dir: Path, texts: list[str]) -> Batch:
 
 @pytest.fixture(scope="module")
 def qwen3_sdpa(tiny_qwen3: Path) -> TorchEmbedder:
-    return TorchEmbedder(tiny_qwen3, QWEN3, attention="sdpa")
+    return TorchEmbedder(tiny_qwen3, QWEN3, attention="sdpa", dtype="float32")
 
 
 @pytest.fixture(scope="module")
 def qwen3_explicit(tiny_qwen3: Path) -> TorchEmbedder:
-    return TorchEmbedder(tiny_qwen3, QWEN3, attention="explicit")
+    return TorchEmbedder(tiny_qwen3, QWEN3, attention="explicit", dtype="float32")
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +163,7 @@ def test_rope_theta_is_read_from_rope_parameters(
     texts = TEXTS[2:5]
     batch = qwen3_batch(tiny_qwen3, texts)
     base = unit(qwen3_sdpa.embed(batch))
-    changed = unit(TorchEmbedder(other, QWEN3).embed(batch))
+    changed = unit(TorchEmbedder(other, QWEN3, dtype="float32").embed(batch))
     assert np.abs(base - changed).max() > 1e-3  # theta really matters for these inputs
     assert np.abs(changed - qwen3_reference(other, texts)).max() < 1e-4
 
@@ -174,7 +176,7 @@ def test_bf16_checkpoint_is_cast_at_load(
 ) -> None:
     bf16 = {k: v.to(torch.bfloat16) for k, v in load_file(tiny_qwen3 / "model.safetensors").items()}
     d = copy_model(tiny_qwen3, tmp_path / "bf16", weights=bf16, torch_dtype="bfloat16")
-    emb = TorchEmbedder(d, QWEN3)  # auto on cpu: float32
+    emb = TorchEmbedder(d, QWEN3, dtype="float32")
     assert emb.info.dtype == "float32"
     got = unit(emb.embed(qwen3_batch(tiny_qwen3, TEXTS)))
     # transformers loading the same bf16 file in float32 computes exactly what we do...
@@ -199,7 +201,8 @@ def test_sharded_checkpoint(tiny_qwen3: Path, tmp_path: Path, qwen3_sdpa: TorchE
     index = {"weight_map": {f"model.{k}": shard for shard, keys in shards.items() for k in keys}}
     (d / "model.safetensors.index.json").write_text(json.dumps(index))
     batch = qwen3_batch(tiny_qwen3, TEXTS[:3])
-    np.testing.assert_array_equal(TorchEmbedder(d, QWEN3).embed(batch), qwen3_sdpa.embed(batch))
+    sharded = TorchEmbedder(d, QWEN3, dtype="float32")
+    np.testing.assert_array_equal(sharded.embed(batch), qwen3_sdpa.embed(batch))
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ModelError, match="00002-of-00002.safetensors"):
         TorchEmbedder(d, QWEN3)
@@ -319,3 +322,40 @@ def test_load_engine_never_imports_transformers(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_weights_are_mapped_not_copied(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """A checkpoint already in the compute dtype is used where it lies in the file's memory map
+    (nothing read up front, nothing held twice); a cast reads each tensor once into its final
+    dtype; the token table stays mapped either way."""
+    bf16 = {k: v.to(torch.bfloat16) for k, v in load_file(tiny_qwen3 / "model.safetensors").items()}
+    d = copy_model(tiny_qwen3, tmp_path / "bf16", weights=bf16, torch_dtype="bfloat16")
+    mapped = TorchEmbedder(d, QWEN3, dtype="bfloat16")
+    model = mapped.model
+    assert isinstance(model, Qwen3) and mapped._checkpoint is not None
+    ranges = mapped._checkpoint._ranges
+    linears = model.linears()
+    assert len(linears) == 2 * 7  # q, k, v, o, gate, up, down: not stacked, not copied
+    assert all(lin.weight.data_ptr() in ranges for lin in linears)
+    assert model.embed.data_ptr() in ranges and model.embed.dtype == torch.bfloat16
+    cast = TorchEmbedder(d, QWEN3, dtype="float32")
+    model32 = cast.model
+    assert isinstance(model32, Qwen3) and cast._checkpoint is not None
+    assert len(model32.linears()) == 2 * 4  # stacked while casting: one pass
+    assert all(lin.weight.dtype == torch.float32 for lin in model32.linears())
+    assert not any(lin.weight.data_ptr() in cast._checkpoint._ranges for lin in model32.linears())
+    assert model32.embed.data_ptr() in cast._checkpoint._ranges  # rows widened after lookup
+    batch = qwen3_batch(tiny_qwen3, TEXTS)
+    a, b = unit(mapped.embed(batch)), unit(cast.embed(batch))
+    assert (a * b).sum(axis=1).min() > 0.999
+
+
+def test_released_pages_read_back_unchanged(tiny_qwen3: Path) -> None:
+    """Dropping a mapped tensor's pages (after a cast copied it) loses nothing: a later read
+    faults the file's bytes back in."""
+    ckpt = MappedCheckpoint.open([tiny_qwen3 / "model.safetensors"])
+    t = ckpt.tensors["embed_tokens.weight"]
+    before = t.clone()
+    ckpt.release(t)
+    assert t.data_ptr() not in ckpt._ranges  # released once
+    assert torch.equal(t, before)

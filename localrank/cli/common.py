@@ -64,6 +64,7 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, help="backend (default: auto)")
     p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
     p.add_argument("--max-tokens", type=int, dest="max_tokens")
+    p.add_argument("--threads", type=int, help="CPU compute threads (default: physical cores)")
 
 
 def add_local_flag(p: argparse.ArgumentParser) -> None:
@@ -77,7 +78,7 @@ def add_local_flag(p: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace, *names: str) -> Settings:
     """Build Settings from the named flags only (flags > env > file > defaults)."""
     flags: dict[str, Any] = {}
-    for name in ("model", "backend", "dtype", "max_tokens", "home", *names):
+    for name in ("model", "backend", "dtype", "max_tokens", "threads", "home", *names):
         if hasattr(args, name):
             flags[name] = getattr(args, name)
     return load_settings(flags)

@@ -104,6 +104,12 @@ class Engine:
         # on torch CPU exact padding is cheaper (measured: bench/engine_throughput.py).
         info = embedder.info
         self.bucket = not (info.backend == "torch" and info.device == "cpu")
+        # Queries with the default instruction share their first ~20 tokens: a backend that can
+        # cache a prefix computes those once (torch: exact to float32 rounding).
+        cache_prefix = getattr(embedder, "cache_prefix", None)
+        prefix = self.query_prefix_ids() if cache_prefix is not None else []
+        cached = bool(prefix) and cache_prefix is not None and cache_prefix(prefix)
+        self.cached_prefix_tokens = len(prefix) if cached else 0
         self.info = ModelInfo(
             model_id=resolved.model_id,
             path=resolved.path,
@@ -126,6 +132,19 @@ class Engine:
             return text
         task = instruction if instruction is not None else (self.recipe.default_instruction or "")
         return template.format(task=task, query=text)
+
+    def query_prefix_ids(self) -> list[int]:
+        """The token ids every query with the default instruction starts with, whatever the
+        query: the template's text before the query, cut where a query's first characters could
+        merge with its last tokens (BPE pre-tokenisation joins ":" with the letters after it)."""
+        if self.recipe.query_template is None or not self.recipe.default_instruction:
+            return []
+        head = self.format_query("", None)
+        probes = ["", "a", "A", " a", "1", "?", ":", "-", "(", "'s", "\n", "é", "日本", "🚀"]
+        rows = [e.ids for e in self.tokenizer.encode([head + p for p in probes])]
+        n = min(len(r) for r in rows)
+        common = next((i for i in range(n) if len({r[i] for r in rows}) > 1), n)
+        return rows[0][:common]
 
     def prepare(
         self,
@@ -213,6 +232,13 @@ class Engine:
         cosine = vectors[1:] @ vectors[0]
         tokens = sum(len(e.ids) for e in (*q, *d))
         return relevance(cosine), tokens
+
+    def optimize(self) -> int:
+        """Work that makes later calls faster but is not needed to serve (the torch CPU backend
+        repacks its bfloat16 weights). Safe to run in another thread while the engine serves;
+        a daemon runs it once ready, one-shot commands never."""
+        optimize = getattr(self.embedder, "optimize", None)
+        return int(optimize()) if optimize is not None else 0
 
     def close(self) -> None:
         self.embedder.close()

@@ -1,13 +1,19 @@
-"""Settings -> a loaded, warmed Engine. The one place that wires resolution, recipe and backend."""
+"""Settings -> a loaded, warmed Engine. The one place that wires resolution (and download),
+recipe, backend and warm-up, reporting each phase to a LoadProgress for /health."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
+from functools import partial
 
 import numpy as np
 
 from localrank.config import Settings
 from localrank.engine.core import Engine
+from localrank.engine.download import download_snapshot
+from localrank.engine.progress import LoadProgress
 from localrank.engine.recipe import load_recipe
 from localrank.engine.resolve import resolve_model
 from localrank.engine.select import choose_backend, create_embedder, probe_machine
@@ -15,6 +21,18 @@ from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
 from localrank.errors import BackendError
 
 log = logging.getLogger(__name__)
+
+# What the first real requests look like, so their shapes are warm before /health says ready:
+# a short query with the default instruction, and a one-paragraph document. The first forward
+# pays the one-time costs (mapped weights paged in, kernels chosen, buffers allocated); each
+# warm-up forward of the 0.6B model costs ~0.2 s of CPU, so no more shapes than these two.
+WARM_QUERY = "how do I reset my password"
+WARM_DOCUMENT = (
+    "To reset a forgotten password, open the sign-in page and choose Forgot password. Enter the "
+    "address the account was registered with; a link valid for one hour arrives by email. "
+    "Follow it, pick a new password of at least twelve characters, and sign in again. If no "
+    "message arrives, check the spam folder or ask an administrator to reset it for you."
+)
 
 
 def default_batch_tokens(device: str) -> int:
@@ -24,17 +42,39 @@ def default_batch_tokens(device: str) -> int:
     return 2048 if device == "cpu" else 16384
 
 
-def load_engine(settings: Settings) -> Engine:
-    """Resolve, load and warm the configured model on the best (or requested) backend."""
+def configure_runtimes() -> None:
+    """Thread behaviour of the libraries under the engine, set before they first load (a value
+    the user set is kept). Measured in bench/threads_bench.py:
+
+    - OpenMP threads (torch's intra-op pool) wait passively: spinning idle workers, the GNU
+      OpenMP default, made a short query 5-10x slower whenever anything else wanted the same
+      cores (other processes on a shared machine; the daemon's own tokeniser and event loop).
+    - tokenizers encodes on the calling thread instead of a rayon pool of one thread per CPU,
+      which would compete with torch's threads for the same cores; next to the model,
+      tokenising is a small cost.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Engine:
+    """Resolve (downloading if need be), load and warm the configured model on the best (or
+    requested) backend."""
+    progress = progress or LoadProgress()
+    configure_runtimes()
+    progress.phase("resolving", settings.model)
     probe = probe_machine()
     backend, device = choose_backend(settings.backend, probe)
     resolved = resolve_model(
         settings.model,
         allow_fallback=settings.model_is_default,
         prefer_mlx=backend == "mlx" and device == "gpu",
+        download=partial(download_snapshot, progress=progress),
     )
     if resolved.fallback_reason:
         log.warning("FALLBACK MODEL: %s", resolved.fallback_reason)
+    progress.phase("loading", resolved.model_id)
+    started = time.perf_counter()
     raw = load_raw_tokenizer(resolved.path)
     recipe = load_recipe(
         resolved.path,
@@ -43,7 +83,15 @@ def load_engine(settings: Settings) -> Engine:
         default_instruction=settings.default_instruction,
     )
     tokenizer = TextTokenizer(raw, recipe)
-    embedder = create_embedder(backend, device, resolved.path, recipe, settings.dtype)
+    embedder = create_embedder(
+        backend,
+        device,
+        resolved.path,
+        recipe,
+        settings.dtype,
+        threads=settings.threads,
+        dtype_source=settings.source_of("dtype"),
+    )
     budget = settings.max_batch_tokens or default_batch_tokens(device)
     engine = Engine(
         resolved,
@@ -53,21 +101,31 @@ def load_engine(settings: Settings) -> Engine:
         max_batch_size=settings.max_batch_size,
         served_names=settings.served_model_names,
     )
-    # Warm-up doubles as a health check: a backend that yields NaN fails here, at startup.
-    warm = engine.embed(["warm up", "a second, longer warm-up input of several tokens"])
-    if not np.isfinite(warm.vectors).all():  # run() raises first; kept as a last guard
-        raise BackendError("warm-up produced non-finite vectors")
+    loaded = time.perf_counter()
+    progress.phase("warming up", resolved.model_id)
+    warm_up(engine)
     info = engine.info
     log.info(
-        "model %s (%s) on %s/%s %s, dim %d, pooling %s, max tokens %d",
+        "model %s (%s) on %s/%s, dim %d, pooling %s, max tokens %d; loaded in %.2fs, "
+        "warmed up in %.2fs",
         info.model_id,
         info.revision,
         info.backend.backend,
         info.backend.device,
-        info.backend.dtype,
         info.backend.dim,
         info.backend.pooling,
         info.backend.max_tokens,
+        loaded - started,
+        time.perf_counter() - loaded,
     )
     log.info("model answers to: %s", ", ".join(info.names))
+    log.info("dtype %s: %s", info.backend.dtype, info.backend.dtype_reason)
     return engine
+
+
+def warm_up(engine: Engine) -> None:
+    """Run the shapes the first requests will: kernels chosen, buffers allocated, pages of the
+    mapped weights read in. Doubles as a health check: a backend that yields NaN fails here."""
+    warm = [engine.embed([WARM_QUERY], query=True).vectors, engine.embed([WARM_DOCUMENT]).vectors]
+    if not all(np.isfinite(v).all() for v in warm):  # run() raises first; kept as a last guard
+        raise BackendError("warm-up produced non-finite vectors")

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -125,6 +126,58 @@ def weight_files(model_dir: Path) -> list[Path]:
             "weights are supported"
         )
     return files
+
+
+@dataclass(frozen=True)
+class StoredTensor:
+    """Where one tensor of a safetensors file lies: dtype name ("BF16"...), shape, and its byte
+    range in the file (absolute offsets)."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+# A safetensors header larger than this is not a checkpoint (the format's own reference caps it).
+MAX_HEADER_BYTES = 100_000_000
+
+
+def safetensors_index(path: Path) -> dict[str, StoredTensor]:
+    """The tensors a safetensors file holds, read from its header alone (8-byte little-endian
+    length, then JSON): nothing of the data is read, so a caller can map it lazily."""
+    try:
+        with open(path, "rb") as f:
+            size = path.stat().st_size
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise ModelError(f"{path}: not a safetensors file (shorter than its header)")
+            n = int.from_bytes(raw, "little")
+            if n > min(MAX_HEADER_BYTES, size - 8):
+                raise ModelError(f"{path}: not a safetensors file (header length {n})")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as e:
+        raise ModelError(f"{path}: cannot read safetensors header: {e}") from e
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: safetensors header is not a JSON object")
+    out: dict[str, StoredTensor] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = (int(x) for x in entry["data_offsets"])
+            stored = StoredTensor(
+                str(entry["dtype"]),
+                tuple(int(d) for d in entry["shape"]),
+                8 + n + start,
+                8 + n + end,
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelError(f"{path}: malformed header entry for {name!r}: {e}") from e
+        if not 8 + n <= stored.start <= stored.end <= size:
+            raise ModelError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
+        out[name] = stored
+    return out
 
 
 def normalise_keys(

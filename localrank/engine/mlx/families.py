@@ -18,9 +18,12 @@ class Family:
 
     build: Callable[[dict[str, Any], Path], MLXModel]
     prefix: str  # what *For... / pretraining checkpoints add to every key
+    # Parameters (by name suffix) kept in float32 whatever the compute dtype: the forward
+    # computes these norms in float32, so rounding their weights would only lose accuracy.
+    float32_params: tuple[str, ...] = ()
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen3": Family(Qwen3, "model."),
+    "qwen3": Family(Qwen3, "model.", float32_params=("norm.weight",)),
     "bert": Family(Bert, "bert."),
 }

@@ -19,6 +19,8 @@ class MLXModel(nn.Module):
 
     causal: bool
     max_positions: int | None  # None: no position table to run off
+    # The dtype matmuls run in, set by the embedder once the weights are loaded.
+    compute_dtype: mx.Dtype = mx.float32
 
     def __call__(self, ids: mx.array, mask: Mask) -> mx.array:
         raise NotImplementedError

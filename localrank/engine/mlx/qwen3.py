@@ -2,6 +2,9 @@
 
 Written here rather than taken from mlx-embeddings, which NaNs left-padded Qwen3 rows (additive
 -inf mask) and ignores a rope_theta written only under `rope_parameters`.
+
+Matmuls (quantised or not) run in the compute dtype; the residual stream, every RMSNorm and RoPE
+stay float32, as in the torch backend, so half precision costs as little accuracy as it can.
 """
 
 from __future__ import annotations
@@ -33,18 +36,24 @@ class Qwen3Attention(nn.Module):
         self.q_norm = nn.RMSNorm(self.head_dim, eps=cfg["rms_norm_eps"])
         self.k_norm = nn.RMSNorm(self.head_dim, eps=cfg["rms_norm_eps"])
 
-    def __call__(self, x: mx.array, mask: Mask) -> mx.array:
+    def __call__(self, x: mx.array, mask: Mask, cd: mx.Dtype) -> mx.array:
+        """`x` in the compute dtype `cd`; q and k are normed and rotated in float32."""
         b, t, _ = x.shape
-        q = self.q_norm(self.q_proj(x).reshape(b, t, self.n_heads, -1)).transpose(0, 2, 1, 3)
-        k = self.k_norm(self.k_proj(x).reshape(b, t, self.n_kv, -1)).transpose(0, 2, 1, 3)
+        q = norm32(self.q_norm, self.q_proj(x).reshape(b, t, self.n_heads, -1))
+        k = norm32(self.k_norm, self.k_proj(x).reshape(b, t, self.n_kv, -1))
         v = self.v_proj(x).reshape(b, t, self.n_kv, -1).transpose(0, 2, 1, 3)
         # Positions 0..T-1 whatever the padding, as transformers' Qwen3Model does without
         # position_ids. traditional=False is the rotate-half layout HF uses.
-        q = mx.fast.rope(
-            q, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0
-        )
-        k = mx.fast.rope(
-            k, self.head_dim, traditional=False, base=self.rope_theta, scale=1.0, offset=0
+        q, k = (
+            mx.fast.rope(
+                a.transpose(0, 2, 1, 3),
+                self.head_dim,
+                traditional=False,
+                base=self.rope_theta,
+                scale=1.0,
+                offset=0,
+            ).astype(cd)
+            for a in (q, k)
         )
         o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.head_dim**-0.5, mask=mask)
         return self.o_proj(o.transpose(0, 2, 1, 3).reshape(b, t, -1))
@@ -58,7 +67,8 @@ class Qwen3MLP(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_proj(x).astype(mx.float32), self.up_proj(x).astype(mx.float32)
+        return self.down_proj((nn.silu(gate) * up).astype(x.dtype))
 
 
 class Qwen3Layer(nn.Module):
@@ -69,9 +79,11 @@ class Qwen3Layer(nn.Module):
         self.input_layernorm = nn.RMSNorm(cfg["hidden_size"], eps=cfg["rms_norm_eps"])
         self.post_attention_layernorm = nn.RMSNorm(cfg["hidden_size"], eps=cfg["rms_norm_eps"])
 
-    def __call__(self, x: mx.array, mask: Mask) -> mx.array:
-        x = x + self.self_attn(self.input_layernorm(x), mask)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def __call__(self, h: mx.array, mask: Mask, cd: mx.Dtype) -> mx.array:
+        """`h`: the float32 residual stream."""
+        a = self.self_attn(norm32(self.input_layernorm, h).astype(cd), mask, cd)
+        h = h + a.astype(mx.float32)
+        return h + self.mlp(norm32(self.post_attention_layernorm, h).astype(cd)).astype(mx.float32)
 
 
 class Qwen3(MLXModel):
@@ -90,7 +102,12 @@ class Qwen3(MLXModel):
         self.norm = nn.RMSNorm(cfg["hidden_size"], eps=cfg["rms_norm_eps"])
 
     def __call__(self, ids: mx.array, mask: Mask) -> mx.array:
-        h = self.embed_tokens(ids)
+        h = self.embed_tokens(ids).astype(mx.float32)
         for layer in self.layers:
-            h = layer(h, mask)
-        return self.norm(h)
+            h = layer(h, mask, self.compute_dtype)
+        return norm32(self.norm, h)
+
+
+def norm32(norm: nn.RMSNorm, x: mx.array) -> mx.array:
+    """RMSNorm in float32 (statistics and scale), whatever dtype `x` and the weight are in."""
+    return mx.fast.rms_norm(x.astype(mx.float32), norm.weight.astype(mx.float32), norm.eps)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from localrank.engine.torch.layers import Packing, Shapes, attend, attention_mask
+from localrank.engine.torch.weights import Placement
 from localrank.errors import ModelError
 
 ACTIVATIONS = {
@@ -94,7 +95,9 @@ class Bert:
 
     causal = False
 
-    def __init__(self, cfg: dict[str, Any], w: dict[str, Tensor], source: Path) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], w: dict[str, Tensor], source: Path, place: Placement
+    ) -> None:
         if cfg.get("position_embedding_type", "absolute") != "absolute":
             raise ModelError(
                 f"{source}: BERT position_embedding_type="
@@ -104,6 +107,9 @@ class Bert:
         if act not in ACTIVATIONS:
             raise ModelError(f"{source}: BERT hidden_act={act!r} is not supported")
         self.act = ACTIVATIONS[act]
+        # Small models: every weight in the compute dtype, on the device (a no-op when the
+        # checkpoint already is).
+        w = {k: place.put(v) for k, v in w.items()}
         self.hidden = int(cfg["hidden_size"])
         self.heads = int(cfg["num_attention_heads"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))

@@ -12,18 +12,23 @@ from torch import Tensor
 from localrank.engine.torch.bert import Bert, bert_shapes
 from localrank.engine.torch.layers import Shapes, TorchModel
 from localrank.engine.torch.qwen3 import Qwen3, qwen3_shapes
+from localrank.engine.torch.weights import Placement
 
 
 @dataclass(frozen=True)
 class Family:
-    """How to load one model_type. `build` consumes the checked, cast weights it is given."""
+    """How to load one model_type. `build` consumes the checked weights it is given (as stored,
+    mapped) and places them with the Placement (device, compute dtype)."""
 
-    build: Callable[[dict[str, Any], dict[str, Tensor], Path], TorchModel]
+    build: Callable[[dict[str, Any], dict[str, Tensor], Path, Placement], TorchModel]
     shapes: Callable[[dict[str, Any]], Shapes]  # what the loader checks the weights against
     prefix: str  # what *For... / pretraining checkpoints add to every key
+    # Whether the forward keeps norms, softmax and the residual stream in float32 around
+    # half-precision matmuls, which is what lets "auto" pick bfloat16 on a CPU that has it.
+    mixed_precision: bool = False
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen3": Family(Qwen3, qwen3_shapes, "model."),
+    "qwen3": Family(Qwen3, qwen3_shapes, "model.", mixed_precision=True),
     "bert": Family(Bert, bert_shapes, "bert."),
 }

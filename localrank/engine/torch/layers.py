@@ -8,6 +8,7 @@ attention time and nothing else.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -40,9 +41,21 @@ class TorchModel(Protocol):
 
 
 class Layers(list[Any]):
-    """A model's layers. Iterating them calls `pause` (when set) between two layers."""
+    """A model's layers. Iterating them calls `pause` (when set) between two layers. The pause
+    belongs to the thread that set it: a forward run meanwhile on another thread (the
+    background repacking's warm-up) never calls the model thread's pause."""
 
-    pause: Callable[[], None] | None = None
+    def __init__(self, layers: Any) -> None:
+        super().__init__(layers)
+        self._local = threading.local()
+
+    @property
+    def pause(self) -> Callable[[], None] | None:
+        return getattr(self._local, "pause", None)
+
+    @pause.setter
+    def pause(self, value: Callable[[], None] | None) -> None:
+        self._local.pause = value
 
     def __iter__(self) -> Iterator[Any]:
         pause = self.pause
@@ -50,6 +63,38 @@ class Layers(list[Any]):
             if i and pause is not None:
                 pause()
             yield layer
+
+
+class PrefixModel(Protocol):
+    """A decoder that can cache a shared prefix's keys and values and continue from it."""
+
+    def prefill(self, ids: list[int]) -> Any:
+        """The cached state for `ids` (one unpadded row)."""
+        ...
+
+    def forward(
+        self, ids: Tensor, real: Tensor | None, *, explicit: bool, prefix: Any = None
+    ) -> Tensor:
+        """As TorchModel.forward; with `prefix`, rows hold only the tokens after it."""
+        ...
+
+
+class Linear:
+    """A weight for x @ W^T (+ b). `packed`, when set, is the same weight in oneDNN's blocked
+    layout: a bfloat16 matmul against it skips the reorder oneDNN otherwise does on every call
+    (measured: 1.7-1.8x for a short query's ~12 rows, 1.05x for 2k-token batches)."""
+
+    __slots__ = ("weight", "packed")
+
+    def __init__(self, weight: Tensor) -> None:
+        self.weight = weight
+        self.packed: Tensor | None = None
+
+    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        packed = self.packed
+        if packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        return F.linear(x, self.weight, bias)
 
 
 def attention_mask(real: Tensor, *, causal: bool) -> Tensor:

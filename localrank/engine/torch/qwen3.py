@@ -3,7 +3,7 @@
 Matches transformers' `Qwen3Model` to float32 rounding and handles the same traps as the MLX
 backend: positions 0..T-1 whatever the padding, rope_theta read from `rope_parameters` as
 transformers 5 writes it, the per-head q_norm / k_norm, grouped-query attention. Projections that
-read the same input are fused into one matmul at build time.
+read the same input are fused into one matmul when the weights are copied anyway (a cast).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from localrank.engine.model_files import qwen3_rope_theta
 from localrank.engine.torch.layers import (
+    Linear,
     Packing,
     Shapes,
     attend,
@@ -25,6 +26,7 @@ from localrank.engine.torch.layers import (
     rms_norm,
     rotate_half,
 )
+from localrank.engine.torch.weights import Placement
 from localrank.errors import ModelError
 
 
@@ -70,85 +72,189 @@ def qwen3_shapes(cfg: dict[str, Any]) -> Shapes:
 
 
 @dataclass(frozen=True)
+class Projection:
+    """Linear maps that read the same input (q/k/v; gate/up).
+
+    When the weights must be copied anyway (a cast, a move to an accelerator) they are stacked
+    while copying: one GEMM. When the checkpoint already holds them in the compute dtype they are
+    used where they are mapped, uncopied: a stacked GEMM measured no faster in bfloat16 on CPU,
+    and stacking would cost load time and a second copy of two thirds of the model.
+    """
+
+    linears: tuple[Linear, ...]
+    biases: tuple[Tensor | None, ...]
+    sizes: tuple[int, ...]
+
+    @classmethod
+    def build(cls, ws: list[Tensor], bs: list[Tensor] | None, place: Placement) -> Projection:
+        sizes = tuple(int(w.shape[0]) for w in ws)
+        if place.needs_copy(ws[0]):
+            bias = None if bs is None else place.stack(bs)
+            return cls((Linear(place.stack(ws)),), (bias,), sizes)
+        biases = [None] * len(ws) if bs is None else [place.put(b) for b in bs]
+        return cls(tuple(Linear(place.put(w)) for w in ws), tuple(biases), sizes)
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
+        if len(self.linears) == 1:
+            return self.linears[0](x, self.biases[0]).split(self.sizes, dim=-1)
+        return tuple(lin(x, b) for lin, b in zip(self.linears, self.biases, strict=True))
+
+
+@dataclass(frozen=True)
 class Qwen3Layer:
-    qkv: Tensor  # q, k and v projections stacked: one GEMM instead of three
-    qkv_b: Tensor | None
-    o: Tensor
+    qkv: Projection
+    o: Linear
     o_b: Tensor | None
-    q_norm: Tensor
+    q_norm: Tensor  # norm weights in float32: the norms run in float32 whatever the dtype
     k_norm: Tensor
-    gate_up: Tensor  # gate and up projections stacked
-    down: Tensor
+    gate_up: Projection
+    down: Linear
     ln1: Tensor
     ln2: Tensor
 
     @classmethod
-    def build(cls, w: dict[str, Tensor], p: str) -> Qwen3Layer:
+    def build(cls, w: dict[str, Tensor], p: str, place: Placement) -> Qwen3Layer:
         a = f"{p}self_attn."
         biased = f"{a}q_proj.bias" in w
+        o_b = w.pop(f"{a}o_proj.bias", None)
+        f32 = torch.float32
         return cls(
-            qkv=torch.cat([w.pop(f"{a}{n}_proj.weight") for n in "qkv"]),
-            qkv_b=torch.cat([w.pop(f"{a}{n}_proj.bias") for n in "qkv"]) if biased else None,
-            o=w.pop(f"{a}o_proj.weight"),
-            o_b=w.pop(f"{a}o_proj.bias", None),
-            q_norm=w.pop(f"{a}q_norm.weight"),
-            k_norm=w.pop(f"{a}k_norm.weight"),
-            gate_up=torch.cat([w.pop(f"{p}mlp.gate_proj.weight"), w.pop(f"{p}mlp.up_proj.weight")]),
-            down=w.pop(f"{p}mlp.down_proj.weight"),
-            ln1=w.pop(f"{p}input_layernorm.weight"),
-            ln2=w.pop(f"{p}post_attention_layernorm.weight"),
+            qkv=Projection.build(
+                [w.pop(f"{a}{n}_proj.weight") for n in "qkv"],
+                [w.pop(f"{a}{n}_proj.bias") for n in "qkv"] if biased else None,
+                place,
+            ),
+            o=Linear(place.put(w.pop(f"{a}o_proj.weight"))),
+            o_b=None if o_b is None else place.put(o_b),
+            q_norm=place.put(w.pop(f"{a}q_norm.weight"), f32),
+            k_norm=place.put(w.pop(f"{a}k_norm.weight"), f32),
+            gate_up=Projection.build(
+                [w.pop(f"{p}mlp.gate_proj.weight"), w.pop(f"{p}mlp.up_proj.weight")], None, place
+            ),
+            down=Linear(place.put(w.pop(f"{p}mlp.down_proj.weight"))),
+            ln1=place.put(w.pop(f"{p}input_layernorm.weight"), f32),
+            ln2=place.put(w.pop(f"{p}post_attention_layernorm.weight"), f32),
         )
+
+    def linears(self) -> list[Linear]:
+        return [*self.qkv.linears, self.o, *self.gate_up.linears, self.down]
 
 
 class Qwen3:
-    """Qwen3Model's forward: last hidden states after the final RMSNorm."""
+    """Qwen3Model's forward: last hidden states after the final RMSNorm.
+
+    Matmuls run in the compute dtype; the residual stream, every RMSNorm, RoPE, attention's
+    softmax and the output stay float32. In float32 this is transformers' forward exactly; in
+    bfloat16 it is closer to the float32 result than transformers' own bfloat16 forward, whose
+    residual stream is rounded to bfloat16 after every layer.
+    """
 
     causal = True
     max_positions: int | None = None  # RoPE has no table to run off
 
-    def __init__(self, cfg: dict[str, Any], w: dict[str, Tensor], source: Path) -> None:
+    def __init__(
+        self, cfg: dict[str, Any], w: dict[str, Tensor], source: Path, place: Placement
+    ) -> None:
         if cfg.get("hidden_act", "silu") != "silu":
             raise ModelError(f"{source}: Qwen3 hidden_act={cfg['hidden_act']!r} is not supported")
         if cfg.get("use_sliding_window"):
             raise ModelError(f"{source}: Qwen3 with use_sliding_window=true is not supported")
         _, self.heads, self.kv, self.head_dim, _ = _dims(cfg)
         self.eps = float(cfg["rms_norm_eps"])
+        self.dtype = place.dtype
         theta = qwen3_rope_theta(cfg, source)
-        device = w["norm.weight"].device
         # As transformers' default RoPE init: float32 inverse frequencies.
-        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+        exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=place.device)
         self.inv_freq = 1.0 / (theta ** (exponents / self.head_dim))
-        self.embed = w.pop("embed_tokens.weight")
-        self.norm = w.pop("norm.weight")
+        embed = w.pop("embed_tokens.weight")
+        # On CPU the token table stays as stored (mapped, never copied: a lookup touches only the
+        # rows it reads, and widening a row to float32 is exact). Elsewhere: on the device.
+        self.embed = embed if place.device.type == "cpu" else place.put(embed)
+        self.norm = place.put(w.pop("norm.weight"), torch.float32)
         self.layers = [
-            Qwen3Layer.build(w, f"layers.{i}.") for i in range(int(cfg["num_hidden_layers"]))
+            Qwen3Layer.build(w, f"layers.{i}.", place) for i in range(int(cfg["num_hidden_layers"]))
         ]
 
-    def rope(self, t: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        # Positions 0..T-1 whatever the padding, as Qwen3Model does without position_ids.
-        positions = torch.arange(t, dtype=torch.float32, device=self.inv_freq.device)
+    def linears(self) -> list[Linear]:
+        """Every matmul weight (what `prepack` may repack)."""
+        return [lin for layer in self.layers for lin in layer.linears()]
+
+    def rope(self, t: int, offset: int = 0) -> tuple[Tensor, Tensor]:
+        # Positions 0..T-1 whatever the padding, as Qwen3Model does without position_ids
+        # (RoPE is relative: shifting every real token alike changes nothing). After a cached
+        # prefix of P tokens: P..P+T-1.
+        positions = torch.arange(
+            offset, offset + t, dtype=torch.float32, device=self.inv_freq.device
+        )
         freqs = positions[:, None] * self.inv_freq[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(dtype), emb.sin().to(dtype)
+        return emb.cos(), emb.sin()
 
-    def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
+    def prefill(self, ids: list[int]) -> Prefix:
+        """Every layer's keys and values for `ids` (one unpadded row): what later rows that start
+        with these tokens reuse instead of recomputing them (causal attention: a token's keys and
+        values depend on the tokens before it only)."""
+        device = self.inv_freq.device
+        row = torch.tensor([ids], dtype=torch.int64, device=device)
+        kv: list[tuple[Tensor, Tensor]] = []
+        self.forward(row, None, explicit=False, capture=kv)
+        return Prefix(tuple(ids), kv)
+
+    def forward(
+        self,
+        ids: Tensor,
+        real: Tensor | None,
+        *,
+        explicit: bool,
+        prefix: Prefix | None = None,
+        capture: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
+        """Last hidden states for `ids` [B, T]. With `prefix`, the rows continue a cached prefix
+        (they hold only the tokens after it, right-padded) and attend to its keys and values too.
+        `capture` collects each layer's keys and values (for `prefill`)."""
         b, t = ids.shape
+        cd, f32 = self.dtype, torch.float32
         packing = Packing(real, b, t)
-        h = F.embedding(packing.gather(ids), self.embed)  # [N, H]: real tokens only
-        cos, sin = self.rope(t, h.dtype)
+        # The residual stream, [N, H] over real tokens only, in float32.
+        h = F.embedding(packing.gather(ids), self.embed).to(f32)
+        offset = 0 if prefix is None else len(prefix.ids)
+        cos, sin = self.rope(t, offset)
         mask = None if real is None else attention_mask(real, causal=True)
-        nq, nkv, hd = self.heads * self.head_dim, self.kv * self.head_dim, self.head_dim
-        for L in self.layers:
-            qkv = packing.scatter(F.linear(rms_norm(h, L.ln1, self.eps), L.qkv, L.qkv_b))
-            q, k, v = qkv.split([nq, nkv, nkv], dim=-1)
+        if prefix is not None:
+            # Every row sees the whole prefix, then its own tokens causally.
+            own = mask if mask is not None else causal_mask(t, ids.device)[None, None]
+            seen = torch.ones(own.shape[0], 1, t, offset, dtype=torch.bool, device=ids.device)
+            mask = torch.cat([seen.expand(b, 1, t, offset), own.expand(b, 1, t, t)], dim=-1)
+        hd = self.head_dim
+        for i, L in enumerate(self.layers):
+            q, k, v = L.qkv(rms_norm(h, L.ln1, self.eps).to(cd))
             # Per-head RMSNorm on [B, T, heads, D], then heads first, then RoPE (HF's order).
-            q = rms_norm(q.view(b, t, -1, hd), L.q_norm, self.eps).transpose(1, 2)
-            k = rms_norm(k.view(b, t, -1, hd), L.k_norm, self.eps).transpose(1, 2)
-            v = v.view(b, t, -1, hd).transpose(1, 2)
-            q = q * cos + rotate_half(q) * sin
-            k = k * cos + rotate_half(k) * sin
+            q = rms_norm(packing.scatter(q).view(b, t, -1, hd).to(f32), L.q_norm, self.eps)
+            k = rms_norm(packing.scatter(k).view(b, t, -1, hd).to(f32), L.k_norm, self.eps)
+            q = (q.transpose(1, 2) * cos + rotate_half(q.transpose(1, 2)) * sin).to(cd)
+            k = (k.transpose(1, 2) * cos + rotate_half(k.transpose(1, 2)) * sin).to(cd)
+            v = packing.scatter(v).view(b, t, -1, hd).transpose(1, 2)
+            if capture is not None:
+                capture.append((k, v))
+            if prefix is not None:
+                pk, pv = prefix.kv[i]
+                k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
+                v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
             o = attend(q, k, v, mask, causal=True, explicit=explicit).transpose(1, 2)
-            h = h + F.linear(packing.gather(o).reshape(-1, nq), L.o, L.o_b)
-            gate, up = F.linear(rms_norm(h, L.ln2, self.eps), L.gate_up).chunk(2, dim=-1)
-            h = h + F.linear(F.silu(gate) * up, L.down)
+            h = h + L.o(packing.gather(o).reshape(-1, self.heads * hd), L.o_b).to(f32)
+            gate, up = L.gate_up(rms_norm(h, L.ln2, self.eps).to(cd))
+            h = h + L.down((F.silu(gate.to(f32)) * up.to(f32)).to(cd)).to(f32)
         return packing.scatter(rms_norm(h, self.norm, self.eps))
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A token prefix many inputs share (a query instruction), and each layer's keys and values
+    for it, in the compute dtype, [1, kv heads, P, head dim] (after k_norm and RoPE)."""
+
+    ids: tuple[int, ...]
+    kv: list[tuple[Tensor, Tensor]]
+
+
+def causal_mask(t: int, device: torch.device) -> Tensor:
+    return torch.ones(t, t, dtype=torch.bool, device=device).tril_()

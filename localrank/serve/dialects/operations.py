@@ -15,21 +15,26 @@ from localrank.serve.state import COLLECTIONS_KEY, METRICS_KEY, STATE_KEY
 
 
 async def health(request: web.Request) -> web.Response:
-    """200 when the model is ready; 503 while it loads or when it failed (with the reason)."""
+    """200 when the model is ready; 503 while it downloads or loads (with the phase, and bytes
+    done and total while downloading) or when it failed (with the reason)."""
     state = request.app[STATE_KEY]
     uptime = round(time.monotonic() - state.started, 3)
     service = request.app.get(COLLECTIONS_KEY)
     # Whether searches run at full speed yet: they are answered either way.
     collections = service.search_readiness() if service is not None else None
     if state.service is None:
+        progress = state.progress.snapshot()
+        status = "downloading" if "download" in progress else "loading"
         body: dict[str, object] = {
-            "status": "error" if state.load_error else "loading",
+            "status": "error" if state.load_error else status,
             "uptime_s": uptime,
             "version": __version__,
             "collections": collections,
         }
         if state.load_error is not None:
             body["error"] = state.load_error.message
+        else:
+            body["loading"] = progress
         return web.json_response(body, status=503)
     return web.json_response(
         {
@@ -71,7 +76,8 @@ async def docs(request: web.Request) -> web.Response:
 
 
 HEALTH = Operation(
-    "Readiness: 200 with the model, backend, device, dtype and dim; 503 while loading. "
+    "Readiness: 200 with the model, backend, device, dtype (and why it was chosen) and dim; "
+    "503 while loading, or downloading (with bytes done and total), or after a failure. "
     "`collections` says whether searches are ready to run at full speed (every collection's "
     "index in memory, the search threads warm); they are answered before that too, the first "
     "ones may wait for their collection to load.",
@@ -82,6 +88,7 @@ HEALTH = Operation(
         "backend": "torch",
         "device": "cpu",
         "dtype": "float32",
+        "dtype_reason": "the bert forward computes in float32 on CPU ...",
         "dim": 384,
     },
 )

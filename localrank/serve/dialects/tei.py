@@ -178,6 +178,9 @@ async def info(request: web.Request) -> web.Response:
             "docker_label": None,
             "backend": backend.backend,
             "device": backend.device,
+            "dtype": backend.dtype,
+            "dtype_reason": backend.dtype_reason,
+            "threads": backend.threads,
             "dim": backend.dim,
             "rerank_method": RERANK_METHOD,
             "fallback": model.fallback_reason is not None,
@@ -328,7 +331,8 @@ DIALECT = Dialect(
             "/info",
             info,
             Operation(
-                "TEI info, plus backend, device, dim, rerank_method, fallback and fingerprint.",
+                "TEI info, plus backend, device, dtype and why it was chosen (dtype_reason), "
+                "dim, rerank_method, fallback and fingerprint.",
                 response={
                     "model_id": MINILM,
                     "model_dtype": "float32",

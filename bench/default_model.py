@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""`make bench-default`: the default model (Qwen3-Embedding-0.6B's exact shape, built offline by
+models/build_test_models.py --bench) against the in-process reference measured in the same run:
+sentence-transformers loading the folder the way a user would, at its default dtype.
+
+A small driver: one script per figure, each a subprocess with its own timeout (a failed step is
+reported, the others still run), then one table of absolute values, ratios and targets.
+
+  build     models/build_test_models.py --bench                (once; ~1.2 GB under models/.cache)
+  accuracy  bench/bf16_accuracy.py     per-vector cosine of the dtype in use to float32
+  bulk      bench/engine_throughput.py mixed 5-300-word texts, engine vs ST   (target >= 1.5x)
+  daemon    bench/load.py              one short query at a time (input_type query, 5-16 words):
+                                       p50 (target <= 100 ms); 16 concurrent clients: RSS vs
+                                       ST's (target <= 1x); cold start, launch -> /health 200
+                                       (target <= 3 s), next to in-process import+load+encode
+  search    bench/search_e2e.py        /v1/search end to end at 100k chunks and search at 1M
+                                       (H-9b's script; skipped while it is not there)
+
+Writes bench/results/default/ (each step's CSVs, and default_model.json with the table).
+
+    python bench/default_model.py            # full (~20-30 minutes on a quiet 2-core box)
+    python bench/default_model.py --quick    # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+OUT = BENCH / "results" / "default"
+MODEL = ROOT / "models" / ".cache" / "qwen3-embedding-0.6b-shape"
+
+TARGET_BULK_RATIO = 1.5
+TARGET_QUERY_P50_MS = 100.0
+TARGET_COLD_S = 3.0
+TARGET_RSS_RATIO = 1.0
+
+
+def run_step(name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
+    print(f"\n{'=' * 100}\n[{name}] {' '.join(cmd)}\n{'=' * 100}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"[{name}] still running after {timeout:.0f}s: stopping it", flush=True)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        code = -1
+    secs = time.perf_counter() - t0
+    print(f"[{name}] {'ok' if code == 0 else f'FAILED (exit {code})'} in {secs:.0f}s", flush=True)
+    return {"step": name, "exit": code, "seconds": round(secs, 1)}
+
+
+def steps(args: argparse.Namespace) -> list[tuple[str, list[str], float]]:
+    """(name, command, timeout) for every step this run makes, in order."""
+    py, q = sys.executable, args.quick
+    out: list[tuple[str, list[str], float]] = [
+        ("build", [py, str(ROOT / "models" / "build_test_models.py"), "--bench"], 1800.0)
+    ]
+    if not args.skip_accuracy:
+        out.append(
+            (
+                "accuracy",
+                [py, str(BENCH / "bf16_accuracy.py"), "--model", str(MODEL)]
+                + ["--n", "4" if q else "16", "--out", str(OUT / "bf16_accuracy.csv")],
+                3600.0,
+            )
+        )
+    out.append(
+        (
+            "bulk",
+            [py, str(BENCH / "engine_throughput.py"), "--model", str(MODEL), "--backends", "cpu"]
+            + ["--n", "24" if q else str(args.bulk_n), "--repeat", "1" if q else "2"]
+            + ["--out", str(OUT / "engine.csv")],
+            3600.0,
+        )
+    )
+    load = [py, str(BENCH / "load.py"), "--model", str(MODEL), "--input-type", "query"]
+    load += ["--words", "5,16", "--levels", "1,16", "--batch", "none", "--skip-rate"]
+    load += ["--no-engine-reference", "--out", str(OUT)]
+    load += ["--quick", "--coldstart-runs", "1"] if q else ["--coldstart-runs", "3"]
+    load += ["--duration", "10" if q else "30"]
+    out.append(("daemon", load, 3600.0))
+    search = BENCH / "search_e2e.py"
+    if search.exists():
+        out.append(("search", [py, str(search)] + (["--quick"] if q else []), 5400.0))
+    return out
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def num(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def figures() -> list[dict[str, Any]]:
+    """One row per figure: what, measured (absolute), reference, ratio, target, verdict."""
+    rows: list[dict[str, Any]] = []
+    accuracy = read_csv(OUT / "bf16_accuracy.csv")
+    for r in accuracy:
+        theirs = next(
+            (
+                num(x["min_cosine"])
+                for x in accuracy
+                if x["texts"] == r["texts"] and x["impl"] == "authors' recipe bfloat16"
+            ),
+            float("nan"),
+        )
+        ours = r["impl"] == "localrank bfloat16"
+        rows.append(
+            {
+                "figure": f"accuracy, {r['texts']}: {r['impl']}",
+                "value": f"min cosine {r['min_cosine']} (mean {r['mean_cosine']})",
+                "reference": "authors' recipe in float32",
+                "ratio": "",
+                "target": ">= 0.999, >= authors' bf16" if ours else "",
+                "pass": num(r["min_cosine"]) >= max(0.999, theirs) if ours else None,
+            }
+        )
+    engine = read_csv(OUT / "engine.csv")
+    st = next((r for r in engine if r["impl"] == "sentence-transformers"), None)
+    for r in (r for r in engine if r["impl"] == "localrank"):
+        ratio = num(r["ratio_vs_st"])
+        rows.append(
+            {
+                "figure": f"bulk, {r['texts']} mixed 5-300-word texts ({r['dtype']})",
+                "value": f"{r['texts_per_s']} texts/s",
+                "reference": f"{st['texts_per_s']} texts/s ST ({st['dtype']})" if st else "n/a",
+                "ratio": f"{ratio:.2f}x",
+                "target": f">= {TARGET_BULK_RATIO}x",
+                "pass": ratio >= TARGET_BULK_RATIO if ratio == ratio else None,
+            }
+        )
+    summary_path = OUT / "load_summary.json"
+    if summary_path.exists():
+        s = json.loads(summary_path.read_text())
+        by = {lv["level"]: lv for lv in s["levels"]}
+        if "c1" in by:
+            lv = by["c1"]
+            p50 = num(lv["p50_ms"])
+            rows.append(
+                {
+                    "figure": "daemon, one short query at a time (5-16 words), p50",
+                    "value": f"{p50:.1f} ms (p95 {num(lv['p95_ms']):.1f})",
+                    "reference": f"{num(lv['ref_single_p50_ms']):.1f} ms ST encode([query])",
+                    "ratio": f"{num(lv['p50_vs_ref']):.2f}x",
+                    "target": f"<= {TARGET_QUERY_P50_MS:g} ms",
+                    "pass": p50 <= TARGET_QUERY_P50_MS,
+                }
+            )
+        if "c16" in by:
+            lv = by["c16"]
+            rss_ratio = num(lv["rss_vs_ref"])
+            rows.append(
+                {
+                    "figure": "daemon RSS at 16 concurrent clients (peak)",
+                    "value": f"{num(lv['rss_mb']):.0f} MiB ({num(lv['rss_peak_mb']):.0f})",
+                    "reference": f"{num(lv['ref_rss_mb']):.0f} MiB ST in-process",
+                    "ratio": f"{rss_ratio:.2f}x",
+                    "target": f"<= {TARGET_RSS_RATIO:g}x",
+                    "pass": rss_ratio <= TARGET_RSS_RATIO if rss_ratio == rss_ratio else None,
+                }
+            )
+            rows.append(
+                {
+                    "figure": "daemon, 16 concurrent clients, throughput",
+                    "value": f"{num(lv['texts_per_s']):.1f} queries/s, p50 "
+                    f"{num(lv['p50_ms']):.0f} ms",
+                    "reference": f"{num(lv['ref_texts_per_s']):.1f} texts/s ST batched",
+                    "ratio": f"{num(lv['throughput_vs_ref']):.2f}x",
+                    "target": "",
+                    "pass": None,
+                }
+            )
+        cold = s["cold_start"]
+        med = num(cold["daemon_median_s"])
+        ref = num(cold.get("in_process_median_s"))
+        runs = ", ".join(f"{x:.2f}" for x in cold["daemon_runs_s"])
+        rows.append(
+            {
+                "figure": "cold start, launch -> /health 200 (median)",
+                "value": f"{med:.2f} s ({runs})",
+                "reference": f"{ref:.2f} s ST import+load+first encode",
+                "ratio": f"{med / ref:.2f}x" if ref == ref and ref else "n/a",
+                "target": f"<= {TARGET_COLD_S:g} s",
+                "pass": med <= TARGET_COLD_S,
+            }
+        )
+    for name in ("search_e2e.csv", "search_default.csv"):
+        for r in read_csv(OUT / name) or read_csv(BENCH / "results" / name):
+            rows.append(
+                {
+                    "figure": "search: " + ", ".join(f"{k}={v}" for k, v in r.items())[:90],
+                    "value": "",
+                    "reference": "",
+                    "ratio": "",
+                    "target": "",
+                    "pass": None,
+                }
+            )
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
+    ap.add_argument("--bulk-n", type=int, default=200, help="texts for the bulk figure")
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip bf16_accuracy.py")
+    ap.add_argument("--only", help="comma-separated step names to run (build always runs)")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    done = []
+    only = set(args.only.split(",")) | {"build"} if args.only else None
+    for name, cmd, timeout in steps(args):
+        if only is not None and name not in only:
+            continue
+        done.append(run_step(name, cmd, timeout))
+        if name == "build" and done[-1]["exit"] != 0:
+            break
+    if not (BENCH / "search_e2e.py").exists():
+        print("\n[search] bench/search_e2e.py is not there yet (H-9b): skipped")
+
+    rows = figures()
+    print(
+        f"\n{'=' * 100}\nDEFAULT MODEL (Qwen3-Embedding-0.6B shape, {MODEL.name}): each figure "
+        f"next to the in-process reference measured in the same run\n{'=' * 100}"
+    )
+    w = [max((len(str(r[k])) for r in rows), default=8) for k in ("figure", "value", "reference")]
+    for r in rows:
+        print(
+            f"  {r['figure']:<{w[0]}}  {r['value']:<{w[1]}}  {r['reference']:<{w[2]}}  "
+            f"{r['ratio']:>6}  {r['target']:<12} {verdict(r['pass']) if r['target'] else ''}"
+        )
+    for st in done:
+        print(
+            f"  step {st['step']:<10} {'ok' if st['exit'] == 0 else 'FAILED':<6} {st['seconds']}s"
+        )
+    (OUT / "default_model.json").write_text(
+        json.dumps({"figures": rows, "steps": done, "quick": args.quick}, indent=1)
+    )
+    print(f"  results: {OUT}; total {time.perf_counter() - t0:.0f}s")
+    return 0 if all(s["exit"] == 0 for s in done) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

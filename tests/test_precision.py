@@ -1,0 +1,168 @@
+"""The dtype decision and the core count, for machines we do not have (described by hand) and for
+this one (read from the OS): bfloat16 only where the CPU computes it natively AND a probe matmul
+confirms it is faster; threads one per physical core."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from localrank.engine.machine import (
+    CpuFeatures,
+    Topology,
+    group_cores,
+    macos_features,
+    parse_cpu_list,
+    parse_cpu_max,
+    parse_cpuinfo,
+    read_cpu_features,
+    read_topology,
+)
+from localrank.engine.precision import (
+    MIN_BF16_SPEEDUP,
+    accelerator_dtype,
+    choose_cpu_dtype,
+    requested,
+)
+
+SAPPHIRE_RAPIDS = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu vme sse sse2 avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+"""
+ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+SKYLAKE = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq avx512bw\n"
+GRAVITON3 = (
+    "processor\t: 0\nFeatures\t: fp asimd evtstrm aes sha1 sve bf16 i8mm\nCPU part\t: 0xd40\n"
+)
+GRAVITON2 = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\n"
+
+
+def fast(speedup: float = 2.5):
+    return lambda: (speedup * 1e-3, 1e-3)
+
+
+def never_called() -> tuple[float, float]:
+    raise AssertionError("no probe on a CPU without native bf16")
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "machine", "feature"),
+    [
+        (SAPPHIRE_RAPIDS, "x86_64", "amx_bf16"),  # AMX first: it is the faster of the two
+        (ZEN4, "x86_64", "avx512_bf16"),
+        (GRAVITON3, "aarch64", "bf16"),
+    ],
+)
+def test_native_bf16_and_a_faster_probe_choose_bfloat16(
+    cpuinfo: str, machine: str, feature: str
+) -> None:
+    features = parse_cpuinfo(cpuinfo, machine)
+    assert features.native_bf16() == feature
+    choice = choose_cpu_dtype(features, fast())
+    assert choice.dtype == "bfloat16"
+    assert feature in choice.reason and "2.5x" in choice.reason
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "machine"), [(SKYLAKE, "x86_64"), (GRAVITON2, "aarch64"), ("", "x86_64")]
+)
+def test_no_native_bf16_means_float32_without_probing(cpuinfo: str, machine: str) -> None:
+    features = parse_cpuinfo(cpuinfo, machine)
+    assert features.native_bf16() is None
+    choice = choose_cpu_dtype(features, never_called)
+    assert choice.dtype == "float32"
+    assert "no native bfloat16" in choice.reason
+
+
+def test_a_probe_that_is_not_faster_keeps_float32() -> None:
+    features = parse_cpuinfo(ZEN4, "x86_64")
+    slow = choose_cpu_dtype(features, fast(MIN_BF16_SPEEDUP * 0.9))
+    assert slow.dtype == "float32" and "avx512_bf16" in slow.reason and "only" in slow.reason
+
+    def broken() -> tuple[float, float]:
+        raise RuntimeError("bf16 gemm not implemented")
+
+    failed = choose_cpu_dtype(features, broken)
+    assert failed.dtype == "float32" and "not implemented" in failed.reason
+
+
+def test_macos_features_from_sysctl() -> None:
+    m2 = {"hw.optional.arm.FEAT_BF16": "1"}
+    m1 = {"hw.optional.arm.FEAT_BF16": "0"}
+    assert macos_features("arm64", m2.get).native_bf16() == "FEAT_BF16"
+    assert macos_features("arm64", m1.get).native_bf16() is None
+    assert macos_features("arm64", {}.get).native_bf16() is None  # old macOS: no such key
+    intel = {"machdep.cpu.leaf7_features": "SMEP ERMS AVX512F AVX512BF16"}
+    assert macos_features("x86_64", intel.get).native_bf16() == "avx512_bf16"
+    choice = choose_cpu_dtype(macos_features("arm64", m2.get), fast(1.8))
+    assert choice.dtype == "bfloat16" and "FEAT_BF16" in choice.reason
+
+
+def test_explicit_settings_and_accelerators() -> None:
+    assert requested("float32", "LOCALRANK_DTYPE") == requested("float32", "LOCALRANK_DTYPE")
+    assert requested("bfloat16", "--dtype").reason == "set by --dtype"
+    assert accelerator_dtype("mps").dtype == "float16"
+    assert accelerator_dtype("cuda").dtype == "float16"
+
+
+def test_this_machine_is_read() -> None:
+    features = read_cpu_features()
+    assert features.arch in ("x86_64", "arm64") or features.source == "unknown"
+    if features.source == "/proc/cpuinfo":
+        text = Path("/proc/cpuinfo").read_text()
+        for flag in ("avx512_bf16", "amx_bf16", "bf16"):
+            if f" {flag} " in text.replace("\n", " ") + " ":
+                assert flag in features.flags
+
+
+# ----------------------------------------------------------------------------- cores
+
+
+def test_cpu_lists_and_quotas() -> None:
+    assert parse_cpu_list("0-3,8,10-11\n") == {0, 1, 2, 3, 8, 10, 11}
+    assert parse_cpu_max("max 100000\n") is None
+    assert parse_cpu_max("150000 100000") == 1.5
+    assert parse_cpu_max("garbage") is None
+
+
+def test_hyperthreads_count_once() -> None:
+    # 4 cores x 2 threads, Intel numbering: CPU n and n+4 share a core.
+    siblings = {c: f"{c % 4},{c % 4 + 4}" for c in range(8)}
+    cores = group_cores(set(range(8)), siblings.get)
+    assert len(cores) == 4 and Topology(cores).physical_cores() == 4
+    # Pinned to CPUs 0, 4 (one core's two threads) and 1: two cores.
+    assert Topology(group_cores({0, 4, 1}, siblings.get)).physical_cores() == 2
+    # No sibling information: each CPU its own core.
+    assert Topology(group_cores({0, 1, 2}, {}.get)).physical_cores() == 3
+
+
+def test_a_cgroup_quota_caps_the_threads() -> None:
+    cores = tuple(frozenset({i}) for i in range(16))
+    assert Topology(cores, quota=2.5).physical_cores() == 2
+    assert Topology(cores, quota=0.5).physical_cores() == 1
+    assert Topology(cores, quota=None).physical_cores() == 16
+
+
+def test_topology_from_a_fake_sysfs(tmp_path: Path) -> None:
+    for cpu in os.sched_getaffinity(0):
+        topo = tmp_path / f"devices/system/cpu/cpu{cpu}/topology"
+        topo.mkdir(parents=True)
+        topo.joinpath("core_cpus_list").write_text("0-63\n")  # all one core
+    (tmp_path / "fs/cgroup").mkdir(parents=True)
+    (tmp_path / "fs/cgroup/cpu.max").write_text("max 100000\n")
+    t = read_topology(tmp_path)
+    assert t.physical_cores() == 1 and t.quota is None
+
+
+def test_this_machine_has_physical_cores() -> None:
+    t = read_topology()
+    assert 1 <= t.physical_cores() <= (os.cpu_count() or 1)
+
+
+def test_features_value() -> None:
+    f = CpuFeatures("x86_64", frozenset({"amx_bf16"}), "test")
+    assert f.native_bf16() == "amx_bf16"
+    assert CpuFeatures("riscv64", frozenset({"bf16"}), "test").native_bf16() is None
