@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import psycopg
@@ -25,6 +24,7 @@ from psycopg.pq import Format
 from psycopg.types import TypeInfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from localrank.config import redact_url
 from localrank.errors import LocalrankError, StoreError, StoreUnavailable
 
 CONNECT_TIMEOUT_S = 5.0
@@ -35,18 +35,6 @@ _HEADER = struct.Struct(">HH")
 def now_iso() -> str:
     """UTC timestamp, second precision: the format every store writes."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def redact(url: str) -> str:
-    """A connection URL without its password (for logs, /health and messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Vec:
@@ -102,7 +90,7 @@ class Database:
 
     def __init__(self, url: str, *, max_size: int = POOL_MAX) -> None:
         self.url = url
-        self.where = redact(url)
+        self.where = redact_url(url)
         self.pool = ConnectionPool(
             url,
             min_size=1,
