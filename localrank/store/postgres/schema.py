@@ -168,6 +168,8 @@ def ensure_vector_extension(conn: psycopg.Connection[Any], where: str) -> None:
         return
     try:
         with conn.transaction():
+            # Under the migration lock: two daemons creating it at once would collide.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except psycopg.errors.UndefinedFile as exc:
         raise StoreError(
