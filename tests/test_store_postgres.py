@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from psycopg import sql
 from pg_server import PgServer
+from psycopg import sql
 from store_helpers import make_doc, unit
 
 from localrank.collections.search import parse_filter
