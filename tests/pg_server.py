@@ -25,15 +25,28 @@ SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "of
 
 
 class PgServer:
-    def __init__(self) -> None:
-        self.folder = Path(tempfile.mkdtemp(prefix="localrank-pg-"))
+    """A server in `folder` (a new temporary one by default). `keep`: the data stays when it
+    stops (benchmarks reuse it); `durable`: PostgreSQL's default fsync settings, for
+    measurements that compare write speed with a store that does fsync."""
+
+    def __init__(
+        self, folder: Path | None = None, *, keep: bool = False, durable: bool = False
+    ) -> None:
+        self.folder = folder or Path(tempfile.mkdtemp(prefix="localrank-pg-"))
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.folder.chmod(0o755)  # the server runs as its own user when the tests run as root
+        self.keep = keep
         started = time.perf_counter()
-        self.server = pgserver.get_server(self.folder / "data", cleanup_mode="delete")
+        self.server = pgserver.get_server(
+            self.folder / "data", cleanup_mode="stop" if keep else "delete"
+        )
         self.start_seconds = time.perf_counter() - started
         with self.connect() as conn:
             for name, value in SETTINGS.items():
-                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+                if durable:
+                    conn.execute(f"ALTER SYSTEM RESET {name}")
+                else:
+                    conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
             conn.execute("SELECT pg_reload_conf()")
             row = conn.execute("SELECT current_setting('server_version')").fetchone()
             self.version = row[0] if row else "?"
@@ -73,5 +86,7 @@ class PgServer:
             self.server.ensure_postgres_running()
 
     def close(self) -> None:
+        """Stop the server; unless `keep`, delete its data."""
         self.server.cleanup()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not self.keep:
+            shutil.rmtree(self.folder, ignore_errors=True)
