@@ -467,7 +467,7 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
     print(f"wrote {out}")
-    pg = {r["mode"]: r for r in rows if r["store"] == "postgres" and not r.get("candidates") == 100}
+    pg = {r["mode"]: r for r in rows if r["store"] == "postgres" and r.get("candidates") != 100}
     print(
         f"targets: PostgreSQL vector recall@10 {pg['vector']['recall_at_10']} (>= 0.95), "
         f"p95 {pg['vector']['p95_ms']} ms (<= 50); ingestion PG/SQLite "
