@@ -454,6 +454,7 @@ def main() -> None:
         "chunks",
         "store",
         "mode",
+        "candidates",
         "queries",
         "p50_ms",
         "p95_ms",
