@@ -16,7 +16,7 @@ from psycopg import sql
 from store_helpers import make_doc, unit
 
 from localrank.collections.search import parse_filter
-from localrank.errors import InvalidInput, StoreUnavailable, http_status
+from localrank.errors import Conflict, InvalidInput, StoreUnavailable, http_status
 from localrank.store import open_store
 from localrank.store.postgres import PostgresStore, retrieve, schema, vector_index
 from localrank.store.postgres.db import Vec
@@ -183,3 +183,29 @@ def test_a_server_lost_mid_use_fails_calls_until_it_returns() -> None:
             s.close()
     finally:
         server.close()
+
+
+def test_two_daemons_creating_one_collection_at_once_get_one_each_way(pg_url: str) -> None:
+    stores = [PostgresStore(pg_url) for _ in range(4)]
+    outcomes: list[str] = []
+    barrier = threading.Barrier(len(stores))
+
+    def create(s: PostgresStore) -> None:
+        barrier.wait()
+        try:
+            s.create_collection("c", fingerprint="fp", model_id="m", dim=64, settings={})
+            outcomes.append("created")
+        except Conflict:
+            outcomes.append("conflict")
+
+    threads = [threading.Thread(target=create, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert sorted(outcomes) == ["conflict"] * 3 + ["created"]
+        assert [c.name for c, _, _ in stores[0].list_collections()] == ["c"]
+    finally:
+        for s in stores:
+            s.close()

@@ -73,13 +73,14 @@ def create_collection(
     kind = vector_index.index_type_for(int(dim))
     if conn.execute("SELECT 1 FROM collections WHERE name = %s", (name,)).fetchone():
         raise Conflict(f"collection {name!r} already exists", param="name")
-    cid = one(
-        conn,
+    row = conn.execute(
         "INSERT INTO collections (name, fingerprint, model_id, dim, index_type, created, "
         "settings) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
         (name, fingerprint, model_id, int(dim), kind, now_iso(), json.dumps(settings or {})),
-    )
-    conn.execute(vector_index.create_index(int(cid), kind, int(dim)))
+    ).fetchone()
+    if row is None:  # another daemon created it a moment ago
+        raise Conflict(f"collection {name!r} already exists", param="name")
+    conn.execute(vector_index.create_index(int(row[0]), kind, int(dim)))
     return get_collection(conn, name)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import apsw
 import numpy as np
 
+from localrank.errors import StoreError
 from localrank.store.filters import Filter
 from localrank.store.records import (
     Collection,
@@ -192,14 +193,19 @@ class SQLiteStore:
 
     def prepare_search(self) -> None:
         """Load every collection's binary index (they otherwise load on first search)."""
-        collections = [c for c, _, _ in catalog.list_collections(self.db.reader())]
-        self._readiness = SearchReadiness(False, 0, len(collections))
-        for i, c in enumerate(collections, start=1):
-            if self.db.closed:
-                return
-            self.indexes.get(c.id)
-            self._readiness = SearchReadiness(i == len(collections), i, len(collections))
-        self._readiness = SearchReadiness(True, len(collections), len(collections))
+        try:
+            collections = [c for c, _, _ in catalog.list_collections(self.db.reader())]
+            total = len(collections)
+            self._readiness = SearchReadiness(False, 0, total)
+            for i, c in enumerate(collections, start=1):
+                if self.db.closed:
+                    return
+                self.indexes.get(c.id)
+                self._readiness = SearchReadiness(i == total, i, total)
+            self._readiness = SearchReadiness(True, total, total)
+        except StoreError as exc:  # closed meanwhile, or the file is unreadable
+            r = self._readiness
+            self._readiness = SearchReadiness(False, r.loaded, r.total, exc.message)
 
     def search_readiness(self) -> SearchReadiness:
         return self._readiness
