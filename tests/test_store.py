@@ -443,3 +443,14 @@ def test_prepare_search_reports_every_collection_ready(store: Store) -> None:
     assert ready.to_api() == {"ready": True, "loaded": 2, "total": 2}
     info = store.index_info(store.get_collection("a"))
     assert info["engine"] in ("sqlite", "postgresql") and info["rescoring"]
+
+
+def test_keyword_queries_are_plain_words_whatever_they_contain(store: Store) -> None:
+    rng = np.random.default_rng(13)
+    coll = new_collection(store)
+    add_docs(store, "c", [make_doc("alpha", unit(rng, 1)), make_doc("beta", unit(rng, 1))])
+    hostile = "NEAR(\"alpha\" -b* c:d ^e) 'f' & | ! <-> \\ AND OR NOT ( ) :* alpha"
+    assert ids_of(store, store.keyword_candidates(coll, hostile, 10)) == {"alpha"}
+    assert store.keyword_candidates(coll, "!!! ??? ...", 10) == []
+    hits = store.keyword_candidates(coll, "alpha chunk", 10)
+    assert hits[0][1] > hits[-1][1] and ids_of(store, hits[:1]) == {"alpha"}  # higher is better

@@ -194,13 +194,10 @@ class PostgresStore:
             row = conn.execute(
                 "SELECT index_type, dim FROM collections WHERE id = %s", (collection.id,)
             ).fetchone()
-            if row is None:
-                return []
-            current = collection if int(row[1]) == collection.dim else None
-            if current is None:
-                return []  # rebound to another model meanwhile: these vectors are gone
+            if row is None or int(row[1]) != collection.dim:
+                return []  # deleted, or rebound to a model of other dimensions meanwhile
             return retrieve.vector_candidates(
-                conn, current, str(row[0]), query, limit, candidates, flt
+                conn, collection, str(row[0]), query, limit, candidates, flt
             )
 
     def exact_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
