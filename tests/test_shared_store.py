@@ -106,7 +106,7 @@ async def test_database_lost_mid_request_is_503_then_recovers(
         await asyncio.to_thread(server.stop)
         r = await client.post("/v1/search", json=search)
         body = await r.json()
-        assert r.status == 503, body
+        assert r.status == 503 and r.headers["Retry-After"] == "2", body
         assert (
             body["error"]["type"] == "store_unavailable"
             and "PostgreSQL" in body["error"]["message"]
