@@ -250,7 +250,15 @@ def start_daemon(store: str, queries: Path, home: Path) -> tuple[subprocess.Pope
     raise RuntimeError("daemon did not start")
 
 
+def query_labels() -> np.ndarray:
+    """The cluster of each query (as `build` drew them: same seeds), for the keyword part."""
+    cent = search_bench.centres(np.random.default_rng(1234))
+    _, labels = search_bench.sample(np.random.default_rng(99), cent, search_bench.QUERIES)
+    return labels
+
+
 def measure_search(urls: dict[str, str], truth: np.ndarray, rounds: int) -> list[dict[str, Any]]:
+    labels = query_labels()
     out = []
     n_q = len(truth)
     cases: list[tuple[str, dict[str, Any] | None, int | None]] = [
@@ -268,7 +276,7 @@ def measure_search(urls: dict[str, str], truth: np.ndarray, rounds: int) -> list
                 for name in order:
                     body: dict[str, Any] = {
                         "collection": "bench",
-                        "query": f"qid{i}",
+                        "query": f"qid{i} cluster{labels[i]} w1 w2",
                         "mode": mode,
                         "top_k": 10,
                     }
