@@ -125,6 +125,8 @@ def test_migrate_refuses_what_the_target_cannot_take(
     assert main(["store", "migrate", "--from", str(db), "--to", pg_url]) == 5
     assert "another model" in capsys.readouterr().err
     assert main(["store", "migrate", "--from", str(db), "--to", pg_url, "-c", "nope"]) == 4
+    assert main(["store", "migrate", "--from", "mysql://me@db/x", "--to", pg_url]) == 9
+    assert "unsupported store URL mysql://" in capsys.readouterr().err
 
 
 def test_doctor_checks_the_database(pg_url: str, tmp_path: Path) -> None:
