@@ -145,6 +145,14 @@ def check_store(settings: Settings) -> Check:
         )
     total = len(status.applied) + len(status.pending)
     detail += f", pgvector {status.pgvector}, migrations {len(status.applied)}/{total} applied"
+    if _version(status.pgvector) < (0, 8):
+        return Check(
+            "database",
+            "fail",
+            f"{detail}: localrank needs pgvector 0.8 or later (iterative index scans for "
+            "filtered search, halfvec and binary indexes)",
+            "ALTER EXTENSION vector UPDATE (after installing pgvector 0.8+ on the server)",
+        )
     if status.pending:
         return Check(
             "database",
@@ -153,6 +161,14 @@ def check_store(settings: Settings) -> Check:
             "the next daemon to start applies them (`localrank serve`)",
         )
     return Check("database", "ok", detail)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in text.split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 def check_backends(probe: Probe) -> Check:
