@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-default bench-engine bench-search bench-cli bench-watch soak test-models clean
+.PHONY: install serve test lint bench bench-default bench-engine bench-search bench-pg bench-cli bench-watch soak test-models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ bench-engine: $(STAMP)
 
 bench-search: $(STAMP)
 	$(BIN)/python bench/search_bench.py
+
+# PostgreSQL + pgvector beside SQLite: 200k x 1024-d through live daemons, and ingestion.
+bench-pg: $(STAMP)
+	$(BIN)/python bench/pg_bench.py
 
 # `localrank search` wall time with the daemon running (10k chunks), and save -> searchable.
 bench-cli: $(STAMP)

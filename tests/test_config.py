@@ -130,6 +130,9 @@ def test_torch_is_a_backend(tmp_path: Path) -> None:
         ("file", "served_model_names", '[""]', "served_model_names"),
         ("file", "max_inputs", "-1", "max_inputs"),
         ("file", "no_such_setting", "1", "unknown setting"),
+        ("env", "store_url", "mysql://me@db/x", "store_url must be postgresql://"),
+        ("flag", "store_url", "postgresql:/host/db", "store_url"),
+        ("file", "job_lease_s", "0.5", "job_lease_s"),
     ],
 )
 def test_bad_values_raise_config_error(
@@ -200,3 +203,22 @@ def test_config_command_prints_values_and_sources(
     assert "s3cret" not in text
     port_line = next(line for line in text.splitlines() if line.startswith("port "))
     assert "9999" in port_line and f"file:{path}" in port_line
+
+
+def test_store_url_from_flag_env_and_file_with_the_password_hidden(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    s = load_settings({}, env)
+    assert s.store_url is None and s.store_location == s.paths.database
+    write_config(tmp_path, 'store_url = "postgresql://team:pw@db.internal:5433/search"\n')
+    s = load_settings({}, env)
+    assert s.store_location == "postgresql://team:pw@db.internal:5433/search"
+    assert s.store_display == "postgresql://team:***@db.internal:5433/search"
+    assert s.to_dict()["store_url"] == s.store_display and "pw" not in json.dumps(s.to_dict())
+    env["LOCALRANK_STORE_URL"] = "postgres://other@/db?host=/run/pg"
+    assert load_settings({}, env).store_display == "postgres://other@/db?host=/run/pg"
+    monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path))
+    args = build_parser().parse_args(["serve", "--store-url", "sqlite:///tmp/x.db"])
+    s = settings_from_args(args, "store_url")
+    assert s.store_url == "sqlite:///tmp/x.db" and s.sources["store_url"] == "flag"

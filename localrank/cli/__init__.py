@@ -9,11 +9,18 @@ import sys
 from collections.abc import Sequence
 
 from localrank import __version__
-from localrank.cli import collection_cmds, embed_cmds, mcp_cmds, ops_cmds, serve_cmds
+from localrank.cli import (
+    collection_cmds,
+    embed_cmds,
+    mcp_cmds,
+    ops_cmds,
+    serve_cmds,
+    store_cmds,
+)
 from localrank.cli.common import Runtime
 from localrank.errors import LocalrankError, exit_code
 
-COMMAND_MODULES = [serve_cmds, embed_cmds, collection_cmds, mcp_cmds, ops_cmds]
+COMMAND_MODULES = [serve_cmds, embed_cmds, collection_cmds, mcp_cmds, ops_cmds, store_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:

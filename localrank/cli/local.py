@@ -42,7 +42,10 @@ async def service(
     when the command needs one; both are closed on the way out."""
     factory = runtime.embedder_factory or in_process_embedder
     embedder = factory(settings) if model else None
-    store = await asyncio.to_thread(open_store, database or settings.paths.database)
+    location = database or settings.store_location
+    store = await asyncio.to_thread(
+        lambda: open_store(location, lease_seconds=settings.job_lease_s)
+    )
     try:
         yield CollectionService(store, (lambda: embedder) if embedder else _no_model)
     finally:

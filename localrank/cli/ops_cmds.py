@@ -67,6 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("doctor", help="check this machine and say how to fix what is missing")
     _add_setting_flags(p)
+    p.add_argument("--store-url", dest="store_url", metavar="URL", help="check this store")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_doctor)
 
@@ -166,7 +167,8 @@ def cmd_logs(args: argparse.Namespace, runtime: Runtime) -> int:
 def cmd_doctor(args: argparse.Namespace, runtime: Runtime) -> int:
     from localrank.ops import doctor  # probes the engine and the store: only for this command
 
-    flags = {name: getattr(args, name) for name in ("model", "backend", "host", "port")}
+    names = ("model", "backend", "host", "port", "store_url")
+    flags = {name: getattr(args, name) for name in names}
     settings, config_check = doctor.load_for_doctor(flags)
     checks = doctor.run_checks(settings, config_check)
     if args.json:

@@ -22,6 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="another name the model answers to and lists (repeatable)",
     )
+    p.add_argument(
+        "--store-url",
+        dest="store_url",
+        metavar="URL",
+        help="postgresql://user@host/db: collections in a PostgreSQL + pgvector database "
+        "shared with other daemons (default: the SQLite file under the data directory)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -33,7 +40,14 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
     from localrank.serve.run import serve
 
     settings = settings_from_args(
-        args, "host", "port", "unix_socket", "log_format", "log_level", "served_model_names"
+        args,
+        "host",
+        "port",
+        "unix_socket",
+        "log_format",
+        "log_level",
+        "served_model_names",
+        "store_url",
     )
     setup_logging(settings)
     return asyncio.run(serve(settings))

@@ -298,7 +298,7 @@ def find_daemon(
         if not isinstance(body, dict):
             return None
         database = body.get("database")
-        if database is not None and database != str(settings.paths.database):
+        if database is not None and database != settings.store_display:
             return None  # a daemon of another LOCALRANK_HOME: its collections are not ours
         if status == 200:
             client.health = {**body, "http_status": status}

@@ -8,6 +8,7 @@ worker threads: the event loop never waits on SQLite.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +21,7 @@ from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter
 from localrank.collections.files import FolderOptions, FolderReader
 from localrank.collections.folders import plan
 from localrank.collections.ingest import Ingestor, IngestSettings, check_model
-from localrank.collections.runner import JobRunner
+from localrank.collections.runner import JobRunner, LeaseLost
 from localrank.collections.search import SearchRequest, run_search
 from localrank.collections.search_threads import SearchThreads
 from localrank.collections.watch import FolderWatcher, WatchSettings
@@ -98,10 +99,11 @@ class CollectionService:
         return [c.to_api(documents=d, chunks=n) for c, d, n in rows]
 
     async def get_collection(self, name: str) -> dict[str, Any]:
-        """One collection with its counts (NotFound if absent)."""
-        for c in await self.list_collections():
-            if c["name"] == name:
-                return c
+        """One collection with its counts and its vector index (NotFound if absent)."""
+        rows = await asyncio.to_thread(self.store.list_collections)
+        for c, d, n in rows:
+            if c.name == name:
+                return c.to_api(documents=d, chunks=n, index=self.store.index_info(c))
         raise NotFound(f"collection {name!r} does not exist", param="collection")
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
@@ -233,7 +235,8 @@ class CollectionService:
             lambda: self.store.claim_job(self.runner.owner, only=job.id)
         )
         if claimed is not None:
-            return await self.ingestor.process_job(claimed, on_progress)
+            with contextlib.suppress(LeaseLost):  # taken over: follow it like any other job
+                return await self.runner.process(claimed, on_progress)
         while not (current := await asyncio.to_thread(self.store.get_job, job.id)).finished:
             if on_progress is not None:
                 on_progress(current)

@@ -110,6 +110,67 @@ def check_sqlite_vec() -> Check:
     return Check("sqlite-vec", "ok", f"sqlite-vec {version} loads through apsw (SQLite {sqlite})")
 
 
+def check_store(settings: Settings) -> Check:
+    """The configured store: the SQLite file's extension (check_sqlite_vec), or a PostgreSQL
+    database reachable with pgvector and localrank's migrations."""
+    if not settings.store_url or not settings.store_url.startswith(("postgresql:", "postgres:")):
+        return check_sqlite_vec()
+    # psycopg: imported only when a PostgreSQL store is configured.
+    from localrank.store.postgres.probe import probe
+
+    status = probe(settings.store_url)
+    if status.error is not None:
+        return Check(
+            "database",
+            "fail",
+            f"cannot reach PostgreSQL at {status.where}: {status.error}",
+            "start the server, or correct store_url (LOCALRANK_STORE_URL, --store-url, "
+            "config.toml): postgresql://user[:password]@host[:port]/database",
+        )
+    detail = f"PostgreSQL {status.server_version} at {status.where}"
+    if status.pgvector is None:
+        if status.pgvector_available:
+            return Check(
+                "database",
+                "warn",
+                f"{detail}; pgvector {status.pgvector_available} is available but not enabled",
+                "the first daemon enables it if its user may (CREATE EXTENSION vector); "
+                "otherwise ask the database owner to run CREATE EXTENSION vector",
+            )
+        return Check(
+            "database",
+            "fail",
+            f"{detail}; pgvector is not installed on this server",
+            "install pgvector on the server (a managed service: enable its 'vector' extension)",
+        )
+    total = len(status.applied) + len(status.pending)
+    detail += f", pgvector {status.pgvector}, migrations {len(status.applied)}/{total} applied"
+    if _version(status.pgvector) < (0, 8):
+        return Check(
+            "database",
+            "fail",
+            f"{detail}: localrank needs pgvector 0.8 or later (iterative index scans for "
+            "filtered search, halfvec and binary indexes)",
+            "ALTER EXTENSION vector UPDATE (after installing pgvector 0.8+ on the server)",
+        )
+    if status.pending:
+        return Check(
+            "database",
+            "warn",
+            f"{detail} (pending: {', '.join(status.pending)})",
+            "the next daemon to start applies them (`localrank serve`)",
+        )
+    return Check("database", "ok", detail)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in text.split("."):
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
 def check_backends(probe: Probe) -> Check:
     """Which of torch (cpu/cuda/mps) and MLX (Metal) this machine can use."""
 
@@ -283,7 +344,7 @@ def run_checks(
     return [
         config_check,
         check_data_dir(settings),
-        check_sqlite_vec(),
+        check_store(settings),
         check_backends(probe),
         check_selection(settings, probe),
         check_model_available(settings, probe, resolve),

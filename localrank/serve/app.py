@@ -107,7 +107,9 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
     async def collections_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
         settings = state.settings
-        store = await asyncio.to_thread(open_store, settings.paths.database)
+        store = await asyncio.to_thread(
+            lambda: open_store(settings.store_location, lease_seconds=settings.job_lease_s)
+        )
         watch = WatchSettings(
             debounce_ms=settings.watch_debounce_ms,
             step_ms=min(100, settings.watch_debounce_ms),

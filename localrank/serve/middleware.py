@@ -15,7 +15,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from localrank import __version__
-from localrank.errors import LocalrankError, Overloaded, RequestTimeout, http_status
+from localrank.errors import (
+    LocalrankError,
+    Overloaded,
+    RequestTimeout,
+    StoreUnavailable,
+    http_status,
+)
 from localrank.logs import REQUEST_ID_HEADER, access_log, is_safe_request_id, request_id_var
 from localrank.serve.api import Dialect
 from localrank.serve.state import DIALECTS_KEY, METRICS_KEY
@@ -24,6 +30,7 @@ log = logging.getLogger(__name__)
 
 # Stamped on every response so clients (and `localrank doctor`) can tell a localrank daemon.
 SERVER_HEADER = f"localrank/{__version__}"
+STORE_RETRY_AFTER_S = 2
 
 
 def _incoming_id(request: web.Request) -> str:
@@ -88,6 +95,8 @@ def error_response(request: web.Request, exc: LocalrankError) -> web.Response:
     headers = None
     if isinstance(exc, Overloaded):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
+    elif isinstance(exc, StoreUnavailable):  # the database is away: worth trying again soon
+        headers = {"Retry-After": str(STORE_RETRY_AFTER_S)}
     response = _json(dialect, status, exc.message, exc.code, exc.param, headers)
     if isinstance(exc, RequestTimeout):
         response.force_close()  # the rest of the body may still be on its way

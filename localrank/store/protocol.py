@@ -14,13 +14,18 @@ What an implementation must guarantee, whatever its engine:
 - an acknowledged job is durable: `create_ingest_job` returns only after the job and every
   item's payload are committed, and `write_documents(..., job=...)` records the progress of
   those items in the same transaction as the documents, so a job resumes exactly after a crash;
-- a job is run by one owner at a time (`claim_job`); a job whose owner died is claimable again;
+- a job is run by one owner at a time (`claim_job`); a job whose owner died is claimable again
+  (the owner holds it for `lease_seconds` at a time and renews that with `renew_job`; a lease
+  left to expire is what frees the job of a daemon that died on another machine); marking a
+  job's items done is idempotent, so two runners that both believed they held a job never count
+  or store a document twice;
 - filters apply inside candidate generation (never a top-k that is then filtered down);
 - `vector_candidates` returns exact cosine scores (candidates may come from an approximate or
   quantised index, but are rescored against the full-precision vectors).
 
 Implementations: `localrank.store.sqlite.SQLiteStore` (one SQLite file with sqlite-vec: the
-laptop default). A server engine (PostgreSQL + pgvector, Qdrant) implements the same protocol.
+laptop default) and `localrank.store.postgres.PostgresStore` (PostgreSQL + pgvector, shared by
+several daemons). `tests/test_store.py` holds both to this contract.
 """
 
 from __future__ import annotations
@@ -49,6 +54,9 @@ from localrank.store.records import (
 
 class Store(Protocol):
     """Persistent collections, documents, chunks, vectors, jobs and the embedding cache."""
+
+    # How long a claimed job stays its owner's without a `renew_job` (or a progress write).
+    lease_seconds: float
 
     # --- collections and fingerprints ---------------------------------------------------
 
@@ -122,6 +130,14 @@ class Store(Protocol):
         """Delete those of `doc_ids` that exist, in one transaction; returns how many."""
         ...
 
+    def export_documents(
+        self, collection: Collection, *, limit: int, after: str | None = None
+    ) -> list[PreparedDocument]:
+        """Documents ordered by id, `limit` at a time after the id `after`, each with its chunks
+        and their full-precision vectors: what `write_documents` of another store takes, so a
+        collection moves between stores without re-embedding (`localrank store migrate`)."""
+        ...
+
     # --- watched folders ----------------------------------------------------------------
 
     def add_watch(self, collection: str, root: str, options: dict[str, Any]) -> Watch:
@@ -160,6 +176,11 @@ class Store(Protocol):
 
     def exact_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
         """Exact cosine of each chunk's stored vector to the query."""
+        ...
+
+    def index_info(self, collection: Collection) -> dict[str, Any]:
+        """How this store holds and searches a collection's vectors (engine, vector type, index,
+        rescoring), for `GET /v1/collections/{name}`. No I/O."""
         ...
 
     def prepare_search(self) -> None:
@@ -205,6 +226,11 @@ class Store(Protocol):
 
     def finish_job(self, job_id: str, *, error: str | None = None) -> Job:
         """Close a job: failed when `error` is given or when every item failed, else done."""
+        ...
+
+    def renew_job(self, job_id: str, owner: str) -> bool:
+        """Extend `owner`'s lease on a running job; False when the job is no longer its own
+        (finished, or taken over by another runner after the lease expired)."""
         ...
 
     def requeue_job(self, job_id: str) -> None:

@@ -7,6 +7,7 @@ the application layer (`localrank.collections`) never sees a row or a connection
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from dataclasses import dataclass
@@ -14,7 +15,20 @@ from typing import Any
 
 import numpy as np
 
-from localrank.errors import ModelMismatch
+from localrank.errors import InvalidInput, ModelMismatch
+
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_collection_name(name: str) -> str:
+    """Names are path- and URL-safe: letters, digits, '.', '_', '-', 1..128 characters."""
+    if not isinstance(name, str) or not COLLECTION_NAME.match(name):
+        raise InvalidInput(
+            "collection name must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit",
+            param="name",
+        )
+    return name
 
 
 @dataclass(frozen=True)

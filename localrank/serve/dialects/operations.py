@@ -44,7 +44,7 @@ async def health(request: web.Request) -> web.Response:
             "load_seconds": state.load_seconds,
             "queue_depth": state.service.queue_depth,
             # Which store this daemon serves: the CLI talks to a daemon only when it is its own.
-            "database": str(state.settings.paths.database),
+            "database": state.settings.store_display,
             "collections": collections,
             **state.service.info.to_dict(),
         }

@@ -283,7 +283,21 @@ DIALECT = Dialect(
             "GET",
             "/v1/collections/{name}",
             get_collection,
-            Operation("One collection.", response=_COLLECTION),
+            Operation(
+                "One collection, with how the store holds and searches its vectors (`index`: "
+                "the engine, the vector type and index, e.g. PostgreSQL's `hnsw on vector(1024)`, "
+                "`halfvec` above 2,000 dimensions, binary codes above 4,000, and the exact "
+                "rescoring).",
+                response={
+                    **_COLLECTION,
+                    "index": {
+                        "engine": "postgresql",
+                        "index": "hnsw on vector(1024)",
+                        "index_type": "vector",
+                        "rescoring": "exact cosine on the float32 vectors",
+                    },
+                },
+            ),
         ),
         route(
             "DELETE",

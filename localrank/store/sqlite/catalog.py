@@ -9,7 +9,6 @@ removed ids in `tombstones`, so in-memory indexes (this process's or another's) 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,23 +24,12 @@ from localrank.store.records import (
     StoredChunk,
     StoredDocument,
     WriteResult,
+    check_collection_name,
 )
 from localrank.store.sqlite.db import Database, now_iso, scalar
 from localrank.store.sqlite.vector_index import quantize
 
 COLLECTION_COLUMNS = "id, name, fingerprint, model_id, dim, created, settings, generation, epoch"
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def check_collection_name(name: str) -> str:
-    """Names are path- and URL-safe: letters, digits, '.', '_', '-', 1..128 characters."""
-    if not isinstance(name, str) or not COLLECTION_NAME.match(name):
-        raise InvalidInput(
-            "collection name must be 1-128 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            param="name",
-        )
-    return name
 
 
 def get_collection(conn: apsw.Connection, name: str) -> Collection:
@@ -330,3 +318,35 @@ def fetch_chunks(conn: apsw.Connection, chunk_ids: Sequence[int]) -> list[Stored
         span = Chunk(r[4], r[5], r[6], r[7], r[8], r[9], r[10])
         by_id[r[0]] = StoredChunk(r[0], r[1], r[2], r[3], span, json.loads(r[11]))
     return [by_id[int(i)] for i in chunk_ids if int(i) in by_id]
+
+
+def export_documents(
+    conn: apsw.Connection, collection: Collection, *, limit: int, after: str | None = None
+) -> list[PreparedDocument]:
+    """A page of documents (by id, after `after`) with their chunks and float32 vectors, as
+    `write_documents` takes them: a collection copied to another store is not re-embedded."""
+    out: list[PreparedDocument] = []
+    docs: list[Any] = conn.execute(
+        "SELECT id, doc_id, text, metadata, source, content_hash FROM documents "
+        "WHERE collection_id = ? AND doc_id > ? ORDER BY doc_id LIMIT ?",
+        (collection.id, after or "", int(limit)),
+    ).fetchall()
+    for row in docs:
+        rows: list[Any] = conn.execute(
+            "SELECT c.ordinal, c.text, c.char_start, c.char_end, c.line_start, c.line_end, "
+            "c.page, v.embedding FROM chunks c JOIN vectors v ON v.chunk = c.id "
+            "WHERE c.doc = ? ORDER BY c.ordinal",
+            (row[0],),
+        ).fetchall()
+        chunks = [Chunk(*r[:7]) for r in rows]
+        vectors = (
+            np.frombuffer(b"".join(r[7] for r in rows), dtype=np.float32).reshape(len(rows), -1)
+            if rows
+            else np.empty((0, collection.dim), dtype=np.float32)
+        )
+        out.append(
+            PreparedDocument(
+                row[1], row[2], json.loads(row[3]), row[4], row[5], chunks, vectors.copy()
+            )
+        )
+    return out

@@ -83,6 +83,10 @@ class Database:
         self._writer = connect(self.path)
         self._all.append(self._writer)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def reader(self) -> apsw.Connection:
         """This thread's read connection (created on first use)."""
         if self._closed:

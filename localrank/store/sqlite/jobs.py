@@ -174,15 +174,26 @@ def record_progress(
     done_count: int | None = None,
 ) -> None:
     """In the caller's transaction: mark items done / failed, drop their payloads, bump the
-    counters and the heartbeat."""
-    conn.executemany(
-        "UPDATE job_items SET state = 'done', payload = NULL WHERE job = ? AND seq = ?",
-        [(job_id, s) for s in done],
+    counters and the heartbeat. Idempotent: only items still pending count, so a runner that
+    lost its job to another one never counts an item twice."""
+    newly_done = sum(
+        conn.execute(
+            "UPDATE job_items SET state = 'done', payload = NULL "
+            "WHERE job = ? AND seq = ? AND state = 'pending' RETURNING seq",
+            (job_id, s),
+        ).fetchone()
+        is not None
+        for s in done
     )
-    conn.executemany(
-        "UPDATE job_items SET state = 'failed', payload = NULL WHERE job = ? AND seq = ?",
-        [(job_id, f.seq) for f in failed],
-    )
+    failed = [
+        f
+        for f in failed
+        if conn.execute(
+            "UPDATE job_items SET state = 'failed', payload = NULL "
+            "WHERE job = ? AND seq = ? AND state = 'pending' RETURNING seq",
+            (job_id, f.seq),
+        ).fetchone()
+    ]
     if failed:
         errors = json.loads(scalar(conn, "SELECT errors FROM jobs WHERE id = ?", (job_id,)))
         errors.extend({"id": f.doc_id, "message": f.message} for f in failed)
@@ -194,7 +205,7 @@ def record_progress(
         "UPDATE jobs SET done = done + ?, failed = failed + ?, heartbeat = ?, updated = ? "
         "WHERE id = ?",
         (
-            len(done) if done_count is None else done_count,
+            newly_done if done_count is None else done_count,
             len(failed),
             time.time(),
             now_iso(),
@@ -231,3 +242,14 @@ def release_jobs(db: Database, owner: str) -> None:
             "UPDATE jobs SET owner = NULL, heartbeat = NULL WHERE owner = ? AND state = 'running'",
             (owner,),
         )
+
+
+def renew_job(db: Database, job_id: str, owner: str) -> bool:
+    """Refresh the heartbeat of a job `owner` still runs; False when it is no longer its own."""
+    with db.write() as conn:
+        row = conn.execute(
+            "UPDATE jobs SET heartbeat = ? WHERE id = ? AND owner = ? AND state = 'running' "
+            "RETURNING id",
+            (time.time(), job_id, owner),
+        ).fetchone()
+        return row is not None

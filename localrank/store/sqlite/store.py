@@ -35,9 +35,19 @@ from localrank.store.sqlite.db import Database, scalar
 from localrank.store.sqlite.index_registry import IndexRegistry
 from localrank.store.sqlite.schema import migrate
 
+INDEX_INFO = {
+    "engine": "sqlite",
+    "vectors": "float32",
+    "index": "binary codes scanned in memory",
+    "rescoring": "exact cosine on the float32 vectors",
+}
+
 
 class SQLiteStore:
     """One database file, migrated on open, plus the per-collection vector indexes."""
+
+    # A job's owner on this host is checked by pid; the heartbeat decides for other hosts.
+    lease_seconds = jobs.STALE_SECONDS
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -127,6 +137,12 @@ class SQLiteStore:
     def delete_documents(self, collection_name: str, doc_ids: Sequence[str]) -> int:
         return watches.delete_documents(self.db, collection_name, doc_ids)
 
+    def export_documents(
+        self, collection: Collection, *, limit: int, after: str | None = None
+    ) -> list[PreparedDocument]:
+        with self.db.read() as conn:
+            return catalog.export_documents(conn, collection, limit=limit, after=after)
+
     # --- watched folders ----------------------------------------------------------------
 
     def add_watch(self, collection: str, root: str, options: dict[str, Any]) -> Watch:
@@ -170,6 +186,9 @@ class SQLiteStore:
 
     def exact_scores(self, chunk_ids: Sequence[int], query: np.ndarray) -> dict[int, float]:
         return retrieve.exact_scores(self.db.reader(), chunk_ids, query)
+
+    def index_info(self, collection: Collection) -> dict[str, Any]:
+        return dict(INDEX_INFO)
 
     def prepare_search(self) -> None:
         self.indexes.preload()
@@ -221,6 +240,9 @@ class SQLiteStore:
             failed = error is not None or (job.failed > 0 and job.done == 0)
             jobs.finish_job(conn, job_id, "failed" if failed else "done", error)
             return jobs.get_job(conn, job_id)
+
+    def renew_job(self, job_id: str, owner: str) -> bool:
+        return jobs.renew_job(self.db, job_id, owner)
 
     def requeue_job(self, job_id: str) -> None:
         jobs.requeue_job(self.db, job_id)
