@@ -11,6 +11,12 @@
                2x its idle RSS plus the request body.
   3. burst     bench/burst.py: 2,500 simultaneous requests, every one answered 200 or 429 with
                Retry-After within 60 s; RSS 30 s later within 10% of before.
+  4. connections  bench/connections_soak.py: 1,100 idle connections against a daemon limited to
+               1,024 open files, a normal request answered within 1 s; slow-drip, silent and
+               stalled-body connections closed within 30 s.
+  5. fuzz      bench/fuzz.py: schemathesis over every route, ~10,000 cases: 0 5xx, 0 undocumented
+               statuses or schema mismatches. The same count with --quick: the bounded
+               parts 1-4 stay under 10 minutes, this one is timed on its own line.
 
 Each part starts its own daemon (`localrank serve`, a temporary LOCALRANK_HOME). The full run
 takes about an hour on a 2-core CPU (10,000 requests of up to 400 words are ~3M tokens per
@@ -34,11 +40,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.burst import overload_burst  # noqa: E402
+from bench.connections_soak import connections_soak  # noqa: E402
+from bench.fuzz import TARGET_CASES, fuzz  # noqa: E402
 from bench.headofline import head_of_line  # noqa: E402
 from bench.memsoak import MemoryRun, memory_soak  # noqa: E402
 from bench.soakkit import Target, mib, ms, target_line  # noqa: E402
 
-PARTS = ("memory", "hol", "burst")
+PARTS = ("memory", "hol", "burst", "connections", "fuzz")
 
 
 def default_model() -> str:
@@ -71,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         metavar="NAME=VALUE",
         help="extra environment for every daemon (repeatable; for experiments)",
+    )
+    ap.add_argument(
+        "--max-examples", type=int, default=45, help="fuzz: per operation (45: ~10,000 cases)"
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
@@ -187,6 +198,24 @@ def main(argv: list[str] | None = None) -> int:
                 abs(burst.rss_change) <= 0.10,
             )
         )
+
+    if "connections" in parts:
+        print("\n[connections] 1,100 idle, 50 each slow-drip / silent / stalled", flush=True)
+        for what, figure, ok in connections_soak(model, idle=1100, slow=50):
+            targets.append(Target(f"connections: {what}", figure, ok))
+
+    if "fuzz" in parts:
+        print(f"\n[fuzz] schemathesis, --max-examples {args.max_examples}", flush=True)
+        run = fuzz(model, max_examples=args.max_examples, seed=args.seed)
+        targets.append(
+            Target(
+                f"fuzz: 0 5xx, 0 undocumented statuses or mismatches in {TARGET_CASES:,} cases",
+                f"{run.cases:,} cases, {run.failures} failures, {run.seconds:.0f} s",
+                run.passed and run.cases >= TARGET_CASES,
+            )
+        )
+        if not run.passed:
+            print(run.report, flush=True)
 
     print(f"\nTargets ({time.monotonic() - t0:.0f}s):")
     for t in targets:
