@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from store_helpers import make_doc, unit
 
+from localrank.errors import StoreError
 from localrank.store import SQLiteStore
 from localrank.store.sqlite import catalog, schema
 from localrank.store.sqlite import db as sqlite_db
@@ -172,3 +173,31 @@ def test_metadata_values_coerced_by_an_old_schema_are_rebuilt_exactly(tmp_path: 
             (2, "tags", "01234", "text"),
             (2, "v", "1.1", "text"),
         ]
+
+
+def test_close_waits_for_a_statement_another_thread_is_running(tmp_path: Path) -> None:
+    """At shutdown a cancelled task's worker thread may still be inside a query; closing the
+    store must wait for it rather than fail with apsw's ThreadingViolationError."""
+    database = sqlite_db.Database(tmp_path / "x.db")
+    started = threading.Event()
+    result: list[object] = []
+
+    def long_query() -> None:
+        conn = database.reader()
+        started.set()
+        rows = conn.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000000) "
+            "SELECT count(*) FROM n"
+        )
+        result.append(rows.fetchone()[0])
+
+    worker = threading.Thread(target=long_query)
+    worker.start()
+    started.wait(5)
+    time.sleep(0.05)  # inside the statement
+    database.close()  # must not raise
+    worker.join(10)
+    assert database.closed
+    assert result == [3000000]  # the running statement finished undisturbed
+    with pytest.raises(StoreError):
+        database.reader()

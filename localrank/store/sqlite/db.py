@@ -11,6 +11,7 @@ cheap next to embedding.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +25,10 @@ import sqlite_vec
 
 from localrank.errors import StoreError
 
+log = logging.getLogger(__name__)
+
 BUSY_TIMEOUT_MS = 10_000
+CLOSE_WAIT_SECONDS = 5.0  # at close, how long a connection busy in another thread is waited for
 MMAP_BYTES = 64 << 30  # address space, not memory: pages are the OS's file cache
 
 
@@ -148,8 +152,25 @@ class Database:
                 return
             self._closed = True
             for conn in self._all:
-                conn.close()
+                _close_when_free(conn)
             self._all.clear()
+
+
+def _close_when_free(conn: apsw.Connection) -> None:
+    """Close `conn`, waiting for a statement another thread is running on it to finish: at
+    shutdown a cancelled task's worker thread (the job runner's, the watcher's) may still be
+    inside one, and apsw refuses to close a connection in use. No new statement can start: the
+    Database is marked closed first."""
+    deadline = time.monotonic() + CLOSE_WAIT_SECONDS
+    while True:
+        try:
+            conn.close()
+            return
+        except apsw.ThreadingViolationError:
+            if time.monotonic() > deadline:
+                log.warning("a database connection was still busy after %.0f s", CLOSE_WAIT_SECONDS)
+                return
+            time.sleep(0.01)
 
 
 def scalar(conn: apsw.Connection, sql: str, bindings: tuple[Any, ...] = ()) -> Any:
