@@ -25,15 +25,17 @@ Writes bench/results/default/ (each step's CSVs, and default_model.json with the
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.run_all import read_csv, run_step  # noqa: E402  (one step runner for both drivers)
+
 BENCH = ROOT / "bench"
 OUT = BENCH / "results" / "default"
 MODEL = ROOT / "models" / ".cache" / "qwen3-embedding-0.6b-shape"
@@ -43,26 +45,6 @@ TARGET_QUERY_P50_MS = 100.0
 TARGET_COLD_S = 3.0
 TARGET_RSS_RATIO = 1.0
 SEARCH_P50_MS, SEARCH_P95_MS, STORE_1M_P95_MS = 120.0, 150.0, 80.0
-
-
-def run_step(name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
-    print(f"\n{'=' * 100}\n[{name}] {' '.join(cmd)}\n{'=' * 100}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"[{name}] still running after {timeout:.0f}s: stopping it", flush=True)
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        code = -1
-    secs = time.perf_counter() - t0
-    print(f"[{name}] {'ok' if code == 0 else f'FAILED (exit {code})'} in {secs:.0f}s", flush=True)
-    return {"step": name, "exit": code, "seconds": round(secs, 1)}
 
 
 def steps(args: argparse.Namespace) -> list[tuple[str, list[str], float]]:
@@ -100,13 +82,6 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str], float]]:
         cmd = [py, str(search), "--out", str(OUT / "search_e2e.csv")] + (["--quick"] if q else [])
         out.append(("search", cmd, 5400.0))
     return out
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def num(x: Any) -> float:

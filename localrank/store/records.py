@@ -102,6 +102,20 @@ class PreparedDocument:
     chunks: list[Chunk] | None = None
     vectors: np.ndarray | None = None
 
+    def content_for(self, collection: Collection) -> tuple[list[Chunk], np.ndarray]:
+        """The chunks and vectors a new or changed document must bring, checked against the
+        collection it is written to (one vector per chunk, the collection's dimension)."""
+        if self.chunks is None or self.vectors is None:
+            raise ValueError(f"document {self.doc_id!r} is new or changed but has no chunks")
+        if len(self.chunks) != len(self.vectors):
+            raise ValueError("one vector per chunk is required")
+        if len(self.vectors) and self.vectors.shape[1] != collection.dim:
+            raise InvalidInput(
+                f"vectors have {self.vectors.shape[1]} dimensions, collection "
+                f"{collection.name!r} has {collection.dim}"
+            )
+        return self.chunks, self.vectors
+
 
 @dataclass(frozen=True)
 class WriteResult:

@@ -15,7 +15,7 @@ from typing import Any
 import apsw
 import numpy as np
 
-from localrank.errors import Conflict, InvalidInput, NotFound
+from localrank.errors import Conflict, NotFound
 from localrank.store.filters import metadata_rows
 from localrank.store.records import (
     Chunk,
@@ -173,15 +173,7 @@ def write_documents(
             _write_meta(conn, collection.id, doc_row, d.metadata)
             results.append(WriteResult(d.doc_id, "metadata", n))
             continue
-        if d.chunks is None or d.vectors is None:
-            raise ValueError(f"document {d.doc_id!r} is new or changed but has no chunks")
-        if len(d.chunks) != len(d.vectors):
-            raise ValueError("one vector per chunk is required")
-        if len(d.vectors) and d.vectors.shape[1] != collection.dim:
-            raise InvalidInput(
-                f"vectors have {d.vectors.shape[1]} dimensions, collection "
-                f"{collection.name!r} has {collection.dim}"
-            )
+        chunks, vectors = d.content_for(collection)
         if row is None:
             doc_row = int(
                 scalar(
@@ -202,8 +194,8 @@ def write_documents(
             )
             status = "updated"
         _write_meta(conn, collection.id, doc_row, d.metadata)
-        insert_chunks(conn, collection.id, doc_row, d.chunks, d.vectors)
-        results.append(WriteResult(d.doc_id, status, len(d.chunks)))
+        insert_chunks(conn, collection.id, doc_row, chunks, vectors)
+        results.append(WriteResult(d.doc_id, status, len(chunks)))
     return results
 
 
