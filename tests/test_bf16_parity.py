@@ -9,6 +9,8 @@ native bf16 feature, and says why (bench/bf16_accuracy.py measures the 0.6B shap
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +120,22 @@ def test_repacked_weights_compute_the_same(tiny_qwen3: Path) -> None:
     assert cosine(before_docs, after_docs).min() > 0.99999
     assert cosine(before_queries, after_queries).min() > 0.99999
     assert e.optimize() == 0  # once is enough
+
+
+def test_repacking_waits_while_a_forward_pass_runs(tiny_qwen3: Path) -> None:
+    """The daemon repacks in the background while it serves: no weight is repacked while a
+    request's forward pass is running, so requests never share the cores with the repacking."""
+    e = engine(tiny_qwen3, "cpu", "bfloat16")
+    embedder = e.embedder
+    linears = embedder.model.linears()
+    done = threading.Event()
+    with embedder._forwards.running():  # a forward pass in progress
+        worker = threading.Thread(target=lambda: (e.optimize(), done.set()))
+        worker.start()
+        time.sleep(0.3)
+        assert all(lin.packed is None for lin in linears)  # waiting for a gap
+    worker.join(30)
+    assert done.is_set() and all(lin.packed is not None for lin in linears)
 
 
 def test_the_query_prefix_is_computed_once_and_changes_nothing(tiny_qwen3: Path) -> None:

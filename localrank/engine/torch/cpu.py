@@ -79,11 +79,17 @@ def bf16_timing() -> tuple[float, float]:
     return best[0], best[1]
 
 
-def prepack(linears: list[Linear], release: Callable[[Tensor], None]) -> int:
+def prepack(
+    linears: list[Linear],
+    release: Callable[[Tensor], None],
+    wait_idle: Callable[[], object] = lambda: None,
+) -> int:
     """Repack bfloat16 weights into oneDNN's blocked layout (see layers.Linear), once, at load:
     about 0.5 s of CPU for the 0.6B model. `release` drops each original's mapped pages once
-    its packed copy exists, so memory does not grow. Returns how many were packed: 0 when this
-    torch cannot (no oneDNN, or the probe disagrees with a plain matmul)."""
+    its packed copy exists, so memory does not grow. `wait_idle` is called before each weight:
+    it returns once no forward pass is running, so requests never share the cores with more than
+    one weight's repack (a few ms). Returns how many were packed: 0 when this torch cannot (no
+    oneDNN, or the probe disagrees with a plain matmul)."""
     if not linears_supported():
         return 0
     todo = [
@@ -95,6 +101,7 @@ def prepack(linears: list[Linear], release: Callable[[Tensor], None]) -> int:
     ]
 
     def pack(lin: Linear) -> None:
+        wait_idle()
         lin.packed = torch.ops.mkldnn._reorder_linear_weight(lin.weight, PACK_ROWS)
         release(lin.weight)
 

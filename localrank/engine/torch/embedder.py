@@ -9,9 +9,11 @@ matmul confirms it is faster, float32 otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -133,6 +135,7 @@ class TorchEmbedder:
         self._layers = self.model.layers = Layers(self.model.layers)
         # What `optimize` releases pages of; it also keeps the file maps alive.
         self._checkpoint: MappedCheckpoint | None = checkpoint
+        self._forwards = Forwards()  # background repacking yields to them
         self._vocab = int(cfg["vocab_size"])
         self._prefix: Any = None  # the model's cached query prefix (qwen3.Prefix), if any
         self._prefix_model: PrefixModel | None = None
@@ -168,6 +171,13 @@ class TorchEmbedder:
         b, t = ids_np.shape
         if b == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
+        with self._forwards.running():
+            return self._embed(model, ids_np, mask_np, pause)
+
+    def _embed(
+        self, model: TorchModel, ids_np: np.ndarray, mask_np: np.ndarray, pause: Pause | None
+    ) -> np.ndarray:
+        b, t = ids_np.shape
         layers = self._layers
         outer = layers.pause  # set: this is a pass run from inside another's pause
         layers.pause = pause if outer is None else None
@@ -213,9 +223,10 @@ class TorchEmbedder:
         if self.info.dtype != "bfloat16":
             return 0
         started = time.perf_counter()
-        packed = prepack(linears(), checkpoint.release)
+        packed = prepack(linears(), checkpoint.release, self._forwards.wait_idle)
         if packed:
             # The packed path's kernels for a short query's shape, before a request needs them.
+            self._forwards.wait_idle()
             with torch.inference_mode():
                 row = [int(t) for t in self._prefix_ids] or [0]
                 ids = np.asarray([row + [0, 1, 2]], dtype=np.int64)
@@ -287,6 +298,32 @@ class TorchEmbedder:
         self.model = self._checkpoint = None
         self._prefix = self._prefix_model = None
         self.clear_cache()
+
+
+class Forwards:
+    """Whether a forward pass is running, for background work (repacking) to wait for a gap."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self._idle = threading.Event()
+        self._idle.set()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        with self._lock:
+            self._running += 1
+            self._idle.clear()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._running -= 1
+                if not self._running:
+                    self._idle.set()
+
+    def wait_idle(self) -> None:
+        self._idle.wait()
 
 
 def trim_padding(ids: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
