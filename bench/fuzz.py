@@ -4,10 +4,10 @@ of a few hundred cases runs in `make test`, tests/test_fuzz.py).
 
 Inputs are generated from the daemon's own /openapi.json, valid and invalid, seeded. Target:
 **0** 5xx and **0** undocumented statuses, content types, headers or schema mismatches in
-10,000 cases. `--max-examples` is per operation and per generation phase; 45 gives ~10,000 cases
+10,000 cases. `--max-examples` is per operation and per generation phase; 300 gives ~12,000 cases
 over the routes this daemon has.
 
-    python bench/fuzz.py [--max-examples 45] [--seed 1] [--model FOLDER]
+    python bench/fuzz.py [--max-examples 300] [--seed 1] [--model FOLDER]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--max-examples", type=int, default=45)
+    ap.add_argument("--max-examples", type=int, default=300)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--model", default=None)
     args = ap.parse_args()

@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="extra environment for every daemon (repeatable; for experiments)",
     )
     ap.add_argument(
-        "--max-examples", type=int, default=45, help="fuzz: per operation (45: ~10,000 cases)"
+        "--max-examples", type=int, default=300, help="fuzz: per operation (300: ~12,000 cases)"
     )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
