@@ -103,3 +103,15 @@ def pg_url(pg_server: PgServer):
     url = pg_server.new_database()
     yield url
     pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker() -> Path:
+    """A 2-layer Qwen3-Reranker (Qwen3ForCausalLM, real Qwen3 tokenizer), seeded weights."""
+    return builder.tiny_reranker()
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder() -> Path:
+    """A 2-layer BERT cross-encoder (one label) with MiniLM's real tokenizer, seeded weights."""
+    return builder.tiny_cross_encoder()

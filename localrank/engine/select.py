@@ -10,7 +10,8 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localrank.engine.types import Embedder, Recipe
+from localrank.engine.rerank import RerankRecipe
+from localrank.engine.types import Embedder, Recipe, Scorer
 from localrank.errors import BackendError
 
 
@@ -113,4 +114,27 @@ def create_embedder(
             dtype_source=dtype_source,
         )
         return embedder
+    raise BackendError(f"unknown backend {backend!r}")
+
+
+def create_scorer(
+    backend: str,
+    device: str,
+    model_dir: Path,
+    recipe: RerankRecipe,
+    dtype: str = "auto",
+    *,
+    threads: int = 0,
+) -> Scorer:
+    """Load a cross-encoder on the chosen backend (imported only here, as for embedders)."""
+    if backend == "mlx":
+        mlx_package = importlib.import_module("localrank.engine.mlx")
+        scorer: Scorer = mlx_package.MLXScorer(model_dir, recipe, dtype=dtype, device=device)
+        return scorer
+    if backend == "torch":
+        torch_package = importlib.import_module("localrank.engine.torch")
+        scorer = torch_package.TorchScorer(
+            model_dir, recipe, device=device, dtype=dtype, threads=threads
+        )
+        return scorer
     raise BackendError(f"unknown backend {backend!r}")
