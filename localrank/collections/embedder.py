@@ -49,7 +49,17 @@ class AsyncEmbedder(Protocol):
         ...
 
 
+class AsyncReranker(Protocol):
+    """A cross-encoder, as search's rerank stage needs it."""
+
+    async def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """float32 [N] relevance in [0, 1], in document order."""
+        ...
+
+
 EmbedderGetter = Callable[[], AsyncEmbedder]
+# The reranker in force, or None (search's rerank stage is then the embedding cosine).
+RerankerGetter = Callable[[], AsyncReranker | None]
 EmbedderFactory = Callable[[Settings], AsyncEmbedder]
 
 

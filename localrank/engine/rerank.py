@@ -32,7 +32,7 @@ from localrank.engine.model_files import read_config, read_model_json
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import Encoded
 from localrank.engine.types import BackendInfo, Batch, Pause, Scorer
-from localrank.errors import BackendError, InvalidInput, ModelError
+from localrank.errors import BackendError, InvalidInput, ModelError, TooLarge
 
 QWEN3_RERANK_PREFIX = (
     "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
@@ -314,7 +314,7 @@ def check_pairs(query: Any, documents: Any, *, max_inputs: int | None = None) ->
     if not documents:
         raise InvalidInput("documents must not be empty", param="documents")
     if max_inputs is not None and len(documents) > max_inputs:
-        raise InvalidInput(
+        raise TooLarge(
             f"documents has {len(documents)} items; the limit is {max_inputs}", param="documents"
         )
     for i, d in enumerate(documents):

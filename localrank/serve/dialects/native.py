@@ -86,9 +86,11 @@ async def rerank(request: web.Request) -> web.Response:
     _, instruction = query_mode(body, default_query=True)
     if not query.strip():
         raise InvalidInput("query must not be empty", param="query")
-    scores, tokens = await svc.rerank(
-        query, texts, instruction=instruction, truncate=truncate_flag(body)
+    method = field(body, "method", str)
+    scored = await svc.score(
+        query, texts, instruction=instruction, truncate=truncate_flag(body), method=method
     )
+    scores, tokens = scored.scores, scored.tokens
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_k]
     return web.json_response(
         {
@@ -96,7 +98,8 @@ async def rerank(request: web.Request) -> web.Response:
             "query": query,
             "backend": svc.info.backend.backend,
             "device": svc.info.backend.device,
-            "method": "bi-encoder cosine (instructed query vs documents), mapped to [0, 1]",
+            "method": scored.method,
+            "model": scored.model,
             "processing_time": time.perf_counter() - started,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
