@@ -169,7 +169,9 @@ class TorchScorer:
         return F.linear(x, w2, b2)[:, 0].to(f32).cpu().numpy()
 
     def close(self) -> None:
+        # Every reference to the weights: the model, its layer list (kept for pauses), the maps.
         self.model = self._checkpoint = None
+        self._layers = Layers([])
         self.rows = torch.empty(0)
         self.head = []
         if self.device.type == "cuda":
