@@ -23,9 +23,10 @@ LONG = "The password reset flow sends an email with a link. " * 400  # ~4,000 to
 TOL = 1e-4
 
 
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_qwen3_reranker_matches_the_readme_code(tiny_reranker, backend):
     rr = reranker_for(str(tiny_reranker), backend)
+    assert rr.info.backend.backend == backend
     pairs = [(QUERY, d) for d in DOCS]
     expected = qwen3_reranker_reference(tiny_reranker, pairs)
     batched = rr.rerank(QUERY, DOCS)
@@ -36,7 +37,7 @@ def test_qwen3_reranker_matches_the_readme_code(tiny_reranker, backend):
     assert np.ptp(expected) > 1e-3
 
 
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_qwen3_reranker_custom_instruction_and_truncation(tiny_reranker, backend):
     rr = reranker_for(str(tiny_reranker), backend, max_tokens=256)
     task = "Given a question, find the passage that answers it"
@@ -64,9 +65,10 @@ def test_qwen3_reranker_yes_no_ids_come_from_the_tokenizer(tiny_reranker):
     assert recipe.no_id == tok.convert_tokens_to_ids("no")
 
 
-@pytest.mark.parametrize("backend", ["torch"])
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_bert_cross_encoder_matches_sentence_transformers(tiny_cross_encoder, backend):
     rr = reranker_for(str(tiny_cross_encoder), backend)
+    assert rr.info.backend.backend == backend
     docs = [*DOCS, LONG]  # LONG is cut longest-first to 512 tokens, as the tokenizer does
     pairs = [(QUERY, d) for d in docs]
     expected = cross_encoder_reference(tiny_cross_encoder, pairs)
