@@ -312,6 +312,96 @@ def build_bert_cross_encoder(shape: str, out: Path, *, seed: int = 2) -> Path:
     return out
 
 
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def write_unigram_tokenizer(out: Path, vocab_size: int = 2000) -> int:
+    """An XLM-R-style tokenizer.json (NFKC, Metaspace, a Unigram model, `<s> A </s></s> B </s>`),
+    trained here on MiniLM's English vocabulary plus a few other scripts, since no XLM-R
+    sentencepiece model ships in a wheel. Returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+
+    words = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").split()
+    corpus = [" ".join(words[i : i + 40]) for i in range(1000, len(words), 40)]
+    corpus += ["Passwörter können geändert werden.", "日本語のテキスト", "пароль сброс"] * 20
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIALS, unk_token="<unk>")
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(["<mask>"])
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", bos), ("</s>", eos)],
+    )
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": 512,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "cls_token": "<s>",
+                "sep_token": "</s>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "mask_token": "<mask>",
+            },
+            indent=1,
+        )
+    )
+    return int(tok.get_vocab_size())
+
+
+def build_xlmr_cross_encoder(out: Path, *, seed: int = 3) -> Path:
+    """A tiny XLM-RoBERTa cross-encoder (XLMRobertaForSequenceClassification, one label, the
+    bge-reranker layout) with a locally trained Unigram tokenizer."""
+    stamp = out / ".built"
+    want = json.dumps({"xlmr-cross-encoder": "tiny", "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    vocab = write_unigram_tokenizer(out)
+    config = XLMRobertaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+        num_labels=1,
+    )
+    config.architectures = ["XLMRobertaForSequenceClassification"]
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(out, safe_serialization=True)
+    stamp.write_text(want)
+    return out
+
+
+def tiny_xlmr_cross_encoder(cache: Path = CACHE) -> Path:
+    return build_xlmr_cross_encoder(cache / "tiny-xlmr-cross-encoder")
+
+
 def tiny_reranker(cache: Path = CACHE) -> Path:
     return build_qwen3_reranker("tiny", cache / "tiny-qwen3-reranker")
 
@@ -341,6 +431,7 @@ def main() -> None:
         print(tiny_raw_tokenizer(args.out))
         print(tiny_reranker(args.out))
         print(tiny_cross_encoder(args.out))
+        print(tiny_xlmr_cross_encoder(args.out))
     if args.bench:
         print(bench_model(args.out))
         print(bench_reranker(args.out))

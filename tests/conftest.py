@@ -115,3 +115,10 @@ def tiny_reranker() -> Path:
 def tiny_cross_encoder() -> Path:
     """A 2-layer BERT cross-encoder (one label) with MiniLM's real tokenizer, seeded weights."""
     return builder.tiny_cross_encoder()
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_cross_encoder() -> Path:
+    """A 2-layer XLM-RoBERTa cross-encoder (bge-reranker layout) with a locally trained
+    Unigram tokenizer, seeded weights."""
+    return builder.tiny_xlmr_cross_encoder()

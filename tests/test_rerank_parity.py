@@ -85,3 +85,39 @@ def test_bert_cross_encoder_matches_sentence_transformers(tiny_cross_encoder, ba
 def test_sigmoid_is_stable_at_the_extremes():
     out = sigmoid(np.array([-1e4, 0.0, 1e4]))
     assert out.tolist() == [0.0, 0.5, 1.0]
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_xlmr_cross_encoder_matches_sentence_transformers(tiny_xlmr_cross_encoder, backend):
+    rr = reranker_for(str(tiny_xlmr_cross_encoder), backend)
+    assert rr.info.backend.backend == backend and rr.recipe.family == "xlm-roberta"
+    docs = [*DOCS, LONG]
+    pairs = [(QUERY, d) for d in docs]
+    raw = cross_encoder_reference(tiny_xlmr_cross_encoder, pairs, activation=False)
+    expected = cross_encoder_reference(tiny_xlmr_cross_encoder, pairs)
+    got = rr.rerank(QUERY, docs)
+    assert np.abs(got.logits - raw).max() < TOL
+    assert np.abs(got.scores - expected).max() < TOL
+    assert got.truncated == 1
+    one_by_one = np.array([rr.rerank(QUERY, [d]).logits[0] for d in docs])
+    assert np.abs(one_by_one - raw).max() < TOL
+    assert np.ptp(raw) > 1e-3
+
+
+def test_a_reranker_folder_without_its_tokenizer_is_refused(tiny_cross_encoder, tmp_path):
+    import shutil
+
+    from localrank.errors import ModelError
+
+    broken = tmp_path / "ce"
+    shutil.copytree(tiny_cross_encoder, broken)
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ModelError, match="tokenizer.json"):
+        reranker_for(str(broken), "torch")
+
+
+def test_an_embedding_model_is_not_a_reranker(minilm):
+    from localrank.errors import ModelError
+
+    with pytest.raises(ModelError, match="not a supported reranker"):
+        reranker_for(str(minilm), "torch")
