@@ -188,7 +188,9 @@ class CollectionService:
             vecs = await embedder.embed([req.query], query=True, instruction=req.instruction)
             query_vector = np.asarray(vecs, dtype=np.float32)[0]
             timings["embed"] = _ms(t)
-        reranker = self.get_reranker() if req.reranked else None
+        reranker = self.get_reranker() if req.reranked and req.rerank_method != "cosine" else None
+        if reranker is None and req.rerank_method == "cross-encoder":
+            raise InvalidInput("no reranker is configured", param="rerank_method")
         # With a cross-encoder, retrieval (and the cosine stage) picks its candidates.
         first = (
             req if reranker is None else replace(req, top_k=max(req.top_k, self.rerank_candidates))
