@@ -402,6 +402,54 @@ def tiny_xlmr_cross_encoder(cache: Path = CACHE) -> Path:
     return build_xlmr_cross_encoder(cache / "tiny-xlmr-cross-encoder")
 
 
+def build_generic_embedder(out: Path, *, seed: int = 4) -> Path:
+    """A tiny DistilBERT embedding model (mean pooling, normalised) with MiniLM's tokenizer and
+    the sentence-transformers files: an architecture with no native forward, which only the
+    generic path (transformers) serves."""
+    stamp = out / ".built"
+    want = json.dumps({"generic": "distilbert", "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    src = minilm_dir()
+    config = DistilBertConfig(
+        vocab_size=json.loads((src / "config.json").read_text())["vocab_size"],
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = DistilBertModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, out / name)
+    for name in ("modules.json", "sentence_bert_config.json"):
+        shutil.copy(src / name, out / name)
+    (out / "1_Pooling").mkdir()
+    (out / "2_Normalize").mkdir()
+    pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
+    pooling["word_embedding_dimension"] = 32
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
+    stamp.write_text(want)
+    return out
+
+
+def tiny_generic_embedder(cache: Path = CACHE) -> Path:
+    return build_generic_embedder(cache / "tiny-distilbert-embedder")
+
+
 def tiny_reranker(cache: Path = CACHE) -> Path:
     return build_qwen3_reranker("tiny", cache / "tiny-qwen3-reranker")
 
@@ -432,6 +480,7 @@ def main() -> None:
         print(tiny_reranker(args.out))
         print(tiny_cross_encoder(args.out))
         print(tiny_xlmr_cross_encoder(args.out))
+        print(tiny_generic_embedder(args.out))
     if args.bench:
         print(bench_model(args.out))
         print(bench_reranker(args.out))

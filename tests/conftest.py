@@ -122,3 +122,9 @@ def tiny_xlmr_cross_encoder() -> Path:
     """A 2-layer XLM-RoBERTa cross-encoder (bge-reranker layout) with a locally trained
     Unigram tokenizer, seeded weights."""
     return builder.tiny_xlmr_cross_encoder()
+
+
+@pytest.fixture(scope="session")
+def tiny_generic_embedder() -> Path:
+    """A tiny DistilBERT embedding model (no native forward: the generic path serves it)."""
+    return builder.tiny_generic_embedder()

@@ -121,3 +121,18 @@ def test_an_embedding_model_is_not_a_reranker(minilm):
 
     with pytest.raises(ModelError, match="not a supported reranker"):
         reranker_for(str(minilm), "torch")
+
+
+def test_reranker_names_resolve_and_never_fall_back():
+    from localrank.config import load_settings
+    from localrank.engine.load import load_reranker
+    from localrank.engine.names import canonical_reranker_name
+    from localrank.errors import ModelError
+
+    assert canonical_reranker_name("qwen3-reranker-0.6b") == "Qwen/Qwen3-Reranker-0.6B"
+    assert canonical_reranker_name("BGE-reranker-v2-m3") == "BAAI/bge-reranker-v2-m3"
+    # Not on this machine, and the hub (a dead loopback port in the tests) cannot be reached:
+    # an error naming the model, never another model in its place.
+    settings = load_settings({"reranker": "bge-reranker-base", "backend": "torch"}, environ={})
+    with pytest.raises(ModelError, match="BAAI/bge-reranker-base"):
+        load_reranker(settings)

@@ -13,6 +13,7 @@ import numpy as np
 from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.download import download_snapshot
+from localrank.engine.names import canonical_reranker_name
 from localrank.engine.progress import LoadProgress
 from localrank.engine.recipe import load_recipe
 from localrank.engine.rerank import Reranker, load_pair_tokenizer, load_rerank_recipe
@@ -144,7 +145,8 @@ def load_reranker(settings: Settings) -> Reranker:
         raise ModelError("no reranker is configured (--reranker MODEL)")
     configure_runtimes()
     backend, device = choose_backend(settings.backend, probe_machine())
-    resolved = resolve_model(settings.reranker, allow_fallback=False, download=download_snapshot)
+    name = canonical_reranker_name(settings.reranker)
+    resolved = resolve_model(name, allow_fallback=False, download=download_snapshot)
     started = time.perf_counter()
     tokenizer = load_pair_tokenizer(resolved.path)
     recipe = load_rerank_recipe(

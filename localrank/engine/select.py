@@ -96,10 +96,23 @@ def create_embedder(
     threads: int = 0,
     dtype_source: str = "the dtype setting",
 ) -> Embedder:
-    """Load the model on the chosen backend. The backend modules are imported only here."""
+    """Load the model on the chosen backend. The backend modules are imported only here. A
+    family with no native forward (`recipe.family` "generic:...") loads through transformers on
+    torch, imported only then."""
+    if recipe.family.startswith("generic:"):
+        if backend != "torch":
+            raise BackendError(
+                f"{recipe.family.removeprefix('generic:')} has no native forward; the generic "
+                f"path runs on torch only here (use --backend torch), not on {backend}"
+            )
+        generic = importlib.import_module("localrank.engine.torch.generic")
+        embedder: Embedder = generic.GenericTorchEmbedder(
+            model_dir, recipe, device=device, dtype=dtype, threads=threads
+        )
+        return embedder
     if backend == "mlx":
         mlx_package = importlib.import_module("localrank.engine.mlx")
-        embedder: Embedder = mlx_package.MLXEmbedder(
+        embedder = mlx_package.MLXEmbedder(
             model_dir, recipe, dtype=dtype, device=device, dtype_source=dtype_source
         )
         return embedder
