@@ -24,6 +24,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import statistics
 import sys
 import time
@@ -166,6 +167,8 @@ def main() -> None:
     ap.add_argument("--idle-unload-s", type=float, default=5.0)
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A SIGTERM (an outer timeout, run_all stopping a step) unwinds, so the daemon is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sizes = [int(x) for x in args.sizes.split(",")]
     rows: list[dict[str, Any]] = []
     for kind in args.models.split(","):
