@@ -138,6 +138,12 @@ RERANK = Operation(
         Param("passages", arr(STR), "Texts to rank (or `documents`)."),
         Param("documents", arr(one_of(STR, OBJ)), "Same as passages."),
         Param("top_k", INT, "Return only the best k."),
+        Param(
+            "method",
+            STR,
+            "cross-encoder (the configured reranker; 422 without one) or bi-encoder (the "
+            "embedding model's cosine). Default: the reranker when one is configured.",
+        ),
         INSTRUCTION,
         TRUNCATE,
     ),
@@ -147,7 +153,8 @@ RERANK = Operation(
         "query": "capital of France",
         "backend": "torch",
         "device": "cpu",
-        "method": "bi-encoder cosine",
+        "method": "cross-encoder",
+        "model": "Qwen/Qwen3-Reranker-0.6B",
         "processing_time": 0.01,
         "usage": {"prompt_tokens": 9, "total_tokens": 9},
     },
