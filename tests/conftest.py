@@ -103,3 +103,28 @@ def pg_url(pg_server: PgServer):
     url = pg_server.new_database()
     yield url
     pg_server.drop_database(url)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker() -> Path:
+    """A 2-layer Qwen3-Reranker (Qwen3ForCausalLM, real Qwen3 tokenizer), seeded weights."""
+    return builder.tiny_reranker()
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder() -> Path:
+    """A 2-layer BERT cross-encoder (one label) with MiniLM's real tokenizer, seeded weights."""
+    return builder.tiny_cross_encoder()
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_cross_encoder() -> Path:
+    """A 2-layer XLM-RoBERTa cross-encoder (bge-reranker layout) with a locally trained
+    Unigram tokenizer, seeded weights."""
+    return builder.tiny_xlmr_cross_encoder()
+
+
+@pytest.fixture(scope="session")
+def tiny_generic_embedder() -> Path:
+    """A tiny DistilBERT embedding model (no native forward: the generic path serves it)."""
+    return builder.tiny_generic_embedder()

@@ -6,7 +6,8 @@ from functools import cache
 
 from localrank.config import load_settings
 from localrank.engine.core import Engine
-from localrank.engine.load import load_engine
+from localrank.engine.load import load_engine, load_reranker
+from localrank.engine.rerank import Reranker
 
 MAX_TOKENS = 48  # small, so truncation is exercised by ordinary test texts
 
@@ -17,6 +18,17 @@ def engine_for(model: str, backend: str, max_tokens: int = MAX_TOKENS) -> Engine
     return load_engine(
         load_settings(
             {"model": model, "backend": backend, "max_tokens": max_tokens, "dtype": "float32"},
+            environ={},
+        )
+    )
+
+
+@cache
+def reranker_for(model: str, backend: str, max_tokens: int = 8192) -> Reranker:
+    """The reranker for a model folder on a backend, float32."""
+    return load_reranker(
+        load_settings(
+            {"reranker": model, "backend": backend, "max_tokens": max_tokens, "dtype": "float32"},
             environ={},
         )
     )

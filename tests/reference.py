@@ -69,3 +69,79 @@ def sentence_transformers_reference(model_dir: Path, texts: list[str]) -> np.nda
         _cache[key] = (SentenceTransformer(str(model_dir), device="cpu"), None)
     model = _cache[key][0]
     return np.asarray(model.encode(texts, normalize_embeddings=True))  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------- rerankers
+
+QWEN3_RERANK_DEFAULT_TASK = (
+    "Given a web search query, retrieve relevant passages that answer the query"
+)
+
+
+def qwen3_reranker_reference(
+    model_dir: Path,
+    pairs: list[tuple[str, str]],
+    *,
+    instruction: str | None = None,
+    max_length: int = 8192,
+) -> np.ndarray:
+    """The Qwen3-Reranker README's transformers code, as written there: P("yes")."""
+    from transformers import AutoModelForCausalLM
+
+    key = f"qwen3-reranker:{model_dir}"
+    if key not in _cache:
+        tok = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        _cache[key] = (tok, model)
+    tokenizer, model = _cache[key]
+    token_false_id = tokenizer.convert_tokens_to_ids("no")  # type: ignore[attr-defined]
+    token_true_id = tokenizer.convert_tokens_to_ids("yes")  # type: ignore[attr-defined]
+    prefix = (
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the "
+        'Query and the Instruct provided. Note that the answer can only be "yes" or "no".'
+        "<|im_end|>\n<|im_start|>user\n"
+    )
+    suffix = "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    prefix_tokens = tokenizer.encode(prefix, add_special_tokens=False)  # type: ignore[attr-defined]
+    suffix_tokens = tokenizer.encode(suffix, add_special_tokens=False)  # type: ignore[attr-defined]
+
+    def format_instruction(instruction: str | None, query: str, doc: str) -> str:
+        if instruction is None:
+            instruction = QWEN3_RERANK_DEFAULT_TASK
+        return f"<Instruct>: {instruction}\n<Query>: {query}\n<Document>: {doc}"
+
+    texts = [format_instruction(instruction, q, d) for q, d in pairs]
+    inputs = tokenizer(  # type: ignore[operator]
+        texts,
+        padding=False,
+        truncation="longest_first",
+        return_attention_mask=False,
+        max_length=max_length - len(prefix_tokens) - len(suffix_tokens),
+    )
+    for i, ele in enumerate(inputs["input_ids"]):
+        inputs["input_ids"][i] = prefix_tokens + ele + suffix_tokens
+    inputs = tokenizer.pad(  # type: ignore[attr-defined]
+        inputs, padding=True, return_tensors="pt", max_length=max_length
+    )
+    with torch.inference_mode():
+        batch_scores = model(**inputs).logits[:, -1, :]  # type: ignore[operator]
+        true_vector = batch_scores[:, token_true_id]
+        false_vector = batch_scores[:, token_false_id]
+        batch_scores = torch.stack([false_vector, true_vector], dim=1)
+        batch_scores = torch.nn.functional.log_softmax(batch_scores, dim=1)
+        return batch_scores[:, 1].exp().numpy()
+
+
+def cross_encoder_reference(
+    model_dir: Path, pairs: list[tuple[str, str]], *, activation: bool = True
+) -> np.ndarray:
+    """sentence-transformers' CrossEncoder.predict: the sigmoid of the logit (num_labels=1), or
+    the raw logit with `activation=False`."""
+    from sentence_transformers import CrossEncoder
+
+    key = f"ce:{model_dir}"
+    if key not in _cache:
+        _cache[key] = (CrossEncoder(str(model_dir), device="cpu"), None)
+    model = _cache[key][0]
+    kwargs = {} if activation else {"activation_fn": torch.nn.Identity()}
+    return np.asarray(model.predict(pairs, **kwargs), dtype=np.float64)  # type: ignore[attr-defined]

@@ -64,7 +64,8 @@ FORBIDDEN = {
 CONFINED = {
     "torch": ("localrank.engine.torch",),
     "mlx": ("localrank.engine.mlx",),
-    "transformers": (),
+    # The generic path only: architectures without a native forward (imported when loaded).
+    "transformers": ("localrank.engine.torch.generic",),
     "sentence_transformers": (),
     "mcp": ("localrank.mcp",),
     "watchfiles": ("localrank.collections.watch",),

@@ -385,3 +385,52 @@ def test_the_allocator_trim_is_available_on_glibc() -> None:
     # On this Linux/glibc machine the trim must really be wired, or the soak figure is luck.
     assert allocator.can_trim()
     assert isinstance(allocator.trim(), bool)
+
+
+class RecordingReranker:
+    """A Runner standing in for a cross-encoder: scores are the pair's token count, and each
+    pass records which rows it got (plumbing only: the scores are not what is tested)."""
+
+    dim = 1
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def prepare(self, part):  # type: ignore[no-untyped-def]
+        from localrank.engine.tokenizer import Encoded
+
+        return [Encoded(list(range(1, 2 + len(d) % 7)), False, None) for d in part]
+
+    def run(self, encoded, pause=None):  # type: ignore[no-untyped-def]
+        self.calls.append(len(encoded))
+        return np.array([[float(len(e.ids))] for e in encoded], dtype=np.float32)
+
+
+async def test_pairs_share_the_model_thread_but_never_a_pass(engine: Engine) -> None:
+    """Rerank jobs (another Runner) go through the same scheduler; a pass holds one model's
+    items only, and interactive pairs go before a bulk embedding request."""
+    worker, stats = make_worker(engine, max_batch_tokens=256, batch_wait_ms=0)
+    reranker = RecordingReranker()
+    bulk_texts = [f"bulk document {i} with some words" for i in range(60)]
+    docs = [f"doc {i}" for i in range(5)]
+    try:
+        with Gate(engine) as gate:
+            gate.open.clear()
+            bulk = asyncio.ensure_future(worker.submit(bulk_texts, bulk=True))
+            await asyncio.sleep(0.2)  # a bulk embedding pass holds the model thread
+            pairs = asyncio.ensure_future(
+                worker.submit(docs, runner=reranker, prepare=reranker.prepare)
+            )
+            await asyncio.sleep(0.1)
+            gate.open.set()
+            scored = await pairs
+            assert not bulk.done()  # the pairs did not wait for the whole bulk request
+            await bulk
+    finally:
+        worker.stop()
+    assert scored.vectors.shape == (5, 1)
+    assert [int(v) for v in scored.vectors[:, 0]] == [len(e.ids) for e in reranker.prepare(docs)]
+    assert sum(reranker.calls) == 5
+    # Every embedding pass held embedding items only (each row a real embedding).
+    assert all(len(ids) > 0 for call in gate.calls for ids in call)
+    assert sum(len(call) for call in gate.calls) == 60

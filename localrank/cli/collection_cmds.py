@@ -281,7 +281,7 @@ def cmd_reindex(args: argparse.Namespace, runtime: Runtime) -> int:
 def cmd_eval(args: argparse.Namespace, runtime: Runtime) -> int:
     from localrank.cli import local
 
-    out = local.eval_dataset(settings_from_args(args), runtime, args.dataset)
+    out = local.eval_dataset(settings_from_args(args, "reranker"), runtime, args.dataset)
     if args.json:
         print_json(out)
     else:
@@ -289,10 +289,10 @@ def cmd_eval(args: argparse.Namespace, runtime: Runtime) -> int:
             f"{out['dataset']}: {out['documents']} docs, {out['queries']} queries, "
             f"model {out['model']}"
         )
-        print(f"{'config':<15}{'nDCG@10':>9}{'R@100':>9}{'MRR@10':>9}{'ms/q':>9}")
+        print(f"{'config':<21}{'nDCG@10':>9}{'R@100':>9}{'MRR@10':>9}{'ms/q':>9}")
         for name, m in out["metrics"].items():
             print(
-                f"{name:<15}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}"
+                f"{name:<21}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}"
                 f"{m['mrr@10']:>9.4f}{m['ms_per_query']:>9.2f}"
             )
     return 0
@@ -364,6 +364,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("eval", help="retrieval quality on a BEIR-format dataset folder")
     p.add_argument("dataset")
+    p.add_argument(
+        "--reranker", metavar="MODEL", help="add a hybrid + cross-encoder row with this reranker"
+    )
     p.set_defaults(func=cmd_eval)
 
     for name in ("index", "search", "collections", "jobs", "compact", "reindex", "eval"):

@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rerank", help="score documents against a query")
     add_model_flags(p)
     add_local_flag(p)
+    p.add_argument(
+        "--reranker",
+        metavar="MODEL",
+        help="score with this cross-encoder, in this process (default: the daemon's reranker, "
+        "or the embedding model's cosine when none is configured)",
+    )
     p.add_argument("--instruction")
     p.add_argument("--json", action="store_true")
     p.add_argument("query")
@@ -116,15 +122,16 @@ def cmd_embed(args: argparse.Namespace, runtime: Runtime) -> int:
 
 def cmd_rerank(args: argparse.Namespace, runtime: Runtime) -> int:
     _quiet_logging()
-    settings = settings_from_args(args)
-    client = daemon_for(args, runtime, settings)
+    settings = settings_from_args(args, "reranker")
+    client = None if args.reranker is not None else daemon_for(args, runtime, settings)
     if client is not None:
         body: dict[str, Any] = {"query": args.query, "documents": args.documents}
         if args.instruction is not None:
             body["instruction"] = args.instruction
         answer = client.rerank(body)
         out: dict[str, Any] = {
-            "model": client.health.get("model_id"),
+            "model": answer.get("model") or client.health.get("model_id"),
+            "method": answer.get("method"),
             "results": [
                 {"index": r["index"], "score": r["score"], "document": args.documents[r["index"]]}
                 for r in answer["results"]

@@ -18,10 +18,14 @@ from typing import Any, TypeVar
 
 from localrank.cli.common import Runtime
 from localrank.collections import AsyncEmbedder, CollectionService, FolderOptions, SearchRequest
-from localrank.collections.embedder import in_process_embedder
+from localrank.collections.embedder import (
+    InProcessReranker,
+    in_process_embedder,
+    in_process_reranker,
+)
 from localrank.collections.evaluate import evaluate, index_dataset, load_beir
 from localrank.config import Settings
-from localrank.engine.load import load_engine
+from localrank.engine.load import load_engine, load_reranker
 from localrank.errors import NotReady
 from localrank.store import open_store
 from localrank.store.records import Job
@@ -42,16 +46,34 @@ async def service(
     when the command needs one; both are closed on the way out."""
     factory = runtime.embedder_factory or in_process_embedder
     embedder = factory(settings) if model else None
+    loaded: list[InProcessReranker] = []
+
+    def reranker() -> InProcessReranker | None:
+        """The configured reranker, loaded when a search first reranks (in the CLI's loop: a
+        one-shot command has nothing else to serve meanwhile)."""
+        if not (model and settings.reranker):
+            return None
+        if not loaded:
+            loaded.append(in_process_reranker(settings))
+        return loaded[0]
+
     location = database or settings.store_location
     store = await asyncio.to_thread(
         lambda: open_store(location, lease_seconds=settings.job_lease_s)
     )
     try:
-        yield CollectionService(store, (lambda: embedder) if embedder else _no_model)
+        yield CollectionService(
+            store,
+            (lambda: embedder) if embedder else _no_model,
+            reranker=reranker,
+            rerank_candidates=settings.rerank_candidates,
+        )
     finally:
         store.close()
         if embedder is not None:
             await asyncio.to_thread(embedder.close)
+        for r in loaded:
+            await asyncio.to_thread(r.close)
 
 
 def run(
@@ -152,6 +174,7 @@ def eval_dataset(settings: Settings, runtime: Runtime, folder: str) -> dict[str,
         return {
             "dataset": dataset.name,
             "model": model,
+            "reranker": settings.reranker,
             "documents": len(dataset.corpus),
             "queries": len(dataset.queries),
             "chunks": chunks,
@@ -199,13 +222,36 @@ def embed(
 def rerank(
     settings: Settings, query: str, documents: Sequence[str], instruction: str | None
 ) -> dict[str, Any]:
-    """The `localrank rerank --json` document."""
+    """The `localrank rerank --json` document: the configured cross-encoder's scores, or the
+    embedding model's cosine when no reranker is configured."""
+    if settings.reranker:
+        reranker = load_reranker(settings)
+        try:
+            result = reranker.rerank(query, list(documents), instruction=instruction)
+            scores = result.scores
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])
+            return {
+                "model": reranker.info.model_id,
+                "method": "cross-encoder",
+                "results": [
+                    {
+                        "index": i,
+                        "score": float(scores[i]),
+                        "logit": float(result.logits[i]),
+                        "document": documents[i],
+                    }
+                    for i in order
+                ],
+            }
+        finally:
+            reranker.close()
     engine = load_engine(settings)
     try:
         scores, _ = engine.rerank(query, list(documents), instruction=instruction)
         ranked = sorted(range(len(scores)), key=lambda i: -scores[i])
         return {
             "model": engine.info.model_id,
+            "method": "bi-encoder",
             "results": [
                 {"index": i, "score": float(scores[i]), "document": documents[i]} for i in ranked
             ],

@@ -29,6 +29,26 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="postgresql://user@host/db: collections in a PostgreSQL + pgvector database "
         "shared with other daemons (default: the SQLite file under the data directory)",
     )
+    p.add_argument(
+        "--reranker",
+        metavar="MODEL",
+        help="a cross-encoder (Qwen3-Reranker, BERT / XLM-R sequence classification) for every "
+        "rerank route and search's rerank stage; loaded on first use",
+    )
+    p.add_argument(
+        "--preload-reranker",
+        dest="preload_reranker",
+        action="store_true",
+        default=None,
+        help="load the reranker at startup instead of on first use",
+    )
+    p.add_argument(
+        "--reranker-idle-unload-s",
+        dest="reranker_idle_unload_s",
+        type=float,
+        metavar="SECONDS",
+        help="unload the reranker after this long unused (default 900; 0: never)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -48,6 +68,9 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         "log_level",
         "served_model_names",
         "store_url",
+        "reranker",
+        "preload_reranker",
+        "reranker_idle_unload_s",
     )
     setup_logging(settings)
     return asyncio.run(serve(settings))

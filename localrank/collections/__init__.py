@@ -5,7 +5,13 @@ through the store protocol (`localrank.store`) and the model through an `AsyncEm
 """
 
 from localrank.collections.documents import DocumentIn
-from localrank.collections.embedder import AsyncEmbedder, EmbedderFactory, EmbedderGetter
+from localrank.collections.embedder import (
+    AsyncEmbedder,
+    AsyncReranker,
+    EmbedderFactory,
+    EmbedderGetter,
+    RerankerGetter,
+)
 from localrank.collections.files import FolderOptions
 from localrank.collections.ingest import IngestSettings
 from localrank.collections.search import SearchRequest
@@ -14,10 +20,12 @@ from localrank.collections.watch import WatchSettings
 
 __all__ = [
     "AsyncEmbedder",
+    "AsyncReranker",
     "CollectionService",
     "DocumentIn",
     "EmbedderFactory",
     "EmbedderGetter",
+    "RerankerGetter",
     "FolderOptions",
     "IngestSettings",
     "SearchRequest",

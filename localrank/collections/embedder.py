@@ -16,7 +16,8 @@ import numpy as np
 
 from localrank.config import Settings
 from localrank.engine.core import Engine
-from localrank.engine.load import load_engine
+from localrank.engine.load import load_engine, load_reranker
+from localrank.engine.rerank import Reranker
 
 Spans = Sequence[tuple[int, int]] | np.ndarray
 
@@ -49,7 +50,17 @@ class AsyncEmbedder(Protocol):
         ...
 
 
+class AsyncReranker(Protocol):
+    """A cross-encoder, as search's rerank stage needs it."""
+
+    async def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        """float32 [N] relevance in [0, 1], in document order."""
+        ...
+
+
 EmbedderGetter = Callable[[], AsyncEmbedder]
+# The reranker in force, or None (search's rerank stage is then the embedding cosine).
+RerankerGetter = Callable[[], AsyncReranker | None]
 EmbedderFactory = Callable[[Settings], AsyncEmbedder]
 
 
@@ -90,3 +101,27 @@ class InProcessEmbedder:
 def in_process_embedder(settings: Settings) -> AsyncEmbedder:
     """Load the configured model in this process (what the CLI does without a daemon)."""
     return InProcessEmbedder(load_engine(settings))
+
+
+class InProcessReranker:
+    """A loaded Reranker behind the AsyncReranker protocol, on its own thread (the CLI's
+    `localrank eval` without a daemon)."""
+
+    def __init__(self, reranker: Reranker) -> None:
+        self.reranker = reranker
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localrank-rerank")
+
+    async def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._thread, lambda: self.reranker.rerank(query, list(documents))
+        )
+        return result.scores
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+        self.reranker.close()
+
+
+def in_process_reranker(settings: Settings) -> InProcessReranker:
+    return InProcessReranker(load_reranker(settings))

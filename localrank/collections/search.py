@@ -81,6 +81,9 @@ class SearchRequest:
     filter: Filter | None = None
     instruction: str | None = None
     candidates: int | None = None  # binary-scan candidates; None: max(400, 40 * top_k)
+    # How the rerank stage scores: None (the cross-encoder when the daemon has one, else the
+    # cosine), "cosine", or "cross-encoder" (an error without one).
+    rerank_method: str | None = None
 
     @classmethod
     def from_json(cls, body: Any) -> SearchRequest:

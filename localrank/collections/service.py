@@ -11,13 +11,14 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from localrank.collections.documents import DocumentIn, parse_documents
-from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter
+from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter, RerankerGetter
 from localrank.collections.files import FolderOptions, FolderReader
 from localrank.collections.folders import plan
 from localrank.collections.ingest import Ingestor, IngestSettings, check_model
@@ -48,9 +49,13 @@ class CollectionService:
         settings: IngestSettings | None = None,
         *,
         watch: WatchSettings | None = None,
+        reranker: RerankerGetter | None = None,
+        rerank_candidates: int = 50,
     ) -> None:
         self.store = store
         self.get_embedder = embedder
+        self.get_reranker = reranker or (lambda: None)
+        self.rerank_candidates = rerank_candidates
         self.ingestor = Ingestor(store, embedder, settings)
         self.runner = JobRunner(self.ingestor)
         # Runs only where someone calls `watcher.run_forever()`: the daemon.
@@ -183,15 +188,33 @@ class CollectionService:
             vecs = await embedder.embed([req.query], query=True, instruction=req.instruction)
             query_vector = np.asarray(vecs, dtype=np.float32)[0]
             timings["embed"] = _ms(t)
-        results = await self.search_threads.run(
-            lambda: run_search(self.store, collection, req, query_vector, timings)
+        reranker = self.get_reranker() if req.reranked and req.rerank_method != "cosine" else None
+        if reranker is None and req.rerank_method == "cross-encoder":
+            raise InvalidInput("no reranker is configured", param="rerank_method")
+        # With a cross-encoder, retrieval (and the cosine stage) picks its candidates.
+        first = (
+            req if reranker is None else replace(req, top_k=max(req.top_k, self.rerank_candidates))
         )
+        results = await self.search_threads.run(
+            lambda: run_search(self.store, collection, first, query_vector, timings)
+        )
+        if reranker is not None and results:
+            t = time.perf_counter()
+            scores = await reranker.score(req.query, [r["text"] for r in results])
+            for r, score in zip(results, scores, strict=True):
+                r["ranks"]["retrieval_score"] = r["score"]
+                r["score"] = round(float(score), 6)
+            results = sorted(results, key=lambda r: -r["score"])[: req.top_k]
+            timings["rerank"] = round(timings["rerank"] + _ms(t), 3)
         timings["total"] = _ms(start)
         return {
             "collection": collection.name,
             "model": collection.model_id,
             "mode": req.mode,
             "reranked": req.reranked,
+            "rerank_method": (
+                "cross-encoder" if reranker is not None else "cosine" if req.reranked else None
+            ),
             "results": results,
             "timings_ms": timings,
         }

@@ -13,12 +13,19 @@ import numpy as np
 from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.download import download_snapshot
+from localrank.engine.names import canonical_reranker_name
 from localrank.engine.progress import LoadProgress
 from localrank.engine.recipe import load_recipe
+from localrank.engine.rerank import Reranker, load_pair_tokenizer, load_rerank_recipe
 from localrank.engine.resolve import resolve_model
-from localrank.engine.select import choose_backend, create_embedder, probe_machine
+from localrank.engine.select import (
+    choose_backend,
+    create_embedder,
+    create_scorer,
+    probe_machine,
+)
 from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
-from localrank.errors import BackendError
+from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +136,44 @@ def warm_up(engine: Engine) -> None:
     warm = [engine.embed([WARM_QUERY], query=True).vectors, engine.embed([WARM_DOCUMENT]).vectors]
     if not all(np.isfinite(v).all() for v in warm):  # run() raises first; kept as a last guard
         raise BackendError("warm-up produced non-finite vectors")
+
+
+def load_reranker(settings: Settings) -> Reranker:
+    """Resolve (downloading if need be; never a fallback) and load the configured reranker on
+    the embedding model's backend, and score one pair (kernels chosen, pages read in)."""
+    if not settings.reranker:
+        raise ModelError("no reranker is configured (--reranker MODEL)")
+    configure_runtimes()
+    backend, device = choose_backend(settings.backend, probe_machine())
+    name = canonical_reranker_name(settings.reranker)
+    resolved = resolve_model(name, allow_fallback=False, download=download_snapshot)
+    started = time.perf_counter()
+    tokenizer = load_pair_tokenizer(resolved.path)
+    recipe = load_rerank_recipe(
+        resolved.path,
+        tokenizer,
+        max_tokens=settings.max_tokens,
+        default_instruction=settings.default_instruction,
+    )
+    scorer = create_scorer(
+        backend, device, resolved.path, recipe, settings.dtype, threads=settings.threads
+    )
+    reranker = Reranker(
+        resolved,
+        tokenizer,
+        recipe,
+        scorer,
+        max_batch_tokens=settings.max_batch_tokens or default_batch_tokens(device),
+        max_batch_size=settings.max_batch_size,
+    )
+    reranker.rerank(WARM_QUERY, [WARM_DOCUMENT])
+    log.info(
+        "reranker %s (%s) on %s/%s as %s; loaded in %.2fs",
+        resolved.model_id,
+        recipe.family,
+        scorer.info.backend,
+        scorer.info.device,
+        scorer.info.dtype,
+        time.perf_counter() - started,
+    )
+    return reranker

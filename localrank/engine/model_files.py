@@ -278,6 +278,19 @@ def st_pooling(model_dir: Path, modules: list[dict[str, Any]]) -> str:
     return modes[0]
 
 
+def st_dimension(model_dir: Path, modules: list[dict[str, Any]]) -> int:
+    """The Pooling module's word_embedding_dimension: the vector size, whatever config.json
+    calls its hidden size (DistilBERT: `dim`)."""
+    pooling_module = next((m for m in modules if m["type"].endswith("Pooling")), None)
+    if pooling_module is None:
+        raise ModelError(f"{model_dir}/modules.json has no Pooling module")
+    cfg = read_model_json(model_dir / pooling_module["path"] / "config.json")
+    dim = cfg.get("word_embedding_dimension")
+    if not isinstance(dim, int) or dim <= 0:
+        raise ModelError(f"{model_dir}/{pooling_module['path']}: no word_embedding_dimension")
+    return dim
+
+
 def st_normalizes(modules: list[dict[str, Any]]) -> bool:
     """Whether the pipeline ends in a Normalize module (unit-length vectors)."""
     return any(m["type"].endswith("Normalize") for m in modules)

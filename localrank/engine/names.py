@@ -46,9 +46,28 @@ def manifest() -> dict[str, dict[str, Any]]:
 
 @lru_cache(maxsize=1)
 def _manifest() -> dict[str, dict[str, Any]]:
-    text = resources.files("localrank").joinpath("data/manifest.toml").read_text(encoding="utf-8")
-    models: dict[str, dict[str, Any]] = tomllib.loads(text)["models"]
+    models: dict[str, dict[str, Any]] = _manifest_file()["models"]
     return models
+
+
+@lru_cache(maxsize=1)
+def _manifest_file() -> dict[str, Any]:
+    text = resources.files("localrank").joinpath("data/manifest.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def native_families() -> tuple[str, ...]:
+    """Embedding model_types with a native forward; others load through the generic path."""
+    return tuple(_manifest_file()["families"]["native"])
+
+
+def canonical_reranker_name(name: str) -> str:
+    """Map a reranker alias (`qwen3-reranker-0.6b`) to its Hugging Face id; others pass through."""
+    lowered = name.lower()
+    for model_id, entry in _manifest_file().get("rerankers", {}).items():
+        if lowered == model_id.lower() or lowered in entry.get("aliases", []):
+            return str(model_id)
+    return name
 
 
 def canonical_name(name: str) -> str:

@@ -13,12 +13,14 @@ from tokenizers import Tokenizer
 
 from localrank.engine.model_files import (
     read_config,
+    st_dimension,
     st_max_seq_length,
     st_modules,
     st_normalizes,
     st_pooling,
     st_query_prefix,
 )
+from localrank.engine.names import native_families
 from localrank.engine.types import Recipe
 from localrank.errors import ModelError
 
@@ -60,7 +62,8 @@ def load_recipe(
             default_instruction=default_instruction,
         )
 
-    if model_type in ENCODER_FAMILIES:
+    generic = model_type not in native_families() and modules is not None
+    if model_type in ENCODER_FAMILIES or generic:
         if modules is None:
             raise ModelError(
                 f"{model_dir}: an encoder model needs the sentence-transformers "
@@ -73,15 +76,18 @@ def load_recipe(
         if st_limit is not None:
             limit = min(limit, st_limit)
         pad_id = config.get("pad_token_id")
-        if pad_id is None:
-            pad_id = tokenizer.token_to_id("[PAD]")
+        for pad_token in ("[PAD]", "<pad>"):
+            if pad_id is None:
+                pad_id = tokenizer.token_to_id(pad_token)
         prefix = st_query_prefix(model_dir)
         return Recipe(
-            family=ENCODER_FAMILIES[model_type],
+            # An architecture with no native forward: served by the generic path (transformers),
+            # right-padded as sentence-transformers pads it.
+            family=ENCODER_FAMILIES.get(str(model_type), f"generic:{model_type}"),
             pooling=pooling,
             padding_side="right",
             normalize=normalize,
-            dim=int(config["hidden_size"]),
+            dim=int(config["hidden_size"]) if not generic else st_dimension(model_dir, modules),
             max_tokens=min(max_tokens, limit),
             pad_token_id=int(pad_id or 0),
             eos_token_id=None,
@@ -93,5 +99,6 @@ def load_recipe(
 
     raise ModelError(
         f"{model_dir}: model type {model_type!r} is not supported "
-        f"(supported: {', '.join([*DECODER_FAMILIES, *ENCODER_FAMILIES])})"
+        f"(native: {', '.join([*DECODER_FAMILIES, *ENCODER_FAMILIES])}; any other architecture "
+        "needs the sentence-transformers files, modules.json first, for the generic path)"
     )

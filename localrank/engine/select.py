@@ -10,7 +10,8 @@ import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localrank.engine.types import Embedder, Recipe
+from localrank.engine.rerank import RerankRecipe
+from localrank.engine.types import Embedder, Recipe, Scorer
 from localrank.errors import BackendError
 
 
@@ -95,10 +96,23 @@ def create_embedder(
     threads: int = 0,
     dtype_source: str = "the dtype setting",
 ) -> Embedder:
-    """Load the model on the chosen backend. The backend modules are imported only here."""
+    """Load the model on the chosen backend. The backend modules are imported only here. A
+    family with no native forward (`recipe.family` "generic:...") loads through transformers on
+    torch, imported only then."""
+    if recipe.family.startswith("generic:"):
+        if backend != "torch":
+            raise BackendError(
+                f"{recipe.family.removeprefix('generic:')} has no native forward; the generic "
+                f"path runs on torch only here (use --backend torch), not on {backend}"
+            )
+        generic = importlib.import_module("localrank.engine.torch.generic")
+        embedder: Embedder = generic.GenericTorchEmbedder(
+            model_dir, recipe, device=device, dtype=dtype, threads=threads
+        )
+        return embedder
     if backend == "mlx":
         mlx_package = importlib.import_module("localrank.engine.mlx")
-        embedder: Embedder = mlx_package.MLXEmbedder(
+        embedder = mlx_package.MLXEmbedder(
             model_dir, recipe, dtype=dtype, device=device, dtype_source=dtype_source
         )
         return embedder
@@ -113,4 +127,27 @@ def create_embedder(
             dtype_source=dtype_source,
         )
         return embedder
+    raise BackendError(f"unknown backend {backend!r}")
+
+
+def create_scorer(
+    backend: str,
+    device: str,
+    model_dir: Path,
+    recipe: RerankRecipe,
+    dtype: str = "auto",
+    *,
+    threads: int = 0,
+) -> Scorer:
+    """Load a cross-encoder on the chosen backend (imported only here, as for embedders)."""
+    if backend == "mlx":
+        mlx_package = importlib.import_module("localrank.engine.mlx")
+        scorer: Scorer = mlx_package.MLXScorer(model_dir, recipe, dtype=dtype, device=device)
+        return scorer
+    if backend == "torch":
+        torch_package = importlib.import_module("localrank.engine.torch")
+        scorer = torch_package.TorchScorer(
+            model_dir, recipe, device=device, dtype=dtype, threads=threads
+        )
+        return scorer
     raise BackendError(f"unknown backend {backend!r}")

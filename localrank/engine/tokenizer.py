@@ -44,6 +44,8 @@ class Encoded:
     # Tokens of the whole input, special tokens included; None when a long text was cut before
     # tokenising (it has more than the model reads; how many more was not counted).
     original_tokens: int | None
+    # Segment ids (0 query, 1 document) of a cross-encoder's pair; None for single texts.
+    type_ids: list[int] | None = None
 
 
 @dataclass(frozen=True)

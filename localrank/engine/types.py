@@ -45,6 +45,8 @@ class Batch:
 
     input_ids: np.ndarray  # int64 [B, T]
     attention_mask: np.ndarray  # int64 [B, T]
+    # Segment ids of a (query, document) pair for encoder cross-encoders; None: all segment 0.
+    token_type_ids: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -79,6 +81,23 @@ class Embedder(Protocol):
         `pause`, where the backend can, is called between two layers of the forward pass, on the
         calling thread: the scheduler runs a short pass for waiting requests there. It may call
         `embed` again (without a pause); a backend that runs the graph at once ignores it."""
+        ...
+
+    def close(self) -> None:
+        """Release the model's memory."""
+        ...
+
+
+class Scorer(Protocol):
+    """A loaded cross-encoder on one device: padded (query, document) pairs -> relevance
+    logits. One thread calls it at a time."""
+
+    info: BackendInfo
+
+    def score(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
+        """float32 [B] raw logits, one per pair; sigmoid(logit) is the [0, 1] relevance.
+        (Qwen3-Reranker: logit("yes") - logit("no") at the last position, whose sigmoid is the
+        authors' softmax probability of "yes".) `pause` as in `Embedder.embed`."""
         ...
 
     def close(self) -> None:

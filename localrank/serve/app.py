@@ -20,13 +20,14 @@ from aiohttp import web
 from localrank.collections import CollectionService, IngestSettings, WatchSettings
 from localrank.config import Settings
 from localrank.engine.core import Engine
-from localrank.engine.load import load_engine
+from localrank.engine.load import load_engine, load_reranker
 from localrank.errors import LocalrankError
 from localrank.serve.api import DialectIndex
 from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
-from localrank.serve.embedding import DaemonEmbedder, EmbeddingService
+from localrank.serve.embedding import DaemonEmbedder, DaemonReranker, EmbeddingService
 from localrank.serve.metrics import standard_registry
 from localrank.serve.middleware import error_middleware, request_id_middleware
+from localrank.serve.reranking import RerankerLoader, RerankerSlot
 from localrank.serve.security import make_security_middlewares, setup_security
 from localrank.serve.state import COLLECTIONS_KEY, DIALECTS_KEY, METRICS_KEY, STATE_KEY, DaemonState
 from localrank.store import open_store
@@ -37,12 +38,13 @@ EngineLoader = Callable[[Settings], Engine]
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
-def _model_ctx(loader: EngineLoader | None) -> CleanupCtx:
+def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> CleanupCtx:
     async def model_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
         settings = state.settings
         # The real loader reports its phases (and download bytes) to /health.
         load_model = loader or partial(load_engine, progress=state.progress)
+        slot = RerankerSlot(settings, reranker_loader)
 
         async def load() -> None:
             started = time.monotonic()
@@ -65,8 +67,12 @@ def _model_ctx(loader: EngineLoader | None) -> CleanupCtx:
                     queue_size=settings.queue_size,
                     cache_size=settings.cache_size,
                     max_inputs=settings.max_inputs,
+                    reranker=slot,
                 )
                 state.collection_embedder = DaemonEmbedder(state.service)
+                state.collection_reranker = DaemonReranker(state.service)
+                if settings.reranker and settings.preload_reranker:
+                    state.preloading = asyncio.ensure_future(slot.preload())
                 state.load_seconds = time.monotonic() - started
                 # Serving already; make later requests faster in the background.
                 state.optimizing = asyncio.ensure_future(asyncio.to_thread(_optimize, engine))
@@ -81,6 +87,9 @@ def _model_ctx(loader: EngineLoader | None) -> CleanupCtx:
                 await task  # a thread cannot be cancelled; let the load finish
                 if state.optimizing is not None:
                     await state.optimizing  # likewise the background optimisation
+                if state.preloading is not None:
+                    await state.preloading
+            await slot.close()
             if state.service is not None:
                 await asyncio.to_thread(state.service.close)
                 state.service.engine.close()
@@ -115,7 +124,14 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
             step_ms=min(100, settings.watch_debounce_ms),
             polling=settings.watch_polling,
         )
-        service = CollectionService(store, state.embedder, ingest, watch=watch)
+        service = CollectionService(
+            store,
+            state.embedder,
+            ingest,
+            watch=watch,
+            reranker=state.reranker,
+            rerank_candidates=settings.rerank_candidates,
+        )
         app[COLLECTIONS_KEY] = service
         preload = asyncio.create_task(service.prepare_search(), name="localrank-search-preload")
         tasks = [
@@ -142,6 +158,7 @@ def make_app(
     *,
     loader: EngineLoader | None = None,
     ingest: IngestSettings | None = None,
+    reranker_loader: RerankerLoader = load_reranker,
 ) -> web.Application:
     """The daemon: every dialect's routes, the model (loaded by `loader` in a thread; None:
     `load_engine`, downloading if need be) and the collections. Tests pass a `loader` to serve a
@@ -159,6 +176,6 @@ def make_app(
             app.router.add_get(r.path, r.handler)  # and HEAD, as aiohttp's web.get does
         else:
             app.router.add_route(r.method, r.path, r.handler)
-    app.cleanup_ctx.append(_model_ctx(loader))
+    app.cleanup_ctx.append(_model_ctx(loader, reranker_loader))
     app.cleanup_ctx.append(_collections_ctx(ingest))
     return app

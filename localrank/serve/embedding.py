@@ -17,12 +17,27 @@ from typing import Any, cast
 import numpy as np
 
 from localrank.engine.core import Engine, apply_dimensions, check_inputs, relevance
+from localrank.engine.rerank import Reranker, check_pairs, sigmoid
 from localrank.engine.tokenizer import Token
 from localrank.engine.types import ModelInfo
-from localrank.errors import InvalidInput
+from localrank.errors import InvalidInput, TooLarge
 from localrank.ops import allocator
 from localrank.serve.metrics import Registry
+from localrank.serve.reranking import RerankerSlot
 from localrank.serve.worker import BatchStats, ModelWorker
+
+BI_ENCODER_METHOD = "bi-encoder cosine of the instructed query and each document, mapped to [0,1]"
+
+
+@dataclass(frozen=True)
+class RerankOutput:
+    """Scores of documents against a query, in document order."""
+
+    scores: np.ndarray  # float32 [N] in [0, 1]
+    raw: np.ndarray  # the cross-encoder's logit, or the bi-encoder's cosine
+    tokens: int
+    method: str  # "cross-encoder" | "bi-encoder"
+    model: str  # the model that scored
 
 
 @dataclass(frozen=True)
@@ -98,8 +113,10 @@ class EmbeddingService:
         cache_size: int,
         max_inputs: int = 2048,
         preempt_ms: float = 0.0,
+        reranker: RerankerSlot | None = None,
     ) -> None:
         self.engine = engine
+        self.reranker = reranker
         self.max_inputs = max_inputs
         self.registry = registry
         self.cache = EmbeddingCache(cache_size)
@@ -237,6 +254,80 @@ class EmbeddingService:
         cosine = d.vectors @ q.vectors[0]
         return relevance(cosine), q.prompt_tokens + d.prompt_tokens
 
+    @property
+    def cross_encoder(self) -> bool:
+        """Whether a cross-encoder reranker is configured (rerank routes then use it)."""
+        return self.reranker is not None and self.reranker.configured is not None
+
+    def is_reranker_name(self, name: Any) -> bool:
+        """Whether a request's `model` names the configured reranker (its setting as given, or
+        a folder's name)."""
+        configured = self.reranker.configured if self.reranker is not None else None
+        if not configured or not isinstance(name, str):
+            return False
+        return name in (configured, configured.rstrip("/").rsplit("/", 1)[-1])
+
+    def rerank_status(self) -> dict[str, Any]:
+        if self.reranker is None:
+            return {"configured": None, "loaded": False, "rerank_method": BI_ENCODER_METHOD}
+        return self.reranker.status(BI_ENCODER_METHOD)
+
+    async def score(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        instruction: str | None = None,
+        truncate: bool = True,
+        method: str | None = None,
+        bulk: bool = False,
+    ) -> RerankOutput:
+        """Documents scored against a query: by the cross-encoder when one is configured (or
+        `method="cross-encoder"` asks for it: 422 without one), else by the bi-encoder."""
+        check_pairs(query, documents, max_inputs=self.max_inputs)
+        if method not in (None, "cross-encoder", "bi-encoder"):
+            raise InvalidInput("method must be cross-encoder or bi-encoder", param="method")
+        if method == "bi-encoder" or (method is None and not self.cross_encoder):
+            scores, tokens = await self.rerank(
+                query, documents, instruction=instruction, truncate=truncate
+            )
+            return RerankOutput(
+                scores, scores * 2.0 - 1.0, tokens, "bi-encoder", self.info.display_name
+            )
+        slot = self.reranker
+        if slot is None:
+            raise InvalidInput("no reranker is configured", param="method")
+        async with slot.hold() as reranker:
+            return await self._cross_encode(reranker, query, documents, instruction, truncate, bulk)
+
+    async def _cross_encode(
+        self,
+        reranker: Reranker,
+        query: str,
+        documents: Sequence[str],
+        instruction: str | None,
+        truncate: bool,
+        bulk: bool,
+    ) -> RerankOutput:
+        def prepare(part: Sequence[str]) -> list:  # type: ignore[type-arg]
+            return reranker.prepare(query, part, instruction=instruction)
+
+        result = await self.worker.submit(
+            list(documents), bulk=bulk, runner=reranker, prepare=prepare
+        )
+        if not truncate and any(result.truncated):
+            i = result.truncated.index(True)
+            limit = reranker.recipe.max_tokens
+            raise TooLarge(
+                f"documents[{i}] with the query is over the reranker's {limit} tokens and "
+                "truncation is off",
+                param="documents",
+            )
+        raw = result.vectors[:, 0].copy()
+        tokens = sum(result.tokens)
+        self.registry.inc("localrank_reranked_pairs_total", len(documents))
+        return RerankOutput(sigmoid(raw), raw, tokens, "cross-encoder", reranker.info.model_id)
+
     async def tokens(
         self,
         texts: Sequence[str],
@@ -265,6 +356,21 @@ class EmbeddingService:
 
     def close(self) -> None:
         self.worker.stop()
+
+
+class DaemonReranker:
+    """The service's cross-encoder seen through the collections layer's AsyncReranker."""
+
+    def __init__(self, service: EmbeddingService) -> None:
+        self.service = service
+
+    @property
+    def available(self) -> bool:
+        return self.service.cross_encoder
+
+    async def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
+        out = await self.service.score(query, documents, method="cross-encoder")
+        return out.scores
 
 
 class DaemonEmbedder:

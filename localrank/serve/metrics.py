@@ -107,4 +107,5 @@ def standard_registry() -> Registry:
     r.counter("localrank_truncated_inputs_total", "Inputs cut to the model's max tokens")
     r.counter("localrank_cache_hits_total", "Embedding cache hits")
     r.counter("localrank_cache_misses_total", "Embedding cache misses")
+    r.counter("localrank_reranked_pairs_total", "(query, document) pairs scored by the reranker")
     return r

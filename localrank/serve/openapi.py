@@ -19,8 +19,9 @@ _SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})  # HEAD is added by aiohttp to
 _PATH_PARAM = re.compile(r"\{(\w+)")
 # What the middlewares can answer on any route: malformed (400), token (401), Host / Origin
 # (403), not found (404), slow body (408), too large (413), not JSON (415), invalid (422),
-# queue full (429), model not ready (503). Dialects add their own (409, 424).
-_ERROR_STATUSES = (400, 401, 403, 404, 408, 413, 415, 422, 429, 503)
+# queue full (429), the configured reranker cannot load (424), model not ready (503). Dialects
+# add their own (409).
+_ERROR_STATUSES = (400, 401, 403, 404, 408, 413, 415, 422, 424, 429, 503)
 _DESCRIPTION = (
     "A local embedding and rerank daemon. One model, many dialects: OpenAI, Cohere/Jina, "
     "Hugging Face TEI, Ollama and the native API, plus collections and search. Errors come in "

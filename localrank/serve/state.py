@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from localrank.collections import AsyncEmbedder, CollectionService
+from localrank.collections import AsyncEmbedder, AsyncReranker, CollectionService
 from localrank.config import Settings
 from localrank.engine.progress import LoadProgress
 from localrank.errors import LocalrankError, NotReady
 from localrank.serve.api import DialectIndex
-from localrank.serve.embedding import DaemonEmbedder, EmbeddingService
+from localrank.serve.embedding import DaemonEmbedder, DaemonReranker, EmbeddingService
 from localrank.serve.metrics import Registry
 
 
@@ -25,6 +25,7 @@ class DaemonState:
     started: float = field(default_factory=time.monotonic)
     service: EmbeddingService | None = None
     collection_embedder: DaemonEmbedder | None = None
+    collection_reranker: DaemonReranker | None = None
     load_error: LocalrankError | None = None
     load_seconds: float | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -32,6 +33,8 @@ class DaemonState:
     progress: LoadProgress = field(default_factory=LoadProgress)
     # Engine.optimize running in a thread once the model serves (awaited at shutdown).
     optimizing: asyncio.Future[int] | None = None
+    # Loading the reranker at startup (preload_reranker), awaited at shutdown.
+    preloading: asyncio.Future[None] | None = None
 
     def embedding(self) -> EmbeddingService:
         """The loaded model's service, or 503 with why there is none."""
@@ -48,6 +51,12 @@ class DaemonState:
         self.embedding()
         assert self.collection_embedder is not None
         return self.collection_embedder
+
+    def reranker(self) -> AsyncReranker | None:
+        """The cross-encoder as the collections layer sees it: None while the model loads or
+        when none is configured (search then reranks by cosine, as without one)."""
+        r = self.collection_reranker
+        return r if r is not None and r.available else None
 
 
 STATE_KEY = web.AppKey("state", DaemonState)

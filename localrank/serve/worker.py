@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -49,6 +50,16 @@ SLICE_TEXTS = 256
 # After work, the model thread calls on_idle once nothing has come for this long.
 IDLE_SECONDS = 1.0
 SLICE_CHARS = 64 * 1024
+
+
+class Runner(Protocol):
+    """What a forward pass runs: the embedding Engine, or a cross-encoder Reranker (whose
+    "vectors" are [N, 1] logits). One pass holds the items of one runner only."""
+
+    @property
+    def dim(self) -> int: ...
+
+    def run(self, encoded: Sequence[Encoded], pause: Pause | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,7 @@ class _Job:
     future: asyncio.Future[WorkResult]
     loop: asyncio.AbstractEventLoop
     vectors: np.ndarray
+    runner: Any  # the Runner its items go through
     encoded: list[Encoded] = field(default_factory=list)  # tokenised so far (model thread)
     scheduled: int = 0  # items handed to a forward pass
     embedded: int = 0
@@ -192,8 +204,16 @@ class ModelWorker:
         return len(self._jobs)
 
     async def submit(
-        self, inputs: Inputs, *, truncate: bool = True, bulk: bool = False
+        self,
+        inputs: Inputs,
+        *,
+        truncate: bool = True,
+        bulk: bool = False,
+        runner: Runner | None = None,
+        prepare: Callable[[Sequence[str]], list[Encoded]] | None = None,
     ) -> WorkResult:
+        """Run `inputs` through the engine (default), or through `runner` with `prepare` as
+        its tokenisation (a reranker: the pairs of one query and these documents)."""
         if self._stopping:
             raise NotReady("the daemon is shutting down")
         if len(self._jobs) >= self.queue_size:
@@ -202,12 +222,19 @@ class ModelWorker:
                 retry_after=1.0,
             )
         loop = asyncio.get_running_loop()
-        vectors = np.empty((len(inputs), self.engine.dim), dtype=np.float32)
-        job = _Job(len(inputs), bulk, loop.create_future(), loop, vectors)
+        model: Runner = self.engine if runner is None else runner
+        vectors = np.empty((len(inputs), model.dim), dtype=np.float32)
+        job = _Job(len(inputs), bulk, loop.create_future(), loop, vectors, model)
         self._jobs.add(job)
+        work = self.engine.tokenizer.work if prepare is None else len
         try:
-            for part in _slices(inputs, self.engine.tokenizer.work):
-                encoded = await loop.run_in_executor(self._tokenizer, self._prepare, part, truncate)
+            for part in _slices(inputs, work):
+                if prepare is None:
+                    encoded = await loop.run_in_executor(
+                        self._tokenizer, self._prepare, part, truncate
+                    )
+                else:
+                    encoded = await loop.run_in_executor(self._tokenizer, prepare, part)
                 self._inbox.put((job, encoded))
             return await job.future
         finally:
@@ -299,13 +326,21 @@ class ModelWorker:
         is full (then False). The request served last moves to the back, so the next pass
         starts after it."""
         tokens = sum(len(job.encoded[i].ids) for job, i in taken)
-        while turns and len(taken) < self.max_batch_size:
+        runner = taken[0][0].runner if taken else None
+        skipped = 0  # requests for another model passed over since the last item taken
+        while turns and len(taken) < self.max_batch_size and skipped < len(turns):
             job = turns[0]
             if job.closed or job.scheduled >= len(job.encoded):
                 # Gone, or waiting for its next slice to be tokenised (which re-queues it).
                 turns.popleft()
                 job.queued = False
                 continue
+            if runner is not None and job.runner is not runner:
+                turns.rotate(-1)  # another model's turn comes in a pass of its own
+                skipped += 1
+                continue
+            runner = job.runner
+            skipped = 0
             n = len(job.encoded[job.scheduled].ids)
             if taken and tokens + n > budget:
                 return False
@@ -324,6 +359,8 @@ class ModelWorker:
         tokens = 0
         for job in list(self._interactive):
             if id(job) in running or job.closed or job.scheduled >= len(job.encoded):
+                continue
+            if taken and job.runner is not taken[0][0].runner:
                 continue
             n = len(job.encoded[job.scheduled].ids)
             if tokens + n > budget or len(taken) >= self.max_batch_size:
@@ -367,7 +404,8 @@ class ModelWorker:
         tokens = sum(len(job.encoded[i].ids) for job, i in taken)
         started = time.perf_counter()
         try:
-            vectors = self.engine.run([job.encoded[i] for job, i in taken], pause)
+            runner: Runner = taken[0][0].runner
+            vectors = runner.run([job.encoded[i] for job, i in taken], pause)
         except Exception as exc:
             log.exception("model call failed")
             for job in {job for job, _ in taken}:

@@ -8,6 +8,7 @@ package only when this backend is chosen (select.create_embedder).
   embedder.py  MLXEmbedder: device and dtype, quantisation, weight checks and loading, pooling
   families.py  model_type -> model class and checkpoint key prefix
   qwen3.py     Qwen3Model's forward        bert.py  BertModel's forward
+  scorer.py    MLXScorer: Qwen3-Reranker (yes/no rows only), BERT / XLM-R cross-encoders
   layers.py    what the families share: the MLXModel contract and the attention mask
 """
 
@@ -16,5 +17,14 @@ from __future__ import annotations
 from localrank.engine.mlx.embedder import MLXEmbedder
 from localrank.engine.mlx.families import FAMILIES, Family
 from localrank.engine.mlx.layers import Mask, MLXModel, attention_mask
+from localrank.engine.mlx.scorer import MLXScorer
 
-__all__ = ["FAMILIES", "Family", "MLXEmbedder", "MLXModel", "Mask", "attention_mask"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "MLXEmbedder",
+    "MLXModel",
+    "MLXScorer",
+    "Mask",
+    "attention_mask",
+]

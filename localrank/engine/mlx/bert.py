@@ -95,10 +95,14 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg["max_position_embeddings"], hidden)
         self.token_type_embeddings = nn.Embedding(cfg.get("type_vocab_size", 2), hidden)
         self.LayerNorm = nn.LayerNorm(hidden, eps=cfg.get("layer_norm_eps", 1e-12))
+        # XLM-RoBERTa numbers positions from padding_idx + 1; BERT from 0.
+        roberta = cfg.get("model_type") == "xlm-roberta"
+        self.position_offset = int(cfg.get("pad_token_id", 1)) + 1 if roberta else 0
 
-    def __call__(self, ids: mx.array) -> mx.array:
-        positions = mx.arange(ids.shape[1])[None]
-        token_types = mx.zeros_like(ids)  # single-segment inputs only
+    def __call__(self, ids: mx.array, types: mx.array | None = None) -> mx.array:
+        positions = self.position_offset + mx.arange(ids.shape[1])[None]
+        # Segment ids of a cross-encoder's pairs; single-segment inputs otherwise.
+        token_types = mx.zeros_like(ids) if types is None else types
         h = (
             self.word_embeddings(ids)
             + self.position_embeddings(positions)
@@ -123,12 +127,12 @@ class Bert(MLXModel):
                 f"{source}: BERT position_embedding_type="
                 f"{cfg['position_embedding_type']!r} is not supported"
             )
-        self.max_positions = int(cfg["max_position_embeddings"])
         self.embeddings = BertEmbeddings(cfg)
+        self.max_positions = int(cfg["max_position_embeddings"]) - self.embeddings.position_offset
         self.encoder = BertEncoder(cfg, source)
 
-    def __call__(self, ids: mx.array, mask: Mask) -> mx.array:
-        h = self.embeddings(ids)
+    def __call__(self, ids: mx.array, mask: Mask, types: mx.array | None = None) -> mx.array:
+        h = self.embeddings(ids, types)
         for layer in self.encoder.layer:
             h = layer(h, mask)
         return h

@@ -113,22 +113,33 @@ class Bert:
         self.hidden = int(cfg["hidden_size"])
         self.heads = int(cfg["num_attention_heads"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
-        self.max_positions: int | None = int(cfg["max_position_embeddings"])
+        # XLM-RoBERTa numbers positions from padding_idx + 1 (transformers'
+        # create_position_ids_from_input_ids); BERT from 0.
+        roberta = cfg.get("model_type") == "xlm-roberta"
+        self.position_offset = int(cfg.get("pad_token_id", 1)) + 1 if roberta else 0
+        self.max_positions: int | None = int(cfg["max_position_embeddings"]) - self.position_offset
         e = "embeddings."
         self.word = w.pop(f"{e}word_embeddings.weight")
         self.position = w.pop(f"{e}position_embeddings.weight")
-        self.token_type0 = w.pop(f"{e}token_type_embeddings.weight")[0]  # single-segment inputs
+        self.token_type = w.pop(f"{e}token_type_embeddings.weight")
+        self.token_type0 = self.token_type[0]  # single-segment inputs
         self.ln = (w.pop(f"{e}LayerNorm.weight"), w.pop(f"{e}LayerNorm.bias"))
         self.layers = [
             BertLayer.build(w, f"encoder.layer.{i}.") for i in range(int(cfg["num_hidden_layers"]))
         ]
 
-    def forward(self, ids: Tensor, real: Tensor | None, *, explicit: bool) -> Tensor:
+    def forward(
+        self, ids: Tensor, real: Tensor | None, *, explicit: bool, types: Tensor | None = None
+    ) -> Tensor:
+        """`types`: segment ids of (query, document) pairs; None: every token in segment 0."""
         b, t = ids.shape
         hd = self.hidden // self.heads
         packing = Packing(real, b, t)
-        # HF's order: (word + token type) + position, positions 0..T-1 (right padding).
-        h = F.embedding(ids, self.word) + self.token_type0 + self.position[:t]
+        segment = self.token_type0 if types is None else F.embedding(types, self.token_type)
+        # HF's order: (word + token type) + position; positions from the offset on (right
+        # padding: a padding token's position is never read).
+        positions = self.position[self.position_offset : self.position_offset + t]
+        h = F.embedding(ids, self.word) + segment + positions
         h = F.layer_norm(packing.gather(h), (self.hidden,), *self.ln, eps=self.eps)  # [N, H]
         mask = None if real is None else attention_mask(real, causal=False)
         for L in self.layers:

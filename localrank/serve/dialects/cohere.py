@@ -71,7 +71,8 @@ def _top_n(body: dict[str, Any], count: int) -> int:
 async def rerank(request: web.Request) -> web.Response:
     body = await read_body(request)
     svc = embedding(request)
-    check_requested_model(body, svc.info)
+    if not svc.is_reranker_name(body.get("model")):
+        check_requested_model(body, svc.info)
     query = field(body, "query", str, required=True)
     if not query.strip():
         raise InvalidInput("query must not be empty", param="query")
@@ -84,9 +85,8 @@ async def rerank(request: web.Request) -> web.Response:
     ranked = texts
     if max_tokens is not None and texts:
         ranked = await svc.cut_to_tokens(texts, max_tokens)
-    scores, tokens = await svc.rerank(
-        query, ranked, instruction=instruction, truncate=truncate_flag(body)
-    )
+    scored = await svc.score(query, ranked, instruction=instruction, truncate=truncate_flag(body))
+    scores, tokens = scored.scores, scored.tokens
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_n]
     results = []
     for i in order:
@@ -104,7 +104,7 @@ async def rerank(request: web.Request) -> web.Response:
                 "billed_units": {"search_units": 1},
                 "tokens": {"input_tokens": tokens, "output_tokens": 0},
             },
-            "model": svc.info.display_name,
+            "model": scored.model,
             "usage": {"total_tokens": tokens},
         }
     )

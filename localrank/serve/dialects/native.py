@@ -86,9 +86,11 @@ async def rerank(request: web.Request) -> web.Response:
     _, instruction = query_mode(body, default_query=True)
     if not query.strip():
         raise InvalidInput("query must not be empty", param="query")
-    scores, tokens = await svc.rerank(
-        query, texts, instruction=instruction, truncate=truncate_flag(body)
+    method = field(body, "method", str)
+    scored = await svc.score(
+        query, texts, instruction=instruction, truncate=truncate_flag(body), method=method
     )
+    scores, tokens = scored.scores, scored.tokens
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_k]
     return web.json_response(
         {
@@ -96,7 +98,8 @@ async def rerank(request: web.Request) -> web.Response:
             "query": query,
             "backend": svc.info.backend.backend,
             "device": svc.info.backend.device,
-            "method": "bi-encoder cosine (instructed query vs documents), mapped to [0, 1]",
+            "method": scored.method,
+            "model": scored.model,
             "processing_time": time.perf_counter() - started,
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
@@ -135,6 +138,12 @@ RERANK = Operation(
         Param("passages", arr(STR), "Texts to rank (or `documents`)."),
         Param("documents", arr(one_of(STR, OBJ)), "Same as passages."),
         Param("top_k", INT, "Return only the best k."),
+        Param(
+            "method",
+            STR,
+            "cross-encoder (the configured reranker; 422 without one) or bi-encoder (the "
+            "embedding model's cosine). Default: the reranker when one is configured.",
+        ),
         INSTRUCTION,
         TRUNCATE,
     ),
@@ -144,7 +153,8 @@ RERANK = Operation(
         "query": "capital of France",
         "backend": "torch",
         "device": "cpu",
-        "method": "bi-encoder cosine",
+        "method": "cross-encoder",
+        "model": "Qwen/Qwen3-Reranker-0.6B",
         "processing_time": 0.01,
         "usage": {"prompt_tokens": 9, "total_tokens": 9},
     },

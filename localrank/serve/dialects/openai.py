@@ -133,10 +133,31 @@ def _model_object(name: str, info: ModelInfo, facts: ModelFacts) -> dict[str, An
 async def models(request: web.Request) -> web.Response:
     """Every name the served model answers to, each as a model (clients that validate their
     configured name against this list find it, whichever name it is)."""
-    info = embedding(request).info
+    svc = embedding(request)
+    info = svc.info
     facts = await model_facts(info)
+    data = [_model_object(n, info, facts) for n in info.names]
+    rerank = svc.rerank_status()
+    if rerank["configured"]:
+        # The reranker, listed beside the embedding model (loaded or not).
+        data.append(
+            {
+                "id": rerank["configured"],
+                "object": "model",
+                "created": facts.created,
+                "owned_by": "localrank",
+                "root": rerank["configured"],
+                "kind": "reranker",
+                "loaded": rerank["loaded"],
+            }
+        )
     return web.json_response(
-        {"object": "list", "data": [_model_object(n, info, facts) for n in info.names]}
+        {
+            "object": "list",
+            "data": data,
+            "rerank_method": rerank["rerank_method"],
+            "reranker": rerank,
+        }
     )
 
 

@@ -47,6 +47,8 @@ async def health(request: web.Request) -> web.Response:
             "database": state.settings.store_display,
             "collections": collections,
             **state.service.info.to_dict(),
+            "rerank_method": state.service.rerank_status()["rerank_method"],
+            "reranker": state.service.rerank_status(),
         }
     )
 

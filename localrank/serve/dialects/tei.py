@@ -16,14 +16,12 @@ from typing import Any
 from aiohttp import web
 
 from localrank import __version__
-from localrank.engine.core import check_inputs, cosine_of
+from localrank.engine.core import check_inputs
 from localrank.errors import BackendError, InvalidInput
 from localrank.serve.api import BOOL, OBJ, STR, Dialect, Operation, Param, arr, one_of, route
 from localrank.serve.dialects.fields import DIMENSIONS, INSTRUCTION, MINILM, QUERY, TRUNCATE, VEC
 from localrank.serve.parsing import field, query_mode, read_body, truncate_flag
 from localrank.serve.state import STATE_KEY, embedding
-
-RERANK_METHOD = "bi-encoder cosine of the instructed query and each document, mapped to [0,1]"
 
 
 def tei_inputs(body: dict[str, Any], name: str = "inputs") -> list[str] | list[list[int]]:
@@ -111,7 +109,8 @@ async def root(request: web.Request) -> web.Response:
 
 async def rerank(request: web.Request) -> web.Response:
     """TEI `/rerank` -> `[{"index", "score", "text"?}]`, best first. `raw_scores` gives the
-    cosine itself (in [-1, 1]) instead of the [0, 1] score."""
+    cross-encoder's logit (or, without a reranker, the cosine in [-1, 1]) instead of the
+    [0, 1] score."""
     body = await read_body(request)
     svc = embedding(request)
     query = field(body, "query", str, required=True)
@@ -125,12 +124,11 @@ async def rerank(request: web.Request) -> web.Response:
     return_text = field(body, "return_text", bool, False)
     _check_direction(body)
     _, instruction = query_mode(body, default_query=True)
-    scores, _ = await svc.rerank(
-        query, texts, instruction=instruction, truncate=truncate_flag(body)
-    )
+    scored = await svc.score(query, texts, instruction=instruction, truncate=truncate_flag(body))
+    scores = scored.scores
     out = []
     for i in sorted(range(len(texts)), key=lambda i: -scores[i]):
-        score = cosine_of(float(scores[i])) if raw_scores else float(scores[i])
+        score = float(scored.raw[i]) if raw_scores else float(scores[i])
         item: dict[str, Any] = {"index": i, "score": score}
         if return_text:
             item["text"] = texts[i]
@@ -182,7 +180,8 @@ async def info(request: web.Request) -> web.Response:
             "dtype_reason": backend.dtype_reason,
             "threads": backend.threads,
             "dim": backend.dim,
-            "rerank_method": RERANK_METHOD,
+            "rerank_method": svc.rerank_status()["rerank_method"],
+            "reranker": svc.rerank_status(),
             "fallback": model.fallback_reason is not None,
             "fallback_reason": model.fallback_reason,
             "fingerprint": model.fingerprint,

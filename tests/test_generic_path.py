@@ -1,0 +1,53 @@
+"""The generic path: an embedding architecture with no native forward (a tiny DistilBERT) loads
+through transformers, with the same recipe rules, and matches sentence-transformers; the native
+paths never import transformers."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from engines import engine_for
+from reference import sentence_transformers_reference
+
+from localrank.engine.names import native_families
+
+TEXTS = [
+    "The cat sat on the mat.",
+    "A short one",
+    "Passwörter können geändert werden, and a much longer sentence follows it here. " * 4,
+]
+
+
+def test_generic_embedder_matches_sentence_transformers(tiny_generic_embedder):
+    engine = engine_for(str(tiny_generic_embedder), "torch", max_tokens=512)
+    assert engine.recipe.family == "generic:distilbert"
+    assert "distilbert" not in native_families()
+    assert engine.info.backend.pooling == "mean" and engine.recipe.normalize
+    assert "generic path" in engine.info.backend.dtype_reason
+    expected = sentence_transformers_reference(tiny_generic_embedder, TEXTS)
+    batched = engine.embed(TEXTS).vectors
+    assert np.abs(batched - expected).max() < 1e-4
+    one = np.vstack([engine.embed([t]).vectors for t in TEXTS])
+    assert np.abs(one - expected).max() < 1e-4
+
+
+def test_generic_path_needs_torch(tiny_generic_embedder):
+    from localrank.errors import BackendError
+
+    with pytest.raises(BackendError, match="generic path runs on torch"):
+        engine_for(str(tiny_generic_embedder), "mlx", max_tokens=512)
+
+
+def test_native_paths_do_not_import_transformers(tiny_qwen3):
+    code = (
+        "import sys\n"
+        "from localrank.config import load_settings\n"
+        "from localrank.engine.load import load_engine, load_reranker\n"
+        f"s = load_settings({{'model': {str(tiny_qwen3)!r}, 'backend': 'torch'}}, environ={{}})\n"
+        "load_engine(s).embed(['hello'])\n"
+        "assert 'transformers' not in sys.modules, 'transformers was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(tiny_qwen3.parents[2]))
