@@ -33,8 +33,13 @@ from localrank.serve.api import localrank_error_body
 
 log = logging.getLogger(__name__)
 
-# File descriptors kept free under the limit for the store, the model files and logs.
-RESERVED_FDS = 64
+# How many connections the listener may accept in one go: asyncio accepts up to this many in one
+# callback, before any of them reaches the cap check, so they need room under the file limit.
+ACCEPT_BACKLOG = 128
+# File descriptors kept free under the limit: one accept batch, plus the store, model files and
+# logs. Without the batch's room, 1,100 idle clients against a 1,024-file limit made accept()
+# fail with EMFILE, and asyncio then stops accepting for a whole second.
+RESERVED_FDS = 64 + ACCEPT_BACKLOG
 LINGER_SECONDS = 2.0
 
 

@@ -16,7 +16,7 @@ from localrank.config import Settings
 from localrank.errors import exit_code
 from localrank.ops.sd_notify import notify_ready, notify_stopping
 from localrank.serve.app import EngineLoader, make_app
-from localrank.serve.connections import make_runner
+from localrank.serve.connections import ACCEPT_BACKLOG, make_runner
 from localrank.serve.security import check_bind_safety, start_unix_site
 from localrank.serve.state import STATE_KEY
 
@@ -37,7 +37,7 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
     if settings.unix_socket:
         sites.append(await start_unix_site(runner, settings.unix_socket))
     else:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=ACCEPT_BACKLOG)
         await site.start()
         sites.append(site)
     where = settings.unix_socket or f"http://{settings.host}:{settings.port}"
@@ -135,7 +135,7 @@ class BackgroundDaemon:
             return
         host = "127.0.0.1" if not s.binds_loopback else s.host
         for port in (s.port, 0):
-            site = web.TCPSite(self._runner, host, port)
+            site = web.TCPSite(self._runner, host, port, backlog=ACCEPT_BACKLOG)
             try:
                 await site.start()
             except OSError as exc:

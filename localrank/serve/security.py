@@ -46,6 +46,7 @@ from localrank.ops.access import (
     check_bind_safety,
     host_refusal,
 )
+from localrank.serve.connections import ACCEPT_BACKLOG
 from localrank.serve.state import DIALECTS_KEY
 
 # check_bind_safety lives with the other rules (ops.access); the daemon's modules import it here.
@@ -245,6 +246,6 @@ async def start_unix_site(runner: web.AppRunner, path: str | Path) -> web.SockSi
 
     The caller removes the socket file at shutdown (`Path(path).unlink(missing_ok=True)`).
     """
-    site = web.SockSite(runner, bind_unix_socket(path))
+    site = web.SockSite(runner, bind_unix_socket(path), backlog=ACCEPT_BACKLOG)
     await site.start()
     return site
