@@ -228,7 +228,7 @@ def search_rows(found: list[dict[str, str]]) -> list[dict[str, Any]]:
             p95, recall = num(r["p95_ms"]), num(r["recall_at_10"])
             rows.append(
                 {
-                    "figure": f"search, {r.get('size', '?')} chunks, {r['mode']} (store)",
+                    "figure": f"search, {r.get('chunks', '?')} chunks, {r['mode']} (store)",
                     "value": f"p50 {num(r['p50_ms']):.0f} / p95 {p95:.0f} ms, recall@10 "
                     f"{recall:.2f}",
                     "reference": "exact search",
