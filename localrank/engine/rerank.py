@@ -50,6 +50,23 @@ ARCHITECTURES = {
     "XLMRobertaForSequenceClassification": "xlm-roberta",
 }
 MODEL_TYPES = {"qwen3-reranker": "qwen3", "bert": "bert", "xlm-roberta": "xlm-roberta"}
+# The checkpoint key prefix of each family's base model, and its head's weights (the same
+# checkpoint layout for every backend).
+PREFIXES = {"qwen3-reranker": "model.", "bert": "bert.", "xlm-roberta": "roberta."}
+HEADS = {
+    "bert": (
+        "bert.pooler.dense.weight",
+        "bert.pooler.dense.bias",
+        "classifier.weight",
+        "classifier.bias",
+    ),
+    "xlm-roberta": (
+        "classifier.dense.weight",
+        "classifier.dense.bias",
+        "classifier.out_proj.weight",
+        "classifier.out_proj.bias",
+    ),
+}
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,21 @@ def dtype_name(dtype: mx.Dtype) -> str:
     return str(dtype).rsplit(".", 1)[-1]
 
 
+def pick_device(device: str) -> tuple[mx.Device, str]:
+    """The MLX device for a setting (auto, gpu or cpu) and its name; a clear error for a GPU
+    that is not there or an unknown name."""
+    metal = mx.metal.is_available()
+    if device == "auto":
+        device = "gpu" if metal else "cpu"
+    if device == "gpu":
+        if not metal:
+            raise BackendError("MLX device 'gpu' requested but no Metal GPU is available")
+        return mx.Device(mx.gpu), "gpu"
+    if device == "cpu":
+        return mx.Device(mx.cpu), "cpu"
+    raise BackendError(f"unknown MLX device {device!r}; expected auto, gpu or cpu")
+
+
 class MLXEmbedder:
     """A Qwen3 or BERT model on MLX, following the Embedder protocol."""
 
@@ -149,7 +164,7 @@ class MLXEmbedder:
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
-        self._device, device_name = self._pick_device(device)
+        self._device, device_name = pick_device(device)
         cfg, config_path = read_config(model_dir)
         model_type = model_type_of(cfg, config_path, FAMILIES, "MLX")
         family = FAMILIES[model_type]
@@ -202,19 +217,6 @@ class MLXEmbedder:
             reason,
             f", quantised {self.quantization}" if q else "",
         )
-
-    @staticmethod
-    def _pick_device(device: str) -> tuple[mx.Device, str]:
-        metal = mx.metal.is_available()
-        if device == "auto":
-            device = "gpu" if metal else "cpu"
-        if device == "gpu":
-            if not metal:
-                raise BackendError("MLX device 'gpu' requested but no Metal GPU is available")
-            return mx.Device(mx.gpu), "gpu"
-        if device == "cpu":
-            return mx.Device(mx.cpu), "cpu"
-        raise BackendError(f"unknown MLX device {device!r}; expected auto, gpu or cpu")
 
     @staticmethod
     def _pick_dtype(

@@ -16,31 +16,21 @@ import numpy as np
 
 from localrank.engine.batching import checked_batch
 from localrank.engine.mlx.bert import Bert
-from localrank.engine.mlx.embedder import DTYPES, check_and_load, dtype_name, read_weights
+from localrank.engine.mlx.embedder import (
+    DTYPES,
+    check_and_load,
+    dtype_name,
+    pick_device,
+    read_weights,
+)
 from localrank.engine.mlx.layers import attention_mask
 from localrank.engine.mlx.qwen3 import Qwen3
 from localrank.engine.model_files import normalise_keys, read_config
-from localrank.engine.rerank import RerankRecipe
+from localrank.engine.rerank import HEADS, PREFIXES, RerankRecipe
 from localrank.engine.types import BackendInfo, Batch, Pause
 from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
-
-PREFIXES = {"qwen3-reranker": "model.", "bert": "bert.", "xlm-roberta": "roberta."}
-HEADS = {
-    "bert": (
-        "bert.pooler.dense.weight",
-        "bert.pooler.dense.bias",
-        "classifier.weight",
-        "classifier.bias",
-    ),
-    "xlm-roberta": (
-        "classifier.dense.weight",
-        "classifier.dense.bias",
-        "classifier.out_proj.weight",
-        "classifier.out_proj.bias",
-    ),
-}
 
 
 class MLXScorer:
@@ -48,11 +38,7 @@ class MLXScorer:
         self, model_dir: Path, recipe: RerankRecipe, *, dtype: str = "auto", device: str = "auto"
     ) -> None:
         model_dir = Path(model_dir)
-        metal = mx.metal.is_available()
-        name = "gpu" if device in ("auto", "gpu") and metal else "cpu"
-        if device == "gpu" and not metal:
-            raise BackendError("MLX device 'gpu' requested but no Metal GPU is available")
-        self._device = mx.Device(mx.gpu if name == "gpu" else mx.cpu)
+        self._device, name = pick_device(device)
         if dtype == "auto":
             compute = mx.float16 if name == "gpu" else mx.float32
         elif dtype in DTYPES:

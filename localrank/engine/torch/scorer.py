@@ -24,7 +24,7 @@ from torch import Tensor
 from localrank.engine.batching import checked_batch
 from localrank.engine.machine import read_topology
 from localrank.engine.model_files import normalise_keys, read_config, weight_files
-from localrank.engine.rerank import RerankRecipe
+from localrank.engine.rerank import HEADS, PREFIXES, RerankRecipe
 from localrank.engine.torch.bert import Bert, bert_shapes
 from localrank.engine.torch.cpu import configure_threads
 from localrank.engine.torch.embedder import _DTYPES, check_weights, device_available, pick_dtype
@@ -36,23 +36,6 @@ from localrank.engine.types import BackendInfo, Batch, Pause
 from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
-
-# The checkpoint key prefix of each family's base model, and its head's weights.
-PREFIXES = {"qwen3-reranker": "model.", "bert": "bert.", "xlm-roberta": "roberta."}
-HEADS = {
-    "bert": (
-        "bert.pooler.dense.weight",
-        "bert.pooler.dense.bias",
-        "classifier.weight",
-        "classifier.bias",
-    ),
-    "xlm-roberta": (
-        "classifier.dense.weight",
-        "classifier.dense.bias",
-        "classifier.out_proj.weight",
-        "classifier.out_proj.bias",
-    ),
-}
 
 
 class TorchScorer:
