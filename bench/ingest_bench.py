@@ -30,7 +30,7 @@ from localrank.collections import AsyncEmbedder, CollectionService, DocumentIn, 
 from localrank.collections.chunking import chunk_text
 from localrank.collections.ingest import chunk_budget
 from localrank.config import load_settings
-from localrank.store import SQLiteStore
+from localrank.store import SQLiteStore, Store
 
 ROOT = Path(__file__).resolve().parent
 WORDS = [
@@ -125,17 +125,24 @@ async def ingest(
     with tempfile.TemporaryDirectory(prefix="localrank-ingest-bench-") as tmp:
         store = SQLiteStore(Path(tmp) / "bench.db")
         try:
-            service = CollectionService(store, lambda: embedder, ing)
-            await service.create_collection("bench")
-            start = time.perf_counter()
-            job = await service.ingestor.submit("bench", docs)
-            final = await service.run_job_here(job)
-            seconds = time.perf_counter() - start
-            chunks = store.list_collections()[0][2]
+            return await timed_ingest(store, embedder, docs, ing)
         finally:
             store.close()
+
+
+async def timed_ingest(
+    store: Store, embedder: AsyncEmbedder, docs: list[DocumentIn], ing: IngestSettings
+) -> tuple[float, int]:
+    """Seconds to ingest `docs` through a job into a new collection of an empty `store`, and
+    the chunks stored (the store's only collection)."""
+    service = CollectionService(store, lambda: embedder, ing)
+    await service.create_collection("bench")
+    start = time.perf_counter()
+    job = await service.ingestor.submit("bench", docs)
+    final = await service.run_job_here(job)
+    seconds = time.perf_counter() - start
     assert final.state == "done", final
-    return seconds, chunks
+    return seconds, store.list_collections()[0][2]
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:

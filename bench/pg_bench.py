@@ -304,21 +304,15 @@ def measure_search(urls: dict[str, str], truth: np.ndarray, rounds: int) -> list
 
 
 async def ingest_round(store_url: str, embedder: Any, docs: list[Any]) -> tuple[float, int]:
-    from localrank.collections import CollectionService, IngestSettings
+    from ingest_bench import timed_ingest
+
+    from localrank.collections import IngestSettings
 
     store = open_store(store_url)
     try:
-        service = CollectionService(store, lambda: embedder, IngestSettings())
-        await service.create_collection("ingest")
-        start = time.perf_counter()
-        job = await service.ingestor.submit("ingest", docs)
-        final = await service.run_job_here(job)
-        seconds = time.perf_counter() - start
-        chunks = store.list_collections()[0][2]
+        return await timed_ingest(store, embedder, docs, IngestSettings())
     finally:
         store.close()
-    assert final.state == "done", final
-    return seconds, chunks
 
 
 def measure_ingest(server: Any, cache: Path, n_docs: int, rounds: int) -> dict[str, Any]:
