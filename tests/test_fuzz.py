@@ -8,47 +8,17 @@ Run through schemathesis' own CLI (its pytest plugin does not support this pytes
 
 from __future__ import annotations
 
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 from daemons import running
 
-CHECKS = (
-    "not_a_server_error,status_code_conformance,content_type_conformance,"
-    "response_schema_conformance,response_headers_conformance"
-)
-
-
-def schemathesis(url: str, *, examples: int, seed: int) -> subprocess.CompletedProcess[str]:
-    cli = Path(sys.executable).with_name("schemathesis")
-    return subprocess.run(
-        [
-            str(cli),
-            "run",
-            f"{url}/openapi.json",
-            "--checks",
-            CHECKS,
-            "--seed",
-            str(seed),
-            "--max-examples",
-            str(examples),
-            "--workers",
-            "1",
-            "--no-color",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from bench.fuzz import generated_cases, schemathesis
 
 
 def test_every_route_answers_within_its_document(tmp_path: Path, minilm: Path) -> None:
     with running(tmp_path, minilm) as daemon:
-        run = schemathesis(daemon.url, examples=6, seed=1)
+        run = schemathesis(daemon.url, max_examples=6, seed=1, timeout=600)
         log = daemon.log_tail()
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
-    generated = re.search(r"(\d+) generated", run.stdout)
-    assert generated and int(generated.group(1)) >= 300, run.stdout[-2000:]
+    assert generated_cases(run.stdout) >= 300, run.stdout[-2000:]
     assert "Traceback" not in log, log
