@@ -22,6 +22,7 @@ import importlib.util
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 CACHE = Path(__file__).resolve().parent / ".cache"
 EOS = "<|endoftext|>"
@@ -145,14 +146,10 @@ def write_sentence_transformers_files(out: Path) -> None:
     )
 
 
-def build(shape: str, out: Path, *, seed: int = 0, append_eos: bool = True) -> Path:
-    """Build (or reuse) a Qwen3 embedding model folder of the given shape."""
-    stamp = out / ".built"
-    want = json.dumps({"shape": shape, "seed": seed, "eos": append_eos, "v": FORMAT_VERSION})
-    if stamp.is_file() and stamp.read_text() == want:
-        return out
+def qwen3_config(shape: str, *, eos_token_id: int) -> tuple[Any, Any]:
+    """A Qwen3 config of `shape` (SHAPES) and the dtype to save its weights in."""
     import torch
-    from transformers import Qwen3Config, Qwen3Model
+    from transformers import Qwen3Config
 
     params = dict(SHAPES[shape])
     dtype = getattr(torch, params.pop("torch_dtype"))
@@ -163,7 +160,7 @@ def build(shape: str, out: Path, *, seed: int = 0, append_eos: bool = True) -> P
         hidden_act="silu",
         tie_word_embeddings=True,
         bos_token_id=151643,
-        eos_token_id=151643,
+        eos_token_id=eos_token_id,
         pad_token_id=151643,
         attention_dropout=0.0,
         use_sliding_window=False,
@@ -171,17 +168,41 @@ def build(shape: str, out: Path, *, seed: int = 0, append_eos: bool = True) -> P
     )
     # transformers 5 writes rope_theta only under rope_parameters; keep it that way on purpose.
     config.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
+    return config, dtype
+
+
+def seeded_model(model_class: Any, config: Any, shape: str, seed: int) -> Any:
+    """`model_class(config)` with seeded random weights."""
+    import torch
+
     torch.manual_seed(seed)
-    model = Qwen3Model(config)
+    model = model_class(config)
     with torch.no_grad():
         for p in model.parameters():
             # Larger-than-default init so that tiny random models still give well-spread vectors.
             if p.dim() > 1:
                 p.normal_(0.0, 0.05 if shape == "tiny" else 0.02)
+    return model
+
+
+def save_fresh(model: Any, dtype: Any, out: Path) -> None:
+    """Save `model` in `dtype` as safetensors into an emptied `out`."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     model.to(dtype).save_pretrained(out, safe_serialization=True)
+
+
+def build(shape: str, out: Path, *, seed: int = 0, append_eos: bool = True) -> Path:
+    """Build (or reuse) a Qwen3 embedding model folder of the given shape."""
+    stamp = out / ".built"
+    want = json.dumps({"shape": shape, "seed": seed, "eos": append_eos, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    from transformers import Qwen3Model
+
+    config, dtype = qwen3_config(shape, eos_token_id=151643)
+    save_fresh(seeded_model(Qwen3Model, config, shape, seed), dtype, out)
     write_tokenizer(out, append_eos)
     write_sentence_transformers_files(out)
     stamp.write_text(want)
@@ -211,35 +232,10 @@ def build_qwen3_reranker(shape: str, out: Path, *, seed: int = 1) -> Path:
     want = json.dumps({"reranker": shape, "seed": seed, "v": FORMAT_VERSION})
     if stamp.is_file() and stamp.read_text() == want:
         return out
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
+    from transformers import Qwen3ForCausalLM
 
-    params = dict(SHAPES[shape])
-    dtype = getattr(torch, params.pop("torch_dtype"))
-    rope_theta = params.pop("rope_theta")
-    config = Qwen3Config(
-        vocab_size=QWEN3_VOCAB,
-        rms_norm_eps=1e-6,
-        hidden_act="silu",
-        tie_word_embeddings=True,
-        bos_token_id=151643,
-        eos_token_id=151645,
-        pad_token_id=151643,
-        attention_dropout=0.0,
-        use_sliding_window=False,
-        **params,
-    )
-    config.rope_parameters = {"rope_type": "default", "rope_theta": rope_theta}
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.05 if shape == "tiny" else 0.02)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    model.to(dtype).save_pretrained(out, safe_serialization=True)
+    config, dtype = qwen3_config(shape, eos_token_id=151645)
+    save_fresh(seeded_model(Qwen3ForCausalLM, config, shape, seed), dtype, out)
     write_tokenizer(out, append_eos=False)
     stamp.write_text(want)
     return out
