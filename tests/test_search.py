@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 from collections import Counter
 from pathlib import Path
@@ -268,6 +270,63 @@ async def test_prepare_search_warms_every_search_thread(tmp_path: Path) -> None:
         out = await svc.search(SearchRequest.from_json({"collection": "notes", "query": "basil"}))
         assert out["results"][0]["document_id"] == "garden.md"
         assert store.vector_threads[-1] in threads
+    finally:
+        await svc.close()
+        store.close()
+
+
+class ListingGate(SQLiteStore):
+    """`list_collections` waits for the test's go-ahead (or fails, when told to)."""
+
+    def __init__(self, path: Path, *, fail: bool = False) -> None:
+        super().__init__(path)
+        self.fail = fail
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def list_collections(self):  # type: ignore[no-untyped-def]
+        self.entered.set()
+        self.go.wait(10)
+        if self.fail:
+            raise RuntimeError("the disk went away")
+        return super().list_collections()
+
+
+async def test_shutting_down_while_search_is_being_prepared_is_quiet(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The daemon stops while the startup preload is between two of its steps: the service's
+    # threads are released and the store is closed before the preload's next store call runs.
+    # That call fails (the store is closed) and the preload must end quietly, not raise into
+    # the shutdown (CI once failed a test's teardown on exactly this).
+    store = ListingGate(tmp_path / "db.sqlite")
+    svc = CollectionService(store, lambda: HashEmbedder())
+    await svc.create_collection("notes")
+    preload = asyncio.create_task(svc.prepare_search())
+    assert await asyncio.to_thread(store.entered.wait, 10)
+    await svc.close()
+    store.close()
+    store.go.set()
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(preload, 10)
+    assert not caplog.records
+
+
+async def test_a_failed_preload_is_logged_and_searches_still_work(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ListingGate(tmp_path / "db.sqlite", fail=True)
+    store.go.set()
+    svc = CollectionService(store, lambda: HashEmbedder())
+    try:
+        await svc.create_collection("notes")
+        docs = [DocumentIn(k, v, {}, f"/notes/{k}") for k, v in NOTES.items()]
+        await svc.add_documents("notes", docs, background=False)
+        with caplog.at_level(logging.WARNING):
+            await svc.prepare_search()
+        assert "preparing for search failed" in caplog.text
+        out = await svc.search(SearchRequest.from_json({"collection": "notes", "query": "basil"}))
+        assert out["results"][0]["document_id"] == "garden.md"
     finally:
         await svc.close()
         store.close()

@@ -47,7 +47,18 @@ class SearchThreads:
 
     async def prepare(self) -> None:
         """The store's `prepare_search`, then `warm_up` on each thread for each collection with
-        chunks. Searches that arrive meanwhile are answered (correctly; maybe slower)."""
+        chunks. Searches that arrive meanwhile are answered (correctly; maybe slower). Never
+        raises: a failure is logged (searches work unwarmed), and one caused by shutting down
+        (the store closed, the threads released, at any step of this) is expected and quiet."""
+        try:
+            await self._prepare()
+        except Exception:
+            if not self._closing:
+                log.warning("preparing for search failed", exc_info=True)
+        finally:
+            self._warmed = True
+
+    async def _prepare(self) -> None:
         await self.run(self.store.prepare_search)
         if self._closing:
             return
@@ -63,13 +74,7 @@ class SearchThreads:
                 warm_up(self.store, collection)
 
         self._warming = asyncio.gather(*(self.run(warm) for _ in range(SEARCH_THREADS)))
-        try:
-            await self._warming
-        except Exception:  # searches work unwarmed: report, never fail the daemon
-            if not self._closing:
-                log.warning("warming the search threads failed", exc_info=True)
-        finally:
-            self._warmed = True
+        await self._warming
 
     def readiness(self) -> dict[str, Any]:
         """The store's `search_readiness`, ready only once the threads are warm too."""
