@@ -65,6 +65,26 @@ def test_each_dimension_gets_an_index_pgvector_supports(
     assert np.mean(recalls) >= 0.9
 
 
+def test_a_float32_graph_needs_no_rescoring_of_the_candidates_it_does_not_return(
+    pg: PostgresStore,
+) -> None:
+    """Unfiltered search on a `vector` graph fetches only `limit` rows of its `candidates`-long
+    list: which is right only if the index returns that list in exact order. The first 10 of
+    400 candidates must be the top 10 of the same 400 rescored."""
+    rng = np.random.default_rng(5)
+    coll = pg.create_collection("c", fingerprint="fp", model_id="m", dim=128, settings={})
+    data = clustered(rng, 3000, 128)
+    pg.write_documents(
+        "c", "fp", "m", [make_doc(f"d{i}", data[i : i + 100]) for i in range(0, 3000, 100)]
+    )
+    for q in clustered(np.random.default_rng(8), 10, 128):
+        top = pg.vector_candidates(coll, q, 10, candidates=400)
+        whole = pg.vector_candidates(coll, q, 400, candidates=400)
+        assert [c for c, _ in top] == [c for c, _ in whole[:10]]
+        assert all(abs(a[1] - b[1]) < 1e-6 for a, b in zip(top, whole, strict=False))
+        assert [s for _, s in top] == sorted((s for _, s in top), reverse=True)
+
+
 def test_a_dimension_pgvector_cannot_store_is_refused(pg: PostgresStore) -> None:
     with pytest.raises(InvalidInput) as err:
         pg.create_collection("huge", fingerprint="fp", model_id="m", dim=20000, settings={})
