@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -30,6 +30,7 @@ class MemoryRun:
     warmup: int
     requests: int = 0  # measured requests answered 200 (after the warm-up)
     errors: int = 0
+    error_kinds: dict[str, int] = field(default_factory=dict)  # "http 429", "TimeoutError"...
     seconds: float = 0.0
     rss_start: float = float("nan")  # MiB, the daemon idle and healthy
     rss_warm: float = float("nan")  # at the end of the warm-up
@@ -52,13 +53,16 @@ class MemoryRun:
     def complete(self) -> bool:
         return self.requests >= self.target_requests
 
+    def kinds_text(self) -> str:
+        return f": {self.error_kinds}" if self.error_kinds else ""
+
     def line(self) -> str:
         return (
             f"{self.label}: {self.requests} requests in {self.seconds:.0f}s "
-            f"({self.errors} errors); RSS idle {self.rss_start:.0f}, after warm-up "
-            f"{self.rss_warm:.0f}, end {self.rss_end:.0f}, peak {self.rss_peak:.0f}, settled "
-            f"{self.rss_settled:.0f} MiB; growth {self.growth:+.1%}, slope "
-            f"{self.slope_per_1000:+.1f} MiB / 1,000 requests"
+            f"({self.errors} errors{self.kinds_text()}); RSS idle {self.rss_start:.0f}, "
+            f"after warm-up {self.rss_warm:.0f}, end {self.rss_end:.0f}, peak "
+            f"{self.rss_peak:.0f}, settled {self.rss_settled:.0f} MiB; growth "
+            f"{self.growth:+.1%}, slope {self.slope_per_1000:+.1f} MiB / 1,000 requests"
         )
 
 
@@ -97,13 +101,16 @@ async def drive(
         while counters["sent"] < total and time.monotonic() < deadline:
             counters["sent"] += 1
             body = {"input": texts.text(*WORDS), "encoding_format": "float"}
+            kind = ""
             try:
                 async with s.post(url, json=body) as r:
                     await r.read()
-                    ok = r.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                ok = False
-            counters["ok" if ok else "errors"] += 1
+                    kind = "" if r.status == 200 else f"http {r.status}"
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                kind = type(exc).__name__
+            counters["errors" if kind else "ok"] += 1
+            if kind:
+                run.error_kinds[kind] = run.error_kinds.get(kind, 0) + 1
 
     async def sampler() -> None:
         warm_done = False

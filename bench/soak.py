@@ -102,7 +102,9 @@ def memory_targets(run: MemoryRun, limit: float = 0.10) -> Target:
             f"{run.target_requests:,}"
         )
         passed = run.projected_growth <= limit and run.growth <= limit
-    figure += f" (RSS {run.rss_warm:.0f} -> {run.rss_end:.0f} MiB, errors {run.errors})"
+    figure += (
+        f" (RSS {run.rss_warm:.0f} -> {run.rss_end:.0f} MiB, errors {run.errors}{run.kinds_text()})"
+    )
     return Target(f"memory, {run.label}: RSS growth after warm-up <= 10%", figure, passed)
 
 
