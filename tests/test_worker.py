@@ -338,6 +338,39 @@ async def test_a_one_text_request_runs_inside_a_long_pass(minilm: Path) -> None:
     assert engine.embedder.pauses >= 3  # type: ignore[attr-defined]
 
 
+async def test_requests_arriving_steadily_cannot_starve_a_running_pass(minilm: Path) -> None:
+    """New one-text requests keep arriving while a pass runs, before the worker knows what a
+    pass costs (a fresh daemon): the passes run in its pauses take at most as many tokens as
+    it has, so it ends in about twice its own time and its request is answered. (Unbounded,
+    every pause ran every newcomer and the first request waited until its client gave up.)"""
+    engine = hash_engine(minilm, seconds_per_token=0.002)  # 4 layers: 3 pauses a pass
+    worker, stats = make_worker(engine, max_batch_tokens=4096, batch_wait_ms=0, preempt_ms=25)
+    stop = asyncio.Event()
+
+    async def steady(k: int) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await worker.submit(texts_of(f"s{k}x{n}x", 1, words=40))  # ~160 tokens: ~0.3 s
+            await asyncio.sleep(0)
+
+    first = asyncio.ensure_future(worker.submit(texts_of("first", 10, words=10)))  # ~0.5 s
+    answered: list[float] = []
+    first.add_done_callback(lambda _: answered.append(time.perf_counter()))
+    await asyncio.sleep(0.05)
+    others = [asyncio.ensure_future(steady(k)) for k in range(6)]
+    t0 = time.perf_counter()
+    try:
+        done, _ = await asyncio.wait({first}, timeout=6.0)
+    finally:
+        stop.set()
+        await asyncio.gather(*others)
+        worker.stop()
+    assert first in done, "the first pass was starved by the passes run in its pauses"
+    assert answered[0] - t0 < 3.0
+    assert first.result().vectors.shape == (10, engine.dim)
+
+
 async def test_requests_in_the_running_pass_do_not_run_nested(minilm: Path) -> None:
     """Only requests with nothing in the running pass use its pauses: a big interactive
     request in the pass does not jump ahead through them."""

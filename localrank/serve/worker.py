@@ -350,11 +350,9 @@ class ModelWorker:
             turns.rotate(-1)
         return len(taken) < self.max_batch_size
 
-    def _newcomers(self, running: set[int], stretch: int) -> list[tuple[_Job, int]]:
+    def _newcomers(self, running: set[int], budget: int) -> list[tuple[_Job, int]]:
         """For a pass run inside another's pause: one item from each waiting interactive
-        request that has none in the running pass, as many as fit in one stretch (by the cost
-        model, or `stretch` tokens: one stretch of the running pass, if that is more)."""
-        budget = max(self._budget(1), stretch)
+        request that has none in the running pass, as many as fit in `budget` tokens."""
         taken: list[tuple[_Job, int]] = []
         tokens = 0
         for job in list(self._interactive):
@@ -384,16 +382,28 @@ class ModelWorker:
         running = {id(job) for job, _ in taken}
         tokens = sum(len(job.encoded[i].ids) for job, i in taken)
         stretch = tokens // self._segments
+        # Each pause's pass fits in one stretch (by the cost model, or one stretch of this pass
+        # when that is more; just the stretch while the model is unknown), and all of them
+        # together take at most as many tokens as this pass: it may take twice as long, never
+        # longer. (Unbounded, requests arriving steadily starved a pass: each pause ran every
+        # newcomer, the pass never ended, and a request in it waited until its client gave up.)
+        within = self.cost.tokens_within(self.preempt_seconds) if self.preempt_seconds else None
+        per_pause = stretch if within is None else max(min(within, self.max_batch_tokens), stretch)
+        allowance = [tokens]
         pauses = [0]
         nested = [0.0]
 
         def pause() -> None:
             pauses[0] += 1
             self._collect()
-            if self._interactive:
-                waiting = self._newcomers(running, stretch)
+            if self._interactive and allowance[0] > 0:
+                waiting = self._newcomers(running, min(per_pause, allowance[0]))
                 if waiting:
-                    nested[0] += self._forward(waiting, None)
+                    n = sum(len(job.encoded[i].ids) for job, i in waiting)
+                    allowance[0] -= n
+                    seconds = self._forward(waiting, None)
+                    nested[0] += seconds
+                    self.cost.add(n, seconds)  # so the model is known after the first pause
 
         seconds = self._forward(taken, pause)
         self._segments = pauses[0] + 1
