@@ -162,6 +162,11 @@ def _slices(inputs: Inputs, work: Callable[[str], int]) -> Iterator[list]:  # ty
     yield part
 
 
+def _tokens(items: list[tuple[_Job, int]]) -> int:
+    """Tokens in a pass's items (request, index of its input)."""
+    return sum(len(job.encoded[i].ids) for job, i in items)
+
+
 class ModelWorker:
     """Owns `engine` on a dedicated thread. `submit` is called from the event loop."""
 
@@ -325,7 +330,7 @@ class ModelWorker:
         """Add one item from each waiting request in `turns`, in turn, to `taken` until the pass
         is full (then False). The request served last moves to the back, so the next pass
         starts after it."""
-        tokens = sum(len(job.encoded[i].ids) for job, i in taken)
+        tokens = _tokens(taken)
         runner = taken[0][0].runner if taken else None
         skipped = 0  # requests for another model passed over since the last item taken
         while turns and len(taken) < self.max_batch_size and skipped < len(turns):
@@ -380,7 +385,7 @@ class ModelWorker:
         if not taken:
             return
         running = {id(job) for job, _ in taken}
-        tokens = sum(len(job.encoded[i].ids) for job, i in taken)
+        tokens = _tokens(taken)
         stretch = tokens // self._segments
         # Each pause's pass fits in one stretch (by the cost model, or one stretch of this pass
         # when that is more; just the stretch while the model is unknown), and all of them
@@ -399,7 +404,7 @@ class ModelWorker:
             if self._interactive and allowance[0] > 0:
                 waiting = self._newcomers(running, min(per_pause, allowance[0]))
                 if waiting:
-                    n = sum(len(job.encoded[i].ids) for job, i in waiting)
+                    n = _tokens(waiting)
                     allowance[0] -= n
                     seconds = self._forward(waiting, None)
                     nested[0] += seconds
@@ -411,7 +416,7 @@ class ModelWorker:
 
     def _forward(self, taken: list[tuple[_Job, int]], pause: Pause | None) -> float:
         """Run `taken` through the model, hand each vector to its request; the seconds spent."""
-        tokens = sum(len(job.encoded[i].ids) for job, i in taken)
+        tokens = _tokens(taken)
         started = time.perf_counter()
         try:
             runner: Runner = taken[0][0].runner
