@@ -65,14 +65,13 @@ def test_qwen3_reranker_yes_no_ids_come_from_the_tokenizer(tiny_reranker):
     assert recipe.no_id == tok.convert_tokens_to_ids("no")
 
 
-@pytest.mark.parametrize("backend", ["torch", "mlx"])
-def test_bert_cross_encoder_matches_sentence_transformers(tiny_cross_encoder, backend):
-    rr = reranker_for(str(tiny_cross_encoder), backend)
-    assert rr.info.backend.backend == backend
-    docs = [*DOCS, LONG]  # LONG is cut longest-first to 512 tokens, as the tokenizer does
+def assert_matches_cross_encoder(rr, folder) -> None:  # type: ignore[no-untyped-def]
+    """Logits and scores as sentence-transformers' CrossEncoder gives them, batched and one by
+    one; the long document cut longest-first to the max length, as the tokenizer does."""
+    docs = [*DOCS, LONG]
     pairs = [(QUERY, d) for d in docs]
-    expected = cross_encoder_reference(tiny_cross_encoder, pairs)
-    raw = cross_encoder_reference(tiny_cross_encoder, pairs, activation=False)
+    raw = cross_encoder_reference(folder, pairs, activation=False)
+    expected = cross_encoder_reference(folder, pairs)
     got = rr.rerank(QUERY, docs)
     assert np.abs(got.logits - raw).max() < TOL
     assert np.abs(got.scores - expected).max() < TOL
@@ -80,6 +79,13 @@ def test_bert_cross_encoder_matches_sentence_transformers(tiny_cross_encoder, ba
     one_by_one = np.array([rr.rerank(QUERY, [d]).logits[0] for d in docs])
     assert np.abs(one_by_one - raw).max() < TOL
     assert np.ptp(raw) > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_bert_cross_encoder_matches_sentence_transformers(tiny_cross_encoder, backend):
+    rr = reranker_for(str(tiny_cross_encoder), backend)
+    assert rr.info.backend.backend == backend
+    assert_matches_cross_encoder(rr, tiny_cross_encoder)
 
 
 def test_sigmoid_is_stable_at_the_extremes():
@@ -91,17 +97,7 @@ def test_sigmoid_is_stable_at_the_extremes():
 def test_xlmr_cross_encoder_matches_sentence_transformers(tiny_xlmr_cross_encoder, backend):
     rr = reranker_for(str(tiny_xlmr_cross_encoder), backend)
     assert rr.info.backend.backend == backend and rr.recipe.family == "xlm-roberta"
-    docs = [*DOCS, LONG]
-    pairs = [(QUERY, d) for d in docs]
-    raw = cross_encoder_reference(tiny_xlmr_cross_encoder, pairs, activation=False)
-    expected = cross_encoder_reference(tiny_xlmr_cross_encoder, pairs)
-    got = rr.rerank(QUERY, docs)
-    assert np.abs(got.logits - raw).max() < TOL
-    assert np.abs(got.scores - expected).max() < TOL
-    assert got.truncated == 1
-    one_by_one = np.array([rr.rerank(QUERY, [d]).logits[0] for d in docs])
-    assert np.abs(one_by_one - raw).max() < TOL
-    assert np.ptp(raw) > 1e-3
+    assert_matches_cross_encoder(rr, tiny_xlmr_cross_encoder)
 
 
 def test_a_reranker_folder_without_its_tokenizer_is_refused(tiny_cross_encoder, tmp_path):
