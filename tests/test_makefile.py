@@ -1,0 +1,40 @@
+"""The Makefile's two installs, as make would run them from a fresh clone (`make -n -B`: every
+recipe printed, nothing run): `make serve` installs the runtime only, torch pinned first;
+`make test` adds the dev extra on top of the same runtime install."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def recipe(target: str) -> list[str]:
+    make = shutil.which("make")
+    if make is None:
+        pytest.fail("make is not installed: the README's set-up needs it")
+    out = subprocess.run(
+        [make, "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def test_serve_installs_the_runtime_only_with_torch_pinned_first():
+    lines = recipe("serve")
+    torch = lines.index(".venv/bin/pip install --quiet -c constraints.txt torch")
+    package = lines.index(".venv/bin/pip install --quiet -c constraints.txt -e .")
+    assert torch < package < lines.index(".venv/bin/localrank serve")
+    assert not any("[dev]" in line for line in lines)
+
+
+def test_test_adds_the_dev_extra_to_the_runtime_install():
+    lines = recipe("test")
+    runtime = lines.index(".venv/bin/pip install --quiet -c constraints.txt -e .")
+    dev = lines.index(".venv/bin/pip install --quiet -c constraints.txt -e '.[dev]'")
+    pytest_run = next(i for i, line in enumerate(lines) if "-m pytest" in line)
+    assert runtime < dev < pytest_run
+    assert sum("venv .venv" in line for line in lines) == 1  # one venv for both installs
