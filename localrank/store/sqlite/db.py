@@ -44,10 +44,14 @@ UNAVAILABLE = (
 )
 
 
-def connect(path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> apsw.Connection:
-    """Open one connection with sqlite-vec loaded and every PRAGMA localrank relies on."""
+def connect(
+    path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS, create: bool = True
+) -> apsw.Connection:
+    """Open one connection with sqlite-vec loaded and every PRAGMA localrank relies on.
+    `create`: make the file when it does not exist."""
+    flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
     try:
-        conn = apsw.Connection(str(path))
+        conn = apsw.Connection(str(path), flags=flags)
         conn.enable_load_extension(True)
         conn.load_extension(sqlite_vec.loadable_path())
         conn.enable_load_extension(False)
@@ -118,7 +122,9 @@ class Database:
             raise StoreError("the store is closed")
         conn: apsw.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms)
+            # Never a new empty file: had the database been removed, a reader that made one
+            # would answer "no such table" where the truth is "the database is gone".
+            conn = connect(self.path, busy_timeout_ms=self.busy_timeout_ms, create=False)
             self._local.conn = conn
             with self._all_lock:
                 self._all.append(conn)
