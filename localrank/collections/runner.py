@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 
 from localrank.collections.ingest import TRANSIENT_CODES, Ingestor
-from localrank.errors import LocalrankError, ModelMismatch, StoreError
+from localrank.errors import LocalrankError, ModelMismatch, StoreError, StoreUnavailable
 from localrank.store.records import Job, new_job_owner
 
 log = logging.getLogger(__name__)
@@ -186,13 +186,32 @@ class JobRunner:
                 continue  # the store is still away: at the next poll
             self._stalls.pop(job_id, None)
 
-    def stall(self, job_id: str) -> Stall | None:
-        """What this runner knows of a job whose store operations keep failing, if any."""
-        return self._stalls.get(job_id)
+    async def view(self, job_id: str) -> dict[str, Any]:
+        """A job as the API shows it (`report`). When the store cannot be read, a job this
+        runner holds is answered from its memory (`"stale": true`); any other, StoreUnavailable."""
+        try:
+            job = await asyncio.to_thread(self.ingestor.store.get_job, job_id)
+        except StoreUnavailable:
+            stall = self._stalls.get(job_id)
+            if stall is None:
+                raise
+            return self.report(stall.job, stale=True)
+        return self.report(job)
 
-    def forget(self, job_id: str) -> None:
-        """Drop what this runner knows of a job's failures (it is being retried)."""
-        self._stalls.pop(job_id, None)
+    async def retry(self, job_id: str) -> Job:
+        """Queue a failed job again (`Store.retry_job`: NotFound, Conflict unless it failed). A
+        job failed in this runner's view only (the store never took the write, it still says
+        running) is handed back to the queue as it is."""
+        store = self.ingestor.store
+        stall = self._stalls.get(job_id)
+        if stall is not None and stall.error is not None:
+            await asyncio.to_thread(store.requeue_job, job_id)
+            self._stalls.pop(job_id, None)
+            job = await asyncio.to_thread(store.get_job, job_id)
+        else:
+            job = await asyncio.to_thread(store.retry_job, job_id)
+        self.notify()
+        return job
 
     def report(self, job: Job, *, stale: bool = False) -> dict[str, Any]:
         """The job's API view, with what the store cannot say yet: that the job's store

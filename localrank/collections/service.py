@@ -27,7 +27,7 @@ from localrank.collections.search import SearchRequest, run_search
 from localrank.collections.search_threads import SearchThreads
 from localrank.collections.store_monitor import StoreMonitor
 from localrank.collections.watch import FolderWatcher, WatchSettings
-from localrank.errors import InvalidInput, NotFound, StoreUnavailable
+from localrank.errors import InvalidInput, NotFound
 from localrank.store import Store
 from localrank.store.records import Collection, Job
 
@@ -247,17 +247,8 @@ class CollectionService:
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
         """A job's state and progress, with what the job runner knows that the store cannot
-        say (yet): that the job's store operations keep failing, that it failed for it. When
-        the store cannot be read, a job the runner holds is answered from its memory
-        (`"stale": true`); any other, StoreUnavailable."""
-        try:
-            job = await asyncio.to_thread(self.store.get_job, job_id)
-        except StoreUnavailable:
-            stall = self.runner.stall(job_id)
-            if stall is None:
-                raise
-            return self.runner.report(stall.job, stale=True)
-        return self.runner.report(job)
+        say (yet): that the job's store operations keep failing, that it failed for it."""
+        return await self.runner.view(job_id)
 
     async def list_jobs(self, *, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
         """Recent jobs, newest first (as `get_job` reports them)."""
@@ -268,16 +259,7 @@ class CollectionService:
     async def retry_job(self, job_id: str) -> dict[str, Any]:
         """Queue a failed job again; it resumes where it stopped (documents already stored are
         not embedded again). NotFound for an unknown job, Conflict for one that did not fail."""
-        stall = self.runner.stall(job_id)
-        if stall is not None and stall.error is not None:
-            # Failed in this process's view only, the store has it running: queue it again.
-            await asyncio.to_thread(self.store.requeue_job, job_id)
-            self.runner.forget(job_id)
-            job = await asyncio.to_thread(self.store.get_job, job_id)
-        else:
-            job = await asyncio.to_thread(self.store.retry_job, job_id)
-        self.runner.notify()
-        return job.to_api()
+        return (await self.runner.retry(job_id)).to_api()
 
     async def reindex(self, name: str, *, force: bool = False) -> dict[str, Any]:
         """Queue a job re-embedding a collection with the serving model (the daemon runs it)."""
