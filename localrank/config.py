@@ -121,6 +121,10 @@ class Settings:
     # How long a daemon holds a job claimed from a shared store without renewing its lease: a
     # job whose daemon died is resumed by another one this long after its last renewal.
     job_lease_s: float = 30.0
+    # How long a job's store operations may keep failing (the database down, or refusing its
+    # writes) before the job ends failed with the reason; `POST /v1/jobs/{id}/retry` (or
+    # `localrank jobs retry ID`) resumes it where it stopped. Shorter failures are retried.
+    job_failure_timeout_s: float = 300.0
     # The cross-encoder reranker (a folder, a Hugging Face id): None for the embedding model's
     # cosine. Loaded on the first request that needs it (or at startup with preload_reranker),
     # unloaded after reranker_idle_unload_s without use (0: never).
@@ -232,6 +236,10 @@ def _validate(s: Settings) -> None:
         )
     if not 2.0 <= s.job_lease_s <= 3600.0:
         raise ConfigError("job_lease_s must be 2..3600 seconds", param="job_lease_s")
+    if not 1.0 <= s.job_failure_timeout_s <= 86400.0:
+        raise ConfigError(
+            "job_failure_timeout_s must be 1..86400 seconds", param="job_failure_timeout_s"
+        )
     if s.watch_polling not in WATCH_POLLING:
         raise ConfigError(
             f"watch_polling must be one of {', '.join(WATCH_POLLING)}, not {s.watch_polling!r}",

@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import LiveDaemon, free_port, write_notes
+from daemons import LiveDaemon, free_port, request, write_notes
 
 from localrank.cli import main
 from localrank.cli.common import Runtime
+from localrank.collections.documents import DocumentIn
 from localrank.collections.embedder import in_process_embedder
 from localrank.config import Settings
+from localrank.store import SQLiteStore
+from localrank.store.sqlite import jobs
 
 
 def no_model(settings: Settings) -> Any:
@@ -151,6 +154,43 @@ def test_index_watch_through_the_cli(
     removed = as_json(["watch", "remove", str(folder)], THROUGH_DAEMON, capsys)
     assert [w["path"] for w in removed["removed"]] == [folder.resolve().as_posix()]
     assert as_json(["watch", "list"], THROUGH_DAEMON, capsys)["watches"] == []
+
+
+def failed_job(daemon: LiveDaemon, collection: str, texts: list[str]) -> str:
+    """A job that failed with a store outage, as the daemon's job runner leaves one: created and
+    failed in one transaction, so the daemon never runs it before the test retries it."""
+    store = SQLiteStore(daemon.home / "data" / "localrank.db")
+    try:
+        items = [
+            (f"{collection}-{i}", DocumentIn(f"{collection}-{i}", t).to_payload())
+            for i, t in enumerate(texts)
+        ]
+        with store.db.write() as conn:
+            job_id = jobs.create_job(conn, collection=collection, kind="ingest", items=items)
+            jobs.finish_job(conn, job_id, "failed", "the store kept failing for 300 s")
+        return job_id
+    finally:
+        store.close()
+
+
+def test_a_failed_job_is_retried_with_and_without_the_daemon(
+    env: LiveDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _ = request(f"{env.url}/v1/collections", {"name": "retried"})
+    assert status == 201
+    texts = ["the first note about kestrels", "a second one, about falcons"]
+    for runtime, extra in ((THROUGH_DAEMON, []), (IN_PROCESS, ["--local"])):
+        job_id = failed_job(env, "retried", texts)
+        listed = as_json(["jobs", *extra], runtime, capsys)["jobs"]
+        assert [j["state"] for j in listed if j["job_id"] == job_id] == ["failed"]
+        out = as_json(["jobs", "retry", job_id, *extra], runtime, capsys)
+        assert (out["job_id"], out["state"], out["done"], out["errors"]) == (job_id, "done", 2, [])
+        code = main(["jobs", "retry", job_id, *extra], runtime)  # done: nothing to retry
+        assert code == 5 and "only a failed job can be retried" in capsys.readouterr().err
+    code = main(["jobs", "retry", "job_nope"], THROUGH_DAEMON)
+    assert code == 4 and "job_nope" in capsys.readouterr().err
+    found = as_json(["search", "falcons", "-c", "retried"], THROUGH_DAEMON, capsys)
+    assert found["results"][0]["document_id"] == "retried-1"
 
 
 def test_a_search_process_with_a_daemon_imports_no_model(env: LiveDaemon, tmp_path: Path) -> None:

@@ -71,6 +71,16 @@ def test_lists_and_empty_variables(tmp_path: Path) -> None:
     assert s.model == DEFAULT_MODEL and s.sources["model"] == "default"  # "" means unset
 
 
+def test_job_failure_timeout_from_file_and_env(tmp_path: Path) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    assert load_settings({}, env).job_failure_timeout_s == 300.0  # a few minutes
+    path = write_config(tmp_path, "job_failure_timeout_s = 600\n")
+    s = load_settings({}, env)
+    assert s.job_failure_timeout_s == 600.0 and s.sources["job_failure_timeout_s"] == f"file:{path}"
+    env["LOCALRANK_JOB_FAILURE_TIMEOUT_S"] = "45.5"
+    assert load_settings({}, env).job_failure_timeout_s == 45.5
+
+
 def test_origins_of_any_scheme(tmp_path: Path) -> None:
     """Apps send their own schemes (Obsidian: app://obsidian.md); all are origins."""
     origins = "app://obsidian.md, chrome-extension://abcdefgh, http://[::1]:3000/"
@@ -133,6 +143,9 @@ def test_torch_is_a_backend(tmp_path: Path) -> None:
         ("env", "store_url", "mysql://me@db/x", "store_url must be postgresql://"),
         ("flag", "store_url", "postgresql:/host/db", "store_url"),
         ("file", "job_lease_s", "0.5", "job_lease_s"),
+        ("env", "job_failure_timeout_s", "0", "job_failure_timeout_s must be 1..86400"),
+        ("file", "job_failure_timeout_s", "1e6", "job_failure_timeout_s"),
+        ("env", "job_failure_timeout_s", "soon", "job_failure_timeout_s"),
     ],
 )
 def test_bad_values_raise_config_error(

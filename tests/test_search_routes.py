@@ -117,6 +117,9 @@ async def test_async_job_via_api(client) -> None:  # type: ignore[no-untyped-def
     assert job["errors"] == []
     jobs = await (await client.get("/v1/jobs", params={"state": "done"})).json()
     assert jobs["jobs"][0]["job_id"] == job_id
+    r = await client.post(f"/v1/jobs/{job_id}/retry")  # only a failed job is retried
+    assert r.status == 409 and (await r.json())["error"]["type"] == "conflict"
+    assert "is done" in (await r.json())["error"]["message"]
     r = await client.post(
         "/v1/search", json={"collection": "n", "query": "token17", "mode": "keyword"}
     )
@@ -150,6 +153,7 @@ async def test_error_statuses(client) -> None:  # type: ignore[no-untyped-def]
         ),
         ("post", "/v1/collections", {"name": "bad/name"}, 422),
         ("get", "/v1/jobs/job_nope", None, 404),
+        ("post", "/v1/jobs/job_nope/retry", None, 404),
         ("get", "/v1/jobs?state=weird", None, 422),
     ]
     for method, url, body, status in cases:

@@ -297,6 +297,42 @@ def test_a_job_is_claimed_by_one_owner_at_a_time(store: Store, open_same: Opener
     assert store.renew_job(second.id, "owner-b") is False  # finished: nothing to renew
 
 
+def test_a_failed_job_is_retried_from_where_it_stopped(store: Store) -> None:
+    rng = np.random.default_rng(11)
+    new_collection(store)
+    job = store.create_ingest_job("c", [(f"d{i}", f'{{"n": {i}}}') for i in range(4)])
+    with pytest.raises(Conflict, match="queued"):
+        store.retry_job(job.id)  # only a failed job
+    assert store.claim_job("owner-a") is not None
+    with pytest.raises(Conflict, match="running"):
+        store.retry_job(job.id)
+    progress = JobProgress(job.id, (0,), (ItemFailure(1, "d1", "unreadable"),))
+    store.write_documents("c", "fp", "m", [make_doc("d0", unit(rng, 1))], progress=progress)
+    store.finish_job(job.id, error="the store kept failing")
+    # compact drops finished jobs' items, but not what a retry of a failed job resumes with
+    store.compact(cache_max_rows=1000)
+    queued = store.retry_job(job.id)
+    assert (queued.state, queued.owner, queued.done, queued.failed) == ("queued", None, 1, 1)
+    # the job's own error went with the failure; its document's failure stays
+    assert queued.errors == [{"id": "d1", "message": "unreadable"}]
+    assert [i.doc_id for i in store.pending_items(job.id, 10)] == ["d2", "d3"]
+    claimed = store.claim_job("owner-b")
+    assert claimed is not None and claimed.id == job.id and claimed.owner == "owner-b"
+    store.write_documents(
+        "c",
+        "fp",
+        "m",
+        [make_doc("d2", unit(rng, 1)), make_doc("d3", unit(rng, 1))],
+        progress=JobProgress(job.id, (2, 3)),
+    )
+    done = store.finish_job(job.id)
+    assert (done.state, done.done, done.failed) == ("done", 3, 1)
+    with pytest.raises(Conflict, match="done"):
+        store.retry_job(job.id)
+    with pytest.raises(NotFound):
+        store.retry_job("job_nope")
+
+
 def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()

@@ -183,12 +183,21 @@ def test_a_server_lost_mid_use_fails_calls_until_it_returns() -> None:
             rng = np.random.default_rng(3)
             coll = s.create_collection("c", fingerprint="fp", model_id="m", dim=64, settings={})
             s.write_documents("c", "fp", "m", [make_doc("a", unit(rng, 2))])
+            s.ping(2.0)
+            assert s.failures.recent().count == 0
             server.stop()
             with pytest.raises(StoreUnavailable) as err:
                 s.vector_candidates(coll, unit(rng, 1)[0], 5, candidates=10)
             assert http_status(err.value) == 503
             with pytest.raises(StoreUnavailable):
                 s.write_documents("c", "fp", "m", [make_doc("b", unit(rng, 2))])
+            # What /health reads: the failures as they happened, and a ping that fails at once.
+            recent = s.failures.recent()
+            assert recent.count == 2 and "PostgreSQL at" in (recent.reason or "")
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="PostgreSQL at"):
+                s.ping(2.0)
+            assert time.monotonic() - started < 2.0
             server.start()
             deadline = time.monotonic() + 30
             while True:  # the pool replaces its dead connections
@@ -200,6 +209,7 @@ def test_a_server_lost_mid_use_fails_calls_until_it_returns() -> None:
                     time.sleep(0.2)
             s.write_documents("c", "fp", "m", [make_doc("b", unit(rng, 2))])
             assert s.list_collections()[0][1:] == (2, 4)
+            s.ping(2.0)
         finally:
             s.close()
     finally:

@@ -1,4 +1,4 @@
-"""`localrank index | search | collections | jobs | watch | compact | reindex | eval`.
+"""`localrank index | search | collections | jobs [retry] | watch | compact | reindex | eval`.
 
 `search`, `index`, `collections`, `jobs` and `watch` talk to the running daemon when one of this
 configuration answers (its model is already loaded: nothing is loaded here), and work in this
@@ -204,6 +204,32 @@ def cmd_jobs(args: argparse.Namespace, runtime: Runtime) -> int:
     return 0
 
 
+def cmd_jobs_retry(args: argparse.Namespace, runtime: Runtime) -> int:
+    settings = settings_from_args(args)
+    progress = None if args.json else _progress_bar("retry")
+    client = daemon_for(args, runtime, settings)
+    if client is not None:
+        out = client.retry_job(args.job_id)
+        if not args.detach:
+            out = follow_job(client, args.job_id, progress)
+    else:
+        from localrank.cli import local
+
+        out = local.retry_job(
+            settings, runtime, args.job_id, wait=not args.detach, progress=progress
+        )
+    if args.json:
+        print_json(out)
+    else:
+        print(
+            f"{out['job_id']}: {out['state']}, {out['done']}/{out['total']} done, "
+            f"{out['failed']} failed"
+        )
+        for e in out.get("errors", []):
+            print(f"  failed {e.get('id') or 'job'}: {e.get('message')}", file=sys.stderr)
+    return 1 if out["state"] == "failed" else 0
+
+
 def cmd_watch_list(args: argparse.Namespace, runtime: Runtime) -> int:
     settings = settings_from_args(args)
     client = daemon_for(args, runtime, settings)
@@ -337,9 +363,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("collections", help="list collections")
     p.set_defaults(func=cmd_collections)
-    p = sub.add_parser("jobs", help="list recent ingestion jobs")
+    p = sub.add_parser("jobs", help="list recent ingestion jobs; retry a failed one")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_jobs)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    a = actions.add_parser(
+        "retry",
+        help="queue a failed job again: it resumes where it stopped (followed to its end "
+        "unless --detach)",
+    )
+    a.add_argument("job_id", metavar="ID")
+    a.add_argument("--detach", action="store_true", help="queue the job and return")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    add_local_flag(a)
+    add_model_flags(a)
+    a.set_defaults(func=cmd_jobs_retry)
 
     p = sub.add_parser("watch", help="folders the daemon keeps indexed")
     actions = p.add_subparsers(dest="action", metavar="ACTION")

@@ -67,6 +67,7 @@ async def service(
             (lambda: embedder) if embedder else _no_model,
             reranker=reranker,
             rerank_candidates=settings.rerank_candidates,
+            job_failure_timeout_s=settings.job_failure_timeout_s,
         )
     finally:
         store.close()
@@ -136,6 +137,21 @@ def collections(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
 
 def jobs(settings: Settings, runtime: Runtime, limit: int) -> list[dict[str, Any]]:
     return run(settings, runtime, lambda s: s.list_jobs(limit=limit), model=False)
+
+
+def retry_job(
+    settings: Settings, runtime: Runtime, job_id: str, *, wait: bool, progress: Progress | None
+) -> dict[str, Any]:
+    """Queue a failed job again and, with `wait`, run it here (loading the model)."""
+
+    async def go(s: CollectionService) -> dict[str, Any]:
+        queued = await s.retry_job(job_id)
+        if not wait:
+            return queued
+        job = await asyncio.to_thread(s.store.get_job, job_id)
+        return (await s.run_job_here(job, _jobs_as_api(progress))).to_api()
+
+    return run(settings, runtime, go, model=wait)
 
 
 def watches(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:

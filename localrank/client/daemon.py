@@ -232,6 +232,9 @@ class DaemonClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}"))
 
+    def retry_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/jobs/{quote(job_id, safe='')}/retry"))
+
     def index(self, collection: str, body: Mapping[str, Any]) -> dict[str, Any]:
         path = f"/v1/collections/{quote(collection, safe='')}/index"
         return dict(self.request("POST", path, dict(body)))

@@ -22,9 +22,10 @@ from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter, Rerank
 from localrank.collections.files import FolderOptions, FolderReader
 from localrank.collections.folders import plan
 from localrank.collections.ingest import Ingestor, IngestSettings, check_model
-from localrank.collections.runner import JobRunner, LeaseLost
+from localrank.collections.runner import DEFAULT_FAILURE_TIMEOUT_S, JobRunner, LeaseLost
 from localrank.collections.search import SearchRequest, run_search
 from localrank.collections.search_threads import SearchThreads
+from localrank.collections.store_monitor import StoreMonitor
 from localrank.collections.watch import FolderWatcher, WatchSettings
 from localrank.errors import InvalidInput, NotFound
 from localrank.store import Store
@@ -51,13 +52,15 @@ class CollectionService:
         watch: WatchSettings | None = None,
         reranker: RerankerGetter | None = None,
         rerank_candidates: int = 50,
+        job_failure_timeout_s: float = DEFAULT_FAILURE_TIMEOUT_S,
     ) -> None:
         self.store = store
         self.get_embedder = embedder
         self.get_reranker = reranker or (lambda: None)
         self.rerank_candidates = rerank_candidates
         self.ingestor = Ingestor(store, embedder, settings)
-        self.runner = JobRunner(self.ingestor)
+        self.runner = JobRunner(self.ingestor, failure_timeout_s=job_failure_timeout_s)
+        self.store_monitor = StoreMonitor(store)
         # Runs only where someone calls `watcher.run_forever()`: the daemon.
         self.watcher = FolderWatcher(store, self.ingestor, watch)
         self.search_threads = SearchThreads(store)
@@ -229,21 +232,34 @@ class CollectionService:
         """{"ready", "loaded", "total"}: how far `prepare_search` got (no I/O)."""
         return self.search_threads.readiness()
 
+    async def store_status(self) -> dict[str, Any]:
+        """{"status": "ok"} or {"status": "unavailable", "reason"}: whether the database
+        answers and its operations succeed (answered within a fraction of a second)."""
+        return await self.store_monitor.status()
+
     async def close(self) -> None:
         """Stop preparing for search and release the search threads (the store stays open:
         whoever opened it closes it, which also stops a running preload)."""
+        self.store_monitor.close()
         await self.search_threads.close()
 
     # --- jobs ---------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
-        """A job's state and progress."""
-        return (await asyncio.to_thread(self.store.get_job, job_id)).to_api()
+        """A job's state and progress, with what the job runner knows that the store cannot
+        say (yet): that the job's store operations keep failing, that it failed for it."""
+        return await self.runner.view(job_id)
 
     async def list_jobs(self, *, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-        """Recent jobs, newest first."""
+        """Recent jobs, newest first (as `get_job` reports them)."""
         jobs = await asyncio.to_thread(lambda: self.store.list_jobs(limit=limit, state=state))
-        return [j.to_api() for j in jobs]
+        views = [self.runner.report(j) for j in jobs]
+        return [v for v in views if state is None or v["state"] == state]
+
+    async def retry_job(self, job_id: str) -> dict[str, Any]:
+        """Queue a failed job again; it resumes where it stopped (documents already stored are
+        not embedded again). NotFound for an unknown job, Conflict for one that did not fail."""
+        return (await self.runner.retry(job_id)).to_api()
 
     async def reindex(self, name: str, *, force: bool = False) -> dict[str, Any]:
         """Queue a job re-embedding a collection with the serving model (the daemon runs it)."""

@@ -131,6 +131,7 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
             watch=watch,
             reranker=state.reranker,
             rerank_candidates=settings.rerank_candidates,
+            job_failure_timeout_s=settings.job_failure_timeout_s,
         )
         app[COLLECTIONS_KEY] = service
         preload = asyncio.create_task(service.prepare_search(), name="localrank-search-preload")

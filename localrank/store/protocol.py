@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from localrank.store.filters import Filter
+from localrank.store.health import FailureLog
 from localrank.store.records import (
     Collection,
     CompactReport,
@@ -57,6 +58,20 @@ class Store(Protocol):
 
     # How long a claimed job stays its owner's without a `renew_job` (or a progress write).
     lease_seconds: float
+
+    # --- health -------------------------------------------------------------------------
+
+    @property
+    def failures(self) -> FailureLog:
+        """The StoreUnavailable failures of this store's operations, recorded as they happen
+        (reading it does no I/O)."""
+        ...
+
+    def ping(self, timeout: float) -> None:
+        """Whether the database can be reached now, within about `timeout` seconds: returns, or
+        raises StoreUnavailable with the reason. Blocking: callers on an event loop run it in a
+        thread of its own (and do not wait for it past their own bound)."""
+        ...
 
     # --- collections and fingerprints ---------------------------------------------------
 
@@ -235,6 +250,12 @@ class Store(Protocol):
 
     def requeue_job(self, job_id: str) -> None:
         """Hand a running job back to the queue (it will be claimed again)."""
+        ...
+
+    def retry_job(self, job_id: str) -> Job:
+        """Queue a failed job again (NotFound if there is none, Conflict unless it failed): it
+        resumes where it stopped, at its first pending item (a reindex: at its first chunk with
+        no staged vector). The job's own errors are dropped, its documents' failures stay."""
         ...
 
     def release_jobs(self, owner: str) -> None:

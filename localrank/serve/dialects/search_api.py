@@ -128,6 +128,11 @@ async def get_job(request: web.Request) -> web.Response:
     return web.json_response(await _service(request).get_job(request.match_info["job_id"]))
 
 
+async def retry_job(request: web.Request) -> web.Response:
+    out = await _service(request).retry_job(request.match_info["job_id"])
+    return web.json_response(out, status=202)
+
+
 async def search(request: web.Request) -> web.Response:
     req = SearchRequest.from_json(await read_body(request))
     return web.json_response(await _service(request).search(req))
@@ -256,7 +261,7 @@ _SEARCH_BODY = (
 DIALECT = Dialect(
     "collections",
     localrank_error_body,
-    error_statuses=(409,),  # a name taken, or a collection bound to another model
+    error_statuses=(409,),  # a name taken, a collection bound to another model, a job not failed
     routes=(
         route(
             "POST",
@@ -452,7 +457,27 @@ DIALECT = Dialect(
             "GET",
             "/v1/jobs/{job_id}",
             get_job,
-            Operation("A job's state and progress.", response=_JOB),
+            Operation(
+                "A job's state and progress.",
+                "While the job's store operations fail (the database is away), `store_failure` "
+                "says why and for how long; past `job_failure_timeout_s` (300 s) the job is "
+                "`failed` with the reason, even before the database can record it. When the "
+                "database cannot be read, the daemon running the job answers from what it knows "
+                "(`stale: true`); any other job is a 503.",
+                response=_JOB,
+            ),
+        ),
+        route(
+            "POST",
+            "/v1/jobs/{job_id}/retry",
+            retry_job,
+            Operation(
+                "Queue a failed job again: it resumes where it stopped (documents already "
+                "stored are not embedded again). 404 for an unknown job, 409 for one that has "
+                "not failed.",
+                response={**_JOB, "state": "queued"},
+                status=202,
+            ),
         ),
         route(
             "POST",

@@ -10,6 +10,7 @@ the server restarts the first request gets a fresh connection instead of a dead 
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from localrank.config import redact_url
 from localrank.errors import LocalrankError, StoreError, StoreUnavailable
+from localrank.store.health import FailureLog
 
 CONNECT_TIMEOUT_S = 5.0
 POOL_MAX = 8
@@ -91,6 +93,7 @@ class Database:
     def __init__(self, url: str, *, max_size: int = POOL_MAX) -> None:
         self.url = url
         self.where = redact_url(url)
+        self.failures = FailureLog()
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -137,9 +140,23 @@ class Database:
         except LocalrankError:
             raise
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}") from exc
+            error = StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}")
+            self.failures.record(error.message)
+            raise error from exc
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL: {describe(exc)}") from exc
+
+    def ping(self, timeout: float) -> None:
+        """Connect afresh (not through the pool, which may be busy or still holding dead
+        connections) and run one query; StoreUnavailable with the reason when that fails."""
+        try:
+            # libpq rounds connect_timeout to whole seconds, and below 2 up to 2.
+            with psycopg.connect(
+                self.url, connect_timeout=max(2, math.ceil(timeout)), autocommit=True
+            ) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}") from exc
 
     @contextmanager
     def write(self) -> Iterator[psycopg.Connection[Any]]:

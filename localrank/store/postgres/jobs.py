@@ -19,7 +19,7 @@ from typing import Any
 
 from psycopg import Connection
 
-from localrank.errors import NotFound
+from localrank.errors import Conflict, NotFound
 from localrank.store.postgres.db import now_iso, one
 from localrank.store.records import ItemFailure, Job, JobItem
 
@@ -220,6 +220,24 @@ def requeue_job(conn: Conn, job_id: str) -> None:
         "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL "
         "WHERE id = %s AND state = 'running'",
         (job_id,),
+    )
+
+
+def retry_job(conn: Conn, job_id: str) -> None:
+    """Queue a failed job again (in the caller's transaction): it resumes at its first pending
+    item. Its own errors go (they said why it stopped), its documents' failures stay."""
+    row = conn.execute(
+        "SELECT state, errors FROM jobs WHERE id = %s FOR UPDATE", (job_id,)
+    ).fetchone()
+    if row is None:
+        raise NotFound(f"job {job_id!r} not found", param="job_id")
+    state, errors = row[0], json.loads(row[1])
+    if state != "failed":
+        raise Conflict(f"job {job_id} is {state}: only a failed job can be retried")
+    conn.execute(
+        "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, errors = %s, "
+        "updated = %s WHERE id = %s",
+        (json.dumps([e for e in errors if e.get("id") is not None]), now_iso(), job_id),
     )
 
 

@@ -164,8 +164,10 @@ def drop_old_jobs(conn: Conn) -> int:
     ]
     if old:
         conn.execute("DELETE FROM jobs WHERE id = ANY(%s)", (old,))
+    # A failed job's pending items stay: they are what a retry resumes with.
     conn.execute(
-        "DELETE FROM job_items WHERE job IN (SELECT id FROM jobs WHERE state IN ('done', 'failed'))"
+        "DELETE FROM job_items WHERE state != 'pending' "
+        "AND job IN (SELECT id FROM jobs WHERE state IN ('done', 'failed'))"
     )
     return len(old)
 

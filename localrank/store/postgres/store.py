@@ -15,6 +15,7 @@ import numpy as np
 
 from localrank.errors import NotFound, StoreError
 from localrank.store.filters import Filter
+from localrank.store.health import FailureLog
 from localrank.store.postgres import catalog, jobs, maintenance, retrieve, vector_index
 from localrank.store.postgres.db import Database, one
 from localrank.store.postgres.schema import migrate
@@ -55,6 +56,13 @@ class PostgresStore:
     def where(self) -> str:
         """The database URL without its password."""
         return self.db.where
+
+    @property
+    def failures(self) -> FailureLog:
+        return self.db.failures
+
+    def ping(self, timeout: float) -> None:
+        self.db.ping(timeout)
 
     def close(self) -> None:
         self.db.close()
@@ -275,6 +283,11 @@ class PostgresStore:
     def requeue_job(self, job_id: str) -> None:
         with self.db.write() as conn:
             jobs.requeue_job(conn, job_id)
+
+    def retry_job(self, job_id: str) -> Job:
+        with self.db.write() as conn:
+            jobs.retry_job(conn, job_id)
+            return jobs.get_job(conn, job_id)
 
     def release_jobs(self, owner: str) -> None:
         with self.db.write() as conn:

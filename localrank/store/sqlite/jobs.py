@@ -19,7 +19,7 @@ from typing import Any
 
 import apsw
 
-from localrank.errors import NotFound
+from localrank.errors import Conflict, NotFound
 from localrank.store.records import ItemFailure, Job, JobItem
 from localrank.store.sqlite.db import Database, now_iso, scalar
 
@@ -233,6 +233,19 @@ def requeue_job(db: Database, job_id: str) -> None:
             "UPDATE jobs SET state = 'queued', owner = NULL WHERE id = ? AND state = 'running'",
             (job_id,),
         )
+
+
+def retry_job(conn: apsw.Connection, job_id: str) -> None:
+    """Queue a failed job again (in the caller's transaction): it resumes at its first pending
+    item. Its own errors go (they said why it stopped), its documents' failures stay."""
+    job = get_job(conn, job_id)
+    if job.state != "failed":
+        raise Conflict(f"job {job_id} is {job.state}: only a failed job can be retried")
+    conn.execute(
+        "UPDATE jobs SET state = 'queued', owner = NULL, heartbeat = NULL, errors = ?, "
+        "updated = ? WHERE id = ?",
+        (json.dumps([e for e in job.errors if e.get("id") is not None]), now_iso(), job_id),
+    )
 
 
 def release_jobs(db: Database, owner: str) -> None:

@@ -41,8 +41,9 @@ def compact(db: Database, *, cache_max_rows: int = DEFAULT_MAX_ROWS) -> CompactR
             )
         ]
         conn.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in old])
+        # A failed job's pending items stay: they are what a retry resumes with.
         conn.execute(
-            "DELETE FROM job_items WHERE job IN "
+            "DELETE FROM job_items WHERE state != 'pending' AND job IN "
             "(SELECT id FROM jobs WHERE state IN ('done', 'failed'))"
         )
         conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")

@@ -15,6 +15,7 @@ import apsw
 import numpy as np
 
 from localrank.store.filters import Filter
+from localrank.store.health import FailureLog
 from localrank.store.records import (
     Collection,
     CompactReport,
@@ -31,7 +32,7 @@ from localrank.store.records import (
     check_fingerprint,
 )
 from localrank.store.sqlite import cache, catalog, jobs, maintenance, reindex, retrieve, watches
-from localrank.store.sqlite.db import Database, scalar
+from localrank.store.sqlite.db import BUSY_TIMEOUT_MS, Database, scalar
 from localrank.store.sqlite.index_registry import IndexRegistry
 from localrank.store.sqlite.schema import migrate
 
@@ -49,15 +50,22 @@ class SQLiteStore:
     # A job's owner on this host is checked by pid; the heartbeat decides for other hosts.
     lease_seconds = jobs.STALE_SECONDS
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.path = Path(path)
-        self.db = Database(self.path)
+        self.db = Database(self.path, busy_timeout_ms=busy_timeout_ms)
         try:
             migrate(self.db)
         except BaseException:
             self.db.close()
             raise
         self.indexes = IndexRegistry(self.db)
+
+    @property
+    def failures(self) -> FailureLog:
+        return self.db.failures
+
+    def ping(self, timeout: float) -> None:
+        self.db.ping()  # a stat of the file: never slow
 
     def close(self) -> None:
         """Stop a running preload, then close every connection."""
@@ -246,6 +254,11 @@ class SQLiteStore:
 
     def requeue_job(self, job_id: str) -> None:
         jobs.requeue_job(self.db, job_id)
+
+    def retry_job(self, job_id: str) -> Job:
+        with self.db.write() as conn:
+            jobs.retry_job(conn, job_id)
+            return jobs.get_job(conn, job_id)
 
     def release_jobs(self, owner: str) -> None:
         jobs.release_jobs(self.db, owner)
