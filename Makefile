@@ -45,38 +45,40 @@ wheel-check:
 test-models: $(DEV)
 	$(BIN)/python models/build_test_models.py --tiny
 
+# The benchmarks run from the repository's root as modules (`python -m bench.<name>`).
 bench: $(DEV)
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 # The default model (Qwen3-Embedding-0.6B's shape, built offline if missing) against
-# sentence-transformers in-process: bulk, query latency, cold start, RSS (and search, when there).
+# sentence-transformers in-process: accuracy, bulk, query latency, cold start, RSS, search.
 bench-default: $(DEV)
-	$(BIN)/python bench/default_model.py
+	$(BIN)/python -m bench.default_model
 
 bench-engine: $(DEV)
-	$(BIN)/python bench/engine_throughput.py
+	$(BIN)/python -m bench.engine_throughput
 
 bench-search: $(DEV)
-	$(BIN)/python bench/search_bench.py
+	$(BIN)/python -m bench.search_bench
 
 # PostgreSQL + pgvector beside SQLite: 200k x 1024-d through live daemons, and ingestion.
 bench-pg: $(DEV)
-	$(BIN)/python bench/pg_bench.py
+	$(BIN)/python -m bench.pg_bench
 
 # `localrank search` wall time with the daemon running (10k chunks), and save -> searchable.
 bench-cli: $(DEV)
-	$(BIN)/python bench/cli_search.py
+	$(BIN)/python -m bench.cli_search
 
 bench-rerank: $(DEV)
-	$(BIN)/python bench/rerank_bench.py
+	$(BIN)/python -m bench.rerank_bench
 
 bench-watch: $(DEV)
-	$(BIN)/python bench/watch_latency.py
+	$(BIN)/python -m bench.watch_latency
 
-# Memory soak, head-of-line and overload burst, time-boxed to under 10 minutes; the full counts
-# (and the 0.6B shape with --bench-model): python bench/soak.py
+# Memory soak, head-of-line, overload burst, idle connections and schemathesis, time-boxed to
+# under 10 minutes; the full counts
+# (and the 0.6B shape with --bench-model): python -m bench.soak
 soak: $(DEV)
-	$(BIN)/python bench/soak.py --quick
+	$(BIN)/python -m bench.soak --quick
 
 clean:
 	rm -rf $(VENV) models/.cache bench/results

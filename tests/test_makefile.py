@@ -1,6 +1,7 @@
 """The Makefile's two installs, as make would run them from a fresh clone (`make -n -B`: every
 recipe printed, nothing run): `make serve` installs the runtime only, torch pinned first;
-`make test` adds the dev extra on top of the same runtime install."""
+`make test` adds the dev extra on top of the same runtime install, and so does every benchmark
+target, which runs a module of bench/ (`python -m bench.<name>`)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,27 @@ def test_test_adds_the_dev_extra_to_the_runtime_install():
     pytest_run = next(i for i, line in enumerate(lines) if "-m pytest" in line)
     assert runtime < dev < pytest_run
     assert sum("venv .venv" in line for line in lines) == 1  # one venv for both installs
+
+
+BENCH_TARGETS = (
+    "bench",
+    "bench-default",
+    "bench-engine",
+    "bench-search",
+    "bench-pg",
+    "bench-cli",
+    "bench-rerank",
+    "bench-watch",
+    "soak",
+)
+
+
+@pytest.mark.parametrize("target", BENCH_TARGETS)
+def test_bench_targets_run_a_bench_module_on_the_dev_install(target: str) -> None:
+    lines = recipe(target)
+    dev = lines.index(".venv/bin/pip install --quiet -c constraints.txt -e '.[dev]'")
+    command = lines[-1].split()
+    assert dev < len(lines) - 1
+    assert command[:2] == [".venv/bin/python", "-m"] and command[2].startswith("bench.")
+    module = ROOT.joinpath(*command[2].split("."))
+    assert module.with_suffix(".py").is_file() or (module / "__main__.py").is_file(), command

@@ -9,14 +9,13 @@ embedding cache never answers for the model.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.measure import fmt, pct, rss_mb
+from bench.kit.measure import RssSampler, fmt, pct, rss_mb
 
 
 class TextPool:
@@ -128,16 +127,6 @@ class Timed:
     peak_rss_mb: float  # highest RSS sampled while the level ran (0.0 if never read)
 
 
-async def rss_sampler(pid: int, stop: asyncio.Event, peak: list[float]) -> None:
-    """Keep peak[0] at the highest RSS of `pid` seen every 0.25 s until `stop` is set."""
-    while not stop.is_set():
-        cur, _ = rss_mb(pid)
-        if cur == cur:
-            peak[0] = max(peak[0], cur)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.25)
-
-
 async def warm_up(
     s: Any, client: Client, pool: TextPool, *, concurrency: int, per_request: int, n: int
 ) -> None:
@@ -168,13 +157,8 @@ async def timed_requests(
     latencies: list[float] = []
     errors: dict[str, int] = {}
     todo = [n_requests]
-    stop = asyncio.Event()
-    peak = [0.0]
-    sampler = asyncio.create_task(rss_sampler(pid, stop, peak))
-    t0 = time.perf_counter()
-    deadline = t0 + max_seconds
 
-    async def worker(wid: int) -> None:
+    async def worker(wid: int, deadline: float) -> None:
         first = True
         while todo[0] > 0 and time.perf_counter() < deadline:
             todo[0] -= 1
@@ -187,11 +171,12 @@ async def timed_requests(
             else:
                 errors[kind] = errors.get(kind, 0) + 1
 
-    await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    elapsed = time.perf_counter() - t0
-    stop.set()
-    await sampler
-    return Timed(latencies, errors, elapsed, peak[0])
+    async with RssSampler(pid) as rss:
+        t0 = time.perf_counter()
+        deadline = t0 + max_seconds
+        await asyncio.gather(*(worker(i, deadline) for i in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return Timed(latencies, errors, elapsed, rss.peak if rss.samples else 0.0)
 
 
 def level_result(

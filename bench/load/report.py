@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.loadgen import RateResult
-from bench.measure import fmt, ratio
+from bench.kit.measure import fmt, ratio
+from bench.load.loadgen import RateResult
 
 TARGET_C64_RATIO = 0.8  # c=64 texts/s >= 0.8x in-process batched texts/s
 TARGET_C1_EXTRA_MS = 3.0  # c=1 p50 <= in-process single-call p50 + 3 ms
@@ -282,7 +282,7 @@ def check_targets(res: Results) -> list[dict[str, Any]]:
 
 def pyplot() -> Any:
     """matplotlib.pyplot on the file-only backend. Imported on first use, not at the top:
-    the reference worker is bench/load.py again, and its launch-to-ready time must not pay
+    the reference worker is the load bench again, and its launch-to-ready time must not pay
     for matplotlib."""
     import matplotlib
 

@@ -1,8 +1,10 @@
-"""Small measuring helpers shared by the load bench's modules: percentiles, ratios, printing,
-and reading a process's memory and the machine's other CPU load. Standard library only."""
+"""Measuring: percentiles, ratios, printing, a process's memory (read once, or sampled while a
+load runs) and the machine's other CPU load. Standard library only."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import subprocess
 import time
 from pathlib import Path
@@ -57,20 +59,38 @@ def rss_mb(pid: int) -> tuple[float, float]:
         return float("nan"), float("nan")
 
 
-def rss_parts_mb(pid: int) -> tuple[float, float]:
-    """(anonymous, file-backed) resident MiB of a process (Linux; nan elsewhere). File-backed
-    pages are mostly the memory-mapped weights: clean page cache, which grows as new rows of the
-    embedding table are touched and which the kernel can drop."""
-    anon = file = float("nan")
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                anon = int(line.split()[1]) / 1024
-            elif line.startswith("RssFile:"):
-                file = int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return anon, file
+class RssSampler:
+    """A process's RSS every `every` seconds while the `async with` block runs: the samples and
+    their peak, in MiB."""
+
+    def __init__(self, pid: int, every: float = 0.25) -> None:
+        self.pid = pid
+        self.every = every
+        self.samples: list[tuple[float, float]] = []  # (monotonic seconds, MiB)
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def peak(self) -> float:
+        """The highest sample; nan when none could be read."""
+        return max((mb for _, mb in self.samples), default=float("nan"))
+
+    async def __aenter__(self) -> RssSampler:
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            cur, _ = rss_mb(self.pid)
+            if cur == cur:
+                self.samples.append((time.monotonic(), cur))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.every)
 
 
 def background_cpu(seconds: float = 0.5) -> float:
