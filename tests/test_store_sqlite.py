@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import make_doc, unit
+from store_helpers import make_doc, migrate_as_before, unit
 
 from localrank.errors import StoreError
 from localrank.store import SQLiteStore
@@ -37,12 +37,44 @@ def test_pragmas_and_migrations(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        names = [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+        names = [r[0] for r in conn.execute("SELECT name FROM localrank_migrations ORDER BY rowid")]
         assert names == [m[0] for m in schema.MIGRATIONS]
         assert conn.execute("SELECT vec_version()").fetchone()[0].startswith("v")
     with SQLiteStore(path) as s:  # reopening applies nothing twice
-        n = s.db.reader().execute("SELECT count(*) FROM migrations").fetchone()[0]
+        n = s.db.reader().execute("SELECT count(*) FROM localrank_migrations").fetchone()[0]
         assert n == len(schema.MIGRATIONS)
+
+
+@pytest.mark.parametrize("recorded", [4, len(schema.MIGRATIONS)])
+def test_a_file_from_before_the_shared_migrations_table_opens_and_migrates_on(
+    tmp_path: Path, recorded: int
+) -> None:
+    """Releases before both engines recorded migrations in `localrank_migrations` called the
+    table `migrations`: such a file keeps its record (renamed) and gets what it lacks."""
+    path = tmp_path / "old.db"
+    database = sqlite_db.Database(path)
+    try:
+        with database.write() as conn:
+            migrate_as_before(conn, schema.MIGRATIONS[:recorded])
+            conn.execute(
+                "INSERT INTO collections (name, fingerprint, model_id, dim, created) "
+                "VALUES ('c', 'fp', 'm', 64, 'then')"
+            )
+    finally:
+        database.close()
+    names = [m.name for m in schema.MIGRATIONS]
+    with SQLiteStore(path) as s:
+        conn = s.db.reader()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "migrations" not in tables and {"localrank_migrations", "codes"} <= tables
+        record = conn.execute("SELECT name, applied FROM localrank_migrations ORDER BY rowid")
+        rows = [tuple(r) for r in record]
+        assert [name for name, _ in rows] == names
+        assert [applied for _, applied in rows[:recorded]] == ["then"] * recorded  # kept
+        assert "then" not in [applied for _, applied in rows[recorded:]]  # applied now
+        assert schema.applied_migrations(conn) == names
+        assert s.get_collection("c").dim == 64
+        assert schema.migrate(s.db) == []  # nothing twice
 
 
 def test_codes_match_sqlite_vec(store: SQLiteStore) -> None:
@@ -136,11 +168,9 @@ def test_metadata_values_coerced_by_an_old_schema_are_rebuilt_exactly(tmp_path: 
     path = tmp_path / "old.db"
     database = sqlite_db.Database(path)
     try:
-        for name, sql in schema.MIGRATIONS[:3]:
+        for migration in schema.MIGRATIONS[:3]:
             with database.write() as conn:
-                schema.applied_migrations(conn)
-                conn.execute(sql)
-                conn.execute("INSERT INTO migrations (name, applied) VALUES (?, 'then')", (name,))
+                migrate_as_before(conn, [migration])
         with database.write() as conn:
             conn.execute(
                 "INSERT INTO collections (name, fingerprint, model_id, dim, created) "

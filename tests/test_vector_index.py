@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import make_doc, unit
+from store_helpers import make_doc, migrate_as_before, unit
 
 from localrank.collections.search import parse_filter
 from localrank.store import SQLiteStore
@@ -325,10 +325,7 @@ def test_upgrade_moves_codes_out_of_vectors(tmp_path: Path) -> None:
     names = [name for name, _ in schema.MIGRATIONS]
     db = Database(path)
     with db.write() as conn:  # a store as the releases before 0006_vector_codes left it
-        schema.applied_migrations(conn)
-        for name, sql in schema.MIGRATIONS[: names.index("0006_vector_codes")]:
-            conn.execute(sql)
-            conn.execute("INSERT INTO migrations (name, applied) VALUES (?, 'then')", (name,))
+        migrate_as_before(conn, schema.MIGRATIONS[: names.index("0006_vector_codes")])
         conn.execute(
             "INSERT INTO collections (name, fingerprint, model_id, dim, created) "
             "VALUES ('c', 'fp', 'm', 64, 'then')"
