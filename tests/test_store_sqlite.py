@@ -13,7 +13,7 @@ import pytest
 from store_helpers import make_doc, migrate_as_before, unit
 
 from localrank.errors import StoreError
-from localrank.store import SQLiteStore
+from localrank.store import SQLiteStore, steps
 from localrank.store.sqlite import catalog, schema
 from localrank.store.sqlite import db as sqlite_db
 from localrank.store.sqlite.maintenance import counts, integrity_check
@@ -94,7 +94,7 @@ def test_index_catches_up_incrementally_and_from_scratch(store: SQLiteStore) -> 
     first = store.indexes.get(coll.id)
     assert first is not None and first.size == 60
     store.write_documents("c", "fp", "m", [make_doc("d0", unit(rng, 2, DIM), text="changed")])
-    store.delete_document("c", "d1")
+    store.delete_documents("c", ["d1"])
     second = store.indexes.get(coll.id)
     assert second is not None and second.epoch == first.epoch and second.size == 56
     other = SQLiteStore(store.path)  # another process: a fresh registry
@@ -113,7 +113,7 @@ def test_compact_drops_tombstones_and_keeps_integrity(tmp_path: Path) -> None:
             "c", "fp", "m", [make_doc(f"d{i}", unit(rng, 20, 256)) for i in range(50)]
         )
         for i in range(45):
-            s.delete_document("c", f"d{i}")
+            s.delete_documents("c", [f"d{i}"])
         epoch = s.get_collection("c").epoch
         report = s.compact(cache_max_rows=1000)
         assert report.tombstones == 45 * 20
@@ -139,9 +139,10 @@ def test_readers_keep_working_while_a_writer_holds_the_lock(store: SQLiteStore) 
         try:
             for i in range(40):
                 with store.db.write() as conn:
-                    catalog.write_documents(
+                    steps.upsert_documents(
+                        catalog,
                         conn,
-                        catalog.get_collection(conn, "c"),
+                        steps.read_collection(catalog, conn, "c"),
                         [make_doc(f"w{i}", unit(rng, 5, DIM))],
                     )
                     time.sleep(0.01)  # hold the write lock for a while
