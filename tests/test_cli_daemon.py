@@ -21,7 +21,7 @@ from localrank.cli.common import Runtime
 from localrank.collections.documents import DocumentIn
 from localrank.collections.embedder import in_process_embedder
 from localrank.config import Settings
-from localrank.store import SQLiteStore
+from localrank.store import SQLiteStore, steps
 from localrank.store.sqlite import jobs
 
 
@@ -166,9 +166,9 @@ def failed_job(daemon: LiveDaemon, collection: str, texts: list[str]) -> str:
             for i, t in enumerate(texts)
         ]
         with store.db.write() as conn:
-            job_id = jobs.create_job(conn, collection=collection, kind="ingest", items=items)
-            jobs.finish_job(conn, job_id, "failed", "the store kept failing for 300 s")
-        return job_id
+            job = steps.create_job(jobs, conn, collection, "ingest", items, {}, len(items))
+            steps.finish_job(jobs, conn, job.id, error="the store kept failing for 300 s")
+        return job.id
     finally:
         store.close()
 

@@ -98,6 +98,7 @@ async def test_collection_documents_search_roundtrip(client, tmp_path: Path) -> 
     r = await client.delete("/v1/collections/notes/documents/two")
     assert r.status == 200
     assert (await client.get("/v1/collections/notes/documents/two")).status == 404
+    assert (await client.delete("/v1/collections/notes/documents/two")).status == 404
     r = await client.post("/v1/compact")
     assert r.status == 200 and "reclaimed" in await r.json()
 

@@ -51,7 +51,7 @@ def laptop(path: Path) -> dict[str, np.ndarray]:
         vectors["c0"] = code
         s.write_documents("code", "fp32", "m32", [make_doc("c0", code)])
         s.add_watch("notes", "/home/me/notes", {"include": ["*.md"]})
-        s.create_ingest_job("notes", [("later", "{}")])
+        s.create_job("notes", "ingest", items=[("later", "{}")])
     return vectors
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import psycopg
 import pytest
 from pg_server import PgServer
 from psycopg import sql
@@ -161,6 +162,41 @@ def test_migrations_are_recorded_once_even_when_daemons_start_together(pg_url: s
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_database_migrated_by_an_earlier_release_migrates_on(pg_url: str) -> None:
+    """The record earlier releases kept (`localrank_migrations`, the shared runner's name too)
+    is read as it is: the database gets only the migrations it lacks."""
+    names = [m.name for m in schema.MIGRATIONS]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with conn.transaction():  # as the runner before the shared one did
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS localrank_migrations "
+                "(name text PRIMARY KEY, applied text NOT NULL)"
+            )
+            for name, ddl in schema.MIGRATIONS[:2]:
+                conn.execute(ddl)
+                conn.execute(
+                    "INSERT INTO localrank_migrations (name, applied) VALUES (%s, 'then')", (name,)
+                )
+            conn.execute(
+                "INSERT INTO collections (name, fingerprint, model_id, dim, index_type, created) "
+                "VALUES ('c', 'fp', 'm', 64, 'vector', 'then')"
+            )
+    pg = PostgresStore(pg_url)
+    try:
+        with pg.db.connection() as conn:
+            record = dict(conn.execute("SELECT name, applied FROM localrank_migrations"))
+            assert sorted(record) == names
+            assert [record[n] for n in names[:2]] == ["then", "then"]  # kept
+            assert "then" not in [record[n] for n in names[2:]]  # applied now
+            assert schema.applied_migrations(conn) == names
+        assert pg.get_collection("c").dim == 64
+        assert schema.migrate(pg.db) == []
+        pg.add_watch("c", "/notes", {})  # 0004's table is there
+    finally:
+        pg.close()
 
 
 def test_an_unreachable_server_is_a_clear_error_at_open(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -259,7 +259,9 @@ class Ingestor:
         collection = await self._collection(collection_name)
         check_model(collection, self.get_embedder())
         items = [(d.id, d.to_payload()) for d in docs]
-        return await asyncio.to_thread(self.store.create_ingest_job, collection_name, items)
+        return await asyncio.to_thread(
+            lambda: self.store.create_job(collection_name, "ingest", items=items)
+        )
 
     async def submit_reindex(self, collection_name: str, *, force: bool = False) -> Job:
         """Queue a job that re-embeds every chunk with the serving model."""
@@ -275,7 +277,9 @@ class Ingestor:
             "model_id": embedder.model_id,
             "dim": embedder.dim,
         }
-        return await asyncio.to_thread(self.store.create_reindex_job, collection_name, params)
+        return await asyncio.to_thread(
+            lambda: self.store.create_job(collection_name, "reindex", params=params)
+        )
 
     async def process_job(self, job: Job, on_progress: Callable[[Job], None] | None = None) -> Job:
         """Run a claimed job to the end. ModelMismatch / NotReady propagate (job stays open)."""

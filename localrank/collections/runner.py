@@ -128,7 +128,7 @@ class JobRunner:
         except ModelMismatch:
             self._stalls.pop(job.id, None)
             self._blocked[job.id] = fingerprint
-            await asyncio.to_thread(store.requeue_job, job.id)
+            await asyncio.to_thread(lambda: store.release_jobs(self.owner, only=job.id))
         except LocalrankError as exc:
             if exc.code == "store_unavailable":
                 # Still ours: claimed again at the next poll, until the bound says enough.
@@ -136,7 +136,7 @@ class JobRunner:
                 return None
             self._stalls.pop(job.id, None)
             if exc.code in TRANSIENT_CODES:
-                await asyncio.to_thread(store.requeue_job, job.id)
+                await asyncio.to_thread(lambda: store.release_jobs(self.owner, only=job.id))
                 return None
             reason = exc.message
             await asyncio.to_thread(lambda: store.finish_job(job.id, error=reason))
@@ -205,7 +205,7 @@ class JobRunner:
         store = self.ingestor.store
         stall = self._stalls.get(job_id)
         if stall is not None and stall.error is not None:
-            await asyncio.to_thread(store.requeue_job, job_id)
+            await asyncio.to_thread(lambda: store.release_jobs(self.owner, only=job_id))
             self._stalls.pop(job_id, None)
             job = await asyncio.to_thread(store.get_job, job_id)
         else:

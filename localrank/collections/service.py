@@ -170,8 +170,9 @@ class CollectionService:
         }
 
     async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
-        """Delete one document."""
-        await asyncio.to_thread(self.store.delete_document, name, doc_id)
+        """Delete one document (NotFound if it is not there)."""
+        if not await asyncio.to_thread(self.store.delete_documents, name, [doc_id]):
+            raise NotFound(f"document {doc_id!r} not found in {name!r}")
         return {"id": doc_id, "deleted": True}
 
     # --- search -------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -32,11 +31,6 @@ from localrank.store.health import FailureLog
 CONNECT_TIMEOUT_S = 5.0
 POOL_MAX = 8
 _HEADER = struct.Struct(">HH")
-
-
-def now_iso() -> str:
-    """UTC timestamp, second precision: the format every store writes."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Vec:
@@ -157,6 +151,12 @@ class Database:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
             raise StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[psycopg.Connection[Any]]:
+        """Several statements in one transaction."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
 
     @contextmanager
     def write(self) -> Iterator[psycopg.Connection[Any]]:

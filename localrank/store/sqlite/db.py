@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +82,6 @@ def engine_versions() -> tuple[str, str]:
     return str(vec), apsw.sqlite_lib_version()
 
 
-def now_iso() -> str:
-    """UTC timestamp, second precision, the one format stored in every table."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 class Database:
     """One SQLite file. Writes go through `write()` (a process-wide lock + BEGIN IMMEDIATE);
     reads use a per-thread connection, so readers never wait for the writer (WAL).
@@ -131,6 +125,11 @@ class Database:
         return conn
 
     @contextmanager
+    def connection(self) -> Iterator[apsw.Connection]:
+        """This thread's read connection, for reads of one statement each."""
+        yield self.reader()
+
+    @contextmanager
     def read(self) -> Iterator[apsw.Connection]:
         """A consistent snapshot for several statements (a deferred read transaction)."""
         conn = self.reader()
@@ -172,10 +171,11 @@ class Database:
                 self.failures.record(error.message)
                 raise error from exc
 
-    def ping(self) -> None:
+    def ping(self, timeout: float = 0.0) -> None:
         """StoreUnavailable when the database file this process writes to is no longer the one
         at its path (removed or replaced): what is written from then on is lost at the next
-        start. (A write the file refuses is seen by the write itself: `failures`.)"""
+        start. (A write the file refuses is seen by the write itself: `failures`.) A stat of the
+        file: never slow, whatever `timeout`."""
         try:
             identity = _identity(self.path)
         except OSError as exc:
