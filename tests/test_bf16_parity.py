@@ -117,6 +117,7 @@ def test_repacked_weights_compute_the_same(tiny_qwen3: Path) -> None:
     nothing); the vectors stay those of the plain path, prefix path included, either way."""
     e = engine(tiny_qwen3, "cpu", "bfloat16")
     queries = [*QUERIES, "x"]
+    assert e.cache_query_prefix() > 10  # the part of optimize that is not repacking
     before_docs = e.embed(DOCUMENTS).vectors
     before_queries = e.embed(queries, query=True).vectors
     # 2 layers x (qkv, o, gate_up, down): a float32 checkpoint cast to bf16 is stacked.
@@ -160,6 +161,8 @@ def test_the_query_prefix_is_computed_once_and_changes_nothing(tiny_qwen3: Path)
     their keys and values. Exact to float32 rounding against the full forward, and against the
     authors' recipe."""
     e = engine(tiny_qwen3, "cpu", "float32")
+    assert e.cached_prefix_tokens == 0  # cached once serving (optimize), not at load
+    e.optimize()
     assert e.cached_prefix_tokens > 10
     queries = [*QUERIES, ":starts with a colon", "日本語の質問", "x"]
     cached = e.embed(queries, query=True).vectors
