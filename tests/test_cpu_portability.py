@@ -2,8 +2,8 @@
 
 CI and the machines that build this project change from one run to the next: some have
 AVX-512 / AMX / AVX512-BF16, some only AVX2 + FMA. The tests of the precision paths run here
-again in a child process whose torch is held to AVX2 kernels (`ATEN_CPU_CAPABILITY`) and whose
-oneDNN to AVX2 instructions (`ONEDNN_MAX_CPU_ISA`): what an AVX2-only laptop has. A test that
+again in a child process whose torch, oneDNN, MKL and fbgemm are held to AVX2 instructions: what
+an AVX2-only laptop has. A test that
 silently assumed this machine's features fails here even on a machine that has them.
 """
 
@@ -15,7 +15,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+AVX2_ONLY = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # torch's own kernels
+    "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (bfloat16 packing, its matmuls)
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL (float32 matmuls), which reads neither of those
+    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",  # fbgemm (quantised matmuls)
+}
 # The tests whose paths depend on the CPU's instructions (dtype choice, bfloat16, packing).
 PRECISION_TESTS = ["tests/test_bf16_parity.py", "tests/test_precision.py"]
 
