@@ -247,11 +247,19 @@ class TorchEmbedder:
         model = self.model
         if model is None or not hasattr(model, "prefill") or len(ids) < 2:
             return False
-        self._prefix_model = cast(PrefixModel, model)
-        with torch.inference_mode():
-            self._prefix = self._prefix_model.prefill(list(ids))
+        prefixed = cast(PrefixModel, model)
+        self._forwards.wait_idle()  # in the background while serving: in a gap between passes
+        with self._forwards.running(), torch.inference_mode():
+            prefix = prefixed.prefill(list(ids))
+        # Published last: a forward on the model thread sees either no prefix or all of it.
+        self._prefix_model = prefixed
         self._prefix_ids = np.asarray(ids, dtype=np.int64)
+        self._prefix = prefix
         return True
+
+    def wait_idle(self) -> None:
+        """Return once no forward pass is running (background work starts in a gap)."""
+        self._forwards.wait_idle()
 
     def _prefixed_rows(self, ids_np: np.ndarray, real: np.ndarray) -> np.ndarray | None:
         """A boolean row mask of the rows that start with the cached prefix and have tokens of
