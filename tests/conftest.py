@@ -27,6 +27,8 @@ def _dead_endpoint() -> str:
 # Set before huggingface_hub is first imported: it reads both at import.
 os.environ["HF_ENDPOINT"] = _dead_endpoint()
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="localrank-tests-hf-")
+# localrank's own cache (weights cast at load, kept for the next start) stays out of the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="localrank-tests-cache-")
 for _name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.pop(_name, None)
 # Imported now, so these are the values it keeps (a test's setenv later would not reach it).

@@ -5,7 +5,7 @@ One Engine per loaded model. It is not thread-safe: the daemon calls it from one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -15,7 +15,14 @@ from localrank.engine.batching import pad, plan_batches
 from localrank.engine.names import model_names
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import Encoded, TextTokenizer
-from localrank.engine.types import MIN_DIMENSIONS, Embedder, Inputs, ModelInfo, Pause
+from localrank.engine.types import (
+    MIN_DIMENSIONS,
+    BackgroundStopped,
+    Embedder,
+    Inputs,
+    ModelInfo,
+    Pause,
+)
 from localrank.errors import BackendError, InvalidInput, TooLarge
 
 # What the first real requests look like, so their shapes are warm: a short query with the
@@ -280,6 +287,18 @@ class Engine:
         optimize = getattr(self.embedder, "optimize", None)
         if optimize is None:
             return 0
+        try:
+            return self._optimize(optimize)
+        except BackgroundStopped:
+            return 0
+
+    def stop_optimizing(self) -> None:
+        """Have a running `optimize` end at its next step (the daemon is closing)."""
+        stop = getattr(self.embedder, "stop_background", None)
+        if stop is not None:
+            stop()
+
+    def _optimize(self, optimize: Callable[[], int]) -> int:
         if not self._warmed_in_background:
             self._warmed_in_background = True
             self.cache_query_prefix()

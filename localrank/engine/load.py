@@ -27,6 +27,7 @@ from localrank.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+
 def default_batch_tokens(device: str) -> int:
     """Tokens per forward pass. On CPU small batches stay in cache: 2k-token batches measured
     1.2x faster than 8k ones for MiniLM on mixed lengths (bench/engine_throughput.py); GPUs
@@ -83,6 +84,7 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
         settings.dtype,
         threads=settings.threads,
         dtype_source=settings.source_of("dtype"),
+        weight_cache=settings.paths.cache / "weights",
     )
     budget = settings.max_batch_tokens or default_batch_tokens(device)
     engine = Engine(

@@ -86,6 +86,8 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # a thread cannot be cancelled; let the load finish
                 if state.optimizing is not None:
+                    if state.service is not None:
+                        state.service.engine.stop_optimizing()  # ends at its next step
                     await state.optimizing  # likewise the background optimisation
                 if state.preloading is not None:
                     await state.preloading
