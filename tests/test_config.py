@@ -10,7 +10,15 @@ import pytest
 
 from localrank.cli import build_parser, main
 from localrank.cli.common import settings_from_args
-from localrank.config import DEFAULT_MODEL, DEFAULT_PORT, is_loopback_host, load_settings
+from localrank.config import (
+    DEFAULT_MODEL,
+    DEFAULT_PORT,
+    Settings,
+    choices,
+    is_loopback_host,
+    load_settings,
+)
+from localrank.declare import Range, record_of
 from localrank.errors import ConfigError
 
 
@@ -235,3 +243,47 @@ def test_store_url_from_flag_env_and_file_with_the_password_hidden(
     args = build_parser().parse_args(["serve", "--store-url", "sqlite:///tmp/x.db"])
     s = settings_from_args(args, "store_url")
     assert s.store_url == "sqlite:///tmp/x.db" and s.sources["store_url"] == "flag"
+
+
+# Every setting's bounds and choices are declared once, on the Settings field; the checks and
+# the CLI's choices read them.
+BOUNDED = [
+    (f.attr, c)
+    for f in record_of(Settings).fields
+    for c in f.constraints
+    if isinstance(c, Range) and f.attr != "sources"
+]
+
+
+@pytest.mark.parametrize(("name", "bound"), BOUNDED, ids=[n for n, _ in BOUNDED])
+def test_every_declared_bound_is_checked(tmp_path: Path, name: str, bound: Range) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    lo, hi = bound.lo, bound.hi
+    assert isinstance(lo, (int, float)) and (hi is None or isinstance(hi, (int, float)))
+    low_ok = lo + 1 if bound.above else lo
+    for beyond in ([hi + 1] if hi is not None else []) + [lo if bound.above else lo - 1]:
+        with pytest.raises(ConfigError) as err:
+            load_settings({name: beyond}, env)
+        assert err.value.param == name and name in err.value.message
+    for inside in [low_ok] + ([hi] if hi is not None else []):
+        assert getattr(load_settings({name: inside}, env), name) == inside
+
+
+def test_the_cli_offers_the_declared_choices() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    offered = {
+        (command, action.dest): tuple(action.choices)
+        for command in ("serve", "embed", "search")
+        for action in sub[command]._actions
+        if action.choices is not None
+        and action.dest in ("backend", "dtype", "log_level", "log_format")
+    }
+    assert (
+        offered[("serve", "dtype")]
+        == choices("dtype")
+        == ("auto", "float32", "float16", "bfloat16")
+    )
+    for (_, name), values in offered.items():
+        assert values == choices(name)
+    assert {name for _, name in offered} == {"backend", "dtype", "log_level", "log_format"}
