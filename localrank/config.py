@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import sys
 from collections.abc import Mapping
@@ -307,7 +308,9 @@ def choices(name: str) -> tuple[str, ...]:
 
 
 def describe_setting(name: str) -> str:
-    return _FIELDS[name].doc
+    """What a setting means, and its default (for the CLI's help)."""
+    f = _FIELDS[name]
+    return f"{f.doc} Default: {json.dumps(f.default)}."
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from localrank.cli.common import Runtime, add_model_flags, settings_from_args
-from localrank.config import choices
+from localrank.config import choices, describe_setting
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,14 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="preload_reranker",
         action="store_true",
         default=None,
-        help="load the reranker at startup instead of on first use",
+        help=describe_setting("preload_reranker"),
     )
     p.add_argument(
         "--reranker-idle-unload-s",
         dest="reranker_idle_unload_s",
         type=float,
         metavar="SECONDS",
-        help="unload the reranker after this long unused (default 900; 0: never)",
+        help=describe_setting("reranker_idle_unload_s"),
     )
     p.set_defaults(func=cmd_serve)
 
