@@ -78,8 +78,10 @@ def _store_url_message(url: str) -> str:
     )
 
 
-def _plain_name(name: str) -> bool:
-    return bool(name.strip()) and name == name.strip() and name.isprintable()
+def _plain(text: str) -> bool:
+    """Printable, without surrounding white space: what a header (the daemon strips what it
+    receives) or a model list carries as it is."""
+    return text == text.strip() and text.isprintable()
 
 
 PORT = Range(1, 65535, message="{name} must be 1..65535, not {value}")
@@ -95,8 +97,9 @@ Origin = Annotated[
 ]
 ModelName = Annotated[
     str,
+    NonBlank("served_model_names entries must not be empty"),
     Check(
-        _plain_name,
+        _plain,
         "served_model_names entries must be non-empty names without surrounding spaces, "
         "not {value!r}",
     ),
@@ -170,7 +173,16 @@ class Settings:
         Range(0, message="cache_size must be 0 (no cache) or more"),
         default=8192,
     )
-    token: str | None = arg("The bearer token clients must send.", default=None)
+    token: str | None = arg(
+        "The bearer token clients must send.",
+        NonBlank("token must not be blank: no client could send it"),
+        Check(
+            _plain,
+            "token must not start or end with white space or hold control characters: "
+            "clients could not send it in an Authorization header",
+        ),
+        default=None,
+    )
     allowed_hosts: tuple[str, ...] = arg("More Host names to accept.", default=())
     allowed_origins: tuple[Origin, ...] = arg(
         "Browser origins allowed to call the daemon.", default=()
@@ -322,9 +334,7 @@ def _coerce(name: str, value: Any) -> Any:
         if kind.base == "path":
             return Path(str(value)).expanduser()
         if kind.base == "boolean":
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
+            return _boolean(name, value)
         if kind.base == "integer":
             return int(value)
         if kind.base == "number":
@@ -334,8 +344,27 @@ def _coerce(name: str, value: Any) -> Any:
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
         return str(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ConfigError(f"setting {name!r}: cannot use {value!r} ({exc})", param=name) from exc
+
+
+_BOOLEANS = dict.fromkeys(("true", "1", "yes", "on"), True) | dict.fromkeys(
+    ("false", "0", "no", "off"), False
+)
+
+
+def _boolean(name: str, value: Any) -> bool:
+    """true/false, 1/0, yes/no, on/off (any case); anything else is a mistake to report, not
+    a silent false."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower() if isinstance(value, (str, int)) else None
+    if word not in _BOOLEANS:
+        raise ConfigError(
+            f"setting {name!r}: {value!r} is not a boolean (true/false, 1/0, yes/no, on/off)",
+            param=name,
+        )
+    return _BOOLEANS[word]
 
 
 def _validate(s: Settings) -> None:
@@ -370,6 +399,11 @@ def load_settings(
     if path.is_file():
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"cannot read config file {path}: it is not UTF-8 text (byte {exc.start}: "
+                f"{exc.object[exc.start : exc.start + 1]!r}); TOML files are UTF-8"
+            ) from exc
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"cannot read config file {path}: {exc}") from exc
         for key, value in data.items():

@@ -142,6 +142,8 @@ def problem(kind: Kind, name: str, value: Any, ctx: Any = None) -> str | None:
             message = problem(kind.items, name, item, ctx)
             if message is not None:
                 return message
+    if kind.base == "number" and not math.isfinite(value):
+        return f"{name} must be a finite number, not {value}"
     for c in kind.constraints:
         message = c.check(name, value, ctx)
         if message is not None:
