@@ -53,7 +53,8 @@ def content_hash(text: str) -> str:
 
 
 def check_text(doc_id: str, text: str, max_bytes: int) -> None:
-    """Refuse empty text, binary junk and oversized documents with a message naming the doc."""
+    """Refuse empty text, NUL bytes, lone surrogates and oversized documents with a message
+    naming the doc."""
     message = problem(kind_of(DocumentText), f"document {doc_id!r}", text)
     if message is not None:
         raise InvalidInput(message, param="text")
@@ -70,6 +71,11 @@ def check_text(doc_id: str, text: str, max_bytes: int) -> None:
             f"{max_bytes / 1e6:.1f} MB per document",
             param="text",
         )
+
+
+def check_not_binary(doc_id: str, text: str) -> None:
+    """Refuse a file's text that looks like binary data decoded as text (many control or
+    replacement characters). A client's document is taken as the text it says it is."""
     sample = text[:65536]
     junk = sum(1 for ch in sample if (ord(ch) < 32 and ch not in "\t\n\r\f") or ch == "\ufffd")
     if junk > max(8, len(sample) // 100):
@@ -84,21 +90,12 @@ Documents = Annotated[list[DocumentIn], Len(1, message="documents must be a non-
 
 
 def check_documents(docs: list[DocumentIn], *, max_bytes: int) -> list[DocumentIn]:
-    """Documents as declared, checked for what a declaration cannot say: their size, binary
-    junk, and ids repeated in one request."""
-    seen: set[str] = set()
-    dupes: list[str] = []
+    """Documents as declared, checked for what a declaration cannot say (their size). An id
+    given twice counts once, with its last document: as if they had been sent one after the
+    other."""
     for d in docs:
         check_text(d.id, d.text, max_bytes)
-        if d.id in seen:
-            dupes.append(d.id)
-        seen.add(d.id)
-    if dupes:
-        raise InvalidInput(
-            f"duplicate document ids in one request: {', '.join(sorted(set(dupes))[:10])}",
-            param="id",
-        )
-    return docs
+    return list({d.id: d for d in docs}.values())
 
 
 def parse_documents(raw: Any, *, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> list[DocumentIn]:

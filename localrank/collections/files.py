@@ -32,7 +32,12 @@ import pathspec
 import pypdf
 from selectolax.lexbor import LexborHTMLParser
 
-from localrank.collections.documents import DEFAULT_MAX_DOCUMENT_BYTES, DocumentIn, check_text
+from localrank.collections.documents import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
+    DocumentIn,
+    check_not_binary,
+    check_text,
+)
 from localrank.declare import Convert, Len, arg, parse
 from localrank.errors import LocalrankError
 
@@ -429,6 +434,7 @@ class FolderReader:
         doc_id = self.doc_id(path)
         text, fmt = read_text(path, self.max_bytes)
         check_text(doc_id, text, self.max_bytes)
+        check_not_binary(doc_id, text)
         metadata = {
             "path": path.relative_to(self.base).as_posix(),
             "root": self.base.as_posix(),

@@ -28,7 +28,7 @@ from localrank.collections.chunking import chunk_text
 from localrank.collections.documents import DEFAULT_MAX_DOCUMENT_BYTES, DocumentIn, content_hash
 from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter
 from localrank.declare import Range, arg
-from localrank.errors import InvalidInput, LocalrankError, ModelMismatch
+from localrank.errors import Conflict, LocalrankError, ModelMismatch
 from localrank.store import Store
 from localrank.store.records import (
     Collection,
@@ -285,7 +285,8 @@ class Ingestor:
         collection = await self._collection(collection_name)
         embedder = self.get_embedder()
         if collection.fingerprint == embedder.fingerprint and not force:
-            raise InvalidInput(
+            # The collection's state, not the request, is what stands in the way: a conflict.
+            raise Conflict(
                 f"collection {collection_name!r} already uses {embedder.model_id}; "
                 "pass force to re-embed anyway"
             )

@@ -343,8 +343,12 @@ class CollectionService:
         """Register a folder to keep indexed into `collection` (created if missing). The daemon
         watches it from now on (and after every restart)."""
         reader = FolderReader(root, options, self.settings.max_document_bytes)
+        if not reader.root.exists():
+            raise NotFound(f"{reader.root} does not exist", param="path")
         if not reader.root.is_dir():
-            raise InvalidInput(f"{reader.root} is not a folder: only folders can be watched")
+            raise InvalidInput(
+                f"{reader.root} is not a folder: only folders can be watched", param="path"
+            )
         if collection not in {c["name"] for c in await self.list_collections()}:
             await self.create_collection(collection)
         watch = await asyncio.to_thread(

@@ -11,14 +11,16 @@ from localrank.declare.kinds import Rule
 
 @dataclass(frozen=True)
 class OneOf(Rule):
-    """At least one of `names` is given (not null; with `nonempty`, not "" either)."""
+    """At least one of `names` is given (not null; with `nonempty`, a string, not "")."""
 
     names: tuple[str, ...]
     nonempty: bool = False
     message: str | None = None
 
     def schema(self, ctx: Any) -> Schema:
-        given: Schema = {"minLength": 1} if self.nonempty else {"not": {"type": "null"}}
+        given: Schema = (
+            {"type": "string", "minLength": 1} if self.nonempty else {"not": {"type": "null"}}
+        )
         return {"anyOf": [{"required": [n], "properties": {n: given}} for n in self.names]}
 
     def check(self, value: Any) -> tuple[str, str] | None:

@@ -68,6 +68,8 @@ def _fits(kind: Kind, value: Any) -> bool:
         return True  # null too, inside a value (a field that is null is absent)
     if kind.base == "number":
         return t in ("integer", "number")
+    if kind.base == "integer":  # JSON Schema's: 3.0 is an integer too
+        return t == "integer" or (t == "number" and float(value).is_integer())
     if kind.base in ("record", "object"):
         return t == "object"
     if kind.base == "path":
@@ -107,8 +109,12 @@ def value_of(kind: Kind, value: Any, name: str, param: str, ctx: Any = None) -> 
             if kept or len({e.message for e in errors}) == 1:
                 raise (kept or errors)[0]
             raise InvalidInput(f"'{name}' must be {describe(kind)}", param=param, mismatch=True)
+    elif kind.base == "integer":
+        out = int(value)
     elif kind.base == "number":
         out = float(value)
+        if not math.isfinite(out):  # Python's JSON reads NaN, Infinity and 1e999
+            raise InvalidInput(f"{name} must be a finite number, not {out}", param=param)
     elif kind.base == "array":
         assert kind.items is not None
         out = [value_of(kind.items, v, f"{name}[{i}]", param, ctx) for i, v in enumerate(value)]
@@ -158,12 +164,12 @@ def _from_text(kind: Kind, text: str, name: str, param: str) -> Any:
         return text
     if "integer" in bases and _INTEGER.fullmatch(text):
         return int(text)
-    if "number" in bases:
+    if bases & {"integer", "number"}:
         try:
             number = float(text)
         except ValueError:
             number = math.nan
-        if math.isfinite(number):
+        if math.isfinite(number) and ("number" in bases or number.is_integer()):
             return number
     if "boolean" in bases and text in ("true", "false"):
         return text == "true"

@@ -80,7 +80,9 @@ def endpoint(r: Route) -> Handler:
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body: dict[str, Any] = {}
-        if wants_body and (r.doc.body_required or request.can_read_body):
+        # body_exists, not can_read_body: the security middleware has read the body already
+        # (aiohttp keeps the bytes), and a read body cannot be read "again" by that test.
+        if wants_body and (r.doc.body_required or request.body_exists):
             body = await read_body(request)
         req: Any = parse_request(
             takes,

@@ -10,6 +10,7 @@ v1 without `embedding_types` the older `embeddings_floats` (`{"embeddings": [[..
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
@@ -17,7 +18,6 @@ from typing import Annotated, Any, ClassVar
 from aiohttp import web
 
 from localrank.declare import Choices, Len, OneOf, Rule, Schema, arg
-from localrank.errors import InvalidInput
 from localrank.serve.api import Dialect, Operation, route
 from localrank.serve.dialects.shared import (
     MINILM,
@@ -86,7 +86,11 @@ class RerankRequest:
     rank_fields: (
         Annotated[list[str], Len(1, message="rank_fields must be a non-empty list of field names")]
         | None
-    ) = arg("Cohere v1: object fields to rank on, in order.", default=None)
+    ) = arg(
+        "Cohere v1: object fields to rank on, in order (a document without one is ranked on "
+        "the others).",
+        default=None,
+    )
     instruction: Instruction | None = None
     truncate: Truncate = True
     RULES: ClassVar[tuple[Rule, ...]] = (DocumentsHaveText(),)
@@ -94,19 +98,20 @@ class RerankRequest:
 
 def document_texts(docs: list[Any], rank_fields: list[str] | None) -> list[str]:
     """The text to rank for each document: a string, an object's `text`, or (Cohere v1's
-    `rank_fields`) the named fields of an object as `key: value` lines."""
+    `rank_fields`) the named fields of an object as `key: value` lines, in their order (a
+    field the object lacks is left out; a value that is not a string is written as JSON)."""
     texts = []
-    for i, doc in enumerate(docs):
+    for doc in docs:
         if isinstance(doc, str):
             texts.append(doc)
         elif rank_fields:
-            missing = [k for k in rank_fields if not isinstance(doc.get(k), str)]
-            if missing:
-                raise InvalidInput(
-                    f"documents[{i}] has no string field {missing[0]!r} (named in rank_fields)",
-                    param="documents",
+            texts.append(
+                "\n".join(
+                    f"{k}: {doc[k] if isinstance(doc[k], str) else json.dumps(doc[k])}"
+                    for k in rank_fields
+                    if k in doc
                 )
-            texts.append("\n".join(f"{k}: {doc[k]}" for k in rank_fields))
+            )
         else:
             texts.append(doc["text"])
     return texts

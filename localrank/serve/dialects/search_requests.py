@@ -13,7 +13,10 @@ from localrank.collections import FolderOptions
 from localrank.collections.documents import Documents
 from localrank.collections.ingest import ChunkSettings
 from localrank.declare import Choices, Doc, Pattern, Range, arg
+from localrank.store.filters import INT64_MAX
+from localrank.store.records import CollectionName
 
+# An existing collection (404 otherwise); one a request creates is a CollectionName.
 Name = Annotated[str, Doc("Collection name.")]
 # An absolute path as the daemon's machine reads it (`~` is the daemon user's home).
 AbsolutePath = Annotated[
@@ -29,7 +32,7 @@ AbsolutePath = Annotated[
 
 @dataclass(frozen=True, kw_only=True)
 class NewCollection:
-    name: Name
+    name: CollectionName
     settings: ChunkSettings | None = arg("How its documents are chunked.", default=None)
 
 
@@ -47,7 +50,10 @@ class DocumentPath:
 @dataclass(frozen=True, kw_only=True)
 class NewDocuments:
     name: Name = arg(where="path")
-    documents: Documents = arg("{id, text, metadata?, source?} objects.")
+    documents: Documents = arg(
+        "{id, text, metadata?, source?} objects; an id given twice counts once, with its last "
+        "document."
+    )
     background: bool = arg(
         "Queue a background job and answer its job_id (202).", name="async", default=False
     )
@@ -71,7 +77,7 @@ class Reindex:
 
 @dataclass(frozen=True, kw_only=True)
 class IndexFolder(FolderOptions):
-    name: Name = arg(where="path")
+    name: CollectionName = arg(where="path")
     path: AbsolutePath
     prune: bool = arg("Remove documents whose file is gone.", default=False)
     watch: bool = arg("Also watch the folder.", default=False)
@@ -79,13 +85,13 @@ class IndexFolder(FolderOptions):
 
 @dataclass(frozen=True, kw_only=True)
 class NewWatch(FolderOptions):
-    collection: Name
+    collection: CollectionName
     path: AbsolutePath
 
 
 @dataclass(frozen=True, kw_only=True)
 class WatchPath:
-    watch_id: Annotated[int, Range(0)] = arg("The watch's id.", where="path")
+    watch_id: Annotated[int, Range(0, INT64_MAX)] = arg("The watch's id.", where="path")
 
 
 @dataclass(frozen=True, kw_only=True)
