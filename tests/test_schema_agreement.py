@@ -218,3 +218,20 @@ async def test_json_numbers_are_finite(client: TestClient) -> None:
     for raw in ('{"input": "x", "keep_alive": NaN}', '{"input": "x", "keep_alive": 1e999}'):
         r = await client.post("/api/embed", data=raw, headers={"Content-Type": "application/json"})
         assert r.status == 422 and "finite" in (await r.json())["error"], raw
+
+
+async def test_indexing_does_not_bring_a_deleted_collection_back(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """A folder is indexed into an existing collection, as documents are added to one: after
+    DELETE, the collection's paths are 404 (the stateful fuzz run saw index re-create it). The
+    daemon client (the CLI, the MCP server) creates it first."""
+    write_notes(tmp_path / "notes")
+    body = {"path": str(tmp_path / "notes")}
+    r = await client.post("/v1/collections/notes/index", json=body)
+    assert r.status == 404 and (await r.json())["error"]["param"] == "collection"
+    await _collection(client)
+    assert (await client.post("/v1/collections/notes/index", json=body)).status == 200
+    assert (await client.delete("/v1/collections/notes")).status == 200
+    assert (await client.post("/v1/collections/notes/index", json=body)).status == 404
+    assert (await client.get("/v1/collections/notes/documents")).status == 404

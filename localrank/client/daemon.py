@@ -12,6 +12,7 @@ a command fails the same way whichever path ran it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -21,7 +22,7 @@ from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from localrank.config import WILDCARD_HOSTS, Settings
-from localrank.errors import ERROR_TABLE, LocalrankError, NotReady
+from localrank.errors import ERROR_TABLE, Conflict, LocalrankError, NotReady
 
 HEALTH_TIMEOUT = 1.0  # a daemon that does not answer /health within this is not used
 LOAD_WAIT_SECONDS = 180.0  # how long a command waits for a daemon still loading its model
@@ -235,6 +236,9 @@ class DaemonClient:
         return dict(self.request("POST", f"/v1/jobs/{quote(job_id, safe='')}/retry"))
 
     def index(self, collection: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Index a folder into `collection`, created first when it does not exist."""
+        with contextlib.suppress(Conflict):  # it exists
+            self.request("POST", "/v1/collections", {"name": collection})
         path = f"/v1/collections/{quote(collection, safe='')}/index"
         return dict(self.request("POST", path, dict(body)))
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, cast
 
 import numpy as np
 
-from localrank.declare import Choices, Convert, Len, NonBlank, Range, arg, parse
+from localrank.declare import Choices, Convert, Len, NonBlank, Range, arg, parse, parse_value
 from localrank.store import Store
 from localrank.store.filters import Filter, Scalar, as_scalar
 from localrank.store.records import Collection
@@ -61,6 +61,11 @@ def to_filter(raw: Mapping[str, Any]) -> Filter | None:
         for key, value in raw.items()
     )
     return Filter(terms) if terms else None
+
+
+def parse_filter(raw: Any) -> Filter | None:
+    """A `filter` checked as a search declares it; None or {} means no filter."""
+    return None if raw is None else to_filter(parse_value(FilterJson, raw, "filter"))
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,9 @@ class CollectionService:
         raise NotFound(f"collection {name!r} does not exist", param="collection")
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
-        """Delete a collection and everything in it."""
+        """Delete a collection and everything in it, its watches included."""
         await asyncio.to_thread(self.store.delete_collection, name)
+        await self.watcher.stop(name)
         return {"name": name, "deleted": True}
 
     # --- documents ----------------------------------------------------------------------

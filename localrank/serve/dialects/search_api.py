@@ -109,6 +109,9 @@ async def compact(request: web.Request) -> web.Response:
 
 async def index_folder(request: web.Request, req: IndexFolder) -> web.Response:
     path, name, service = _folder(req.path), req.name, _service(request)
+    # A sub-resource of an existing collection, like its documents: indexing does not bring a
+    # deleted collection back (the CLI and the MCP server create it first; the daemon client).
+    await service.get_collection(name)
     out = await service.index_folder(path, name, options=req.options, prune=req.prune, wait=False)
     if req.watch:
         out["watch"] = await service.add_watch(path, name, options=req.options)
@@ -275,10 +278,11 @@ DIALECT = Dialect(
             "/v1/collections/{name}/index",
             index_folder,
             Operation(
-                "Index a folder on the daemon's machine into a collection (created if missing): "
-                "new and changed files are embedded by a job (job_id; null when nothing "
-                "changed), unchanged ones skipped by content hash, unreadable ones listed in "
-                "skipped. watch=true also keeps the folder indexed from now on.",
+                "Index a folder on the daemon's machine into a collection (404 when it does "
+                "not exist: POST /v1/collections creates it): new and changed files are "
+                "embedded by a job (job_id; null when nothing changed), unchanged ones skipped "
+                "by content hash, unreadable ones listed in skipped. watch=true also keeps the "
+                "folder indexed from now on.",
                 example={"path": "/home/me/notes", "prune": True, "watch": True},
                 response={
                     "collection": "notes",

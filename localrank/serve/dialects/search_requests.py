@@ -77,7 +77,7 @@ class Reindex:
 
 @dataclass(frozen=True, kw_only=True)
 class IndexFolder(FolderOptions):
-    name: CollectionName = arg(where="path")
+    name: Name = arg(where="path")
     path: AbsolutePath
     prune: bool = arg("Remove documents whose file is gone.", default=False)
     watch: bool = arg("Also watch the folder.", default=False)
