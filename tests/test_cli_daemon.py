@@ -6,6 +6,7 @@ numpy, torch, aiohttp or the SQLite driver)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -16,11 +17,13 @@ from typing import Any
 import pytest
 from daemons import LiveDaemon, free_port, request, write_notes
 
-from localrank.cli import main
+from localrank.cli import build_parser, main
+from localrank.cli.collections_access import Collections, DaemonCollections, collections_for
 from localrank.cli.common import Runtime
+from localrank.cli.local import LocalCollections
 from localrank.collections.documents import DocumentIn
 from localrank.collections.embedder import in_process_embedder
-from localrank.config import Settings
+from localrank.config import Settings, load_settings
 from localrank.store import SQLiteStore, steps
 from localrank.store.sqlite import jobs
 
@@ -245,3 +248,25 @@ def test_without_a_daemon_the_cli_works_in_process(
     found = as_json(["search", "moon and oceans", "-c", "notes"], runtime, capsys)
     assert found["results"][0]["citation"]["source"].endswith("tides.md")
     assert len(calls) == 2  # the model was loaded here, once per command
+
+
+def test_the_collections_are_picked_once_behind_one_protocol(
+    env: LiveDaemon, tmp_path: Path
+) -> None:
+    """The commands ask one `Collections` protocol; the daemon's and the in-process
+    implementation both provide all of it, and `collections_for` picks the daemon's when one
+    answers, this process's with --local or when none does."""
+    for impl in (DaemonCollections, LocalCollections):
+        for name, member in inspect.getmembers(Collections, inspect.isfunction):
+            if not name.startswith("_"):
+                assert inspect.signature(getattr(impl, name)) == inspect.signature(member), (
+                    impl,
+                    name,
+                )
+        assert isinstance(impl.daemon, bool)
+    settings = load_settings()
+    args = build_parser().parse_args(["collections"])
+    assert isinstance(collections_for(args, THROUGH_DAEMON, settings), DaemonCollections)
+    assert isinstance(collections_for(args, IN_PROCESS, settings), LocalCollections)
+    local = build_parser().parse_args(["collections", "--local"])
+    assert isinstance(collections_for(local, THROUGH_DAEMON, settings), LocalCollections)

@@ -1,10 +1,10 @@
 """The architecture, checked: the package's layers, its import graph, and the dialect registry.
 
-Dependencies point inward (cli -> serve -> collections -> engine, store -> config, errors);
-nothing but the CLI imports the daemon; the daemon's clients (the HTTP client, the MCP server)
-stay thin; heavy frameworks stay inside their backend packages; every route of the app belongs
-to a dialect that documents it. Outside the package: the tests never import a benchmark, and
-the benchmarks run as modules (`python -m bench.<name>`) without patching sys.path.
+Dependencies point inward (cli -> serve -> collections -> engine, store -> config -> declare,
+errors); nothing but the CLI imports the daemon; the daemon's clients (the HTTP client, the MCP
+server) stay thin; heavy frameworks stay inside their backend packages; every route of the app
+belongs to a dialect that documents it. Outside the package: the tests never import a benchmark,
+and the benchmarks run as modules (`python -m bench.<name>`) without patching sys.path.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ PACKAGE = ROOT / "localrank"
 ROOT_MODULES = {"__init__", "__main__", "config", "paths", "errors", "logs"}
 # layer -> the layers it must never import
 FORBIDDEN = {
+    # Declarations (what a field takes, said once): below everything but the error tree.
+    "localrank.declare": (
+        "localrank.config",
+        "localrank.engine",
+        "localrank.store",
+        "localrank.collections",
+        "localrank.serve",
+        "localrank.cli",
+        "localrank.ops",
+        "localrank.client",
+        "localrank.mcp",
+    ),
     "localrank.engine": (
         "localrank.store",
         "localrank.collections",

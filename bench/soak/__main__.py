@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ from bench.kit.paths import minilm
 from bench.soak.connections import connections_soak
 from bench.soak.headofline import head_of_line
 from models.build_test_models import bench_model
+from tests.daemons import write_notes
 from tests.stress import (
     Burst,
     MemoryRun,
@@ -142,13 +144,25 @@ class FuzzRun:
 
 
 def fuzz(model: str, *, max_examples: int, seed: int, timeout: float = 3600.0) -> FuzzRun:
-    """Schemathesis over every route of a daemon of its own; `max_examples` per operation and
-    generation phase (270 gives ~10,600 cases over the routes this daemon has)."""
+    """Schemathesis with every check it has (`--checks all`: answers within the document, and
+    the document and the checks agree) over every route of a daemon of its own; `max_examples`
+    per operation and generation phase (270 gives ~10,600 cases over the routes this daemon
+    has). The daemon may index or watch one small folder of notes only."""
     daemon = Daemon(model)
     daemon.start()
     started = time.monotonic()
     try:
-        run = schemathesis(daemon.base, max_examples=max_examples, seed=seed, timeout=timeout)
+        with tempfile.TemporaryDirectory(prefix="localrank-fuzz-") as tmp:
+            folder = Path(tmp) / "notes"
+            write_notes(folder)
+            run = schemathesis(
+                daemon.base,
+                max_examples=max_examples,
+                seed=seed,
+                folder=folder,
+                checks="all",
+                timeout=timeout,
+            )
     finally:
         daemon.stop()
     out = run.stdout + run.stderr

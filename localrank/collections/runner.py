@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 
 from localrank.collections.ingest import TRANSIENT_CODES, Ingestor
-from localrank.errors import LocalrankError, ModelMismatch, StoreError, StoreUnavailable
+from localrank.errors import LocalrankError, ModelMismatch, NotFound, StoreError, StoreUnavailable
 from localrank.store.records import Job, new_job_owner
 
 log = logging.getLogger(__name__)
@@ -138,15 +138,21 @@ class JobRunner:
             if exc.code in TRANSIENT_CODES:
                 await asyncio.to_thread(lambda: store.release_jobs(self.owner, only=job.id))
                 return None
-            reason = exc.message
-            await asyncio.to_thread(lambda: store.finish_job(job.id, error=reason))
+            await self._finish_failed(job, exc.message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an unexpected bug must not kill the runner loop
             self._stalls.pop(job.id, None)
-            message = f"{type(exc).__name__}: {exc}"
-            await asyncio.to_thread(lambda: store.finish_job(job.id, error=message))
+            await self._finish_failed(job, f"{type(exc).__name__}: {exc}")
         return None
+
+    async def _finish_failed(self, job: Job, reason: str) -> None:
+        """Record a job's failure; a job deleted meanwhile (with its collection) is gone, and
+        there is nothing left to record."""
+        try:
+            await asyncio.to_thread(lambda: self.ingestor.store.finish_job(job.id, error=reason))
+        except NotFound:
+            log.info("job %s ended (%s) after its collection was deleted", job.id, reason)
 
     def _stalled(self, job: Job, reason: str, *, progressed: bool) -> None:
         """Note a store failure of `job`; a job that stored a batch since its last failure

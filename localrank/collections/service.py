@@ -10,29 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from localrank.collections.documents import DocumentIn, parse_documents
+from localrank.collections.documents import DocumentIn, check_documents
 from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter, RerankerGetter
 from localrank.collections.files import FolderOptions, FolderReader
 from localrank.collections.folders import plan
-from localrank.collections.ingest import Ingestor, IngestSettings, check_model
+from localrank.collections.ingest import ChunkSettings, Ingestor, IngestSettings, check_model
 from localrank.collections.runner import DEFAULT_FAILURE_TIMEOUT_S, JobRunner, LeaseLost
 from localrank.collections.search import SearchRequest, run_search
 from localrank.collections.search_threads import SearchThreads
 from localrank.collections.store_monitor import StoreMonitor
 from localrank.collections.watch import FolderWatcher, WatchSettings
+from localrank.declare import parse
 from localrank.errors import InvalidInput, NotFound
 from localrank.store import Store
 from localrank.store.records import Collection, Job
 
 ProgressFn = Callable[[Job], None]
-CHUNK_SETTINGS = (("chunk_tokens", 16, 32768), ("chunk_overlap", 0, 16384))
 FOLLOW_POLL_SECONDS = 0.5
 
 
@@ -79,16 +79,12 @@ class CollectionService:
     # --- collections --------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, *, settings: dict[str, Any] | None = None
+        self, name: str, *, settings: ChunkSettings | Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Create a collection bound to the serving model."""
-        settings = dict(settings or {})
-        for key, lo, hi in CHUNK_SETTINGS:
-            value = settings.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi
-            ):
-                raise InvalidInput(f"{key} must be an integer in {lo}..{hi}", param=key)
+        """Create a collection bound to the serving model, chunking as `settings` say."""
+        if not isinstance(settings, ChunkSettings):
+            settings = parse(ChunkSettings, settings or {}, what="settings")
+        chunking = settings.given()
         embedder = self.get_embedder()
         c = await asyncio.to_thread(
             lambda: self.store.create_collection(
@@ -96,7 +92,7 @@ class CollectionService:
                 fingerprint=embedder.fingerprint,
                 model_id=embedder.model_id,
                 dim=embedder.dim,
-                settings=settings,
+                settings=chunking,
             )
         )
         return c.to_api(documents=0, chunks=0)
@@ -115,15 +111,17 @@ class CollectionService:
         raise NotFound(f"collection {name!r} does not exist", param="collection")
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
-        """Delete a collection and everything in it."""
+        """Delete a collection and everything in it, its watches included."""
         await asyncio.to_thread(self.store.delete_collection, name)
+        await self.watcher.stop(name)
         return {"name": name, "deleted": True}
 
     # --- documents ----------------------------------------------------------------------
 
-    def documents_from_request(self, raw: Any) -> list[DocumentIn]:
-        """A request's `documents` list validated (InvalidInput / TooLarge naming the culprit)."""
-        return parse_documents(raw, max_bytes=self.settings.max_document_bytes)
+    def check_documents(self, docs: list[DocumentIn]) -> list[DocumentIn]:
+        """Declared documents checked for what their declaration cannot say (size, binary
+        junk, an id twice): InvalidInput / TooLarge naming the culprit."""
+        return check_documents(docs, max_bytes=self.settings.max_document_bytes)
 
     async def add_documents(
         self, name: str, docs: Sequence[DocumentIn], *, background: bool
@@ -347,8 +345,12 @@ class CollectionService:
         """Register a folder to keep indexed into `collection` (created if missing). The daemon
         watches it from now on (and after every restart)."""
         reader = FolderReader(root, options, self.settings.max_document_bytes)
+        if not reader.root.exists():
+            raise NotFound(f"{reader.root} does not exist", param="path")
         if not reader.root.is_dir():
-            raise InvalidInput(f"{reader.root} is not a folder: only folders can be watched")
+            raise InvalidInput(
+                f"{reader.root} is not a folder: only folders can be watched", param="path"
+            )
         if collection not in {c["name"] for c in await self.list_collections()}:
             await self.create_collection(collection)
         watch = await asyncio.to_thread(

@@ -27,6 +27,7 @@ from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
 from localrank.serve.embedding import DaemonEmbedder, DaemonReranker, EmbeddingService
 from localrank.serve.metrics import standard_registry
 from localrank.serve.middleware import error_middleware, request_id_middleware
+from localrank.serve.requests import endpoint
 from localrank.serve.reranking import RerankerLoader, RerankerSlot
 from localrank.serve.security import make_security_middlewares, setup_security
 from localrank.serve.state import COLLECTIONS_KEY, DIALECTS_KEY, METRICS_KEY, STATE_KEY, DaemonState
@@ -176,9 +177,9 @@ def make_app(
     app[DIALECTS_KEY] = DialectIndex(DIALECTS, DEFAULT_DIALECT)
     for _, r in app[DIALECTS_KEY].routes():
         if r.method == "GET":
-            app.router.add_get(r.path, r.handler)  # and HEAD, as aiohttp's web.get does
+            app.router.add_get(r.path, endpoint(r))  # and HEAD, as aiohttp's web.get does
         else:
-            app.router.add_route(r.method, r.path, r.handler)
+            app.router.add_route(r.method, r.path, endpoint(r))
     app.cleanup_ctx.append(_model_ctx(loader, reranker_loader))
     app.cleanup_ctx.append(_collections_ctx(ingest))
     return app

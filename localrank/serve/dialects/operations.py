@@ -8,7 +8,7 @@ from aiohttp import web
 
 from localrank import __version__
 from localrank.serve.api import Dialect, Operation, localrank_error_body, route
-from localrank.serve.dialects.fields import MINILM
+from localrank.serve.dialects.shared import MINILM
 from localrank.serve.docs_page import CSP, render_html
 from localrank.serve.openapi import build_spec
 from localrank.serve.state import COLLECTIONS_KEY, METRICS_KEY, STATE_KEY
