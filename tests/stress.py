@@ -28,8 +28,8 @@ bench/soak imports this module as `tests.stress`.
 from __future__ import annotations
 
 import asyncio
-import random
 import os
+import random
 import re
 import resource
 import subprocess
