@@ -5,6 +5,7 @@ target, which runs a module of bench/ (`python -m bench.<name>`)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -18,8 +19,16 @@ def recipe(target: str) -> list[str]:
     make = shutil.which("make")
     if make is None:
         pytest.fail("make is not installed: the README's set-up needs it")
+    # Run from `make test`, make's variables would make this make a sub-make ("make[1]:
+    # Entering directory" among the recipe's lines): it runs as from a shell.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     out = subprocess.run(
-        [make, "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, check=True
+        [make, "--no-print-directory", "-n", "-B", target],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
     ).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
 
