@@ -1,13 +1,17 @@
 """Measuring: percentiles, ratios, printing, a process's memory (read once, or sampled while a
-load runs) and the machine's other CPU load. Standard library only."""
+load runs) and the machine's other CPU load. A process's memory is read as the tests' stress
+drivers read it (tests/stress.py), one reader for both."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import time
 from pathlib import Path
+
+from tests.stress import rss_mb
+
+__all__ = ["pct", "ratio", "fmt", "rss_mb", "RssSampler", "background_cpu"]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -29,34 +33,6 @@ def ratio(a: float, b: float) -> float:
 def fmt(x: float, digits: int = 1) -> str:
     """A figure for printing: "n/a" for nan."""
     return "n/a" if x != x else f"{x:.{digits}f}"
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(current RSS, peak RSS) of a process in MiB; (nan, nan) when it cannot be read.
-
-    Linux: VmRSS / VmHWM from /proc/<pid>/status. Elsewhere (macOS): `ps -o rss=` (KiB), and the
-    peak is not available, so it is the current value.
-    """
-    status = Path(f"/proc/{pid}/status")
-    if status.exists():
-        cur = peak = float("nan")
-        try:
-            for line in status.read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    cur = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return cur, peak
-    try:
-        out = subprocess.run(
-            ["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
-        value = int(out) / 1024
-        return value, value
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return float("nan"), float("nan")
 
 
 class RssSampler:
