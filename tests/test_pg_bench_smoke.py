@@ -5,15 +5,28 @@ a timed test: the figures come from `make bench`."""
 from __future__ import annotations
 
 import csv
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_pg_bench_quick_writes_csv(tmp_path: Path) -> None:
+    """The server's data is not under tmp_path: run as root, the server runs as its own user,
+    which cannot enter pytest's private /tmp/pytest-of-root."""
     out = tmp_path / "pg.csv"
+    cache = Path(tempfile.mkdtemp(prefix="localrank-pgbench-"))
+    cache.chmod(0o755)
+    try:
+        run_quick_bench(cache, out)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def run_quick_bench(cache: Path, out: Path) -> None:
     cmd = [
         sys.executable,
         "-m",
@@ -25,7 +38,7 @@ def test_pg_bench_quick_writes_csv(tmp_path: Path) -> None:
         "--rounds",
         "1",
         "--cache-dir",
-        str(tmp_path / "cache"),
+        str(cache),
         "--out",
         str(out),
     ]
