@@ -1,0 +1,78 @@
+"""Near-duplicate chunks collapsed into one search result.
+
+Documentation repeats itself: the same option described on every command's page, the same
+notice in every chapter. Without this, one paragraph takes several places of a top 5 with the
+same score. A chunk is a near-duplicate of a better-ranked one when their texts are equal once
+case, punctuation and spacing are ignored, or when their cosines to the query are within
+`COSINE_SLACK` and their word trigrams overlap by `MIN_JACCARD` or more (the cosine test keeps
+the trigram comparison to the few chunks that could match).
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from localrank.store.records import StoredChunk
+
+MIN_JACCARD = 0.9
+COSINE_SLACK = 0.02
+_WORDS = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORDS.findall(text.casefold())
+
+
+def _trigrams(words: list[str]) -> frozenset[tuple[str, ...]]:
+    if len(words) < 3:
+        return frozenset([tuple(words)])
+    return frozenset(zip(words, words[1:], words[2:], strict=False))
+
+
+@dataclass
+class Group:
+    """A result's chunk and the chunks collapsed into it, in rank order."""
+
+    chunk: StoredChunk
+    score: float
+    duplicates: list[StoredChunk] = field(default_factory=list)
+
+
+class Collapser:
+    """Groups chunks, fed best first, with the better-ranked chunk they duplicate."""
+
+    def __init__(self, cosine: Mapping[int, float]) -> None:
+        self.cosine = cosine
+        self.groups: list[Group] = []
+        self._by_text: dict[str, Group] = {}
+        # (cosine, index into groups, trigrams), sorted by cosine
+        self._by_cosine: list[tuple[float, int, frozenset[tuple[str, ...]]]] = []
+
+    def add(self, chunk: StoredChunk, score: float) -> None:
+        words = _words(chunk.text)
+        key = " ".join(words)
+        group = self._by_text.get(key) if key else None
+        cos = self.cosine.get(chunk.id)
+        grams = _trigrams(words) if cos is not None and words else None
+        if group is None and cos is not None and grams is not None:
+            group = self._similar(cos, grams)
+        if group is not None:
+            group.duplicates.append(chunk)
+            return
+        self.groups.append(Group(chunk, score))
+        if key:
+            self._by_text[key] = self.groups[-1]
+        if cos is not None and grams is not None:
+            bisect.insort(self._by_cosine, (cos, len(self.groups) - 1, grams))
+
+    def _similar(self, cos: float, grams: frozenset[tuple[str, ...]]) -> Group | None:
+        lo = bisect.bisect_left(self._by_cosine, (cos - COSINE_SLACK,))
+        for other_cos, index, other in self._by_cosine[lo:]:
+            if other_cos > cos + COSINE_SLACK:
+                break
+            if len(grams & other) >= MIN_JACCARD * len(grams | other):
+                return self.groups[index]
+        return None
