@@ -87,7 +87,9 @@ class SearchRequest:
     top_k: int = arg("How many results.", Range(1, MAX_TOP_K), default=10)
     mode: str = arg("hybrid, vector or keyword.", Choices(MODES), default="hybrid")
     rerank: bool | None = arg(
-        "Rerank the fused candidates (default: on for hybrid, off for keyword: no model needed).",
+        "Score the candidates with the model: their cosine fused with the keyword evidence, or "
+        "the cross-encoder when one is configured (default: on for hybrid; off: rank fusion; "
+        "off for keyword: no model needed).",
         default=None,
     )
     filter: Filter | None = arg(
