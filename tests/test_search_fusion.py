@@ -134,6 +134,13 @@ def test_the_cli_lists_where_else_a_result_appears(
     assert lines[0].split(":")[0] in (first, other)
     also = next(line for line in lines if line.strip().startswith("also in:"))
     assert (other if lines[0].startswith(first) else first) + ":5-" in also
+    for name in ("gamma", "delta", "epsilon", "zeta"):
+        (folder / f"{name}.md").write_text(page(name, PARAGRAPH))
+    assert main(["index", str(folder), "-c", "manual"], FAKE) == 0
+    capsys.readouterr()
+    assert main(["search", "flux gauge brass screw", "-c", "manual", "--top-k", "1"], FAKE) == 0
+    also = next(line for line in capsys.readouterr().out.splitlines() if "also in:" in line)
+    assert also.count(".md:5-") == 3 and also.endswith(" and 2 more")
 
 
 def chunk(cid: int, text: str) -> StoredChunk:

@@ -100,6 +100,9 @@ def cmd_index(args: argparse.Namespace, runtime: Runtime) -> int:
     return 1 if out.get("state") == "failed" else 0
 
 
+ALSO_IN_SHOWN = 3  # places a result's duplicates are listed at (--json has them all)
+
+
 def _place(citation: dict[str, Any]) -> str:
     """file:lines (and page) of a citation."""
     where = citation["source"] or citation["document_id"]
@@ -130,8 +133,9 @@ def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
         snippet = " ".join(r["text"].split())[:160]
         print(f"{_place(r['citation'])}  score {r['score']:.4f}")
         print(f"    {snippet}")
-        if r.get("also_in"):
-            print(f"    also in: {', '.join(_place(c) for c in r['also_in'])}")
+        if also := r.get("also_in"):
+            more = f" and {len(also) - ALSO_IN_SHOWN} more" if len(also) > ALSO_IN_SHOWN else ""
+            print(f"    also in: {', '.join(_place(c) for c in also[:ALSO_IN_SHOWN])}{more}")
     if not out["results"]:
         print("no results")
     return 0

@@ -39,6 +39,9 @@ MAX_FILTER_VALUES = 1024
 # Searches per thread and collection that warm a search thread: measured at 1M chunks, one left
 # the first real searches ~1.3x slower than the rest, four made them as fast.
 WARM_UP_SEARCHES = 4
+# Candidates read at least, when collapsing near-duplicates: a small top_k still lists where
+# else its results appear.
+COLLAPSE_WINDOW = 50
 _WORDS = re.compile(r"\w+")
 
 
@@ -192,11 +195,12 @@ def _top_groups(
     store: Store, ranked: Sequence[tuple[int, float]], cosine: Mapping[int, float], top_k: int
 ) -> list[Group]:
     """The best `top_k` results of `ranked`, near-duplicates collapsed into the result they
-    repeat: chunks are read a window at a time until `top_k` distinct ones are found."""
+    repeat: chunks are read a window at a time until `top_k` distinct ones are found (so a
+    result lists the duplicates among the candidates read: at least COLLAPSE_WINDOW)."""
     collapser = Collapser(cosine)
     start = 0
     while start < len(ranked) and len(collapser.groups) < top_k:
-        window = ranked[start : start + 2 * top_k]
+        window = ranked[start : start + max(2 * top_k, COLLAPSE_WINDOW)]
         score = dict(window)
         for chunk in store.fetch_chunks([c for c, _ in window]):
             collapser.add(chunk, score[chunk.id])
