@@ -16,8 +16,8 @@ from localrank.cli import main
 from localrank.cli.common import Runtime
 from localrank.collections import CollectionService, DocumentIn, SearchRequest
 from localrank.collections.duplicates import Collapser
-from localrank.collections.embedder import in_process_embedder
 from localrank.collections.known_items import heading_key, load_known_items, sections
+from localrank.collections.models import local_embedding_model
 from localrank.config import load_settings
 from localrank.errors import InvalidInput
 from localrank.store import SQLiteStore
@@ -43,7 +43,7 @@ async def test_a_keyword_only_one_document_has_wins_among_near_identical_ones(
     re-sort every candidate by cosine alone, and the cosines of near-identical documents say
     nothing about which one names the word)."""
     settings = load_settings({"model": str(minilm), "dtype": "float32"}, environ={})
-    embedder = in_process_embedder(settings)
+    embedder = local_embedding_model(settings)
     store = SQLiteStore(tmp_path / "db.sqlite")
     try:
         svc = CollectionService(store, lambda: embedder)
