@@ -68,6 +68,7 @@ async def exercise(client: Client, notes: Path) -> None:
     assert top["citation"]["source"] == (notes / "bread.md").as_posix()
     assert (top["citation"]["line_start"], top["citation"]["line_end"]) == (1, 5)
     assert "Sourdough" in top["text"] and 0 < top["score"] <= 1
+    assert top["also_in"] == []  # no other note repeats it
 
     filtered = structured(
         await client.call_tool(

@@ -44,12 +44,14 @@ def test_eval_adds_a_hybrid_cross_encoder_row(home, tiny_cross_encoder, capsys) 
     code = main(["eval", str(FIXTURE), "--reranker", str(tiny_cross_encoder), "--json"], FAKE)
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["reranker"] == str(tiny_cross_encoder)
-    assert set(out["metrics"]) == {
+    assert out["default"] == "hybrid+cross-encoder"
+    metrics = out["sets"][0]["metrics"]
+    assert set(metrics) == {
         "keyword",
         "vector",
         "hybrid",
-        "hybrid+rerank",
+        "hybrid+cosine",
         "hybrid+cross-encoder",
     }
-    row = out["metrics"]["hybrid+cross-encoder"]
+    row = metrics["hybrid+cross-encoder"]
     assert 0.0 <= row["ndcg@10"] <= 1.0 and row["ms_per_query"] > 0

@@ -18,13 +18,14 @@ from localrank.cli.common import Runtime
 from localrank.collections import CollectionService, DocumentIn, SearchRequest
 from localrank.collections.evaluate import (
     evaluate,
-    index_dataset,
+    index_set,
     load_beir,
     mrr_at_k,
     ndcg_at_k,
     recall_at_k,
 )
-from localrank.collections.search import WARM_UP_SEARCHES, rrf
+from localrank.collections.fusion import rrf
+from localrank.collections.search import WARM_UP_SEARCHES
 from localrank.collections.search_threads import SEARCH_THREADS
 from localrank.errors import InvalidInput
 from localrank.store import SQLiteStore
@@ -150,11 +151,11 @@ async def test_evaluate_tiny_beir(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "eval.db")
     try:
         svc = CollectionService(store, lambda: HashEmbedder(dim=256))
-        assert await index_dataset(svc, ds, "eval") >= 32
+        assert await index_set(svc, ds, "eval") >= 32
         report = await evaluate(svc, ds, "eval")
     finally:
         store.close()
-    assert set(report) == {"keyword", "vector", "hybrid", "hybrid+rerank"}
+    assert set(report) == {"keyword", "vector", "hybrid", "hybrid+cosine"}
     for metrics in report.values():
         assert 0.0 <= metrics["ndcg@10"] <= 1.0 and 0.0 <= metrics["mrr@10"] <= 1.0
     # keyword overlap between queries and their documents is strong in this fixture
@@ -220,11 +221,11 @@ def test_cli_index_search_and_friends(cli_home: Path, capsys: pytest.CaptureFixt
     code, out = run_cli(["compact", "--json"], capsys)
     assert code == 0 and "bytes_after" in json.loads(out)
     code, out = run_cli(["eval", str(FIXTURE), "--json"], capsys)
-    assert code == 0 and set(json.loads(out)["metrics"]) == {
+    assert code == 0 and set(json.loads(out)["sets"][0]["metrics"]) == {
         "keyword",
         "vector",
         "hybrid",
-        "hybrid+rerank",
+        "hybrid+cosine",
     }
     assert (cli_home / "home" / "data" / "localrank.db").exists()
 

@@ -90,6 +90,20 @@ async def test_collection_documents_search_roundtrip(client, tmp_path: Path) -> 
         "line_end",
     }
     assert set(out["timings_ms"]) == {"embed", "keyword", "vector", "rerank", "total"}
+    assert res["also_in"] == [] and set(res["ranks"]) == {"keyword", "vector", "vector_cosine"}
+    # The same text in another document: one result, citing the other place too.
+    copy = {"id": "copy", "text": DOCS[0]["text"], "source": "copy.md"}
+    r = await client.post("/v1/collections/notes/documents", json={"documents": [copy]})
+    assert r.status == 200
+    r = await client.post("/v1/search", json={"collection": "notes", "query": "cat mat"})
+    results = (await r.json())["results"]
+    assert len({x["document_id"] for x in results} & {"a/one.md", "copy"}) == 1
+    assert {results[0]["document_id"], *(c["document_id"] for c in results[0]["also_in"])} == {
+        "a/one.md",
+        "copy",
+    }
+    assert results[0]["also_in"][0]["source"] in ("one.md", "copy.md")
+    assert (await client.delete("/v1/collections/notes/documents/copy")).status == 200
     r = await client.post(
         "/v1/search", json={"collection": "notes", "query": "chat", "filter": {"lang": "en"}}
     )

@@ -100,6 +100,16 @@ def cmd_index(args: argparse.Namespace, runtime: Runtime) -> int:
     return 1 if out.get("state") == "failed" else 0
 
 
+ALSO_IN_SHOWN = 3  # places a result's duplicates are listed at (--json has them all)
+
+
+def _place(citation: dict[str, Any]) -> str:
+    """file:lines (and page) of a citation."""
+    where = citation["source"] or citation["document_id"]
+    page = f" p.{citation['page']}" if citation.get("page") else ""
+    return f"{where}:{citation['line_start']}-{citation['line_end']}{page}"
+
+
 def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
     body: dict[str, Any] = {
         "collection": args.collection,
@@ -120,12 +130,12 @@ def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
         print_json(out)
         return 0
     for r in out["results"]:
-        c = r["citation"]
-        where = c["source"] or c["document_id"]
-        page = f" p.{c['page']}" if c.get("page") else ""
         snippet = " ".join(r["text"].split())[:160]
-        print(f"{where}:{c['line_start']}-{c['line_end']}{page}  score {r['score']:.4f}")
+        print(f"{_place(r['citation'])}  score {r['score']:.4f}")
         print(f"    {snippet}")
+        if also := r.get("also_in"):
+            more = f" and {len(also) - ALSO_IN_SHOWN} more" if len(also) > ALSO_IN_SHOWN else ""
+            print(f"    also in: {', '.join(_place(c) for c in also[:ALSO_IN_SHOWN])}{more}")
     if not out["results"]:
         print("no results")
     return 0
@@ -227,20 +237,25 @@ def cmd_reindex(args: argparse.Namespace, runtime: Runtime) -> int:
 def cmd_eval(args: argparse.Namespace, runtime: Runtime) -> int:
     from localrank.cli import local
 
-    out = local.eval_dataset(settings_from_args(args, "reranker"), runtime, args.dataset)
+    settings = settings_from_args(args, "reranker")
+    out = local.eval_sets(settings, runtime, args.dataset, args.docs)
     if args.json:
         print_json(out)
-    else:
+        return 0
+    print(f"model {out['model']}" + (f", reranker {out['reranker']}" if out["reranker"] else ""))
+    for report in out["sets"]:
         print(
-            f"{out['dataset']}: {out['documents']} docs, {out['queries']} queries, "
-            f"model {out['model']}"
+            f"\n{report['dataset']}: {report['documents']} documents, {report['chunks']} chunks, "
+            f"{report['queries']} queries"
         )
-        print(f"{'config':<21}{'nDCG@10':>9}{'R@100':>9}{'MRR@10':>9}{'ms/q':>9}")
-        for name, m in out["metrics"].items():
+        print(f"{'mode':<23}{'nDCG@10':>9}{'MRR@10':>9}{'R@5':>9}{'R@100':>9}{'ms/q':>9}")
+        for name, m in report["metrics"].items():
+            mark = " *" if name == out["default"] else ""
             print(
-                f"{name:<21}{m['ndcg@10']:>9.4f}{m['recall@100']:>9.4f}"
-                f"{m['mrr@10']:>9.4f}{m['ms_per_query']:>9.2f}"
+                f"{name + mark:<23}{m['ndcg@10']:>9.4f}{m['mrr@10']:>9.4f}"
+                f"{m['recall@5']:>9.4f}{m['recall@100']:>9.4f}{m['ms_per_query']:>9.2f}"
             )
+    print("\n* the default (a search without options)")
     return 0
 
 
@@ -320,8 +335,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_reindex)
 
-    p = sub.add_parser("eval", help="retrieval quality on a BEIR-format dataset folder")
-    p.add_argument("dataset")
+    p = sub.add_parser(
+        "eval",
+        help="retrieval quality per search mode on labelled query sets",
+        description="Index each set into a throwaway database and measure every search mode "
+        "on its queries. A set is a BEIR folder (corpus.jsonl, queries.jsonl, qrels/test.tsv) "
+        "or a known-item .json file over a folder of Markdown documents (e.g. "
+        "bench/data/npm_docs.json; docs/search.md#evaluation).",
+    )
+    p.add_argument("dataset", nargs="+", help="a BEIR folder or a known-item .json file")
+    p.add_argument("--docs", metavar="FOLDER", help="the documents of a known-item set")
     p.add_argument(
         "--reranker", metavar="MODEL", help="add a hybrid + cross-encoder row with this reranker"
     )

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from localrank.cli.common import Runtime
 from localrank.collections import CollectionService, EmbeddingModel, FolderOptions, SearchRequest
-from localrank.collections.evaluate import evaluate, index_dataset, load_beir
+from localrank.collections.evaluate import evaluate, index_set, load_set
 from localrank.collections.models import (
     LocalCrossEncoder,
     local_cross_encoder,
@@ -184,24 +184,35 @@ def reindex(
     )
 
 
-def eval_dataset(settings: Settings, runtime: Runtime, folder: str) -> dict[str, Any]:
-    dataset = load_beir(folder)
+def eval_sets(
+    settings: Settings, runtime: Runtime, paths: Sequence[str], docs: str | None
+) -> dict[str, Any]:
+    """The `localrank eval` document: each set indexed and measured in a throwaway database."""
+    datasets = [load_set(p, docs) for p in paths]
 
     async def go() -> dict[str, Any]:
+        reports: list[dict[str, Any]] = []
         # A throwaway database: evaluation never touches the user's collections.
         with tempfile.TemporaryDirectory(prefix="localrank-eval-") as tmp:
             async with service(settings, runtime, model=True, database=Path(tmp) / "eval.db") as s:
-                chunks = await index_dataset(s, dataset, "eval")
-                metrics = await evaluate(s, dataset, "eval")
                 model = s.embedder().model_id
+                for i, dataset in enumerate(datasets):
+                    chunks = await index_set(s, dataset, f"eval{i}")
+                    reports.append(
+                        {
+                            "dataset": dataset.name,
+                            "documents": len(dataset.documents),
+                            "queries": len(dataset.queries),
+                            "chunks": chunks,
+                            "metrics": await evaluate(s, dataset, f"eval{i}"),
+                        }
+                    )
         return {
-            "dataset": dataset.name,
             "model": model,
             "reranker": settings.reranker,
-            "documents": len(dataset.corpus),
-            "queries": len(dataset.queries),
-            "chunks": chunks,
-            "metrics": metrics,
+            # What a search without options runs.
+            "default": "hybrid+cross-encoder" if settings.reranker else "hybrid+cosine",
+            "sets": reports,
         }
 
     return asyncio.run(go())

@@ -1,14 +1,17 @@
-"""Hybrid retrieval over a collection: the request, the pipeline, and reciprocal-rank fusion.
+"""Hybrid retrieval over a collection: the request and the pipeline.
 
 Pipeline (each stage timed):
   embed     the query, instructed, as an interactive (not bulk) request;
   keyword   the store's keyword candidates (FTS5 BM25 in SQLite), filter applied inside;
   vector    the store's vector candidates (a binary-code scan in SQLite, filter as a scan
             mask), rescored by exact cosine on the float32 vectors;
-  fuse      reciprocal-rank fusion (k=60) of the two lists (hybrid);
-  rerank    exact cosine of every fused candidate against the query (default in hybrid).
-Scores: cosine when reranked or in vector mode, the RRF score in hybrid without rerank, BM25
-(higher is better) in keyword mode.
+  rerank    (default in hybrid) exact cosine of every candidate against the query, fused
+            with the keyword evidence (`fusion.cosine_fusion`); without rerank, reciprocal-rank
+            fusion (k=60) of the two lists;
+  collapse  near-duplicate chunks into the best-ranked one, which lists the others
+            (`duplicates`).
+Scores: the cosine fusion when reranked, cosine in vector mode, the RRF score in hybrid without
+rerank, BM25 (higher is better) in keyword mode.
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from typing import Annotated, Any, cast
 
 import numpy as np
 
+from localrank.collections.duplicates import Collapser, Group
+from localrank.collections.fusion import Fusion, cosine_fusion, rank_fusion
 from localrank.declare import Choices, Convert, Len, NonBlank, Range, arg, parse, parse_value
 from localrank.store import Store
 from localrank.store.filters import Filter, Scalar, as_scalar
 from localrank.store.records import Collection
 
 MODES = ("hybrid", "vector", "keyword")
-RRF_K = 60
 MAX_TOP_K = 1000
 MAX_QUERY_CHARS = 32_768
 MAX_FILTER_KEYS = 32
@@ -35,6 +39,9 @@ MAX_FILTER_VALUES = 1024
 # Searches per thread and collection that warm a search thread: measured at 1M chunks, one left
 # the first real searches ~1.3x slower than the rest, four made them as fast.
 WARM_UP_SEARCHES = 4
+# Candidates read at least, when collapsing near-duplicates: a small top_k still lists where
+# else its results appear.
+COLLAPSE_WINDOW = 50
 _WORDS = re.compile(r"\w+")
 
 
@@ -83,7 +90,9 @@ class SearchRequest:
     top_k: int = arg("How many results.", Range(1, MAX_TOP_K), default=10)
     mode: str = arg("hybrid, vector or keyword.", Choices(MODES), default="hybrid")
     rerank: bool | None = arg(
-        "Rerank the fused candidates (default: on for hybrid, off for keyword: no model needed).",
+        "Score the candidates with the model: their cosine fused with the keyword evidence, or "
+        "the cross-encoder when one is configured (default: on for hybrid; off: rank fusion; "
+        "off for keyword: no model needed).",
         default=None,
     )
     filter: Filter | None = arg(
@@ -116,15 +125,6 @@ class SearchRequest:
         return self.mode != "keyword" or self.reranked
 
 
-def rrf(lists: Sequence[Sequence[int]], k: int = RRF_K) -> list[tuple[int, float]]:
-    """Reciprocal-rank fusion: sum of 1 / (k + rank) over the lists each id appears in."""
-    scores: dict[int, float] = {}
-    for ranked in lists:
-        for rank, cid in enumerate(ranked, start=1):
-            scores[cid] = scores.get(cid, 0.0) + 1.0 / (k + rank)
-    return sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000.0, 3)
 
@@ -135,8 +135,10 @@ def run_search(
     req: SearchRequest,
     query_vector: np.ndarray | None,
     timings: dict[str, float],
+    fusion: Fusion = cosine_fusion,
 ) -> list[dict[str, Any]]:
-    """The synchronous part of a search (call it in a worker thread)."""
+    """The synchronous part of a search (call it in a worker thread). `fusion` orders a
+    reranked hybrid search's candidates (a parameter for `bench/fusion_variants.py`)."""
     pool = max(50, 4 * req.top_k)
     keyword: list[tuple[int, float]] = []
     vector: list[tuple[int, float]] = []
@@ -153,37 +155,57 @@ def run_search(
         )
         timings["vector"] = _ms(t)
     cosine = dict(vector)
-    if req.mode == "hybrid":
-        ranked = rrf([[c for c, _ in keyword], [c for c, _ in vector]])
-    elif req.mode == "vector":
+    if req.mode == "vector":
         ranked = vector
-    else:
-        ranked = keyword
-    if req.reranked and req.mode != "vector":
+    elif req.reranked:
         assert query_vector is not None
         t = time.perf_counter()
-        missing = [c for c, _ in ranked if c not in cosine]
+        missing = [c for c, _ in keyword if c not in cosine]
         cosine.update(store.exact_scores(missing, query_vector))
-        ranked = sorted(
-            ((c, cosine[c]) for c, _ in ranked if c in cosine), key=lambda kv: (-kv[1], kv[0])
-        )
+        candidates = keyword if req.mode == "keyword" else [*keyword, *vector]
+        ranked = fusion(keyword, vector, {c: cosine[c] for c, _ in candidates if c in cosine})
         timings["rerank"] = _ms(t)
-    top = ranked[: req.top_k]
+    elif req.mode == "hybrid":
+        ranked = rank_fusion(keyword, vector, cosine)
+    else:
+        ranked = keyword
+    groups = _top_groups(store, ranked, cosine, req.top_k)
     kw_rank = {c: i for i, (c, _) in enumerate(keyword, start=1)}
-    chunks = store.fetch_chunks([c for c, _ in top])
-    score = dict(top)
+    vec_rank = {c: i for i, (c, _) in enumerate(vector, start=1)}
     return [
         {
-            "document_id": ch.document_id,
-            "chunk_id": ch.id,
-            "text": ch.text,
-            "score": round(float(score[ch.id]), 6),
-            "citation": ch.citation(),
-            "metadata": ch.metadata,
-            "ranks": {"keyword": kw_rank.get(ch.id), "vector_cosine": cosine.get(ch.id)},
+            "document_id": g.chunk.document_id,
+            "chunk_id": g.chunk.id,
+            "text": g.chunk.text,
+            "score": round(float(g.score), 6),
+            "citation": g.chunk.citation(),
+            "metadata": g.chunk.metadata,
+            "ranks": {
+                "keyword": kw_rank.get(g.chunk.id),
+                "vector": vec_rank.get(g.chunk.id),
+                "vector_cosine": cosine.get(g.chunk.id),
+            },
+            "also_in": [{"chunk_id": d.id, **d.citation()} for d in g.duplicates],
         }
-        for ch in chunks
+        for g in groups
     ]
+
+
+def _top_groups(
+    store: Store, ranked: Sequence[tuple[int, float]], cosine: Mapping[int, float], top_k: int
+) -> list[Group]:
+    """The best `top_k` results of `ranked`, near-duplicates collapsed into the result they
+    repeat: chunks are read a window at a time until `top_k` distinct ones are found (so a
+    result lists the duplicates among the candidates read: at least COLLAPSE_WINDOW)."""
+    collapser = Collapser(cosine)
+    start = 0
+    while start < len(ranked) and len(collapser.groups) < top_k:
+        window = ranked[start : start + max(2 * top_k, COLLAPSE_WINDOW)]
+        score = dict(window)
+        for chunk in store.fetch_chunks([c for c, _ in window]):
+            collapser.add(chunk, score[chunk.id])
+        start += len(window)
+    return collapser.groups[:top_k]
 
 
 def warm_up(store: Store, collection: Collection, searches: int = WARM_UP_SEARCHES) -> None:

@@ -97,6 +97,16 @@ def tool_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _cited(citation: dict[str, Any]) -> dict[str, Any]:
+    """A search result's citation as the tools give it: the file (or document id) and lines."""
+    return {
+        "source": citation.get("source") or citation["document_id"],
+        "line_start": citation["line_start"],
+        "line_end": citation["line_end"],
+        "page": citation.get("page"),
+    }
+
+
 def _lines(text: str, start: int | None, end: int | None) -> tuple[str, int, int, int]:
     """(the text of lines start..end, 1-based inclusive, the range used, the line count)."""
     lines = text.splitlines(keepends=True)
@@ -160,7 +170,8 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
     ) -> dict[str, Any]:
         """Search the user's local collections (notes, documents, code). Each result has the
         passage text, a relevance score and a citation: the source file, the line range and,
-        for PDFs, the page. Read more around a result with `get`."""
+        for PDFs, the page; `also_in` cites where else the same passage appears. Read more
+        around a result with `get`."""
         merged: list[dict[str, Any]] = []
         searched = names(collections)
         for name in searched:
@@ -179,12 +190,9 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
                         "document_id": r["document_id"],
                         "text": r["text"],
                         "score": r["score"],
-                        "citation": {
-                            "source": c.get("source") or c["document_id"],
-                            "line_start": c["line_start"],
-                            "line_end": c["line_end"],
-                            "page": c.get("page"),
-                        },
+                        "citation": _cited(c),
+                        # The same text elsewhere (near-duplicates collapsed into this result).
+                        "also_in": [_cited(d) for d in r.get("also_in", [])],
                     }
                 )
         merged.sort(key=lambda r: -r["score"])
