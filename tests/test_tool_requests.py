@@ -503,7 +503,7 @@ async def test_cohere_embed_shapes(client: TestClient, engine: Engine) -> None:
     r = await client.post("/v2/embed", json={"inputs": inputs, "input_type": "search_document"})
     assert close((await ok_json(r))["embeddings"]["float"], want)
     for bad in (
-        {"texts": DOCS, "embedding_types": ["int8"]},
+        {"texts": DOCS, "embedding_types": ["int4"]},
         {"texts": DOCS, "truncate": "START"},
         {"inputs": [{"content": [{"type": "image_url", "image_url": "x"}]}]},
     ):
