@@ -53,7 +53,8 @@ def cmd_mcp(args: argparse.Namespace, runtime: Runtime) -> int:
     # stdout is the protocol channel on stdio: every log line goes to stderr.
     setup_logging(settings, stream=sys.stderr)
     logging.getLogger().setLevel(logging.WARNING)
-    from localrank.mcp.server import DaemonAccess, build_server  # the MCP SDK: only here
+    from localrank.mcp.daemon import DaemonAccess
+    from localrank.mcp.server import build_server  # the MCP SDK: only here
     from localrank.mcp.transports import run_http, run_stdio
 
     started = []

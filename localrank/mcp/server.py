@@ -10,8 +10,8 @@ daemon requests, so the model stays loaded once, in the daemon. Built on the off
 are off unless the user turns them on).
 
 The server answers at once, also while the daemon is found, started or loading its model: a
-tool call waits at most `ANSWER_WITHIN` seconds (agents give up sooner: Codex's startup timeout
-is 10 s) and otherwise says the model is still loading, with its progress.
+tool call waits at most `ANSWER_WITHIN` seconds (mcp/daemon.py; agents give up sooner: Codex's
+startup timeout is 10 s) and otherwise says the model is still loading, with its progress.
 
 Errors the model can act on (a collection that does not exist, a bad filter, a line range
 past the end) come back as tool errors carrying the daemon's own message (`ToolError`: the SDK
@@ -21,12 +21,8 @@ refused by the SDK before the tool runs.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
-import logging
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -36,8 +32,18 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from localrank import __version__
-from localrank.client import DaemonClient, DaemonUnreachable
-from localrank.errors import InvalidInput, LocalrankError, NotFound, NotReady
+from localrank.client import DaemonClient
+from localrank.errors import InvalidInput, LocalrankError, NotFound
+from localrank.mcp.daemon import DaemonAccess
+from localrank.mcp.documents import (
+    collection_names,
+    cut_at_line,
+    document_output,
+    glob_matches,
+    is_glob,
+    line_range,
+    listed,
+)
 from localrank.mcp.outputs import (
     CollectionsOutput,
     Document,
@@ -49,17 +55,12 @@ from localrank.mcp.outputs import (
     StatusOutput,
 )
 
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-# A tool call waits this long for a daemon that is starting or loading its model, then says so.
-ANSWER_WITHIN = 8.0
 # get_many: how much text one answer carries at most (default, and the most one may ask for),
 # and how many documents.
 MANY_CHARS = 40_000
 MAX_MANY_CHARS = 200_000
 MAX_MANY_DOCUMENTS = 50
-PAGE = 1000  # documents listed per request when a glob is matched
-log = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 localrank searches the user's local collections (notes, documents, code repositories) with
@@ -75,69 +76,6 @@ hybrid keyword + semantic search, on this machine (nothing leaves it). Every too
 """
 
 
-class DaemonAccess:
-    """The daemon the tools talk to. `connect` finds the running daemon (or starts one), in the
-    background from `start()` so that the server answers at once; when the daemon goes away
-    mid-session, the next call connects again."""
-
-    def __init__(
-        self, connect: Callable[[], DaemonClient], *, answer_within: float = ANSWER_WITHIN
-    ) -> None:
-        self._connect = connect
-        self._client: DaemonClient | None = None
-        self._lock = threading.Lock()
-        self.answer_within = answer_within
-
-    def start(self) -> None:
-        """Find or start the daemon now, in a thread (a failure is reported by the next call)."""
-
-        def connect() -> None:
-            try:
-                self.client(timeout=-1)
-            except Exception as exc:  # the next tool call connects again and reports it
-                log.warning("cannot reach the localrank daemon yet: %s", exc)
-
-        threading.Thread(target=connect, name="localrank-mcp-connect", daemon=True).start()
-
-    def client(self, timeout: float | None = None) -> DaemonClient:
-        """The daemon's client, connecting first if needed (waiting `timeout` seconds at most
-        for a connection in progress; -1: without limit)."""
-        wait = self.answer_within if timeout is None else timeout
-        if not self._lock.acquire(timeout=wait):
-            raise NotReady(
-                "localrank is still starting its daemon (finding it, or loading the model): "
-                "try again in a few seconds"
-            )
-        try:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
-        finally:
-            self._lock.release()
-
-    def call(self, fn: Callable[[DaemonClient], T]) -> T:
-        """Run `fn` against the daemon: waits while its model loads (`answer_within` seconds at
-        most, then the daemon's own "still loading" answer), reconnects once if it went away."""
-        deadline = time.monotonic() + self.answer_within
-        for attempt in range(2):
-            client = self.client(timeout=max(0.0, deadline - time.monotonic()))
-            try:
-                while True:
-                    try:
-                        return fn(client)
-                    except NotReady as exc:
-                        if "loading" not in exc.message or time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.25)
-            except DaemonUnreachable:
-                with self._lock:
-                    if self._client is client:
-                        self._client = None
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-
 def tool_errors(fn: F) -> F:
     """localrank's errors (the daemon's, or a tool's own) as tool errors with their message."""
 
@@ -149,19 +87,6 @@ def tool_errors(fn: F) -> F:
             raise ToolError(exc.message) from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-def _lines(text: str, start: int | None, end: int | None) -> tuple[str, int, int, int]:
-    """(the text of lines start..end, 1-based inclusive, the range used, the line count)."""
-    lines = text.splitlines(keepends=True)
-    total = len(lines)
-    first = start or 1
-    last = min(end or total, total)
-    if first > total:
-        raise InvalidInput(f"line_start {first} is past the end: the document has {total} lines")
-    if last < first:
-        raise InvalidInput(f"line_end {end} is before line_start {first}")
-    return "".join(lines[first - 1 : last]), first, last, total
 
 
 def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServer:
@@ -249,7 +174,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
 
     def find(document: str, collection: str | None) -> tuple[str, dict[str, Any]]:
         """(collection, document with text) for an id or a cited file path; NotFound."""
-        tried = [collection] if collection else [c["name"] for c in access.call(_collections)]
+        tried = [collection] if collection else access.call(collection_names)
         path = Path(document).expanduser()
         for name in tried:
             try:
@@ -290,8 +215,8 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         """Read a document (or the lines line_start..line_end of it) from a collection: the
         text a search result cites, with what surrounds it."""
         name, doc = find(document, collection)
-        text, first, last, total = _lines(doc["text"], line_start, line_end)
-        return _document(name, doc, text, first, last, total)
+        text, first, last, total = line_range(doc["text"], line_start, line_end)
+        return document_output(name, doc, text, first, last, total)
 
     @server.tool(title="Read several documents", annotations=read_only)
     @tool_errors
@@ -325,8 +250,10 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         found: dict[tuple[str, str], dict[str, Any] | None] = {}  # None: text not read yet
         not_found: list[str] = []
         for item in documents:
-            if _is_glob(item):
-                hits = [(n, d["id"]) for n, d in _listed(access, collection) if _matches(item, d)]
+            if is_glob(item):
+                hits = [
+                    (n, d["id"]) for n, d in listed(access, collection) if glob_matches(item, d)
+                ]
                 if not hits:
                     not_found.append(item)
                 for key in sorted(hits, key=lambda k: k[1]):
@@ -349,11 +276,11 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
             doc = known or access.call(lambda c, n=name, i=doc_id: c.document(n, i))  # type: ignore[misc]
             text = doc["text"]
             total = len(text.splitlines())
-            cut = _cut_at_line(text, max_chars - used)
+            cut = cut_at_line(text, max_chars - used)
             shown = max(1, len(cut.splitlines())) if cut else 0
             out.append(
                 {
-                    **_document(name, doc, cut, 1, shown, total),
+                    **document_output(name, doc, cut, 1, shown, total),
                     "truncated": len(cut) < len(text),
                 }
             )
@@ -364,7 +291,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
     @tool_errors
     def collections() -> CollectionsOutput:
         """The user's collections: name, model, how many documents and chunks each holds."""
-        rows = access.call(_collections)
+        rows = access.call(lambda c: c.collections())
         keep = ("name", "model", "dim", "documents", "chunks", "created")
         return {"collections": [{k: c.get(k) for k in keep} for c in rows]}  # type: ignore[misc]
 
@@ -448,55 +375,3 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
             return access.call(remove)
 
     return server
-
-
-def _collections(client: DaemonClient) -> list[dict[str, Any]]:
-    return client.collections()
-
-
-def _document(
-    name: str, doc: dict[str, Any], text: str, first: int, last: int, total: int
-) -> Document:
-    return {
-        "collection": name,
-        "document_id": doc["id"],
-        "source": doc.get("source"),
-        "metadata": doc.get("metadata", {}),
-        "line_start": first,
-        "line_end": last,
-        "total_lines": total,
-        "text": text,
-    }
-
-
-def _is_glob(item: str) -> bool:
-    return any(ch in item for ch in "*?[")
-
-
-def _matches(pattern: str, doc: dict[str, Any]) -> bool:
-    """A glob against a listed document's source path or its path inside the indexed folder."""
-    paths = [doc.get("source"), (doc.get("metadata") or {}).get("path")]
-    return any(isinstance(p, str) and fnmatch.fnmatchcase(p, pattern) for p in paths)
-
-
-def _listed(access: DaemonAccess, collection: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every document (without text) of `collection`, or of every collection."""
-    names = [collection] if collection else [c["name"] for c in access.call(_collections)]
-    for name in names:
-        after: str | None = None
-        while True:
-            page = access.call(lambda c, n=name, a=after: c.documents(n, limit=PAGE, after=a))  # type: ignore[misc]
-            for doc in page["documents"]:
-                yield name, doc
-            after = page.get("next_after")
-            if not after:
-                break
-
-
-def _cut_at_line(text: str, budget: int) -> str:
-    """`text` when it fits in `budget` characters, else its longest prefix of whole lines that
-    does (or the first `budget` characters when even its first line does not)."""
-    if len(text) <= budget:
-        return text
-    end = text.rfind("\n", 0, budget)
-    return text[: end + 1] if end >= 0 else text[:budget]
