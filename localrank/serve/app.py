@@ -23,6 +23,7 @@ from localrank.collections import CollectionService, IngestSettings, WatchSettin
 from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine, load_reranker
+from localrank.engine.tiktoken_ids import cl100k
 from localrank.errors import LocalrankError
 from localrank.serve.api import DialectIndex
 from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
@@ -83,6 +84,8 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
             finally:
                 state.ready.set()
 
+        # tiktoken's cl100k_base (2 s to read), for OpenAI token arrays: ready before they come.
+        threading.Thread(target=cl100k, name="localrank-cl100k", daemon=True).start()
         task = state.loading = asyncio.create_task(load(), name="localrank-load")
         try:
             yield

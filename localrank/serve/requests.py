@@ -16,7 +16,7 @@ from aiohttp import web
 
 from localrank.declare import Dynamic, parse_request, record_of
 from localrank.engine.core import MIN_DIMENSIONS
-from localrank.engine.tiktoken_ids import cl100k
+from localrank.engine.tiktoken_ids import CL100K_VOCAB
 from localrank.errors import BadRequest
 from localrank.serve.api import Handler, Route
 from localrank.serve.embedding import EmbeddingService
@@ -49,12 +49,11 @@ class Served:
         dim = service.info.backend.dim
         methods = ("bi-encoder", "cross-encoder") if service.cross_encoder else ("bi-encoder",)
         vocab = service.engine.tokenizer.vocab_size
-        tiktoken = cl100k()
         return cls(
             dim=dim,
             min_dimensions=min(MIN_DIMENSIONS, dim),
             max_token_id=vocab - 1,
-            max_openai_token_id=max(vocab, tiktoken.n_vocab if tiktoken else 0) - 1,
+            max_openai_token_id=max(vocab, CL100K_VOCAB) - 1,
             rerank_methods=methods,
         )
 
