@@ -19,6 +19,10 @@ from daemons import BIN, LiveDaemon, free_port, request, write_notes
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from localrank.errors import NotFound
+from localrank.mcp.daemon import DaemonAccess
+from localrank.mcp.server import build_server
+
 LOCALRANK = str(BIN / "localrank")
 READ_TOOLS = {"search", "get", "get_many", "collections", "status"}
 
@@ -120,6 +124,7 @@ async def exercise(client: Client, notes: Path) -> None:
         await client.call_tool("get_many", {"documents": ["*.md"], "max_chars": 1000})
     )
     assert capped["chars"] <= 1000 and len(capped["documents"]) + len(capped["omitted"]) == 4
+    assert all(o["source"].startswith(notes.as_posix()) for o in capped["omitted"])
     small = structured(
         await client.call_tool("get_many", {"documents": ["**/*.md"], "max_chars": 1000})
     )
@@ -342,3 +347,47 @@ async def test_the_readme_snippets_work_as_written(live: LiveDaemon) -> None:
             assert names == READ_TOOLS, editor
             out = structured(await client.call_tool("search", {"query": "tides and the moon"}))
             assert out["results"][0]["citation"]["source"].endswith("tides.md"), editor
+
+
+class ThreeLongDocuments:
+    """A stand-in for the daemon's client (plumbing only): one collection of three documents
+    of 30 lines of 100 characters each."""
+
+    health = {"fingerprint": None}
+
+    def __init__(self) -> None:
+        line = "x" * 99 + "\n"
+        self.docs = {
+            f"d{i}": {"id": f"d{i}", "source": f"/notes/n{i}.md", "metadata": {"path": f"n{i}.md"}}
+            for i in range(3)
+        }
+        self.text = line * 30
+
+    def collections(self) -> list[dict[str, Any]]:
+        return [{"name": "notes", "fingerprint": None}]
+
+    def documents(self, name: str, *, limit: int, after: str | None) -> dict[str, Any]:
+        return {"documents": list(self.docs.values()), "next_after": None}
+
+    def document(self, name: str, doc_id: str) -> dict[str, Any]:
+        if doc_id not in self.docs:
+            raise NotFound(f"document {doc_id!r} not found")
+        return {**self.docs[doc_id], "text": self.text}
+
+
+async def test_get_many_keeps_under_its_cap() -> None:
+    fake = ThreeLongDocuments()
+    server = build_server(DaemonAccess(lambda: fake))  # type: ignore[arg-type, return-value]
+    async with Client(server) as client:
+        out = structured(
+            await client.call_tool("get_many", {"documents": ["n*.md"], "max_chars": 4050})
+        )
+    first, second = out["documents"]
+    assert (first["truncated"], first["text"]) == (False, fake.text)
+    # 3000 + 1050 characters: the second is cut after its 10th whole line.
+    assert second["truncated"] and second["text"] == fake.text[:1000]
+    assert (second["line_start"], second["line_end"], second["total_lines"]) == (1, 10, 30)
+    assert out["chars"] == 4000 <= 4050
+    assert out["omitted"] == [
+        {"collection": "notes", "document_id": "d2", "source": "/notes/n2.md"}
+    ]

@@ -69,11 +69,10 @@ def listed(access: DaemonAccess, collection: str | None) -> Iterator[tuple[str, 
 
 def cut_at_line(text: str, budget: int) -> str:
     """`text` when it fits in `budget` characters, else its longest prefix of whole lines that
-    does (or the first `budget` characters when even its first line does not)."""
+    does (empty when not even its first line does)."""
     if len(text) <= budget:
         return text
-    end = text.rfind("\n", 0, budget)
-    return text[: end + 1] if end >= 0 else text[:budget]
+    return text[: text.rfind("\n", 0, budget) + 1]
 
 
 def collection_names(client: DaemonClient) -> list[str]:

@@ -247,17 +247,16 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         or every file a glob matches), in the order asked, up to max_chars of text in all: the
         document that crosses the limit is cut at a line (truncated: true) and the ones after
         it are listed under `omitted`, to ask for next."""
-        found: dict[tuple[str, str], dict[str, Any] | None] = {}  # None: text not read yet
+        # (collection, id) -> the document; one a glob listed has no "text" until it is read.
+        found: dict[tuple[str, str], dict[str, Any]] = {}
         not_found: list[str] = []
         for item in documents:
             if is_glob(item):
-                hits = [
-                    (n, d["id"]) for n, d in listed(access, collection) if glob_matches(item, d)
-                ]
+                hits = [(n, d) for n, d in listed(access, collection) if glob_matches(item, d)]
                 if not hits:
                     not_found.append(item)
-                for key in sorted(hits, key=lambda k: k[1]):
-                    found.setdefault(key, None)
+                for name, listed_doc in sorted(hits, key=lambda h: h[1].get("source") or ""):
+                    found.setdefault((name, listed_doc["id"]), listed_doc)
                 continue
             try:
                 name, doc = find(item, collection)
@@ -268,15 +267,26 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         out: list[ManyDocument] = []
         omitted: list[Omitted] = []
         used = 0
+        full = False  # once a document is left out, so are the ones after it (order is kept)
         for (name, doc_id), known in found.items():
-            if used >= max_chars or len(out) == MAX_MANY_DOCUMENTS:
-                source = known.get("source") if known else None
+            if full or used >= max_chars or len(out) == MAX_MANY_DOCUMENTS:
+                source = known.get("source")
                 omitted.append({"collection": name, "document_id": doc_id, "source": source})
                 continue
-            doc = known or access.call(lambda c, n=name, i=doc_id: c.document(n, i))  # type: ignore[misc]
+            doc = known
+            if "text" not in doc:
+                doc = access.call(lambda c, n=name, i=doc_id: c.document(n, i))  # type: ignore[misc]
             text = doc["text"]
             total = len(text.splitlines())
             cut = cut_at_line(text, max_chars - used)
+            if text and not cut:  # not one whole line fits
+                if out:  # ask for it next
+                    omitted.append(
+                        {"collection": name, "document_id": doc_id, "source": doc.get("source")}
+                    )
+                    full = True
+                    continue
+                cut = text[:max_chars]  # a first document of one long line: its beginning
             shown = max(1, len(cut.splitlines())) if cut else 0
             out.append(
                 {
@@ -285,6 +295,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
                 }
             )
             used += len(cut)
+            full = len(cut) < len(text)
         return {"documents": out, "chars": used, "omitted": omitted, "not_found": not_found}
 
     @server.tool(title="List collections", annotations=read_only)
