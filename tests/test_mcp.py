@@ -52,7 +52,10 @@ def stdio(daemon: LiveDaemon, *args: str, env: dict[str, str] | None = None) -> 
 
 
 def structured(result: Any) -> dict[str, Any]:
+    """The tool's structuredContent, which its text content carries too (for clients that
+    read only text)."""
     assert not result.is_error, result.content
+    assert json.loads(result.content[0].text) == result.structured_content
     return dict(result.structured_content)
 
 
