@@ -49,7 +49,7 @@ async def server(settings: Settings) -> AsyncIterator[TestClient]:
     app = make_app(settings)
     async with TestClient(TestServer(app)) as c:
         await app[STATE_KEY].ready.wait()
-        assert app[STATE_KEY].service is not None, app[STATE_KEY].load_error
+        assert app[STATE_KEY].models is not None, app[STATE_KEY].load_error
         yield c
 
 

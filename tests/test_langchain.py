@@ -84,7 +84,7 @@ async def server(
     app = make_app(settings_for(model, tmp_path_factory.mktemp("home")))
     async with TestClient(TestServer(app)) as c:
         await app[STATE_KEY].ready.wait()
-        assert app[STATE_KEY].service is not None, app[STATE_KEY].load_error
+        assert app[STATE_KEY].models is not None, app[STATE_KEY].load_error
         yield c
 
 

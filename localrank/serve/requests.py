@@ -19,7 +19,7 @@ from localrank.engine.core import MIN_DIMENSIONS
 from localrank.engine.tiktoken_ids import CL100K_VOCAB
 from localrank.errors import BadRequest
 from localrank.serve.api import Handler, Route
-from localrank.serve.embedding import EmbeddingService
+from localrank.serve.model_service import ModelService
 from localrank.serve.state import STATE_KEY
 
 # What the declarations may leave to the served model (unknown, so unchecked and undocumented,
@@ -43,7 +43,7 @@ class Served:
     rerank_methods: tuple[str, ...]
 
     @classmethod
-    def of(cls, service: EmbeddingService | None) -> Served | None:
+    def of(cls, service: ModelService | None) -> Served | None:
         if service is None:
             return None
         dim = service.info.backend.dim
@@ -59,7 +59,7 @@ class Served:
 
 
 def served(app: web.Application) -> Served | None:
-    return Served.of(app[STATE_KEY].service)
+    return Served.of(app[STATE_KEY].models)
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:

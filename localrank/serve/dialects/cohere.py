@@ -36,7 +36,7 @@ from localrank.serve.dialects.shared import (
     instruction_for_queries,
     query_mode,
 )
-from localrank.serve.state import embedding
+from localrank.serve.state import model_service
 
 
 class DocumentsHaveText(Rule):
@@ -120,7 +120,7 @@ def document_texts(docs: list[Any], rank_fields: list[str] | None) -> list[str]:
 
 
 async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     if not svc.is_reranker_name(req.model):
         check_requested_model(req.model, svc.info)
     docs = req.documents
@@ -224,7 +224,7 @@ def _embed_texts(req: EmbedRequest) -> list[str]:
 
 
 async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     check_requested_model(req.model, svc.info)
     texts = _embed_texts(req)
     query, instruction = query_mode(req.input_type, req.instruction)
