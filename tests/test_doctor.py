@@ -239,3 +239,40 @@ def test_cli_exit_code_and_json(isolated: Path, capsys: pytest.CaptureFixture[st
     failed = {c["name"]: c for c in out["checks"] if c["status"] == "fail"}
     assert set(failed) == {"data dir", "exposure"}
     assert all(c["fix"] for c in failed.values())
+
+
+async def _daemon_check(body: dict[str, Any], status: int = 200) -> doctor.Check | None:
+    """check_running_daemon against a daemon-like /health answering `body`."""
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response(body, status=status)
+
+    app = web.Application(middlewares=[request_id_middleware])
+    app.add_routes([web.get("/health", health)])
+    async with TestServer(app, host="127.0.0.1") as server:
+        assert server.port is not None
+        return await asyncio.to_thread(doctor.check_running_daemon, settings(port=server.port))
+
+
+async def test_running_daemon_on_the_offline_fallback_warns() -> None:
+    reason = "Qwen/Qwen3-Embedding-0.6B is not on this machine and cannot be downloaded"
+    check = await _daemon_check(
+        {
+            "status": "ok",
+            "model_id": "sentence-transformers/all-MiniLM-L6-v2",
+            "fallback": True,
+            "fallback_reason": reason,
+        }
+    )
+    assert check is not None and check.status == "warn"
+    assert "offline fallback sentence-transformers/all-MiniLM-L6-v2" in check.detail
+    assert "not Qwen/Qwen3-Embedding-0.6B" in check.detail and reason in check.detail
+    assert check.fix.startswith("localrank pull Qwen/Qwen3-Embedding-0.6B")
+
+
+async def test_running_daemon_on_its_model_is_ok_and_a_failed_load_fails() -> None:
+    check = await _daemon_check({"model_id": "Qwen/Qwen3-Embedding-0.6B", "fallback": False})
+    assert check is not None and check.status == "ok" and "serves Qwen/Qwen3" in check.detail
+    check = await _daemon_check({"status": "error", "error": "no space left"}, status=503)
+    assert check is not None and check.status == "fail" and "no space left" in check.detail
+    assert doctor.check_running_daemon(settings(), fetch=lambda h, p: None) is None

@@ -19,8 +19,12 @@ from daemons import BIN, LiveDaemon, free_port, request, write_notes
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
 
+from localrank.errors import NotFound
+from localrank.mcp.daemon import DaemonAccess
+from localrank.mcp.server import build_server
+
 LOCALRANK = str(BIN / "localrank")
-READ_TOOLS = {"search", "get", "collections", "status"}
+READ_TOOLS = {"search", "get", "get_many", "collections", "status"}
 
 
 @pytest.fixture(scope="module")
@@ -42,12 +46,16 @@ def live(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[Liv
 
 def stdio(daemon: LiveDaemon, *args: str, env: dict[str, str] | None = None) -> Any:
     source = env or daemon.env
-    keep = {k: v for k, v in source.items() if k.startswith("LOCALRANK_")}
+    # An editor passes its own environment; PYTHONPATH: the checkout under test, when set.
+    keep = {k: v for k, v in source.items() if k.startswith("LOCALRANK_") or k == "PYTHONPATH"}
     return StdioServerParameters(command=LOCALRANK, args=["mcp", *args], env=keep)
 
 
 def structured(result: Any) -> dict[str, Any]:
+    """The tool's structuredContent, which its text content carries too (for clients that
+    read only text)."""
     assert not result.is_error, result.content
+    assert json.loads(result.content[0].text) == result.structured_content
     return dict(result.structured_content)
 
 
@@ -58,6 +66,19 @@ async def exercise(client: Client, notes: Path) -> None:
     assert set(tools) == READ_TOOLS  # no index tool without --allow-index
     for t in tools.values():
         assert t.description and t.input_schema["type"] == "object"
+        # Read-only, idempotent, closed-world; a typed answer (outputSchema) for each.
+        a = t.annotations
+        assert a is not None and t.title, t.name
+        assert (a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint) == (
+            True,
+            False,
+            True,
+            False,
+        ), t.name
+        assert t.output_schema is not None and t.output_schema["type"] == "object", t.name
+        assert t.output_schema.get("properties"), t.name  # fields, not just "an object"
+    assert set(tools["search"].output_schema["properties"]) == {"query", "collections", "results"}
+    assert "get_many" in (client.instructions or "")  # server instructions for the agent
     search_schema = tools["search"].input_schema["properties"]
     assert {"query", "collections", "top_k", "mode", "rerank", "filter"} <= set(search_schema)
     assert search_schema["top_k"]["maximum"] == 100
@@ -89,6 +110,31 @@ async def exercise(client: Client, notes: Path) -> None:
     assert got["metadata"]["format"] == "markdown" and got["collection"] == "notes"
     whole = structured(await client.call_tool("get", {"document": top["document_id"]}))
     assert whole["text"] == "".join(lines)
+
+    # Several cited passages in one call: by id, by cited path and by glob, under a size cap.
+    many = structured(
+        await client.call_tool(
+            "get_many",
+            {"documents": [top["document_id"], str(notes / "tides.md"), "sub/*.md", "nope*.md"]},
+        )
+    )
+    sources = [d["source"] for d in many["documents"]]
+    assert sources == [
+        (notes / name).as_posix() for name in ("bread.md", "tides.md", "sub/python.md")
+    ]
+    assert many["documents"][0]["text"] == "".join(lines) and many["not_found"] == ["nope*.md"]
+    assert many["chars"] == sum(len(d["text"]) for d in many["documents"])
+    capped = structured(
+        await client.call_tool("get_many", {"documents": ["*.md"], "max_chars": 1000})
+    )
+    assert capped["chars"] <= 1000 and len(capped["documents"]) + len(capped["omitted"]) == 4
+    assert all(o["source"].startswith(notes.as_posix()) for o in capped["omitted"])
+    small = structured(
+        await client.call_tool("get_many", {"documents": ["**/*.md"], "max_chars": 1000})
+    )
+    assert [d["truncated"] for d in small["documents"]].count(True) <= 1
+    too_many = await client.call_tool("get_many", {"documents": ["a"] * 51})
+    assert too_many.is_error
 
     listed = structured(await client.call_tool("collections", {}))["collections"]
     assert ("notes", 4) in [(c["name"], c["documents"]) for c in listed]
@@ -205,6 +251,9 @@ async def test_streamable_http_behind_the_daemons_rules(live: LiveDaemon) -> Non
     )
     try:
         wait_port(port, proc)
+        assert proc.stderr is not None
+        # It says where it listens, once it does.
+        assert f"listening on http://127.0.0.1:{port}/mcp" in proc.stderr.readline().decode()
         host = f"127.0.0.1:{port}"
         status, body = raw_post(port, {"Host": host})
         assert status == 401 and body["error"]["type"] == "unauthorized"
@@ -291,10 +340,58 @@ async def test_the_readme_snippets_work_as_written(live: LiveDaemon) -> None:
         params = StdioServerParameters(
             command=argv[0],
             args=argv[1:],
-            env={k: v for k, v in live.env.items() if k.startswith("LOCALRANK_") or k == "PATH"},
+            env={
+                k: v
+                for k, v in live.env.items()
+                if k.startswith("LOCALRANK_") or k in ("PATH", "PYTHONPATH")
+            },
         )
         async with Client(params) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             assert names == READ_TOOLS, editor
             out = structured(await client.call_tool("search", {"query": "tides and the moon"}))
             assert out["results"][0]["citation"]["source"].endswith("tides.md"), editor
+
+
+class ThreeLongDocuments:
+    """A stand-in for the daemon's client (plumbing only): one collection of three documents
+    of 30 lines of 100 characters each."""
+
+    health = {"fingerprint": None}
+
+    def __init__(self) -> None:
+        line = "x" * 99 + "\n"
+        self.docs = {
+            f"d{i}": {"id": f"d{i}", "source": f"/notes/n{i}.md", "metadata": {"path": f"n{i}.md"}}
+            for i in range(3)
+        }
+        self.text = line * 30
+
+    def collections(self) -> list[dict[str, Any]]:
+        return [{"name": "notes", "fingerprint": None}]
+
+    def documents(self, name: str, *, limit: int, after: str | None) -> dict[str, Any]:
+        return {"documents": list(self.docs.values()), "next_after": None}
+
+    def document(self, name: str, doc_id: str) -> dict[str, Any]:
+        if doc_id not in self.docs:
+            raise NotFound(f"document {doc_id!r} not found")
+        return {**self.docs[doc_id], "text": self.text}
+
+
+async def test_get_many_keeps_under_its_cap() -> None:
+    fake = ThreeLongDocuments()
+    server = build_server(DaemonAccess(lambda: fake))  # type: ignore[arg-type, return-value]
+    async with Client(server) as client:
+        out = structured(
+            await client.call_tool("get_many", {"documents": ["n*.md"], "max_chars": 4050})
+        )
+    first, second = out["documents"]
+    assert (first["truncated"], first["text"]) == (False, fake.text)
+    # 3000 + 1050 characters: the second is cut after its 10th whole line.
+    assert second["truncated"] and second["text"] == fake.text[:1000]
+    assert (second["line_start"], second["line_end"], second["total_lines"]) == (1, 10, 30)
+    assert out["chars"] == 4000 <= 4050
+    assert out["omitted"] == [
+        {"collection": "notes", "document_id": "d2", "source": "/notes/n2.md"}
+    ]

@@ -30,6 +30,7 @@ from huggingface_hub import InferenceClient
 from localrank.config import load_settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
+from localrank.ops import doctor
 
 DOCS = [
     "Berlin is the capital of Germany.",
@@ -209,6 +210,13 @@ def test_every_client_on_the_default_settings(default_daemon: LiveDaemon, engine
     assert [r.index for r in ranked.results] == cosine_order(engine, QUERY, DOCS)[0]
     health = json.loads(httpx.get(f"{url}/health").text)
     assert health["fallback"] is True and health["names"] == ids
+    # `localrank doctor` on that machine says so.
+    settings = load_settings(
+        {"home": str(default_daemon.home), "port": default_daemon.port}, environ={}
+    )
+    check = doctor.check_running_daemon(settings)
+    assert check is not None and check.status == "warn", check
+    assert f"offline fallback {MINILM_ID}, not Qwen/Qwen3-Embedding-0.6B" in check.detail
 
 
 def test_sigterm_drains_in_flight_request_and_exits_0(daemon: LiveDaemon) -> None:

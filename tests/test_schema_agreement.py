@@ -85,7 +85,9 @@ CASES: list[tuple[str, str, Any, dict[str, str], bool]] = [
     ("POST", "/api/v1/rerank", {"query": "q", "passages": ["a"], "method": "x"}, {}, False),
     ("POST", "/api/show", {"model": None}, {}, False),
     ("POST", "/api/embed", {"input": "x", "keep_alive": None, "options": None}, {}, True),
-    ("POST", "/v1/embeddings", {"input": [[1.0, 2]]}, {}, True),
+    # An integral float is a token id. ([CLS] hello [SEP]: ids that are the served tokenizer's
+    # by its special tokens; bare ones may read as tiktoken's too, a 422 no schema can state.)
+    ("POST", "/v1/embeddings", {"input": [[101.0, 7592, 102]]}, {}, True),
     (
         "POST",
         "/v1/embeddings",

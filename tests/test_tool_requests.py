@@ -298,9 +298,10 @@ async def test_roo_code_ollama_mode(client: TestClient, engine: Engine, configur
 
 async def test_librechat_rag_api_token_ids(client: TestClient, engine: Engine) -> None:
     """EMBEDDINGS_PROVIDER=openai: langchain's OpenAIEmbeddings sends token-id arrays. Ids of
-    the served model's tokenizer embed exactly like the text; tiktoken ids (here: past this
-    vocabulary) are refused with the setting that turns them off."""
-    ids = [engine.tokenizer.raw.encode(t, add_special_tokens=False).ids for t in DOCS]
+    the served model's tokenizer (with its special tokens) embed exactly like the text; ids
+    neither tokenizer makes (here: past this vocabulary, with tiktoken's <|endoftext|>) are
+    refused with the setting that turns them off. tests/test_langchain.py runs langchain."""
+    ids = [e.ids for e in engine.tokenizer.encode(DOCS)]
     r = await client.post(
         "/v1/embeddings", json={"input": ids, "model": SERVED, "encoding_format": "base64"}
     )
@@ -502,7 +503,7 @@ async def test_cohere_embed_shapes(client: TestClient, engine: Engine) -> None:
     r = await client.post("/v2/embed", json={"inputs": inputs, "input_type": "search_document"})
     assert close((await ok_json(r))["embeddings"]["float"], want)
     for bad in (
-        {"texts": DOCS, "embedding_types": ["int8"]},
+        {"texts": DOCS, "embedding_types": ["int4"]},
         {"texts": DOCS, "truncate": "START"},
         {"inputs": [{"content": [{"type": "image_url", "image_url": "x"}]}]},
     ):

@@ -53,7 +53,8 @@ def cmd_mcp(args: argparse.Namespace, runtime: Runtime) -> int:
     # stdout is the protocol channel on stdio: every log line goes to stderr.
     setup_logging(settings, stream=sys.stderr)
     logging.getLogger().setLevel(logging.WARNING)
-    from localrank.mcp.server import DaemonAccess, build_server  # the MCP SDK: only here
+    from localrank.mcp.daemon import DaemonAccess
+    from localrank.mcp.server import build_server  # the MCP SDK: only here
     from localrank.mcp.transports import run_http, run_stdio
 
     started = []
@@ -71,11 +72,13 @@ def cmd_mcp(args: argparse.Namespace, runtime: Runtime) -> int:
         return DaemonClient(daemon.endpoint, token=settings.token)
 
     access = DaemonAccess(connect)
-    access.client()  # find or start the daemon now, not at the first tool call
+    # Find or start the daemon now, beside the server: the client's handshake is answered at
+    # once (agents time out a server that takes seconds), tool calls wait for the daemon.
+    access.start()
     server = build_server(access, allow_index=args.allow_index)
     try:
         if args.http:
-            run_http(server, settings, settings.mcp_port)
+            run_http(server, settings, settings.mcp_port, on_listening=_say_listening)
         else:
             run_stdio(server)
     except KeyboardInterrupt:
@@ -84,3 +87,7 @@ def cmd_mcp(args: argparse.Namespace, runtime: Runtime) -> int:
         for daemon in started:
             daemon.stop()
     return 0
+
+
+def _say_listening(url: str) -> None:
+    print(f"localrank mcp: listening on {url} (Streamable HTTP; Ctrl-C stops)", file=sys.stderr)

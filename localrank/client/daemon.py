@@ -255,6 +255,14 @@ class DaemonClient:
         path = f"/v1/collections/{quote(collection, safe='')}/documents/{quote(doc_id, safe='')}"
         return dict(self.request("GET", path))
 
+    def documents(
+        self, collection: str, *, limit: int = 100, after: str | None = None
+    ) -> dict[str, Any]:
+        """A page of a collection's documents (without text); `next_after` pages on."""
+        query = {"limit": str(limit), **({"after": after} if after else {})}
+        path = f"/v1/collections/{quote(collection, safe='')}/documents"
+        return dict(self.request("GET", path, query=query))
+
     def document_from(self, collection: str, source: str) -> dict[str, Any]:
         """The document read from the file `source`."""
         path = f"/v1/collections/{quote(collection, safe='')}/documents"

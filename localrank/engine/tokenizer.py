@@ -201,14 +201,30 @@ class TextTokenizer:
                     + TOKEN_IDS_ADVICE,
                     param="input",
                 )
-            content = list(ids)
-            # Callers often send ids that already carry the special tokens: do not double them.
-            if self.prefix and content[: len(self.prefix)] == self.prefix:
-                content = content[len(self.prefix) :]
-            if self.suffix and content[-len(self.suffix) :] == self.suffix:
-                content = content[: -len(self.suffix)]
-            out.append(self._wrap(content))
+            out.append(self._wrap(self.split_special(ids)[0]))
         return out
+
+    def split_special(self, ids: Sequence[int]) -> tuple[list[int], bool]:
+        """(content, marked): `ids` without the special tokens the recipe wraps content in
+        (callers often send ids that already carry them: they are not doubled), and whether
+        all of them were there (a mark of this tokenizer's own output)."""
+        content = list(ids)
+        has_prefix = bool(self.prefix) and content[: len(self.prefix)] == self.prefix
+        if has_prefix:
+            content = content[len(self.prefix) :]
+        has_suffix = bool(self.suffix) and content[-len(self.suffix) :] == self.suffix
+        if has_suffix:
+            content = content[: -len(self.suffix)]
+        marked = (has_prefix or not self.prefix) and (has_suffix or not self.suffix)
+        return content, marked and bool(self.prefix or self.suffix)
+
+    def reproduces(self, content: Sequence[int]) -> bool:
+        """True when `content` is exactly what this tokenizer makes of its own decoding: ids
+        another tokenizer produced rarely survive decode then re-encode."""
+        if any(not 0 <= t < self.vocab_size for t in content):
+            return False
+        text = self.raw.decode(list(content), skip_special_tokens=False)
+        return self.raw.encode(text, add_special_tokens=False).ids == list(content)
 
     def offsets(self, text: str) -> np.ndarray:
         """Character span of each content token: int64 [n, 2] (used for token-aware chunking).

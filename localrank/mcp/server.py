@@ -3,9 +3,15 @@
 A thin client of the running daemon over HTTP (`localrank.client`): every tool is one or two
 daemon requests, so the model stays loaded once, in the daemon. Built on the official SDK's
 `MCPServer` (the 2.x line: it serves 2026-07-28 clients and 2025-era ones that still open with
-`initialize`, over stdio and Streamable HTTP alike). Tools: `search`, `get`, `collections`,
-`status`; with `allow_index`, also `index_folder` and `unwatch` (they make the daemon read
-folders of the user's choosing, so they are off unless the user turns them on).
+`initialize`, over stdio and Streamable HTTP alike). Tools: `search`, `get`, `get_many`,
+`collections`, `status`, annotated read-only, idempotent and closed-world, each answering
+`structuredContent` to its `outputSchema` (mcp/outputs.py); with `allow_index`, also
+`index_folder` and `unwatch` (they make the daemon read folders of the user's choosing, so they
+are off unless the user turns them on).
+
+The server answers at once, also while the daemon is found, started or loading its model: a
+tool call waits at most `ANSWER_WITHIN` seconds (mcp/daemon.py; agents give up sooner: Codex's
+startup timeout is 10 s) and otherwise says the model is still loading, with its progress.
 
 Errors the model can act on (a collection that does not exist, a bad filter, a line range
 past the end) come back as tool errors carrying the daemon's own message (`ToolError`: the SDK
@@ -16,8 +22,6 @@ refused by the SDK before the tool runs.
 from __future__ import annotations
 
 import functools
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -28,60 +32,49 @@ from mcp.types import ToolAnnotations
 from pydantic import Field
 
 from localrank import __version__
-from localrank.client import DaemonClient, DaemonUnreachable
-from localrank.errors import InvalidInput, LocalrankError, NotFound, NotReady
+from localrank.client import DaemonClient
+from localrank.errors import InvalidInput, LocalrankError, NotFound
+from localrank.mcp.daemon import DaemonAccess
+from localrank.mcp.documents import (
+    collection_names,
+    cut_at_line,
+    document_output,
+    glob_matches,
+    is_glob,
+    line_range,
+    listed,
+)
+from localrank.mcp.outputs import (
+    Citation,
+    CollectionsOutput,
+    Document,
+    ManyDocument,
+    ManyOutput,
+    Omitted,
+    SearchHit,
+    SearchOutput,
+    StatusOutput,
+)
 
-T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-READY_WAIT_SECONDS = 180.0  # a tool call waits this long for a daemon that is loading its model
+# get_many: how much text one answer carries at most (default, and the most one may ask for),
+# and how many documents.
+MANY_CHARS = 40_000
+MAX_MANY_CHARS = 200_000
+MAX_MANY_DOCUMENTS = 50
 
 INSTRUCTIONS = """\
 localrank searches the user's local collections (notes, documents, code repositories) with
-hybrid keyword + semantic search. Use `search` to find passages (each result cites its source
-file, line range and, for PDFs, page), then `get` to read the cited lines or a whole document.
-`collections` lists what is indexed; `status` shows the model, running jobs and watched folders.
+hybrid keyword + semantic search, on this machine (nothing leaves it). Every tool only reads.
+- `search` finds passages: each result has the text, a score and a citation (source file, line
+  range, and page for PDFs). Prefer several focused queries to one long one; use mode="keyword"
+  for exact names or identifiers, and `filter` (e.g. {"format": "code"}) to narrow.
+- `get` reads one document, or the lines around a citation (line_start/line_end).
+- `get_many` reads several documents in one call: ids, cited paths, or globs such as
+  "**/docs/*.md", within max_chars (what does not fit is listed under `omitted`).
+- `collections` lists what is indexed; `status` shows the model, running jobs and watched
+  folders. If a tool says the model is still loading, wait a few seconds and call it again.
 """
-
-
-class DaemonAccess:
-    """The daemon the tools talk to. `connect` finds the running daemon (or starts one); when
-    the daemon goes away mid-session, the next call connects again."""
-
-    def __init__(
-        self, connect: Callable[[], DaemonClient], *, ready_wait: float = READY_WAIT_SECONDS
-    ) -> None:
-        self._connect = connect
-        self._client: DaemonClient | None = None
-        self._lock = threading.Lock()
-        self.ready_wait = ready_wait
-
-    def client(self) -> DaemonClient:
-        with self._lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client
-
-    def call(self, fn: Callable[[DaemonClient], T]) -> T:
-        """Run `fn` against the daemon: waits while its model loads, reconnects once if it went
-        away."""
-        for attempt in range(2):
-            client = self.client()
-            deadline = time.monotonic() + self.ready_wait
-            try:
-                while True:
-                    try:
-                        return fn(client)
-                    except NotReady as exc:
-                        if "loading" not in exc.message or time.monotonic() > deadline:
-                            raise
-                        time.sleep(0.25)
-            except DaemonUnreachable:
-                with self._lock:
-                    if self._client is client:
-                        self._client = None
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
 
 
 def tool_errors(fn: F) -> F:
@@ -97,7 +90,7 @@ def tool_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _cited(citation: dict[str, Any]) -> dict[str, Any]:
+def _cited(citation: dict[str, Any]) -> Citation:
     """A search result's citation as the tools give it: the file (or document id) and lines."""
     return {
         "source": citation.get("source") or citation["document_id"],
@@ -105,19 +98,6 @@ def _cited(citation: dict[str, Any]) -> dict[str, Any]:
         "line_end": citation["line_end"],
         "page": citation.get("page"),
     }
-
-
-def _lines(text: str, start: int | None, end: int | None) -> tuple[str, int, int, int]:
-    """(the text of lines start..end, 1-based inclusive, the range used, the line count)."""
-    lines = text.splitlines(keepends=True)
-    total = len(lines)
-    first = start or 1
-    last = min(end or total, total)
-    if first > total:
-        raise InvalidInput(f"line_start {first} is past the end: the document has {total} lines")
-    if last < first:
-        raise InvalidInput(f"line_end {end} is before line_start {first}")
-    return "".join(lines[first - 1 : last]), first, last, total
 
 
 def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServer:
@@ -128,12 +108,15 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         version=__version__,
         instructions=INSTRUCTIONS,
     )
-    read_only = ToolAnnotations(read_only_hint=True, open_world_hint=False)
+    # Reading only, the same answer for the same index, and nothing outside the user's machine.
+    read_only = ToolAnnotations(
+        read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    )
 
     def names(requested: list[str] | None) -> list[str]:
         if requested:
             return requested
-        model = access.client().health.get("fingerprint")
+        model = access.client().health.get("fingerprint")  # the daemon's model when found
         everything = access.call(lambda c: c.collections())
         usable = [c["name"] for c in everything if model is None or c["fingerprint"] == model]
         if not usable:
@@ -143,7 +126,7 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
             )
         return usable
 
-    @server.tool(annotations=read_only)
+    @server.tool(title="Search local collections", annotations=read_only)
     @tool_errors
     def search(
         query: Annotated[str, Field(min_length=1, description="What to look for, in words.")],
@@ -167,12 +150,12 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
                 "(markdown, text, code, pdf, html)."
             ),
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> SearchOutput:
         """Search the user's local collections (notes, documents, code). Each result has the
         passage text, a relevance score and a citation: the source file, the line range and,
         for PDFs, the page; `also_in` cites where else the same passage appears. Read more
-        around a result with `get`."""
-        merged: list[dict[str, Any]] = []
+        around a result with `get`, several with `get_many`."""
+        merged: list[SearchHit] = []
         searched = names(collections)
         for name in searched:
             body: dict[str, Any] = {"collection": name, "query": query, "top_k": top_k}
@@ -198,7 +181,26 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         merged.sort(key=lambda r: -r["score"])
         return {"query": query, "collections": searched, "results": merged[:top_k]}
 
-    @server.tool(annotations=read_only)
+    def find(document: str, collection: str | None) -> tuple[str, dict[str, Any]]:
+        """(collection, document with text) for an id or a cited file path; NotFound."""
+        tried = [collection] if collection else access.call(collection_names)
+        path = Path(document).expanduser()
+        for name in tried:
+            try:
+                return name, access.call(lambda c, n=name: c.document(n, document))  # type: ignore[misc]
+            except NotFound:
+                if not path.is_absolute():
+                    continue
+            try:
+                return name, access.call(
+                    lambda c, n=name: c.document_from(n, path.as_posix())  # type: ignore[misc]
+                )
+            except NotFound:
+                continue
+        where = f"collection {collection!r}" if collection else "any collection"
+        raise NotFound(f"no document {document!r} in {where}")
+
+    @server.tool(title="Read a document", annotations=read_only)
     @tool_errors
     def get(
         document: Annotated[
@@ -218,52 +220,108 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
         line_end: Annotated[
             int | None, Field(ge=1, description="Last line to return (inclusive).")
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> Document:
         """Read a document (or the lines line_start..line_end of it) from a collection: the
         text a search result cites, with what surrounds it."""
-        tried = [collection] if collection else [c["name"] for c in access.call(_collections)]
-        path = Path(document).expanduser()
-        for name in tried:
+        name, doc = find(document, collection)
+        text, first, last, total = line_range(doc["text"], line_start, line_end)
+        return document_output(name, doc, text, first, last, total)
+
+    @server.tool(title="Read several documents", annotations=read_only)
+    @tool_errors
+    def get_many(
+        documents: Annotated[
+            list[str],
+            Field(
+                min_length=1,
+                max_length=MAX_MANY_DOCUMENTS,
+                description="Document ids, file paths as citations give them, or glob patterns "
+                "over those paths (* also crosses folders; a relative pattern such as "
+                "'docs/*.md' matches the path inside the indexed folder).",
+            ),
+        ],
+        collection: Annotated[
+            str | None, Field(description="The collection (default: look in every one).")
+        ] = None,
+        max_chars: Annotated[
+            int,
+            Field(
+                ge=1000,
+                le=MAX_MANY_CHARS,
+                description=f"Most characters of text in the answer (default {MANY_CHARS}).",
+            ),
+        ] = MANY_CHARS,
+    ) -> ManyOutput:
+        """Read several whole documents in one call (the sources several search results cite,
+        or every file a glob matches), in the order asked, up to max_chars of text in all: the
+        document that crosses the limit is cut at a line (truncated: true) and the ones after
+        it are listed under `omitted`, to ask for next."""
+        # (collection, id) -> the document; one a glob listed has no "text" until it is read.
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        not_found: list[str] = []
+        for item in documents:
+            if is_glob(item):
+                hits = [(n, d) for n, d in listed(access, collection) if glob_matches(item, d)]
+                if not hits:
+                    not_found.append(item)
+                for name, listed_doc in sorted(hits, key=lambda h: h[1].get("source") or ""):
+                    found.setdefault((name, listed_doc["id"]), listed_doc)
+                continue
             try:
-                doc = access.call(lambda c, n=name: c.document(n, document))  # type: ignore[misc]
+                name, doc = find(item, collection)
             except NotFound:
-                if not path.is_absolute():
-                    continue
-                try:
-                    doc = access.call(
-                        lambda c, n=name: c.document_from(n, path.as_posix())  # type: ignore[misc]
+                not_found.append(item)
+                continue
+            found.setdefault((name, doc["id"]), doc)
+        out: list[ManyDocument] = []
+        omitted: list[Omitted] = []
+        used = 0
+        full = False  # once a document is left out, so are the ones after it (order is kept)
+        for (name, doc_id), known in found.items():
+            if full or used >= max_chars or len(out) == MAX_MANY_DOCUMENTS:
+                source = known.get("source")
+                omitted.append({"collection": name, "document_id": doc_id, "source": source})
+                continue
+            doc = known
+            if "text" not in doc:
+                doc = access.call(lambda c, n=name, i=doc_id: c.document(n, i))  # type: ignore[misc]
+            text = doc["text"]
+            total = len(text.splitlines())
+            cut = cut_at_line(text, max_chars - used)
+            if text and not cut:  # not one whole line fits
+                if out:  # ask for it next
+                    omitted.append(
+                        {"collection": name, "document_id": doc_id, "source": doc.get("source")}
                     )
-                except NotFound:
+                    full = True
                     continue
-            text, first, last, total = _lines(doc["text"], line_start, line_end)
-            return {
-                "collection": name,
-                "document_id": doc["id"],
-                "source": doc.get("source"),
-                "metadata": doc.get("metadata", {}),
-                "line_start": first,
-                "line_end": last,
-                "total_lines": total,
-                "text": text,
-            }
-        where = f"collection {collection!r}" if collection else "any collection"
-        raise NotFound(f"no document {document!r} in {where}")
+                cut = text[:max_chars]  # a first document of one long line: its beginning
+            shown = max(1, len(cut.splitlines())) if cut else 0
+            out.append(
+                {
+                    **document_output(name, doc, cut, 1, shown, total),
+                    "truncated": len(cut) < len(text),
+                }
+            )
+            used += len(cut)
+            full = len(cut) < len(text)
+        return {"documents": out, "chars": used, "omitted": omitted, "not_found": not_found}
 
-    @server.tool(annotations=read_only)
+    @server.tool(title="List collections", annotations=read_only)
     @tool_errors
-    def collections() -> dict[str, Any]:
+    def collections() -> CollectionsOutput:
         """The user's collections: name, model, how many documents and chunks each holds."""
-        rows = access.call(_collections)
+        rows = access.call(lambda c: c.collections())
         keep = ("name", "model", "dim", "documents", "chunks", "created")
-        return {"collections": [{k: c.get(k) for k in keep} for c in rows]}
+        return {"collections": [{k: c.get(k) for k in keep} for c in rows]}  # type: ignore[misc]
 
-    @server.tool(annotations=read_only)
+    @server.tool(title="Daemon status", annotations=read_only)
     @tool_errors
-    def status() -> dict[str, Any]:
+    def status() -> StatusOutput:
         """The daemon's state: the model it serves, ingestion jobs in progress, and the folders
         it keeps indexed (with what each is doing)."""
 
-        def read(c: DaemonClient) -> dict[str, Any]:
+        def read(c: DaemonClient) -> StatusOutput:
             health = c.read_health()
             jobs = [*c.jobs(state="running"), *c.jobs(state="queued")]
             keep = ("model", "model_id", "backend", "device", "dtype", "dim", "fallback_reason")
@@ -337,7 +395,3 @@ def build_server(access: DaemonAccess, *, allow_index: bool = False) -> MCPServe
             return access.call(remove)
 
     return server
-
-
-def _collections(client: DaemonClient) -> list[dict[str, Any]]:
-    return client.collections()

@@ -4,6 +4,7 @@ port, behind the same Host / Origin / token rules as the daemon (`ops.access`)."
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -70,8 +71,15 @@ def http_app(server: MCPServer, settings: Settings) -> Any:
     return AccessMiddleware(app, SecurityPolicy.from_settings(settings))
 
 
-def run_http(server: MCPServer, settings: Settings, port: int) -> None:
-    """Serve Streamable HTTP on `settings.host`:`port` until interrupted."""
+def run_http(
+    server: MCPServer,
+    settings: Settings,
+    port: int,
+    *,
+    on_listening: Callable[[str], None] | None = None,
+) -> None:
+    """Serve Streamable HTTP on `settings.host`:`port` until interrupted; `on_listening` is
+    told the endpoint's URL once the port is bound."""
     check_bind_safety(settings)
     config = uvicorn.Config(
         http_app(server, settings),
@@ -80,7 +88,27 @@ def run_http(server: MCPServer, settings: Settings, port: int) -> None:
         log_level="warning",
         lifespan="on",
     )
-    anyio.run(uvicorn.Server(config).serve)
+    http = uvicorn.Server(config)
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(http.serve)
+            while not http.started:
+                if http.should_exit:
+                    return
+                await anyio.sleep(0.02)
+            if on_listening is not None:
+                on_listening(_url(settings.host, http))
+
+    anyio.run(serve)
+
+
+def _url(host: str, http: uvicorn.Server) -> str:
+    """The endpoint's URL, with the port the socket got."""
+    port = http.servers[0].sockets[0].getsockname()[1]
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    netloc = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
+    return f"http://{netloc}{MCP_PATH}"
 
 
 def run_stdio(server: MCPServer) -> None:

@@ -8,6 +8,7 @@ Checks never raise: the doctor has to survive the broken installs it diagnoses.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import socket
@@ -42,10 +43,16 @@ class Check:
 
 @dataclass(frozen=True)
 class Health:
-    """What answered on the daemon's port: HTTP status and Server header."""
+    """What answered on the daemon's port: HTTP status, Server header, and the JSON body (a
+    localrank daemon's /health: its model, and whether that is the offline fallback)."""
 
     status: int
     server: str
+    body: Mapping[str, Any] | None = None
+
+    @property
+    def localrank(self) -> bool:
+        return self.server.startswith("localrank/")
 
 
 Resolver = Callable[..., ResolvedModel]
@@ -254,11 +261,19 @@ def fetch_health(host: str, port: int, timeout: float = 2.0) -> Health | None:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
         with opener.open(f"http://{netloc}/health", timeout=timeout) as response:
-            return Health(response.status, response.headers.get("Server", ""))
+            return Health(response.status, response.headers.get("Server", ""), _json(response))
     except urllib.error.HTTPError as exc:
-        return Health(exc.code, exc.headers.get("Server", ""))
+        return Health(exc.code, exc.headers.get("Server", ""), _json(exc))
     except (OSError, ValueError):
         return None
+
+
+def _json(response: Any) -> Mapping[str, Any] | None:
+    try:
+        body = json.loads(response.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
 
 
 def _bind_error(host: str, port: int) -> OSError | None:
@@ -286,7 +301,7 @@ def check_port(settings: Settings, fetch: HealthFetcher = fetch_health) -> Check
     move = "choose another port: --port N, LOCALRANK_PORT or port in config.toml"
     if error.errno == errno.EADDRINUSE:
         health = fetch(settings.host, settings.port)
-        if health is not None and health.server.startswith("localrank/"):
+        if health is not None and health.localrank:
             state = "ready" if health.status == 200 else f"health {health.status}"
             return Check("port", "ok", f"a localrank daemon already serves on {where} ({state})")
         return Check("port", "fail", f"{where} is used by another program", move)
@@ -298,6 +313,32 @@ def check_port(settings: Settings, fetch: HealthFetcher = fetch_health) -> Check
         f"cannot bind {where}: {error}",
         "bind an address of this machine: --host 127.0.0.1",
     )
+
+
+def check_running_daemon(settings: Settings, fetch: HealthFetcher = fetch_health) -> Check | None:
+    """The model the daemon on the configured port serves, loudly when it is the offline
+    fallback (the configured model could not be had when it started). None: no daemon there."""
+    health = fetch(settings.host, settings.port)
+    if health is None or not health.localrank or health.body is None:
+        return None
+    body = health.body
+    if health.status != 200:
+        state = body.get("status", health.status)
+        detail = f"the daemon on {settings.host}:{settings.port} has no model yet ({state})"
+        if body.get("error"):
+            fix = "see `localrank service logs`, or the terminal running `localrank serve`"
+            return Check("daemon", "fail", f"{detail}: {body['error']}", fix)
+        return Check("daemon", "ok", detail)
+    served = body.get("model_id", body.get("model", "?"))
+    if body.get("fallback"):
+        return Check(
+            "daemon",
+            "warn",
+            f"the running daemon serves the offline fallback {served}, not {settings.model}: "
+            f"{body.get('fallback_reason') or 'the configured model was not available'}",
+            f"localrank pull {settings.model}, then restart the daemon",
+        )
+    return Check("daemon", "ok", f"the running daemon serves {served}")
 
 
 def check_exposure(settings: Settings) -> Check:
@@ -349,6 +390,7 @@ def run_checks(
         check_selection(settings, probe),
         check_model_available(settings, probe, resolve),
         check_port(settings, fetch),
+        *filter(None, [check_running_daemon(settings, fetch)]),
         check_exposure(settings),
     ]
 

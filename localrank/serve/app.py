@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
+from typing import TypeVar, cast
 
 from aiohttp import web
 
@@ -21,6 +23,7 @@ from localrank.collections import CollectionService, IngestSettings, WatchSettin
 from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine, load_reranker
+from localrank.engine.tiktoken_ids import cl100k
 from localrank.errors import LocalrankError
 from localrank.serve.api import DialectIndex
 from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
@@ -34,6 +37,7 @@ from localrank.serve.state import COLLECTIONS_KEY, DIALECTS_KEY, METRICS_KEY, ST
 from localrank.store import open_store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EngineLoader = Callable[[Settings], Engine]
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
@@ -50,7 +54,7 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
         async def load() -> None:
             started = time.monotonic()
             try:
-                engine = await asyncio.to_thread(load_model, settings)
+                engine = await in_daemon_thread(load_model, settings)
             except LocalrankError as exc:
                 log.error("model failed to load: %s", exc.message)
                 state.load_error = exc
@@ -80,7 +84,9 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
             finally:
                 state.ready.set()
 
-        task = asyncio.create_task(load(), name="localrank-load")
+        # tiktoken's cl100k_base (2 s to read), for OpenAI token arrays: ready before they come.
+        threading.Thread(target=cl100k, name="localrank-cl100k", daemon=True).start()
+        task = state.loading = asyncio.create_task(load(), name="localrank-load")
         try:
             yield
         finally:
@@ -98,6 +104,33 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
                 state.models.engine.close()
 
     return model_ctx
+
+
+async def in_daemon_thread(fn: Callable[[Settings], T], settings: Settings) -> T:
+    """`fn(settings)` in a thread of its own that does not hold up the process's exit: a model
+    download can take minutes, and a daemon that stops meanwhile (the one `localrank mcp` runs,
+    when its editor closes) stops waiting for it (its loop may be closed by the time it ends)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if done.done():  # cancelled: nobody waits any more
+            return
+        if error is not None:
+            done.set_exception(error)
+        else:
+            done.set_result(cast(T, result))
+
+    def run() -> None:
+        try:
+            result, error = fn(settings), None
+        except BaseException as exc:  # handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop closed while this ran
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="localrank-model-load", daemon=True).start()
+    return await done
 
 
 def _optimize(engine: Engine) -> int:

@@ -18,6 +18,7 @@ import numpy as np
 
 from localrank.engine.core import Engine, apply_dimensions, check_inputs, relevance
 from localrank.engine.rerank import CrossEncoder, check_pairs, sigmoid
+from localrank.engine.tiktoken_ids import read_token_ids
 from localrank.engine.tokenizer import Token
 from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput, TooLarge
@@ -344,6 +345,18 @@ class ModelService:
         return await asyncio.to_thread(
             lambda: [tok.describe(t, add_special_tokens=add_special_tokens) for t in formatted]
         )
+
+    async def read_token_ids(
+        self, inputs: Sequence[str] | Sequence[Sequence[int]]
+    ) -> Sequence[str] | Sequence[Sequence[int]]:
+        """OpenAI's token arrays: the served tokenizer's ids as given, or tiktoken's (what
+        LangChain sends by default) as their texts; a 422 when which cannot be shown
+        (engine/tiktoken_ids.py). Texts pass through."""
+        if not check_inputs(inputs, max_inputs=self.max_inputs):
+            return inputs
+        ids = cast(Sequence[Sequence[int]], inputs)
+        texts = await asyncio.to_thread(read_token_ids, self.engine.tokenizer, ids)
+        return ids if texts is None else texts
 
     async def cut_to_tokens(self, texts: Sequence[str], limit: int) -> list[str]:
         """Each text cut after its first `limit` content tokens."""

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from localrank.declare import Dynamic, parse_request, record_of
 from localrank.engine.core import MIN_DIMENSIONS
+from localrank.engine.tiktoken_ids import CL100K_VOCAB
 from localrank.errors import BadRequest
 from localrank.serve.api import Handler, Route
 from localrank.serve.model_service import ModelService
@@ -26,6 +27,8 @@ from localrank.serve.state import STATE_KEY
 DIM = Dynamic("dim")
 MIN_DIM = Dynamic("min_dimensions")
 MAX_TOKEN_ID = Dynamic("max_token_id")
+# OpenAI's token arrays may also be tiktoken's (cl100k_base) ids: engine/tiktoken_ids.py.
+MAX_OPENAI_TOKEN_ID = Dynamic("max_openai_token_id")
 RERANK_METHODS = Dynamic("rerank_methods")
 
 
@@ -36,6 +39,7 @@ class Served:
     dim: int
     min_dimensions: int
     max_token_id: int
+    max_openai_token_id: int
     rerank_methods: tuple[str, ...]
 
     @classmethod
@@ -44,10 +48,12 @@ class Served:
             return None
         dim = service.info.backend.dim
         methods = ("bi-encoder", "cross-encoder") if service.cross_encoder else ("bi-encoder",)
+        vocab = service.engine.tokenizer.vocab_size
         return cls(
             dim=dim,
             min_dimensions=min(MIN_DIMENSIONS, dim),
-            max_token_id=service.engine.tokenizer.vocab_size - 1,
+            max_token_id=vocab - 1,
+            max_openai_token_id=max(vocab, CL100K_VOCAB) - 1,
             rerank_methods=methods,
         )
 

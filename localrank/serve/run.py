@@ -122,6 +122,14 @@ class BackgroundDaemon:
             return
         self._started.set()
         loop.run_forever()
+        # Whatever is still pending (a cleanup that timed out) is cancelled and finished here:
+        # a task left pending when the loop closes is reported as destroyed on exit.
+        leftovers = asyncio.all_tasks(loop)
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.wait(leftovers))
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
     async def _listen(self) -> None:
@@ -153,11 +161,16 @@ class BackgroundDaemon:
         if loop is None or not loop.is_running():
             return
         if runner is not None:
+            # Nobody waits for a model still loading now: stop waiting for it (its thread ends
+            # with the process) rather than drain for the minutes a download can take.
+            loading = runner.app[STATE_KEY].loading
+            if loading is not None:
+                loop.call_soon_threadsafe(loading.cancel)
             future = asyncio.run_coroutine_threadsafe(runner.cleanup(), loop)
             try:
                 future.result(timeout=DRAIN_SECONDS + 5)
-            except Exception:  # stopping anyway
-                log.exception("in-process daemon did not stop cleanly")
+            except Exception as exc:  # stopping anyway
+                log.warning("in-process daemon did not stop cleanly: %r", exc)
         if self.settings.unix_socket:
             Path(self.settings.unix_socket).unlink(missing_ok=True)
         loop.call_soon_threadsafe(loop.stop)

@@ -31,6 +31,8 @@ class DaemonState:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     # What the loader is doing meanwhile (resolving, downloading with bytes, loading, warming).
     progress: LoadProgress = field(default_factory=LoadProgress)
+    # The model load (its thread cannot be interrupted; cancelling this stops waiting for it).
+    loading: asyncio.Task[None] | None = None
     # Engine.optimize running in a thread once the model serves (awaited at shutdown).
     optimizing: asyncio.Future[int] | None = None
     # Loading the reranker at startup (preload_reranker), awaited at shutdown.

@@ -4,8 +4,9 @@
 One rerank shape answers both: Cohere's `results`/`meta` (what `cohere.ClientV2.rerank` parses)
 plus Jina's `model` and `usage`. `document` is left out entirely unless `return_documents` is
 true: strict clients reject `"document": null`. Embed answers Cohere's `embeddings_by_type`
-shape (`{"embeddings": {"float": [...]}}`, what v2 and Continue's Cohere provider read), or on
-v1 without `embedding_types` the older `embeddings_floats` (`{"embeddings": [[...]]}`).
+shape (`{"embeddings": {"float": [...], "int8": [...]}}`, one list for each of `embedding_types`:
+serve/dialects/embedding_types.py; what v2 and Continue's Cohere provider read), or on v1
+without `embedding_types` the older `embeddings_floats` (`{"embeddings": [[...]]}`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from localrank.declare import Choices, Len, OneOf, Rule, Schema, arg
 from localrank.serve.api import Dialect, Operation, route
+from localrank.serve.dialects.embedding_types import EMBEDDING_TYPES, by_type
 from localrank.serve.dialects.shared import (
     MINILM,
     VEC,
@@ -181,13 +183,22 @@ class EmbedRequest:
             list[
                 Annotated[
                     str,
-                    Choices(("float",), message="embedding_types supports only ['float'] here"),
+                    Choices(
+                        EMBEDDING_TYPES,
+                        message="embedding_types are "
+                        + ", ".join(EMBEDDING_TYPES)
+                        + "; not {value!r}",
+                    ),
                 ]
             ],
-            Len(1, message="embedding_types supports only ['float'] here"),
+            Len(1, message="embedding_types must name at least one type"),
         ]
         | None
-    ) = arg("['float'] (the only type served).", default=None)
+    ) = arg(
+        "Any of float, int8, uint8, binary, ubinary, base64 (as Cohere defines them: "
+        "serve/dialects/embedding_types.py); default float.",
+        default=None,
+    )
     truncate: Annotated[
         str,
         Choices(
@@ -227,19 +238,21 @@ async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
         # Cohere's truncate: END (default) cuts the end, NONE refuses long inputs (413).
         truncate=req.truncate.upper() == "END",
     )
-    vectors = result.vectors.tolist()
-    by_type = req.embedding_types is not None or request.path.startswith("/v2/")
+    typed = req.embedding_types is not None or request.path.startswith("/v2/")
     version = "2" if request.path.startswith("/v2/") else "1"
+    vectors = result.vectors
     return web.json_response(
         {
             "id": str(uuid.uuid4()),
-            "embeddings": {"float": vectors} if by_type else vectors,
+            "embeddings": by_type(vectors, req.embedding_types or ["float"])
+            if typed
+            else vectors.tolist(),
             "texts": texts,
             "meta": {
                 "api_version": {"version": version},
                 "billed_units": {"input_tokens": result.prompt_tokens},
             },
-            "response_type": "embeddings_by_type" if by_type else "embeddings_floats",
+            "response_type": "embeddings_by_type" if typed else "embeddings_floats",
         }
     )
 

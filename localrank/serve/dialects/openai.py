@@ -24,8 +24,8 @@ from localrank.serve.dialects.shared import (
     InputType,
     Instruction,
     Model,
+    OpenAITokenIds,
     Texts,
-    TokenIds,
     Truncate,
     check_requested_model,
     instruction_for_queries,
@@ -35,8 +35,9 @@ from localrank.serve.dialects.shared import (
 )
 from localrank.serve.state import model_service
 
-# A string, strings, token ids or lists of token ids (the served tokenizer's).
-Input = str | Texts | TokenIds | Annotated[list[TokenIds], Len(1)]
+# A string, strings, token ids or lists of token ids: the served tokenizer's, or tiktoken's
+# cl100k_base ids (what LangChain sends), read as their text (engine/tiktoken_ids.py).
+Input = str | Texts | OpenAITokenIds | Annotated[list[OpenAITokenIds], Len(1)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,7 +45,12 @@ class EmbeddingsRequest:
     """OpenAI's body; or kagent's `{texts, model}` (when there is no `input`)."""
 
     model: Model | None = None
-    input: Input | None = arg("A string, strings, token ids or lists of token ids.", default=None)
+    input: Input | None = arg(
+        "A string, strings, token ids or lists of token ids (the served tokenizer's, or "
+        "tiktoken's cl100k_base ids, read as their text when no other tokenizer could have "
+        "made them).",
+        default=None,
+    )
     texts: Texts | None = arg(
         "kagent shape (answered as {embeddings, model, dimensions}).", default=None
     )
@@ -89,7 +95,7 @@ async def embeddings(request: web.Request, req: EmbeddingsRequest) -> web.Respon
         assert req.texts is not None  # the OneOf rule
         return await _kagent(request, req.texts, query, instruction, req.dimensions)
     result = await svc.embed(
-        _inputs(req.input),
+        await svc.read_token_ids(_inputs(req.input)),
         query=query,
         instruction=instruction,
         dimensions=req.dimensions,

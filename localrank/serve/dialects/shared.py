@@ -11,7 +11,7 @@ from localrank.engine.names import answers_to, describe_names
 from localrank.engine.tokenizer import TOKEN_IDS_ADVICE
 from localrank.engine.types import ModelInfo
 from localrank.errors import NotFound
-from localrank.serve.requests import DIM, MAX_TOKEN_ID, MIN_DIM
+from localrank.serve.requests import DIM, MAX_OPENAI_TOKEN_ID, MAX_TOKEN_ID, MIN_DIM
 
 QUERY_TYPES = ("query", "search_query", "queries", "question")
 DOCUMENT_TYPES = (
@@ -59,6 +59,17 @@ TokenId = Annotated[
     ),
 ]
 TokenIds = Annotated[list[TokenId], Len(1)]
+# OpenAI's: the served tokenizer's ids or tiktoken's cl100k_base ids (engine/tiktoken_ids.py).
+OpenAITokenId = Annotated[
+    int,
+    Range(
+        0,
+        MAX_OPENAI_TOKEN_ID,
+        message="{name} is {value}, a token id of neither the served model nor OpenAI's "
+        "tiktoken (cl100k_base). " + TOKEN_IDS_ADVICE,
+    ),
+]
+OpenAITokenIds = Annotated[list[OpenAITokenId], Len(1)]
 # TEI's `truncation_direction`: only Right (the end is cut) is served.
 Direction = Annotated[
     str,
