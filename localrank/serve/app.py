@@ -81,11 +81,12 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
                 state.load_seconds = time.monotonic() - started
                 # Serving already; make later requests faster in the background.
                 state.optimizing = asyncio.ensure_future(asyncio.to_thread(_optimize, engine))
+                # tiktoken's cl100k_base (2 s of CPU to read), for OpenAI token arrays: read once
+                # serving, not beside the model's load (it would slow the cold start on 2 cores).
+                threading.Thread(target=cl100k, name="localrank-cl100k", daemon=True).start()
             finally:
                 state.ready.set()
 
-        # tiktoken's cl100k_base (2 s to read), for OpenAI token arrays: ready before they come.
-        threading.Thread(target=cl100k, name="localrank-cl100k", daemon=True).start()
         task = state.loading = asyncio.create_task(load(), name="localrank-load")
         try:
             yield
