@@ -5,7 +5,9 @@ Which files: the include globs (by default, what a notes folder and a code repos
 `NOTES_INCLUDE` + `CODE_INCLUDE`), minus the exclude globs (`DEFAULT_EXCLUDE`: lock files,
 minified bundles), minus what `.gitignore` / `.ignore` files say (git's rules, `pathspec`; off
 with `ignore_files=False`), minus folders no one wants indexed (`.git`, `node_modules`, virtual
-environments, caches).
+environments, caches). Only regular files are read (a symlink to one too): devices, FIFOs and
+sockets are left out unread, and directory symlinks are not followed (what lies behind one is
+not part of the folder), the same for `localrank index`, a watch and MCP's `index_folder`.
 
 Their text: UTF-8 text and code as they are; PDF text page by page (`pypdf`), pages joined by a
 form feed so chunks know their page; HTML as text without markup (`selectolax`, a maintained
@@ -23,10 +25,11 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, BinaryIO
 
 import pathspec
 from selectolax.lexbor import LexborHTMLParser
@@ -205,6 +208,8 @@ class FolderScan:
 
     documents: list[DocumentIn]
     skipped: list[str] = field(default_factory=list)
+    # Files gone (or no longer regular files) by the time they were read: not an error.
+    vanished: list[Path] = field(default_factory=list)
 
 
 def _matches(name: str, rel: str, globs: Sequence[str]) -> bool:
@@ -318,14 +323,14 @@ def html_text(raw: bytes | str) -> str:
     return text
 
 
-def pdf_text(path: Path) -> str:
+def pdf_text(stream: BinaryIO) -> str:
     """A PDF's text, page by page, pages separated by a form feed (the chunker counts pages by
     them, so citations carry page numbers)."""
     # Imported on the first PDF: pypdf takes ~0.13 s to import, a tenth of the daemon's start.
     import pypdf
 
     try:
-        reader = pypdf.PdfReader(path)
+        reader = pypdf.PdfReader(stream)
         if reader.is_encrypted and not reader.decrypt(""):
             raise LocalrankError("the PDF is encrypted")
         pages = [(page.extract_text() or "").replace("\f", " ") for page in reader.pages]
@@ -338,19 +343,76 @@ def pdf_text(path: Path) -> str:
     return "\f".join(pages)
 
 
+_KINDS = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+}
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def is_regular_file(path: str | Path) -> bool:
+    """Whether `path` is (or links to) a regular file: the only kind of file ever read."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+class NotRegularFile(LocalrankError):
+    """A path that is not a regular file was to be read (it changed kind since it was listed):
+    never leaves this module's callers as an error of its own, they skip the path."""
+
+
+def _not_regular(mode: int) -> NotRegularFile:
+    kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    return NotRegularFile(f"{kind}: only regular files are read")
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file. A device, FIFO or socket is refused
+    before it is opened, and again after (it may have been swapped in between): the open is
+    non-blocking, so a FIFO without a writer cannot hang it."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise _not_regular(mode)
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _over_limit(size: int | str, max_bytes: int) -> LocalrankError:
+    what = f"{size / 1e6:.1f} MB is" if isinstance(size, int) else size
+    return LocalrankError(f"{what} over the {max_bytes / 1e6:.1f} MB limit per document")
+
+
 def read_text(path: Path, max_bytes: int) -> tuple[str, str]:
-    """(text, format) of one file; raises OSError or LocalrankError saying why it cannot be
-    read."""
+    """(text, format) of one regular file; raises OSError or LocalrankError saying why it
+    cannot be read. At most `max_bytes` + 1 bytes are read of any file but a PDF (a file may
+    grow after its size was taken)."""
     fmt = file_format(path)
-    size = path.stat().st_size
-    # PDFs carry much more than their text; any other file over the limit is refused unread.
-    if fmt != "pdf" and size > max_bytes:
-        raise LocalrankError(
-            f"{size / 1e6:.1f} MB is over the {max_bytes / 1e6:.1f} MB limit per document"
-        )
-    if fmt == "pdf":
-        return pdf_text(path), fmt
-    raw = path.read_bytes()
+    with open_regular(path) as f:
+        if fmt == "pdf":  # PDFs carry much more than their text: their limit is on the text
+            return pdf_text(f), fmt
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:  # refused unread
+            raise _over_limit(size, max_bytes)
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise _over_limit("the file grew while read: it is", max_bytes)
     if fmt == "html":
         return html_text(raw), fmt
     try:
@@ -388,6 +450,8 @@ class FolderReader:
             return path == self.root
         if path != self.root and self.root not in path.parents:
             return False
+        if not self.inside(path if is_dir else path.parent):
+            return False
         rel = path.relative_to(self.root)
         if any(part in IGNORED_DIRS for part in (rel.parts if is_dir else rel.parts[:-1])):
             return False
@@ -400,6 +464,12 @@ class FolderReader:
             name, rel_text, self.options.exclude
         )
 
+    def inside(self, folder: Path) -> bool:
+        """Whether `folder` (the root or below it) is reached without a directory symlink:
+        directory symlinks are not followed (`ln -s .. up` would walk the parent, `ln -s .
+        self` everything twice), so what lies behind one is not part of the folder."""
+        return os.path.realpath(folder) == str(folder)
+
     def files(self, under: Path | None = None) -> Iterator[Path]:
         """The wanted files under the root (or under `under`, a folder inside it), sorted."""
         if self.single_file:
@@ -409,6 +479,7 @@ class FolderReader:
         start = Path(os.path.abspath(under)) if under is not None else self.root
         if start != self.root and not self.wanted(start, is_dir=True):
             return
+        # os.walk does not follow directory symlinks below `start` (and `start` is no link).
         for dirpath, dirnames, filenames in os.walk(start):
             folder = Path(dirpath)
             keep = []
@@ -428,6 +499,13 @@ class FolderReader:
                     continue
                 if self.rules is not None and self.rules.ignored(path, is_dir=False):
                     continue
+                # Devices, FIFOs and sockets are not documents: left out unread. A link that
+                # cannot be followed (dangling, a loop) is read, to be reported.
+                try:
+                    if not stat.S_ISREG(os.stat(path).st_mode):
+                        continue
+                except OSError:
+                    pass
                 yield path
 
     def read(self, path: Path) -> DocumentIn:
@@ -451,6 +529,10 @@ class FolderReader:
             try:
                 scan.documents.append(self.read(path))
             except (OSError, LocalrankError) as exc:
+                dangling = isinstance(exc, FileNotFoundError) and os.path.lexists(path)
+                if isinstance(exc, (FileNotFoundError, NotRegularFile)) and not dangling:
+                    scan.vanished.append(path)
+                    continue
                 where = self.doc_id(path)
                 scan.skipped.append(f"{where}: {getattr(exc, 'message', None) or exc}")
         return scan
