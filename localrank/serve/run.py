@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 
@@ -25,6 +27,31 @@ log = logging.getLogger(__name__)
 # In-flight requests get this long to finish after SIGTERM; the rest of the 10 s budget is for
 # the model worker's queue and the ingest runner's current batch.
 DRAIN_SECONDS = 6.0
+# The process is gone this long after SIGTERM whatever is still running: a worker thread stuck in
+# I/O (a hung network mount, a device) can be neither cancelled nor waited for.
+EXIT_SECONDS = 9.0
+
+
+def exit_by_deadline(seconds: float, code: int) -> threading.Timer:
+    """Ends the process with `code` in `seconds` unless it has exited by then (the timer is a
+    daemon thread: a normal exit does not wait for it)."""
+
+    def force() -> None:
+        stuck = [
+            t.name
+            for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()
+        ]
+        log.warning("exiting %.0f s after SIGTERM; threads still busy: %s", seconds, stuck)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> int:
@@ -73,6 +100,9 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
         await stopped
     ready.cancel()
     stopped.cancel()
+    # From here the exit is promised within 10 s (the interpreter would otherwise wait at exit
+    # for every worker thread, one stuck reading forever included).
+    exit_by_deadline(EXIT_SECONDS, code)
 
     log.info("shutting down: draining in-flight requests")
     notify_stopping()
