@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from localrank.declare import Len, NonBlank, Pattern, arg, kind_of, parse_value, problem
 from localrank.errors import InvalidInput, TooLarge
+from localrank.store.records import refuse_nul
 
 DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 MAX_DOCUMENT_ID_CHARS = 512
@@ -90,11 +91,16 @@ Documents = Annotated[list[DocumentIn], Len(1, message="documents must be a non-
 
 
 def check_documents(docs: list[DocumentIn], *, max_bytes: int) -> list[DocumentIn]:
-    """Documents as declared, checked for what a declaration cannot say (their size). An id
+    """Documents as declared, checked for what a declaration cannot say (their size, NUL
+    characters anywhere in their metadata). An id
     given twice counts once, with its last document: as if they had been sent one after the
     other."""
     for d in docs:
         check_text(d.id, d.text, max_bytes)
+        # Refused before a job acknowledges them: the store would refuse them later.
+        refuse_nul(d.id, "document id", param="id")
+        refuse_nul(d.source, f"document {d.id!r} source", param="source")
+        refuse_nul(d.metadata, f"document {d.id!r} metadata", param="metadata")
     return list({d.id: d for d in docs}.values())
 
 

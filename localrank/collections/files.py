@@ -23,6 +23,7 @@ folder) and `format`.
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import re
 import stat
@@ -376,7 +377,7 @@ def _not_regular(mode: int) -> NotRegularFile:
     return NotRegularFile(f"{kind}: only regular files are read")
 
 
-def open_regular(path: Path) -> BinaryIO:
+def open_regular(path: Path) -> io.FileIO:
     """`path` opened for reading if it is a regular file. A device, FIFO or socket is refused
     before it is opened, and again after (it may have been swapped in between): the open is
     non-blocking, so a FIFO without a writer cannot hang it."""
@@ -388,10 +389,24 @@ def open_regular(path: Path) -> BinaryIO:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
             raise _not_regular(mode)
-        return os.fdopen(fd, "rb")
+        return io.FileIO(fd, "rb")  # unbuffered: each read asks for what it takes
     except BaseException:
         os.close(fd)
         raise
+
+
+def read_at_most(f: io.FileIO, limit: int) -> bytes:
+    """Up to `limit` bytes of `f` (an unbuffered file): never more, whatever the file says of
+    its size (a file in /proc says 0)."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0:
+        part = f.read(min(left, 1 << 20))
+        if not part:  # EOF (None, "would block", cannot come from a regular file)
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _over_limit(size: int | str, max_bytes: int) -> LocalrankError:
@@ -406,11 +421,11 @@ def read_text(path: Path, max_bytes: int) -> tuple[str, str]:
     fmt = file_format(path)
     with open_regular(path) as f:
         if fmt == "pdf":  # PDFs carry much more than their text: their limit is on the text
-            return pdf_text(f), fmt
+            return pdf_text(io.BufferedReader(f)), fmt
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:  # refused unread
             raise _over_limit(size, max_bytes)
-        raw = f.read(max_bytes + 1)
+        raw = read_at_most(f, max_bytes + 1)
     if len(raw) > max_bytes:
         raise _over_limit("the file grew while read: it is", max_bytes)
     if fmt == "html":

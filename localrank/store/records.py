@@ -29,6 +29,24 @@ CollectionName = Annotated[
 ]
 
 
+def refuse_nul(value: Any, what: str, *, param: str | None = None) -> None:
+    """InvalidInput when `value` (a string, or any string, key or value nested in a list or
+    dict) holds a NUL character. PostgreSQL's text and jsonb cannot keep one, so no store takes
+    one: the same input is refused alike by both (and `store migrate` cannot fail on it)."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(
+                f"{what} contains a NUL character (\\u0000), which no store keeps", param=param
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            refuse_nul(key, f"{what} (a key)", param=param)
+            refuse_nul(item, f"{what}[{key!r}]", param=param)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            refuse_nul(item, what, param=param)
+
+
 def check_collection_name(name: str) -> str:
     """A valid collection name, or InvalidInput."""
     message = problem(kind_of(CollectionName), "name", name) if isinstance(name, str) else ""
