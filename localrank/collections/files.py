@@ -485,6 +485,16 @@ class FolderReader:
         self` everything twice), so what lies behind one is not part of the folder."""
         return os.path.realpath(folder) == str(folder)
 
+    def canonical(self, path: str | Path) -> Path | None:
+        """The path under the root that `path` names with its folders' symlinks resolved, or
+        None when it lies outside. A native watcher follows directory symlinks and may report
+        a file of the folder under a symlinked alias (`up/notes/a.md` for `a.md`)."""
+        path = Path(os.path.abspath(path))
+        real = Path(os.path.realpath(path.parent)) / path.name
+        if real == self.root or self.root in real.parents:
+            return real
+        return None
+
     def files(self, under: Path | None = None) -> Iterator[Path]:
         """The wanted files under the root (or under `under`, a folder inside it), sorted."""
         if self.single_file:

@@ -312,7 +312,8 @@ class FolderWatcher:
             )
             async for changes in events:
                 ready.set()
-                queue.put_nowait(changes)
+                named = ((change, reader.canonical(p)) for change, p in changes)
+                queue.put_nowait({(change, str(p)) for change, p in named if p is not None})
 
         producer = asyncio.create_task(produce(), name=f"localrank-watch-events-{watch.id}")
         try:

@@ -1,0 +1,81 @@
+"""NUL characters (U+0000), which PostgreSQL's text and jsonb cannot keep, refused with 422 by
+both stores alike: in a document's id, source, metadata key or value, a filter, a document
+looked up by id, `?source=` and `?after=`. SQLite took them (so `store migrate` of such data
+failed) and PostgreSQL answered 500 (issue 20, reproduction 6)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from store_helpers import make_doc, unit
+from test_shared_store import daemon, started
+
+from localrank.errors import InvalidInput
+from localrank.store import open_store
+
+BAD_DOCUMENTS: dict[str, dict[str, Any]] = {
+    "id": {"id": "a\x00b", "text": "lava"},
+    "source": {"id": "s", "text": "lava", "source": "/x\x00y"},
+    "metadata key": {"id": "k", "text": "lava", "metadata": {"k\x00": 1}},
+    "metadata value": {"id": "v", "text": "lava", "metadata": {"k": "v\x00"}},
+    "nested metadata": {"id": "n", "text": "lava", "metadata": {"k": {"deep": ["x\x00"]}}},
+}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+async def test_nul_is_422_in_both_stores(
+    aiohttp_client, tmp_path: Path, minilm: Path, store_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    client = await started(aiohttp_client, daemon(tmp_path / "home", minilm, store_url))
+    assert (await client.post("/v1/collections", json={"name": "notes"})).status == 201
+    good = {"id": "good", "text": "volcano lava", "metadata": {"k": "v"}}
+    r = await client.post("/v1/collections/notes/documents", json={"documents": [good]})
+    assert r.status == 200, await r.text()
+    for what, doc in BAD_DOCUMENTS.items():
+        for background in (False, True):
+            body = {"documents": [doc], "background": background}
+            r = await client.post("/v1/collections/notes/documents", json=body)
+            out = await r.json()
+            assert r.status == 422 and "NUL" in out["error"]["message"], (what, out)
+    lookups = [
+        ("GET", "/v1/collections/notes/documents/a%00b", None),
+        ("DELETE", "/v1/collections/notes/documents/a%00b", None),
+        ("GET", "/v1/collections/notes/documents?source=/x%00y", None),
+        ("GET", "/v1/collections/notes/documents?after=a%00", None),
+        ("POST", "/v1/search", {"collection": "notes", "query": "lava", "filter": {"k": "v\x00"}}),
+        ("POST", "/v1/search", {"collection": "notes", "query": "lava", "filter": {"k\x00": 1}}),
+    ]
+    for method, path, json in lookups:
+        r = await client.request(method, path, json=json)
+        out = await r.json()
+        assert r.status == 422 and "NUL" in out["error"]["message"], (method, path, out)
+    r = await client.get("/v1/collections/notes/documents")
+    assert [d["id"] for d in (await r.json())["documents"]] == ["good"]
+
+
+def test_the_stores_refuse_nul_themselves(tmp_path: Path, pg_url: str) -> None:
+    """Below the API (the CLI, a migration): the same refusal from either store, so a
+    collection one store holds can always move to the other."""
+    rng = np.random.default_rng(0)
+    for location in (str(tmp_path / "s.db"), pg_url):
+        store = open_store(location)
+        try:
+            store.create_collection("c", fingerprint="fp", model_id="m", dim=8, settings={})
+            for bad in (
+                make_doc("x\x00", unit(rng, 1, 8), {}),
+                make_doc("y", unit(rng, 1, 8), {"k": ["\x00"]}),
+            ):
+                with pytest.raises(InvalidInput, match="NUL"):
+                    store.write_documents("c", "fp", "m", [bad])
+            assert store.list_documents(store.get_collection("c"), limit=10) == []
+        finally:
+            store.close()
