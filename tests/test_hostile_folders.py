@@ -16,13 +16,19 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 from test_watch import daemon, eventually, found, started, wait_watching, watching
 
 from localrank.collections.files import FolderReader
+from localrank.collections.ingest import Ingestor
+from localrank.collections.watch import FolderWatcher, WatchSettings, WatchStatus
+from localrank.store import open_store
 
 CHILD_TIMEOUT = 30.0
 MEMORY_CAP = 1 << 30  # what a child reading a folder may map: /dev/zero read whole exceeds it
@@ -249,3 +255,58 @@ async def test_a_watch_reads_only_regular_files_and_follows_no_directory_symlink
         w = await watching(client)
         assert w["state"] == "watching" and w["last_error"] is None, w
         assert not any("No such file" in e for e in w["errors"]), w["errors"]
+
+
+class FailingWatcher(FolderWatcher):
+    """A watcher whose file watching fails `failures` times as watchfiles fails (the cause
+    inside an exception group from a task group), then runs for real."""
+
+    def __init__(self, *args: Any, failures: int) -> None:
+        super().__init__(*args)
+        self.failures = failures
+
+    async def _watch(self, watch: Any, reader: Any, status: WatchStatus, polling: bool) -> None:
+        if self.failures:
+            self.failures -= 1
+
+            async def loop() -> None:
+                raise OSError(40, "Too many levels of symbolic links")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(loop)
+        await super()._watch(watch, reader, status, polling)
+
+
+async def test_a_failing_watch_says_why_and_is_retried_with_backoff(tmp_path: Path) -> None:
+    """Reproduction 4: the message was "ExceptionGroup: unhandled errors in a TaskGroup (1
+    sub-exception)" and the watch stayed in `error` for good."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    store = open_store(tmp_path / "store.db")
+    try:
+        store.create_collection("c", fingerprint="fp", model_id="m", dim=8, settings={})
+        store.add_watch("c", str(folder), {})
+        watcher = FailingWatcher(
+            store, Ingestor(store, lambda: None), WatchSettings(polling="never"), failures=2
+        )
+        task = asyncio.create_task(watcher.run_forever())
+        seen: list[tuple[str, str | None, float | None]] = []
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for s in watcher.statuses().values():
+                now = (s["state"], s["last_error"], s["retry_seconds"])
+                if not seen or seen[-1] != now:
+                    seen.append(now)
+            if seen and seen[-1][0] == "watching":
+                break
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        store.close()
+    errors = [s for s in seen if s[0] == "error"]
+    assert [s[2] for s in errors if s[2] is not None] == [2.0, 4.0], seen
+    assert all("Too many levels of symbolic links" in (s[1] or "") for s in errors), seen
+    assert not any("TaskGroup" in (s[1] or "") for s in errors), seen
+    assert seen[-1] == ("watching", None, None), seen

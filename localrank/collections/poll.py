@@ -15,13 +15,10 @@ import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import watchfiles
-
 from localrank.collections.files import IGNORED_DIRS
 
 # (file type, size, mtime, inode) of each entry, by path
 Snapshot = dict[str, tuple[int, int, int, int]]
-Changes = set[tuple[watchfiles.Change, str]]
 
 
 def snapshot(root: Path) -> Snapshot | None:
@@ -42,22 +39,19 @@ def snapshot(root: Path) -> Snapshot | None:
     return out if root.is_dir() else None
 
 
-def compare(before: Snapshot, after: Snapshot) -> Changes:
-    """What changed between two snapshots, as the native watcher reports it. A path whose
-    kind changed (a file replaced by a folder) is reported modified; a folder's own time is
-    not a change (its entries report themselves)."""
-    out: Changes = set()
+def compare(before: Snapshot, after: Snapshot) -> set[str]:
+    """The paths that appeared, went or changed between two snapshots (what the watch then
+    looks at, whatever happened to them). A path whose kind changed (a file replaced by a
+    folder) changed; a folder's own time is no change (its entries report themselves)."""
+    out = set(before.keys() ^ after.keys())
     for path, now in after.items():
         was = before.get(path)
-        if was is None:
-            out.add((watchfiles.Change.added, path))
-        elif was != now and not (was[0] == now[0] == stat.S_IFDIR):
-            out.add((watchfiles.Change.modified, path))
-    out.update((watchfiles.Change.deleted, p) for p in before.keys() - after.keys())
+        if was is not None and was != now and not (was[0] == now[0] == stat.S_IFDIR):
+            out.add(path)
     return out
 
 
-async def poll_folder(root: Path, delay_ms: int) -> AsyncIterator[Changes]:
+async def poll_folder(root: Path, delay_ms: int) -> AsyncIterator[set[str]]:
     """Yields the changes under `root` every `delay_ms` (an empty set when nothing changed,
     like the native watcher's tick); returns when `root` is gone."""
     before = await asyncio.to_thread(snapshot, root)

@@ -299,7 +299,10 @@ class FolderWatcher:
 
         async def produce() -> None:
             events = (
-                poll_folder(root, self.settings.poll_delay_ms)
+                (
+                    {(watchfiles.Change.modified, p) for p in paths}
+                    async for paths in poll_folder(root, self.settings.poll_delay_ms)
+                )
                 if polling
                 else watchfiles.awatch(
                     root,
