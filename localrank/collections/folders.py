@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from localrank.collections.documents import DocumentIn, content_hash
-from localrank.collections.files import is_regular_file
+from localrank.collections.formats import is_regular_file
 from localrank.store.records import DocumentFile
 
 

@@ -38,14 +38,9 @@ import anyio.to_thread
 import watchfiles
 
 from localrank.collections.documents import DocumentIn
-from localrank.collections.files import (
-    IGNORE_FILES,
-    FolderOptions,
-    FolderReader,
-    FolderScan,
-    is_regular_file,
-)
+from localrank.collections.files import IGNORE_FILES, FolderOptions, FolderReader, FolderScan
 from localrank.collections.folders import plan
+from localrank.collections.formats import is_regular_file
 from localrank.collections.ingest import TRANSIENT_CODES, Ingestor
 from localrank.collections.poll import poll_folder
 from localrank.errors import LocalrankError
@@ -421,7 +416,7 @@ class FolderWatcher:
             await self._write(watch, status, scan.documents, None, prune=False)
             # Files gone between the event and the read (created then deleted) are no error.
             await self._remove(watch, status, [*gone, *scan.vanished])
-            await self._remove(watch, status, replaced, exact=True)
+            await self._remove_own(watch, status, reader, replaced)
             status.last_sync = _now()
         finally:
             status.pending = 0
@@ -452,8 +447,8 @@ class FolderWatcher:
     def _classify(
         reader: FolderReader, paths: Iterable[Path]
     ) -> tuple[set[Path], list[Path], list[Path]]:
-        """(files to read, paths whose documents go, paths that are no longer files whose own
-        document goes): folders that appeared are read whole; a path that changed kind (a file
+        """(files to read, paths whose documents go, folders whose own document goes if they
+        were a file): folders that appeared are read whole; a path that changed kind (a file
         replaced by a folder, a FIFO, a directory symlink) leaves no document of its own."""
         to_read: set[Path] = set()
         gone: list[Path] = []
@@ -465,7 +460,7 @@ class FolderWatcher:
                 replaced.append(path)
                 if reader.wanted(path, is_dir=True):
                     to_read.update(reader.files(under=path))
-            elif is_regular_file(path) and not path.is_dir():
+            elif is_regular_file(path):
                 if reader.wanted(path):
                     to_read.add(path)
                 else:
@@ -474,10 +469,21 @@ class FolderWatcher:
                 gone.append(path)  # deleted, or a directory symlink, device, FIFO, socket
         return to_read, gone, replaced
 
-    async def _remove(
-        self, watch: Watch, status: WatchStatus, paths: Sequence[Path], *, exact: bool = False
+    async def _remove_own(
+        self, watch: Watch, status: WatchStatus, reader: FolderReader, folders: Sequence[Path]
     ) -> None:
-        """Delete the documents of `paths` and (unless `exact`) of everything under them."""
+        """Delete the document each of `folders` had as a file (a lookup by id per folder)."""
+        if not folders:
+            return
+        collection = await _in_thread(self.store.get_collection, watch.collection)
+        ids = [reader.doc_id(p) for p in folders]
+        stored = await _in_thread(self.store.document_hashes, collection, ids)
+        if stored:
+            n = await _in_thread(self.store.delete_documents, watch.collection, list(stored))
+            status.removed += n
+
+    async def _remove(self, watch: Watch, status: WatchStatus, paths: Sequence[Path]) -> None:
+        """Delete the documents of `paths` and of everything under them."""
         if not paths:
             return
         collection = await _in_thread(self.store.get_collection, watch.collection)
@@ -485,8 +491,7 @@ class FolderWatcher:
         def stored_under() -> list[str]:
             ids: list[str] = []
             for p in paths:
-                files = self.store.document_files(collection, p.as_posix())
-                ids.extend(f.doc_id for f in files if not exact or f.source == p.as_posix())
+                ids.extend(f.doc_id for f in self.store.document_files(collection, p.as_posix()))
             return ids
 
         ids = await _in_thread(stored_under)
