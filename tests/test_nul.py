@@ -5,6 +5,7 @@ failed) and PostgreSQL answered 500 (issue 20, reproduction 6)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,17 @@ from test_shared_store import daemon, started
 
 from localrank.errors import InvalidInput
 from localrank.store import open_store
+from localrank.store.records import NO_NUL
 
 BAD_DOCUMENTS: dict[str, dict[str, Any]] = {
     "id": {"id": "a\x00b", "text": "lava"},
     "source": {"id": "s", "text": "lava", "source": "/x\x00y"},
     "metadata key": {"id": "k", "text": "lava", "metadata": {"k\x00": 1}},
     "metadata value": {"id": "v", "text": "lava", "metadata": {"k": "v\x00"}},
-    "nested metadata": {"id": "n", "text": "lava", "metadata": {"k": {"deep": ["x\x00"]}}},
+    "metadata list value": {"id": "l", "text": "lava", "metadata": {"k": ["ok", "v\x00"]}},
 }
+# Deeper in metadata, a NUL is kept by both stores alike (as JSON's escape, `\u0000`).
+NESTED = {"id": "nested", "text": "lava", "metadata": {"k": {"deep": ["x\x00"]}, "n": [["\x00"]]}}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -40,6 +44,9 @@ async def test_nul_is_422_in_both_stores(
     good = {"id": "good", "text": "volcano lava", "metadata": {"k": "v"}}
     r = await client.post("/v1/collections/notes/documents", json={"documents": [good]})
     assert r.status == 200, await r.text()
+    openapi = await (await client.get("/openapi.json")).json()
+    documented = json.dumps(openapi["paths"]["/v1/collections/{name}/documents"])
+    assert json.dumps(NO_NUL) in documented  # the rule is in the document the fuzzer reads
     for what, doc in BAD_DOCUMENTS.items():
         for background in (False, True):
             body = {"documents": [doc], "background": background}
@@ -54,12 +61,16 @@ async def test_nul_is_422_in_both_stores(
         ("POST", "/v1/search", {"collection": "notes", "query": "lava", "filter": {"k": "v\x00"}}),
         ("POST", "/v1/search", {"collection": "notes", "query": "lava", "filter": {"k\x00": 1}}),
     ]
-    for method, path, json in lookups:
-        r = await client.request(method, path, json=json)
+    for method, path, body in lookups:
+        r = await client.request(method, path, json=body)
         out = await r.json()
         assert r.status == 422 and "NUL" in out["error"]["message"], (method, path, out)
     r = await client.get("/v1/collections/notes/documents")
     assert [d["id"] for d in (await r.json())["documents"]] == ["good"]
+    r = await client.post("/v1/collections/notes/documents", json={"documents": [NESTED]})
+    assert r.status == 200, await r.text()
+    r = await client.get("/v1/collections/notes/documents/nested")
+    assert (await r.json())["metadata"] == NESTED["metadata"]
 
 
 def test_the_stores_refuse_nul_themselves(tmp_path: Path, pg_url: str) -> None:
@@ -73,9 +84,14 @@ def test_the_stores_refuse_nul_themselves(tmp_path: Path, pg_url: str) -> None:
             for bad in (
                 make_doc("x\x00", unit(rng, 1, 8), {}),
                 make_doc("y", unit(rng, 1, 8), {"k": ["\x00"]}),
+                make_doc("z", unit(rng, 1, 8), {"\x00": 1}),
             ):
                 with pytest.raises(InvalidInput, match="NUL"):
                     store.write_documents("c", "fp", "m", [bad])
             assert store.list_documents(store.get_collection("c"), limit=10) == []
+            nested = {"k": {"deep": "\x00"}, "n": [["\x00"]]}
+            store.write_documents("c", "fp", "m", [make_doc("ok", unit(rng, 1, 8), nested)])
+            (doc,) = store.list_documents(store.get_collection("c"), limit=10)
+            assert doc.metadata == nested
         finally:
             store.close()

@@ -365,7 +365,7 @@ class FolderReader:
         text, fmt = read_text(path, self.max_bytes)
         check_text(doc_id, text, self.max_bytes)
         check_not_binary(doc_id, text)
-        metadata = {
+        metadata: dict[str, Any] = {
             "path": path.relative_to(self.base).as_posix(),
             "root": self.base.as_posix(),
             "format": fmt,

@@ -26,7 +26,8 @@ class Filter:
     terms: tuple[tuple[str, tuple[Scalar, ...]], ...]
 
     def __post_init__(self) -> None:
-        refuse_nul([[key, list(values)] for key, values in self.terms], "filter", param="filter")
+        for key, values in self.terms:
+            refuse_nul([key, *values], "filter", param="filter")
 
 
 def as_scalar(value: Any) -> Scalar | None:

@@ -41,6 +41,7 @@ from localrank.store.records import (
     check_collection_name,
     check_fingerprint,
     refuse_nul,
+    refuse_nul_in_metadata,
 )
 
 S = TypeVar("S", bound="SQLStore[Any]")
@@ -122,8 +123,8 @@ class SQLStore(Generic[C]):
         progress: JobProgress | None = None,
     ) -> tuple[list[WriteResult], Job | None]:
         for d in docs:
-            refuse_nul([d.doc_id, d.source, d.text], f"document {d.doc_id!r}")
-            refuse_nul(d.metadata, f"document {d.doc_id!r} metadata", param="metadata")
+            refuse_nul([d.doc_id, d.source or "", d.text], f"document {d.doc_id!r}")
+            refuse_nul_in_metadata(d.metadata, f"document {d.doc_id!r} metadata")
         # One transaction: the documents, their new cache entries and the job's progress commit
         # together. That is what makes a job's resume exact.
         with self.db.write() as conn:
@@ -158,7 +159,7 @@ class SQLStore(Generic[C]):
     def list_documents(
         self, collection: Collection, *, limit: int, after: str | None = None
     ) -> list[StoredDocument]:
-        refuse_nul(after, "after", param="after")
+        refuse_nul(after or "", "after", param="after")
         with self.db.connection() as conn:
             found = self.sql.catalog.document_rows(conn, collection.id, int(limit), after or "")
             return [rows.document(r) for r in found]
@@ -196,7 +197,7 @@ class SQLStore(Generic[C]):
     # --- watched folders ----------------------------------------------------------------
 
     def add_watch(self, collection: str, root: str, options: dict[str, Any]) -> Watch:
-        refuse_nul([root, options], "watch", param="path")
+        refuse_nul(root, "watch path", param="path")
         with self.db.write() as conn:
             steps.read_collection(self.sql.catalog, conn, collection)
             options_json = json.dumps(options, sort_keys=True)
