@@ -26,7 +26,12 @@ BAD_DOCUMENTS: dict[str, dict[str, Any]] = {
     "metadata list value": {"id": "l", "text": "lava", "metadata": {"k": ["ok", "v\x00"]}},
 }
 # Deeper in metadata, a NUL is kept by both stores alike (as JSON's escape, `\u0000`).
-NESTED = {"id": "nested", "text": "lava", "metadata": {"k": {"deep": ["x\x00"]}, "n": [["\x00"]]}}
+# (And null stays a metadata value, top-level or in a list, as before the rule.)
+NESTED = {
+    "id": "nested",
+    "text": "lava",
+    "metadata": {"k": {"deep": ["x\x00"]}, "n": [["\x00"], None], "none": None},
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
