@@ -100,3 +100,18 @@ def test_the_stores_refuse_nul_themselves(tmp_path: Path, pg_url: str) -> None:
             assert doc.metadata == nested
         finally:
             store.close()
+
+
+async def test_a_path_with_nul_is_422(aiohttp_client, tmp_path: Path, minilm: Path) -> None:  # type: ignore[no-untyped-def]
+    """Indexing or watching such a path was a 500 ("embedded null byte")."""
+    client = await started(
+        aiohttp_client, daemon(tmp_path / "home", minilm, f"sqlite:///{tmp_path / 's.db'}")
+    )
+    assert (await client.post("/v1/collections", json={"name": "notes"})).status == 201
+    for path, body in (
+        ("/v1/watches", {"collection": "notes", "path": "/tmp/a\x00b"}),
+        ("/v1/collections/notes/index", {"path": "/tmp/a\x00b"}),
+    ):
+        r = await client.post(path, json=body)
+        out = await r.json()
+        assert r.status == 422 and "NUL" in out["error"]["message"], (path, out)

@@ -14,7 +14,7 @@ from localrank.collections.documents import Documents
 from localrank.collections.ingest import ChunkSettings
 from localrank.declare import Choices, Doc, Pattern, Range, arg
 from localrank.store.filters import INT64_MAX
-from localrank.store.records import CollectionName, StoredText
+from localrank.store.records import NO_NUL, CollectionName, StoredText
 
 # An existing collection (404 otherwise); one a request creates is a CollectionName.
 Name = Annotated[str, Doc("Collection name.")]
@@ -27,6 +27,7 @@ AbsolutePath = Annotated[
         message="path must be absolute ({value!r} is not): the daemon does not share your "
         "working directory",
     ),
+    Pattern(NO_NUL, message="path must not contain a NUL character (\\u0000)"),
 ]
 
 
