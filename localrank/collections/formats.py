@@ -168,8 +168,7 @@ def read_at_most(f: io.FileIO, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _over_limit(size: int | str, max_bytes: int) -> LocalrankError:
-    what = f"{size / 1e6:.1f} MB is" if isinstance(size, int) else size
+def _over_limit(what: str, max_bytes: int) -> LocalrankError:
     return LocalrankError(f"{what} over the {max_bytes / 1e6:.1f} MB limit per document")
 
 
@@ -183,10 +182,10 @@ def read_text(path: Path, max_bytes: int) -> tuple[str, str]:
             return pdf_text(io.BufferedReader(f)), fmt
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:  # refused unread
-            raise _over_limit(size, max_bytes)
+            raise _over_limit(f"{size / 1e6:.1f} MB is", max_bytes)
         raw = read_at_most(f, max_bytes + 1)
     if len(raw) > max_bytes:
-        raise _over_limit("the file grew while read: it is", max_bytes)
+        raise _over_limit("it holds more than its size says, and is", max_bytes)
     if fmt == "html":
         return html_text(raw), fmt
     try:
