@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -72,8 +73,17 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    deadline: list[threading.Timer] = []
+
+    def on_signal() -> None:
+        # From here the exit is promised within 10 s: the interpreter would otherwise wait at
+        # exit for every worker thread, one stuck reading forever included.
+        if not deadline:
+            deadline.append(exit_by_deadline(EXIT_SECONDS, 0))
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
     state = app[STATE_KEY]
     code = 0
@@ -100,9 +110,6 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
         await stopped
     ready.cancel()
     stopped.cancel()
-    # From here the exit is promised within 10 s (the interpreter would otherwise wait at exit
-    # for every worker thread, one stuck reading forever included).
-    exit_by_deadline(EXIT_SECONDS, code)
 
     log.info("shutting down: draining in-flight requests")
     notify_stopping()
@@ -113,6 +120,17 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
         Path(settings.unix_socket).unlink(missing_ok=True)
     log.info("stopped")
     return code
+
+
+def run_daemon(settings: Settings) -> NoReturn:
+    """`localrank serve`: serve until SIGTERM, then leave the process at once. Everything is
+    closed by then; the interpreter's own teardown (torch's, seconds on a busy machine) would
+    only count against the 10 s a supervisor is promised."""
+    code = asyncio.run(serve(settings))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class BackgroundDaemon:
