@@ -118,6 +118,13 @@ class StoreUnavailable(StoreError):
     code = "store_unavailable"
 
 
+class StorageFull(StoreUnavailable):
+    """The disk under the database is full: nothing was written. Retryable once space is
+    freed (507 Insufficient Storage, with Retry-After as any unavailable store)."""
+
+    code = "storage_full"
+
+
 # error type -> (HTTP status, CLI exit code). Looked up along the MRO, most specific first.
 ERROR_TABLE: dict[type[LocalrankError], tuple[int, int]] = {
     BadRequest: (400, 2),
@@ -136,6 +143,7 @@ ERROR_TABLE: dict[type[LocalrankError], tuple[int, int]] = {
     RerankerUnavailable: (424, 7),
     BackendError: (500, 8),
     ConfigError: (500, 9),
+    StorageFull: (507, 11),
     StoreUnavailable: (503, 11),
     StoreError: (500, 10),
     LocalrankError: (500, 1),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -132,3 +133,60 @@ def test_explicit_missing_model_exits_with_reason(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "does not exist" in proc.stderr
+
+
+# The daemon as `localrank serve` runs it (`asyncio.run(serve(settings))`), with a model loader
+# stuck in I/O: it opens a FIFO no one writes, as a read from a hung network mount would hang.
+STUCK_DAEMON = """
+import asyncio, sys
+from localrank.config import load_settings
+from localrank.logs import setup_logging
+from localrank.serve.run import serve
+
+def stuck_loader(settings):
+    with open(sys.argv[3], "rb") as f:
+        f.read()
+    raise AssertionError("the FIFO was opened")
+
+settings = load_settings({"home": sys.argv[1], "port": int(sys.argv[2])}, environ={})
+setup_logging(settings)
+sys.exit(asyncio.run(serve(settings, loader=stuck_loader)))
+"""
+
+
+def test_sigterm_exits_within_10_s_with_a_thread_stuck_in_io(tmp_path: Path) -> None:
+    """Issue 20, reproduction 2: after SIGTERM the daemon logged "stopped" and was still alive
+    minutes later, waiting for a worker thread blocked reading a FIFO."""
+    fifo = tmp_path / "config.json"
+    os.mkfifo(fifo)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUCK_DAEMON, str(tmp_path / "home"), str(port), str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # listening (503 while "loading": the loader never returns)
+            assert time.monotonic() < deadline and proc.poll() is None, "never listened"
+            try:
+                status, _ = get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 503
+        time.sleep(0.5)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=12)
+        elapsed = time.monotonic() - sent
+        assert proc.poll() is not None and elapsed < 10, f"alive {elapsed:.1f} s after SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        with contextlib.suppress(OSError):  # let the stuck reader of a failed run go
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert "threads still busy" in output, output[-3000:]

@@ -15,7 +15,8 @@ from reportlab.pdfgen import canvas
 
 from localrank.collections import CollectionService, FolderOptions
 from localrank.collections.documents import DocumentIn
-from localrank.collections.files import FolderReader, html_text, read_folder
+from localrank.collections.files import FolderReader, read_folder
+from localrank.collections.formats import html_text
 from localrank.collections.search import SearchRequest
 from localrank.store import open_store
 

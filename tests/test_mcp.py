@@ -395,3 +395,31 @@ async def test_get_many_keeps_under_its_cap() -> None:
     assert out["omitted"] == [
         {"collection": "notes", "document_id": "d2", "source": "/notes/n2.md"}
     ]
+
+
+MALFORMED = {
+    "not JSON": ("{oops", None, -32700),
+    "wrong jsonrpc": ('{"jsonrpc": "1.0", "id": 3, "method": "ping"}', 3, -32600),
+    "no method": ('{"jsonrpc": "2.0", "id": 4}', 4, -32600),
+    "string params": ('{"jsonrpc": "2.0", "id": 5, "method": "ping", "params": "x"}', 5, -32600),
+    "an array": ("[1, 2]", None, -32600),
+    "not UTF-8": ("\udcff", None, -32700),
+}
+
+
+def test_stdio_answers_malformed_lines_with_jsonrpc_errors(live: LiveDaemon) -> None:
+    """Issue 20, reproduction 9: over stdio such a line got no reply at all (the HTTP transport
+    answers 400); the session carries on after each."""
+    lines = [line for line, _, _ in MALFORMED.values()]
+    lines.append('{"jsonrpc": "2.0", "id": 99, "method": "ping"}')
+    data = "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
+    done = subprocess.run(
+        [LOCALRANK, "mcp"], input=data, capture_output=True, timeout=60, env=live.env
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    replies = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert len(replies) == len(lines), replies
+    for (what, (_, request_id, code)), reply in zip(MALFORMED.items(), replies, strict=False):
+        assert reply["jsonrpc"] == "2.0" and reply["id"] == request_id, (what, reply)
+        assert reply["error"]["code"] == code, (what, reply)
+    assert replies[-1] == {"jsonrpc": "2.0", "id": 99, "result": {}}

@@ -13,8 +13,14 @@
   4. connections  (connections.py) 1,100 idle connections against a daemon limited to 1,024 open
                files, a normal request answered within 1 s; slow-drip, silent and stalled-body
                connections closed within 30 s.
-  5. fuzz      schemathesis over every route, ~10,000 cases: 0 5xx, 0 undocumented statuses or
-               schema mismatches. The same count with --quick. It runs beside parts 1, 3 and 4
+  5. hostile   (hostile.py) folders holding a symlink to /dev/zero, a FIFO, a socket, directory
+               symlinks and a symlink loop, through a one-shot index (answered within 10 s, the
+               one note read, RSS up < 100 MiB) and a watch on native events and one polling
+               (kind changes, then 1,000 files created / half deleted / a quarter rewritten: the
+               collection exactly what is on disk within 60 s, still watching); SIGTERM with
+               them watched: gone within 10 s.
+  6. fuzz      schemathesis over every route, ~10,000 cases: 0 5xx, 0 undocumented statuses or
+               schema mismatches. The same count with --quick. It runs beside parts 1, 3, 4, 5
                (its figure is a count of failures, theirs are RSS and answers); head-of-line, a
                latency ratio, runs alone after it.
 
@@ -49,6 +55,7 @@ from bench.kit.measure import fmt
 from bench.kit.paths import minilm
 from bench.soak.connections import connections_soak
 from bench.soak.headofline import head_of_line
+from bench.soak.hostile import hostile_soak
 from models.build_test_models import bench_model
 from tests.daemons import write_notes
 from tests.stress import (
@@ -62,7 +69,7 @@ from tests.stress import (
     schemathesis,
 )
 
-PARTS = ("memory", "hol", "burst", "connections", "fuzz")
+PARTS = ("memory", "hol", "burst", "connections", "hostile", "fuzz")
 TARGET_CASES = 10_000  # fuzz
 
 
@@ -198,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--window", type=float, help="head-of-line: seconds per big load")
     ap.add_argument("--loads", default="abc", help="head-of-line: which loads (default abc)")
     ap.add_argument("--burst", type=int, default=2_500, help="burst: simultaneous requests")
+    ap.add_argument("--hostile-files", type=int, default=1000, help="hostile: files of the churn")
     ap.add_argument(
         "--env",
         action="append",
@@ -309,6 +317,12 @@ def main(argv: list[str] | None = None) -> int:
         for what, figure, ok in connections_soak(model, idle=1100, slow=50):
             targets.append(Target(f"connections: {what}", figure, ok))
         part_done("connections")
+
+    if "hostile" in parts:
+        print(f"\n[hostile] devices, FIFOs, loops, kind changes, {args.hostile_files:,}-file churn")
+        for what, figure, ok in hostile_soak(model, files=args.hostile_files):
+            targets.append(Target(f"hostile: {what}", figure, ok))
+        part_done("hostile")
 
     if fuzzing is not None:
         run = fuzzing.result()

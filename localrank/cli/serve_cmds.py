@@ -54,11 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
-    # asyncio, aiohttp, the engine: imported only for this command (the CLI starts fast).
-    import asyncio
-
+    # aiohttp, the engine: imported only for this command (the CLI starts fast).
     from localrank.logs import setup_logging
-    from localrank.serve.run import serve
+    from localrank.serve.run import run_daemon
 
     settings = settings_from_args(
         args,
@@ -74,4 +72,4 @@ def cmd_serve(args: argparse.Namespace, runtime: Runtime) -> int:
         "reranker_idle_unload_s",
     )
     setup_logging(settings)
-    return asyncio.run(serve(settings))
+    run_daemon(settings)

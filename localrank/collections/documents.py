@@ -9,10 +9,16 @@ from typing import Annotated, Any
 
 from localrank.declare import Len, NonBlank, Pattern, arg, kind_of, parse_value, problem
 from localrank.errors import InvalidInput, TooLarge
+from localrank.store.records import StoredText
 
 DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 MAX_DOCUMENT_ID_CHARS = 512
 
+
+# A metadata value: anything, but the strings a store keeps as text (a top-level string, the
+# strings of a top-level list: what filters look up) hold no NUL.
+_Nested = int | float | bool | dict[str, Any] | None
+MetadataValue = StoredText | _Nested | list[StoredText | _Nested | list[Any]]
 
 # What a document's text must be, wherever it comes from (a request, a file).
 DocumentText = Annotated[
@@ -26,14 +32,16 @@ DocumentText = Annotated[
 class DocumentIn:
     """A document as submitted."""
 
-    id: str = arg(
+    id: StoredText = arg(
         "Its id (upserts replace the document with the same id).", Len(1, MAX_DOCUMENT_ID_CHARS)
     )
     text: DocumentText = arg("Its text (chunked and embedded).")
-    metadata: dict[str, Any] = arg(
+    metadata: dict[StoredText, MetadataValue] = arg(
         "Anything; its top-level scalars (and lists of them) can be filtered on.", factory=dict
     )
-    source: str | None = arg("Where it came from (a file, a URL): cited with it.", default=None)
+    source: StoredText | None = arg(
+        "Where it came from (a file, a URL): cited with it.", default=None
+    )
 
     def to_payload(self) -> str:
         return json.dumps(

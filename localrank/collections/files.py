@@ -5,12 +5,12 @@ Which files: the include globs (by default, what a notes folder and a code repos
 `NOTES_INCLUDE` + `CODE_INCLUDE`), minus the exclude globs (`DEFAULT_EXCLUDE`: lock files,
 minified bundles), minus what `.gitignore` / `.ignore` files say (git's rules, `pathspec`; off
 with `ignore_files=False`), minus folders no one wants indexed (`.git`, `node_modules`, virtual
-environments, caches).
+environments, caches). Only regular files are read (a symlink to one too): devices, FIFOs and
+sockets are left out unread, and directory symlinks are not followed (what lies behind one is
+not part of the folder), the same for `localrank index`, a watch and MCP's `index_folder`.
 
-Their text: UTF-8 text and code as they are; PDF text page by page (`pypdf`), pages joined by a
-form feed so chunks know their page; HTML as text without markup (`selectolax`, a maintained
-HTML5 parser on the Lexbor engine, wheels for every platform), headings kept as Markdown
-headings so chunks still break at them. A file that cannot be read is reported and skipped.
+Their text: `formats` (UTF-8 text and code, PDF page by page, HTML without markup). A file that
+cannot be read is reported and skipped.
 
 A file's document id is its absolute path (under the folder's resolved path): unique within a
 collection whatever folders are indexed into it (notes/a.md and work/a.md stay two documents).
@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import pathspec
-from selectolax.lexbor import LexborHTMLParser
 
 from localrank.collections.documents import (
     DEFAULT_MAX_DOCUMENT_BYTES,
@@ -37,6 +36,7 @@ from localrank.collections.documents import (
     check_not_binary,
     check_text,
 )
+from localrank.collections.formats import NotRegularFile, read_text
 from localrank.declare import Convert, Len, arg, parse
 from localrank.errors import LocalrankError
 
@@ -139,25 +139,6 @@ DEFAULT_INCLUDE = NOTES_INCLUDE + CODE_INCLUDE
 DEFAULT_EXCLUDE = ("*.min.js", "*.min.css", "*.map", "*.lock", "*-lock.yaml", "*.generated.*")
 IGNORE_FILES = (".gitignore", ".ignore")
 
-FORMATS = {
-    ".pdf": "pdf",
-    ".html": "html",
-    ".htm": "html",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".mdx": "markdown",
-}
-_TEXT_SUFFIXES = {".txt", ".text", ".rst", ".org", ".adoc", ".asciidoc", ".tex"}
-
-
-def file_format(path: Path) -> str:
-    """markdown, text, pdf, html or code (by suffix)."""
-    suffix = path.suffix.lower()
-    if suffix in FORMATS:
-        return FORMATS[suffix]
-    return "text" if suffix in _TEXT_SUFFIXES else "code"
-
-
 Glob = Annotated[str, Len(1, message="{name} must be a glob, not empty")]
 
 
@@ -205,6 +186,8 @@ class FolderScan:
 
     documents: list[DocumentIn]
     skipped: list[str] = field(default_factory=list)
+    # Files gone (or no longer regular files) by the time they were read: not an error.
+    vanished: list[Path] = field(default_factory=list)
 
 
 def _matches(name: str, rel: str, globs: Sequence[str]) -> bool:
@@ -278,87 +261,6 @@ class IgnoreRules:
         return self.ignored(path, is_dir=is_dir)
 
 
-_BLOCKS = (
-    "p,div,section,article,main,header,footer,nav,aside,blockquote,pre,table,tr,ul,ol,dl,dt,dd,"
-    "figure,figcaption,form,fieldset,address,details,summary,hr"
-)
-_DROP = "script,style,noscript,template,svg,canvas,iframe,object,head"
-_SPACES = re.compile(r"[ \t\u00a0]+")
-_BLANK_LINES = re.compile(r"\n{3,}")
-
-
-def html_text(raw: bytes | str) -> str:
-    """The text of an HTML page without markup: scripts, styles and the head dropped, blocks on
-    their own lines, headings as Markdown headings (so chunks break at them), list items as
-    `- ` lines; the title first."""
-    tree = LexborHTMLParser(raw)
-    title = tree.css_first("title")
-    title_text = title.text(strip=True) if title is not None else ""
-    for node in tree.css(_DROP):
-        node.decompose()
-    root = tree.body or tree.root
-    if root is None:
-        return title_text
-    for level in range(1, 7):
-        for node in root.css(f"h{level}"):
-            node.insert_before("\n\n" + "#" * level + " ")
-            node.insert_after("\n\n")
-    for node in root.css("li"):
-        node.insert_before("\n- ")
-    for node in root.css("br"):
-        node.insert_before("\n")
-    for node in root.css(_BLOCKS):
-        node.insert_before("\n\n")
-        node.insert_after("\n\n")
-    body = root.text(separator="")
-    lines = [_SPACES.sub(" ", line).strip() for line in body.splitlines()]
-    text = _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
-    if title_text and not text.startswith("# "):
-        text = f"# {title_text}\n\n{text}" if text else title_text
-    return text
-
-
-def pdf_text(path: Path) -> str:
-    """A PDF's text, page by page, pages separated by a form feed (the chunker counts pages by
-    them, so citations carry page numbers)."""
-    # Imported on the first PDF: pypdf takes ~0.13 s to import, a tenth of the daemon's start.
-    import pypdf
-
-    try:
-        reader = pypdf.PdfReader(path)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise LocalrankError("the PDF is encrypted")
-        pages = [(page.extract_text() or "").replace("\f", " ") for page in reader.pages]
-    except LocalrankError:
-        raise
-    except Exception as exc:  # pypdf raises many types for damaged files
-        raise LocalrankError(f"cannot read the PDF: {type(exc).__name__}: {exc}") from exc
-    if not any(p.strip() for p in pages):
-        raise LocalrankError("the PDF has no extractable text (a scan without OCR?)")
-    return "\f".join(pages)
-
-
-def read_text(path: Path, max_bytes: int) -> tuple[str, str]:
-    """(text, format) of one file; raises OSError or LocalrankError saying why it cannot be
-    read."""
-    fmt = file_format(path)
-    size = path.stat().st_size
-    # PDFs carry much more than their text; any other file over the limit is refused unread.
-    if fmt != "pdf" and size > max_bytes:
-        raise LocalrankError(
-            f"{size / 1e6:.1f} MB is over the {max_bytes / 1e6:.1f} MB limit per document"
-        )
-    if fmt == "pdf":
-        return pdf_text(path), fmt
-    raw = path.read_bytes()
-    if fmt == "html":
-        return html_text(raw), fmt
-    try:
-        return raw.decode("utf-8"), fmt
-    except UnicodeDecodeError as exc:
-        raise LocalrankError(f"not UTF-8 text (byte {exc.start})") from exc
-
-
 class FolderReader:
     """Reads the wanted files of one folder (or one file) as documents."""
 
@@ -388,6 +290,8 @@ class FolderReader:
             return path == self.root
         if path != self.root and self.root not in path.parents:
             return False
+        if not self.inside(path if is_dir else path.parent):
+            return False
         rel = path.relative_to(self.root)
         if any(part in IGNORED_DIRS for part in (rel.parts if is_dir else rel.parts[:-1])):
             return False
@@ -400,6 +304,22 @@ class FolderReader:
             name, rel_text, self.options.exclude
         )
 
+    def inside(self, folder: Path) -> bool:
+        """Whether `folder` (the root or below it) is reached without a directory symlink:
+        directory symlinks are not followed (`ln -s .. up` would walk the parent, `ln -s .
+        self` everything twice), so what lies behind one is not part of the folder."""
+        return os.path.realpath(folder) == str(folder)
+
+    def canonical(self, path: str | Path) -> Path | None:
+        """The path under the root that `path` names with its folders' symlinks resolved, or
+        None when it lies outside. A native watcher follows directory symlinks and may report
+        a file of the folder under a symlinked alias (`up/notes/a.md` for `a.md`)."""
+        path = Path(os.path.abspath(path))
+        real = Path(os.path.realpath(path.parent)) / path.name
+        if real == self.root or self.root in real.parents:
+            return real
+        return None
+
     def files(self, under: Path | None = None) -> Iterator[Path]:
         """The wanted files under the root (or under `under`, a folder inside it), sorted."""
         if self.single_file:
@@ -409,6 +329,7 @@ class FolderReader:
         start = Path(os.path.abspath(under)) if under is not None else self.root
         if start != self.root and not self.wanted(start, is_dir=True):
             return
+        # os.walk does not follow directory symlinks below `start` (and `start` is no link).
         for dirpath, dirnames, filenames in os.walk(start):
             folder = Path(dirpath)
             keep = []
@@ -428,6 +349,13 @@ class FolderReader:
                     continue
                 if self.rules is not None and self.rules.ignored(path, is_dir=False):
                     continue
+                # Devices, FIFOs and sockets are not documents: left out unread. A link that
+                # cannot be followed (dangling, a loop) is read, to be reported.
+                try:
+                    if not stat.S_ISREG(os.stat(path).st_mode):
+                        continue
+                except OSError:
+                    pass
                 yield path
 
     def read(self, path: Path) -> DocumentIn:
@@ -437,7 +365,7 @@ class FolderReader:
         text, fmt = read_text(path, self.max_bytes)
         check_text(doc_id, text, self.max_bytes)
         check_not_binary(doc_id, text)
-        metadata = {
+        metadata: dict[str, Any] = {
             "path": path.relative_to(self.base).as_posix(),
             "root": self.base.as_posix(),
             "format": fmt,
@@ -451,6 +379,10 @@ class FolderReader:
             try:
                 scan.documents.append(self.read(path))
             except (OSError, LocalrankError) as exc:
+                dangling = isinstance(exc, FileNotFoundError) and os.path.lexists(path)
+                if isinstance(exc, (FileNotFoundError, NotRegularFile)) and not dangling:
+                    scan.vanished.append(path)
+                    continue
                 where = self.doc_id(path)
                 scan.skipped.append(f"{where}: {getattr(exc, 'message', None) or exc}")
         return scan

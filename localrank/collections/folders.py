@@ -4,11 +4,11 @@ exists). Shared by `localrank index` (through a job) and watched folders (direct
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from localrank.collections.documents import DocumentIn, content_hash
+from localrank.collections.formats import is_regular_file
 from localrank.store.records import DocumentFile
 
 
@@ -21,7 +21,8 @@ class FolderPlan:
     # Stored ids of files read now under another id (indexes made before ids were absolute
     # paths): deleted once the file is stored under its own id.
     replaced: list[str] = field(default_factory=list)
-    # Stored ids whose file no longer exists (only when asked to prune).
+    # Stored ids whose file is gone or no longer a regular file (replaced by a folder, a FIFO):
+    # only when asked to prune.
     gone: list[str] = field(default_factory=list)
 
 
@@ -29,7 +30,8 @@ def plan(docs: Sequence[DocumentIn], stored: Sequence[DocumentFile], *, prune: b
     """Compare documents just read with what the collection holds for the same files.
 
     `stored` are the collection's documents from the same place (their source under the folder
-    read); a stored document whose file is gone is listed in `gone` only with `prune`.
+    read); a stored document whose file is gone (or is no longer a file) is listed in `gone`
+    only with `prune`.
     """
     by_id = {s.doc_id: s for s in stored}
     changed = [
@@ -43,6 +45,6 @@ def plan(docs: Sequence[DocumentIn], stored: Sequence[DocumentFile], *, prune: b
         gone = [
             s.doc_id
             for s in stored
-            if s.doc_id not in ids and s.source not in sources and not os.path.exists(s.source)
+            if s.doc_id not in ids and s.source not in sources and not is_regular_file(s.source)
         ]
     return FolderPlan(changed, len(docs) - len(changed), replaced, gone)

@@ -29,7 +29,7 @@ from localrank.collections.fusion import Fusion, cosine_fusion, rank_fusion
 from localrank.declare import Choices, Convert, Len, NonBlank, Range, arg, parse, parse_value
 from localrank.store import Store
 from localrank.store.filters import Filter, Scalar, as_scalar
-from localrank.store.records import Collection
+from localrank.store.records import Collection, StoredText
 
 MODES = ("hybrid", "vector", "keyword")
 MAX_TOP_K = 1000
@@ -46,10 +46,10 @@ _WORDS = re.compile(r"\w+")
 
 
 # A filter's values: metadata scalars (true matches 1, false 0: SQLite has no boolean).
-FilterValue = str | int | float | bool
+FilterValue = StoredText | int | float | bool
 FilterJson = Annotated[
     dict[
-        Annotated[str, Len(1, message="filter keys must be non-empty strings")],
+        Annotated[StoredText, Len(1, message="filter keys must be non-empty strings")],
         FilterValue | Annotated[list[FilterValue], Len(1, MAX_FILTER_VALUES)],
     ],
     Len(max=MAX_FILTER_KEYS, message=f"filter has more than {MAX_FILTER_KEYS} keys"),

@@ -38,9 +38,11 @@ import anyio.to_thread
 import watchfiles
 
 from localrank.collections.documents import DocumentIn
-from localrank.collections.files import IGNORE_FILES, FolderOptions, FolderReader
+from localrank.collections.files import IGNORE_FILES, FolderOptions, FolderReader, FolderScan
 from localrank.collections.folders import plan
+from localrank.collections.formats import is_regular_file
 from localrank.collections.ingest import TRANSIENT_CODES, Ingestor
+from localrank.collections.poll import poll_folder
 from localrank.errors import LocalrankError
 from localrank.store import Store
 from localrank.store.records import Watch
@@ -54,7 +56,8 @@ POLLED_FILESYSTEMS = frozenset(
 )
 MAX_ERRORS_KEPT = 20
 TICK_MS = 1000  # the watcher wakes this often without changes (readiness, a vanished folder)
-RETRY_SECONDS = 2.0
+RETRY_SECONDS = 2.0  # a failed watch starts again after this, doubling up to MAX_RETRY_SECONDS
+MAX_RETRY_SECONDS = 60.0
 RECHECK_SECONDS = 0.5  # a file read by the watcher is looked at again this long after
 
 
@@ -80,6 +83,8 @@ class WatchStatus:
     removed: int = 0
     pending: int = 0  # files waiting to be applied
     errors: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_ERRORS_KEPT))
+    last_error: str | None = None  # why the watch itself failed last (state `error`)
+    retry_seconds: float | None = None  # in state `error`: when it tries again
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -91,7 +96,18 @@ class WatchStatus:
             "removed": self.removed,
             "pending": self.pending,
             "errors": list(self.errors),
+            "last_error": self.last_error,
+            "retry_seconds": self.retry_seconds,
         }
+
+
+def failure_cause(exc: BaseException) -> str:
+    """What an exception says, with the causes an exception group wraps (the file watcher runs
+    in a task group: its "unhandled errors in a TaskGroup" hides the error that matters)."""
+    inner = getattr(exc, "exceptions", None)  # an ExceptionGroup (a backport's on 3.10)
+    if isinstance(inner, tuple) and inner:
+        return "; ".join(failure_cause(e) for e in inner)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def filesystem_type(path: Path) -> str | None:
@@ -240,6 +256,7 @@ class FolderWatcher:
         )
         mode = self.settings.polling
         polling = mode == "always" or (mode == "auto" and needs_polling(root))
+        delay = RETRY_SECONDS
         while True:
             if not root.exists():
                 status.state = "missing"
@@ -248,18 +265,24 @@ class FolderWatcher:
             status.polling = polling
             try:
                 await self._watch(watch, reader, status, polling)
+                delay = RETRY_SECONDS  # it ran (the folder went away): start over at once
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # a native watcher that cannot start, a library error
-                message = f"{type(exc).__name__}: {exc}"
-                if not polling and mode != "never":
-                    log.warning("watch %s: native file events failed (%s); polling", root, message)
-                    polling = True
-                    continue
-                status.state = "error"
+            except Exception as exc:  # a watcher that cannot start, a library or store error
+                message = failure_cause(exc)
+                if status.state not in ("syncing", "watching"):  # the watcher did not start
+                    if not polling and mode != "never":
+                        log.warning("watch %s: native events failed (%s); polling", root, message)
+                        polling = True
+                        continue
+                else:
+                    delay = RETRY_SECONDS
+                status.state, status.last_error, status.retry_seconds = "error", message, delay
                 status.errors.append(message)
-                log.warning("watch %s: %s", root, message)
-                await asyncio.sleep(RETRY_SECONDS)
+                log.warning("watch %s: %s (retrying in %.0f s)", root, message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                status.retry_seconds = None
 
     async def _watch(
         self, watch: Watch, reader: FolderReader, status: WatchStatus, polling: bool
@@ -270,18 +293,25 @@ class FolderWatcher:
         root = Path(watch.root)
 
         async def produce() -> None:
-            async for changes in watchfiles.awatch(
-                root,
-                debounce=self.settings.debounce_ms,
-                step=self.settings.step_ms,
-                rust_timeout=TICK_MS,
-                yield_on_timeout=True,
-                force_polling=polling,
-                poll_delay_ms=self.settings.poll_delay_ms,
-                ignore_permission_denied=True,
-            ):
+            events = (
+                (
+                    {(watchfiles.Change.modified, p) for p in paths}
+                    async for paths in poll_folder(root, self.settings.poll_delay_ms)
+                )
+                if polling
+                else watchfiles.awatch(
+                    root,
+                    debounce=self.settings.debounce_ms,
+                    step=self.settings.step_ms,
+                    rust_timeout=TICK_MS,
+                    yield_on_timeout=True,
+                    ignore_permission_denied=True,
+                )
+            )
+            async for changes in events:
                 ready.set()
-                queue.put_nowait(changes)
+                named = ((change, reader.canonical(p)) for change, p in changes)
+                queue.put_nowait({(change, str(p)) for change, p in named if p is not None})
 
         producer = asyncio.create_task(produce(), name=f"localrank-watch-events-{watch.id}")
         try:
@@ -293,7 +323,7 @@ class FolderWatcher:
                 producer.result()  # raises what stopped the watcher
                 return
             await self._sync_all(watch, reader, status)
-            status.state = "watching"
+            status.state, status.last_error = "watching", None
             while True:
                 getter = asyncio.create_task(queue.get())
                 await asyncio.wait({getter, producer}, return_when=asyncio.FIRST_COMPLETED)
@@ -377,14 +407,16 @@ class FolderWatcher:
                 await self._sync_all(watch, reader, status)  # the rules changed: start over
                 return
             await self._ready_embedder()
-            to_read, gone = await _in_thread(self._classify, reader, paths)
+            to_read, gone, replaced = await _in_thread(self._classify, reader, paths)
             if recheck is not None:
                 recheck.update(await _in_thread(_stamps, to_read))
-            scan = await _in_thread(reader.read_all, sorted(to_read))
+            scan: FolderScan = await _in_thread(reader.read_all, sorted(to_read))
             for s in scan.skipped:
                 status.errors.append(s)  # reported and left as it was stored
             await self._write(watch, status, scan.documents, None, prune=False)
-            await self._remove(watch, status, gone)
+            # Files gone between the event and the read (created then deleted) are no error.
+            await self._remove(watch, status, [*gone, *scan.vanished])
+            await self._remove_own(watch, status, reader, replaced)
             status.last_sync = _now()
         finally:
             status.pending = 0
@@ -412,26 +444,46 @@ class FolderWatcher:
         return out
 
     @staticmethod
-    def _classify(reader: FolderReader, paths: Iterable[Path]) -> tuple[set[Path], list[Path]]:
-        """(files to read, paths whose documents go): folders that appeared are read whole."""
+    def _classify(
+        reader: FolderReader, paths: Iterable[Path]
+    ) -> tuple[set[Path], list[Path], list[Path]]:
+        """(files to read, paths whose documents go, folders whose own document goes if they
+        were a file): folders that appeared are read whole; a path that changed kind (a file
+        replaced by a folder, a FIFO, a directory symlink) leaves no document of its own."""
         to_read: set[Path] = set()
         gone: list[Path] = []
+        replaced: list[Path] = []
         for path in paths:
             if path == reader.root:
                 continue  # the folder itself: a vanished folder keeps its documents
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
+                replaced.append(path)
                 if reader.wanted(path, is_dir=True):
                     to_read.update(reader.files(under=path))
-            elif path.is_file():
+            elif is_regular_file(path):
                 if reader.wanted(path):
                     to_read.add(path)
                 else:
                     gone.append(path)  # now excluded or ignored: no longer part of the folder
             else:
-                gone.append(path)
-        return to_read, gone
+                gone.append(path)  # deleted, or a directory symlink, device, FIFO, socket
+        return to_read, gone, replaced
+
+    async def _remove_own(
+        self, watch: Watch, status: WatchStatus, reader: FolderReader, folders: Sequence[Path]
+    ) -> None:
+        """Delete the document each of `folders` had as a file (a lookup by id per folder)."""
+        if not folders:
+            return
+        collection = await _in_thread(self.store.get_collection, watch.collection)
+        ids = [reader.doc_id(p) for p in folders]
+        stored = await _in_thread(self.store.document_hashes, collection, ids)
+        if stored:
+            n = await _in_thread(self.store.delete_documents, watch.collection, list(stored))
+            status.removed += n
 
     async def _remove(self, watch: Watch, status: WatchStatus, paths: Sequence[Path]) -> None:
+        """Delete the documents of `paths` and of everything under them."""
         if not paths:
             return
         collection = await _in_thread(self.store.get_collection, watch.collection)

@@ -87,6 +87,8 @@ def _checks_entries(kind: Kind) -> bool:
 
 def value_of(kind: Kind, value: Any, name: str, param: str, ctx: Any = None) -> Any:
     """`value` checked against `kind` (type, items, constraints) and converted."""
+    if value is None and kind.nullable:  # what schema_of documents: null is one of its values
+        return None
     if not _fits(kind, value):
         raise InvalidInput(
             f"'{name}' must be {describe(kind)}, not {_json_type(value)}",

@@ -1,16 +1,27 @@
 """Serving the MCP server: stdio (what editors launch) and Streamable HTTP on its own loopback
-port, behind the same Host / Origin / token rules as the daemon (`ops.access`)."""
+port, behind the same Host / Origin / token rules as the daemon (`ops.access`).
+
+Over stdio, a line that is not a JSON-RPC 2.0 message (not JSON, a wrong `jsonrpc`, no method,
+params that are not an object) is answered with a JSON-RPC error, as the HTTP transport answers
+400: the SDK's stdio transport drops such a line without a reply, leaving the client waiting."""
 
 from __future__ import annotations
 
+import io
 import json
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import anyio
+import mcp_types
 import uvicorn
 from mcp.server import MCPServer
+from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.shared.message import SessionMessage
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from localrank.config import Settings
@@ -111,6 +122,66 @@ def _url(host: str, http: uvicorn.Server) -> str:
     return f"http://{netloc}{MCP_PATH}"
 
 
+def jsonrpc_refusal(line: str) -> mcp_types.JSONRPCError | None:
+    """The JSON-RPC error answering `line`, or None when it is a JSON-RPC message: -32700 for
+    what is not JSON, -32600 (with the request's id when it has one) for JSON that is not a
+    message."""
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        return None
+    except ValidationError:
+        pass
+    try:
+        raw = json.loads(line)
+    except ValueError:
+        error = mcp_types.ErrorData(code=mcp_types.PARSE_ERROR, message="Parse error: not JSON")
+        return mcp_types.JSONRPCError(jsonrpc="2.0", id=None, error=error)
+    request_id = raw.get("id") if isinstance(raw, dict) else None
+    if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+        request_id = None
+    error = mcp_types.ErrorData(
+        code=mcp_types.INVALID_REQUEST,
+        message='Invalid Request: not a JSON-RPC 2.0 message ("jsonrpc": "2.0", a "method" '
+        'string, "params" an object)',
+    )
+    return mcp_types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)
+
+
+class CheckedLines:
+    """The lines of stdin for the SDK's stdio transport, minus those that are not JSON-RPC
+    messages: each of those is answered here through `replies` (set once the transport runs)."""
+
+    def __init__(self, lines: AsyncIterable[str]) -> None:
+        self.lines = lines
+        self.replies: Any = None
+        self.ready = anyio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        async for line in self.lines:
+            if not line.strip():
+                continue
+            error = jsonrpc_refusal(line)
+            if error is None:
+                yield line
+                continue
+            await self.ready.wait()
+            await self.replies.send(SessionMessage(error))
+
+
+async def serve_stdio(server: MCPServer) -> None:
+    """Serve over stdin/stdout until the client closes stdin."""
+    # A duplicate of fd 0, so closing this reader never closes the process's stdin.
+    stdin = io.TextIOWrapper(
+        os.fdopen(os.dup(sys.stdin.fileno()), "rb"), encoding="utf-8", errors="replace"
+    )
+    lines = CheckedLines(anyio.wrap_file(stdin))
+    lowlevel = server._lowlevel_server  # what MCPServer.run_stdio_async runs, given our stdin
+    async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
+        lines.replies = write_stream
+        lines.ready.set()
+        await lowlevel.run(read_stream, write_stream, lowlevel.create_initialization_options())
+
+
 def run_stdio(server: MCPServer) -> None:
     """Serve over stdin/stdout until the client closes them."""
-    anyio.run(server.run_stdio_async)
+    anyio.run(serve_stdio, server)

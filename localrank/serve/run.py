@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
+from typing import NoReturn
 
 from aiohttp import web
 
@@ -25,6 +28,31 @@ log = logging.getLogger(__name__)
 # In-flight requests get this long to finish after SIGTERM; the rest of the 10 s budget is for
 # the model worker's queue and the ingest runner's current batch.
 DRAIN_SECONDS = 6.0
+# The process is gone this long after SIGTERM whatever is still running: a worker thread stuck in
+# I/O (a hung network mount, a device) can be neither cancelled nor waited for.
+EXIT_SECONDS = 9.0
+
+
+def exit_by_deadline(seconds: float, code: int) -> threading.Timer:
+    """Ends the process with `code` in `seconds` unless it has exited by then (the timer is a
+    daemon thread: a normal exit does not wait for it)."""
+
+    def force() -> None:
+        stuck = [
+            t.name
+            for t in threading.enumerate()
+            if t is not threading.current_thread() and not t.daemon and t.is_alive()
+        ]
+        log.warning("exiting %.0f s after SIGTERM; threads still busy: %s", seconds, stuck)
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> int:
@@ -45,8 +73,17 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    deadline: list[threading.Timer] = []
+
+    def on_signal() -> None:
+        # From here the exit is promised within 10 s: the interpreter would otherwise wait at
+        # exit for every worker thread, one stuck reading forever included.
+        if not deadline:
+            deadline.append(exit_by_deadline(EXIT_SECONDS, 0))
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
 
     state = app[STATE_KEY]
     code = 0
@@ -83,6 +120,17 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
         Path(settings.unix_socket).unlink(missing_ok=True)
     log.info("stopped")
     return code
+
+
+def run_daemon(settings: Settings) -> NoReturn:
+    """`localrank serve`: serve until SIGTERM, then leave the process at once. Everything is
+    closed by then; the interpreter's own teardown (torch's, seconds on a busy machine) would
+    only count against the 10 s a supervisor is promised."""
+    code = asyncio.run(serve(settings))
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class BackgroundDaemon:

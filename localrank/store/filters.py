@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from localrank.store.records import refuse_nul
+
 Scalar = str | int | float
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -22,6 +24,10 @@ class Filter:
     """A validated filter: every (key, allowed values) pair must match."""
 
     terms: tuple[tuple[str, tuple[Scalar, ...]], ...]
+
+    def __post_init__(self) -> None:
+        for key, values in self.terms:
+            refuse_nul([key, *values], "filter", param="filter")
 
 
 def as_scalar(value: Any) -> Scalar | None:

@@ -29,6 +29,33 @@ CollectionName = Annotated[
 ]
 
 
+# PostgreSQL's text cannot hold a NUL character (U+0000): no store keeps one where it keeps
+# text as such (ids, sources, metadata keys and the values filters look up). The same input is
+# refused alike by both stores, so `store migrate` cannot fail on it. (Inside JSON, in nested
+# metadata or a job's payload, a NUL is the escape `\u0000`: kept by both.)
+NO_NUL = r"^[^\x00]*$"
+_NUL_MESSAGE = "{name} contains a NUL character (\\u0000), which no store keeps"
+StoredText = Annotated[str, Pattern(NO_NUL, _NUL_MESSAGE)]
+
+
+def refuse_nul(value: Any, what: str, *, param: str | None = None) -> None:
+    """InvalidInput when `value`, a string or each string of a list (a filter's values, a
+    lookup's ids), holds a NUL character."""
+    strings = (
+        [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
+    )
+    if any(isinstance(s, str) and "\x00" in s for s in strings):
+        raise InvalidInput(_NUL_MESSAGE.format(name=what), param=param)
+
+
+def refuse_nul_in_metadata(metadata: dict[str, Any], what: str) -> None:
+    """InvalidInput for a NUL in what a store keeps of metadata as text: its keys, its string
+    values and the strings of its list values (what filters look up)."""
+    for key, value in metadata.items():
+        refuse_nul(key, f"{what} key {key!r}", param="metadata")
+        refuse_nul(value, f"{what}[{key!r}]", param="metadata")
+
+
 def check_collection_name(name: str) -> str:
     """A valid collection name, or InvalidInput."""
     message = problem(kind_of(CollectionName), "name", name) if isinstance(name, str) else ""

@@ -40,6 +40,8 @@ from localrank.store.records import (
     WriteResult,
     check_collection_name,
     check_fingerprint,
+    refuse_nul,
+    refuse_nul_in_metadata,
 )
 
 S = TypeVar("S", bound="SQLStore[Any]")
@@ -120,6 +122,9 @@ class SQLStore(Generic[C]):
         cache: Sequence[tuple[str, np.ndarray]] = (),
         progress: JobProgress | None = None,
     ) -> tuple[list[WriteResult], Job | None]:
+        for d in docs:
+            refuse_nul([d.doc_id, d.source or "", d.text], f"document {d.doc_id!r}")
+            refuse_nul_in_metadata(d.metadata, f"document {d.doc_id!r} metadata")
         # One transaction: the documents, their new cache entries and the job's progress commit
         # together. That is what makes a job's resume exact.
         with self.db.write() as conn:
@@ -142,6 +147,7 @@ class SQLStore(Generic[C]):
     def get_document(
         self, collection: Collection, doc_id: str
     ) -> tuple[StoredDocument, list[StoredChunk]]:
+        refuse_nul(doc_id, "document id", param="doc_id")
         with self.db.connection() as conn:
             row = self.sql.catalog.document_row(conn, collection.id, doc_id)
             if row is None:
@@ -153,6 +159,7 @@ class SQLStore(Generic[C]):
     def list_documents(
         self, collection: Collection, *, limit: int, after: str | None = None
     ) -> list[StoredDocument]:
+        refuse_nul(after or "", "after", param="after")
         with self.db.connection() as conn:
             found = self.sql.catalog.document_rows(conn, collection.id, int(limit), after or "")
             return [rows.document(r) for r in found]
@@ -162,6 +169,7 @@ class SQLStore(Generic[C]):
             return steps.chunks(self.sql.catalog, conn, chunk_ids)
 
     def document_files(self, collection: Collection, root: str) -> list[DocumentFile]:
+        refuse_nul(root, "source", param="source")
         with self.db.connection() as conn:
             found = self.sql.catalog.file_rows(conn, collection.id, source_range(root))
             return [rows.document_file(r) for r in found]
@@ -169,6 +177,7 @@ class SQLStore(Generic[C]):
     def delete_documents(self, collection_name: str, doc_ids: Sequence[str]) -> int:
         if not doc_ids:
             return 0
+        refuse_nul(list(doc_ids), "document id", param="doc_id")
         with self.db.write() as conn:
             c = steps.read_collection(self.sql.catalog, conn, collection_name, lock=True)
             generation = self.sql.catalog.bump_generation(conn, c.id)
@@ -188,6 +197,7 @@ class SQLStore(Generic[C]):
     # --- watched folders ----------------------------------------------------------------
 
     def add_watch(self, collection: str, root: str, options: dict[str, Any]) -> Watch:
+        refuse_nul(root, "watch path", param="path")
         with self.db.write() as conn:
             steps.read_collection(self.sql.catalog, conn, collection)
             options_json = json.dumps(options, sort_keys=True)

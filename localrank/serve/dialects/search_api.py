@@ -171,7 +171,9 @@ _WATCH = {
 DIALECT = Dialect(
     "collections",
     localrank_error_body,
-    error_statuses=(409,),  # a name taken, a collection bound to another model, a job not failed
+    # 409: a name taken, a collection bound to another model, a job not failed; 507: the disk
+    # under the store is full.
+    error_statuses=(409, 507),
     routes=(
         route(
             "POST",

@@ -14,7 +14,7 @@ from localrank.collections.documents import Documents
 from localrank.collections.ingest import ChunkSettings
 from localrank.declare import Choices, Doc, Pattern, Range, arg
 from localrank.store.filters import INT64_MAX
-from localrank.store.records import CollectionName
+from localrank.store.records import NO_NUL, CollectionName, StoredText
 
 # An existing collection (404 otherwise); one a request creates is a CollectionName.
 Name = Annotated[str, Doc("Collection name.")]
@@ -27,6 +27,7 @@ AbsolutePath = Annotated[
         message="path must be absolute ({value!r} is not): the daemon does not share your "
         "working directory",
     ),
+    Pattern(NO_NUL, message="path must not contain a NUL character (\\u0000)"),
 ]
 
 
@@ -44,7 +45,7 @@ class CollectionPath:
 @dataclass(frozen=True, kw_only=True)
 class DocumentPath:
     name: Name = arg(where="path")
-    doc_id: str = arg("The document's id.", where="path")
+    doc_id: StoredText = arg("The document's id.", where="path")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,8 +64,8 @@ class NewDocuments:
 class DocumentPage:
     name: Name = arg(where="path")
     limit: Annotated[int, Range(1, 1000)] = arg("Page size.", where="query", default=100)
-    after: str | None = arg("The last id of the previous page.", where="query", default=None)
-    source: str | None = arg(
+    after: StoredText | None = arg("The last id of the previous page.", where="query", default=None)
+    source: StoredText | None = arg(
         "Only the document read from this file (absolute).", where="query", default=None
     )
 

@@ -25,7 +25,7 @@ from psycopg.types import TypeInfo
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from localrank.config import redact_url
-from localrank.errors import LocalrankError, StoreError, StoreUnavailable
+from localrank.errors import LocalrankError, StorageFull, StoreError, StoreUnavailable
 from localrank.store.health import FailureLog
 
 CONNECT_TIMEOUT_S = 5.0
@@ -133,6 +133,13 @@ class Database:
                 yield conn
         except LocalrankError:
             raise
+        except psycopg.errors.DiskFull as exc:  # SQLSTATE 53100 (an OperationalError)
+            full = StorageFull(
+                f"PostgreSQL at {self.where}: the server's disk is full; nothing of this "
+                f"request was written. Free some space and send it again ({describe(exc)})"
+            )
+            self.failures.record(full.message)
+            raise full from exc
         except (psycopg.OperationalError, PoolTimeout) as exc:
             error = StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}")
             self.failures.record(error.message)

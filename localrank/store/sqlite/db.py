@@ -23,7 +23,7 @@ from typing import Any
 import apsw
 import sqlite_vec
 
-from localrank.errors import StoreError, StoreUnavailable
+from localrank.errors import StorageFull, StoreError, StoreUnavailable
 from localrank.store.health import FailureLog
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Database:
                         conn.execute("ROLLBACK")
                     raise
             except UNAVAILABLE as exc:
-                error = StoreUnavailable(f"SQLite database {self.path}: {_why(exc)}")
+                error = unavailable(self.path, exc)
                 self.failures.record(error.message)
                 raise error from exc
 
@@ -225,6 +225,16 @@ def _close_when_free(conn: apsw.Connection) -> None:
 def _identity(path: Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
+
+
+def unavailable(path: Path, exc: apsw.Error) -> StoreUnavailable:
+    """The error a write the file refused is reported as (a full disk says so: 507)."""
+    if isinstance(exc, apsw.FullError):
+        return StorageFull(
+            f"SQLite database {path}: the disk is full; nothing of this request was written. "
+            "Free some space and send it again"
+        )
+    return StoreUnavailable(f"SQLite database {path}: {_why(exc)}")
 
 
 def _why(exc: apsw.Error) -> str:
