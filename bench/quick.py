@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -131,14 +132,19 @@ def scrape(daemon: Daemon) -> dict[str, float]:
     return out
 
 
-def pass_summary(before: dict[str, float], after: dict[str, float]) -> str:
+def pass_summary(before: dict[str, float], after: dict[str, float], seconds: float) -> str:
+    """What the daemon's passes were between two scrapes `seconds` apart."""
+
     def d(key: str) -> float:
         return after.get(key, 0.0) - before.get(key, 0.0)
 
     passes = d("localrank_batch_size_count")
     if not passes:
         return "no passes"
-    parts = [f"{passes:.0f} passes, {d('localrank_batch_size_sum') / passes:.1f} rows a pass"]
+    parts = [
+        f"{passes:.0f} passes, {d('localrank_batch_size_sum') / passes:.1f} rows a pass",
+        f"the model busy {100 * d('localrank_batch_seconds_sum') / seconds:.0f}% of the time",
+    ]
     fill = d("localrank_batch_fill_tokens_count")
     if fill:  # the metrics of the scheduling policy (issue 19)
         parts.append(f"token fill {d('localrank_batch_fill_tokens_sum') / fill:.2f}")
@@ -164,7 +170,7 @@ def short_texts(n: int, seed: int) -> list[str]:
 def level(
     daemon: Daemon, client: Client, pool: TextPool, c: int, n: int, warmup: int
 ) -> tuple[LevelResult, str]:
-    before = scrape(daemon)
+    before, t0 = scrape(daemon), time.perf_counter()
     r = asyncio.run(
         closed_loop(
             daemon.pid,
@@ -179,7 +185,7 @@ def level(
             timeout_s=120.0,
         )
     )
-    summary = pass_summary(before, scrape(daemon))
+    summary = pass_summary(before, scrape(daemon), time.perf_counter() - t0)
     errs = f", errors {r.error_kinds}" if r.errors else ""
     print(
         f"  c{c}: {r.ok} requests, p50 {fmt(r.p50_ms)} ms, p95 {fmt(r.p95_ms)} ms, "
@@ -267,13 +273,14 @@ def headofline_part(targets: dict[str, Target], daemon: Daemon, window: float) -
         await with_probe(daemon, texts, load, lambda s: big(s, daemon.base), window)
         await idle_probe(daemon, texts, 3.0, load.idle)
 
-    before = scrape(daemon)
+    before, t0 = scrape(daemon), time.perf_counter()
     asyncio.run(run())
+    summary = pass_summary(before, scrape(daemon), time.perf_counter() - t0)
     p, i = load.probe, load.idle
     print(
         f"  beside it: {len(p.latencies)} answered, p50 {fmt(p.p50)} ms, p95 {fmt(p.p95)} ms, "
         f"errors {p.errors or 0}; idle: {len(i.latencies)}, p50 {fmt(i.p50)} ms, p95 "
-        f"{fmt(i.p95)} ms; {load.outcome}; {pass_summary(before, scrape(daemon))}",
+        f"{fmt(i.p95)} ms; {load.outcome}; {summary}",
         flush=True,
     )
     ratio = p.p95 / i.p95 if p.latencies and i.latencies else float("nan")
@@ -354,6 +361,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", default="/tmp/localrank-bench", help="search corpus cache")
     ap.add_argument("--window", type=float, default=12.0, help="head-of-line seconds")
     ap.add_argument("--targets", default=str(TARGETS))
+    ap.add_argument(
+        "--passive-reference",
+        action="store_true",
+        help="OMP_WAIT_POLICY=PASSIVE for the in-process reference too (as the daemon sets it): "
+        "on a shared machine, spinning OpenMP threads made it 10-100x slower than on a quiet one",
+    )
     return ap.parse_args(argv)
 
 
@@ -365,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown part(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     targets = load_targets(Path(args.targets))
+    if args.passive_reference:  # the reference worker inherits it; the daemon sets it anyway
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.perf_counter()
     verdicts: list[Verdict] = []
     if "minilm" in parts or "headofline" in parts:

@@ -17,8 +17,8 @@ What it decides, and why:
   its pauses takes about `preempt_seconds`: a short request arriving meanwhile waits one stretch.
 - **Preempt only for a short request behind a long pass.** In a pause between two layers, short
   interactive requests with nothing in the running pass run a pass of their own, if the running
-  pass holds a long request's work and has more than `preempt_seconds` left to run. A pass of
-  short requests is never paused for another short request: the newcomer is next in line.
+  pass holds a long request's work. A pass of short requests is never paused for another short
+  request: the newcomer is next in line.
 - **Bounds, so nothing starves.** A pause's pass fits in one stretch, and all of a pass's pauses
   together run at most as many tokens as the pass itself (it takes at most about twice its own
   time); bulk work that interactive requests kept out of `BULK_PATIENCE` passes in a row goes
@@ -76,13 +76,6 @@ class PassCost:
             return None
         fixed, per_token = fitted
         return int(max(0.0, seconds - fixed) / per_token) if per_token > 0 else None
-
-    def seconds_for(self, tokens: int) -> float | None:
-        fitted = self.fit()
-        if fitted is None:
-            return None
-        fixed, per_token = fitted
-        return fixed + per_token * tokens
 
 
 class Queued(Protocol):
@@ -277,11 +270,11 @@ class PassPolicy:
 
     def in_pause(self, running: Pass) -> Pass | None:
         """Called between two layers of `running`: a pass of short interactive requests with
-        nothing in it, if it is a long pass with more than `preempt_seconds` left; else None."""
+        nothing in it, if it holds a long request's work; else None. (Also in its last stretch:
+        a short request that waited for the pass to end would wait for the next one too, which
+        holds the long request's work, sized by time.)"""
         running.pauses += 1
         if not running.long or running.allowance <= 0 or not self.interactive:
-            return None
-        if not self._long_left(running):
             return None
         inside = {id(job) for job, _ in running.items}
         budget = min(running.per_pause, running.allowance)
@@ -307,16 +300,6 @@ class PassPolicy:
             return None
         running.allowance -= tokens
         return Pass(taken, tokens, within=running, waits=self._waits(starts))
-
-    def _long_left(self, running: Pass) -> bool:
-        """Whether the running pass has more than preempt_seconds left (unknown cost: yes)."""
-        if self.preempt_seconds <= 0:
-            return True
-        total = self.cost.seconds_for(running.tokens)
-        if total is None:
-            return True
-        left = total * max(0, running.segments - running.pauses) / max(1, running.segments)
-        return left > self.preempt_seconds
 
     def done(self, p: Pass, seconds: float) -> None:
         """`p` ran in `seconds` (a pass's own time includes its pauses' passes): the cost
