@@ -17,12 +17,14 @@ may be shared). After each load level the daemon's /metrics say how full its pas
 
     python -m bench.quick
     python -m bench.quick --only minilm,search
+    python -m bench.quick --passive-reference   # on a shared machine (see --help)
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import json
 import os
 import sys
@@ -30,6 +32,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from bench.kit.daemon import Daemon
 from bench.kit.measure import fmt, pct
@@ -39,6 +43,8 @@ from bench.kit.texts import mixed_texts
 from bench.load.loadgen import Client, LevelResult, TextPool, closed_loop
 from bench.load.processes import Reference
 from bench.soak.headofline import Load, idle_probe, many_long, with_probe
+from localrank.collections.search import SearchRequest, run_search
+from localrank.store import SQLiteStore
 from tests.stress import Texts
 
 try:
@@ -116,8 +122,6 @@ def judge(target: Target, measured: float) -> Verdict:
 
 def scrape(daemon: Daemon) -> dict[str, float]:
     """Unlabelled samples and histogram sums/counts from /metrics (labels kept in the key)."""
-    import http.client
-
     conn = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=10)
     try:
         conn.request("GET", "/metrics")
@@ -169,7 +173,8 @@ def short_texts(n: int, seed: int) -> list[str]:
 
 def level(
     daemon: Daemon, client: Client, pool: TextPool, c: int, n: int, warmup: int
-) -> tuple[LevelResult, str]:
+) -> LevelResult:
+    """One closed-loop level of one-text requests, printed with what /metrics say of it."""
     before, t0 = scrape(daemon), time.perf_counter()
     r = asyncio.run(
         closed_loop(
@@ -192,7 +197,7 @@ def level(
         f"{r.texts_per_s:.1f} texts/s{errs}; {summary}",
         flush=True,
     )
-    return r, summary
+    return r
 
 
 def with_reference(
@@ -217,7 +222,7 @@ def with_reference(
             for (c, n, warmup), pool in zip(levels, pools, strict=True):
                 if c == 1:
                     got = ref.ask(f"single {len(single)}")
-                    r, _ = level(daemon, client, pool, c, n, warmup)
+                    r = level(daemon, client, pool, c, n, warmup)
                     out["c1_p50_over_ms"] = r.p50_ms - got["single_p50_ms"]
                     print(
                         f"    in-process encode([text]) p50 {got['single_p50_ms']:.2f} ms",
@@ -225,7 +230,7 @@ def with_reference(
                     )
                 else:
                     got = ref.ask("batched 1")
-                    r, _ = level(daemon, client, pool, c, n, warmup)
+                    r = level(daemon, client, pool, c, n, warmup)
                     out[f"c{c}_ratio"] = r.texts_per_s / got["batch32_texts_per_s"]
                     print(
                         f"    in-process batch 32: {got['batch32_texts_per_s']:.1f} texts/s",
@@ -320,11 +325,6 @@ def shape_part(targets: dict[str, Target], model: Path) -> list[Verdict]:
 
 
 def search_part(targets: dict[str, Target], cache: Path) -> list[Verdict]:
-    import numpy as np
-
-    from localrank.collections.search import SearchRequest, run_search
-    from localrank.store import SQLiteStore
-
     print("\n[search] 100k chunks x 1024-d, store level, hybrid", flush=True)
     path = ensure_db(cache, 100_000)
     data = np.load(path.with_suffix(".npz"))
