@@ -252,20 +252,3 @@ def test_a_request_of_many_texts_is_sized_by_time_even_alone() -> None:
     assert decided.tokens <= 0.025 * LAYERS / SECONDS_PER_TOKEN
     submit(p, *one_texts(1))
     assert p.in_pause(decided) is not None
-
-
-def test_one_text_requests_fill_the_pass_beside_a_long_request() -> None:
-    """Saturation with a 2,000-text request in the queue: its items stay within the time
-    budget, the one-text requests' items still fill the pass to the token budget."""
-    p = policy()
-    big = Req("big", 2000, 40)
-    waiting = one_texts(64)
-    submit(p, big, *waiting)
-    time_budget = p.budget(long_waiting=True)
-    assert time_budget < 64 * 20
-    decided = p.next_pass()
-    assert decided is not None
-    got = names(decided)
-    assert {r.name for r in waiting} <= set(got)  # all 64, beyond the time budget
-    assert 1 <= got.count("big") and 40 * got.count("big") <= time_budget
-    assert decided.tokens <= 2048 and decided.long

@@ -13,10 +13,8 @@ What it decides, and why:
   a small share of a pass's tokens), a pass takes as much as the token budget allows: under
   saturation by one-text requests the daemon runs full passes, not many tiny ones.
 - **Size by time only when a long request waits.** When a long request (or a bulk one) is in
-  the queue, its items go into a pass while the pass stays within what the cost of recent
-  passes says runs in `preempt_seconds` per stretch between two pauses: a short request
-  arriving meanwhile waits about one stretch. Short requests' items still fill the pass to the
-  token budget.
+  the queue, a pass is sized by the cost of recent passes so that the stretch between two of
+  its pauses takes about `preempt_seconds`: a short request arriving meanwhile waits one stretch.
 - **Preempt only for a short request behind a long pass.** In a pause between two layers, short
   interactive requests with nothing in the running pass run a pass of their own, if the running
   pass holds a long request's work. A pass of short requests is never paused for another short
@@ -207,7 +205,7 @@ class PassPolicy:
         bulk_first = bool(self.bulk) and self.bulk_passed_over >= BULK_PATIENCE
         order = (self.bulk, self.interactive) if bulk_first else (self.interactive, self.bulk)
         for turns in order:
-            if not self._take(turns, budget, longs, taken, starts):
+            if not self._take(turns, budget, taken, starts):
                 break
         if not taken:
             return None
@@ -233,34 +231,30 @@ class PassPolicy:
         self,
         turns: collections.deque[Any],
         budget: int,
-        longs: set[int],
         taken: list[Item],
         starts: list[tuple[str, float]],
     ) -> bool:
         """Add one item from each waiting request in `turns`, in turn, to `taken` until the pass
-        is full (then False): a long request's item while the pass stays within `budget`, a
-        short request's while it stays within the token budget (short requests fill the pass a
-        long one is sized for). The request served last moves to the back, so the next pass
+        is full (then False). The request served last moves to the back, so the next pass
         starts after it."""
         tokens = _tokens(taken)
         runner = taken[0][0].runner if taken else None
-        skipped = 0  # requests passed over (another model's, or long ones that do not fit)
+        skipped = 0  # requests for another model passed over since the last item taken
         while turns and len(taken) < self.max_batch_size and skipped < len(turns):
             job = turns[0]
             if not self._ready(job):
                 turns.popleft()
                 job.queued = False
                 continue
-            n = len(job.encoded[job.scheduled].ids)
-            limit = budget if id(job) in longs else self.max_batch_tokens
-            if runner is not None and job.runner is not runner or taken and tokens + n > limit:
-                if tokens + n > self.max_batch_tokens and job.runner is runner:
-                    return False  # full for anyone
-                turns.rotate(-1)  # its turn comes in the next pass
+            if runner is not None and job.runner is not runner:
+                turns.rotate(-1)  # another model's turn comes in a pass of its own
                 skipped += 1
                 continue
             runner = job.runner
             skipped = 0
+            n = len(job.encoded[job.scheduled].ids)
+            if taken and tokens + n > budget:
+                return False
             self._start(job, starts)
             taken.append((job, job.scheduled))
             job.scheduled += 1
