@@ -51,8 +51,8 @@ IDLE_SECONDS = 1.0
 SLICE_CHARS = 64 * 1024
 
 
-class Runner(Protocol):
-    """What a forward pass runs: the embedding Engine, or a cross-encoder Reranker (whose
+class ForwardModel(Protocol):
+    """What a forward pass runs: the embedding Engine, or a cross-encoder CrossEncoder (whose
     "vectors" are [N, 1] logits). One pass holds the items of one runner only."""
 
     @property
@@ -80,13 +80,13 @@ class BatchStats:
 
 
 @dataclass(eq=False)
-class _Job:
+class ModelRequest:
     size: int
     bulk: bool
     future: asyncio.Future[WorkResult]
     loop: asyncio.AbstractEventLoop
     vectors: np.ndarray
-    runner: Any  # the Runner its items go through
+    runner: Any  # the ForwardModel its items go through
     encoded: list[Encoded] = field(default_factory=list)  # tokenised so far (model thread)
     scheduled: int = 0  # items handed to a forward pass
     embedded: int = 0
@@ -161,8 +161,10 @@ class ModelWorker:
             max_batch_size=max_batch_size,
             preempt_seconds=self.preempt_seconds,
         )
-        self._inbox: queue.SimpleQueue[tuple[_Job, list[Encoded]] | None] = queue.SimpleQueue()
-        self._jobs: set[_Job] = set()  # submitted and not yet returned (event loop only)
+        self._inbox: queue.SimpleQueue[tuple[ModelRequest, list[Encoded]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._jobs: set[ModelRequest] = set()  # submitted and not yet returned (event loop only)
         self._stopping = False
         self._stop_seen = False  # (model thread)
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="localrank-tokenizer")
@@ -180,7 +182,7 @@ class ModelWorker:
         *,
         truncate: bool = True,
         bulk: bool = False,
-        runner: Runner | None = None,
+        runner: ForwardModel | None = None,
         prepare: Callable[[Sequence[str]], list[Encoded]] | None = None,
     ) -> WorkResult:
         """Run `inputs` through the engine (default), or through `runner` with `prepare` as
@@ -193,9 +195,9 @@ class ModelWorker:
                 retry_after=1.0,
             )
         loop = asyncio.get_running_loop()
-        model: Runner = self.engine if runner is None else runner
+        model: ForwardModel = self.engine if runner is None else runner
         vectors = np.empty((len(inputs), model.dim), dtype=np.float32)
-        job = _Job(len(inputs), bulk, loop.create_future(), loop, vectors, model)
+        job = ModelRequest(len(inputs), bulk, loop.create_future(), loop, vectors, model)
         self._jobs.add(job)
         work = self.engine.tokenizer.work if prepare is None else len
         try:
@@ -273,7 +275,7 @@ class ModelWorker:
             else:
                 self._accept(message)
 
-    def _accept(self, message: tuple[_Job, list[Encoded]]) -> None:
+    def _accept(self, message: tuple[ModelRequest, list[Encoded]]) -> None:
         job, encoded = message
         if job.closed:
             return
@@ -303,10 +305,10 @@ class ModelWorker:
 
     def _forward(self, decided: Pass, pause: Pause | None) -> None:
         """Run a pass through the model, tell the policy, hand each vector to its request."""
-        taken: list[tuple[_Job, int]] = decided.items
+        taken: list[tuple[ModelRequest, int]] = decided.items
         started = time.perf_counter()
         try:
-            runner: Runner = taken[0][0].runner
+            runner: ForwardModel = taken[0][0].runner
             vectors = runner.run([job.encoded[i] for job, i in taken], pause)
         except Exception as exc:
             log.exception("model call failed")
