@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 RUNTIME := $(VENV)/.installed-runtime
 DEV := $(VENV)/.installed-dev
 
-.PHONY: install install-dev serve test lint wheel-check bench bench-default bench-engine bench-search bench-pg bench-cli bench-watch bench-rerank soak test-models clean
+.PHONY: install install-dev serve test lint wheel-check bench bench-quick bench-default bench-engine bench-search bench-pg bench-cli bench-watch bench-rerank soak test-models clean
 
 $(RUNTIME): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ test-models: $(DEV)
 # The benchmarks run from the repository's root as modules (`python -m bench.<name>`).
 bench: $(DEV)
 	$(BIN)/python -m bench.run_all
+
+# Under 5 minutes: the figures that regress silently, each against bench/targets.toml; exits
+# non-zero when one misses by more than its noise band. Run it before closing an issue that
+# touches engine/, serve/ or collections/.
+bench-quick: $(DEV)
+	$(BIN)/python -m bench.quick
 
 # The default model (Qwen3-Embedding-0.6B's shape, built offline if missing) against
 # sentence-transformers in-process: accuracy, bulk, query latency, cold start, RSS, search.

@@ -613,6 +613,29 @@ async def test_metrics(client: TestClient) -> None:
     assert "localrank_queue_depth" in after
 
 
+async def test_metrics_say_how_full_passes_were_and_how_long_requests_waited(
+    client: TestClient,
+) -> None:
+    before = await (await client.get("/metrics")).text()
+    texts = [f"the {k}th text only the fill test embeds" for k in range(3)]
+    assert (await client.post("/api/embed", json={"input": texts})).status == 200
+    after = await (await client.get("/metrics")).text()
+
+    def grew(name: str, **labels: str) -> float:
+        return _metric(after, name, **labels) - _metric(before, name, **labels)
+
+    passes = grew("localrank_batch_fill_tokens_count")
+    assert passes >= 1 and grew("localrank_batch_fill_rows_count") == passes
+    # Three rows in however many passes, over the row limit the daemon runs with (the sums are
+    # printed with six significant digits).
+    max_rows = client.server.app[STATE_KEY].settings.max_batch_size  # type: ignore[union-attr]
+    assert grew("localrank_batch_fill_rows_sum") == pytest.approx(3 / max_rows, rel=1e-3)
+    assert 0 < grew("localrank_batch_fill_tokens_sum") <= passes
+    assert grew("localrank_queue_wait_seconds_count", **{"class": "short"}) == 1
+    assert grew("localrank_queue_wait_seconds_sum", **{"class": "short"}) >= 0
+    assert "# TYPE localrank_passes_in_pauses_total counter" in after
+
+
 async def test_openapi_covers_every_route(client: TestClient) -> None:
     spec = await (await client.get("/openapi.json")).json()
     assert spec["openapi"].startswith("3.1")

@@ -52,6 +52,7 @@ def test_test_adds_the_dev_extra_to_the_runtime_install():
 
 BENCH_TARGETS = (
     "bench",
+    "bench-quick",
     "bench-default",
     "bench-engine",
     "bench-search",

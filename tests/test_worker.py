@@ -16,7 +16,8 @@ from localrank.engine.core import Engine
 from localrank.errors import NotReady, Overloaded, TooLarge
 from localrank.ops import allocator
 from localrank.serve import worker as worker_module
-from localrank.serve.worker import SLICE_TEXTS, BatchStats, ModelWorker, PassCost
+from localrank.serve.scheduling import PassCost
+from localrank.serve.worker import SLICE_TEXTS, BatchStats, ModelWorker
 
 
 class Gate:

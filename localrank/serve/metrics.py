@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768)
+FILL_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -102,6 +103,22 @@ def standard_registry() -> Registry:
     r.histogram("localrank_batch_size", "Rows per forward pass", SIZE_BUCKETS)
     r.histogram("localrank_batch_tokens", "Tokens per forward pass", TOKEN_BUCKETS)
     r.histogram("localrank_batch_seconds", "Forward pass latency", LATENCY_BUCKETS)
+    r.histogram(
+        "localrank_batch_fill_rows", "Rows per forward pass over max_batch_size", FILL_BUCKETS
+    )
+    r.histogram(
+        "localrank_batch_fill_tokens", "Tokens per forward pass over max_batch_tokens", FILL_BUCKETS
+    )
+    r.counter(
+        "localrank_passes_in_pauses_total",
+        "Forward passes run inside another pass's pause (short requests behind a long pass)",
+    )
+    r.histogram(
+        "localrank_queue_wait_seconds",
+        "Submission to a request's first item in a forward pass, by request class "
+        "(short: a small share of a pass; long: more; bulk: ingestion)",
+        LATENCY_BUCKETS,
+    )
     r.counter("localrank_embedded_inputs_total", "Inputs embedded by the model")
     r.counter("localrank_tokens_total", "Tokens embedded by the model")
     r.counter("localrank_truncated_inputs_total", "Inputs cut to the model's max tokens")

@@ -129,6 +129,7 @@ class ModelService:
             preempt_ms=preempt_ms,
             queue_size=queue_size,
             on_batch=self._record_batch,
+            on_wait=self._record_wait,
             # After a burst, hand the memory it freed back to the system.
             on_idle=allocator.trim,
         )
@@ -170,6 +171,13 @@ class ModelService:
         r.observe("localrank_batch_size", stats.rows)
         r.observe("localrank_batch_tokens", stats.tokens)
         r.observe("localrank_batch_seconds", stats.seconds)
+        r.observe("localrank_batch_fill_rows", stats.rows / self.worker.max_batch_size)
+        r.observe("localrank_batch_fill_tokens", stats.tokens / self.worker.max_batch_tokens)
+        if stats.nested:
+            r.inc("localrank_passes_in_pauses_total")
+
+    def _record_wait(self, kind: str, seconds: float) -> None:
+        self.registry.observe("localrank_queue_wait_seconds", seconds, **{"class": kind})
 
     async def embed(
         self,

@@ -1,17 +1,16 @@
-"""One thread owns the model; a scheduler feeds it fair, time-bounded batches.
+"""One thread owns the model and runs the passes a scheduling policy decides.
 
 Requests are tokenised off the model thread, on a tokeniser thread of their own, one slice of a
 bounded size at a time: the tokeniser holds at most one slice per request, so a 2,000-text
 request and a one-text request take turns there too, and the model starts on a big request's
 first slice while the rest is still being tokenised.
 
-The scheduler serves requests, not items (the way TEI batches, made fair): each forward pass takes
-one item from each waiting request in turn (round robin, the turn kept from one pass to the
-next), interactive requests before bulk (ingestion) ones, until the pass is full: at the token
-budget, at the row limit, or at what the cost of recent passes says it can do in `preempt_ms`
-per stretch. A pass pauses between two layers (torch; MLX runs its graph at once) when an
-interactive request that has no part in it is waiting, and runs a short pass for it there: so
-a one-text request waits about one stretch, not behind a 2,000-text request or an ingestion.
+The thread executes what the scheduling policy (serve/scheduling.py's PassPolicy) decides: the
+next pass (one item from each waiting request in turn, interactive before bulk, filled to the
+token budget when only short requests wait, sized by time when a long one does), and, in a pause
+between two layers of a pass (torch; MLX runs its graph at once), whether to run a pass for short
+requests waiting behind it: so a one-text request waits about one stretch, not behind a
+2,000-text request or an ingestion, and under saturation by one-text requests passes stay full.
 The queue is bounded: when it is full, `submit` raises Overloaded at once (429 + Retry-After)
 instead of queueing without limit.
 
@@ -22,7 +21,6 @@ the rest of its tokenisation skipped and its queued items dropped.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import queue
@@ -39,6 +37,7 @@ from localrank.engine.core import Engine
 from localrank.engine.tokenizer import Encoded
 from localrank.engine.types import Pause
 from localrank.errors import NotReady, Overloaded
+from localrank.serve.scheduling import Pass, PassPolicy
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +76,7 @@ class BatchStats:
     tokens: int
     seconds: float
     requests: int
+    nested: bool = False  # run inside another pass's pause
 
 
 @dataclass(eq=False)
@@ -91,6 +91,8 @@ class ModelRequest:
     scheduled: int = 0  # items handed to a forward pass
     embedded: int = 0
     queued: bool = False  # in the scheduler's turn order
+    arrived: float = field(default_factory=time.perf_counter)  # submitted
+    started: bool = False  # an item of it has been in a pass
     # Failed, cancelled or answered: nothing more to do. Set from either thread; read by the
     # model thread before it schedules an item.
     closed: bool = False
@@ -108,40 +110,6 @@ class ModelRequest:
 
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting
             self.loop.call_soon_threadsafe(apply)
-
-
-class PassCost:
-    """Seconds a forward pass of n tokens takes, a + b*n, fitted by least squares on recent
-    passes (older ones decay), so the fixed cost of a pass is not mistaken for a cost per token."""
-
-    def __init__(self, decay: float = 0.95) -> None:
-        self.decay = decay
-        self._w = self._n = self._t = self._nn = self._nt = 0.0
-
-    def add(self, tokens: int, seconds: float) -> None:
-        d = self.decay
-        self._w = self._w * d + 1.0
-        self._n = self._n * d + tokens
-        self._t = self._t * d + seconds
-        self._nn = self._nn * d + tokens * tokens
-        self._nt = self._nt * d + tokens * seconds
-
-    def fit(self) -> tuple[float, float] | None:
-        """(seconds per pass, seconds per token), or None before any pass with tokens."""
-        if self._n <= 0:
-            return None
-        spread = self._w * self._nn - self._n * self._n
-        slope = (self._w * self._nt - self._n * self._t) / spread if spread > 1e-9 else 0.0
-        if slope <= 0:  # passes of one size only (or noise): all of the time per token
-            return 0.0, self._t / self._n
-        return max(0.0, (self._t - slope * self._n) / self._w), slope
-
-    def tokens_within(self, seconds: float) -> int | None:
-        fitted = self.fit()
-        if fitted is None:
-            return None
-        fixed, per_token = fitted
-        return int(max(0.0, seconds - fixed) / per_token) if per_token > 0 else None
 
 
 def _slices(inputs: Inputs, work: Callable[[str], int]) -> Iterator[list]:  # type: ignore[type-arg]
@@ -162,11 +130,6 @@ def _slices(inputs: Inputs, work: Callable[[str], int]) -> Iterator[list]:  # ty
     yield part
 
 
-def _tokens(items: list[tuple[ModelRequest, int]]) -> int:
-    """Tokens in a pass's items (request, index of its input)."""
-    return sum(len(job.encoded[i].ids) for job, i in items)
-
-
 class ModelWorker:
     """Owns `engine` on a dedicated thread. `submit` is called from the event loop."""
 
@@ -181,6 +144,7 @@ class ModelWorker:
         preempt_ms: float = 0.0,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_idle: Callable[[], object] | None = None,
+        on_wait: Callable[[str, float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.max_batch_tokens = max_batch_tokens
@@ -190,17 +154,19 @@ class ModelWorker:
         self.queue_size = queue_size
         self.on_batch = on_batch
         self.on_idle = on_idle  # on the model thread, once it has idled IDLE_SECONDS after work
-        self.cost = PassCost()
+        # (request class, seconds from submission to its first item in a pass)
+        self.on_wait = on_wait
+        self.policy = PassPolicy(
+            max_batch_tokens=max_batch_tokens,
+            max_batch_size=max_batch_size,
+            preempt_seconds=self.preempt_seconds,
+        )
         self._inbox: queue.SimpleQueue[tuple[ModelRequest, list[Encoded]] | None] = (
             queue.SimpleQueue()
         )
         self._jobs: set[ModelRequest] = set()  # submitted and not yet returned (event loop only)
         self._stopping = False
-        # The model thread's own state: the turn orders, and what the last pass showed.
-        self._interactive: collections.deque[ModelRequest] = collections.deque()
-        self._bulk: collections.deque[ModelRequest] = collections.deque()
-        self._stop_seen = False
-        self._segments = 1  # stretches between pauses in the last pass (layers, on torch)
+        self._stop_seen = False  # (model thread)
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="localrank-tokenizer")
         self._thread = threading.Thread(target=self._run, name="localrank-model", daemon=True)
         self._thread.start()
@@ -267,8 +233,8 @@ class ModelWorker:
 
     def _run(self) -> None:
         worked = False
-        while not (self._stop_seen and not self._interactive and not self._bulk):
-            if not self._interactive and not self._bulk:
+        while not (self._stop_seen and not self.policy.waiting):
+            if not self.policy.waiting:
                 try:  # idle: block (after work, for a moment first)
                     message = self._inbox.get(timeout=IDLE_SECONDS if worked else None)
                 except queue.Empty:
@@ -294,7 +260,7 @@ class ModelWorker:
                         break
                     self._accept(message)
             self._collect()  # whatever arrived during the last forward pass joins this one
-            if self._interactive or self._bulk:
+            if self.policy.waiting:
                 self._step()
                 worked = True
 
@@ -314,114 +280,32 @@ class ModelWorker:
         if job.closed:
             return
         job.encoded.extend(encoded)
-        if not job.queued:
-            job.queued = True
-            (self._bulk if job.bulk else self._interactive).append(job)
-
-    def _budget(self, segments: int) -> int:
-        """Tokens for a pass that pauses `segments - 1` times: each stretch between two pauses
-        should take about preempt_ms by the measured cost of recent passes."""
-        if self.preempt_seconds <= 0:
-            return self.max_batch_tokens
-        within = self.cost.tokens_within(self.preempt_seconds * segments)
-        return self.max_batch_tokens if within is None else min(within, self.max_batch_tokens)
-
-    def _take(
-        self,
-        turns: collections.deque[ModelRequest],
-        budget: int,
-        taken: list[tuple[ModelRequest, int]],
-    ) -> bool:
-        """Add one item from each waiting request in `turns`, in turn, to `taken` until the pass
-        is full (then False). The request served last moves to the back, so the next pass
-        starts after it."""
-        tokens = _tokens(taken)
-        runner = taken[0][0].runner if taken else None
-        skipped = 0  # requests for another model passed over since the last item taken
-        while turns and len(taken) < self.max_batch_size and skipped < len(turns):
-            job = turns[0]
-            if job.closed or job.scheduled >= len(job.encoded):
-                # Gone, or waiting for its next slice to be tokenised (which re-queues it).
-                turns.popleft()
-                job.queued = False
-                continue
-            if runner is not None and job.runner is not runner:
-                turns.rotate(-1)  # another model's turn comes in a pass of its own
-                skipped += 1
-                continue
-            runner = job.runner
-            skipped = 0
-            n = len(job.encoded[job.scheduled].ids)
-            if taken and tokens + n > budget:
-                return False
-            taken.append((job, job.scheduled))
-            job.scheduled += 1
-            tokens += n
-            turns.rotate(-1)
-        return len(taken) < self.max_batch_size
-
-    def _newcomers(self, running: set[int], budget: int) -> list[tuple[ModelRequest, int]]:
-        """For a pass run inside another's pause: one item from each waiting interactive
-        request that has none in the running pass, as many as fit in `budget` tokens."""
-        taken: list[tuple[ModelRequest, int]] = []
-        tokens = 0
-        for job in list(self._interactive):
-            if id(job) in running or job.closed or job.scheduled >= len(job.encoded):
-                continue
-            if taken and job.runner is not taken[0][0].runner:
-                continue
-            n = len(job.encoded[job.scheduled].ids)
-            if tokens + n > budget or len(taken) >= self.max_batch_size:
-                break
-            taken.append((job, job.scheduled))
-            job.scheduled += 1
-            tokens += n
-            self._interactive.remove(job)  # served: its next turn comes after the others'
-            self._interactive.append(job)
-        return taken
+        self.policy.add(job)
 
     def _step(self) -> None:
-        """One forward pass: interactive requests first, then bulk ones. Between two of its
-        layers, interactive requests that arrived meanwhile run a short pass of their own."""
-        taken: list[tuple[ModelRequest, int]] = []
-        budget = self._budget(self._segments)
-        if self._take(self._interactive, budget, taken):
-            self._take(self._bulk, budget, taken)
-        if not taken:
+        """Run the pass the policy decides; in each of its pauses, the pass it decides there."""
+        running = self.policy.next_pass()
+        if running is None:
             return
-        running = {id(job) for job, _ in taken}
-        tokens = _tokens(taken)
-        stretch = tokens // self._segments
-        # Each pause's pass fits in one stretch (by the cost model, or one stretch of this pass
-        # when that is more; just the stretch while the model is unknown), and all of them
-        # together take at most as many tokens as this pass: it may take twice as long, never
-        # longer. (Unbounded, requests arriving steadily starved a pass: each pause ran every
-        # newcomer, the pass never ended, and a request in it waited until its client gave up.)
-        within = self.cost.tokens_within(self.preempt_seconds) if self.preempt_seconds else None
-        per_pause = stretch if within is None else max(min(within, self.max_batch_tokens), stretch)
-        allowance = [tokens]
-        pauses = [0]
-        nested = [0.0]
+        self._waited(running)
 
         def pause() -> None:
-            pauses[0] += 1
             self._collect()
-            if self._interactive and allowance[0] > 0:
-                waiting = self._newcomers(running, min(per_pause, allowance[0]))
-                if waiting:
-                    n = _tokens(waiting)
-                    allowance[0] -= n
-                    seconds = self._forward(waiting, None)
-                    nested[0] += seconds
-                    self.cost.add(n, seconds)  # so the model is known after the first pause
+            nested = self.policy.in_pause(running)
+            if nested is not None:
+                self._waited(nested)
+                self._forward(nested, None)
 
-        seconds = self._forward(taken, pause)
-        self._segments = pauses[0] + 1
-        self.cost.add(tokens, seconds - nested[0])
+        self._forward(running, pause)
 
-    def _forward(self, taken: list[tuple[ModelRequest, int]], pause: Pause | None) -> float:
-        """Run `taken` through the model, hand each vector to its request; the seconds spent."""
-        tokens = _tokens(taken)
+    def _waited(self, decided: Pass) -> None:
+        if self.on_wait is not None:
+            for kind, seconds in decided.waits:
+                self.on_wait(kind, seconds)
+
+    def _forward(self, decided: Pass, pause: Pause | None) -> None:
+        """Run a pass through the model, tell the policy, hand each vector to its request."""
+        taken: list[tuple[ModelRequest, int]] = decided.items
         started = time.perf_counter()
         try:
             runner: ForwardModel = taken[0][0].runner
@@ -430,10 +314,13 @@ class ModelWorker:
             log.exception("model call failed")
             for job in {job for job, _ in taken}:
                 job.settle(error=exc)
-            return time.perf_counter() - started
+            return
         seconds = time.perf_counter() - started
+        self.policy.done(decided, seconds)
         if self.on_batch is not None:
-            self.on_batch(BatchStats(len(taken), tokens, seconds, len({id(j) for j, _ in taken})))
+            self.on_batch(
+                BatchStats(len(taken), decided.tokens, seconds, decided.requests, decided.nested)
+            )
         for (job, i), vector in zip(taken, vectors, strict=True):
             if job.closed:
                 continue
@@ -447,4 +334,3 @@ class ModelWorker:
                         [e.truncated for e in job.encoded],
                     )
                 )
-        return seconds
