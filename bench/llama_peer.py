@@ -5,8 +5,8 @@ Build. The `llama-cpp-python` sdist on PyPI vendors llama.cpp's source, with
 `convert_hf_to_gguf.py` and `gguf-py`. `llama_server()` fetches it with
 `pip download --no-deps --no-binary :all: llama-cpp-python==VERSION`, extracts it and builds only
 the `llama-server` target with cmake: a native CPU build (`-march=native`, what a user compiling
-llama.cpp on their machine gets), static, Release, no tests/examples/web UI/HTTPS, so that
-nothing is downloaded at build time (CMAKE_FLAGS below). About 15 minutes on 2 cores, once.
+llama.cpp on their machine gets, less AMX: see CMAKE_FLAGS), static, Release, no tests, examples,
+web UI or HTTPS, so that nothing is downloaded at build time. 9-10 minutes on 2 busy cores, once.
 
 Convert. `gguf()` converts a safetensors folder to GGUF (f32, q8_0, ...) with the vendored
 converter, run by this interpreter with the sdist's gguf-py on PYTHONPATH (it imports torch,
@@ -22,8 +22,11 @@ Serve. `LlamaServer` runs `llama-server -m X.gguf --embedding --pooling last` on
 port (threads, context and batch flags in SERVER_FLAGS), times launch -> /health 200 (cold
 start), embeds through /v1/embeddings, tokenizes through /tokenize, reads its RSS, stops it.
 Texts go as they are: the converted tokenizer appends <|endoftext|> itself (add_eos_token), so
-a text that already ends with it would get a second one. Each request's inputs must fit in one
-physical batch (-ub) since pooled embeddings are not split across batches.
+a text that already ends with it gets a second one (cosine ~0.996 to the recipe instead of
+1.0000; the server logs check_double_bos_eos). Each text must fit in one physical batch (-ub):
+pooled embeddings are not split across batches. llama.cpp's threads spin and meet at a barrier
+after each graph op: when other work holds a core, -t 2 on 2 cores ran 3-5x slower than -t 1
+here, where localrank's threads degrade gently, so compare thread counts on a quiet machine.
 
 As a script: builds and converts if needed, then measures localrank (`localrank serve`, float32
 unless told) and llama-server on each GGUF type in one run, on the same texts: bulk texts/s (40
@@ -64,6 +67,7 @@ from bench.measure import pct, rss_mb, rss_parts_mb  # noqa: E402
 from bench.processes import Daemon, free_port  # noqa: E402
 from bench.texts import mixed_texts  # noqa: E402
 from localrank.config import DEFAULT_INSTRUCTION  # noqa: E402
+from localrank.engine.machine import read_topology  # noqa: E402
 
 VERSION = "0.3.36"  # llama-cpp-python; vendors llama.cpp (ggml 0.25.3) at this version
 CMAKE_FLAGS = [
@@ -85,9 +89,11 @@ if platform.machine().lower() in ("x86_64", "amd64"):
     # AVX-512 stays on; an AVX2 user machine has no AMX anyway.
     _NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
     CMAKE_FLAGS += [f"-DCMAKE_C_FLAGS={_NO_AMX}", f"-DCMAKE_CXX_FLAGS={_NO_AMX}"]
-# Context 4096 tokens shared by the server's slots (KV cache ~0.45 GB for this shape); 2048-token
-# batches so that a request's documents (each ~10-500 tokens here) go in one pass.
-SERVER_FLAGS = ["-c", "4096", "-b", "2048", "-ub", "2048"]
+# Context 4096 tokens shared by the server's 4 slots (KV cache 448 MiB for this shape; without
+# -c it is the trained 32768, 3.5 GiB). Pooled inputs are never split, so each text must fit in
+# one physical batch: 512 (the default; the bench's texts are at most ~430 tokens). Raise -ub and
+# -b together for longer texts; the compute buffer grows with it (1.2 GiB at 2048).
+SERVER_FLAGS = ["-c", "4096", "-b", "512", "-ub", "512"]
 MODEL = ROOT / "models" / ".cache" / "qwen3-embedding-0.6b-shape"
 OUT = ROOT / "bench" / "results" / "default" / "llama_peer.json"
 
@@ -396,7 +402,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", default=str(MODEL), help="safetensors folder (0.6B shape)")
     ap.add_argument("--types", default="f32,q8_0", help="GGUF types to serve (default f32,q8_0)")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="compute threads")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=read_topology().physical_cores(),
+        help="compute threads of every server (default: physical cores)",
+    )
     ap.add_argument("--docs", type=int, default=40)
     ap.add_argument("--queries", type=int, default=25)
     ap.add_argument("--per-request", type=int, default=8)
