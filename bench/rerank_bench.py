@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Cross-encoder reranking through the daemon vs the authors' in-process code (issue 11).
 
 For each reranker (the MiniLM-shape BERT cross-encoder; the Qwen3-Reranker-0.6B shape) and each
@@ -14,8 +13,8 @@ median daemon seconds (>= 1.0: the daemon is at least as fast). Also reported: t
 (lazy-loading) call, and the daemon's RSS before the reranker is loaded, with it loaded, and
 after the idle unload (--reranker-idle-unload-s).
 
-    python bench/rerank_bench.py                       # both rerankers, 20 and 100 documents
-    python bench/rerank_bench.py --models minilm --sizes 20,100 --repeats 5
+    python -m bench.rerank_bench                       # both rerankers, 20 and 100 documents
+    python -m bench.rerank_bench --models minilm --sizes 20,100 --repeats 5
 """
 
 from __future__ import annotations
@@ -28,22 +27,18 @@ import signal
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "models"))
+import numpy as np
 
-import build_test_models  # noqa: E402
+from bench.kit.daemon import Daemon
+from bench.kit.measure import background_cpu
+from bench.kit.paths import RESULTS, ROOT
+from bench.kit.texts import mixed_texts
+from models.build_test_models import bench_cross_encoder, bench_reranker, minilm_dir
+from tests.reference import cross_encoder_reference, qwen3_reranker_reference
 
-from bench.measure import background_cpu  # noqa: E402
-from bench.processes import Daemon  # noqa: E402
-from bench.texts import mixed_texts  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
 QUERY = "how do I reset a forgotten password on the sign-in page"
 REFERENCE_BATCH = 20
 
@@ -56,35 +51,18 @@ class WorktreeDaemon(Daemon):
         return [sys.executable, "-m", "localrank"]
 
 
-def post(base: str, path: str, body: dict[str, Any], timeout: float = 3600) -> dict[str, Any]:
-    req = urllib.request.Request(
-        base + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
-
-
-def get(base: str, path: str) -> dict[str, Any]:
-    with urllib.request.urlopen(base + path, timeout=30) as r:
-        return json.loads(r.read())  # type: ignore[no-any-return]
-
-
 def reference(kind: str, folder: Path):  # type: ignore[no-untyped-def]
-    import reference as ref
-
     if kind == "minilm":
-        return lambda docs: ref.cross_encoder_reference(folder, [(QUERY, d) for d in docs])
+        return lambda docs: cross_encoder_reference(folder, [(QUERY, d) for d in docs])
 
     def qwen3(docs: list[str]) -> Any:
         # The README's code, in batches of REFERENCE_BATCH pairs: as written it computes the
         # whole vocabulary's logits at every position, and one batch of 100 documents of ~150
         # words needs ~16 GB for them (the OOM killer ended two runs on this 24 GB machine).
-        import numpy as np
-
         pairs = [(QUERY, d) for d in docs]
         return np.concatenate(
             [
-                ref.qwen3_reranker_reference(folder, pairs[i : i + REFERENCE_BATCH])
+                qwen3_reranker_reference(folder, pairs[i : i + REFERENCE_BATCH])
                 for i in range(0, len(pairs), REFERENCE_BATCH)
             ]
         )
@@ -93,12 +71,8 @@ def reference(kind: str, folder: Path):  # type: ignore[no-untyped-def]
 
 
 def run(kind: str, sizes: list[int], repeats: int, idle_s: float) -> list[dict[str, Any]]:
-    folder = (
-        build_test_models.bench_cross_encoder()
-        if kind == "minilm"
-        else build_test_models.bench_reranker()
-    )
-    embed_model = str(build_test_models.minilm_dir())
+    folder = bench_cross_encoder() if kind == "minilm" else bench_reranker()
+    embed_model = str(minilm_dir())
     daemon = WorktreeDaemon(
         embed_model,
         extra=[
@@ -114,12 +88,12 @@ def run(kind: str, sizes: list[int], repeats: int, idle_s: float) -> list[dict[s
     daemon.start(timeout=600)
     rows: list[dict[str, Any]] = []
     try:
-        health = get(daemon.base, "/health")
+        health = daemon.call("GET", "/health", timeout=30)
         assert health["reranker"]["loaded"] is False, "the daemon is not this checkout's"
         rss_before = daemon.rss()[0]
         docs_all = mixed_texts(max(sizes), min_words=150, max_words=150, seed=11)
         t = time.perf_counter()
-        post(daemon.base, "/v2/rerank", {"query": QUERY, "documents": docs_all[:1]})
+        daemon.call("POST", "/v2/rerank", {"query": QUERY, "documents": docs_all[:1]}, 3600)
         first_call = time.perf_counter() - t
         rss_loaded = daemon.rss()[0]
         ref = reference(kind, folder)
@@ -133,7 +107,7 @@ def run(kind: str, sizes: list[int], repeats: int, idle_s: float) -> list[dict[s
             busy = background_cpu(0.5)
             for _ in range(repeats):
                 t = time.perf_counter()
-                body = post(daemon.base, "/v2/rerank", {"query": QUERY, "documents": docs})
+                body = daemon.call("POST", "/v2/rerank", {"query": QUERY, "documents": docs}, 3600)
                 daemon_s.append(time.perf_counter() - t)
                 assert len(body["results"]) == n
                 t = time.perf_counter()
@@ -159,7 +133,10 @@ def run(kind: str, sizes: list[int], repeats: int, idle_s: float) -> list[dict[s
             print(json.dumps(row), flush=True)
             rows.append(row)
         deadline = time.monotonic() + idle_s + 60
-        while get(daemon.base, "/health")["reranker"]["loaded"] and time.monotonic() < deadline:
+        while (
+            daemon.call("GET", "/health", timeout=30)["reranker"]["loaded"]
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.5)
         time.sleep(1.0)
         rss_unloaded = daemon.rss()[0]

@@ -1,31 +1,29 @@
-#!/usr/bin/env python3
 """`make bench`: every benchmark in one run, then one table of ratios.
 
-  1. engine   bench/engine_throughput.py: bulk embedding of mixed-length texts, localrank's engine
+  1. engine   bench.engine_throughput: bulk embedding of mixed-length texts, localrank's engine
               vs sentence-transformers in-process (issue 2). torch CPU only by default: the MLX
               backend on CPU (mlx[cpu], the only MLX this Linux box has) measured ~10x slower
               than torch here, so 1,000 texts would take most of an hour. `--mlx` adds a
               separate MLX run on --mlx-n texts (100 by default) instead of slowing the default.
-  2. load     bench/load.py: the live daemon against in-process sentence-transformers (issue 3).
-  3. search   bench/search_bench.py (--search-sizes, 10k,100k by default) and
-              bench/ingest_bench.py, when those files exist.
-  4. default  bench/default_model.py: the default model (Qwen3-Embedding-0.6B's shape) against
+  2. load     bench.load: the live daemon against in-process sentence-transformers (issue 3).
+  3. search   bench.search_bench (--search-sizes, 10k,100k by default) and bench.ingest_bench.
+  4. default  bench.default_model: the default model (Qwen3-Embedding-0.6B's shape) against
               sentence-transformers: bulk, query latency, cold start, RSS, search (issue 9);
               the same as `make bench-default`. --skip-default leaves it out.
-  5. pg       bench/pg_bench.py: PostgreSQL + pgvector beside SQLite on 200k 1024-d chunks
+  5. pg       bench.pg_bench: PostgreSQL + pgvector beside SQLite on 200k 1024-d chunks
               through live daemons, and ingestion PG/SQLite (issue 14; --skip-pg; the first
               run builds both stores under /tmp/localrank-bench/pg, ~15-40 minutes).
-  6. rerank   bench/rerank_bench.py: cross-encoder reranking (MiniLM-shape, Qwen3-Reranker-0.6B
+  6. rerank   bench.rerank_bench: cross-encoder reranking (MiniLM-shape, Qwen3-Reranker-0.6B
               shape) through the daemon vs CrossEncoder / the README code (issue 11;
               --skip-rerank). The 0.6B shape at 100 documents takes minutes per call on 2 cores.
 
 Each step runs as a subprocess (fresh interpreter, its own timeout); a failed step is reported
 and the others still run. Results land in bench/results/ (CSV, PNG, load_summary.json).
 
-    python bench/run_all.py                 # full run, ~40-50 minutes on a quiet 2-core box
-    python bench/run_all.py --quick         # smoke run, ~3 minutes
-    python bench/run_all.py --skip-engine --skip-search
-    python bench/run_all.py --mlx --max-concurrency
+    python -m bench.run_all                 # full run, ~40-50 minutes on a quiet 2-core box
+    python -m bench.run_all --quick         # smoke run, ~3 minutes
+    python -m bench.run_all --skip-engine --skip-search
+    python -m bench.run_all --mlx --max-concurrency
 """
 
 from __future__ import annotations
@@ -34,48 +32,17 @@ import argparse
 import csv
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "bench"
-RESULTS = BENCH / "results"
+from bench.kit.paths import RESULTS
+from bench.kit.steps import read_csv, run_step
 
-
-WAIT_QUIET = 0.0
-
-
-def run_step(name: str, cmd: list[str], timeout: float) -> dict[str, Any]:
-    if WAIT_QUIET > 0:
-        wait_quiet(WAIT_QUIET)
-    print(f"\n{'=' * 100}\n[{name}] {' '.join(cmd)}\n{'=' * 100}", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        print(f"[{name}] still running after {timeout:.0f}s: stopping it", flush=True)
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        code = -1
-    secs = time.perf_counter() - t0
-    print(f"[{name}] {'ok' if code == 0 else f'FAILED (exit {code})'} in {secs:.0f}s", flush=True)
-    return {"step": name, "exit": code, "seconds": secs}
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+Step = Callable[[str, list[str], float], dict[str, Any]]  # run_step with the run's --wait-quiet
 
 
 def f2(value: Any, digits: int = 2) -> str:
@@ -86,42 +53,7 @@ def f2(value: Any, digits: int = 2) -> str:
     return "n/a" if x != x else f"{x:.{digits}f}"
 
 
-def busy_fraction(seconds: float = 2.0) -> float:
-    """Fraction of all CPUs busy over `seconds` (Linux /proc/stat; 0.0 elsewhere)."""
-
-    def sample() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields[:8]), fields[3] + fields[4]
-
-    try:
-        a = sample()
-        time.sleep(seconds)
-        b = sample()
-    except (OSError, ValueError):
-        return 0.0
-    return 1.0 - (b[1] - a[1]) / max(1, b[0] - a[0])
-
-
-def wait_quiet(limit_s: float, threshold: float = 0.2) -> None:
-    """On a shared machine, wait (at most `limit_s`) until other work leaves the CPUs idle."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        busy = busy_fraction()
-        if busy <= threshold:
-            print(f"[wait-quiet] CPUs {100 * busy:.0f}% busy: starting", flush=True)
-            return
-        if time.monotonic() > deadline:
-            print(
-                f"[wait-quiet] CPUs still {100 * busy:.0f}% busy after {limit_s:.0f}s: "
-                "starting anyway (figures will be noisy)",
-                flush=True,
-            )
-            return
-        print(f"[wait-quiet] CPUs {100 * busy:.0f}% busy with other work: waiting", flush=True)
-        time.sleep(8)
-
-
-def engine_step(args: argparse.Namespace, py: str) -> list[dict[str, Any]]:
+def engine_step(args: argparse.Namespace, py: str, step: Step) -> list[dict[str, Any]]:
     """torch CPU run, then optionally a separate small MLX run; engine.csv gets both."""
     steps = []
     rows: list[dict[str, str]] = []
@@ -134,11 +66,12 @@ def engine_step(args: argparse.Namespace, py: str) -> list[dict[str, Any]]:
     for name, backends, n_texts, rep, timeout in runs:
         before = csv_path.stat().st_mtime_ns if csv_path.exists() else None
         steps.append(
-            run_step(
+            step(
                 name,
                 [
                     py,
-                    str(BENCH / "engine_throughput.py"),
+                    "-m",
+                    "bench.engine_throughput",
                     "--backends",
                     backends,
                     "--n",
@@ -346,71 +279,63 @@ def main() -> int:
         "below 20%% (shared machines)",
     )
     args = ap.parse_args()
-    global WAIT_QUIET
-    WAIT_QUIET = args.wait_quiet
+    step = partial(run_step, quiet=args.wait_quiet)
     py = sys.executable
     RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     steps: list[dict[str, Any]] = []
 
     if not args.skip_engine:
-        steps += engine_step(args, py)
+        steps += engine_step(args, py, step)
 
     if not args.skip_load:
-        cmd = [py, str(BENCH / "load.py")]
+        cmd = [py, "-m", "bench.load"]
         if args.quick:
             cmd.append("--quick")
         if args.max_concurrency:
             cmd.append("--max-concurrency")
         (RESULTS / "load_summary.json").unlink(missing_ok=True)
-        steps.append(run_step("load", cmd, 600.0 if args.quick else 1800.0))
+        steps.append(step("load", cmd, 600.0 if args.quick else 1800.0))
 
     if not args.skip_search:
-        search = BENCH / "search_bench.py"
-        if search.exists():
-            sizes = "10k" if args.quick else args.search_sizes
-            steps.append(run_step("search", [py, str(search), "--sizes", sizes], 1800.0))
-        else:
-            print("\n[search] bench/search_bench.py not present: skipped")
-        ingest = BENCH / "ingest_bench.py"
-        if ingest.exists():
-            home = tempfile.mkdtemp(prefix="localrank-ingest-home-")
-            try:
-                steps.append(
-                    run_step(
-                        "ingest",
-                        [
-                            py,
-                            str(ingest),
-                            "--embedder",
-                            "localrank.collections.embedder:in_process_embedder",
-                            "--docs",
-                            str(20 if args.quick else args.ingest_docs),
-                            "--home",
-                            home,
-                        ],
-                        1200.0,
-                    )
+        sizes = "10k" if args.quick else args.search_sizes
+        steps.append(step("search", [py, "-m", "bench.search_bench", "--sizes", sizes], 1800.0))
+        home = tempfile.mkdtemp(prefix="localrank-ingest-home-")
+        try:
+            steps.append(
+                step(
+                    "ingest",
+                    [
+                        py,
+                        "-m",
+                        "bench.ingest_bench",
+                        "--embedder",
+                        "localrank.collections.embedder:in_process_embedder",
+                        "--docs",
+                        str(20 if args.quick else args.ingest_docs),
+                        "--home",
+                        home,
+                    ],
+                    1200.0,
                 )
-            finally:
-                shutil.rmtree(home, ignore_errors=True)
-        else:
-            print("\n[ingest] bench/ingest_bench.py not present: skipped")
+            )
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
 
     if not args.skip_default:
         (RESULTS / "default" / "default_model.json").unlink(missing_ok=True)
-        cmd = [py, str(BENCH / "default_model.py")] + (["--quick"] if args.quick else [])
-        steps.append(run_step("default", cmd, 1800.0 if args.quick else 7200.0))
+        cmd = [py, "-m", "bench.default_model"] + (["--quick"] if args.quick else [])
+        steps.append(step("default", cmd, 1800.0 if args.quick else 7200.0))
     if not args.skip_pg:
-        pg = [py, str(BENCH / "pg_bench.py")]
+        pg = [py, "-m", "bench.pg_bench"]
         if args.quick:
             pg += ["--chunks", "10000", "--ingest-docs", "10", "--rounds", "1"]
-        steps.append(run_step("pg", pg, 5400.0))
+        steps.append(step("pg", pg, 5400.0))
     if not args.skip_rerank:
-        rr = [py, str(BENCH / "rerank_bench.py")]
+        rr = [py, "-m", "bench.rerank_bench"]
         if args.quick:
             rr += ["--models", "minilm", "--sizes", "20", "--repeats", "1"]
-        steps.append(run_step("rerank", rr, 7200.0))
+        steps.append(step("rerank", rr, 7200.0))
 
     summary(args, steps)
     print(f"  total {time.perf_counter() - t0:.0f}s")

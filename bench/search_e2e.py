@@ -2,10 +2,11 @@
 chunks, in one run.
 
 The model is the 0.6B-shape folder `models/build_test_models.py --bench` builds (built here if
-missing). Each collection holds search_bench's clustered synthetic 1024-d vectors, written
-straight into the store (copied from search_bench's cached database, built if missing) and bound
-to the model's fingerprint, so the daemon serves it; queries are text (5-16 words, some of them
-corpus terms so the keyword stage has work), embedded by the daemon.
+missing). Each collection holds the search benches' clustered synthetic 1024-d vectors
+(bench/kit/search.py), written straight into the store (copied from bench.search_bench's cached
+database, built if missing) and bound to the model's fingerprint, so the daemon serves it;
+queries are text (5-16 words, some of them corpus terms so the keyword stage has work), embedded
+by the daemon.
 
 Per size (100k and 1M; --quick: 10k):
 - first search after a restart: the daemon is started on the collection --restarts times (3);
@@ -17,13 +18,13 @@ Per size (100k and 1M; --quick: 10k):
   response's timings_ms, next to the in-process reference measured in the same run in
   alternating blocks: sentence-transformers encoding the query (the folder loaded the way a user
   would, at its default dtype) and the same retrieval called in-process on the same database;
-- at 1M, store level as well (search_bench's `measure`): vector and hybrid p50/p95 with
+- at 1M, store level as well (bench.search_bench's figures): vector and hybrid p50/p95 with
   recall@10 against exact search, vector search inside a filter.
 Each database is read once before its measurements, so the OS page cache is warm, as on a
 machine that has been searching it (from a cold cache every search reads its candidates' float
 vectors from disk until it is warm: another figure, not measured here).
 
-    python bench/search_e2e.py [--quick] [--model DIR] [--queries N]
+    python -m bench.search_e2e [--quick] [--model DIR] [--queries N]
 Prints each figure against its target and writes bench/results/search_e2e.csv.
 """
 
@@ -46,18 +47,14 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.kit.daemon import Daemon
+from bench.kit.measure import background_cpu, fmt, pct, ratio
+from bench.kit.paths import BENCH_MODEL, RESULTS, ROOT
+from bench.kit.search import CLUSTERS, ensure_db, measure, parse_size, warm_file
+from bench.kit.texts import mixed_texts
+from localrank.collections.search import SearchRequest, run_search
+from localrank.store import SQLiteStore
 
-from bench.measure import background_cpu, fmt, pct, ratio  # noqa: E402
-from bench.processes import Daemon  # noqa: E402
-from bench.search_bench import CLUSTERS, ensure_db, measure, parse_size, warm_file  # noqa: E402
-from bench.texts import mixed_texts  # noqa: E402
-from localrank.collections.search import SearchRequest, run_search  # noqa: E402
-from localrank.store import SQLiteStore  # noqa: E402
-
-DEFAULT_MODEL = ROOT / "models" / ".cache" / "qwen3-embedding-0.6b-shape"
-RESULTS = ROOT / "bench" / "results"
 COLLECTION = "e2e"
 AFTER_RESTART = 100  # queries timed after the first one that follows a restart
 BLOCK = 10  # queries per alternating block (daemon, then reference)
@@ -82,14 +79,15 @@ def probe_model(model: Path) -> dict[str, Any]:
     daemon = Daemon(str(model))
     try:
         daemon.start()
-        return get_json(daemon.port, "/health")
+        health: dict[str, Any] = daemon.call("GET", "/health", timeout=30)
+        return health
     finally:
         daemon.stop()
 
 
 def ensure_home(cache: Path, size: int, info: dict[str, Any]) -> Path:
     """A LOCALRANK_HOME whose database holds `size` synthetic chunks in a collection bound to
-    the served model, with search_bench's ground truth next to it (cached per fingerprint)."""
+    the served model, with its ground truth next to it (cached per fingerprint)."""
     tag = hashlib.sha256(info["fingerprint"].encode()).hexdigest()[:8]
     home = cache / f"e2e-{size}-{tag}"
     db = home / "data" / "localrank.db"
@@ -132,16 +130,6 @@ def body(query: str) -> dict[str, Any]:
 # --- talking to the daemon and to the reference ------------------------------------------
 
 
-def get_json(port: int, path: str) -> dict[str, Any]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request("GET", path)
-        result: dict[str, Any] = json.loads(conn.getresponse().read())
-        return result
-    finally:
-        conn.close()
-
-
 class Client:
     """One keep-alive connection, as an application would hold."""
 
@@ -177,7 +165,7 @@ def watch_health(daemon: Daemon, launched: float, out: dict[str, float]) -> None
     while time.perf_counter() < deadline and "collections_ready_s" not in out:
         if daemon.port:
             try:
-                health = get_json(daemon.port, "/health")
+                _, health = daemon.request("GET", "/health", timeout=30)  # 503 while loading
             except (OSError, ValueError):
                 health = {}
             now = time.perf_counter() - launched
@@ -193,9 +181,20 @@ class Reference:
     client never holds torch: one query per line in, one RESULT line out."""
 
     def __init__(self, model: Path, db: Path) -> None:
-        cmd = [sys.executable, __file__, "--reference-worker", "--model", str(model)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "bench.search_e2e",
+            "--reference-worker",
+            "--model",
+            str(model),
+        ]
         self.proc = subprocess.Popen(
-            [*cmd, "--db", str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [*cmd, "--db", str(db)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         self.ready = json.loads(self._line("READY "))
 
@@ -318,7 +317,7 @@ def run_size(
         rest_t = [t for _, t in rest]
         first_ms = [f.ms for f in firsts]
         first_t = [f.timings for f in firsts]
-        info = get_json(daemon.port, "/health")
+        info = daemon.call("GET", "/health", timeout=30)
         rows.append(
             {
                 "figure": "first_search_after_restart",
@@ -423,7 +422,7 @@ def print_e2e(r: dict[str, Any]) -> None:
 
 
 def store_level(home: Path, size: int) -> list[dict[str, Any]]:
-    """search_bench's figures on the same database (no daemon running)."""
+    """bench.search_bench's figures on the same database (no daemon running)."""
     rows = measure(
         home / "data" / "localrank.db",
         size,
@@ -449,7 +448,7 @@ def store_level(home: Path, size: int) -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="10k chunks, 20 queries, no 1M")
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--model", type=Path, default=BENCH_MODEL)
     ap.add_argument("--sizes", default=None, help="comma list (default 100k,1m; quick 10k)")
     ap.add_argument("--queries", type=int, default=None, help="measured per size (default 200)")
     ap.add_argument("--restarts", type=int, default=3, help="first searches timed per size")

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Thread pools: what the engine's thread settings are worth, measured, each variant in a fresh
 process (OpenMP and tokenizers read their settings when they first load).
 
@@ -12,7 +11,7 @@ process (OpenMP and tokenizers read their settings when they first load).
 Absolute figures on a shared machine are noise: read each variant against the others, measured
 in the same run, and run it twice. Writes bench/results/threads.csv.
 
-    python bench/threads_bench.py [--model FOLDER] [--queries 20] [--docs 16]
+    python -m bench.threads_bench [--model FOLDER] [--queries 20] [--docs 16]
 """
 
 from __future__ import annotations
@@ -26,15 +25,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.measure import background_cpu, pct  # noqa: E402
-from bench.texts import mixed_texts  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from bench.kit.measure import background_cpu, pct
+from bench.kit.paths import RESULTS, ROOT
+from bench.kit.texts import mixed_texts
+from models.build_test_models import bench_model
 
 
 def child(args: argparse.Namespace) -> None:
@@ -94,7 +89,8 @@ def child(args: argparse.Namespace) -> None:
 def run_variant(args: argparse.Namespace, env: dict[str, str], threads: int, tok: bool) -> dict:
     cmd = [
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "bench.threads_bench",
         "--child",
         "--model",
         args.model,
@@ -108,7 +104,7 @@ def run_variant(args: argparse.Namespace, env: dict[str, str], threads: int, tok
     full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",)}
     full_env.pop("TOKENIZERS_PARALLELISM", None)
     full_env.update(env)
-    out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=1800)
+    out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=1800, cwd=ROOT)
     line = next((x for x in out.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise RuntimeError(out.stderr[-2000:])
@@ -125,10 +121,7 @@ def main() -> int:
     ap.add_argument("--with-tokenizer", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.model is None:
-        sys.path.insert(0, str(ROOT / "models"))
-        import build_test_models
-
-        args.model = str(build_test_models.bench_model())
+        args.model = str(bench_model())
     if args.child:
         child(args)
         return 0

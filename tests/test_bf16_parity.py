@@ -22,6 +22,7 @@ from localrank.config import DEFAULT_INSTRUCTION, load_settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine
 from localrank.engine.machine import read_cpu_features
+from localrank.engine.torch.cpu import linears_supported, prepack
 
 DOCUMENTS = [
     "Paris is the capital and largest city of France, on the Seine.",
@@ -89,16 +90,20 @@ def test_bf16_batched_equals_one_at_a_time_closely(bf16_engine: Engine) -> None:
 
 
 def test_auto_dtype_on_this_cpu(tiny_qwen3: Path, minilm: Path) -> None:
-    """The real path: /proc/cpuinfo and a real probe matmul decide (bfloat16 here: this CPU
-    has AVX512-BF16), and the reason names what decided it."""
+    """The real path: /proc/cpuinfo and a real probe matmul decide, and the reason names what
+    decided it: no native bf16 feature -> float32; a feature -> bfloat16 exactly when the probe
+    found it faster (a CPU can list the feature and still run bfloat16 slowly, e.g. when torch's
+    kernels are limited to AVX2 with ATEN_CPU_CAPABILITY)."""
     e = engine(tiny_qwen3, "cpu", "auto")
     backend = e.info.backend
     feature = read_cpu_features().native_bf16()
     if feature is None:
         assert backend.dtype == "float32" and "no native bfloat16" in backend.dtype_reason
     else:
-        assert backend.dtype == "bfloat16", backend.dtype_reason
-        assert feature in backend.dtype_reason and "faster than float32" in backend.dtype_reason
+        assert feature in backend.dtype_reason
+        faster = "faster than float32" in backend.dtype_reason
+        assert faster or "probe matmul in bfloat16 was only" in backend.dtype_reason
+        assert backend.dtype == ("bfloat16" if faster else "float32"), backend.dtype_reason
     assert backend.threads >= 1
     assert e.info.to_dict()["dtype_reason"] == backend.dtype_reason
     # BERT's forward has no float32-norm mixed precision: it stays float32, and says so.
@@ -108,13 +113,17 @@ def test_auto_dtype_on_this_cpu(tiny_qwen3: Path, minilm: Path) -> None:
 
 def test_repacked_weights_compute_the_same(tiny_qwen3: Path) -> None:
     """Engine.optimize (the daemon runs it once serving) repacks the bfloat16 CPU weights for
-    oneDNN; the vectors stay those of the plain path, prefix path included."""
+    oneDNN where this torch's oneDNN computes bfloat16 (not on an AVX2-only x86: there it packs
+    nothing); the vectors stay those of the plain path, prefix path included, either way."""
     e = engine(tiny_qwen3, "cpu", "bfloat16")
     queries = [*QUERIES, "x"]
+    assert e.cache_query_prefix() > 10  # the part of optimize that is not repacking
     before_docs = e.embed(DOCUMENTS).vectors
     before_queries = e.embed(queries, query=True).vectors
     # 2 layers x (qkv, o, gate_up, down): a float32 checkpoint cast to bf16 is stacked.
-    assert e.optimize() == 2 * 4
+    assert e.optimize() == (2 * 4 if linears_supported() else 0)
+    linears = e.embedder.model.linears()
+    assert all((lin.packed is not None) == linears_supported() for lin in linears)
     after_docs = e.embed(DOCUMENTS).vectors
     after_queries = e.embed(queries, query=True).vectors
     assert cosine(before_docs, after_docs).min() > 0.99999
@@ -124,18 +133,27 @@ def test_repacked_weights_compute_the_same(tiny_qwen3: Path) -> None:
 
 def test_repacking_waits_while_a_forward_pass_runs(tiny_qwen3: Path) -> None:
     """The daemon repacks in the background while it serves: no weight is repacked while a
-    request's forward pass is running, so requests never share the cores with the repacking."""
+    request's forward pass is running, so requests never share the cores with the repacking.
+    (The packing itself is a stand-in here: the waiting is what is tested, on any CPU.)"""
     e = engine(tiny_qwen3, "cpu", "bfloat16")
     embedder = e.embedder
     linears = embedder.model.linears()
     done = threading.Event()
+    released: list[torch.Tensor] = []
+
+    def run() -> None:
+        prepack(linears, released.append, embedder._forwards.wait_idle, pack=torch.clone)
+        done.set()
+
     with embedder._forwards.running():  # a forward pass in progress
-        worker = threading.Thread(target=lambda: (e.optimize(), done.set()))
+        worker = threading.Thread(target=run)
         worker.start()
         time.sleep(0.3)
         assert all(lin.packed is None for lin in linears)  # waiting for a gap
+        assert not released
     worker.join(30)
     assert done.is_set() and all(lin.packed is not None for lin in linears)
+    assert len(released) == len(linears)
 
 
 def test_the_query_prefix_is_computed_once_and_changes_nothing(tiny_qwen3: Path) -> None:
@@ -143,6 +161,8 @@ def test_the_query_prefix_is_computed_once_and_changes_nothing(tiny_qwen3: Path)
     their keys and values. Exact to float32 rounding against the full forward, and against the
     authors' recipe."""
     e = engine(tiny_qwen3, "cpu", "float32")
+    assert e.cached_prefix_tokens == 0  # cached once serving (optimize), not at load
+    e.optimize()
     assert e.cached_prefix_tokens > 10
     queries = [*QUERIES, ":starts with a colon", "日本語の質問", "x"]
     cached = e.embed(queries, query=True).vectors

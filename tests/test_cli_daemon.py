@@ -6,6 +6,7 @@ numpy, torch, aiohttp or the SQLite driver)."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -14,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemons import LiveDaemon, free_port, write_notes
+from daemons import LiveDaemon, free_port, request, write_notes
 
-from localrank.cli import main
+from localrank.cli import build_parser, main
+from localrank.cli.collections_access import Collections, DaemonCollections, collections_for
 from localrank.cli.common import Runtime
+from localrank.cli.local import LocalCollections
+from localrank.collections.documents import DocumentIn
 from localrank.collections.embedder import in_process_embedder
-from localrank.config import Settings
+from localrank.config import Settings, load_settings
+from localrank.store import SQLiteStore, steps
+from localrank.store.sqlite import jobs
 
 
 def no_model(settings: Settings) -> Any:
@@ -153,6 +159,43 @@ def test_index_watch_through_the_cli(
     assert as_json(["watch", "list"], THROUGH_DAEMON, capsys)["watches"] == []
 
 
+def failed_job(daemon: LiveDaemon, collection: str, texts: list[str]) -> str:
+    """A job that failed with a store outage, as the daemon's job runner leaves one: created and
+    failed in one transaction, so the daemon never runs it before the test retries it."""
+    store = SQLiteStore(daemon.home / "data" / "localrank.db")
+    try:
+        items = [
+            (f"{collection}-{i}", DocumentIn(f"{collection}-{i}", t).to_payload())
+            for i, t in enumerate(texts)
+        ]
+        with store.db.write() as conn:
+            job = steps.create_job(jobs, conn, collection, "ingest", items, {}, len(items))
+            steps.finish_job(jobs, conn, job.id, error="the store kept failing for 300 s")
+        return job.id
+    finally:
+        store.close()
+
+
+def test_a_failed_job_is_retried_with_and_without_the_daemon(
+    env: LiveDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, _ = request(f"{env.url}/v1/collections", {"name": "retried"})
+    assert status == 201
+    texts = ["the first note about kestrels", "a second one, about falcons"]
+    for runtime, extra in ((THROUGH_DAEMON, []), (IN_PROCESS, ["--local"])):
+        job_id = failed_job(env, "retried", texts)
+        listed = as_json(["jobs", *extra], runtime, capsys)["jobs"]
+        assert [j["state"] for j in listed if j["job_id"] == job_id] == ["failed"]
+        out = as_json(["jobs", "retry", job_id, *extra], runtime, capsys)
+        assert (out["job_id"], out["state"], out["done"], out["errors"]) == (job_id, "done", 2, [])
+        code = main(["jobs", "retry", job_id, *extra], runtime)  # done: nothing to retry
+        assert code == 5 and "only a failed job can be retried" in capsys.readouterr().err
+    code = main(["jobs", "retry", "job_nope"], THROUGH_DAEMON)
+    assert code == 4 and "job_nope" in capsys.readouterr().err
+    found = as_json(["search", "falcons", "-c", "retried"], THROUGH_DAEMON, capsys)
+    assert found["results"][0]["document_id"] == "retried-1"
+
+
 def test_a_search_process_with_a_daemon_imports_no_model(env: LiveDaemon, tmp_path: Path) -> None:
     folder = tmp_path / "notes2"
     write_notes(folder)
@@ -205,3 +248,25 @@ def test_without_a_daemon_the_cli_works_in_process(
     found = as_json(["search", "moon and oceans", "-c", "notes"], runtime, capsys)
     assert found["results"][0]["citation"]["source"].endswith("tides.md")
     assert len(calls) == 2  # the model was loaded here, once per command
+
+
+def test_the_collections_are_picked_once_behind_one_protocol(
+    env: LiveDaemon, tmp_path: Path
+) -> None:
+    """The commands ask one `Collections` protocol; the daemon's and the in-process
+    implementation both provide all of it, and `collections_for` picks the daemon's when one
+    answers, this process's with --local or when none does."""
+    for impl in (DaemonCollections, LocalCollections):
+        for name, member in inspect.getmembers(Collections, inspect.isfunction):
+            if not name.startswith("_"):
+                assert inspect.signature(getattr(impl, name)) == inspect.signature(member), (
+                    impl,
+                    name,
+                )
+        assert isinstance(impl.daemon, bool)
+    settings = load_settings()
+    args = build_parser().parse_args(["collections"])
+    assert isinstance(collections_for(args, THROUGH_DAEMON, settings), DaemonCollections)
+    assert isinstance(collections_for(args, IN_PROCESS, settings), LocalCollections)
+    local = build_parser().parse_args(["collections", "--local"])
+    assert isinstance(collections_for(local, THROUGH_DAEMON, settings), LocalCollections)

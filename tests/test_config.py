@@ -10,8 +10,16 @@ import pytest
 
 from localrank.cli import build_parser, main
 from localrank.cli.common import settings_from_args
-from localrank.config import DEFAULT_MODEL, DEFAULT_PORT, is_loopback_host, load_settings
-from localrank.errors import ConfigError
+from localrank.config import (
+    DEFAULT_MODEL,
+    DEFAULT_PORT,
+    Settings,
+    choices,
+    is_loopback_host,
+    load_settings,
+)
+from localrank.declare import Range, record_of
+from localrank.errors import ConfigError, exit_code
 
 
 def write_config(home: Path, text: str) -> Path:
@@ -69,6 +77,16 @@ def test_lists_and_empty_variables(tmp_path: Path) -> None:
     assert s.allowed_hosts == ("box.lan",)
     assert s.allowed_origins == ("http://localhost:3000", "https://app.example")
     assert s.model == DEFAULT_MODEL and s.sources["model"] == "default"  # "" means unset
+
+
+def test_job_failure_timeout_from_file_and_env(tmp_path: Path) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    assert load_settings({}, env).job_failure_timeout_s == 300.0  # a few minutes
+    path = write_config(tmp_path, "job_failure_timeout_s = 600\n")
+    s = load_settings({}, env)
+    assert s.job_failure_timeout_s == 600.0 and s.sources["job_failure_timeout_s"] == f"file:{path}"
+    env["LOCALRANK_JOB_FAILURE_TIMEOUT_S"] = "45.5"
+    assert load_settings({}, env).job_failure_timeout_s == 45.5
 
 
 def test_origins_of_any_scheme(tmp_path: Path) -> None:
@@ -133,6 +151,9 @@ def test_torch_is_a_backend(tmp_path: Path) -> None:
         ("env", "store_url", "mysql://me@db/x", "store_url must be postgresql://"),
         ("flag", "store_url", "postgresql:/host/db", "store_url"),
         ("file", "job_lease_s", "0.5", "job_lease_s"),
+        ("env", "job_failure_timeout_s", "0", "job_failure_timeout_s must be 1..86400"),
+        ("file", "job_failure_timeout_s", "1e6", "job_failure_timeout_s"),
+        ("env", "job_failure_timeout_s", "soon", "job_failure_timeout_s"),
     ],
 )
 def test_bad_values_raise_config_error(
@@ -222,3 +243,140 @@ def test_store_url_from_flag_env_and_file_with_the_password_hidden(
     args = build_parser().parse_args(["serve", "--store-url", "sqlite:///tmp/x.db"])
     s = settings_from_args(args, "store_url")
     assert s.store_url == "sqlite:///tmp/x.db" and s.sources["store_url"] == "flag"
+
+
+# Every setting's bounds and choices are declared once, on the Settings field; the checks and
+# the CLI's choices read them.
+BOUNDED = [
+    (f.attr, c)
+    for f in record_of(Settings).fields
+    for c in f.constraints
+    if isinstance(c, Range) and f.attr != "sources"
+]
+
+
+@pytest.mark.parametrize(("name", "bound"), BOUNDED, ids=[n for n, _ in BOUNDED])
+def test_every_declared_bound_is_checked(tmp_path: Path, name: str, bound: Range) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    lo, hi = bound.lo, bound.hi
+    assert isinstance(lo, (int, float)) and (hi is None or isinstance(hi, (int, float)))
+    low_ok = lo + 1 if bound.above else lo
+    for beyond in ([hi + 1] if hi is not None else []) + [lo if bound.above else lo - 1]:
+        with pytest.raises(ConfigError) as err:
+            load_settings({name: beyond}, env)
+        assert err.value.param == name and name in err.value.message
+    for inside in [low_ok] + ([hi] if hi is not None else []):
+        assert getattr(load_settings({name: inside}, env), name) == inside
+
+
+def test_the_cli_offers_the_declared_choices() -> None:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices  # type: ignore[attr-defined]
+    offered = {
+        (command, action.dest): tuple(action.choices)
+        for command in ("serve", "embed", "search")
+        for action in sub[command]._actions
+        if action.choices is not None
+        and action.dest in ("backend", "dtype", "log_level", "log_format")
+    }
+    assert (
+        offered[("serve", "dtype")]
+        == choices("dtype")
+        == ("auto", "float32", "float16", "bfloat16")
+    )
+    for (_, name), values in offered.items():
+        assert values == choices(name)
+    assert {name for _, name in offered} == {"backend", "dtype", "log_level", "log_format"}
+
+
+# --- values a setting cannot take ---------------------------------------------------------------
+
+NUMBERS = [f.attr for f in record_of(Settings).fields if f.kind.base == "number"]
+
+
+@pytest.mark.parametrize("name", NUMBERS)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e999"])
+def test_timeouts_and_intervals_must_be_finite(tmp_path: Path, name: str, value: str) -> None:
+    """`LOCALRANK_IDLE_TIMEOUT_S=nan` once left idle connections open for ever (nan compares
+    false with every bound): every number is finite or the configuration is refused."""
+    env = {"LOCALRANK_HOME": str(tmp_path), f"LOCALRANK_{name.upper()}": value}
+    with pytest.raises(ConfigError, match="finite") as err:
+        load_settings({}, env)
+    assert err.value.param == name
+
+
+def test_finite_in_the_config_file_and_flags_too(tmp_path: Path) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path)}
+    write_config(tmp_path, "idle_timeout_s = nan\n")  # TOML has nan and inf literals
+    with pytest.raises(ConfigError, match="idle_timeout_s must be a finite number"):
+        load_settings({}, env)
+    write_config(tmp_path, "body_timeout_s = inf\n")
+    with pytest.raises(ConfigError, match="body_timeout_s"):
+        load_settings({}, env)
+    write_config(tmp_path, "port = inf\n")  # an integer setting: a clear error, no traceback
+    with pytest.raises(ConfigError, match="port"):
+        load_settings({}, env)
+    write_config(tmp_path, "")
+    with pytest.raises(ConfigError, match="preempt_ms"):
+        load_settings({"preempt_ms": float("nan")}, env)
+
+
+@pytest.mark.parametrize(
+    ("word", "value"),
+    [
+        ("true", True),
+        ("TRUE", True),
+        ("1", True),
+        ("yes", True),
+        ("On", True),
+        ("false", False),
+        ("0", False),
+        ("no", False),
+        (" off ", False),
+    ],
+)
+def test_booleans_read_the_usual_words(tmp_path: Path, word: str, value: bool) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_PRELOAD_RERANKER": word}
+    assert load_settings({}, env).preload_reranker is value
+
+
+@pytest.mark.parametrize("word", ["maybe", "2", "enabled", "tru", "y"])
+def test_any_other_boolean_is_an_error_not_false(tmp_path: Path, word: str) -> None:
+    env = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_PRELOAD_RERANKER": word}
+    with pytest.raises(ConfigError, match="true/false, 1/0, yes/no, on/off") as err:
+        load_settings({}, env)
+    assert err.value.param == "preload_reranker" and repr(word) in err.value.message
+    write_config(tmp_path, "preload_reranker = 2\n")
+    with pytest.raises(ConfigError, match="not a boolean"):
+        load_settings({}, {"LOCALRANK_HOME": str(tmp_path)})
+
+
+@pytest.mark.parametrize("token", [" ", "\t", " s3cret", "s3cret ", "s3\ncret", "s3\x00cret"])
+def test_a_token_no_client_could_send_is_refused(tmp_path: Path, token: str) -> None:
+    """The daemon strips the credentials it receives, and a header cannot carry control
+    characters: such a token would lock every client out."""
+    env = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_TOKEN": token}
+    with pytest.raises(ConfigError, match="token") as err:
+        load_settings({}, env)
+    assert err.value.param == "token"
+    ok = {"LOCALRANK_HOME": str(tmp_path), "LOCALRANK_TOKEN": "s3 cr3t-é"}
+    assert load_settings({}, ok).token == "s3 cr3t-é"
+
+
+def test_a_config_file_that_is_not_utf8_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command used to crash with a UnicodeDecodeError traceback; now every command says
+    which file is wrong and exits with the configuration error's code (9, errors.ERROR_TABLE)."""
+    path = write_config(tmp_path, "")
+    path.write_bytes('model = "café"\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match="not UTF-8") as err:
+        load_settings({}, {"LOCALRANK_HOME": str(tmp_path)})
+    assert str(path) in err.value.message and exit_code(err.value) == 9
+    for name in [n for n in os.environ if n.startswith("LOCALRANK_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("LOCALRANK_HOME", str(tmp_path))
+    for argv in (["config"], ["collections", "--local"], ["search", "q", "-c", "notes"]):
+        assert main(argv) == 9, argv
+        err_text = capsys.readouterr().err
+        assert "not UTF-8" in err_text and str(path) in err_text and "Traceback" not in err_text

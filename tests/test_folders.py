@@ -191,6 +191,15 @@ def test_unreadable_files_are_reported_and_skipped(tmp_path: Path) -> None:
     assert "limit" in reasons["big.md"] and "empty" in reasons["empty.md"]
 
 
+def test_a_file_that_looks_binary_is_skipped(tmp_path: Path) -> None:
+    """Binary data that happens to decode as UTF-8 (many control characters) is not indexed
+    from a folder; a client's document via the API is taken as the text it says it is."""
+    write(tmp_path, {"good.md": "# Good\n\nfine text", "data.txt": "\x01\x02\x03\x0e\x0f" * 40})
+    scan = read_folder(tmp_path)
+    assert [Path(d.id).name for d in scan.documents] == ["good.md"]
+    assert len(scan.skipped) == 1 and "binary" in scan.skipped[0]
+
+
 def test_two_folders_with_the_same_file_names_keep_both(tmp_path: Path) -> None:
     """Issue 13: notes/a.md and work/a.md were the same id ("a.md") and replaced each other."""
     for folder in ("notes", "work"):

@@ -12,7 +12,10 @@ import pytest
 from engines import engine_for
 from reference import sentence_transformers_reference
 
+from localrank.config import load_settings
+from localrank.engine.load import load_engine
 from localrank.engine.names import native_families
+from localrank.errors import BackendError
 
 TEXTS = [
     "The cat sat on the mat.",
@@ -35,10 +38,19 @@ def test_generic_embedder_matches_sentence_transformers(tiny_generic_embedder):
 
 
 def test_generic_path_needs_torch(tiny_generic_embedder):
-    from localrank.errors import BackendError
-
     with pytest.raises(BackendError, match="generic path runs on torch"):
         engine_for(str(tiny_generic_embedder), "mlx", max_tokens=512)
+
+
+def test_generic_path_without_transformers_names_the_extra(tiny_generic_embedder, monkeypatch):
+    """A runtime install (no dev extra) may lack transformers: the load fails with the extra to
+    install, not an ImportError from deep inside the engine."""
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now fails
+    settings = load_settings(
+        {"model": str(tiny_generic_embedder), "backend": "torch", "dtype": "float32"}, environ={}
+    )
+    with pytest.raises(BackendError, match=r"distilbert .*pip install 'localrank\[generic\]'"):
+        load_engine(settings)
 
 
 def test_native_paths_do_not_import_transformers(tiny_qwen3):

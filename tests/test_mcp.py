@@ -29,6 +29,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[Liv
     daemon = LiveDaemon(base / "home", free_port(), minilm).start()
     folder = base / "notes"
     write_notes(folder)
+    assert request(f"{daemon.url}/v1/collections", {"name": "notes"})[0] == 201
     status, out = request(f"{daemon.url}/v1/collections/notes/index", {"path": str(folder)})
     assert status == 200, out
     assert daemon.wait_job(out["job_id"])["state"] == "done"

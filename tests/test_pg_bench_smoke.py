@@ -1,6 +1,6 @@
-"""Plumbing test for bench/pg_bench.py: a tiny run (2,000 chunks, 3 documents ingested) builds
-both stores, serves them through two live daemons, and writes pg.csv with every row. Not a timed
-test: the figures come from `make bench`."""
+"""Plumbing test for `python -m bench.pg_bench`: a tiny run (2,000 chunks, 3 documents ingested)
+builds both stores, serves them through two live daemons, and writes pg.csv with every row. Not
+a timed test: the figures come from `make bench`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ def test_pg_bench_quick_writes_csv(tmp_path: Path) -> None:
     out = tmp_path / "pg.csv"
     cmd = [
         sys.executable,
-        str(ROOT / "bench" / "pg_bench.py"),
+        "-m",
+        "bench.pg_bench",
         "--chunks",
         "2000",
         "--ingest-docs",
@@ -28,7 +29,7 @@ def test_pg_bench_quick_writes_csv(tmp_path: Path) -> None:
         "--out",
         str(out),
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     search = [r for r in rows if r["p95_ms"]]

@@ -1,4 +1,5 @@
-"""Plumbing test for bench/search_bench.py (which bench/search_e2e.py builds on): a 2k-chunk run
+"""Plumbing test for `python -m bench.search_bench` (its corpus and measurement,
+bench/kit/search.py, are what bench.search_e2e and bench.pg_bench build on): a 2k-chunk run
 builds its database and ground truth, measures every mode and writes search.csv. Not a timed
 test: the figures are only checked for being figures (recall in [0, 1], latencies positive)."""
 
@@ -16,7 +17,8 @@ def test_search_bench_small_run_writes_csv(tmp_path: Path) -> None:
     out = tmp_path / "search.csv"
     cmd = [
         sys.executable,
-        str(ROOT / "bench" / "search_bench.py"),
+        "-m",
+        "bench.search_bench",
         "--sizes",
         "2k",
         "--candidates",

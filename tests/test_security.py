@@ -364,6 +364,17 @@ async def test_health_without_token_is_minimal(
     assert (await full.json())["model"] == "fake/hash-bow"
 
 
+async def test_a_degraded_daemon_says_so_without_token_too(
+    client_for: Callable[..., Awaitable[Client]], tmp_path: Path
+) -> None:
+    client = await client_for(token="s3cret")
+    (tmp_path / "home" / "data" / "localrank.db").unlink()  # its store is lost
+    anonymous = await client.get("/health")
+    assert anonymous.status == 200 and await anonymous.json() == {"status": "degraded"}
+    full = await (await client.get("/health", headers={"Authorization": "Bearer s3cret"})).json()
+    assert full["status"] == "degraded" and "is gone" in full["store"]["reason"]
+
+
 async def test_health_while_loading_without_token_is_minimal(
     aiohttp_client: MakeClient, tmp_path: Path, minilm: Path
 ) -> None:

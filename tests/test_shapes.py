@@ -3,7 +3,7 @@
 The daemon's RSS grew by ~330 MB per 1,000 requests of random lengths: oneDNN compiles and caches
 a kernel per shape (GELU in float32, every matmul in bfloat16 on CPU), and with packed real
 tokens every batch had a new row count, so its cache churned and the kernels it kept fragmented
-the heap (bench/soak.py measures the daemon; these tests check the mechanism)."""
+the heap (bench/soak measures the daemon; these tests check the mechanism)."""
 
 from __future__ import annotations
 

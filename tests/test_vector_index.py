@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from store_helpers import make_doc, unit
+from store_helpers import make_doc, migrate_as_before, unit
 
 from localrank.collections.search import parse_filter
 from localrank.store import SQLiteStore
@@ -184,7 +184,7 @@ def test_incremental_catch_up_equals_a_fresh_load(tmp_path: Path) -> None:
         first = store.indexes.get(coll.id)
         assert first is not None and first.size == 200
         store.write_documents("c", "fp", "m", [make_doc("d3", unit(rng, 2, 320), text="new")])
-        store.delete_document("c", "d7")
+        store.delete_documents("c", ["d7"])
         store.write_documents(
             "c", "fp", "m", [make_doc(f"e{i}", unit(rng, 3, 320)) for i in range(10)]
         )
@@ -208,7 +208,7 @@ def test_epoch_change_reloads_into_fresh_buffers(tmp_path: Path) -> None:
         )
         assert store.indexes.get(coll.id) is not None
         for i in range(2):
-            store.delete_document("c", f"d{i}")
+            store.delete_documents("c", [f"d{i}"])
         before = store.indexes.get(coll.id)
         assert before is not None and before.n == 40 and before.size == 32  # masked, not packed
         store.compact(cache_max_rows=10)  # drops the tombstones, bumps the epoch
@@ -325,10 +325,7 @@ def test_upgrade_moves_codes_out_of_vectors(tmp_path: Path) -> None:
     names = [name for name, _ in schema.MIGRATIONS]
     db = Database(path)
     with db.write() as conn:  # a store as the releases before 0006_vector_codes left it
-        schema.applied_migrations(conn)
-        for name, sql in schema.MIGRATIONS[: names.index("0006_vector_codes")]:
-            conn.execute(sql)
-            conn.execute("INSERT INTO migrations (name, applied) VALUES (?, 'then')", (name,))
+        migrate_as_before(conn, schema.MIGRATIONS[: names.index("0006_vector_codes")])
         conn.execute(
             "INSERT INTO collections (name, fingerprint, model_id, dim, created) "
             "VALUES ('c', 'fp', 'm', 64, 'then')"
@@ -365,7 +362,7 @@ def test_upgrade_moves_codes_out_of_vectors(tmp_path: Path) -> None:
         assert hits[0][0] == 5 and hits[0][1] == pytest.approx(1.0, abs=1e-5)
         # New writes go to both tables; deletes cascade to both.
         store.write_documents("c", "fp", "m", [make_doc("d2", unit(rng, 2, 64))])
-        store.delete_document("c", "d0")
+        store.delete_documents("c", ["d0"])
         c = counts(conn)
         assert c["chunks"] == c["vectors"] == c["codes"] == 5 and c["chunks_without_code"] == 0
 
@@ -376,7 +373,8 @@ def test_reindex_swaps_the_codes_with_the_vectors(tmp_path: Path) -> None:
         coll = store.create_collection("c", fingerprint="fp", model_id="m", dim=64, settings={})
         store.write_documents("c", "fp", "m", [make_doc("d", unit(rng, 5, 64))])
         assert store.indexes.get(coll.id) is not None
-        job = store.create_reindex_job("c", {"fingerprint": "fp2", "model_id": "m2", "dim": 32})
+        params = {"fingerprint": "fp2", "model_id": "m2", "dim": 32}
+        job = store.create_job("c", "reindex", params=params)
         todo = store.chunks_to_reindex(coll, job.id, 100)
         new = unit(rng, len(todo), 32)
         store.stage_reindexed(job.id, [c for c, _ in todo], new, fingerprint="fp2")

@@ -1,9 +1,9 @@
-"""`localrank index | search | collections | jobs | watch | compact | reindex | eval`.
+"""`localrank index | search | collections | jobs [retry] | watch | compact | reindex | eval`.
 
-`search`, `index`, `collections`, `jobs` and `watch` talk to the running daemon when one of this
-configuration answers (its model is already loaded: nothing is loaded here), and work in this
-process otherwise or with --local (`cli.local`, imported only then). Both paths return the same
-documents, so the output is the same either way.
+`search`, `index`, `collections`, `jobs` and `watch` reach the collections through the running
+daemon when one of this configuration answers (its model is already loaded: nothing is loaded
+here), and in this process otherwise or with --local: `cli.collections_access` picks one, once.
+Both return the same documents, so the output is the same either way.
 """
 
 from __future__ import annotations
@@ -11,23 +11,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from localrank.cli.collections_access import collections_for
 from localrank.cli.common import (
     Runtime,
     add_local_flag,
     add_model_flags,
-    daemon_for,
     print_json,
     settings_from_args,
 )
-from localrank.client import DaemonClient
-from localrank.errors import InvalidInput, LocalrankError
+from localrank.errors import InvalidInput
 
-FOLLOW_SECONDS = 0.5
 INDEX_HELP = """\
 Index a folder (or one file) into a collection, created if missing.
 
@@ -62,19 +59,6 @@ def _progress_bar(label: str) -> Callable[[dict[str, Any]], None]:
     return show
 
 
-def follow_job(
-    client: DaemonClient, job_id: str, progress: Callable[[dict[str, Any]], None] | None
-) -> dict[str, Any]:
-    """Poll a daemon's job until it finishes (reporting progress); returns the finished job."""
-    while True:
-        job = client.job(job_id)
-        if progress is not None:
-            progress(job)
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(FOLLOW_SECONDS)
-
-
 def _folder_options(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"ignore_files": not args.no_ignore}
     if args.include:
@@ -86,30 +70,16 @@ def _folder_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_index(args: argparse.Namespace, runtime: Runtime) -> int:
     settings = settings_from_args(args)
-    progress = None if args.json else _progress_bar("index")
-    path = Path(args.path).expanduser().absolute()
-    options = _folder_options(args)
-    client = daemon_for(args, runtime, settings)
-    if client is not None:
-        body = {**options, "path": str(path), "prune": args.prune, "watch": args.watch}
-        out = client.index(args.collection, body)
-        if out.get("job_id") and not args.detach:
-            out.update(follow_job(client, out["job_id"], progress))
-    else:
-        from localrank.cli import local
-        from localrank.collections import FolderOptions
-
-        out = local.index(
-            settings,
-            runtime,
-            path,
-            args.collection,
-            options=FolderOptions.from_dict(options),
-            prune=args.prune,
-            wait=not args.detach,
-            watch=args.watch,
-            progress=progress,
-        )
+    collections = collections_for(args, runtime, settings)
+    out = collections.index(
+        Path(args.path).expanduser().absolute(),
+        args.collection,
+        _folder_options(args),
+        prune=args.prune,
+        watch=args.watch,
+        wait=not args.detach,
+        progress=None if args.json else _progress_bar("index"),
+    )
     if args.json:
         print_json(out)
     else:
@@ -125,7 +95,7 @@ def cmd_index(args: argparse.Namespace, runtime: Runtime) -> int:
             print(f"  failed {e.get('id')}: {e.get('message')}", file=sys.stderr)
         if "watch" in out:
             w = out["watch"]
-            where = "" if client is not None else " (the daemon watches it once it runs)"
+            where = "" if collections.daemon else " (the daemon watches it once it runs)"
             print(f"watching {w['path']} into {w['collection']} (watch {w['id']}){where}")
     return 1 if out.get("state") == "failed" else 0
 
@@ -145,13 +115,7 @@ def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
     if args.no_rerank:
         body["rerank"] = False
     settings = settings_from_args(args)
-    client = daemon_for(args, runtime, settings)
-    if client is not None:
-        out = client.search(body)
-    else:
-        from localrank.cli import local
-
-        out = local.search(settings, runtime, body)
+    out = collections_for(args, runtime, settings).search(body)
     if args.json:
         print_json(out)
         return 0
@@ -168,14 +132,7 @@ def cmd_search(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_collections(args: argparse.Namespace, runtime: Runtime) -> int:
-    settings = settings_from_args(args)
-    client = daemon_for(args, runtime, settings)
-    if client is not None:
-        out = client.collections()
-    else:
-        from localrank.cli import local
-
-        out = local.collections(settings, runtime)
+    out = collections_for(args, runtime, settings_from_args(args)).collections()
     if args.json:
         print_json({"collections": out})
     else:
@@ -185,14 +142,7 @@ def cmd_collections(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_jobs(args: argparse.Namespace, runtime: Runtime) -> int:
-    settings = settings_from_args(args)
-    client = daemon_for(args, runtime, settings)
-    if client is not None:
-        out = client.jobs(limit=args.limit)
-    else:
-        from localrank.cli import local
-
-        out = local.jobs(settings, runtime, args.limit)
+    out = collections_for(args, runtime, settings_from_args(args)).jobs(args.limit)
     if args.json:
         print_json({"jobs": out})
     else:
@@ -204,15 +154,26 @@ def cmd_jobs(args: argparse.Namespace, runtime: Runtime) -> int:
     return 0
 
 
-def cmd_watch_list(args: argparse.Namespace, runtime: Runtime) -> int:
-    settings = settings_from_args(args)
-    client = daemon_for(args, runtime, settings)
-    if client is not None:
-        out = client.watches()
+def cmd_jobs_retry(args: argparse.Namespace, runtime: Runtime) -> int:
+    out = collections_for(args, runtime, settings_from_args(args)).retry_job(
+        args.job_id,
+        wait=not args.detach,
+        progress=None if args.json else _progress_bar("retry"),
+    )
+    if args.json:
+        print_json(out)
     else:
-        from localrank.cli import local
+        print(
+            f"{out['job_id']}: {out['state']}, {out['done']}/{out['total']} done, "
+            f"{out['failed']} failed"
+        )
+        for e in out.get("errors", []):
+            print(f"  failed {e.get('id') or 'job'}: {e.get('message')}", file=sys.stderr)
+    return 1 if out["state"] == "failed" else 0
 
-        out = local.watches(settings, runtime)
+
+def cmd_watch_list(args: argparse.Namespace, runtime: Runtime) -> int:
+    out = collections_for(args, runtime, settings_from_args(args)).watches()
     if args.json:
         print_json({"watches": out})
     else:
@@ -230,23 +191,8 @@ def cmd_watch_list(args: argparse.Namespace, runtime: Runtime) -> int:
 
 
 def cmd_watch_remove(args: argparse.Namespace, runtime: Runtime) -> int:
-    settings = settings_from_args(args)
     target: int | str = int(args.watch) if args.watch.isdigit() else args.watch
-    client = daemon_for(args, runtime, settings)
-    if client is not None:
-        if isinstance(target, int):
-            out = client.remove_watch(target)
-        else:
-            path = Path(target).expanduser().absolute().as_posix()
-            resolved = Path(target).expanduser().resolve().as_posix()
-            ids = [w["id"] for w in client.watches() if w["path"] in (path, resolved)]
-            if not ids:
-                raise LocalrankError(f"no watch matches {target!r}")
-            out = {"removed": [r for i in ids for r in client.remove_watch(i)["removed"]]}
-    else:
-        from localrank.cli import local
-
-        out = local.remove_watch(settings, runtime, target)
+    out = collections_for(args, runtime, settings_from_args(args)).remove_watch(target)
     if args.json:
         print_json(out)
     else:
@@ -337,9 +283,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("collections", help="list collections")
     p.set_defaults(func=cmd_collections)
-    p = sub.add_parser("jobs", help="list recent ingestion jobs")
+    p = sub.add_parser("jobs", help="list recent ingestion jobs; retry a failed one")
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_jobs)
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    a = actions.add_parser(
+        "retry",
+        help="queue a failed job again: it resumes where it stopped (followed to its end "
+        "unless --detach)",
+    )
+    a.add_argument("job_id", metavar="ID")
+    a.add_argument("--detach", action="store_true", help="queue the job and return")
+    a.add_argument("--json", action="store_true", help="machine-readable output")
+    add_local_flag(a)
+    add_model_flags(a)
+    a.set_defaults(func=cmd_jobs_retry)
 
     p = sub.add_parser("watch", help="folders the daemon keeps indexed")
     actions = p.add_subparsers(dest="action", metavar="ACTION")

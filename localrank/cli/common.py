@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from localrank.client import DaemonClient, find_daemon
-from localrank.config import BACKENDS, Settings, load_settings
+from localrank.config import Settings, choices, load_settings
 
 if TYPE_CHECKING:
     from localrank.collections.embedder import AsyncEmbedder
@@ -61,8 +61,8 @@ Command = Callable[[argparse.Namespace, Runtime], int]
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name, Hugging Face id or local folder")
-    p.add_argument("--backend", choices=BACKENDS, help="backend (default: auto)")
-    p.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"))
+    p.add_argument("--backend", choices=choices("backend"), help="backend (default: auto)")
+    p.add_argument("--dtype", choices=choices("dtype"))
     p.add_argument("--max-tokens", type=int, dest="max_tokens")
     p.add_argument("--threads", type=int, help="CPU compute threads (default: physical cores)")
 

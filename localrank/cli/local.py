@@ -3,7 +3,8 @@ over the user's store (WAL: safe next to a daemon), and the model loaded here on
 command needs one. Imported by the command modules only when they run in-process: it brings
 in the engine (numpy, torch) and the store (apsw, sqlite-vec).
 
-Every function returns what the daemon's API returns for the same request, so a command prints
+`LocalCollections` is the in-process side of `cli.collections_access.Collections`; it and the
+other functions return what the daemon's API returns for the same request, so a command prints
 the same output whichever path ran it.
 """
 
@@ -67,6 +68,7 @@ async def service(
             (lambda: embedder) if embedder else _no_model,
             reranker=reranker,
             rerank_candidates=settings.rerank_candidates,
+            job_failure_timeout_s=settings.job_failure_timeout_s,
         )
     finally:
         store.close()
@@ -96,54 +98,75 @@ def _jobs_as_api(progress: Progress | None) -> Callable[[Job], None] | None:
     return lambda job: progress(job.to_api())
 
 
-def search(settings: Settings, runtime: Runtime, body: dict[str, Any]) -> dict[str, Any]:
-    req = SearchRequest.from_json(body)
-    return run(settings, runtime, lambda s: s.search(req), model=req.needs_embedding)
+class LocalCollections:
+    """The collections of this configuration's store, worked on in this process (the model
+    loaded only for what needs it); `cli.collections_access.Collections`."""
 
+    daemon = False
 
-def index(
-    settings: Settings,
-    runtime: Runtime,
-    path: Path,
-    collection: str,
-    *,
-    options: FolderOptions,
-    prune: bool,
-    wait: bool,
-    watch: bool,
-    progress: Progress | None,
-) -> dict[str, Any]:
-    async def go(s: CollectionService) -> dict[str, Any]:
-        out = await s.index_folder(
-            path,
-            collection,
-            options=options,
-            prune=prune,
-            wait=wait,
-            on_progress=_jobs_as_api(progress),
-        )
-        if watch:
-            # Registered in the database: the daemon watches it from its next start.
-            out["watch"] = await s.add_watch(path, collection, options=options)
-        return out
+    def __init__(self, settings: Settings, runtime: Runtime) -> None:
+        self.settings = settings
+        self.runtime = runtime
 
-    return run(settings, runtime, go, model=True)
+    def _run(self, fn: Callable[[CollectionService], Awaitable[T]], *, model: bool) -> T:
+        return run(self.settings, self.runtime, fn, model=model)
 
+    def search(self, body: dict[str, Any]) -> dict[str, Any]:
+        req = SearchRequest.from_json(body)
+        return self._run(lambda s: s.search(req), model=req.needs_embedding)
 
-def collections(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
-    return run(settings, runtime, lambda s: s.list_collections(), model=False)
+    def index(
+        self,
+        path: Path,
+        collection: str,
+        options: dict[str, Any],
+        *,
+        prune: bool,
+        watch: bool,
+        wait: bool,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        folder = FolderOptions.from_dict(options)
 
+        async def go(s: CollectionService) -> dict[str, Any]:
+            out = await s.index_folder(
+                path,
+                collection,
+                options=folder,
+                prune=prune,
+                wait=wait,
+                on_progress=_jobs_as_api(progress),
+            )
+            if watch:
+                # Registered in the database: the daemon watches it from its next start.
+                out["watch"] = await s.add_watch(path, collection, options=folder)
+            return out
 
-def jobs(settings: Settings, runtime: Runtime, limit: int) -> list[dict[str, Any]]:
-    return run(settings, runtime, lambda s: s.list_jobs(limit=limit), model=False)
+        return self._run(go, model=True)
 
+    def collections(self) -> list[dict[str, Any]]:
+        return self._run(lambda s: s.list_collections(), model=False)
 
-def watches(settings: Settings, runtime: Runtime) -> list[dict[str, Any]]:
-    return run(settings, runtime, lambda s: s.list_watches(), model=False)
+    def jobs(self, limit: int) -> list[dict[str, Any]]:
+        return self._run(lambda s: s.list_jobs(limit=limit), model=False)
 
+    def retry_job(self, job_id: str, *, wait: bool, progress: Progress | None) -> dict[str, Any]:
+        """Queue a failed job again and, with `wait`, run it here (loading the model)."""
 
-def remove_watch(settings: Settings, runtime: Runtime, watch: int | str) -> dict[str, Any]:
-    return run(settings, runtime, lambda s: s.remove_watch(watch), model=False)
+        async def go(s: CollectionService) -> dict[str, Any]:
+            queued = await s.retry_job(job_id)
+            if not wait:
+                return queued
+            job = await asyncio.to_thread(s.store.get_job, job_id)
+            return (await s.run_job_here(job, _jobs_as_api(progress))).to_api()
+
+        return self._run(go, model=wait)
+
+    def watches(self) -> list[dict[str, Any]]:
+        return self._run(lambda s: s.list_watches(), model=False)
+
+    def remove_watch(self, target: int | str) -> dict[str, Any]:
+        return self._run(lambda s: s.remove_watch(target), model=False)
 
 
 def compact(settings: Settings, runtime: Runtime) -> dict[str, Any]:

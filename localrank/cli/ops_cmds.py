@@ -10,7 +10,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from localrank.cli.common import Runtime, print_json, settings_from_args
-from localrank.config import BACKENDS, Settings, load_settings
+from localrank.config import Settings, choices, load_settings
 
 if TYPE_CHECKING:
     from localrank.ops import supervisor
@@ -31,7 +31,7 @@ _SERVICE_SETTINGS = ("host", "port", "log_format")
 
 def _add_setting_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="model name, Hugging Face id or local folder")
-    p.add_argument("--backend", choices=BACKENDS, help="backend (default: auto)")
+    p.add_argument("--backend", choices=choices("backend"), help="backend (default: auto)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port to listen on (default 8765)")
 

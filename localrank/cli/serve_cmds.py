@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from localrank.cli.common import Runtime, add_model_flags, settings_from_args
+from localrank.config import choices, describe_setting
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int)
     p.add_argument("--unix-socket", dest="unix_socket", help="listen on a unix socket instead")
-    p.add_argument("--log-format", dest="log_format", choices=("text", "json"))
-    p.add_argument("--log-level", dest="log_level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--log-format", dest="log_format", choices=choices("log_format"))
+    p.add_argument("--log-level", dest="log_level", choices=choices("log_level"))
     p.add_argument(
         "--served-model-name",
         dest="served_model_names",
@@ -40,14 +41,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         dest="preload_reranker",
         action="store_true",
         default=None,
-        help="load the reranker at startup instead of on first use",
+        help=describe_setting("preload_reranker"),
     )
     p.add_argument(
         "--reranker-idle-unload-s",
         dest="reranker_idle_unload_s",
         type=float,
         metavar="SECONDS",
-        help="unload the reranker after this long unused (default 900; 0: never)",
+        help=describe_setting("reranker_idle_unload_s"),
     )
     p.set_defaults(func=cmd_serve)
 

@@ -12,6 +12,7 @@ a command fails the same way whichever path ran it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -20,13 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from localrank.config import Settings
-from localrank.errors import ERROR_TABLE, LocalrankError, NotReady
+from localrank.config import WILDCARD_HOSTS, Settings
+from localrank.errors import ERROR_TABLE, Conflict, LocalrankError, NotReady
 
 HEALTH_TIMEOUT = 1.0  # a daemon that does not answer /health within this is not used
 LOAD_WAIT_SECONDS = 180.0  # how long a command waits for a daemon still loading its model
 SERVER_PREFIX = "localrank/"
-_WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
 
 _BY_CODE: dict[str, type[LocalrankError]] = {cls.code: cls for cls in ERROR_TABLE}
 _BY_STATUS: dict[int, type[LocalrankError]] = {}
@@ -90,7 +90,7 @@ class Endpoint:
         if settings.unix_socket:
             return cls(unix_socket=settings.unix_socket)
         host = settings.host.strip()
-        return cls("127.0.0.1" if host in _WILDCARDS else host.strip("[]"), settings.port)
+        return cls("127.0.0.1" if host in WILDCARD_HOSTS else host.strip("[]"), settings.port)
 
     @classmethod
     def from_url(cls, url: str) -> Endpoint:
@@ -232,7 +232,13 @@ class DaemonClient:
     def job(self, job_id: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}"))
 
+    def retry_job(self, job_id: str) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/jobs/{quote(job_id, safe='')}/retry"))
+
     def index(self, collection: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """Index a folder into `collection`, created first when it does not exist."""
+        with contextlib.suppress(Conflict):  # it exists
+            self.request("POST", "/v1/collections", {"name": collection})
         path = f"/v1/collections/{quote(collection, safe='')}/index"
         return dict(self.request("POST", path, dict(body)))
 

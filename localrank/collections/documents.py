@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
+from localrank.declare import Len, NonBlank, Pattern, arg, kind_of, parse_value, problem
 from localrank.errors import InvalidInput, TooLarge
 
 DEFAULT_MAX_DOCUMENT_BYTES = 10 * 1024 * 1024
 MAX_DOCUMENT_ID_CHARS = 512
 
 
+# What a document's text must be, wherever it comes from (a request, a file).
+DocumentText = Annotated[
+    str,
+    NonBlank("{name} has empty text"),
+    Pattern(r"^[^\x00]*$", "{name} contains NUL bytes: binary data?"),
+]
+
+
 @dataclass(frozen=True)
 class DocumentIn:
     """A document as submitted."""
 
-    id: str
-    text: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-    source: str | None = None
+    id: str = arg(
+        "Its id (upserts replace the document with the same id).", Len(1, MAX_DOCUMENT_ID_CHARS)
+    )
+    text: DocumentText = arg("Its text (chunked and embedded).")
+    metadata: dict[str, Any] = arg(
+        "Anything; its top-level scalars (and lists of them) can be filtered on.", factory=dict
+    )
+    source: str | None = arg("Where it came from (a file, a URL): cited with it.", default=None)
 
     def to_payload(self) -> str:
         return json.dumps(
@@ -40,11 +53,11 @@ def content_hash(text: str) -> str:
 
 
 def check_text(doc_id: str, text: str, max_bytes: int) -> None:
-    """Refuse empty text, binary junk and oversized documents with a message naming the doc."""
-    if not text.strip():
-        raise InvalidInput(f"document {doc_id!r} has empty text", param="text")
-    if "\x00" in text:
-        raise InvalidInput(f"document {doc_id!r} contains NUL bytes: binary data?", param="text")
+    """Refuse empty text, NUL bytes, lone surrogates and oversized documents with a message
+    naming the doc."""
+    message = problem(kind_of(DocumentText), f"document {doc_id!r}", text)
+    if message is not None:
+        raise InvalidInput(message, param="text")
     try:
         size = len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -58,6 +71,11 @@ def check_text(doc_id: str, text: str, max_bytes: int) -> None:
             f"{max_bytes / 1e6:.1f} MB per document",
             param="text",
         )
+
+
+def check_not_binary(doc_id: str, text: str) -> None:
+    """Refuse a file's text that looks like binary data decoded as text (many control or
+    replacement characters). A client's document is taken as the text it says it is."""
     sample = text[:65536]
     junk = sum(1 for ch in sample if (ord(ch) < 32 and ch not in "\t\n\r\f") or ch == "\ufffd")
     if junk > max(8, len(sample) // 100):
@@ -68,38 +86,19 @@ def check_text(doc_id: str, text: str, max_bytes: int) -> None:
         )
 
 
+Documents = Annotated[list[DocumentIn], Len(1, message="documents must be a non-empty list")]
+
+
+def check_documents(docs: list[DocumentIn], *, max_bytes: int) -> list[DocumentIn]:
+    """Documents as declared, checked for what a declaration cannot say (their size). An id
+    given twice counts once, with its last document: as if they had been sent one after the
+    other."""
+    for d in docs:
+        check_text(d.id, d.text, max_bytes)
+    return list({d.id: d for d in docs}.values())
+
+
 def parse_documents(raw: Any, *, max_bytes: int = DEFAULT_MAX_DOCUMENT_BYTES) -> list[DocumentIn]:
     """Validate a request's `documents` list; raises InvalidInput / TooLarge."""
-    if not isinstance(raw, list) or not raw:
-        raise InvalidInput("documents must be a non-empty list", param="documents")
-    out: list[DocumentIn] = []
-    seen: set[str] = set()
-    dupes: list[str] = []
-    for i, d in enumerate(raw):
-        if not isinstance(d, dict):
-            raise InvalidInput(f"documents[{i}] must be an object", param="documents")
-        doc_id, text = d.get("id"), d.get("text")
-        if not isinstance(doc_id, str) or not doc_id or len(doc_id) > MAX_DOCUMENT_ID_CHARS:
-            raise InvalidInput(
-                f"documents[{i}].id must be a string of 1-{MAX_DOCUMENT_ID_CHARS} characters",
-                param="id",
-            )
-        if not isinstance(text, str):
-            raise InvalidInput(f"document {doc_id!r}: text must be a string", param="text")
-        metadata = d.get("metadata") or {}
-        if not isinstance(metadata, dict):
-            raise InvalidInput(f"document {doc_id!r}: metadata must be an object", param="metadata")
-        source = d.get("source")
-        if source is not None and not isinstance(source, str):
-            raise InvalidInput(f"document {doc_id!r}: source must be a string", param="source")
-        check_text(doc_id, text, max_bytes)
-        if doc_id in seen:
-            dupes.append(doc_id)
-        seen.add(doc_id)
-        out.append(DocumentIn(doc_id, text, metadata, source))
-    if dupes:
-        raise InvalidInput(
-            f"duplicate document ids in one request: {', '.join(sorted(set(dupes))[:10])}",
-            param="id",
-        )
-    return out
+    docs: list[DocumentIn] = parse_value(Documents, raw, "documents")
+    return check_documents(docs, max_bytes=max_bytes)

@@ -26,14 +26,19 @@ import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import pathspec
-import pypdf
 from selectolax.lexbor import LexborHTMLParser
 
-from localrank.collections.documents import DEFAULT_MAX_DOCUMENT_BYTES, DocumentIn, check_text
-from localrank.errors import InvalidInput, LocalrankError
+from localrank.collections.documents import (
+    DEFAULT_MAX_DOCUMENT_BYTES,
+    DocumentIn,
+    check_not_binary,
+    check_text,
+)
+from localrank.declare import Convert, Len, arg, parse
+from localrank.errors import LocalrankError
 
 IGNORED_DIRS = frozenset(
     {
@@ -153,13 +158,27 @@ def file_format(path: Path) -> str:
     return "text" if suffix in _TEXT_SUFFIXES else "code"
 
 
+Glob = Annotated[str, Len(1, message="{name} must be a glob, not empty")]
+
+
+def with_default_excludes(globs: tuple[str, ...]) -> tuple[str, ...]:
+    """Excludes as given add to DEFAULT_EXCLUDE."""
+    return (*DEFAULT_EXCLUDE, *(g for g in globs if g not in DEFAULT_EXCLUDE))
+
+
 @dataclass(frozen=True)
 class FolderOptions:
     """Which files of a folder become documents (also what a watch remembers)."""
 
-    include: tuple[str, ...] = DEFAULT_INCLUDE
-    exclude: tuple[str, ...] = DEFAULT_EXCLUDE
-    ignore_files: bool = True  # honour .gitignore / .ignore
+    include: tuple[Glob, ...] = arg(
+        "Globs of files to read (default: notes and code files).", default=DEFAULT_INCLUDE
+    )
+    exclude: tuple[Glob, ...] = arg(
+        "Globs of files to leave out, besides lock and minified files.",
+        Convert(with_default_excludes),
+        default=DEFAULT_EXCLUDE,
+    )
+    ignore_files: bool = arg("Honour .gitignore and .ignore files.", default=True)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -172,25 +191,12 @@ class FolderOptions:
     def from_dict(cls, raw: Any) -> FolderOptions:
         """Options as an API request or a stored watch gives them (missing keys: defaults;
         `exclude` adds to DEFAULT_EXCLUDE); InvalidInput naming the field that is wrong."""
-        if raw is None:
-            return cls()
-        if not isinstance(raw, dict):
-            raise InvalidInput("folder options must be an object")
-        out: dict[str, Any] = {}
-        for key in ("include", "exclude"):
-            value = raw.get(key)
-            if value is None:
-                continue
-            if not isinstance(value, list) or not all(isinstance(g, str) and g for g in value):
-                raise InvalidInput(f"{key} must be a list of glob strings", param=key)
-            out[key] = tuple(value)
-        if "exclude" in out:
-            extra = [g for g in out["exclude"] if g not in DEFAULT_EXCLUDE]
-            out["exclude"] = (*DEFAULT_EXCLUDE, *extra)
-        ignore = raw.get("ignore_files", True)
-        if not isinstance(ignore, bool):
-            raise InvalidInput("ignore_files must be true or false", param="ignore_files")
-        return cls(ignore_files=ignore, **out)
+        return cls() if raw is None else parse(cls, raw, what="folder options")
+
+    @property
+    def options(self) -> FolderOptions:
+        """Just the folder options (of a request that extends them)."""
+        return FolderOptions(self.include, self.exclude, self.ignore_files)
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,9 @@ def html_text(raw: bytes | str) -> str:
 def pdf_text(path: Path) -> str:
     """A PDF's text, page by page, pages separated by a form feed (the chunker counts pages by
     them, so citations carry page numbers)."""
+    # Imported on the first PDF: pypdf takes ~0.13 s to import, a tenth of the daemon's start.
+    import pypdf
+
     try:
         reader = pypdf.PdfReader(path)
         if reader.is_encrypted and not reader.decrypt(""):
@@ -427,6 +436,7 @@ class FolderReader:
         doc_id = self.doc_id(path)
         text, fmt = read_text(path, self.max_bytes)
         check_text(doc_id, text, self.max_bytes)
+        check_not_binary(doc_id, text)
         metadata = {
             "path": path.relative_to(self.base).as_posix(),
             "root": self.base.as_posix(),

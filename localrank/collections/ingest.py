@@ -27,7 +27,8 @@ import numpy as np
 from localrank.collections.chunking import chunk_text
 from localrank.collections.documents import DEFAULT_MAX_DOCUMENT_BYTES, DocumentIn, content_hash
 from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter
-from localrank.errors import InvalidInput, LocalrankError, ModelMismatch
+from localrank.declare import Range, arg
+from localrank.errors import Conflict, LocalrankError, ModelMismatch
 from localrank.store import Store
 from localrank.store.records import (
     Collection,
@@ -58,6 +59,24 @@ class IngestSettings:
     embed_batch: int = 128  # texts per embed() call; calls of one batch run concurrently
     job_batch_docs: int = 32  # documents per job transaction
     cache_max_rows: int = 100_000  # rows of the persistent embedding cache
+
+
+@dataclass(frozen=True)
+class ChunkSettings:
+    """How a collection chunks its documents, when it says (`settings` of POST /v1/collections;
+    unset: the daemon's IngestSettings)."""
+
+    chunk_tokens: int | None = arg(
+        "Tokens per chunk (default 512; capped to what the model reads in one input).",
+        Range(16, 32768),
+        default=None,
+    )
+    chunk_overlap: int | None = arg(
+        "Tokens a chunk shares with the next one (default 64).", Range(0, 16384), default=None
+    )
+
+    def given(self) -> dict[str, int]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
 
 
 def chunk_budget(chunk_tokens: int, max_tokens: int) -> int:
@@ -259,14 +278,17 @@ class Ingestor:
         collection = await self._collection(collection_name)
         check_model(collection, self.get_embedder())
         items = [(d.id, d.to_payload()) for d in docs]
-        return await asyncio.to_thread(self.store.create_ingest_job, collection_name, items)
+        return await asyncio.to_thread(
+            lambda: self.store.create_job(collection_name, "ingest", items=items)
+        )
 
     async def submit_reindex(self, collection_name: str, *, force: bool = False) -> Job:
         """Queue a job that re-embeds every chunk with the serving model."""
         collection = await self._collection(collection_name)
         embedder = self.get_embedder()
         if collection.fingerprint == embedder.fingerprint and not force:
-            raise InvalidInput(
+            # The collection's state, not the request, is what stands in the way: a conflict.
+            raise Conflict(
                 f"collection {collection_name!r} already uses {embedder.model_id}; "
                 "pass force to re-embed anyway"
             )
@@ -275,7 +297,9 @@ class Ingestor:
             "model_id": embedder.model_id,
             "dim": embedder.dim,
         }
-        return await asyncio.to_thread(self.store.create_reindex_job, collection_name, params)
+        return await asyncio.to_thread(
+            lambda: self.store.create_job(collection_name, "reindex", params=params)
+        )
 
     async def process_job(self, job: Job, on_progress: Callable[[Job], None] | None = None) -> Job:
         """Run a claimed job to the end. ModelMismatch / NotReady propagate (job stays open)."""

@@ -17,11 +17,11 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, cast
 
 import numpy as np
 
-from localrank.errors import InvalidInput
+from localrank.declare import Choices, Convert, Len, NonBlank, Range, arg, parse, parse_value
 from localrank.store import Store
 from localrank.store.filters import Filter, Scalar, as_scalar
 from localrank.store.records import Collection
@@ -38,94 +38,74 @@ WARM_UP_SEARCHES = 4
 _WORDS = re.compile(r"\w+")
 
 
+# A filter's values: metadata scalars (true matches 1, false 0: SQLite has no boolean).
+FilterValue = str | int | float | bool
+FilterJson = Annotated[
+    dict[
+        Annotated[str, Len(1, message="filter keys must be non-empty strings")],
+        FilterValue | Annotated[list[FilterValue], Len(1, MAX_FILTER_VALUES)],
+    ],
+    Len(max=MAX_FILTER_KEYS, message=f"filter has more than {MAX_FILTER_KEYS} keys"),
+]
+
+
+def to_filter(raw: Mapping[str, Any]) -> Filter | None:
+    """A validated `filter` as the store's Filter; {} means no filter."""
+    terms = tuple(
+        (
+            key,
+            tuple(
+                cast(Scalar, as_scalar(v)) for v in (value if isinstance(value, list) else [value])
+            ),
+        )
+        for key, value in raw.items()
+    )
+    return Filter(terms) if terms else None
+
+
 def parse_filter(raw: Any) -> Filter | None:
-    """Validate a request's `filter`; None or {} means no filter. Raises InvalidInput."""
-    if raw is None:
-        return None
-    if not isinstance(raw, Mapping):
-        raise InvalidInput("filter must be an object of metadata key -> value", param="filter")
-    if len(raw) > MAX_FILTER_KEYS:
-        raise InvalidInput(f"filter has more than {MAX_FILTER_KEYS} keys", param="filter")
-    terms: list[tuple[str, tuple[Scalar, ...]]] = []
-    for key, value in raw.items():
-        if not isinstance(key, str) or not key:
-            raise InvalidInput("filter keys must be non-empty strings", param="filter")
-        values = value if isinstance(value, list) else [value]
-        if not values or len(values) > MAX_FILTER_VALUES:
-            raise InvalidInput(
-                f"filter[{key!r}] must list 1..{MAX_FILTER_VALUES} values", param="filter"
-            )
-        converted: list[Scalar] = []
-        for v in values:
-            scalar = as_scalar(v)
-            if scalar is None:
-                raise InvalidInput(
-                    f"filter[{key!r}]: values must be strings, numbers or booleans, "
-                    f"not {type(v).__name__}",
-                    param="filter",
-                )
-            converted.append(scalar)
-        terms.append((key, tuple(converted)))
-    return Filter(tuple(terms)) if terms else None
+    """A `filter` checked as a search declares it; None or {} means no filter."""
+    return None if raw is None else to_filter(parse_value(FilterJson, raw, "filter"))
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """A validated search request (field names as in the API)."""
+    """A search (the body of `POST /v1/search`, field names as in the API)."""
 
-    collection: str
-    query: str
-    top_k: int = 10
-    mode: str = "hybrid"
-    rerank: bool | None = None  # None: on for hybrid, off for keyword (no model needed)
-    filter: Filter | None = None
-    instruction: str | None = None
-    candidates: int | None = None  # binary-scan candidates; None: max(400, 40 * top_k)
+    collection: str = arg(
+        "Collection name.", Len(1, message="collection must be a non-empty string")
+    )
+    query: str = arg(
+        "The query.",
+        NonBlank("query must be a non-empty string"),
+        Len(max=MAX_QUERY_CHARS, message=f"query is longer than {MAX_QUERY_CHARS} characters"),
+    )
+    top_k: int = arg("How many results.", Range(1, MAX_TOP_K), default=10)
+    mode: str = arg("hybrid, vector or keyword.", Choices(MODES), default="hybrid")
+    rerank: bool | None = arg(
+        "Rerank the fused candidates (default: on for hybrid, off for keyword: no model needed).",
+        default=None,
+    )
+    filter: Filter | None = arg(
+        "Metadata key -> value or list of values (any of them); every key must match.",
+        Convert(to_filter),
+        default=None,
+        wire_type=FilterJson | None,
+    )
+    instruction: str | None = arg("A task instruction for instruction-tuned models.", default=None)
+    candidates: int | None = arg(
+        "Binary-scan candidates (default: max(400, 40 x top_k)).",
+        Range(1, 100_000),
+        default=None,
+    )
     # How the rerank stage scores: None (the cross-encoder when the daemon has one, else the
-    # cosine), "cosine", or "cross-encoder" (an error without one).
-    rerank_method: str | None = None
+    # cosine), "cosine", or "cross-encoder" (an error without one). Not on the wire.
+    rerank_method: str | None = arg(internal=True, default=None)
 
     @classmethod
     def from_json(cls, body: Any) -> SearchRequest:
         """Validate a `POST /v1/search` body; raises InvalidInput."""
-        if not isinstance(body, dict):
-            raise InvalidInput("the body must be a JSON object")
-        collection, query = body.get("collection"), body.get("query")
-        if not isinstance(collection, str) or not collection:
-            raise InvalidInput("collection must be a non-empty string", param="collection")
-        if not isinstance(query, str) or not query.strip():
-            raise InvalidInput("query must be a non-empty string", param="query")
-        if len(query) > MAX_QUERY_CHARS:
-            raise InvalidInput(f"query is longer than {MAX_QUERY_CHARS} characters", param="query")
-        top_k = body.get("top_k", 10)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= MAX_TOP_K:
-            raise InvalidInput(f"top_k must be an integer in 1..{MAX_TOP_K}", param="top_k")
-        mode = body.get("mode", "hybrid")
-        if mode not in MODES:
-            raise InvalidInput(f"mode must be one of {', '.join(MODES)}", param="mode")
-        rerank = body.get("rerank")
-        if rerank is not None and not isinstance(rerank, bool):
-            raise InvalidInput("rerank must be true or false", param="rerank")
-        instruction = body.get("instruction")
-        if instruction is not None and not isinstance(instruction, str):
-            raise InvalidInput("instruction must be a string", param="instruction")
-        candidates = body.get("candidates")
-        if candidates is not None and (
-            isinstance(candidates, bool)
-            or not isinstance(candidates, int)
-            or not 1 <= candidates <= 100_000
-        ):
-            raise InvalidInput("candidates must be an integer in 1..100000", param="candidates")
-        return cls(
-            collection,
-            query,
-            top_k,
-            mode,
-            rerank,
-            parse_filter(body.get("filter")),
-            instruction,
-            candidates,
-        )
+        return parse(cls, body)
 
     @property
     def reranked(self) -> bool:

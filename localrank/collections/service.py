@@ -10,28 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from localrank.collections.documents import DocumentIn, parse_documents
+from localrank.collections.documents import DocumentIn, check_documents
 from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter, RerankerGetter
 from localrank.collections.files import FolderOptions, FolderReader
 from localrank.collections.folders import plan
-from localrank.collections.ingest import Ingestor, IngestSettings, check_model
-from localrank.collections.runner import JobRunner, LeaseLost
+from localrank.collections.ingest import ChunkSettings, Ingestor, IngestSettings, check_model
+from localrank.collections.runner import DEFAULT_FAILURE_TIMEOUT_S, JobRunner, LeaseLost
 from localrank.collections.search import SearchRequest, run_search
 from localrank.collections.search_threads import SearchThreads
+from localrank.collections.store_monitor import StoreMonitor
 from localrank.collections.watch import FolderWatcher, WatchSettings
+from localrank.declare import parse
 from localrank.errors import InvalidInput, NotFound
 from localrank.store import Store
 from localrank.store.records import Collection, Job
 
 ProgressFn = Callable[[Job], None]
-CHUNK_SETTINGS = (("chunk_tokens", 16, 32768), ("chunk_overlap", 0, 16384))
 FOLLOW_POLL_SECONDS = 0.5
 
 
@@ -51,13 +52,15 @@ class CollectionService:
         watch: WatchSettings | None = None,
         reranker: RerankerGetter | None = None,
         rerank_candidates: int = 50,
+        job_failure_timeout_s: float = DEFAULT_FAILURE_TIMEOUT_S,
     ) -> None:
         self.store = store
         self.get_embedder = embedder
         self.get_reranker = reranker or (lambda: None)
         self.rerank_candidates = rerank_candidates
         self.ingestor = Ingestor(store, embedder, settings)
-        self.runner = JobRunner(self.ingestor)
+        self.runner = JobRunner(self.ingestor, failure_timeout_s=job_failure_timeout_s)
+        self.store_monitor = StoreMonitor(store)
         # Runs only where someone calls `watcher.run_forever()`: the daemon.
         self.watcher = FolderWatcher(store, self.ingestor, watch)
         self.search_threads = SearchThreads(store)
@@ -76,16 +79,12 @@ class CollectionService:
     # --- collections --------------------------------------------------------------------
 
     async def create_collection(
-        self, name: str, *, settings: dict[str, Any] | None = None
+        self, name: str, *, settings: ChunkSettings | Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """Create a collection bound to the serving model."""
-        settings = dict(settings or {})
-        for key, lo, hi in CHUNK_SETTINGS:
-            value = settings.get(key)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi
-            ):
-                raise InvalidInput(f"{key} must be an integer in {lo}..{hi}", param=key)
+        """Create a collection bound to the serving model, chunking as `settings` say."""
+        if not isinstance(settings, ChunkSettings):
+            settings = parse(ChunkSettings, settings or {}, what="settings")
+        chunking = settings.given()
         embedder = self.get_embedder()
         c = await asyncio.to_thread(
             lambda: self.store.create_collection(
@@ -93,7 +92,7 @@ class CollectionService:
                 fingerprint=embedder.fingerprint,
                 model_id=embedder.model_id,
                 dim=embedder.dim,
-                settings=settings,
+                settings=chunking,
             )
         )
         return c.to_api(documents=0, chunks=0)
@@ -112,15 +111,17 @@ class CollectionService:
         raise NotFound(f"collection {name!r} does not exist", param="collection")
 
     async def delete_collection(self, name: str) -> dict[str, Any]:
-        """Delete a collection and everything in it."""
+        """Delete a collection and everything in it, its watches included."""
         await asyncio.to_thread(self.store.delete_collection, name)
+        await self.watcher.stop(name)
         return {"name": name, "deleted": True}
 
     # --- documents ----------------------------------------------------------------------
 
-    def documents_from_request(self, raw: Any) -> list[DocumentIn]:
-        """A request's `documents` list validated (InvalidInput / TooLarge naming the culprit)."""
-        return parse_documents(raw, max_bytes=self.settings.max_document_bytes)
+    def check_documents(self, docs: list[DocumentIn]) -> list[DocumentIn]:
+        """Declared documents checked for what their declaration cannot say (size, binary
+        junk, an id twice): InvalidInput / TooLarge naming the culprit."""
+        return check_documents(docs, max_bytes=self.settings.max_document_bytes)
 
     async def add_documents(
         self, name: str, docs: Sequence[DocumentIn], *, background: bool
@@ -167,8 +168,9 @@ class CollectionService:
         }
 
     async def delete_document(self, name: str, doc_id: str) -> dict[str, Any]:
-        """Delete one document."""
-        await asyncio.to_thread(self.store.delete_document, name, doc_id)
+        """Delete one document (NotFound if it is not there)."""
+        if not await asyncio.to_thread(self.store.delete_documents, name, [doc_id]):
+            raise NotFound(f"document {doc_id!r} not found in {name!r}")
         return {"id": doc_id, "deleted": True}
 
     # --- search -------------------------------------------------------------------------
@@ -229,21 +231,34 @@ class CollectionService:
         """{"ready", "loaded", "total"}: how far `prepare_search` got (no I/O)."""
         return self.search_threads.readiness()
 
+    async def store_status(self) -> dict[str, Any]:
+        """{"status": "ok"} or {"status": "unavailable", "reason"}: whether the database
+        answers and its operations succeed (answered within a fraction of a second)."""
+        return await self.store_monitor.status()
+
     async def close(self) -> None:
         """Stop preparing for search and release the search threads (the store stays open:
         whoever opened it closes it, which also stops a running preload)."""
+        self.store_monitor.close()
         await self.search_threads.close()
 
     # --- jobs ---------------------------------------------------------------------------
 
     async def get_job(self, job_id: str) -> dict[str, Any]:
-        """A job's state and progress."""
-        return (await asyncio.to_thread(self.store.get_job, job_id)).to_api()
+        """A job's state and progress, with what the job runner knows that the store cannot
+        say (yet): that the job's store operations keep failing, that it failed for it."""
+        return await self.runner.view(job_id)
 
     async def list_jobs(self, *, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-        """Recent jobs, newest first."""
+        """Recent jobs, newest first (as `get_job` reports them)."""
         jobs = await asyncio.to_thread(lambda: self.store.list_jobs(limit=limit, state=state))
-        return [j.to_api() for j in jobs]
+        views = [self.runner.report(j) for j in jobs]
+        return [v for v in views if state is None or v["state"] == state]
+
+    async def retry_job(self, job_id: str) -> dict[str, Any]:
+        """Queue a failed job again; it resumes where it stopped (documents already stored are
+        not embedded again). NotFound for an unknown job, Conflict for one that did not fail."""
+        return (await self.runner.retry(job_id)).to_api()
 
     async def reindex(self, name: str, *, force: bool = False) -> dict[str, Any]:
         """Queue a job re-embedding a collection with the serving model (the daemon runs it)."""
@@ -330,8 +345,12 @@ class CollectionService:
         """Register a folder to keep indexed into `collection` (created if missing). The daemon
         watches it from now on (and after every restart)."""
         reader = FolderReader(root, options, self.settings.max_document_bytes)
+        if not reader.root.exists():
+            raise NotFound(f"{reader.root} does not exist", param="path")
         if not reader.root.is_dir():
-            raise InvalidInput(f"{reader.root} is not a folder: only folders can be watched")
+            raise InvalidInput(
+                f"{reader.root} is not a folder: only folders can be watched", param="path"
+            )
         if collection not in {c["name"] for c in await self.list_collections()}:
             await self.create_collection(collection)
         watch = await asyncio.to_thread(

@@ -171,6 +171,20 @@ class FolderWatcher:
         if self._reload is not None:
             self._reload.set()
 
+    async def stop(self, collection: str) -> None:
+        """Stop now the tasks that write into `collection` (its watches were deleted with it):
+        left to the next reconciliation, one would write the folder into a collection of the
+        same name created meanwhile."""
+        for wid, (watch, task) in list(self._tasks.items()):
+            if watch.collection == collection:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+                if self._tasks.get(wid, (None, None))[1] is task:
+                    del self._tasks[wid]
+                    self.status.pop(wid, None)
+        self.reload()
+
     def statuses(self) -> dict[int, dict[str, Any]]:
         """Each running watch's status by watch id."""
         return {i: s.to_api() for i, s in self.status.items()}

@@ -34,7 +34,7 @@ def bucket_rows(n: int) -> int:
     oneDNN (GELU in float32, every matmul in bfloat16 on CPU) JIT-compiles and caches a kernel
     per shape; with one shape per distinct token count its cache churns and the long-lived
     kernels it keeps fragment the heap, which grew the daemon's RSS without bound (measured:
-    bench/soak.py). A few hundred sizes fit in the cache and are compiled once.
+    bench/soak). A few hundred sizes fit in the cache and are compiled once.
     """
     step = max(8, 1 << max(0, n.bit_length() - 5))
     return max(step, -(-n // step) * step)

@@ -5,7 +5,7 @@ One Engine per loaded model. It is not thread-safe: the daemon calls it from one
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -15,8 +15,26 @@ from localrank.engine.batching import pad, plan_batches
 from localrank.engine.names import model_names
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.tokenizer import Encoded, TextTokenizer
-from localrank.engine.types import MIN_DIMENSIONS, Embedder, Inputs, ModelInfo, Pause
+from localrank.engine.types import (
+    MIN_DIMENSIONS,
+    BackgroundStopped,
+    Embedder,
+    Inputs,
+    ModelInfo,
+    Pause,
+)
 from localrank.errors import BackendError, InvalidInput, TooLarge
+
+# What the first real requests look like, so their shapes are warm: a short query with the
+# default instruction, and a one-paragraph document. The first forward pays the one-time costs
+# (mapped weights paged in, kernels chosen, buffers allocated).
+WARM_QUERY = "how do I reset my password"
+WARM_DOCUMENT = (
+    "To reset a forgotten password, open the sign-in page and choose Forgot password. Enter the "
+    "address the account was registered with; a link valid for one hour arrives by email. "
+    "Follow it, pick a new password of at least twelve characters, and sign in again. If no "
+    "message arrives, check the spam folder or ask an administrator to reset it for you."
+)
 
 
 @dataclass(frozen=True)
@@ -104,12 +122,9 @@ class Engine:
         # on torch CPU exact padding is cheaper (measured: bench/engine_throughput.py).
         info = embedder.info
         self.bucket = not (info.backend == "torch" and info.device == "cpu")
-        # Queries with the default instruction share their first ~20 tokens: a backend that can
-        # cache a prefix computes those once (torch: exact to float32 rounding).
-        cache_prefix = getattr(embedder, "cache_prefix", None)
-        prefix = self.query_prefix_ids() if cache_prefix is not None else []
-        cached = bool(prefix) and cache_prefix is not None and cache_prefix(prefix)
-        self.cached_prefix_tokens = len(prefix) if cached else 0
+        # Set by `optimize` once the query prefix is cached (0: every query runs in full).
+        self.cached_prefix_tokens = 0
+        self._warmed_in_background = False
         self.info = ModelInfo(
             model_id=resolved.model_id,
             path=resolved.path,
@@ -233,12 +248,65 @@ class Engine:
         tokens = sum(len(e.ids) for e in (*q, *d))
         return relevance(cosine), tokens
 
+    @property
+    def warms_in_background(self) -> bool:
+        """Whether the backend can do work alongside the serving thread (`optimize`): torch can,
+        waiting for gaps between forward passes; MLX cannot, so it warms everything at load."""
+        return hasattr(self.embedder, "optimize")
+
+    def warm_up(self) -> None:
+        """Before serving: run the shapes the first requests will (kernels chosen, buffers
+        allocated, pages of mapped weights read in). Doubles as a health check: a backend that
+        yields NaN fails here. A backend that warms in the background runs one query here (each
+        forward of the 0.6B model reads every weight once: ~0.2-0.4 s on a laptop CPU) and the
+        rest in `optimize`, once the daemon serves."""
+        warm = [self.embed([WARM_QUERY], query=True).vectors]
+        if not self.warms_in_background:
+            warm.append(self.embed([WARM_DOCUMENT]).vectors)
+        if not all(np.isfinite(v).all() for v in warm):  # run() raises first; a last guard
+            raise BackendError("warm-up produced non-finite vectors")
+
+    def cache_query_prefix(self) -> int:
+        """Have the backend compute once the keys and values of the tokens every query with the
+        default instruction starts with, where it can (torch); the count cached."""
+        cache_prefix = getattr(self.embedder, "cache_prefix", None)
+        if cache_prefix is None or self.cached_prefix_tokens:
+            return self.cached_prefix_tokens
+        prefix = self.query_prefix_ids()
+        if prefix and cache_prefix(prefix):
+            self.cached_prefix_tokens = len(prefix)
+        return self.cached_prefix_tokens
+
     def optimize(self) -> int:
-        """Work that makes later calls faster but is not needed to serve (the torch CPU backend
-        repacks its bfloat16 weights). Safe to run in another thread while the engine serves;
-        a daemon runs it once ready, one-shot commands never."""
+        """Work that makes later calls faster but is not needed to serve: cache the default
+        query instruction's keys and values (queries share their first ~20 tokens; torch: exact
+        to float32 rounding), warm a document's shape, repack weights (the torch CPU backend's
+        bfloat16). Safe to run in another thread while the engine serves: each step waits for a
+        gap between forward passes. A daemon runs it once ready, one-shot commands never.
+        Returns how many weights were repacked."""
         optimize = getattr(self.embedder, "optimize", None)
-        return int(optimize()) if optimize is not None else 0
+        if optimize is None:
+            return 0
+        try:
+            return self._optimize(optimize)
+        except BackgroundStopped:
+            return 0
+
+    def stop_optimizing(self) -> None:
+        """Have a running `optimize` end at its next step (the daemon is closing)."""
+        stop = getattr(self.embedder, "stop_background", None)
+        if stop is not None:
+            stop()
+
+    def _optimize(self, optimize: Callable[[], int]) -> int:
+        if not self._warmed_in_background:
+            self._warmed_in_background = True
+            self.cache_query_prefix()
+            wait_idle = getattr(self.embedder, "wait_idle", None)
+            if wait_idle is not None:
+                wait_idle()
+            self.embed([WARM_DOCUMENT])
+        return int(optimize())
 
     def close(self) -> None:
         self.embedder.close()

@@ -8,10 +8,8 @@ import os
 import time
 from functools import partial
 
-import numpy as np
-
 from localrank.config import Settings
-from localrank.engine.core import Engine
+from localrank.engine.core import WARM_DOCUMENT, WARM_QUERY, Engine
 from localrank.engine.download import download_snapshot
 from localrank.engine.names import canonical_reranker_name
 from localrank.engine.progress import LoadProgress
@@ -25,21 +23,9 @@ from localrank.engine.select import (
     probe_machine,
 )
 from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
-from localrank.errors import BackendError, ModelError
+from localrank.errors import ModelError
 
 log = logging.getLogger(__name__)
-
-# What the first real requests look like, so their shapes are warm before /health says ready:
-# a short query with the default instruction, and a one-paragraph document. The first forward
-# pays the one-time costs (mapped weights paged in, kernels chosen, buffers allocated); each
-# warm-up forward of the 0.6B model costs ~0.2 s of CPU, so no more shapes than these two.
-WARM_QUERY = "how do I reset my password"
-WARM_DOCUMENT = (
-    "To reset a forgotten password, open the sign-in page and choose Forgot password. Enter the "
-    "address the account was registered with; a link valid for one hour arrives by email. "
-    "Follow it, pick a new password of at least twelve characters, and sign in again. If no "
-    "message arrives, check the spam folder or ask an administrator to reset it for you."
-)
 
 
 def default_batch_tokens(device: str) -> int:
@@ -98,6 +84,7 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
         settings.dtype,
         threads=settings.threads,
         dtype_source=settings.source_of("dtype"),
+        weight_cache=settings.paths.cache / "weights",
     )
     budget = settings.max_batch_tokens or default_batch_tokens(device)
     engine = Engine(
@@ -110,7 +97,7 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
     )
     loaded = time.perf_counter()
     progress.phase("warming up", resolved.model_id)
-    warm_up(engine)
+    engine.warm_up()
     info = engine.info
     log.info(
         "model %s (%s) on %s/%s, dim %d, pooling %s, max tokens %d; loaded in %.2fs, "
@@ -128,14 +115,6 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
     log.info("model answers to: %s", ", ".join(info.names))
     log.info("dtype %s: %s", info.backend.dtype, info.backend.dtype_reason)
     return engine
-
-
-def warm_up(engine: Engine) -> None:
-    """Run the shapes the first requests will: kernels chosen, buffers allocated, pages of the
-    mapped weights read in. Doubles as a health check: a backend that yields NaN fails here."""
-    warm = [engine.embed([WARM_QUERY], query=True).vectors, engine.embed([WARM_DOCUMENT]).vectors]
-    if not all(np.isfinite(v).all() for v in warm):  # run() raises first; kept as a last guard
-        raise BackendError("warm-up produced non-finite vectors")
 
 
 def load_reranker(settings: Settings) -> Reranker:

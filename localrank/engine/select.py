@@ -95,10 +95,12 @@ def create_embedder(
     *,
     threads: int = 0,
     dtype_source: str = "the dtype setting",
+    weight_cache: Path | None = None,
 ) -> Embedder:
     """Load the model on the chosen backend. The backend modules are imported only here. A
     family with no native forward (`recipe.family` "generic:...") loads through transformers on
-    torch, imported only then."""
+    torch, imported only then. `weight_cache`: where torch keeps weights it casts at load, so
+    the next start maps them instead."""
     if recipe.family.startswith("generic:"):
         if backend != "torch":
             raise BackendError(
@@ -125,6 +127,7 @@ def create_embedder(
             dtype=dtype,
             threads=threads,
             dtype_source=dtype_source,
+            weight_cache=weight_cache,
         )
         return embedder
     raise BackendError(f"unknown backend {backend!r}")

@@ -34,6 +34,13 @@ from tokenizers import Encoding, Tokenizer
 from localrank.engine.types import Recipe
 from localrank.errors import InvalidInput, ModelError
 
+# Why token ids out of the vocabulary are refused, and what the usual senders should do.
+TOKEN_IDS_ADVICE = (
+    "Token ids are the served model's tokenizer's; a client that sends OpenAI tiktoken ids must "
+    "send text instead (LangChain: check_embedding_ctx_length=False; LibreChat's RAG API: "
+    "RAG_CHECK_EMBEDDING_CTX_LENGTH=false)"
+)
+
 
 @dataclass(frozen=True)
 class Encoded:
@@ -191,10 +198,7 @@ class TextTokenizer:
             if bad:
                 raise InvalidInput(
                     f"input[{i}] has token ids outside 0..{self.vocab_size - 1}: {bad[:5]}. "
-                    "Token ids are the served model's tokenizer's; a client that sends OpenAI "
-                    "tiktoken ids must send text instead (LangChain: "
-                    "check_embedding_ctx_length=False; LibreChat's RAG API: "
-                    "RAG_CHECK_EMBEDDING_CTX_LENGTH=false)",
+                    + TOKEN_IDS_ADVICE,
                     param="input",
                 )
             content = list(ids)

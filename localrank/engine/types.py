@@ -70,6 +70,10 @@ class BackendInfo:
 Pause = Callable[[], None]
 
 
+class BackgroundStopped(Exception):
+    """Background work of a backend (Engine.optimize) stopped because the engine is closing."""
+
+
 class Embedder(Protocol):
     """A loaded model on one device. One thread calls it at a time."""
 

@@ -12,12 +12,10 @@ import hmac
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from localrank.config import Settings
+from localrank.config import WILDCARD_HOSTS, Settings
 from localrank.errors import ConfigError
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-# Wildcard bind addresses are never a valid Host: a browser would only send one under attack.
-_WILDCARDS = frozenset({"", "0.0.0.0", "::"})
 
 
 def split_host(value: str) -> tuple[str, str | None] | None:
@@ -60,10 +58,10 @@ class SecurityPolicy:
                 hosts.add(parsed[0])
         # A daemon bound to one specific address (e.g. a LAN IP, with a token) is addressed by it.
         bound = settings.host.strip().lower().strip("[]")
-        if bound not in _WILDCARDS:
+        if bound not in WILDCARD_HOSTS:
             hosts.add(bound)
         return cls(
-            hosts=frozenset(hosts - _WILDCARDS),
+            hosts=frozenset(hosts - WILDCARD_HOSTS),
             origins=frozenset(normalize_origin(o) for o in settings.allowed_origins),
             token=settings.token.encode("utf-8") if settings.token else None,
             max_body_bytes=settings.max_body_bytes,

@@ -2,7 +2,7 @@
 
 glibc's malloc keeps freed memory in its arenas for reuse; after a burst of requests a daemon
 that then idles for hours would keep that peak (measured: +20-40 MB of free-but-kept heap after
-2,500 simultaneous requests, bench/soak.py). `trim()` returns it (malloc_trim(0), which also
+2,500 simultaneous requests, bench/soak). `trim()` returns it (malloc_trim(0), which also
 releases free pages in the middle of the heap); the model worker calls it once the model has
 been idle for a moment after work. A no-op where the C library is not glibc.
 """

@@ -9,65 +9,54 @@ module plus one registry line.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
+import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from localrank.declare import record_of
 from localrank.errors import LocalrankError
 
-Schema = dict[str, Any]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[..., Awaitable[web.StreamResponse]]
 ErrorBody = Callable[[int, str, str, str | None], Any]
-
-STR: Schema = {"type": "string"}
-INT: Schema = {"type": "integer"}
-NUM: Schema = {"type": "number"}
-BOOL: Schema = {"type": "boolean"}
-OBJ: Schema = {"type": "object"}
-
-
-def arr(items: Schema) -> Schema:
-    return {"type": "array", "items": items}
-
-
-def one_of(*schemas: Schema) -> Schema:
-    return {"oneOf": list(schemas)}
-
-
-@dataclass(frozen=True)
-class Param:
-    """A JSON body field or a query-string parameter."""
-
-    name: str
-    schema: Schema
-    description: str
-    required: bool = False
 
 
 @dataclass(frozen=True)
 class Operation:
-    """What a route takes and returns, for /openapi.json and /docs."""
+    """What a route answers, for /openapi.json and /docs. What it takes is its handler's
+    request type (see `route`)."""
 
     summary: str
     description: str = ""
-    body: tuple[Param, ...] = ()
-    query: tuple[Param, ...] = ()
     example: dict[str, Any] | None = None
     response: Any = None
     status: int = 200
     also: tuple[int, ...] = ()  # other success statuses (202 when a request queues a job)
     content_type: str = "application/json"
+    # Whether a route whose request type has body fields needs a body (reindex takes none).
+    body_required: bool = True
 
 
 @dataclass(frozen=True)
 class Route:
+    """A route: `handler(request)`, or `handler(request, req)` where `req` is its request type
+    (a declared dataclass: body, query and path fields), read and checked before the call. The
+    same type documents the route: what it takes is declared once."""
+
     method: str
     path: str
     handler: Handler
     doc: Operation
+    takes: type | None = None
+
+    @property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(_PATH_PARAM.findall(self.path))
 
 
 @dataclass(frozen=True)
@@ -101,8 +90,29 @@ def localrank_error_body(status: int, message: str, code: str, param: str | None
     return {"error": {"message": message, "type": code, "code": status, "param": param}}
 
 
+_PATH_PARAM = re.compile(r"\{(\w+)")
+
+
+def request_type(handler: Handler) -> type | None:
+    """The declared dataclass a handler takes after the request (its second parameter)."""
+    params = list(inspect.signature(handler).parameters)
+    if len(params) < 2:
+        return None
+    hint = typing.get_type_hints(handler)[params[1]]
+    if not (dataclasses.is_dataclass(hint) and isinstance(hint, type)):
+        raise TypeError(f"{handler.__qualname__} takes {hint!r}, not a declared dataclass")
+    return hint
+
+
 def route(method: str, path: str, handler: Handler, doc: Operation) -> Route:
-    return Route(method, path, handler, doc)
+    """A route whose request type is read from its handler's signature. Its path parameters
+    must be exactly the type's path fields (checked here, at import)."""
+    takes = request_type(handler)
+    r = Route(method, path, handler, doc, takes)
+    declared = () if takes is None else tuple(f.wire for f in record_of(takes).on_wire("path"))
+    if sorted(declared) != sorted(r.path_params):
+        raise TypeError(f"{method} {path}: path parameters {r.path_params}, declared {declared}")
+    return r
 
 
 _PATH_PATTERN = re.compile(r"\{(\w+):[^}]*\}")

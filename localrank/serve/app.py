@@ -27,6 +27,7 @@ from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
 from localrank.serve.embedding import DaemonEmbedder, DaemonReranker, EmbeddingService
 from localrank.serve.metrics import standard_registry
 from localrank.serve.middleware import error_middleware, request_id_middleware
+from localrank.serve.requests import endpoint
 from localrank.serve.reranking import RerankerLoader, RerankerSlot
 from localrank.serve.security import make_security_middlewares, setup_security
 from localrank.serve.state import COLLECTIONS_KEY, DIALECTS_KEY, METRICS_KEY, STATE_KEY, DaemonState
@@ -86,6 +87,8 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # a thread cannot be cancelled; let the load finish
                 if state.optimizing is not None:
+                    if state.service is not None:
+                        state.service.engine.stop_optimizing()  # ends at its next step
                     await state.optimizing  # likewise the background optimisation
                 if state.preloading is not None:
                     await state.preloading
@@ -131,6 +134,7 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
             watch=watch,
             reranker=state.reranker,
             rerank_candidates=settings.rerank_candidates,
+            job_failure_timeout_s=settings.job_failure_timeout_s,
         )
         app[COLLECTIONS_KEY] = service
         preload = asyncio.create_task(service.prepare_search(), name="localrank-search-preload")
@@ -173,9 +177,9 @@ def make_app(
     app[DIALECTS_KEY] = DialectIndex(DIALECTS, DEFAULT_DIALECT)
     for _, r in app[DIALECTS_KEY].routes():
         if r.method == "GET":
-            app.router.add_get(r.path, r.handler)  # and HEAD, as aiohttp's web.get does
+            app.router.add_get(r.path, endpoint(r))  # and HEAD, as aiohttp's web.get does
         else:
-            app.router.add_route(r.method, r.path, r.handler)
+            app.router.add_route(r.method, r.path, endpoint(r))
     app.cleanup_ctx.append(_model_ctx(loader, reranker_loader))
     app.cleanup_ctx.append(_collections_ctx(ingest))
     return app

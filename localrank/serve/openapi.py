@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document, built from the dialect registry the app was made from.
 
 Every route of the app is walked; each is documented by the Operation its dialect declared with
-it, and a route that no dialect declares is flagged `x-undocumented` (a test fails on it).
+it and by its handler's request type (the declaration its requests are checked against), and a
+route that no dialect declares is flagged `x-undocumented` (a test fails on it).
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 from aiohttp import web
 
 from localrank import __version__
-from localrank.serve.api import Dialect, DialectIndex, Operation, Param
+from localrank.declare import field_schema, record_of, record_schema
+from localrank.serve.api import Dialect, DialectIndex, Operation, Route
+from localrank.serve.requests import Served, served
 from localrank.serve.state import DIALECTS_KEY
 
 _SKIPPED_METHODS = frozenset({"HEAD", "OPTIONS"})  # HEAD is added by aiohttp to every GET
@@ -29,39 +32,40 @@ _DESCRIPTION = (
 )
 
 
-def _param_schema(p: Param) -> dict[str, Any]:
-    return {**p.schema, "description": p.description}
+def _request_body(r: Route, takes: type, ctx: Served | None) -> dict[str, Any] | None:
+    if not record_of(takes).on_wire("body"):
+        return None
+    media: dict[str, Any] = {"schema": record_schema(takes, ctx, "body")}
+    if r.doc.example is not None:
+        media["example"] = r.doc.example
+    return {"required": r.doc.body_required, "content": {"application/json": media}}
 
 
-def _request_body(op: Operation) -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "type": "object",
-        "properties": {p.name: _param_schema(p) for p in op.body},
-    }
-    required = [p.name for p in op.body if p.required]
-    if required:
-        schema["required"] = required
-    media: dict[str, Any] = {"schema": schema}
-    if op.example is not None:
-        media["example"] = op.example
-    return {"required": bool(required), "content": {"application/json": media}}
-
-
-def _parameters(path: str, op: Operation | None) -> list[dict[str, Any]]:
-    params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in _PATH_PARAM.findall(path)
-    ]
-    for p in op.query if op else ():
+def _parameters(path: str, takes: type | None, ctx: Served | None) -> list[dict[str, Any]]:
+    """Path parameters (in the path's order), then the query's, from the request type."""
+    fields = {} if takes is None else {f.wire: f for f in record_of(takes).on_wire()}
+    params = []
+    for name in _PATH_PARAM.findall(path):
+        f = fields[name]
         params.append(
             {
-                "name": p.name,
-                "in": "query",
-                "required": p.required,
-                "description": p.description,
-                "schema": p.schema,
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": field_schema(f, ctx, in_json=False),
             }
         )
+    for f in fields.values():
+        if f.where == "query":
+            params.append(
+                {
+                    "name": f.wire,
+                    "in": "query",
+                    "required": f.required,
+                    "description": f.doc,
+                    "schema": field_schema(f, ctx, in_json=False),
+                }
+            )
     return params
 
 
@@ -87,7 +91,7 @@ def _errors(dialect: Dialect) -> dict[str, Any]:
 
 
 def _operation(
-    method: str, path: str, route: web.AbstractRoute, index: DialectIndex
+    method: str, path: str, route: web.AbstractRoute, index: DialectIndex, ctx: Served | None
 ) -> dict[str, Any]:
     found = index.lookup(method, path)
     out: dict[str, Any] = {"operationId": f"{method.lower()}_{_slug(path)}"}
@@ -109,11 +113,12 @@ def _operation(
         out["description"] = op.description
     if path != path.rstrip("/"):
         out["description"] = f"Same as {path.rstrip('/')}. {op.description}".strip()
-    params = _parameters(path, op)
+    params = _parameters(path, declared.takes, ctx)
     if params:
         out["parameters"] = params
-    if op.body:
-        out["requestBody"] = _request_body(op)
+    body = None if declared.takes is None else _request_body(declared, declared.takes, ctx)
+    if body is not None:
+        out["requestBody"] = body
     out["responses"] = {**_success(op), **_errors(dialect)}
     return out
 
@@ -136,6 +141,7 @@ def _error_schemas(index: DialectIndex) -> dict[str, Any]:
 def build_spec(app: web.Application) -> dict[str, Any]:
     """Every route of `app` (HEAD twins aside), documented from its dialect's declaration."""
     index = app[DIALECTS_KEY]
+    ctx = served(app)  # bounds set by the served model (documented once it is loaded)
     paths: dict[str, dict[str, Any]] = {}
     for route in app.router.routes():
         resource = route.resource
@@ -143,7 +149,7 @@ def build_spec(app: web.Application) -> dict[str, Any]:
             continue
         path = resource.canonical
         paths.setdefault(path, {})[route.method.lower()] = _operation(
-            route.method, path, route, index
+            route.method, path, route, index, ctx
         )
     return {
         "openapi": "3.1.0",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import re
 import socket
@@ -134,11 +135,17 @@ def make_security_middlewares(settings: Settings) -> list[Middleware]:
         if policy.token_ok(request.headers.get(hdrs.AUTHORIZATION, "")):
             return await handler(request)
         if request.path in OPEN_PATHS:
+            status = "unavailable"
             try:
-                code = (await handler(request)).status
+                response = await handler(request)
+                code = response.status
+                if code < 400:
+                    # "ok", or "degraded" (its store is down): a supervisor may know that much.
+                    text = response.text if isinstance(response, web.Response) else None
+                    full = json.loads(text or "{}")
+                    status = "degraded" if full.get("status") == "degraded" else "ok"
             except LocalrankError as exc:  # e.g. NotReady while the model loads
                 code = http_status(exc)
-            status = "ok" if code < 400 else "unavailable"
             return web.json_response({"status": status}, status=code)
         missing = hdrs.AUTHORIZATION not in request.headers
         raise Unauthorized(

@@ -5,8 +5,10 @@ citations, durable jobs, keyword and vector candidates, the embedding cache; see
 the guarantees); `records` and `filters` are the values that cross it. Two implementations:
 `sqlite.SQLiteStore`, one SQLite file with sqlite-vec (the default, a laptop's), and
 `postgres.PostgresStore`, PostgreSQL + pgvector (one index shared by several daemons), chosen by
-the `store_url` setting. The application layer (`localrank.collections`) talks to the protocol
-only.
+the `store_url` setting. Both are `sql_store.SQLStore` over their engine's statements (`engine`
+says what an engine supplies; `steps`, `plans` and `migrations` are shared, `rows` the tables'
+common columns): each engine package keeps its SQL and what it searches its own way. The
+application layer (`localrank.collections`) talks to the protocol only.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 Scalar = str | int | float
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,10 @@ def as_scalar(value: Any) -> Scalar | None:
     # JSON booleans are stored as 0/1 (SQLite has no boolean), so true matches 1.
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, (str, int, float)):
+    if isinstance(value, int):
+        # Beyond the stores' 64-bit integers, a number as a float (as JSON readers take it).
+        return value if INT64_MIN <= value <= INT64_MAX else float(value)
+    if isinstance(value, (str, float)):
         return value
     return None
 

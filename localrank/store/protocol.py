@@ -11,8 +11,8 @@ What an implementation must guarantee, whatever its engine:
   embedded with and fail with ModelMismatch (409) if the collection was rebound meanwhile;
 - a document upsert replaces the document's chunks and vectors in the same transaction as its
   row; unchanged text (same content hash) keeps its chunks;
-- an acknowledged job is durable: `create_ingest_job` returns only after the job and every
-  item's payload are committed, and `write_documents(..., job=...)` records the progress of
+- an acknowledged job is durable: `create_job` returns only after the job and every item's
+  payload are committed, and `write_documents(..., job=...)` records the progress of
   those items in the same transaction as the documents, so a job resumes exactly after a crash;
 - a job is run by one owner at a time (`claim_job`); a job whose owner died is claimable again
   (the owner holds it for `lease_seconds` at a time and renews that with `renew_job`; a lease
@@ -25,7 +25,8 @@ What an implementation must guarantee, whatever its engine:
 
 Implementations: `localrank.store.sqlite.SQLiteStore` (one SQLite file with sqlite-vec: the
 laptop default) and `localrank.store.postgres.PostgresStore` (PostgreSQL + pgvector, shared by
-several daemons). `tests/test_store.py` holds both to this contract.
+several daemons), both `localrank.store.sql_store.SQLStore` over their engine's statements.
+`tests/test_store.py` holds both to this contract.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from localrank.store.filters import Filter
+from localrank.store.health import FailureLog
 from localrank.store.records import (
     Collection,
     CompactReport,
@@ -57,6 +59,20 @@ class Store(Protocol):
 
     # How long a claimed job stays its owner's without a `renew_job` (or a progress write).
     lease_seconds: float
+
+    # --- health -------------------------------------------------------------------------
+
+    @property
+    def failures(self) -> FailureLog:
+        """The StoreUnavailable failures of this store's operations, recorded as they happen
+        (reading it does no I/O)."""
+        ...
+
+    def ping(self, timeout: float) -> None:
+        """Whether the database can be reached now, within about `timeout` seconds: returns, or
+        raises StoreUnavailable with the reason. Blocking: callers on an event loop run it in a
+        thread of its own (and do not wait for it past their own bound)."""
+        ...
 
     # --- collections and fingerprints ---------------------------------------------------
 
@@ -113,10 +129,6 @@ class Store(Protocol):
         """Documents ordered by id, `limit` at a time after the id `after` (keyset paging)."""
         ...
 
-    def delete_document(self, collection_name: str, doc_id: str) -> None:
-        """Delete one document (NotFound if absent)."""
-        ...
-
     def fetch_chunks(self, chunk_ids: Sequence[int]) -> list[StoredChunk]:
         """Chunks with their document's id, source and metadata, in the order given."""
         ...
@@ -127,7 +139,8 @@ class Store(Protocol):
         ...
 
     def delete_documents(self, collection_name: str, doc_ids: Sequence[str]) -> int:
-        """Delete those of `doc_ids` that exist, in one transaction; returns how many."""
+        """Delete those of `doc_ids` that exist, in one transaction; returns how many (an id
+        that is not there is no error: the caller that needs one says NotFound)."""
         ...
 
     def export_documents(
@@ -196,13 +209,18 @@ class Store(Protocol):
 
     # --- jobs ---------------------------------------------------------------------------
 
-    def create_ingest_job(self, collection_name: str, items: Sequence[tuple[str, str]]) -> Job:
-        """Queue an ingest job with its items (doc_id, payload JSON); durable on return."""
-        ...
-
-    def create_reindex_job(self, collection_name: str, params: dict[str, Any]) -> Job:
-        """Queue a job re-embedding every chunk of a collection; `params` names the target
-        fingerprint, model_id and dim."""
+    def create_job(
+        self,
+        collection_name: str,
+        kind: str,
+        *,
+        items: Sequence[tuple[str, str]] = (),
+        params: dict[str, Any] | None = None,
+    ) -> Job:
+        """Queue a job on a collection (NotFound if there is none); durable on return. `ingest`:
+        with its items (doc_id, payload JSON), one each to do. `reindex`: re-embedding every
+        chunk of the collection (that many to do), `params` naming the target fingerprint,
+        model_id and dim."""
         ...
 
     def get_job(self, job_id: str) -> Job:
@@ -233,12 +251,16 @@ class Store(Protocol):
         (finished, or taken over by another runner after the lease expired)."""
         ...
 
-    def requeue_job(self, job_id: str) -> None:
-        """Hand a running job back to the queue (it will be claimed again)."""
+    def retry_job(self, job_id: str) -> Job:
+        """Queue a failed job again (NotFound if there is none, Conflict unless it failed): it
+        resumes where it stopped, at its first pending item (a reindex: at its first chunk with
+        no staged vector). The job's own errors are dropped, its documents' failures stay."""
         ...
 
-    def release_jobs(self, owner: str) -> None:
-        """On clean shutdown: hand the owner's running jobs back so another resumes them."""
+    def release_jobs(self, owner: str, *, only: str | None = None) -> None:
+        """Hand `owner`'s running jobs (with `only`, that one) back to the queue, so they are
+        claimed again at once (by another runner, or this one later): on clean shutdown, or
+        when a job cannot run here now. A job that is no longer `owner`'s is left alone."""
         ...
 
     # --- reindex ------------------------------------------------------------------------

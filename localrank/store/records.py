@@ -7,27 +7,33 @@ the application layer (`localrank.collections`) never sees a row or a connection
 from __future__ import annotations
 
 import os
-import re
 import socket
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 
+from localrank.declare import Doc, Pattern, kind_of, problem
 from localrank.errors import InvalidInput, ModelMismatch
 
-COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Names are path- and URL-safe: letters, digits, '.', '_', '-', 1..128 characters.
+CollectionName = Annotated[
+    str,
+    Doc("Collection name: 1-128 letters, digits, '.', '_' or '-', from a letter or digit."),
+    Pattern(
+        r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+        message="collection name must be 1-128 characters of letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit",
+    ),
+]
 
 
 def check_collection_name(name: str) -> str:
-    """Names are path- and URL-safe: letters, digits, '.', '_', '-', 1..128 characters."""
-    if not isinstance(name, str) or not COLLECTION_NAME.match(name):
-        raise InvalidInput(
-            "collection name must be 1-128 characters of letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit",
-            param="name",
-        )
+    """A valid collection name, or InvalidInput."""
+    message = problem(kind_of(CollectionName), "name", name) if isinstance(name, str) else ""
+    if message is not None:
+        raise InvalidInput(message or "collection name must be a string", param="name")
     return name
 
 

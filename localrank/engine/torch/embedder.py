@@ -40,8 +40,9 @@ from localrank.engine.precision import (
 from localrank.engine.torch.cpu import bf16_timing, configure_threads, prepack
 from localrank.engine.torch.families import FAMILIES, Family
 from localrank.engine.torch.layers import Layers, PrefixModel, TorchModel
+from localrank.engine.torch.weight_cache import WeightCache
 from localrank.engine.torch.weights import MappedCheckpoint, Placement
-from localrank.engine.types import POOLINGS, BackendInfo, Batch, Pause, Recipe
+from localrank.engine.types import POOLINGS, BackendInfo, BackgroundStopped, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,10 @@ class TorchEmbedder:
         attention: str = "auto",
         threads: int = 0,
         dtype_source: str = "the dtype setting",
+        weight_cache: Path | None = None,
     ) -> None:
+        """`weight_cache`: a folder for cast weights (weight_cache.py); None: cast at every
+        start."""
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
@@ -118,12 +122,33 @@ class TorchEmbedder:
             expected = family.shapes(cfg)
         except KeyError as e:
             raise ModelError(f"{config_path}: missing config key {e}") from e
-        checkpoint = MappedCheckpoint.open(weight_files(model_dir))
+        files = weight_files(model_dir)
+        checkpoint = MappedCheckpoint.open(files)
         weights, origin = normalise_keys(checkpoint.tensors, checkpoint.origin, family.prefix)
         checkpoint.tensors = {}  # the model takes ownership of what it keeps
         check_weights(weights, origin, expected, model_dir)
         choice = pick_dtype(dtype, device, model_type, family, dtype_source)
-        place = Placement(self.device, _DTYPES[choice.dtype], checkpoint)
+        compute = _DTYPES[choice.dtype]
+        # The weights a CPU start would cast: from the cache when it holds them, else cast now
+        # and cached once serving (`optimize`).
+        self._to_cache: tuple[WeightCache, list[str], str] | None = None
+        cast = [k for k, t in weights.items() if cast_on_cpu(k, t, compute, family)]
+        if weight_cache is not None and self.device.type == "cpu" and cast:
+            cache = WeightCache(weight_cache, files, compute)
+            cached = cache.valid()
+            if cached is not None:
+                stored = checkpoint.adopt(MappedCheckpoint.open([cached]))
+                if set(stored) == set(cast) and all(
+                    stored[k].shape == weights[k].shape for k in cast
+                ):
+                    weights.update(stored)
+                    origin.update(dict.fromkeys(stored, cached))
+                    log.info("torch: %d cast weights mapped from %s", len(stored), cached)
+                else:
+                    self._to_cache = (cache, cast, family.prefix)
+            else:
+                self._to_cache = (cache, cast, family.prefix)
+        place = Placement(self.device, compute, checkpoint)
         try:
             # The model consumes `weights`, placing each (a no-op when already right).
             self.model: TorchModel | None = family.build(cfg, weights, config_path, place)
@@ -216,6 +241,7 @@ class TorchEmbedder:
         memory, and first-touching 0.84 GB of it costs ~1 s of CPU on this project's VMs, too
         much for the cold start. Forwards running meanwhile read each weight in whichever form
         it has at that moment: the same numbers. Returns how many weights were repacked."""
+        self._write_weight_cache()
         model, checkpoint = self.model, self._checkpoint
         linears = getattr(model, "linears", None)
         if model is None or checkpoint is None or linears is None or self.device.type != "cpu":
@@ -238,6 +264,33 @@ class TorchEmbedder:
             )
         return packed
 
+    def _write_weight_cache(self) -> None:
+        """Cast the weights this start cast (from a fresh map of the checkpoint, one tensor at
+        a time, each in a gap between forward passes) into the cache file, for the next start.
+        A failure costs the next start its speed, never this one its service."""
+        todo, self._to_cache = self._to_cache, None
+        if todo is None or self.model is None:
+            return
+        cache, names, prefix = todo
+        started = time.perf_counter()
+        try:
+            source = MappedCheckpoint.open(cache.files)
+            tensors, _ = normalise_keys(source.tensors, source.origin, prefix)
+            written = cache.write(((k, tensors[k]) for k in names), wait=self._forwards.wait_idle)
+        except BackgroundStopped:
+            raise
+        except Exception as exc:
+            log.warning("torch: cast weights not cached (%s): the next start casts them again", exc)
+            return
+        if written:
+            log.info(
+                "torch: %d cast weights (%d MB) cached in %s in %.1f s for the next start",
+                len(names),
+                written >> 20,
+                cache.path,
+                time.perf_counter() - started,
+            )
+
     # ------------------------------------------------------------------------- query prefix
 
     def cache_prefix(self, ids: Sequence[int]) -> bool:
@@ -247,11 +300,24 @@ class TorchEmbedder:
         model = self.model
         if model is None or not hasattr(model, "prefill") or len(ids) < 2:
             return False
-        self._prefix_model = cast(PrefixModel, model)
-        with torch.inference_mode():
-            self._prefix = self._prefix_model.prefill(list(ids))
+        prefixed = cast(PrefixModel, model)
+        self._forwards.wait_idle()  # in the background while serving: in a gap between passes
+        with self._forwards.running(), torch.inference_mode():
+            prefix = prefixed.prefill(list(ids))
+        # Published last: a forward on the model thread sees either no prefix or all of it.
+        self._prefix_model = prefixed
         self._prefix_ids = np.asarray(ids, dtype=np.int64)
+        self._prefix = prefix
         return True
+
+    def wait_idle(self) -> None:
+        """Return once no forward pass is running (background work starts in a gap);
+        BackgroundStopped once `stop_background` was called."""
+        self._forwards.wait_idle()
+
+    def stop_background(self) -> None:
+        """End background work (optimize) at its next step: the daemon is closing."""
+        self._forwards.stop()
 
     def _prefixed_rows(self, ids_np: np.ndarray, real: np.ndarray) -> np.ndarray | None:
         """A boolean row mask of the rows that start with the cached prefix and have tokens of
@@ -308,6 +374,7 @@ class Forwards:
         self._running = 0
         self._idle = threading.Event()
         self._idle.set()
+        self._stopped = False
 
     @contextlib.contextmanager
     def running(self) -> Iterator[None]:
@@ -323,7 +390,14 @@ class Forwards:
                     self._idle.set()
 
     def wait_idle(self) -> None:
+        """Return once no forward pass runs; BackgroundStopped once `stop` was called (the
+        daemon is closing: background work ends at its next step)."""
         self._idle.wait()
+        if self._stopped:
+            raise BackgroundStopped
+
+    def stop(self) -> None:
+        self._stopped = True
 
 
 def trim_padding(ids: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -362,6 +436,11 @@ def device_available(device: str) -> bool:
 
 
 # ----------------------------------------------------------------------------- loading
+
+
+def cast_on_cpu(name: str, t: torch.Tensor, compute: torch.dtype, family: Family) -> bool:
+    """Whether the CPU forward casts this stored weight to the compute dtype at load."""
+    return t.is_floating_point() and t.dtype != compute and name not in family.kept_as_stored
 
 
 def check_weights(

@@ -26,9 +26,18 @@ class Family:
     # Whether the forward keeps norms, softmax and the residual stream in float32 around
     # half-precision matmuls, which is what lets "auto" pick bfloat16 on a CPU that has it.
     mixed_precision: bool = False
+    # Weights the CPU forward uses as stored, whatever the compute dtype (Qwen3's token table:
+    # a lookup reads a few rows, and widening a row is exact): never cast, never cached.
+    kept_as_stored: frozenset[str] = frozenset()
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen3": Family(Qwen3, qwen3_shapes, "model.", mixed_precision=True),
+    "qwen3": Family(
+        Qwen3,
+        qwen3_shapes,
+        "model.",
+        mixed_precision=True,
+        kept_as_stored=frozenset({"embed_tokens.weight"}),
+    ),
     "bert": Family(Bert, bert_shapes, "bert."),
 }

@@ -2,7 +2,8 @@
 `families.native` lists those that have one), run through transformers' AutoModel on torch.
 
 transformers is imported here only, when such a model is loaded, so the native paths keep their
-cold start (its modeling modules cost seconds to import). The recipe rules are the same as for
+cold start (its modeling modules cost seconds to import); it is the `generic` extra, and a
+missing one is a BackendError that names it. The recipe rules are the same as for
 the native families (pooling from modules.json, prompts, normalisation: engine/recipe.py), and
 what was loaded is read back from the loaded model.
 """
@@ -35,7 +36,14 @@ class GenericTorchEmbedder:
         dtype: str = "auto",
         threads: int = 0,
     ) -> None:
-        import transformers  # heavy: only for architectures without a native forward
+        try:
+            import transformers  # heavy: only for architectures without a native forward
+        except ImportError as e:
+            raise BackendError(
+                f"{model_dir}: {recipe.family.removeprefix('generic:')} has no native forward and "
+                "loads through transformers, which is not installed here: "
+                "pip install 'localrank[generic]'"
+            ) from e
 
         if not device_available(device):
             raise BackendError(f"torch device {device!r} is not available here")

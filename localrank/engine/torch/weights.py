@@ -92,6 +92,14 @@ class MappedCheckpoint:
         self._ranges[t.data_ptr()] = (mapped, start, end)
         return t
 
+    def adopt(self, other: MappedCheckpoint) -> dict[str, Tensor]:
+        """Take over `other`'s maps (their pages are released as this checkpoint's are) and
+        return its tensors."""
+        self._ranges.update(other._ranges)
+        other._ranges = {}
+        tensors, other.tensors = other.tensors, {}
+        return tensors
+
     def release(self, t: Tensor) -> None:
         """`t`'s contents now live elsewhere: drop its pages from this process's memory (the
         file stays in the OS page cache). A later read would fault them back in, unchanged."""

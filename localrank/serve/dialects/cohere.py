@@ -10,88 +10,130 @@ v1 without `embedding_types` the older `embeddings_floats` (`{"embeddings": [[..
 
 from __future__ import annotations
 
+import json
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 from aiohttp import web
 
-from localrank.errors import InvalidInput
-from localrank.serve.api import BOOL, INT, OBJ, STR, Dialect, Operation, Param, arr, one_of, route
-from localrank.serve.dialects.fields import INSTRUCTION, MINILM, MODEL, QUERY, VEC
-from localrank.serve.parsing import (
+from localrank.declare import Choices, Len, OneOf, Rule, Schema, arg
+from localrank.serve.api import Dialect, Operation, route
+from localrank.serve.dialects.shared import (
+    MINILM,
+    VEC,
+    Dimensions,
+    InputType,
+    Instruction,
+    Model,
+    PositiveInt,
+    Query,
+    Texts,
+    Truncate,
     check_requested_model,
-    field,
-    positive_int,
+    instruction_for_queries,
     query_mode,
-    read_body,
-    truncate_flag,
 )
 from localrank.serve.state import embedding
 
 
+class DocumentsHaveText(Rule):
+    """Without rank_fields, an object document is ranked on its `text`, so it needs one."""
+
+    def schema(self, ctx: Any) -> Schema:
+        text_object = {
+            "type": "object",
+            "required": ["text"],
+            "properties": {"text": {"type": "string"}},
+        }
+        return {
+            "if": {"required": ["rank_fields"], "properties": {"rank_fields": {"type": "array"}}},
+            "else": {
+                "properties": {"documents": {"items": {"anyOf": [{"type": "string"}, text_object]}}}
+            },
+        }
+
+    def check(self, value: Any) -> tuple[str, str] | None:
+        if value.rank_fields is not None:
+            return None
+        for i, doc in enumerate(value.documents):
+            if isinstance(doc, dict) and not isinstance(doc.get("text"), str):
+                return (
+                    "documents",
+                    f"documents[{i}] must be a string or an object with a string 'text'",
+                )
+        return None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankRequest:
+    model: Model | None = arg(
+        "The served model's name, or the configured reranker's; an unknown name is a 404.",
+        default=None,
+    )
+    query: Query
+    documents: Annotated[list[str | dict[str, Any]], Len(1)] = arg(
+        "Strings, or objects with a text field (or the fields rank_fields names)."
+    )
+    top_n: PositiveInt | None = arg("Return only the best n.", default=None)
+    top_k: PositiveInt | None = arg("Jina's name for top_n.", default=None)
+    return_documents: bool = arg(
+        "Include each document (default false: the key is omitted).", default=False
+    )
+    max_tokens_per_doc: PositiveInt | None = arg(
+        "Cut each document to this many tokens first.", default=None
+    )
+    rank_fields: (
+        Annotated[list[str], Len(1, message="rank_fields must be a non-empty list of field names")]
+        | None
+    ) = arg(
+        "Cohere v1: object fields to rank on, in order (a document without one is ranked on "
+        "the others).",
+        default=None,
+    )
+    instruction: Instruction | None = None
+    truncate: Truncate = True
+    RULES: ClassVar[tuple[Rule, ...]] = (DocumentsHaveText(),)
+
+
 def document_texts(docs: list[Any], rank_fields: list[str] | None) -> list[str]:
     """The text to rank for each document: a string, an object's `text`, or (Cohere v1's
-    `rank_fields`) the named fields of an object as `key: value` lines."""
+    `rank_fields`) the named fields of an object as `key: value` lines, in their order (a
+    field the object lacks is left out; a value that is not a string is written as JSON)."""
     texts = []
-    for i, doc in enumerate(docs):
+    for doc in docs:
         if isinstance(doc, str):
             texts.append(doc)
-        elif isinstance(doc, dict) and rank_fields:
-            missing = [k for k in rank_fields if not isinstance(doc.get(k), str)]
-            if missing:
-                raise InvalidInput(
-                    f"documents[{i}] has no string field {missing[0]!r} (named in rank_fields)",
-                    param="documents",
+        elif rank_fields:
+            texts.append(
+                "\n".join(
+                    f"{k}: {doc[k] if isinstance(doc[k], str) else json.dumps(doc[k])}"
+                    for k in rank_fields
+                    if k in doc
                 )
-            texts.append("\n".join(f"{k}: {doc[k]}" for k in rank_fields))
-        elif isinstance(doc, dict) and isinstance(doc.get("text"), str):
-            texts.append(doc["text"])
-        else:
-            raise InvalidInput(
-                f"documents[{i}] must be a string or an object with a string 'text'",
-                param="documents",
             )
+        else:
+            texts.append(doc["text"])
     return texts
 
 
-def _rank_fields(body: dict[str, Any]) -> list[str] | None:
-    fields = field(body, "rank_fields", list)
-    if fields is not None and (not fields or not all(isinstance(f, str) for f in fields)):
-        raise InvalidInput(
-            "rank_fields must be a non-empty list of field names", param="rank_fields"
-        )
-    return fields
-
-
-def _top_n(body: dict[str, Any], count: int) -> int:
-    name = "top_n" if body.get("top_n") is not None else "top_k"
-    return min(positive_int(body, name) or count, count)
-
-
-async def rerank(request: web.Request) -> web.Response:
-    body = await read_body(request)
+async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
     svc = embedding(request)
-    if not svc.is_reranker_name(body.get("model")):
-        check_requested_model(body, svc.info)
-    query = field(body, "query", str, required=True)
-    if not query.strip():
-        raise InvalidInput("query must not be empty", param="query")
-    docs = field(body, "documents", list, required=True)
-    texts = document_texts(docs, _rank_fields(body))
-    top_n = _top_n(body, len(texts))
-    return_documents = field(body, "return_documents", bool, False)
-    max_tokens = positive_int(body, "max_tokens_per_doc")
-    _, instruction = query_mode(body, default_query=True)
+    if not svc.is_reranker_name(req.model):
+        check_requested_model(req.model, svc.info)
+    docs = req.documents
+    texts = document_texts(docs, req.rank_fields)
+    top_n = min(req.top_n or req.top_k or len(texts), len(texts))
     ranked = texts
-    if max_tokens is not None and texts:
-        ranked = await svc.cut_to_tokens(texts, max_tokens)
-    scored = await svc.score(query, ranked, instruction=instruction, truncate=truncate_flag(body))
+    if req.max_tokens_per_doc is not None and texts:
+        ranked = await svc.cut_to_tokens(texts, req.max_tokens_per_doc)
+    scored = await svc.score(req.query, ranked, instruction=req.instruction, truncate=req.truncate)
     scores, tokens = scored.scores, scored.tokens
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_n]
     results = []
     for i in order:
         item: dict[str, Any] = {"index": i, "relevance_score": float(scores[i])}
-        if return_documents:
+        if req.return_documents:
             item["document"] = docs[i] if isinstance(docs[i], dict) else {"text": docs[i]}
         results.append(item)
     version = "1" if request.path.startswith("/v1/") else "2"
@@ -110,65 +152,83 @@ async def rerank(request: web.Request) -> web.Response:
     )
 
 
-def _embed_texts(body: dict[str, Any]) -> list[str]:
+@dataclass(frozen=True)
+class TextContent:
+    type: Annotated[
+        str, Choices(("text",), message="{name} must be text (this model embeds text)")
+    ] = arg("text: this model embeds text only.")
+    text: str = arg("The text.")
+
+
+@dataclass(frozen=True)
+class EmbedInput:
+    content: list[TextContent] = arg("Text content, joined into one input.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest:
+    model: Model | None = None
+    texts: Texts | None = arg("Texts to embed.", default=None)
+    inputs: Annotated[list[EmbedInput], Len(1)] | None = arg(
+        "v2: inputs of text content (instead of texts).", default=None
+    )
+    input_type: InputType | None = arg(
+        "search_document (default here) or search_query; classification, clustering.",
+        default=None,
+    )
+    embedding_types: (
+        Annotated[
+            list[
+                Annotated[
+                    str,
+                    Choices(("float",), message="embedding_types supports only ['float'] here"),
+                ]
+            ],
+            Len(1, message="embedding_types supports only ['float'] here"),
+        ]
+        | None
+    ) = arg("['float'] (the only type served).", default=None)
+    truncate: Annotated[
+        str,
+        Choices(
+            ("END", "NONE"),
+            fold_case=True,
+            message="truncate must be END or NONE (START is not supported)",
+        ),
+    ] = arg("END (default) or NONE (413 for inputs over the token limit).", default="END")
+    output_dimension: Dimensions | None = None
+    max_tokens: PositiveInt | None = arg("Cut each text to this many tokens first.", default=None)
+    instruction: Instruction | None = None
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        OneOf(("texts", "inputs"), message="'texts' is required"),
+        instruction_for_queries("input_type"),
+    )
+
+
+def _embed_texts(req: EmbedRequest) -> list[str]:
     """`texts`, or v2's `inputs` of text content (`[{"content": [{"type": "text", ...}]}]`)."""
-    if body.get("texts") is not None or body.get("inputs") is None:
-        texts = field(body, "texts", list, required=True)
-        if not all(isinstance(t, str) for t in texts):
-            raise InvalidInput("'texts' must be a list of strings", param="texts")
-        return texts
-    out = []
-    for i, item in enumerate(field(body, "inputs", list)):
-        content = item.get("content") if isinstance(item, dict) else None
-        if not isinstance(content, list) or not all(
-            isinstance(c, dict) and c.get("type") == "text" and isinstance(c.get("text"), str)
-            for c in content
-        ):
-            raise InvalidInput(
-                f"inputs[{i}] must hold text content only (this model embeds text)",
-                param="inputs",
-            )
-        out.append("".join(c["text"] for c in content))
-    return out
+    if req.texts is not None:
+        return req.texts
+    return ["".join(c.text for c in item.content) for item in req.inputs or []]
 
 
-def _embedding_types(body: dict[str, Any]) -> list[str] | None:
-    types = field(body, "embedding_types", list)
-    if types is not None and (not types or any(t != "float" for t in types)):
-        raise InvalidInput("embedding_types supports only ['float'] here", param="embedding_types")
-    return types
-
-
-def _truncate(body: dict[str, Any]) -> bool:
-    """Cohere's truncate: END (default) cuts the end, NONE refuses long inputs (413)."""
-    value = field(body, "truncate", str, "END").upper()
-    if value not in ("END", "NONE"):
-        raise InvalidInput(
-            "truncate must be END or NONE (START is not supported)", param="truncate"
-        )
-    return value == "END"
-
-
-async def embed(request: web.Request) -> web.Response:
-    body = await read_body(request)
+async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
     svc = embedding(request)
-    check_requested_model(body, svc.info)
-    texts = _embed_texts(body)
-    types = _embedding_types(body)
-    truncate = _truncate(body)
-    query, instruction = query_mode(body)
-    max_tokens = positive_int(body, "max_tokens")
-    if max_tokens is not None and texts:
-        texts = await svc.cut_to_tokens(texts, max_tokens)
+    check_requested_model(req.model, svc.info)
+    texts = _embed_texts(req)
+    query, instruction = query_mode(req.input_type, req.instruction)
+    if req.max_tokens is not None and texts:
+        texts = await svc.cut_to_tokens(texts, req.max_tokens)
     result = await svc.embed(
         texts,
         query=query,
         instruction=instruction,
-        dimensions=field(body, "output_dimension", int),
-        truncate=truncate,
+        dimensions=req.output_dimension,
+        # Cohere's truncate: END (default) cuts the end, NONE refuses long inputs (413).
+        truncate=req.truncate.upper() == "END",
     )
     vectors = result.vectors.tolist()
-    by_type = types is not None or request.path.startswith("/v2/")
+    by_type = req.embedding_types is not None or request.path.startswith("/v2/")
     version = "2" if request.path.startswith("/v2/") else "1"
     return web.json_response(
         {
@@ -188,18 +248,6 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
     return {"message": message}
 
 
-_BODY = (
-    MODEL,
-    QUERY,
-    Param(
-        "documents", arr(one_of(STR, OBJ)), "Strings, or objects with a text field.", required=True
-    ),
-    Param("top_n", INT, "Return only the best n (top_k is accepted too)."),
-    Param("return_documents", BOOL, "Include each document (default false: the key is omitted)."),
-    Param("max_tokens_per_doc", INT, "Cut each document to this many tokens first."),
-    Param("rank_fields", arr(STR), "Cohere v1: object fields to rank on, in order."),
-    INSTRUCTION,
-)
 _EXAMPLE = {
     "model": "all-minilm-l6-v2",
     "query": "capital of France",
@@ -218,21 +266,6 @@ _RESPONSE = {
     "usage": {"total_tokens": 18},
 }
 
-_EMBED_BODY = (
-    MODEL,
-    Param("texts", arr(STR), "Texts to embed.", required=True),
-    Param("inputs", arr(OBJ), "v2: inputs of text content (instead of texts)."),
-    Param(
-        "input_type",
-        STR,
-        "search_document (default here) or search_query; classification, clustering.",
-    ),
-    Param("embedding_types", arr(STR), "['float'] (the only type served)."),
-    Param("truncate", STR, "END (default) or NONE (413 for inputs over the token limit)."),
-    Param("output_dimension", INT, "Matryoshka size: the first n dimensions, re-normalised."),
-    Param("max_tokens", INT, "Cut each text to this many tokens first."),
-    INSTRUCTION,
-)
 _EMBED_EXAMPLE = {
     "model": "all-minilm-l6-v2",
     "texts": ["hello world"],
@@ -257,7 +290,6 @@ DIALECT = Dialect(
             embed,
             Operation(
                 "Cohere v1 embed: embeddings by type with embedding_types, else a plain list.",
-                body=_EMBED_BODY,
                 example=_EMBED_EXAMPLE,
                 response=_EMBED_RESPONSE,
             ),
@@ -268,7 +300,6 @@ DIALECT = Dialect(
             embed,
             Operation(
                 "Cohere v2 embed (what cohere.ClientV2.embed and Continue's Cohere provider call).",
-                body=_EMBED_BODY,
                 example=_EMBED_EXAMPLE,
                 response=_EMBED_RESPONSE,
             ),
@@ -281,7 +312,6 @@ DIALECT = Dialect(
                 "Cohere v1 / Jina rerank.",
                 "relevance_score is the instructed query's cosine to each document, mapped to "
                 "[0, 1].",
-                body=_BODY,
                 example=_EXAMPLE,
                 response=_RESPONSE,
             ),
@@ -292,7 +322,6 @@ DIALECT = Dialect(
             rerank,
             Operation(
                 "Cohere v2 rerank (what cohere.ClientV2.rerank calls).",
-                body=_BODY,
                 example=_EXAMPLE,
                 response=_RESPONSE,
             ),

@@ -4,23 +4,73 @@ work unchanged (trailing-slash forms included)."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 from aiohttp import web
 
-from localrank.errors import InvalidInput
-from localrank.serve.api import BOOL, INT, OBJ, STR, Dialect, Operation, Param, arr, one_of, route
-from localrank.serve.dialects.fields import (
-    DIMENSIONS,
-    INPUT_TYPE,
-    INSTRUCTION,
+from localrank.declare import Choices, Len, OneOf, Rule, arg
+from localrank.serve.api import Dialect, Operation, route
+from localrank.serve.dialects.shared import (
     MINILM,
-    QUERY,
-    TRUNCATE,
     VEC,
+    Dimensions,
+    InputType,
+    Instruction,
+    PositiveInt,
+    Query,
+    Texts,
+    Truncate,
+    instruction_for_queries,
+    query_mode,
 )
-from localrank.serve.parsing import field, positive_int, query_mode, read_body, truncate_flag
+from localrank.serve.requests import RERANK_METHODS
 from localrank.serve.state import embedding
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest:
+    texts: Texts = arg("Texts to embed.")
+    batch_size: PositiveInt | None = arg(
+        "Accepted; the scheduler batches.", default=None, unused=True
+    )
+    normalize: bool = arg("Accepted; vectors are always unit length.", default=True, unused=True)
+    input_type: InputType | None = None
+    instruction: Instruction | None = None
+    dimensions: Dimensions | None = None
+    truncate: Truncate = True
+    RULES: ClassVar[tuple[Rule, ...]] = (instruction_for_queries("input_type"),)
+
+
+@dataclass(frozen=True)
+class TextObject:
+    """A document as an object: its `text` is what is ranked."""
+
+    text: str = arg("The text to rank.")
+
+
+def _method_message(value: str) -> str:
+    if value == "cross-encoder":
+        return "no reranker is configured"
+    return f"method must be cross-encoder or bi-encoder, not {value!r}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankRequest:
+    query: Query
+    passages: Texts | None = arg("Texts to rank (or `documents`).", default=None)
+    documents: Annotated[list[str | TextObject], Len(1)] | None = arg(
+        "Same as passages: strings, or objects with a text.", default=None
+    )
+    top_k: PositiveInt | None = arg("Return only the best k.", default=None)
+    method: Annotated[str, Choices(RERANK_METHODS, message=_method_message)] | None = arg(
+        "cross-encoder (the configured reranker: only with one) or bi-encoder (the embedding "
+        "model's cosine). Default: the reranker when one is configured.",
+        default=None,
+    )
+    instruction: Instruction | None = None
+    truncate: Truncate = True
+    RULES: ClassVar[tuple[Rule, ...]] = (OneOf(("passages", "documents")),)
 
 
 def _model_info(request: web.Request) -> dict[str, object]:
@@ -37,20 +87,18 @@ def _model_info(request: web.Request) -> dict[str, object]:
     }
 
 
-async def embed(request: web.Request) -> web.Response:
+async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
     started = time.perf_counter()
-    body = await read_body(request)
     svc = embedding(request)
-    texts = field(body, "texts", list, required=True)
-    positive_int(body, "batch_size")  # accepted for compatibility: the scheduler batches
-    field(body, "normalize", bool, True)  # vectors are always L2-normalised (the recipe's)
-    query, instruction = query_mode(body)
+    # batch_size is accepted for compatibility (the scheduler batches); vectors are always
+    # L2-normalised (the recipe's), whatever `normalize` says.
+    query, instruction = query_mode(req.input_type, req.instruction)
     result = await svc.embed(
-        texts,
+        req.texts,
         query=query,
         instruction=instruction,
-        dimensions=field(body, "dimensions", int),
-        truncate=truncate_flag(body),
+        dimensions=req.dimensions,
+        truncate=req.truncate,
     )
     return web.json_response(
         {
@@ -64,38 +112,33 @@ async def embed(request: web.Request) -> web.Response:
             "usage": {
                 "prompt_tokens": result.prompt_tokens,
                 "total_tokens": result.prompt_tokens,
-                "texts": len(texts),
+                "texts": len(req.texts),
                 "truncated_inputs": result.truncated,
             },
         }
     )
 
 
-async def rerank(request: web.Request) -> web.Response:
+async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
     started = time.perf_counter()
-    body = await read_body(request)
     svc = embedding(request)
-    query = field(body, "query", str, required=True)
-    # `passages` (the embed-rerank name) or `documents`; a null one counts as absent.
-    name = "passages" if body.get("passages") is not None else "documents"
-    docs = field(body, name, list, required=True)
-    texts = [
-        d["text"] if isinstance(d, dict) and isinstance(d.get("text"), str) else d for d in docs
-    ]
-    top_k = positive_int(body, "top_k", len(texts))
-    _, instruction = query_mode(body, default_query=True)
-    if not query.strip():
-        raise InvalidInput("query must not be empty", param="query")
-    method = field(body, "method", str)
+    # `passages` (the embed-rerank name) or `documents`.
+    docs = req.passages if req.passages is not None else req.documents or []
+    texts = [d.text if isinstance(d, TextObject) else d for d in docs]
+    top_k = req.top_k or len(texts)
     scored = await svc.score(
-        query, texts, instruction=instruction, truncate=truncate_flag(body), method=method
+        req.query,
+        texts,
+        instruction=req.instruction,
+        truncate=req.truncate,
+        method=req.method,
     )
     scores, tokens = scored.scores, scored.tokens
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_k]
     return web.json_response(
         {
             "results": [{"text": texts[i], "score": float(scores[i]), "index": i} for i in order],
-            "query": query,
+            "query": req.query,
             "backend": svc.info.backend.backend,
             "device": svc.info.backend.device,
             "method": scored.method,
@@ -112,15 +155,6 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
 
 EMBED = Operation(
     "Embed texts (native shape).",
-    body=(
-        Param("texts", arr(STR), "Texts to embed.", required=True),
-        Param("batch_size", INT, "Accepted; the scheduler batches."),
-        Param("normalize", BOOL, "Accepted; vectors are always unit length."),
-        INPUT_TYPE,
-        INSTRUCTION,
-        DIMENSIONS,
-        TRUNCATE,
-    ),
     example={"texts": ["hello world"]},
     response={
         "vectors": [VEC],
@@ -133,20 +167,6 @@ EMBED = Operation(
 )
 RERANK = Operation(
     "Rerank passages against a query (native shape).",
-    body=(
-        QUERY,
-        Param("passages", arr(STR), "Texts to rank (or `documents`)."),
-        Param("documents", arr(one_of(STR, OBJ)), "Same as passages."),
-        Param("top_k", INT, "Return only the best k."),
-        Param(
-            "method",
-            STR,
-            "cross-encoder (the configured reranker; 422 without one) or bi-encoder (the "
-            "embedding model's cosine). Default: the reranker when one is configured.",
-        ),
-        INSTRUCTION,
-        TRUNCATE,
-    ),
     example={"query": "capital of France", "passages": ["Berlin", "Paris"]},
     response={
         "results": [{"text": "Paris", "score": 0.8, "index": 1}],

@@ -13,18 +13,30 @@ Obsidian Smart Connections reads `*.embedding_length` and `*.context_length` fro
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
+from localrank.declare import OneOf, Rule, arg
 from localrank.engine.names import describe_names
 from localrank.engine.types import ModelInfo
-from localrank.errors import InvalidInput, NotFound
-from localrank.serve.api import BOOL, OBJ, STR, Dialect, Operation, Param, arr, one_of, route
-from localrank.serve.dialects.fields import DIMENSIONS, MINILM, MODEL, TRUNCATE, VEC
+from localrank.errors import NotFound
+from localrank.serve.api import Dialect, Operation, route
 from localrank.serve.dialects.listing import ModelFacts, model_facts
-from localrank.serve.parsing import field, query_mode, read_body, serves, truncate_flag
+from localrank.serve.dialects.shared import (
+    MINILM,
+    VEC,
+    Dimensions,
+    InputType,
+    Instruction,
+    Model,
+    Truncate,
+    instruction_for_queries,
+    query_mode,
+    serves,
+)
 from localrank.serve.state import embedding
 
 # The Ollama API level these routes follow (what `GET /api/version` reports): /api/embed with
@@ -48,44 +60,67 @@ def check_ollama_model(name: str | None, info: ModelInfo) -> None:
     raise not_found(name, info)
 
 
-def _model_name(body: dict[str, Any]) -> str | None:
-    return field(body, "model", str)
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest:
+    model: Model | None = None
+    input: str | list[str] | None = arg("Text or texts; empty answers no embeddings.", default=None)
+    truncate: Truncate = True
+    dimensions: Dimensions | None = None
+    input_type: InputType | None = None
+    instruction: Instruction | None = None
+    options: dict[str, Any] | None = arg("Accepted, not used.", default=None, unused=True)
+    keep_alive: str | float | None = arg(
+        "Accepted, not used (the model stays loaded).", default=None, unused=True
+    )
+    RULES: ClassVar[tuple[Rule, ...]] = (instruction_for_queries("input_type"),)
 
 
-def _inputs(body: dict[str, Any]) -> list[str]:
-    raw = body.get("input")
-    if raw is None or raw == "":
-        return []
-    if isinstance(raw, str):
-        return [raw]
-    if isinstance(raw, list) and all(isinstance(t, str) for t in raw):
-        return raw
-    raise InvalidInput(
-        "invalid input type: 'input' must be a string or a list of strings", param="input"
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingsRequest:
+    model: Model | None = None
+    prompt: str = arg("The text; empty answers an empty embedding.", default="")
+    truncate: Truncate = True
+    input_type: InputType | None = None
+    instruction: Instruction | None = None
+    options: dict[str, Any] | None = arg("Accepted, not used.", default=None, unused=True)
+    keep_alive: str | float | None = arg(
+        "Accepted, not used (the model stays loaded).", default=None, unused=True
+    )
+    RULES: ClassVar[tuple[Rule, ...]] = (instruction_for_queries("input_type"),)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShowRequest:
+    model: Model | None = arg("Any name of the served model.", default=None)
+    name: str | None = arg("Ollama's older spelling of model.", default=None)
+    verbose: bool | None = arg("Accepted, not used.", default=None, unused=True)
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        OneOf(("model", "name"), nonempty=True, message="model is required"),
     )
 
 
-def _common(body: dict[str, Any]) -> None:
-    """Fields accepted for compatibility: the model is always loaded, options do not apply."""
-    field(body, "options", dict)
-    field(body, "keep_alive", (str, int, float))
+def _inputs(raw: str | list[str] | None) -> list[str]:
+    """As in Ollama, no input (or an empty one) is no texts: clients send it to preload."""
+    if not raw:
+        return []
+    return [raw] if isinstance(raw, str) else raw
 
 
-async def embed(request: web.Request) -> web.Response:
+async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
     started = time.perf_counter_ns()
-    body = await read_body(request)
     svc = embedding(request)
-    check_ollama_model(_model_name(body), svc.info)
-    _common(body)
-    inputs = _inputs(body)
-    query, instruction = query_mode(body)
-    dimensions = field(body, "dimensions", int)
-    truncate = truncate_flag(body)
+    check_ollama_model(req.model, svc.info)
+    inputs = _inputs(req.input)
+    query, instruction = query_mode(req.input_type, req.instruction)
     embeddings: list[list[float]] = []
     tokens = 0
     if inputs:
         result = await svc.embed(
-            inputs, query=query, instruction=instruction, dimensions=dimensions, truncate=truncate
+            inputs,
+            query=query,
+            instruction=instruction,
+            dimensions=req.dimensions,
+            truncate=req.truncate,
         )
         embeddings, tokens = result.vectors.tolist(), result.prompt_tokens
     return web.json_response(
@@ -99,18 +134,15 @@ async def embed(request: web.Request) -> web.Response:
     )
 
 
-async def embeddings(request: web.Request) -> web.Response:
+async def embeddings(request: web.Request, req: EmbeddingsRequest) -> web.Response:
     """Legacy `{"model", "prompt"}` -> `{"embedding": [...]}` (empty for an empty prompt)."""
-    body = await read_body(request)
     svc = embedding(request)
-    check_ollama_model(_model_name(body), svc.info)
-    _common(body)
-    prompt = field(body, "prompt", str, "")
-    query, instruction = query_mode(body)
-    if not prompt:
+    check_ollama_model(req.model, svc.info)
+    query, instruction = query_mode(req.input_type, req.instruction)
+    if not req.prompt:
         return web.json_response({"embedding": []})
     result = await svc.embed(
-        [prompt], query=query, instruction=instruction, truncate=truncate_flag(body)
+        [req.prompt], query=query, instruction=instruction, truncate=req.truncate
     )
     return web.json_response({"embedding": result.vectors[0].tolist()})
 
@@ -156,16 +188,11 @@ async def tags(request: web.Request) -> web.Response:
     return web.json_response({"models": models})
 
 
-async def show(request: web.Request) -> web.Response:
+async def show(request: web.Request, req: ShowRequest) -> web.Response:
     """The model's details: `model_info` carries `<family>.embedding_length` (the vector size)
     and `<family>.context_length` (the served token limit)."""
-    body = await read_body(request)
     svc = embedding(request)
-    name = _model_name(body) or field(body, "name", str)  # `name`: Ollama's older field
-    if not name:
-        raise InvalidInput("model is required", param="model")
-    check_ollama_model(name, svc.info)
-    field(body, "verbose", bool)
+    check_ollama_model(req.model or req.name, svc.info)
     info = svc.info
     facts = await model_facts(info)
     family = info.recipe.family
@@ -275,11 +302,6 @@ DIALECT = Dialect(
             Operation(
                 "Ollama model details: model_info carries <family>.embedding_length and "
                 "<family>.context_length; 404 for a model not served here.",
-                body=(
-                    Param("model", STR, "Any name of the served model.", required=True),
-                    Param("name", STR, "Ollama's older spelling of model."),
-                    Param("verbose", BOOL, "Accepted, not used."),
-                ),
                 example={"model": "all-minilm-l6-v2"},
                 response={
                     "details": _DETAILS,
@@ -316,18 +338,6 @@ DIALECT = Dialect(
             embed,
             Operation(
                 "Ollama embed (what ollama.Client.embed calls).",
-                body=(
-                    MODEL,
-                    Param(
-                        "input",
-                        one_of(STR, arr(STR)),
-                        "Text or texts; empty answers no embeddings.",
-                    ),
-                    TRUNCATE,
-                    DIMENSIONS,
-                    Param("options", OBJ, "Accepted, not used."),
-                    Param("keep_alive", STR, "Accepted, not used (the model stays loaded)."),
-                ),
                 example={"model": "all-minilm-l6-v2", "input": ["hello world"]},
                 response={
                     "model": MINILM,
@@ -344,7 +354,6 @@ DIALECT = Dialect(
             embeddings,
             Operation(
                 "Ollama's legacy embeddings: one prompt, one vector.",
-                body=(MODEL, Param("prompt", STR, "The text."), Param("options", OBJ, "Ignored.")),
                 example={"model": "all-minilm-l6-v2", "prompt": "hello world"},
                 response={"embedding": VEC},
             ),

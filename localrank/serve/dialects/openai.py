@@ -5,52 +5,74 @@ models."""
 from __future__ import annotations
 
 import base64
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from aiohttp import web
 
+from localrank.declare import Choices, Len, OneOf, Rule, arg
 from localrank.engine.types import ModelInfo
-from localrank.errors import InvalidInput, NotFound
-from localrank.serve.api import INT, STR, Dialect, Operation, Param, arr, one_of, route
-from localrank.serve.dialects.fields import (
-    DIMENSIONS,
-    EMBEDDING,
-    INPUT_TYPE,
-    INSTRUCTION,
-    MINILM,
-    MODEL,
-    TRUNCATE,
-    VEC,
-)
+from localrank.errors import NotFound
+from localrank.serve.api import Dialect, Operation, route
 from localrank.serve.dialects.listing import ModelFacts, model_facts
-from localrank.serve.parsing import (
+from localrank.serve.dialects.shared import (
+    EMBEDDING,
+    MINILM,
+    VEC,
+    Dimensions,
+    InputType,
+    Instruction,
+    Model,
+    Texts,
+    TokenIds,
+    Truncate,
     check_requested_model,
-    field,
+    instruction_for_queries,
     query_mode,
-    read_body,
     serves,
-    truncate_flag,
     unknown_model,
 )
 from localrank.serve.state import embedding
 
+# A string, strings, token ids or lists of token ids (the served tokenizer's).
+Input = str | Texts | TokenIds | Annotated[list[TokenIds], Len(1)]
 
-def _inputs(body: dict[str, Any]) -> list[str] | list[list[int]]:
-    raw = body.get("input")
-    if raw is None:
-        raise InvalidInput("'input' is required", param="input")
+
+@dataclass(frozen=True, kw_only=True)
+class EmbeddingsRequest:
+    """OpenAI's body; or kagent's `{texts, model}` (when there is no `input`)."""
+
+    model: Model | None = None
+    input: Input | None = arg("A string, strings, token ids or lists of token ids.", default=None)
+    texts: Texts | None = arg(
+        "kagent shape (answered as {embeddings, model, dimensions}).", default=None
+    )
+    encoding_format: Annotated[str, Choices(("float", "base64"))] = arg(
+        "float or base64 (little-endian f32).", default="float"
+    )
+    dimensions: Dimensions | None = None
+    input_type: InputType | None = None
+    instruction: Instruction | None = None
+    truncate: Truncate = True
+    user: str | None = arg("Ignored.", default=None, unused=True)
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        OneOf(("input", "texts"), message="'input' is required"),
+        instruction_for_queries("input_type"),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextQuery:
+    text: str = arg("The text to embed.", where="query")
+
+
+def _inputs(raw: Any) -> list[str] | list[list[int]]:
     if isinstance(raw, str):
         return [raw]
-    if (
-        isinstance(raw, list)
-        and raw
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
-    ):
+    if raw and all(isinstance(t, int) for t in raw):
         return [raw]  # one input given as token ids
-    if isinstance(raw, list):
-        return raw
-    raise InvalidInput("'input' must be a string, a list of strings, or token ids", param="input")
+    return list(raw)
 
 
 def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
@@ -59,29 +81,25 @@ def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
     return vector.tolist()
 
 
-async def embeddings(request: web.Request) -> web.Response:
-    body = await read_body(request)
-    if "input" not in body and "texts" in body:
-        return await _kagent(request, body)
+async def embeddings(request: web.Request, req: EmbeddingsRequest) -> web.Response:
     svc = embedding(request)
-    check_requested_model(body, svc.info)
-    fmt = field(body, "encoding_format", str, "float")
-    if fmt not in ("float", "base64"):
-        raise InvalidInput("encoding_format must be float or base64", param="encoding_format")
-    inputs = _inputs(body)
-    query, instruction = query_mode(body)
+    check_requested_model(req.model, svc.info)
+    query, instruction = query_mode(req.input_type, req.instruction)
+    if req.input is None:
+        assert req.texts is not None  # the OneOf rule
+        return await _kagent(request, req.texts, query, instruction, req.dimensions)
     result = await svc.embed(
-        inputs,
+        _inputs(req.input),
         query=query,
         instruction=instruction,
-        dimensions=field(body, "dimensions", int),
-        truncate=truncate_flag(body),
+        dimensions=req.dimensions,
+        truncate=req.truncate,
     )
     return web.json_response(
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "index": i, "embedding": _encode(v, fmt)}
+                {"object": "embedding", "index": i, "embedding": _encode(v, req.encoding_format)}
                 for i, v in enumerate(result.vectors)
             ],
             "model": svc.info.display_name,
@@ -94,14 +112,15 @@ async def embeddings(request: web.Request) -> web.Response:
     )
 
 
-async def _kagent(request: web.Request, body: dict[str, Any]) -> web.Response:
+async def _kagent(
+    request: web.Request,
+    texts: list[str],
+    query: bool,
+    instruction: str | None,
+    dimensions: int | None,
+) -> web.Response:
     svc = embedding(request)
-    check_requested_model(body, svc.info)
-    texts = field(body, "texts", list, required=True)
-    query, instruction = query_mode(body)
-    result = await svc.embed(
-        texts, query=query, instruction=instruction, dimensions=field(body, "dimensions", int)
-    )
+    result = await svc.embed(texts, query=query, instruction=instruction, dimensions=dimensions)
     return web.json_response(
         {
             "embeddings": result.vectors.tolist(),
@@ -111,11 +130,13 @@ async def _kagent(request: web.Request, body: dict[str, Any]) -> web.Response:
     )
 
 
-async def embeddings_get(request: web.Request) -> web.Response:
-    text = request.query.get("text")
-    if text is None:
-        raise InvalidInput("GET /embeddings needs ?text=...", param="text")
-    return await _kagent(request, {"texts": [text]})
+async def embeddings_get(request: web.Request, req: TextQuery) -> web.Response:
+    return await _kagent(request, [req.text], False, None, None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPath:
+    model: str = arg("Any name the served model answers to.", where="path")
 
 
 def _model_object(name: str, info: ModelInfo, facts: ModelFacts) -> dict[str, Any]:
@@ -161,9 +182,9 @@ async def models(request: web.Request) -> web.Response:
     )
 
 
-async def model(request: web.Request) -> web.Response:
+async def model(request: web.Request, req: ModelPath) -> web.Response:
     info = embedding(request).info
-    name = request.match_info["model"]
+    name = req.model
     if not serves(info, name):
         raise NotFound(unknown_model(name, info), param="model")
     return web.json_response(_model_object(name, info, await model_facts(info)))
@@ -176,8 +197,6 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-TOKEN_IDS = arr(INT)
-ANY_INPUT = one_of(STR, arr(STR), TOKEN_IDS, arr(TOKEN_IDS))
 KAGENT = {"embeddings": [VEC], "model": MINILM, "dimensions": 384}
 MODEL_OBJECT = {
     "id": MINILM,
@@ -198,22 +217,8 @@ DIALECT = Dialect(
             embeddings,
             Operation(
                 "OpenAI embeddings.",
-                "Document mode unless input_type says query. The official SDK asks for base64.",
-                body=(
-                    MODEL,
-                    Param(
-                        "input",
-                        ANY_INPUT,
-                        "A string, strings, token ids or lists of token ids.",
-                        required=True,
-                    ),
-                    Param("encoding_format", STR, "float (default) or base64 (little-endian f32)."),
-                    DIMENSIONS,
-                    INPUT_TYPE,
-                    INSTRUCTION,
-                    TRUNCATE,
-                    Param("user", STR, "Ignored."),
-                ),
+                "Document mode unless input_type says query. The official SDK asks for base64. "
+                "A body with `texts` and no `input` answers kagent's shape.",
                 example={"model": "all-minilm-l6-v2", "input": ["hello world"]},
                 response=EMBEDDING,
             ),
@@ -225,14 +230,6 @@ DIALECT = Dialect(
             Operation(
                 "OpenAI embeddings without /v1; a {texts, model} body answers the kagent shape "
                 "{embeddings, model, dimensions}.",
-                body=(
-                    MODEL,
-                    Param("input", ANY_INPUT, "OpenAI shape."),
-                    Param("texts", arr(STR), "kagent shape."),
-                    DIMENSIONS,
-                    INPUT_TYPE,
-                    INSTRUCTION,
-                ),
                 example={"texts": ["hello world"]},
                 response=KAGENT,
             ),
@@ -262,7 +259,6 @@ DIALECT = Dialect(
             embeddings_get,
             Operation(
                 "Embed one text given in the query string (kagent shape).",
-                query=(Param("text", STR, "The text to embed.", required=True),),
                 response=KAGENT,
             ),
         ),

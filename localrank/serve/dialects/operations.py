@@ -8,7 +8,7 @@ from aiohttp import web
 
 from localrank import __version__
 from localrank.serve.api import Dialect, Operation, localrank_error_body, route
-from localrank.serve.dialects.fields import MINILM
+from localrank.serve.dialects.shared import MINILM
 from localrank.serve.docs_page import CSP, render_html
 from localrank.serve.openapi import build_spec
 from localrank.serve.state import COLLECTIONS_KEY, METRICS_KEY, STATE_KEY
@@ -16,12 +16,14 @@ from localrank.serve.state import COLLECTIONS_KEY, METRICS_KEY, STATE_KEY
 
 async def health(request: web.Request) -> web.Response:
     """200 when the model is ready; 503 while it downloads or loads (with the phase, and bytes
-    done and total while downloading) or when it failed (with the reason)."""
+    done and total while downloading) or when it failed (with the reason). `store` says whether
+    the database answers and its operations succeed; when not, the status is "degraded"."""
     state = request.app[STATE_KEY]
     uptime = round(time.monotonic() - state.started, 3)
     service = request.app.get(COLLECTIONS_KEY)
     # Whether searches run at full speed yet: they are answered either way.
     collections = service.search_readiness() if service is not None else None
+    store = await service.store_status() if service is not None else None
     if state.service is None:
         progress = state.progress.snapshot()
         status = "downloading" if "download" in progress else "loading"
@@ -30,21 +32,29 @@ async def health(request: web.Request) -> web.Response:
             "uptime_s": uptime,
             "version": __version__,
             "collections": collections,
+            "store": store,
         }
         if state.load_error is not None:
             body["error"] = state.load_error.message
         else:
             body["loading"] = progress
         return web.json_response(body, status=503)
+    # A store that is down degrades the daemon but does not make it unhealthy: 200 still. It
+    # embeds and reranks without the store (most of its routes); a supervisor that restarted it
+    # would not bring the database back, and a load balancer that took it out would take out
+    # every daemon sharing that database at once, for every route. The routes that need the
+    # store answer 503 store_unavailable meanwhile; `status` and `store` say why.
+    degraded = store is not None and store["status"] != "ok"
     return web.json_response(
         {
-            "status": "ok",
+            "status": "degraded" if degraded else "ok",
             "version": __version__,
             "uptime_s": uptime,
             "load_seconds": state.load_seconds,
             "queue_depth": state.service.queue_depth,
             # Which store this daemon serves: the CLI talks to a daemon only when it is its own.
             "database": state.settings.store_display,
+            "store": store,
             "collections": collections,
             **state.service.info.to_dict(),
             "rerank_method": state.service.rerank_status()["rerank_method"],
@@ -82,9 +92,13 @@ HEALTH = Operation(
     "503 while loading, or downloading (with bytes done and total), or after a failure. "
     "`collections` says whether searches are ready to run at full speed (every collection's "
     "index in memory, the search threads warm); they are answered before that too, the first "
-    "ones may wait for their collection to load.",
+    "ones may wait for their collection to load. `store` says whether the database answers and "
+    'its operations succeed: `{"status": "unavailable", "reason": ...}` when it is down or its '
+    'operations keep failing, and then `status` is "degraded", still 200: embedding and '
+    "reranking work without it, the routes that need it answer 503 meanwhile.",
     response={
         "status": "ok",
+        "store": {"status": "ok"},
         "collections": {"ready": True, "loaded": 2, "total": 2},
         "model": MINILM,
         "backend": "torch",

@@ -10,143 +10,194 @@ on `POST /` too, and that is where `huggingface_hub.InferenceClient(model=URL)` 
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Annotated, Any, ClassVar
 
 from aiohttp import web
 
 from localrank import __version__
+from localrank.declare import Len, Rule, arg
 from localrank.engine.core import check_inputs
-from localrank.errors import BackendError, InvalidInput
-from localrank.serve.api import BOOL, OBJ, STR, Dialect, Operation, Param, arr, one_of, route
-from localrank.serve.dialects.fields import DIMENSIONS, INSTRUCTION, MINILM, QUERY, TRUNCATE, VEC
-from localrank.serve.parsing import field, query_mode, read_body, truncate_flag
+from localrank.errors import BackendError
+from localrank.serve.api import Dialect, Operation, route
+from localrank.serve.dialects.shared import (
+    MINILM,
+    VEC,
+    Dimensions,
+    Direction,
+    Instruction,
+    PromptName,
+    Query,
+    Texts,
+    TokenIds,
+    Truncate,
+    instruction_for_queries,
+    query_mode,
+)
 from localrank.serve.state import STATE_KEY, embedding
 
-
-def tei_inputs(body: dict[str, Any], name: str = "inputs") -> list[str] | list[list[int]]:
-    """TEI's `inputs`: one string, a list of strings, or token ids (one list or a list of them)."""
-    raw = body.get(name)
-    if raw is None:
-        raise InvalidInput(f"{name!r} is required", param=name)
-    if isinstance(raw, str):
-        return [raw]
-    if (
-        isinstance(raw, list)
-        and raw
-        and all(isinstance(t, int) and not isinstance(t, bool) for t in raw)
-    ):
-        return [raw]
-    if isinstance(raw, list):
-        return raw
-    raise InvalidInput(f"{name!r} must be a string or a list of strings", param=name)
+# TEI's `inputs`: one string, a list of strings, or token ids (one list or a list of them).
+Inputs = str | Texts | TokenIds | Annotated[list[TokenIds], Len(1)]
 
 
-def _check_direction(body: dict[str, Any]) -> None:
-    direction = field(body, "truncation_direction", str, "Right")
-    if direction.lower() != "right":
-        raise InvalidInput(
-            "only truncation_direction Right is supported", param="truncation_direction"
-        )
+@dataclass(frozen=True, kw_only=True)
+class EmbedRequest:
+    inputs: Inputs = arg("Text or texts (or token ids).")
+    normalize: bool = arg("Accepted; vectors are always unit length.", default=True, unused=True)
+    truncate: Truncate = True
+    truncation_direction: Direction = arg(default="Right", unused=True)
+    prompt_name: PromptName | None = None
+    dimensions: Dimensions | None = None
+    instruction: Instruction | None = None
+    RULES: ClassVar[tuple[Rule, ...]] = (instruction_for_queries("prompt_name"),)
 
 
-async def embed(request: web.Request) -> web.Response:
+@dataclass(frozen=True)
+class SimilarityInputs:
+    source_sentence: str = arg("The sentence the others are compared to.")
+    sentences: Texts = arg("The sentences to compare.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimilarityParameters:
+    truncate: Truncate = True
+    truncation_direction: Direction = arg(default="Right", unused=True)
+    prompt_name: PromptName | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimilarityRequest:
+    inputs: SimilarityInputs = arg("{source_sentence, sentences}.")
+    parameters: SimilarityParameters | None = arg(
+        "truncate, truncation_direction, prompt_name.", default=None
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RootRequest:
+    """TEI's `POST /`: an embed body, or a similarity one (inputs {source_sentence,
+    sentences}, then `parameters`)."""
+
+    inputs: Inputs | SimilarityInputs = arg(
+        "Text or texts (embed), or {source_sentence, sentences} (similarity)."
+    )
+    normalize: bool = arg("Accepted; vectors are always unit length.", default=True, unused=True)
+    truncate: Truncate = True
+    truncation_direction: Direction = arg(default="Right", unused=True)
+    prompt_name: PromptName | None = None
+    dimensions: Dimensions | None = None
+    instruction: Instruction | None = None
+    parameters: SimilarityParameters | None = arg(
+        "Similarity only: truncate, truncation_direction, prompt_name.", default=None
+    )
+    RULES: ClassVar[tuple[Rule, ...]] = (instruction_for_queries("prompt_name"),)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankRequest:
+    query: Query
+    texts: Texts = arg("Texts to rank.")
+    raw_scores: bool = arg(
+        "The cross-encoder's logit (without a reranker: the cosine in [-1, 1]) instead of the "
+        "[0, 1] score.",
+        default=False,
+    )
+    return_text: bool = arg("Include each text.", default=False)
+    truncate: Truncate = True
+    truncation_direction: Direction = arg(default="Right", unused=True)
+    instruction: Instruction | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizeRequest:
+    inputs: str | Texts = arg("Text or texts.")
+    add_special_tokens: bool = arg("Include the model's special tokens.", default=True)
+    prompt_name: PromptName | None = arg("query formats a query.", default=None)
+    instruction: Instruction | None = None
+    RULES: ClassVar[tuple[Rule, ...]] = (instruction_for_queries("prompt_name"),)
+
+
+def _list(inputs: Any) -> list[Any]:
+    if isinstance(inputs, str):
+        return [inputs]
+    if inputs and all(isinstance(t, int) for t in inputs):
+        return [inputs]  # one input as token ids
+    return list(inputs)
+
+
+async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
     """TEI `/embed` -> `[[float, ...], ...]`. Vectors are always unit length (the recipe's)."""
-    return await _embed(request, await read_body(request))
+    return await _embed(request, req.inputs, req)
 
 
-async def _embed(request: web.Request, body: dict[str, Any]) -> web.Response:
+async def _embed(
+    request: web.Request, inputs: Any, req: EmbedRequest | RootRequest
+) -> web.Response:
     svc = embedding(request)
-    inputs = tei_inputs(body)
-    field(body, "normalize", bool, True)
-    _check_direction(body)
-    query, instruction = query_mode(body)
+    query, instruction = query_mode(req.prompt_name, req.instruction)
     result = await svc.embed(
-        inputs,
+        _list(inputs),
         query=query,
         instruction=instruction,
-        dimensions=field(body, "dimensions", int),
-        truncate=truncate_flag(body),
+        dimensions=req.dimensions,
+        truncate=req.truncate,
     )
     return web.json_response(result.vectors.tolist())
 
 
-async def similarity(request: web.Request) -> web.Response:
+async def similarity(request: web.Request, req: SimilarityRequest) -> web.Response:
     """TEI `/similarity` -> `[float, ...]`: the cosine of `source_sentence` to each of
     `sentences` (TEI's sentence-similarity task)."""
-    return await _similarity(request, await read_body(request))
+    return await _similarity(request, req.inputs, req.parameters or SimilarityParameters())
 
 
-async def _similarity(request: web.Request, body: dict[str, Any]) -> web.Response:
+async def _similarity(
+    request: web.Request, inputs: SimilarityInputs, parameters: SimilarityParameters
+) -> web.Response:
     svc = embedding(request)
-    inputs = field(body, "inputs", dict, required=True)
-    source = field(inputs, "source_sentence", str, required=True)
-    sentences = field(inputs, "sentences", list, required=True)
-    if not sentences or not all(isinstance(t, str) for t in sentences):
-        raise InvalidInput("'inputs.sentences' must be a non-empty list of strings", param="inputs")
-    check_inputs([source, *sentences], max_inputs=svc.max_inputs, param="inputs")
-    parameters = field(body, "parameters", dict, {})
-    _check_direction(parameters)
-    query, instruction = query_mode(parameters)
+    texts = [inputs.source_sentence, *inputs.sentences]
+    check_inputs(texts, max_inputs=svc.max_inputs, param="inputs")
+    query, instruction = query_mode(parameters.prompt_name, None)
     result = await svc.embed(
-        [source, *sentences],
-        query=query,
-        instruction=instruction,
-        truncate=truncate_flag(parameters),
+        texts, query=query, instruction=instruction, truncate=parameters.truncate
     )
     vectors = result.vectors
     return web.json_response((vectors[1:] @ vectors[0]).tolist())
 
 
-async def root(request: web.Request) -> web.Response:
+async def root(request: web.Request, req: RootRequest) -> web.Response:
     """TEI's `POST /` for an embedding model: sentence similarity when `inputs` holds
     `source_sentence` and `sentences`, embeddings otherwise."""
-    body = await read_body(request)
-    if isinstance(body.get("inputs"), dict):
-        return await _similarity(request, body)
-    return await _embed(request, body)
+    if isinstance(req.inputs, SimilarityInputs):
+        return await _similarity(request, req.inputs, req.parameters or SimilarityParameters())
+    return await _embed(request, req.inputs, req)
 
 
-async def rerank(request: web.Request) -> web.Response:
+async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
     """TEI `/rerank` -> `[{"index", "score", "text"?}]`, best first. `raw_scores` gives the
     cross-encoder's logit (or, without a reranker, the cosine in [-1, 1]) instead of the
     [0, 1] score."""
-    body = await read_body(request)
     svc = embedding(request)
-    query = field(body, "query", str, required=True)
-    if not query.strip():
-        raise InvalidInput("query must not be empty", param="query")
-    texts = field(body, "texts", list, required=True)
+    texts = req.texts
     check_inputs(texts, max_inputs=svc.max_inputs, param="texts")
-    if not all(isinstance(t, str) for t in texts):
-        raise InvalidInput("'texts' must be a list of strings", param="texts")
-    raw_scores = field(body, "raw_scores", bool, False)
-    return_text = field(body, "return_text", bool, False)
-    _check_direction(body)
-    _, instruction = query_mode(body, default_query=True)
-    scored = await svc.score(query, texts, instruction=instruction, truncate=truncate_flag(body))
+    scored = await svc.score(req.query, texts, instruction=req.instruction, truncate=req.truncate)
     scores = scored.scores
     out = []
     for i in sorted(range(len(texts)), key=lambda i: -scores[i]):
-        score = float(scored.raw[i]) if raw_scores else float(scores[i])
+        score = float(scored.raw[i]) if req.raw_scores else float(scores[i])
         item: dict[str, Any] = {"index": i, "score": score}
-        if return_text:
+        if req.return_text:
             item["text"] = texts[i]
         out.append(item)
     return web.json_response(out)
 
 
-async def tokenize(request: web.Request) -> web.Response:
-    body = await read_body(request)
+async def tokenize(request: web.Request, req: TokenizeRequest) -> web.Response:
     svc = embedding(request)
-    raw = tei_inputs(body)
-    inputs = [t for t in raw if isinstance(t, str)]
-    if len(inputs) != len(raw):
-        raise InvalidInput("'inputs' must be a string or a list of strings", param="inputs")
-    add_special = field(body, "add_special_tokens", bool, True)
-    query, instruction = query_mode(body)
+    inputs = [req.inputs] if isinstance(req.inputs, str) else req.inputs
+    query, instruction = query_mode(req.prompt_name, req.instruction)
     tokens = await svc.tokens(
-        inputs, add_special_tokens=add_special, query=query, instruction=instruction
+        inputs, add_special_tokens=req.add_special_tokens, query=query, instruction=instruction
     )
     return web.json_response([[asdict(t) for t in row] for row in tokens])
 
@@ -203,24 +254,6 @@ def error_body(status: int, message: str, code: str, param: str | None) -> dict[
     return {"error": message, "error_type": _ERROR_TYPES.get(status, fallback)}
 
 
-_EMBED_BODY = (
-    Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
-    Param("normalize", BOOL, "Accepted; vectors are always unit length."),
-    TRUNCATE,
-    Param("truncation_direction", STR, "Right (the only one supported)."),
-    Param("prompt_name", STR, "query or document."),
-    DIMENSIONS,
-    INSTRUCTION,
-)
-_SIMILARITY_INPUTS = {
-    "type": "object",
-    "properties": {"source_sentence": STR, "sentences": arr(STR)},
-    "required": ["source_sentence", "sentences"],
-}
-_SIMILARITY_PARAMETERS = Param(
-    "parameters", OBJ, "Similarity only: truncate, truncation_direction, prompt_name."
-)
-
 DIALECT = Dialect(
     "tei",
     error_body,
@@ -233,7 +266,6 @@ DIALECT = Dialect(
             embed,
             Operation(
                 "TEI embed: a list of vectors.",
-                body=_EMBED_BODY,
                 example={"inputs": ["hello world"]},
                 response=[VEC],
             ),
@@ -245,16 +277,6 @@ DIALECT = Dialect(
             Operation(
                 "TEI's root for an embedding model (where huggingface_hub.InferenceClient posts): "
                 "embed, or similarity when inputs is {source_sentence, sentences}.",
-                body=(
-                    Param(
-                        "inputs",
-                        one_of(STR, arr(STR), _SIMILARITY_INPUTS),
-                        "Text or texts (embed), or {source_sentence, sentences} (similarity).",
-                        required=True,
-                    ),
-                    *_EMBED_BODY[1:],
-                    _SIMILARITY_PARAMETERS,
-                ),
                 example={"inputs": "hello world"},
                 response=[VEC],
             ),
@@ -265,15 +287,6 @@ DIALECT = Dialect(
             similarity,
             Operation(
                 "TEI sentence similarity: the cosine of source_sentence to each sentence.",
-                body=(
-                    Param(
-                        "inputs",
-                        _SIMILARITY_INPUTS,
-                        "{source_sentence, sentences}.",
-                        required=True,
-                    ),
-                    _SIMILARITY_PARAMETERS,
-                ),
                 example={
                     "inputs": {
                         "source_sentence": "What is Deep Learning?",
@@ -289,14 +302,6 @@ DIALECT = Dialect(
             rerank,
             Operation(
                 "TEI rerank: [{index, score, text?}] best first.",
-                body=(
-                    QUERY,
-                    Param("texts", arr(STR), "Texts to rank.", required=True),
-                    Param("raw_scores", BOOL, "The cosine in [-1, 1] instead of [0, 1]."),
-                    Param("return_text", BOOL, "Include each text."),
-                    TRUNCATE,
-                    INSTRUCTION,
-                ),
                 example={"query": "capital of France", "texts": ["Berlin", "Paris"]},
                 response=[{"index": 1, "score": 0.8}, {"index": 0, "score": 0.55}],
             ),
@@ -307,15 +312,6 @@ DIALECT = Dialect(
             tokenize,
             Operation(
                 "TEI tokenize: per input, its tokens with character spans.",
-                body=(
-                    Param("inputs", one_of(STR, arr(STR)), "Text or texts.", required=True),
-                    Param(
-                        "add_special_tokens",
-                        BOOL,
-                        "Include the model's special tokens (default true).",
-                    ),
-                    Param("prompt_name", STR, "query formats a query."),
-                ),
                 example={"inputs": "hello world"},
                 response=[
                     [

@@ -10,11 +10,11 @@ the server restarts the first request gets a fresh connection instead of a dead 
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -26,15 +26,11 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from localrank.config import redact_url
 from localrank.errors import LocalrankError, StoreError, StoreUnavailable
+from localrank.store.health import FailureLog
 
 CONNECT_TIMEOUT_S = 5.0
 POOL_MAX = 8
 _HEADER = struct.Struct(">HH")
-
-
-def now_iso() -> str:
-    """UTC timestamp, second precision: the format every store writes."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Vec:
@@ -91,6 +87,7 @@ class Database:
     def __init__(self, url: str, *, max_size: int = POOL_MAX) -> None:
         self.url = url
         self.where = redact_url(url)
+        self.failures = FailureLog()
         self.pool = ConnectionPool(
             url,
             min_size=1,
@@ -137,9 +134,29 @@ class Database:
         except LocalrankError:
             raise
         except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}") from exc
+            error = StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}")
+            self.failures.record(error.message)
+            raise error from exc
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL: {describe(exc)}") from exc
+
+    def ping(self, timeout: float) -> None:
+        """Connect afresh (not through the pool, which may be busy or still holding dead
+        connections) and run one query; StoreUnavailable with the reason when that fails."""
+        try:
+            # libpq rounds connect_timeout to whole seconds, and below 2 up to 2.
+            with psycopg.connect(
+                self.url, connect_timeout=max(2, math.ceil(timeout)), autocommit=True
+            ) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise StoreUnavailable(f"PostgreSQL at {self.where}: {describe(exc)}") from exc
+
+    @contextmanager
+    def read(self) -> Iterator[psycopg.Connection[Any]]:
+        """Several statements in one transaction."""
+        with self.connection() as conn, conn.transaction():
+            yield conn
 
     @contextmanager
     def write(self) -> Iterator[psycopg.Connection[Any]]:

@@ -1,75 +1,40 @@
-"""PostgreSQL: ingestion and reindex jobs shared by every daemon on the database.
+"""PostgreSQL statements: ingestion and reindex jobs shared by every daemon on the database
+(`engine.JobSQL`).
 
 A runner claims the oldest open job nobody holds with `FOR UPDATE SKIP LOCKED` (two daemons
 polling at once never take the same job, and never wait for each other), and holds it for a
 lease (`lease_until`, on the server's clock so daemons' clocks need not agree). The owner renews
 the lease while it works (`renew_job`, and every progress write); a daemon that dies stops
 renewing, and once the lease has run out the next claim takes the job over and resumes it at
-its first pending item. Marking items done only counts items still pending, so a runner that
-lost its lease and kept writing for a moment never counts a document twice (and re-writing a
-document it already stored is an "unchanged" upsert).
+its first pending item.
 """
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from psycopg import Connection
 
-from localrank.errors import NotFound
-from localrank.store.postgres.db import now_iso, one
-from localrank.store.records import ItemFailure, Job, JobItem
+from localrank.store.rows import JOB_COLUMNS, Row, now_iso, prefixed
 
 Conn = Connection[Any]
-MAX_ERRORS_KEPT = 1000
-_COLUMNS = (
-    "id, collection, kind, state, total, done, failed, errors, params, owner, created, updated"
-)
 
 
-def _job(row: Any) -> Job:
-    return Job(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        int(row[4]),
-        int(row[5]),
-        int(row[6]),
-        json.loads(row[7]),
-        json.loads(row[8]),
-        row[9],
-        row[10],
-        row[11],
-    )
-
-
-def create_job(
+def insert_job(
     conn: Conn,
-    *,
+    job_id: str,
     collection: str,
     kind: str,
+    total: int,
+    params: str,
     items: Sequence[tuple[str, str]],
-    params: dict[str, Any] | None = None,
-    total: int | None = None,
-) -> str:
-    job_id = "job_" + uuid.uuid4().hex
+) -> None:
     stamp = now_iso()
     conn.execute(
         "INSERT INTO jobs (id, collection, kind, state, total, params, created, updated) "
         "VALUES (%s, %s, %s, 'queued', %s, %s, %s, %s)",
-        (
-            job_id,
-            collection,
-            kind,
-            len(items) if total is None else total,
-            json.dumps(params or {}),
-            stamp,
-            stamp,
-        ),
+        (job_id, collection, kind, total, params, stamp, stamp),
     )
     if items:
         with (
@@ -78,38 +43,27 @@ def create_job(
         ):
             for i, (doc_id, payload) in enumerate(items):
                 copy.write_row((job_id, i, doc_id, payload))
-    return job_id
 
 
-def get_job(conn: Conn, job_id: str) -> Job:
-    row = conn.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = %s", (job_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"job {job_id!r} not found", param="job_id")
-    return _job(row)
+def job_row(conn: Conn, job_id: str, *, lock: bool = False) -> Row | None:
+    query = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s"
+    return conn.execute(query + (" FOR UPDATE" if lock else ""), (job_id,)).fetchone()
 
 
-def list_jobs(conn: Conn, *, limit: int = 50, state: str | None = None) -> list[Job]:
-    return [
-        _job(r)
-        for r in conn.execute(
-            f"SELECT {_COLUMNS} FROM jobs WHERE (%(state)s::text IS NULL OR state = %(state)s) "
-            "ORDER BY created DESC, seq DESC LIMIT %(limit)s",
-            {"state": state, "limit": int(limit)},
-        )
-    ]
+def job_rows(conn: Conn, limit: int, state: str | None) -> list[Row]:
+    return conn.execute(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE (%(state)s::text IS NULL OR state = %(state)s) "
+        "ORDER BY created DESC, seq DESC LIMIT %(limit)s",
+        {"state": state, "limit": limit},
+    ).fetchall()
 
 
 def claim_job(
-    conn: Conn,
-    owner: str,
-    lease_seconds: float,
-    *,
-    skip: Sequence[str] = (),
-    only: str | None = None,
-) -> Job | None:
-    """Take the oldest open job that is free (no owner, ours, or its lease ran out), skipping
-    rows another transaction is claiming right now."""
-    row = conn.execute(
+    conn: Conn, owner: str, lease_seconds: float, skip: Sequence[str], only: str | None
+) -> Row | None:
+    """Free: no owner, ours, or its lease ran out; rows another transaction is claiming right
+    now are skipped."""
+    return conn.execute(
         f"""
         WITH free AS (
             SELECT id FROM jobs
@@ -124,7 +78,7 @@ def claim_job(
         UPDATE jobs j SET state = 'running', owner = %(owner)s,
             lease_until = now() + make_interval(secs => %(lease)s), updated = %(now)s
         FROM free WHERE j.id = free.id
-        RETURNING {", ".join("j." + c for c in _COLUMNS.split(", "))}
+        RETURNING {prefixed(JOB_COLUMNS, "j")}
         """,
         {
             "owner": owner,
@@ -134,7 +88,6 @@ def claim_job(
             "now": now_iso(),
         },
     ).fetchone()
-    return None if row is None else _job(row)
 
 
 def renew_job(conn: Conn, job_id: str, owner: str, lease_seconds: float) -> bool:
@@ -146,85 +99,58 @@ def renew_job(conn: Conn, job_id: str, owner: str, lease_seconds: float) -> bool
     return row is not None
 
 
-def pending_items(conn: Conn, job_id: str, limit: int, *, after: int = -1) -> list[JobItem]:
+def release_jobs(conn: Conn, owner: str, only: str | None) -> None:
+    conn.execute(
+        "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL "
+        "WHERE owner = %(owner)s AND state = 'running' "
+        "AND (%(only)s::text IS NULL OR id = %(only)s)",
+        {"owner": owner, "only": only},
+    )
+
+
+def pending_items(conn: Conn, job_id: str, limit: int, after: int) -> list[Row]:
+    return conn.execute(
+        "SELECT seq, doc_id, payload FROM job_items WHERE job = %s AND state = 'pending' "
+        "AND seq > %s ORDER BY seq LIMIT %s",
+        (job_id, after, limit),
+    ).fetchall()
+
+
+def mark_items(conn: Conn, job_id: str, seqs: Sequence[int], state: str) -> list[int]:
+    if not seqs:
+        return []
     return [
-        JobItem(int(r[0]), r[1], r[2])
+        int(r[0])
         for r in conn.execute(
-            "SELECT seq, doc_id, payload FROM job_items WHERE job = %s AND state = 'pending' "
-            "AND seq > %s ORDER BY seq LIMIT %s",
-            (job_id, int(after), int(limit)),
+            "UPDATE job_items SET state = %s, payload = NULL "
+            "WHERE job = %s AND seq = ANY(%s) AND state = 'pending' RETURNING seq",
+            (state, job_id, [int(s) for s in seqs]),
         )
     ]
 
 
-def record_progress(
-    conn: Conn,
-    job_id: str,
-    lease_seconds: float,
-    *,
-    done: Sequence[int] = (),
-    failed: Sequence[ItemFailure] = (),
-    done_count: int | None = None,
-) -> None:
-    """In the caller's transaction: mark pending items done / failed (only those still
-    pending count), drop their payloads, bump the counters, extend the lease."""
-    newly_done = len(
-        conn.execute(
-            "UPDATE job_items SET state = 'done', payload = NULL "
-            "WHERE job = %s AND seq = ANY(%s) AND state = 'pending' RETURNING seq",
-            (job_id, [int(s) for s in done]),
-        ).fetchall()
-    )
-    hit = {
-        int(r[0])
-        for r in conn.execute(
-            "UPDATE job_items SET state = 'failed', payload = NULL "
-            "WHERE job = %s AND seq = ANY(%s) AND state = 'pending' RETURNING seq",
-            (job_id, [f.seq for f in failed]),
-        )
-    }
-    new_failures = [f for f in failed if f.seq in hit]
-    if new_failures:
-        errors = json.loads(one(conn, "SELECT errors FROM jobs WHERE id = %s", (job_id,)))
-        errors.extend({"id": f.doc_id, "message": f.message} for f in new_failures)
-        conn.execute(
-            "UPDATE jobs SET errors = %s WHERE id = %s",
-            (json.dumps(errors[:MAX_ERRORS_KEPT]), job_id),
-        )
+def advance_job(conn: Conn, job_id: str, done: int, failed: int, lease_seconds: float) -> None:
     conn.execute(
         "UPDATE jobs SET done = done + %s, failed = failed + %s, updated = %s, "
         "lease_until = now() + make_interval(secs => %s) WHERE id = %s",
-        (
-            newly_done if done_count is None else done_count,
-            len(new_failures),
-            now_iso(),
-            float(lease_seconds),
-            job_id,
-        ),
+        (done, failed, now_iso(), float(lease_seconds), job_id),
     )
 
 
-def finish_job(conn: Conn, job_id: str, state: str, message: str | None = None) -> None:
-    if message:
-        errors = json.loads(one(conn, "SELECT errors FROM jobs WHERE id = %s", (job_id,)))
-        errors.append({"id": None, "message": message})
-        conn.execute("UPDATE jobs SET errors = %s WHERE id = %s", (json.dumps(errors), job_id))
+def set_errors(conn: Conn, job_id: str, errors: str) -> None:
+    conn.execute("UPDATE jobs SET errors = %s WHERE id = %s", (errors, job_id))
+
+
+def close_job(conn: Conn, job_id: str, state: str) -> None:
     conn.execute(
         "UPDATE jobs SET state = %s, owner = NULL, lease_until = NULL, updated = %s WHERE id = %s",
         (state, now_iso(), job_id),
     )
 
 
-def requeue_job(conn: Conn, job_id: str) -> None:
+def requeue_failed(conn: Conn, job_id: str, errors: str) -> None:
     conn.execute(
-        "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL "
-        "WHERE id = %s AND state = 'running'",
-        (job_id,),
-    )
-
-
-def release_jobs(conn: Conn, owner: str) -> None:
-    conn.execute(
-        "UPDATE jobs SET owner = NULL, lease_until = NULL WHERE owner = %s AND state = 'running'",
-        (owner,),
+        "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, errors = %s, "
+        "updated = %s WHERE id = %s",
+        (errors, now_iso(), job_id),
     )

@@ -13,7 +13,6 @@ Either way the top-k is never one found first and filtered down afterwards.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,14 +20,13 @@ import numpy as np
 from psycopg import Connection, sql
 
 from localrank.store.filters import Filter
+from localrank.store.plans import query_words
 from localrank.store.postgres import vector_index
 from localrank.store.postgres.catalog import split_values
 from localrank.store.postgres.db import Vec, one
 from localrank.store.records import Collection
 
 Conn = Connection[Any]
-_WORD = re.compile(r"\w+", re.UNICODE)
-MAX_QUERY_TERMS = 64
 EXACT_SCAN_ROWS = 20_000
 # How many rows an iterative index scan may visit before it gives up (pgvector's default).
 MAX_SCAN_TUPLES = 20_000
@@ -36,14 +34,11 @@ MAX_SCAN_TUPLES = 20_000
 
 def ts_query(text: str) -> str | None:
     """A safe `to_tsquery` text for free text: each word a quoted lexeme, ORed (as SQLite's
-    FTS5 query). Words are \\w+ runs, so they hold no quote or operator. None without words."""
-    words = _WORD.findall(text)[:MAX_QUERY_TERMS]
+    FTS5 query). None without words."""
+    words = query_words(text)
     if not words:
         return None
-    seen: dict[str, None] = {}
-    for w in words:
-        seen.setdefault(w.lower(), None)
-    return " | ".join(f"'{w}'" for w in seen)
+    return " | ".join(f"'{w}'" for w in words)
 
 
 def filter_clause(collection_id: int, flt: Filter | None) -> tuple[sql.Composable, list[Any]]:

@@ -1,7 +1,7 @@
-"""Named, ordered migrations, each applied in the same transaction as the record of it.
+"""PostgreSQL's schema: its named, ordered migrations (applied by `store.migrations`).
 
-Several daemons may start at once on a new database: the migrations run under a transaction-level
-advisory lock, so exactly one applies them and the others find them recorded.
+Several daemons may start at once on a new database: each migration's transaction first takes a
+transaction-level advisory lock, so exactly one applies it and the others find it recorded.
 
 One shared `chunks` table holds every collection's chunks with their float32 vector (pgvector's
 `vector`, no fixed dimension: collections differ) and a generated `tsvector` (GIN) for keyword
@@ -20,12 +20,20 @@ from typing import Any
 import psycopg
 
 from localrank.errors import StoreError
-from localrank.store.postgres.db import Database, describe, now_iso
+from localrank.store import migrations
+from localrank.store.migrations import Migration
+from localrank.store.postgres.db import Database, describe
 
 MIGRATION_LOCK = 0x6C72_5374  # pg_advisory_xact_lock key: "lrSt"
+LOCK_SQL = f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"
+DIALECT = migrations.Dialect(
+    placeholder="%s",
+    table_exists="SELECT 1 WHERE to_regclass(%s) IS NOT NULL",
+    lock=LOCK_SQL,
+)
 
-MIGRATIONS: list[tuple[str, str]] = [
-    (
+MIGRATIONS: list[Migration] = [
+    Migration(
         "0001_collections_documents_chunks",
         """
         CREATE TABLE collections (
@@ -82,7 +90,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX chunks_tsv ON chunks USING gin (tsv);
         """,
     ),
-    (
+    Migration(
         "0002_jobs",
         """
         CREATE TABLE jobs (
@@ -120,7 +128,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX reindex_vectors_chunk ON reindex_vectors (chunk);
         """,
     ),
-    (
+    Migration(
         "0003_embed_cache",
         """
         CREATE TABLE embed_cache (
@@ -133,7 +141,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX embed_cache_used ON embed_cache (used);
         """,
     ),
-    (
+    Migration(
         "0004_watched_folders",
         """
         CREATE TABLE watches (
@@ -169,7 +177,7 @@ def ensure_vector_extension(conn: psycopg.Connection[Any], where: str) -> None:
     try:
         with conn.transaction():
             # Under the migration lock: two daemons creating it at once would collide.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            conn.execute(LOCK_SQL)
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
     except psycopg.errors.UndefinedFile as exc:
         raise StoreError(
@@ -185,39 +193,15 @@ def ensure_vector_extension(conn: psycopg.Connection[Any], where: str) -> None:
 
 
 def applied_migrations(conn: psycopg.Connection[Any]) -> list[str]:
-    """Names of the migrations recorded in this database, in the order applied."""
-    exists = conn.execute("SELECT to_regclass('localrank_migrations') IS NOT NULL").fetchone()
-    if not exists or not exists[0]:
-        return []
-    return [
-        r[0] for r in conn.execute("SELECT name FROM localrank_migrations ORDER BY applied, name")
-    ]
+    """Names of the migrations recorded in this database, in order."""
+    return migrations.applied_migrations(DIALECT, conn)
 
 
 def migrate(db: Database) -> list[str]:
-    """Create pgvector if needed, then apply the missing migrations in order (one transaction
-    each, under the migration lock); return the names applied now."""
-    done_now: list[str] = []
+    """Create pgvector if needed, then apply the missing migrations in order; return the names
+    applied now."""
     with db.connection() as conn:
         ensure_vector_extension(conn, db.where)
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS localrank_migrations "
-                "(name text PRIMARY KEY, applied text NOT NULL)"
-            )
-        for name, sql in MIGRATIONS:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-                if conn.execute(
-                    "SELECT 1 FROM localrank_migrations WHERE name = %s", (name,)
-                ).fetchone():
-                    continue
-                conn.execute(sql.encode())
-                conn.execute(
-                    "INSERT INTO localrank_migrations (name, applied) VALUES (%s, %s)",
-                    (name, now_iso()),
-                )
-            done_now.append(name)
+    done_now = migrations.migrate(DIALECT, db, MIGRATIONS, where=db.where)
     db.reload_types()
     return done_now

@@ -1,55 +1,49 @@
-"""SQLite: compact (reclaim what deletes leave behind) and integrity checks."""
+"""SQLite statements: compaction (`engine.MaintenanceSQL`), and integrity checks."""
 
 from __future__ import annotations
 
 import apsw
 
-from localrank.store.records import CompactReport
-from localrank.store.sqlite.cache import DEFAULT_MAX_ROWS, trim_cache
-from localrank.store.sqlite.db import Database, connect, scalar
-
-# Finished jobs older than this are deleted by compact (their items first).
-KEEP_FINISHED_JOBS = 200
+from localrank.store.sqlite.db import connect, scalar
 
 
-def database_bytes(conn: apsw.Connection) -> int:
+def store_bytes(conn: apsw.Connection) -> int:
     """Size of the main database in bytes (page_count * page_size)."""
     pages = scalar(conn, "PRAGMA page_count")
     size = scalar(conn, "PRAGMA page_size")
     return int(pages) * int(size)
 
 
-def compact(db: Database, *, cache_max_rows: int = DEFAULT_MAX_ROWS) -> CompactReport:
-    """Drop tombstones, old finished jobs and excess cache rows, optimise FTS5, then VACUUM.
+def drop_tombstones(conn: apsw.Connection) -> int:
+    n = int(scalar(conn, "SELECT count(*) FROM tombstones"))
+    conn.execute("DELETE FROM tombstones")
+    return n
 
-    Vectors live in an ordinary table, so VACUUM rebuilds them compactly (there is no vec0
-    table to rebuild). Every collection's epoch is bumped because its tombstones are gone:
-    in-memory indexes anywhere reload instead of missing a deletion.
-    """
-    with db.write() as conn:
-        before = database_bytes(conn)
-        tombstones = int(scalar(conn, "SELECT count(*) FROM tombstones"))
-        conn.execute("DELETE FROM tombstones")
-        conn.execute("UPDATE collections SET epoch = epoch + 1")
-        trimmed = trim_cache(conn, cache_max_rows)
-        old = [
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM jobs WHERE state IN ('done', 'failed') "
-                "ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?",
-                (KEEP_FINISHED_JOBS,),
-            )
-        ]
-        conn.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in old])
-        conn.execute(
-            "DELETE FROM job_items WHERE job IN "
-            "(SELECT id FROM jobs WHERE state IN ('done', 'failed'))"
+
+def bump_epochs(conn: apsw.Connection) -> None:
+    conn.execute("UPDATE collections SET epoch = epoch + 1")
+
+
+def drop_old_jobs(conn: apsw.Connection, keep: int) -> int:
+    old = [
+        r[0]
+        for r in conn.execute(
+            "SELECT id FROM jobs WHERE state IN ('done', 'failed') "
+            "ORDER BY created DESC, rowid DESC LIMIT -1 OFFSET ?",
+            (keep,),
         )
-        conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
-    db.execute_autocommit("VACUUM")
-    db.execute_autocommit("PRAGMA wal_checkpoint(TRUNCATE)")
-    after = database_bytes(db.reader())
-    return CompactReport(before, after, tombstones, trimmed, len(old))
+    ]
+    conn.executemany("DELETE FROM jobs WHERE id = ?", [(j,) for j in old])
+    # A failed job's pending items stay: they are what a retry resumes with.
+    conn.execute(
+        "DELETE FROM job_items WHERE state != 'pending' AND job IN "
+        "(SELECT id FROM jobs WHERE state IN ('done', 'failed'))"
+    )
+    return len(old)
+
+
+def optimize(conn: apsw.Connection) -> None:
+    conn.execute("INSERT INTO chunks_fts(chunks_fts) VALUES ('optimize')")
 
 
 def integrity_check(conn: apsw.Connection) -> list[str]:

@@ -1,37 +1,34 @@
-"""Re-embedding a collection with another model: new vectors are staged per job, then swapped
-in with the new fingerprint in one transaction, so searches never see a mix of models."""
+"""SQLite statements: re-embedding a collection with another model (`engine.ReindexSQL`). New
+vectors (with their binary codes) are staged per job, then swapped in with the new fingerprint
+in one transaction, so searches never see a mix of models."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 
 import apsw
 import numpy as np
 
+from localrank.store.plans import ReindexTarget
 from localrank.store.records import Collection
+from localrank.store.rows import Row
 from localrank.store.sqlite.vector_index import quantize
 
 
 def chunks_to_reindex(
-    conn: apsw.Connection, collection_id: int, job_id: str, limit: int, *, after: int = 0
-) -> list[tuple[int, str]]:
-    """(chunk id, text) of chunks with id > `after` that have no staged vector for this job."""
-    return [
-        (int(r[0]), r[1])
-        for r in conn.execute(
-            "SELECT c.id, c.text FROM chunks c WHERE c.collection_id = ? AND c.id > ? AND NOT "
-            "EXISTS (SELECT 1 FROM reindex_vectors r WHERE r.job = ? AND r.chunk = c.id) "
-            "ORDER BY c.id LIMIT ?",
-            (collection_id, int(after), job_id, int(limit)),
-        )
-    ]
+    conn: apsw.Connection, collection_id: int, job_id: str, limit: int, after: int
+) -> list[Row]:
+    return conn.execute(
+        "SELECT c.id, c.text FROM chunks c WHERE c.collection_id = ? AND c.id > ? AND NOT "
+        "EXISTS (SELECT 1 FROM reindex_vectors r WHERE r.job = ? AND r.chunk = c.id) "
+        "ORDER BY c.id LIMIT ?",
+        (collection_id, after, job_id, limit),
+    ).fetchall()
 
 
 def stage_vectors(
     conn: apsw.Connection, job_id: str, chunk_ids: Sequence[int], vectors: np.ndarray
 ) -> None:
-    """Store new vectors for chunks (caller's write transaction)."""
     vecs = np.ascontiguousarray(vectors, dtype=np.float32)
     codes = quantize(vecs)
     conn.executemany(
@@ -40,25 +37,22 @@ def stage_vectors(
     )
 
 
+def has_unstaged(conn: apsw.Connection, collection_id: int, job_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM chunks c WHERE c.collection_id = ? AND NOT EXISTS "
+        "(SELECT 1 FROM reindex_vectors r WHERE r.job = ? AND r.chunk = c.id) LIMIT 1",
+        (collection_id, job_id),
+    ).fetchone()
+    return row is not None
+
+
 def swap_vectors(
     conn: apsw.Connection,
     collection: Collection,
     job_id: str,
-    *,
-    fingerprint: str,
-    model_id: str,
-    dim: int,
-) -> bool:
-    """Replace the collection's vectors by the staged ones and rebind it to the new model.
-
-    Returns False (and changes nothing) if some chunk still lacks a staged vector.
-    """
-    if conn.execute(
-        "SELECT 1 FROM chunks c WHERE c.collection_id = ? AND NOT EXISTS "
-        "(SELECT 1 FROM reindex_vectors r WHERE r.job = ? AND r.chunk = c.id) LIMIT 1",
-        (collection.id, job_id),
-    ).fetchone():
-        return False
+    target: ReindexTarget,
+    settings: str,
+) -> None:
     conn.execute(
         "DELETE FROM vectors WHERE chunk IN (SELECT id FROM chunks WHERE collection_id = ?)",
         (collection.id,),
@@ -76,11 +70,8 @@ def swap_vectors(
         (job_id,),
     )
     conn.execute("DELETE FROM reindex_vectors WHERE job = ?", (job_id,))
-    settings = dict(collection.settings)
-    settings["reindexed_from"] = collection.model_id
     conn.execute(
         "UPDATE collections SET fingerprint = ?, model_id = ?, dim = ?, settings = ?, "
         "epoch = epoch + 1, generation = generation + 1 WHERE id = ?",
-        (fingerprint, model_id, int(dim), json.dumps(settings), collection.id),
+        (target.fingerprint, target.model_id, target.dim, settings, collection.id),
     )
-    return True

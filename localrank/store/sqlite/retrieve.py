@@ -4,7 +4,6 @@ binary-index candidates, and exact cosine scores against the stored float32 vect
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,26 +11,18 @@ import apsw
 import numpy as np
 
 from localrank.store.filters import Filter
+from localrank.store.plans import query_words
 from localrank.store.sqlite.vector_index import BinaryIndex
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-MAX_QUERY_TERMS = 64
 
 
 def fts_query(text: str) -> str | None:
-    """A safe FTS5 query for free text: each word a quoted string, ORed.
-
+    """A safe FTS5 query for free text: each word a quoted string, ORed (ranked by BM25).
     Quoting makes operators (`NEAR`, `AND`, `-`, `*`, `:`, `^`, quotes) plain words, so no user
-    query is a syntax error. OR (ranked by BM25) suits natural-language queries, where AND
-    would drop every chunk missing a single word. None when the text has no words.
-    """
-    words = _WORD.findall(text)[:MAX_QUERY_TERMS]
+    query is a syntax error. None when the text has no words."""
+    words = query_words(text)
     if not words:
         return None
-    seen: dict[str, None] = {}
-    for w in words:
-        seen.setdefault(w.lower(), None)
-    return " OR ".join('"' + w.replace('"', '""') + '"' for w in seen)
+    return " OR ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def keyword_candidates(

@@ -1,4 +1,4 @@
-"""Named, ordered migrations, each applied in the same transaction as the record of it.
+"""SQLite's schema: its named, ordered migrations (applied by `store.migrations`).
 
 Vectors live in ordinary tables, not in vec0: `vectors` holds the float32 blobs, `codes` the
 binary code of each, with the chunk's collection and document, so loading a collection's index
@@ -12,16 +12,22 @@ of sqlite-vec's `vec_quantize_binary` (the extension's own bit vector, usable wi
 
 from __future__ import annotations
 
-import logging
-
 import apsw
 
-from localrank.store.sqlite.db import Database, now_iso
+from localrank.store import migrations
+from localrank.store.migrations import Migration
+from localrank.store.sqlite.db import Database
 
-log = logging.getLogger(__name__)
+DIALECT = migrations.Dialect(
+    placeholder="?",
+    table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+    # Each migration's transaction is BEGIN IMMEDIATE (`Database.write`): the database's lock.
+    lock=None,
+    legacy_table="migrations",
+)
 
-MIGRATIONS: list[tuple[str, str]] = [
-    (
+MIGRATIONS: list[Migration] = [
+    Migration(
         "0001_collections_documents_chunks",
         """
         CREATE TABLE collections (
@@ -97,7 +103,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         END;
         """,
     ),
-    (
+    Migration(
         "0002_jobs",
         """
         CREATE TABLE jobs (
@@ -137,7 +143,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         ) WITHOUT ROWID;
         """,
     ),
-    (
+    Migration(
         "0003_embed_cache",
         """
         CREATE TABLE embed_cache (
@@ -150,7 +156,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX embed_cache_used ON embed_cache (used);
         """,
     ),
-    (
+    Migration(
         # doc_meta.value was declared ANY, which in an ordinary table means NUMERIC affinity:
         # "1.10" was stored as 1.1 and "01234" as 1234, so filters matched the wrong documents.
         # A column with no declared type converts nothing: a string equals only the same
@@ -178,7 +184,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX doc_meta_doc ON doc_meta (doc);
         """,
     ),
-    (
+    Migration(
         "0005_watched_folders",
         """
         -- Folders the daemon keeps indexed: registered by `localrank index --watch`, so the
@@ -195,7 +201,7 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX documents_source ON documents (collection_id, source);
         """,
     ),
-    (
+    Migration(
         # Each chunk's binary code gets its own narrow table, with the chunk's collection and
         # document. Loading a collection's search index then reads ~150 bytes a row instead of
         # walking every 4 KB vector's overflow pages (and every chunk's text, for its
@@ -222,28 +228,10 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 def applied_migrations(conn: apsw.Connection) -> list[str]:
-    """Names of the migrations recorded in this database, in the order applied."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY, applied TEXT NOT NULL)"
-    )
-    return [row[0] for row in conn.execute("SELECT name FROM migrations ORDER BY rowid")]
+    """Names of the migrations recorded in this database, in order."""
+    return migrations.applied_migrations(DIALECT, conn)
 
 
 def migrate(db: Database) -> list[str]:
     """Apply the missing migrations in order; return the names applied now."""
-    done_now: list[str] = []
-    with db.write() as conn:
-        already = set(applied_migrations(conn))
-    for name, sql in MIGRATIONS:
-        if name in already:
-            continue
-        if already:  # an upgrade, not a new file: some migrations take a while on big stores
-            log.info("database %s: applying migration %s", db.path, name)
-        with db.write() as conn:
-            # Re-check under the write lock: another process may have migrated meanwhile.
-            if conn.execute("SELECT 1 FROM migrations WHERE name = ?", (name,)).fetchone():
-                continue
-            conn.execute(sql)
-            conn.execute("INSERT INTO migrations (name, applied) VALUES (?, ?)", (name, now_iso()))
-        done_now.append(name)
-    return done_now
+    return migrations.migrate(DIALECT, db, MIGRATIONS, where=str(db.path))

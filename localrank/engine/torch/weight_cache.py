@@ -1,0 +1,122 @@
+"""Converted weights kept on disk, so the next start maps them instead of converting again.
+
+A checkpoint stored in bfloat16 (Qwen3-Embedding's) served in float32 (CPUs without native
+bfloat16) is cast at every start: 2.4 GB of fresh memory for the 0.6B model, written through a
+page fault every 4 KB, about a second of a 2-core laptop's start. Once the daemon serves, it
+writes the cast weights to one safetensors file under the user's cache directory
+(`<cache>/weights/`); the next start maps that file as it maps the checkpoint, and a tensor
+already in the compute dtype is used where it lies: nothing is converted.
+
+A cache file is named after the model folder and the compute dtype, and records in its header
+what it was made from (each source file's path, size and modification time): a changed
+checkpoint makes it stale, and it is then ignored and rewritten. It holds only the tensors the
+model would convert, by their checkpoint names, so it is read exactly as the checkpoint is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from localrank.engine.model_files import safetensors_index
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+SAFETENSORS_DTYPES = {
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int8: "I8",
+}
+_ALIGN = 8  # tensor data offsets are kept 8-byte aligned, so every view maps without a copy
+
+
+def source_key(files: Sequence[Path], dtype: torch.dtype) -> str:
+    """What a cache file was made from: the checkpoint files as they are now, and the dtype."""
+    parts: list[object] = [FORMAT, str(dtype)]
+    for f in files:
+        st = f.stat()
+        parts.append([str(f.resolve()), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+class WeightCache:
+    """The cache file for one model folder's checkpoint in one compute dtype."""
+
+    def __init__(self, folder: Path, files: Sequence[Path], dtype: torch.dtype) -> None:
+        self.files = list(files)
+        self.dtype = dtype
+        model = hashlib.sha256(str(self.files[0].parent.resolve()).encode()).hexdigest()[:16]
+        dtype_name = str(dtype).removeprefix("torch.")
+        self.path = folder / f"{model}-{dtype_name}.safetensors"
+        self.key = source_key(self.files, dtype)
+
+    def valid(self) -> Path | None:
+        """The cache file, if it exists and was made from the checkpoint as it is now."""
+        if not self.path.is_file():
+            return None
+        try:
+            with open(self.path, "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n))
+            if header.get("__metadata__", {}).get("localrank_source") != self.key:
+                return None
+            safetensors_index(self.path)  # well-formed, or it is not used
+        except Exception as exc:  # any unreadable cache is simply not used
+            log.info("weight cache %s not used: %s", self.path, exc)
+            return None
+        return self.path
+
+    def write(
+        self,
+        tensors: Iterable[tuple[str, Tensor]],
+        *,
+        wait: Callable[[], object] = lambda: None,
+    ) -> int:
+        """Write `tensors` (name, tensor in the compute dtype; each produced when asked for, so
+        at most one is in memory at a time) to the cache file, atomically (a temporary file
+        renamed into place). `wait` is called before each tensor (the daemon: a gap between
+        forward passes). Returns the bytes written; 0 when there was not room for it."""
+        items = list(tensors)  # (name, lazy tensor): shapes are known without converting
+        header: dict[str, object] = {"__metadata__": {"localrank_source": self.key}}
+        offset = 0
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        for name, t in items:
+            nbytes = t.numel() * itemsize
+            header[name] = {
+                "dtype": SAFETENSORS_DTYPES[self.dtype],
+                "shape": list(t.shape),
+                "data_offsets": [offset, offset + nbytes],
+            }
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-(8 + len(raw)) % _ALIGN)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.path.parent).free
+        if free < 2 * (offset + len(raw)):
+            log.info("weight cache not written: %d MB free in %s", free >> 20, self.path.parent)
+            return 0
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(len(raw).to_bytes(8, "little"))
+                f.write(raw)
+                for _, t in items:
+                    wait()
+                    data = t.to(self.dtype).contiguous()
+                    f.write(data.view(torch.uint8).numpy().tobytes())
+            os.replace(tmp, self.path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        return 8 + len(raw) + offset
