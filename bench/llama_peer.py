@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """llama.cpp's `llama-server` (the engine Ollama runs) as a peer of localrank, built offline.
 
 Build. The `llama-cpp-python` sdist on PyPI vendors llama.cpp's source, with
@@ -28,14 +27,19 @@ pooled embeddings are not split across batches. llama.cpp's threads spin and mee
 after each graph op: when other work holds a core, -t 2 on 2 cores ran 3-5x slower than -t 1
 here, where localrank's threads degrade gently, so compare thread counts on a quiet machine.
 
-As a script: builds and converts if needed, then measures localrank (`localrank serve`, float32
-unless told) and llama-server on each GGUF type in one run, on the same texts: bulk texts/s (40
+As a script: builds and converts if needed, then measures localrank (`localrank serve`, one row
+per dtype) and llama-server on each GGUF type in one run, on the same texts: bulk texts/s (40
 documents of 5-300 words, 8 per request, sequential), one-query p50 (25 instructed queries),
 cold start, RSS, and the minimum cosine of documents and queries to the float32 recipe
 (transformers, last-token pooling, L2 norm). Writes bench/results/default/llama_peer.json.
 
-    python bench/llama_peer.py                    # build (once), convert (once), measure
-    python bench/llama_peer.py --build-only       # only the binary and the GGUF files
+    python -m bench.llama_peer                    # build (once), convert (once), measure
+    python -m bench.llama_peer --build-only       # only the binary and the GGUF files
+
+Where llama.cpp cannot be built or found (no cmake, no network for the sdist, a failed build),
+it says so and measures localrank's rows alone. localrank's rows: float32, bfloat16 where the CPU
+computes it natively, int8 where the dtype setting accepts it (a backend that refuses a dtype
+gives a row that says so).
 """
 
 from __future__ import annotations
@@ -60,14 +64,12 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.measure import pct, rss_mb, rss_parts_mb  # noqa: E402
-from bench.processes import Daemon, free_port  # noqa: E402
-from bench.texts import mixed_texts  # noqa: E402
-from localrank.config import DEFAULT_INSTRUCTION  # noqa: E402
-from localrank.engine.machine import read_topology  # noqa: E402
+from bench.kit.daemon import Daemon, free_port
+from bench.kit.measure import pct, rss_mb, rss_parts_mb
+from bench.kit.paths import BENCH_MODEL, RESULTS
+from bench.kit.texts import mixed_texts
+from localrank.config import DEFAULT_INSTRUCTION, DTYPES
+from localrank.engine.machine import read_cpu_features, read_topology
 
 VERSION = "0.3.36"  # llama-cpp-python; vendors llama.cpp (ggml 0.25.3) at this version
 CMAKE_FLAGS = [
@@ -94,8 +96,7 @@ if platform.machine().lower() in ("x86_64", "amd64"):
 # one physical batch: 512 (the default; the bench's texts are at most ~430 tokens). Raise -ub and
 # -b together for longer texts; the compute buffer grows with it (1.2 GiB at 2048).
 SERVER_FLAGS = ["-c", "4096", "-b", "512", "-ub", "512"]
-MODEL = ROOT / "models" / ".cache" / "qwen3-embedding-0.6b-shape"
-OUT = ROOT / "bench" / "results" / "default" / "llama_peer.json"
+OUT = RESULTS / "default" / "llama_peer.json"
 
 
 def cache_dir(environ: dict[str, str] | None = None) -> Path:
@@ -383,24 +384,53 @@ def measure(
 
 
 def table(rows: list[dict[str, Any]]) -> str:
+    """The rows as a Markdown table; a server that could not be measured says why."""
     lines = [
         "| server | bulk texts/s | one query p50 | cold start | RSS (peak) "
         "| min cosine docs / queries |",
         "|" + " --- |" * 6,
     ]
     for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['server']} | not measured: {r['error']} | | | | |")
+            continue
         lines.append(
             f"| {r['server']} | {r['bulk_texts_per_s']:.2f} | {r['query_p50_ms']:.0f} ms "
-            f"| {r['cold_start_s']:.1f} s | {r['rss_mib'] / 1024:.1f} GB "
-            f"({r['peak_rss_mib'] / 1024:.1f}) "
+            f"| {r['cold_start_s']:.1f} s | {r['rss_mib'] / 1024:.2f} GB "
+            f"({r['peak_rss_mib'] / 1024:.2f}) "
             f"| {r['min_cosine_docs']:.5f} / {r['min_cosine_queries']:.5f} |"
         )
     return "\n".join(lines)
 
 
+def localrank_dtypes(requested: str) -> list[str]:
+    """The localrank rows: "auto" is float32, bfloat16 where this CPU computes it natively, and
+    int8 where the engine's dtype setting accepts it; else the comma-separated list given."""
+    if requested == "none":
+        return []
+    if requested != "auto":
+        return requested.split(",")
+    out = ["float32"]
+    if read_cpu_features().native_bf16() is not None:
+        out.append("bfloat16")
+    if "int8" in DTYPES:
+        out.append("int8")
+    return out
+
+
+def llama_files(model: Path, types: list[str]) -> tuple[Path, dict[str, Path]] | str:
+    """The llama-server binary and the GGUF file of each type (built and converted once), or
+    why they cannot be had here (no cmake, no network for the sdist, a failed build)."""
+    try:
+        binary = llama_server()
+        return binary, {t: gguf(model, t) for t in types}
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--model", default=str(MODEL), help="safetensors folder (0.6B shape)")
+    ap.add_argument("--model", default=str(BENCH_MODEL), help="safetensors folder (0.6B shape)")
     ap.add_argument("--types", default="f32,q8_0", help="GGUF types to serve (default f32,q8_0)")
     ap.add_argument(
         "--threads",
@@ -411,15 +441,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", type=int, default=40)
     ap.add_argument("--queries", type=int, default=25)
     ap.add_argument("--per-request", type=int, default=8)
-    ap.add_argument("--localrank-dtype", default="float32", help="'none' to leave localrank out")
+    ap.add_argument(
+        "--localrank-dtypes",
+        default="auto",
+        help="comma-separated dtypes for localrank's rows; 'auto': float32, bfloat16 where "
+        "native, int8 where the engine accepts it; 'none' to leave localrank out",
+    )
     ap.add_argument("--build-only", action="store_true", help="build and convert, measure nothing")
     ap.add_argument("--out", default=str(OUT), help="JSON to write")
     args = ap.parse_args(argv)
     model = Path(args.model)
-    binary = llama_server()
-    files = {t: gguf(model, t) for t in args.types.split(",")}
-    if args.build_only:
-        print(binary, *files.values(), sep="\n")
+    found = llama_files(model, args.types.split(","))
+    if isinstance(found, str):
+        print(f"llama.cpp: not available here ({found}); measuring localrank only", flush=True)
+        if args.build_only:
+            return 1
+    elif args.build_only:
+        print(found[0], *found[1].values(), sep="\n")
         return 0
     docs = mixed_texts(args.docs)
     queries = mixed_texts(args.queries, min_words=5, max_words=16, seed=8)
@@ -429,36 +467,45 @@ def main(argv: list[str] | None = None) -> int:
         "queries": reference(model, [instructed(q) for q in queries]),
     }
     print(f"float32 recipe: {time.perf_counter() - t0:.0f} s", flush=True)
-    peers = (
-        []
-        if args.localrank_dtype == "none"
-        else [localrank_peer(model, args.localrank_dtype, args.threads)]
-    )
-    servers = {t: LlamaServer(binary, f, args.threads) for t, f in files.items()}
-    peers += [llama_peer(f"llama.cpp {t}", s) for t, s in servers.items()]
-    # The tokenization check first: the same ids as the folder's tokenizer, one EOT at the end.
-    server = next(iter(servers.values()))
-    server.start()
-    try:
-        bad = check_tokens(server, model, docs[:5] + [instructed(q) for q in queries[:5]])
-    finally:
-        server.stop()
-    print(f"tokenization: {bad} of 10 texts differ from the folder's tokenizer", flush=True)
+    peers = [
+        localrank_peer(model, d, args.threads) for d in localrank_dtypes(args.localrank_dtypes)
+    ]
+    bad: int | None = None
+    if not isinstance(found, str):
+        binary, files = found
+        servers = {t: LlamaServer(binary, f, args.threads) for t, f in files.items()}
+        peers += [llama_peer(f"llama.cpp {t}", s) for t, s in servers.items()]
+        # The tokenization check first: the same ids as the folder's tokenizer, one EOT last.
+        server = next(iter(servers.values()))
+        server.start()
+        try:
+            bad = check_tokens(server, model, docs[:5] + [instructed(q) for q in queries[:5]])
+        finally:
+            server.stop()
+        print(f"tokenization: {bad} of 10 texts differ from the folder's tokenizer", flush=True)
     rows = []
     for peer in peers:
         print(f"{peer.name} ...", flush=True)
-        row = measure(peer, docs, queries, args.per_request, ref)
+        try:
+            row = measure(peer, docs, queries, args.per_request, ref)
+        except (OSError, RuntimeError) as e:  # a dtype the backend refuses, a crashed server
+            lines = [x for x in str(e).splitlines() if x.strip()]
+            row = {"server": peer.name, "error": lines[-1] if lines else type(e).__name__}
         print("  " + json.dumps(row), flush=True)
         rows.append(row)
     print(table(rows))
+    if isinstance(found, str):
+        print(f"(llama.cpp rows missing: {found})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
         "llama_cpp_python": VERSION,
+        "llama_cpp": found if isinstance(found, str) else "built",
         "cmake": CMAKE_FLAGS,
         "server_flags": SERVER_FLAGS,
     }
-    meta |= {"threads": args.threads, "token_mismatches": bad}
+    meta |= {"threads": args.threads, "token_mismatches": bad, "docs": len(docs)}
+    meta |= {"queries": len(queries), "per_request": args.per_request}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     return 0
 
