@@ -179,6 +179,38 @@ def pick_device(device: str) -> tuple[mx.Device, str]:
     raise BackendError(f"unknown MLX device {device!r}; expected auto, gpu or cpu")
 
 
+def pool(h: mx.array, real: np.ndarray, pooling: str) -> np.ndarray:
+    """Hidden states [B, T, H] pooled per the recipe over the real tokens, as float32 numpy."""
+    b, t = real.shape
+    rows = mx.arange(b)
+    if pooling == "last_token":
+        # Last real token from the mask: right for left padding and for right padding.
+        last = t - 1 - np.argmax(real[:, ::-1], axis=1)
+        pooled = h[rows, mx.array(last.astype(np.int32))].astype(mx.float32)
+    elif pooling == "cls":
+        first = np.argmax(real, axis=1)
+        pooled = h[rows, mx.array(first.astype(np.int32))].astype(mx.float32)
+    else:
+        m = mx.array(real.astype(np.float32))[..., None]
+        summed = (h.astype(mx.float32) * m).sum(axis=1)
+        pooled = summed / mx.maximum(m.sum(axis=1), 1e-9)
+    mx.eval(pooled)
+    return np.array(pooled, dtype=np.float32)
+
+
+def finite(out: np.ndarray, dtype: str) -> np.ndarray:
+    """`out` after freeing MLX's buffer cache (it keeps freed buffers per shape: varying
+    lengths would grow memory without bound); a BackendError for a non-finite row."""
+    mx.clear_cache()
+    bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
+    if bad.size:
+        raise BackendError(
+            f"MLX produced non-finite vectors for batch rows {bad.tolist()} "
+            f"(batch shape {out.shape[0]} rows, dtype {dtype})"
+        )
+    return out
+
+
 class MLXEmbedder:
     """A Qwen3 or BERT model on MLX, following the Embedder protocol."""
 
@@ -303,30 +335,9 @@ class MLXEmbedder:
         with mx.stream(self._device):
             ids = mx.array(ids_np.astype(np.int32))
             h = model(ids, attention_mask(real, causal=model.causal))
-            rows = mx.arange(b)
-            if self._recipe.pooling == "last_token":
-                # Last real token from the mask: right for left padding and for right padding.
-                last = t - 1 - np.argmax(real[:, ::-1], axis=1)
-                pooled = h[rows, mx.array(last.astype(np.int32))].astype(mx.float32)
-            elif self._recipe.pooling == "cls":
-                first = np.argmax(real, axis=1)
-                pooled = h[rows, mx.array(first.astype(np.int32))].astype(mx.float32)
-            else:
-                m = mx.array(real.astype(np.float32))[..., None]
-                summed = (h.astype(mx.float32) * m).sum(axis=1)
-                pooled = summed / mx.maximum(m.sum(axis=1), 1e-9)
-            mx.eval(pooled)
-            out = np.array(pooled, dtype=np.float32)
-            del h, pooled
-        # MLX caches freed buffers per shape; varying lengths would grow memory without bound.
-        mx.clear_cache()
-        bad = np.flatnonzero(~np.isfinite(out).all(axis=1))
-        if bad.size:
-            raise BackendError(
-                f"MLX produced non-finite vectors for batch rows {bad.tolist()} "
-                f"(batch shape {b}x{t}, dtype {self.info.dtype})"
-            )
-        return out
+            out = pool(h, real, self._recipe.pooling)
+            del h
+        return finite(out, self.info.dtype)
 
     def close(self) -> None:
         self._model = None
