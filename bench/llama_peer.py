@@ -403,6 +403,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def failure(e: Exception) -> str:
+    """Why a server could not be measured: the last ERROR line of its log tail (without the
+    timestamp and logger), else the exception's last line."""
+    lines = [x for x in str(e).splitlines() if x.strip()] or [type(e).__name__]
+    errors = [x for x in lines if " ERROR " in x] or lines
+    return errors[-1].split("[-] ", 1)[-1].strip()
+
+
 def localrank_dtypes(requested: str) -> list[str]:
     """The localrank rows: "auto" is float32, bfloat16 where this CPU computes it natively, and
     int8 where the engine's dtype setting accepts it; else the comma-separated list given."""
@@ -489,8 +497,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             row = measure(peer, docs, queries, args.per_request, ref)
         except (OSError, RuntimeError) as e:  # a dtype the backend refuses, a crashed server
-            lines = [x for x in str(e).splitlines() if x.strip()]
-            row = {"server": peer.name, "error": lines[-1] if lines else type(e).__name__}
+            row = {"server": peer.name, "error": failure(e)}
         print("  " + json.dumps(row), flush=True)
         rows.append(row)
     print(table(rows))
