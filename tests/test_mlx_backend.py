@@ -382,7 +382,7 @@ def test_bad_batches_and_devices(tiny_qwen3: Path, qwen3_mlx: MLXEmbedder) -> No
         with pytest.raises(BackendError, match="Metal"):
             MLXEmbedder(tiny_qwen3, QWEN3, device="gpu")
     with pytest.raises(BackendError, match="dtype"):
-        MLXEmbedder(tiny_qwen3, QWEN3, dtype="int8")
+        MLXEmbedder(tiny_qwen3, QWEN3, dtype="int4")
     closed = MLXEmbedder(tiny_qwen3, QWEN3)
     closed.close()
     with pytest.raises(BackendError, match="closed"):
