@@ -13,6 +13,13 @@ reported, the others still run), then one table of absolute values, ratios and t
                                       ST's (target <= 1x); cold start, launch -> /health 200
                                       (target <= 3 s), next to in-process import+load+encode
   search    bench.search_e2e          /v1/search end to end at 100k chunks and search at 1M
+  peer      bench.llama_peer          localrank (float32, bfloat16 where native, int8 where the
+                                      engine accepts it) beside llama.cpp's llama-server on
+                                      GGUF f32 and q8_0 converted from the same folder, one
+                                      server at a time: bulk texts/s, one query p50, cold start,
+                                      RSS, min cosine to the float32 recipe. llama.cpp is built
+                                      once outside the repository (~15 min); where it cannot be,
+                                      the step says so and measures localrank's rows alone
 
 Writes bench/results/default/ (each step's CSVs, and default_model.json with the table).
 
@@ -30,6 +37,7 @@ from typing import Any
 
 from bench.kit.paths import BENCH_MODEL, RESULTS, ROOT
 from bench.kit.steps import read_csv, run_step
+from bench.llama_peer import table as peer_table
 
 OUT = RESULTS / "default"
 
@@ -72,6 +80,9 @@ def steps(args: argparse.Namespace) -> list[tuple[str, list[str], float]]:
     out.append(("daemon", load, 3600.0))
     search = [py, "-m", "bench.search_e2e", "--out", str(OUT / "search_e2e.csv")]
     out.append(("search", search + (["--quick"] if q else []), 5400.0))
+    peer = [py, "-m", "bench.llama_peer", "--model", str(BENCH_MODEL)]
+    peer += ["--docs", "8", "--queries", "5"] if q else ["--docs", str(args.peer_docs)]
+    out.append(("peer", peer + ["--out", str(OUT / "llama_peer.json")], 5400.0))
     return out
 
 
@@ -238,6 +249,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     ap.add_argument("--bulk-n", type=int, default=200, help="texts for the bulk figure")
     ap.add_argument("--skip-accuracy", action="store_true", help="skip bench.bf16_accuracy")
+    ap.add_argument("--peer-docs", type=int, default=40, help="documents for the llama.cpp peer")
     ap.add_argument("--only", help="comma-separated step names to run (build always runs)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -262,6 +274,19 @@ def main() -> int:
             f"  {r['figure']:<{w[0]}}  {r['value']:<{w[1]}}  {r['reference']:<{w[2]}}  "
             f"{r['ratio']:>6}  {r['target']:<12} {verdict(r['pass']) if r['target'] else ''}"
         )
+    peer = OUT / "llama_peer.json"
+    if peer.exists():
+        found = json.loads(peer.read_text())
+        meta = found["meta"]
+        print(
+            f"\n  beside llama.cpp (llama-server, llama-cpp-python {meta['llama_cpp_python']}), "
+            f"{meta['docs']} documents, {meta['queries']} queries, {meta['threads']} threads, "
+            "one server at a time:\n"
+        )
+        print("\n".join("  " + line for line in peer_table(found["rows"]).splitlines()))
+        if meta["llama_cpp"] != "built":
+            print(f"  llama.cpp not available here: {meta['llama_cpp']}")
+        print()
     for st in done:
         print(
             f"  step {st['step']:<10} {'ok' if st['exit'] == 0 else 'FAILED':<6} {st['seconds']}s"

@@ -446,6 +446,60 @@ def tiny_generic_embedder(cache: Path = CACHE) -> Path:
     return build_generic_embedder(cache / "tiny-distilbert-embedder")
 
 
+def build_generic_xlmr_embedder(out: Path, *, seed: int = 5) -> Path:
+    """A tiny XLM-RoBERTa embedding model (mean pooling, normalised; the multilingual-e5 layout)
+    with the locally trained Unigram tokenizer and the sentence-transformers files: no native
+    forward, and an architecture mlx-embeddings implements (the generic path on MLX)."""
+    stamp = out / ".built"
+    want = json.dumps({"generic": "xlm-roberta", "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import XLMRobertaConfig, XLMRobertaModel
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    vocab = write_unigram_tokenizer(out)
+    config = XLMRobertaConfig(
+        vocab_size=vocab,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+    )
+    config.architectures = ["XLMRobertaModel"]
+    torch.manual_seed(seed)
+    model = XLMRobertaModel(config)  # with the pooler, as e5 checkpoints ship (unused)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(out, safe_serialization=True)
+    src = minilm_dir()
+    shutil.copy(src / "modules.json", out / "modules.json")
+    (out / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": 512, "do_lower_case": False})
+    )
+    (out / "1_Pooling").mkdir()
+    (out / "2_Normalize").mkdir()
+    pooling = json.loads((src / "1_Pooling" / "config.json").read_text())
+    pooling["word_embedding_dimension"] = 32
+    (out / "1_Pooling" / "config.json").write_text(json.dumps(pooling, indent=1))
+    stamp.write_text(want)
+    return out
+
+
+def tiny_generic_xlmr_embedder(cache: Path = CACHE) -> Path:
+    return build_generic_xlmr_embedder(cache / "tiny-xlmr-embedder")
+
+
 def tiny_reranker(cache: Path = CACHE) -> Path:
     return build_qwen3_reranker("tiny", cache / "tiny-qwen3-reranker")
 
@@ -477,6 +531,7 @@ def main() -> None:
         print(tiny_cross_encoder(args.out))
         print(tiny_xlmr_cross_encoder(args.out))
         print(tiny_generic_embedder(args.out))
+        print(tiny_generic_xlmr_embedder(args.out))
     if args.bench:
         print(bench_model(args.out))
         print(bench_reranker(args.out))

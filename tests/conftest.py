@@ -139,3 +139,10 @@ def tiny_xlmr_cross_encoder() -> Path:
 def tiny_generic_embedder() -> Path:
     """A tiny DistilBERT embedding model (no native forward: the generic path serves it)."""
     return builder.tiny_generic_embedder()
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr_embedder() -> Path:
+    """A tiny XLM-RoBERTa embedding model: no native forward, and one mlx-embeddings implements
+    (the generic path on MLX)."""
+    return builder.tiny_generic_xlmr_embedder()

@@ -80,6 +80,7 @@ CONFINED = {
     "mlx": ("localrank.engine.mlx",),
     # The generic path only: architectures without a native forward (imported when loaded).
     "transformers": ("localrank.engine.torch.generic",),
+    "mlx_embeddings": ("localrank.engine.mlx.generic",),
     "sentence_transformers": (),
     "mcp": ("localrank.mcp",),
     "watchfiles": ("localrank.collections.watch",),

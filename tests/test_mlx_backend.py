@@ -224,6 +224,57 @@ def test_quantised_qwen3(
     assert np.abs(got - qwen3_ref).max() > 1e-6  # really the quantised weights, not the floats
 
 
+# ----------------------------------------------------------------------------- int8 at load
+
+
+def test_int8_qwen3_quantises_at_load(tiny_qwen3: Path, qwen3_ref: np.ndarray) -> None:
+    """--dtype int8: a float checkpoint's linear layers and embedding table in 8 bits (groups of
+    64), everything else as in float32; near the float32 recipe, and really quantised."""
+    emb = MLXEmbedder(tiny_qwen3, QWEN3, dtype="int8")
+    assert emb.info.dtype == "int8" and "8 bits" in emb.info.dtype_reason
+    assert emb.quantization == {"group_size": 64, "bits": 8}
+    model = emb._model
+    assert model is not None
+    assert isinstance(model.embed_tokens, nn.QuantizedEmbedding)
+    layer = model.layers[0]
+    for linear in (layer.self_attn.q_proj, layer.self_attn.o_proj, layer.mlp.down_proj):
+        assert isinstance(linear, nn.QuantizedLinear) and linear.bits == 8
+    assert layer.input_layernorm.weight.dtype == mx.float32
+    got = unit(emb.embed(qwen3_batch(tiny_qwen3, TEXTS)))
+    cos = (got * qwen3_ref).sum(axis=1)
+    assert cos.min() >= 0.999, cos
+    assert np.abs(got - qwen3_ref).max() > 1e-5  # the quantised weights, not the floats
+    one = unit(emb.embed(qwen3_batch(tiny_qwen3, TEXTS[2:3])))
+    assert np.abs(one - got[2:3]).max() < 1e-4  # padding does not change a row
+    emb.close()
+
+
+def test_int8_minilm_real_weights_near_float32(minilm: Path) -> None:
+    """all-MiniLM-L6-v2's real weights in 8 bits: min cosine >= 0.999 to sentence-transformers
+    in float32 (0.9995 measured)."""
+    from sentence_transformers import SentenceTransformer
+
+    want = SentenceTransformer(str(minilm), device="cpu").encode(
+        MINILM_TEXTS, normalize_embeddings=True
+    )
+    emb = MLXEmbedder(minilm, MINILM, dtype="int8")
+    assert emb.info.dtype == "int8"
+    query = emb._model.encoder.layer[0].attention.self.query  # type: ignore[union-attr]
+    assert isinstance(query, nn.QuantizedLinear)
+    got = unit(emb.embed(minilm_batch(minilm, MINILM_TEXTS)))
+    cos = (got * want).sum(axis=1)
+    assert cos.min() >= 0.999, cos
+    assert np.abs(got - want).max() > 1e-5
+    assert got[0] @ got[1] > got[0] @ got[2]  # the paraphrase is still nearer
+    emb.close()
+
+
+def test_int8_refuses_an_already_quantised_checkpoint(tiny_qwen3: Path, tmp_path: Path) -> None:
+    qdir = quantise_like_mlx_community(tiny_qwen3, tmp_path / "q4", 32, 4)
+    with pytest.raises(BackendError, match="already quantised .*use dtype auto"):
+        MLXEmbedder(qdir, QWEN3, dtype="int8")
+
+
 # ----------------------------------------------------------------------------- BERT
 
 
@@ -331,7 +382,7 @@ def test_bad_batches_and_devices(tiny_qwen3: Path, qwen3_mlx: MLXEmbedder) -> No
         with pytest.raises(BackendError, match="Metal"):
             MLXEmbedder(tiny_qwen3, QWEN3, device="gpu")
     with pytest.raises(BackendError, match="dtype"):
-        MLXEmbedder(tiny_qwen3, QWEN3, dtype="int8")
+        MLXEmbedder(tiny_qwen3, QWEN3, dtype="int4")
     closed = MLXEmbedder(tiny_qwen3, QWEN3)
     closed.close()
     with pytest.raises(BackendError, match="closed"):

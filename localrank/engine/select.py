@@ -99,16 +99,22 @@ def create_embedder(
 ) -> Embedder:
     """Load the model on the chosen backend. The backend modules are imported only here. A
     family with no native forward (`recipe.family` "generic:...") loads through transformers on
-    torch, imported only then. `weight_cache`: where torch keeps weights it casts at load, so
-    the next start maps them instead."""
+    torch, or mlx-embeddings on MLX, each imported only then. `weight_cache`: where torch keeps
+    weights it casts at load, so the next start maps them instead."""
+    if recipe.family.startswith("generic:") and backend == "mlx":
+        mlx_generic = importlib.import_module("localrank.engine.mlx.generic")
+        embedder: Embedder = mlx_generic.MLXGenericEmbedder(
+            model_dir, recipe, dtype=dtype, device=device
+        )
+        return embedder
     if recipe.family.startswith("generic:"):
         if backend != "torch":
             raise BackendError(
                 f"{recipe.family.removeprefix('generic:')} has no native forward; the generic "
-                f"path runs on torch only here (use --backend torch), not on {backend}"
+                f"path runs on torch or MLX, not on {backend}"
             )
         generic = importlib.import_module("localrank.engine.torch.generic")
-        embedder: Embedder = generic.GenericTorchEmbedder(
+        embedder = generic.GenericTorchEmbedder(
             model_dir, recipe, device=device, dtype=dtype, threads=threads
         )
         return embedder

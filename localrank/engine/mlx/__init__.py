@@ -9,6 +9,8 @@ package only when this backend is chosen (select.create_embedder).
   families.py  model_type -> model class and checkpoint key prefix
   qwen3.py     Qwen3Model's forward        bert.py  BertModel's forward
   scorer.py    MLXScorer: Qwen3-Reranker (yes/no rows only), BERT / XLM-R cross-encoders
+  generic.py   MLXGenericEmbedder: architectures without a native forward, through
+               mlx-embeddings' models (imported by select.create_embedder only then)
   layers.py    what the families share: the MLXModel contract and the attention mask
 """
 
