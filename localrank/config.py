@@ -31,7 +31,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 # "torch" is torch on its best device (MPS, then CUDA, then CPU): embed-rerank's BACKEND value.
 BACKENDS = ("auto", "mlx", "torch", "mps", "cuda", "cpu")
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # An origin as browsers send it: scheme://host[:port], any scheme (app://obsidian.md,
