@@ -58,16 +58,21 @@ class Int8Weight:
         self.outliers = outliers  # float32 [C, N]: those columns of W, transposed
 
     def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        cols = self.cols
-        if cols is not None:
-            kept = x.index_select(1, cols)
-            x = x.index_fill(1, cols, 0.0)
         # Per-token: fbgemm quantises the whole input with one scale; rows of max |x| = 1 make
         # that scale every row's own (the output is linear in x, so it scales back exactly).
-        amax = x.abs().amax(1, keepdim=True).clamp_(min=1e-12)
-        y = torch.ops.quantized.linear_dynamic(x / amax, self.packed, True).mul_(amax)
+        cols = self.cols
+        magnitude = x.abs()
         if cols is not None:
-            y.addmm_(kept, self.outliers)
+            # The outlier columns' weights are zero in the int8 pack: leave them out of each
+            # row's max and clamp them (whatever they become there, they add nothing).
+            magnitude.index_fill_(1, cols, 0.0)
+        amax = magnitude.amax(1, keepdim=True).clamp_(min=1e-12)
+        scaled = x / amax
+        if cols is not None:
+            scaled.clamp_(-1.0, 1.0)
+        y = torch.ops.quantized.linear_dynamic(scaled, self.packed, True).mul_(amax)
+        if cols is not None:
+            y.addmm_(x.index_select(1, cols), self.outliers)
         return y if bias is None else y.add_(bias)
 
 
