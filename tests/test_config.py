@@ -282,7 +282,7 @@ def test_the_cli_offers_the_declared_choices() -> None:
     assert (
         offered[("serve", "dtype")]
         == choices("dtype")
-        == ("auto", "float32", "float16", "bfloat16")
+        == ("auto", "float32", "float16", "bfloat16", "int8")
     )
     for (_, name), values in offered.items():
         assert values == choices(name)
