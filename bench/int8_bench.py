@@ -60,16 +60,17 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
         settings = {"model": model, "dtype": dtype, "threads": args.threads, "home": args.home}
         engines[dtype] = load_engine(load_settings(settings, environ={}))
         loads[dtype] = time.perf_counter() - started
+        print(f"loaded {dtype} in {loads[dtype]:.1f}s", file=sys.stderr, flush=True)
     for e in engines.values():
         e.optimize()  # what the daemon does once serving: query prefix, bf16 repacking
-    queries = mixed_texts(20, min_words=5, max_words=16, seed=8)
-    docs = mixed_texts(40, min_words=5, max_words=300, seed=7)
+    queries = mixed_texts(args.queries, min_words=5, max_words=16, seed=8)
+    docs = mixed_texts(args.docs, min_words=5, max_words=300, seed=7)
     lat: dict[str, list[float]] = {d: [] for d in dtypes}
     qcpu: dict[str, list[float]] = {d: [] for d in dtypes}
     bulk: dict[str, list[float]] = {d: [] for d in dtypes}
     bcpu: dict[str, list[float]] = {d: [] for d in dtypes}
     vectors: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    for _ in range(args.rounds):
+    for r in range(args.rounds):
         for dtype, e in engines.items():
             e.embed(queries[:2], query=True)  # warm
             qv = []
@@ -83,6 +84,12 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
             bulk[dtype].append(len(docs) / (time.perf_counter() - t0))
             bcpu[dtype].append(time.process_time() - c0)
             vectors[dtype] = (np.stack(qv), np.concatenate(dv))
+            print(
+                f"round {r} {dtype}: query p50 {statistics.median(lat[dtype][-20:]) * 1e3:.0f} ms"
+                f", bulk {bulk[dtype][-1]:.2f} texts/s",
+                file=sys.stderr,
+                flush=True,
+            )
     isa = torch.backends.cpu.get_cpu_capability()
     rows = []
     f32_q, f32_d = vectors["float32"]
@@ -120,6 +127,8 @@ def main() -> int:
     ap.add_argument("--avx2", action="store_true", help="in a child held to AVX2 instructions")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--queries", type=int, default=20, help="short queries, one at a time")
+    ap.add_argument("--docs", type=int, default=40, help="documents, 8 a call")
     ap.add_argument("--home", default=str(RESULTS / "int8_home"), help="localrank home (caches)")
     ap.add_argument("--out", default=str(RESULTS / "int8_bench.jsonl"), help="rows appended")
     args = ap.parse_args()

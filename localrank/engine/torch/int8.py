@@ -79,8 +79,15 @@ class Int8Weight:
 def quantise(weight: Tensor, seen: Tensor | None, columns: int = OUTLIER_COLUMNS) -> Int8Weight:
     """float32 [N, K] -> Int8Weight. `seen`: the calibrated max |x| of each input channel (None:
     no outlier columns)."""
+    q, scale, cols, outliers = _int8_rows(weight, seen, columns)
+    return Int8Weight(_pack(q, scale), cols, outliers)
+
+
+def _int8_rows(
+    weight: Tensor, seen: Tensor | None, columns: int
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     w = weight.float()
-    n, k = w.shape
+    k = w.shape[1]
     count = min(columns, k // 16)
     cols = outliers = None
     if seen is not None and count:
@@ -90,24 +97,31 @@ def quantise(weight: Tensor, seen: Tensor | None, columns: int = OUTLIER_COLUMNS
         w = w.index_fill(1, cols, 0.0)  # a copy: the float32 weight stays intact
     scale = w.abs().amax(1).clamp_(min=1e-12).div_(127)
     q = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
+    return q, scale, cols, outliers
+
+
+def _pack(q: Tensor, scale: Tensor) -> Tensor:
+    n = q.shape[0]
     qw = torch._make_per_channel_quantized_tensor(
         q, scale.double(), torch.zeros(n, dtype=torch.long), 0
     )
-    packed = torch.ops.quantized.linear_prepack(qw, None)
-    return Int8Weight(packed, cols, outliers)
+    return torch.ops.quantized.linear_prepack(qw, None)
 
 
 def quantise_all(linears: list[Linear], threads: int) -> None:
-    """Quantise every linear (its calibration statistics, if any, pick the outlier columns):
-    one weight per core at a time, as fbgemm's prepack is single-threaded and releases the GIL.
+    """Quantise every linear (its calibration statistics, if any, pick the outlier columns).
+    The arithmetic runs here, on torch's thread pool; fbgemm's prepack, single-threaded, runs
+    on `threads - 1` other threads meanwhile (a pool of Python threads each running torch's
+    parallel ops oversubscribed the cores: 83 s instead of a few on a busy 2-core machine).
     The float32 weights stay (`drop_float_weights` releases them)."""
-
-    def one(lin: Linear) -> None:
-        lin.int8 = quantise(lin.weight, lin.seen)
-        lin.seen = None
-
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        list(pool.map(one, linears))
+    with ThreadPoolExecutor(max_workers=max(1, threads - 1)) as pool:
+        pending = []
+        for lin in linears:
+            q, scale, cols, outliers = _int8_rows(lin.weight, lin.seen, OUTLIER_COLUMNS)
+            pending.append((lin, pool.submit(_pack, q, scale), cols, outliers))
+            lin.seen = None
+        for lin, packed, cols, outliers in pending:
+            lin.int8 = Int8Weight(packed.result(), cols, outliers)
 
 
 def drop_float_weights(linears: list[Linear]) -> None:
