@@ -19,7 +19,7 @@ from reference import get_detailed_instruct, qwen3_reference, sentence_transform
 
 from localrank.config import DEFAULT_INSTRUCTION, load_settings
 from localrank.engine.core import Engine, calibration_texts
-from localrank.engine.load import load_engine
+from localrank.engine.load import load_engine, load_reranker
 from localrank.engine.precision import INT8_MIN_COSINE, DtypeChoice
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.torch import TorchEmbedder
@@ -162,3 +162,12 @@ def test_auto_int8_is_undone_when_the_load_time_check_fails(minilm: Path) -> Non
     assert all(lin.int8 is None and lin.weight.numel() for lin in model.linears())  # type: ignore[attr-defined]
     e = Engine(resolved(f32), f32.tokenizer, embedder)
     np.testing.assert_array_equal(e.embed(DOCUMENTS).vectors, before)
+
+
+def test_a_reranker_asked_for_int8_computes_in_float32_and_says_so(
+    tiny_cross_encoder: Path,
+) -> None:
+    settings = {"reranker": str(tiny_cross_encoder), "backend": "torch", "dtype": "int8"}
+    scorer = load_reranker(load_settings(settings, environ={})).scorer
+    assert scorer.info.dtype == "float32"
+    assert scorer.info.dtype_reason.endswith("; int8 is for embedding: float32")
