@@ -1,10 +1,10 @@
 """Ingestion throughput (chunks/s) as a ratio to raw embedding throughput on the same texts.
 
     python -m bench.ingest_bench --docs 200 \
-        --embedder localrank.collections.embedder:in_process_embedder
+        --embedder localrank.collections.models:local_embedding_model
     python -m bench.ingest_bench --embedder tests.fake_embedder:make   # plumbing only
 
-`--embedder module:function` names a factory `f(settings) -> AsyncEmbedder`. Raw throughput
+`--embedder module:function` names a factory `f(settings) -> EmbeddingModel`. Raw throughput
 embeds exactly the chunk texts ingestion will produce (same chunker, same token offsets, same
 chunk size capped to the model's max tokens) with `bulk=True`; ingestion then runs the full path
 (chunk, cache lookup, embed, write to a fresh SQLite store through a job). The ratio is the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.kit.ingest import synthetic_docs, timed_ingest
 from bench.kit.paths import RESULTS
-from localrank.collections import AsyncEmbedder, DocumentIn, IngestSettings
+from localrank.collections import DocumentIn, EmbeddingModel, IngestSettings
 from localrank.collections.chunking import chunk_text
 from localrank.collections.ingest import chunk_budget
 from localrank.config import load_settings
@@ -37,7 +37,7 @@ class InFlight:
     """An embedder wrapper that measures how long at least one embed call was in flight: the
     share of ingest time the model had work, whatever its speed under the machine's load."""
 
-    def __init__(self, inner: AsyncEmbedder) -> None:
+    def __init__(self, inner: EmbeddingModel) -> None:
         self.inner = inner
         self.model_id, self.fingerprint, self.dim = inner.model_id, inner.fingerprint, inner.dim
         self.max_tokens = inner.max_tokens
@@ -63,7 +63,7 @@ def load_factory(spec: str):  # type: ignore[no-untyped-def]
     return getattr(importlib.import_module(module), name or "embedder_factory")
 
 
-async def embed_raw(embedder: AsyncEmbedder, texts: list[str], step: int) -> float:
+async def embed_raw(embedder: EmbeddingModel, texts: list[str], step: int) -> float:
     """Seconds to embed `texts` as the engine does at best: bulk calls of `step` texts."""
     start = time.perf_counter()
     await asyncio.gather(
@@ -76,7 +76,7 @@ async def embed_raw(embedder: AsyncEmbedder, texts: list[str], step: int) -> flo
 
 
 async def ingest(
-    embedder: AsyncEmbedder, docs: list[DocumentIn], ing: IngestSettings
+    embedder: EmbeddingModel, docs: list[DocumentIn], ing: IngestSettings
 ) -> tuple[float, int]:
     """Seconds to ingest `docs` through a job into a fresh store, and the chunks stored."""
     with tempfile.TemporaryDirectory(prefix="localrank-ingest-bench-") as tmp:
@@ -89,7 +89,7 @@ async def ingest(
 
 async def run(args: argparse.Namespace) -> dict[str, object]:
     settings = load_settings({"home": args.home} if args.home else None)
-    embedder: AsyncEmbedder = load_factory(args.embedder)(settings)
+    embedder: EmbeddingModel = load_factory(args.embedder)(settings)
     docs = synthetic_docs(args.docs, args.paragraphs)
     ing = IngestSettings()
     target = chunk_budget(ing.chunk_tokens, embedder.max_tokens)

@@ -48,7 +48,7 @@ from bench.kit.daemon import free_port
 from bench.kit.ingest import synthetic_docs, timed_ingest
 from bench.kit.paths import RESULTS, ROOT
 from localrank.collections import IngestSettings
-from localrank.collections.embedder import in_process_embedder
+from localrank.collections.models import local_embedding_model
 from localrank.config import load_settings
 from localrank.store import open_store
 from tests.pg_server import PgServer
@@ -302,7 +302,7 @@ async def ingest_round(store_url: str, embedder: Any, docs: list[Any]) -> tuple[
 def measure_ingest(server: PgServer, cache: Path, n_docs: int, rounds: int) -> dict[str, Any]:
     home = tempfile.mkdtemp(prefix="localrank-pg-bench-home-")
     settings = load_settings({"home": home}, environ={})
-    embedder = in_process_embedder(settings)
+    embedder = local_embedding_model(settings)
     docs = synthetic_docs(n_docs, 12)
     took: dict[str, list[float]] = {"sqlite": [], "postgres": []}
     chunks = 0

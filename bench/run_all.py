@@ -310,7 +310,7 @@ def main() -> int:
                         "-m",
                         "bench.ingest_bench",
                         "--embedder",
-                        "localrank.collections.embedder:in_process_embedder",
+                        "localrank.collections.models:local_embedding_model",
                         "--docs",
                         str(20 if args.quick else args.ingest_docs),
                         "--home",

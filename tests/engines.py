@@ -7,7 +7,7 @@ from functools import cache
 from localrank.config import load_settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine, load_reranker
-from localrank.engine.rerank import Reranker
+from localrank.engine.rerank import CrossEncoder
 
 MAX_TOKENS = 48  # small, so truncation is exercised by ordinary test texts
 
@@ -24,7 +24,7 @@ def engine_for(model: str, backend: str, max_tokens: int = MAX_TOKENS) -> Engine
 
 
 @cache
-def reranker_for(model: str, backend: str, max_tokens: int = 8192) -> Reranker:
+def reranker_for(model: str, backend: str, max_tokens: int = 8192) -> CrossEncoder:
     """The reranker for a model folder on a backend, float32."""
     return load_reranker(
         load_settings(

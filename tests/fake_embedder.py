@@ -2,7 +2,7 @@
 
 Hashed bag of words: texts that share words get nearby vectors, so retrieval plumbing can be
 tested end to end without a model. `HashEmbedder` implements localrank.collections'
-AsyncEmbedder; `hash_engine` puts the same idea behind the engine's backend protocol, so the
+EmbeddingModel; `hash_engine` puts the same idea behind the engine's backend protocol, so the
 real daemon can be built around it (`make_app(settings, loader=hash_loader(...))`).
 """
 

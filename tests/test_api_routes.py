@@ -60,7 +60,7 @@ async def client(settings: Settings) -> AsyncIterator[TestClient]:
     app = make_app(settings)
     async with TestClient(TestServer(app)) as c:
         await app[STATE_KEY].ready.wait()
-        assert app[STATE_KEY].service is not None, app[STATE_KEY].load_error
+        assert app[STATE_KEY].models is not None, app[STATE_KEY].load_error
         yield c
 
 

@@ -22,7 +22,7 @@ from localrank.cli.collections_access import Collections, DaemonCollections, col
 from localrank.cli.common import Runtime
 from localrank.cli.local import LocalCollections
 from localrank.collections.documents import DocumentIn
-from localrank.collections.embedder import in_process_embedder
+from localrank.collections.models import local_embedding_model
 from localrank.config import Settings, load_settings
 from localrank.store import SQLiteStore, steps
 from localrank.store.sqlite import jobs
@@ -33,7 +33,7 @@ def no_model(settings: Settings) -> Any:
 
 
 THROUGH_DAEMON = Runtime(embedder_factory=no_model)
-IN_PROCESS = Runtime(embedder_factory=in_process_embedder, find_daemon=lambda s: None)
+IN_PROCESS = Runtime(embedder_factory=local_embedding_model, find_daemon=lambda s: None)
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_without_a_daemon_the_cli_works_in_process(
 
     def counted(settings: Settings) -> Any:
         calls.append(settings)
-        return in_process_embedder(settings)
+        return local_embedding_model(settings)
 
     runtime = Runtime(embedder_factory=counted)  # the real daemon lookup: finds none
     out = as_json(["index", str(folder), "-c", "notes"], runtime, capsys)

@@ -32,7 +32,7 @@ async def client(aiohttp_client, tmp_path: Path, minilm: Path, tiny_cross_encode
     app: web.Application = make_app(settings, loader=hash_loader(minilm))
     c = await aiohttp_client(app)
     await app[STATE_KEY].ready.wait()
-    assert app[STATE_KEY].service is not None
+    assert app[STATE_KEY].models is not None
     return c
 
 

@@ -76,7 +76,7 @@ def engine(settings: Settings) -> Engine:
 async def started(app: Any) -> AsyncIterator[TestClient]:
     async with TestClient(TestServer(app)) as c:
         await app[STATE_KEY].ready.wait()
-        assert app[STATE_KEY].service is not None, app[STATE_KEY].load_error
+        assert app[STATE_KEY].models is not None, app[STATE_KEY].load_error
         yield c
 
 

@@ -31,7 +31,7 @@ def daemon(home: Path, minilm: Path, **settings: Any) -> web.Application:
 async def started(aiohttp_client, app: web.Application):  # type: ignore[no-untyped-def]
     client = await aiohttp_client(app)
     await app[STATE_KEY].ready.wait()
-    assert app[STATE_KEY].service is not None, app[STATE_KEY].load_error
+    assert app[STATE_KEY].models is not None, app[STATE_KEY].load_error
     return client
 
 

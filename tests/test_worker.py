@@ -421,7 +421,7 @@ def test_the_allocator_trim_is_available_on_glibc() -> None:
 
 
 class RecordingReranker:
-    """A Runner standing in for a cross-encoder: scores are the pair's token count, and each
+    """A ForwardModel standing in for a cross-encoder: scores are the pair's token count, and each
     pass records which rows it got (plumbing only: the scores are not what is tested)."""
 
     dim = 1
@@ -440,7 +440,7 @@ class RecordingReranker:
 
 
 async def test_pairs_share_the_model_thread_but_never_a_pass(engine: Engine) -> None:
-    """Rerank jobs (another Runner) go through the same scheduler; a pass holds one model's
+    """Rerank jobs (another ForwardModel) go through the same scheduler; a pass holds one model's
     items only, and interactive pairs go before a bulk embedding request."""
     worker, stats = make_worker(engine, max_batch_tokens=256, batch_wait_ms=0)
     reranker = RecordingReranker()

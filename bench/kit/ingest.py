@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 import time
 
-from localrank.collections import AsyncEmbedder, CollectionService, DocumentIn, IngestSettings
+from localrank.collections import CollectionService, DocumentIn, EmbeddingModel, IngestSettings
 from localrank.store import Store
 
 WORDS = [
@@ -52,7 +52,7 @@ def synthetic_docs(n: int, paragraphs: int, seed: int = 7) -> list[DocumentIn]:
 
 
 async def timed_ingest(
-    store: Store, embedder: AsyncEmbedder, docs: list[DocumentIn], ing: IngestSettings
+    store: Store, embedder: EmbeddingModel, docs: list[DocumentIn], ing: IngestSettings
 ) -> tuple[float, int]:
     """Seconds to ingest `docs` through a job into a new collection of an empty `store`, and
     the chunks stored (the store's only collection)."""

@@ -21,7 +21,7 @@ from localrank.client import DaemonClient, find_daemon
 from localrank.config import Settings, choices, load_settings
 
 if TYPE_CHECKING:
-    from localrank.collections.embedder import AsyncEmbedder
+    from localrank.collections.models import EmbeddingModel
     from localrank.serve.run import BackgroundDaemon
 
 MODEL_FLAGS = ("model", "backend", "dtype", "max_tokens")
@@ -49,7 +49,7 @@ class Runtime:
     their own: a fake embedder for plumbing tests, a daemon of their choosing (or none)."""
 
     # Loads the model for in-process work; None: the configured model (localrank.collections).
-    embedder_factory: Callable[[Settings], AsyncEmbedder] | None = None
+    embedder_factory: Callable[[Settings], EmbeddingModel] | None = None
     # The running daemon to talk to, or None to work in this process.
     find_daemon: Callable[[Settings], DaemonClient | None] = default_find_daemon
     # Starts a daemon inside this process (`localrank mcp` when none answers).

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from localrank.cli.common import Runtime
-from localrank.collections import AsyncEmbedder, CollectionService, FolderOptions, SearchRequest
-from localrank.collections.embedder import (
-    InProcessReranker,
-    in_process_embedder,
-    in_process_reranker,
-)
+from localrank.collections import CollectionService, EmbeddingModel, FolderOptions, SearchRequest
 from localrank.collections.evaluate import evaluate, index_dataset, load_beir
+from localrank.collections.models import (
+    LocalCrossEncoder,
+    local_cross_encoder,
+    local_embedding_model,
+)
 from localrank.config import Settings
 from localrank.engine.load import load_engine, load_reranker
 from localrank.errors import NotReady
@@ -35,7 +35,7 @@ T = TypeVar("T")
 Progress = Callable[[dict[str, Any]], None]
 
 
-def _no_model() -> AsyncEmbedder:
+def _no_model() -> EmbeddingModel:
     raise NotReady("this command does not load a model")
 
 
@@ -45,17 +45,17 @@ async def service(
 ) -> AsyncIterator[CollectionService]:
     """A CollectionService over the user's store (or `database`), with the model loaded only
     when the command needs one; both are closed on the way out."""
-    factory = runtime.embedder_factory or in_process_embedder
+    factory = runtime.embedder_factory or local_embedding_model
     embedder = factory(settings) if model else None
-    loaded: list[InProcessReranker] = []
+    loaded: list[LocalCrossEncoder] = []
 
-    def reranker() -> InProcessReranker | None:
+    def reranker() -> LocalCrossEncoder | None:
         """The configured reranker, loaded when a search first reranks (in the CLI's loop: a
         one-shot command has nothing else to serve meanwhile)."""
         if not (model and settings.reranker):
             return None
         if not loaded:
-            loaded.append(in_process_reranker(settings))
+            loaded.append(local_cross_encoder(settings))
         return loaded[0]
 
     location = database or settings.store_location

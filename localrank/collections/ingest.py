@@ -1,6 +1,6 @@
 """Documents -> chunks -> vectors -> store, for the API (sync and async jobs) and the CLI.
 
-The embedding engine is reached only through `AsyncEmbedder`; ingestion always passes
+The embedding engine is reached only through `EmbeddingModel`; ingestion always passes
 `bulk=True` so the daemon's scheduler serves interactive requests (embed, rerank, search) first.
 
 Durability contract: a sync upsert answers after its transaction commits; an async upsert
@@ -26,7 +26,7 @@ import numpy as np
 
 from localrank.collections.chunking import chunk_text
 from localrank.collections.documents import DEFAULT_MAX_DOCUMENT_BYTES, DocumentIn, content_hash
-from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter
+from localrank.collections.models import EmbeddingModel, EmbeddingModelGetter
 from localrank.declare import Range, arg
 from localrank.errors import Conflict, LocalrankError, ModelMismatch
 from localrank.store import Store
@@ -84,7 +84,7 @@ def chunk_budget(chunk_tokens: int, max_tokens: int) -> int:
     return max(1, min(chunk_tokens, max_tokens - SPECIAL_TOKENS_MARGIN))
 
 
-def check_model(collection: Collection, embedder: AsyncEmbedder) -> None:
+def check_model(collection: Collection, embedder: EmbeddingModel) -> None:
     """ModelMismatch (409) unless the collection is bound to the serving model."""
     check_fingerprint(collection, embedder.fingerprint, embedder.model_id)
 
@@ -138,7 +138,7 @@ class Ingestor:
     """Upserts documents synchronously, queues jobs, and runs jobs to completion."""
 
     def __init__(
-        self, store: Store, embedder: EmbedderGetter, settings: IngestSettings | None = None
+        self, store: Store, embedder: EmbeddingModelGetter, settings: IngestSettings | None = None
     ) -> None:
         self.store = store
         self.get_embedder = embedder
@@ -147,7 +147,7 @@ class Ingestor:
     async def _collection(self, name: str) -> Collection:
         return await asyncio.to_thread(self.store.get_collection, name)
 
-    def _lookup(self, embedder: AsyncEmbedder, texts: Sequence[str]) -> _Batch:
+    def _lookup(self, embedder: EmbeddingModel, texts: Sequence[str]) -> _Batch:
         """Vectors the persistent cache has for `texts`; the rest is marked missing."""
         out = np.empty((len(texts), embedder.dim), dtype=np.float32)
         cached = self.store.cache_get(embedder.fingerprint, texts, embedder.dim)
@@ -160,7 +160,7 @@ class Ingestor:
         return _Batch(out, missing)
 
     def _stage(
-        self, collection: Collection, embedder: AsyncEmbedder, docs: Sequence[DocumentIn]
+        self, collection: Collection, embedder: EmbeddingModel, docs: Sequence[DocumentIn]
     ) -> _Batch:
         """(In a worker thread.) Chunk the documents whose text changed and look up the cache."""
         existing = self.store.document_hashes(collection, [d.id for d in docs])
@@ -185,7 +185,7 @@ class Ingestor:
         batch.docs = prepared
         return batch
 
-    async def _embed(self, embedder: AsyncEmbedder, batch: _Batch) -> _Batch:
+    async def _embed(self, embedder: EmbeddingModel, batch: _Batch) -> _Batch:
         """Fill the batch's missing vectors with the model (bulk) and hand them to its docs."""
         unique = list(batch.missing)
         if unique:
@@ -211,7 +211,7 @@ class Ingestor:
         return batch
 
     async def _embed_isolating(
-        self, collection: Collection, embedder: AsyncEmbedder, batch: _Batch
+        self, collection: Collection, embedder: EmbeddingModel, batch: _Batch
     ) -> _Batch:
         """A job's embedding: when a batch fails, retry document by document and record which
         ones fail, so one bad document does not stop the job."""
@@ -235,7 +235,7 @@ class Ingestor:
         return out
 
     def _write(
-        self, collection_name: str, embedder: AsyncEmbedder, batch: _Batch, job_id: str | None
+        self, collection_name: str, embedder: EmbeddingModel, batch: _Batch, job_id: str | None
     ) -> tuple[list[WriteResult], Job | None]:
         # One transaction in the store: the documents, their new cache entries and the job's
         # progress commit together. That is what makes a job's resume exact.

@@ -1,7 +1,7 @@
 """`CollectionService`: the one entry point to collections, for the HTTP routes and the CLI.
 
 It owns the ingestor and the job runner, reaches storage only through the store protocol and the
-model only through an `AsyncEmbedder`, and returns the API's JSON shapes. Store calls run in
+model only through an `EmbeddingModel`, and returns the API's JSON shapes. Store calls run in
 worker threads: the event loop never waits on SQLite.
 """
 
@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 
 from localrank.collections.documents import DocumentIn, check_documents
-from localrank.collections.embedder import AsyncEmbedder, EmbedderGetter, RerankerGetter
 from localrank.collections.files import FolderOptions, FolderReader
 from localrank.collections.folders import plan
 from localrank.collections.ingest import ChunkSettings, Ingestor, IngestSettings, check_model
+from localrank.collections.models import CrossEncoderGetter, EmbeddingModel, EmbeddingModelGetter
 from localrank.collections.runner import DEFAULT_FAILURE_TIMEOUT_S, JobRunner, LeaseLost
 from localrank.collections.search import SearchRequest, run_search
 from localrank.collections.search_threads import SearchThreads
@@ -46,11 +46,11 @@ class CollectionService:
     def __init__(
         self,
         store: Store,
-        embedder: EmbedderGetter,
+        embedder: EmbeddingModelGetter,
         settings: IngestSettings | None = None,
         *,
         watch: WatchSettings | None = None,
-        reranker: RerankerGetter | None = None,
+        reranker: CrossEncoderGetter | None = None,
         rerank_candidates: int = 50,
         job_failure_timeout_s: float = DEFAULT_FAILURE_TIMEOUT_S,
     ) -> None:
@@ -69,7 +69,7 @@ class CollectionService:
     def settings(self) -> IngestSettings:
         return self.ingestor.settings
 
-    def embedder(self) -> AsyncEmbedder:
+    def embedder(self) -> EmbeddingModel:
         """The serving embedder (raises NotReady while the model loads)."""
         return self.get_embedder()
 

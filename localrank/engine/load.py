@@ -14,7 +14,7 @@ from localrank.engine.download import download_snapshot
 from localrank.engine.names import canonical_reranker_name
 from localrank.engine.progress import LoadProgress
 from localrank.engine.recipe import load_recipe
-from localrank.engine.rerank import Reranker, load_pair_tokenizer, load_rerank_recipe
+from localrank.engine.rerank import CrossEncoder, load_pair_tokenizer, load_rerank_recipe
 from localrank.engine.resolve import resolve_model
 from localrank.engine.select import (
     choose_backend,
@@ -118,7 +118,7 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
     return engine
 
 
-def load_reranker(settings: Settings) -> Reranker:
+def load_reranker(settings: Settings) -> CrossEncoder:
     """Resolve (downloading if need be; never a fallback) and load the configured reranker on
     the embedding model's backend, and score one pair (kernels chosen, pages read in)."""
     if not settings.reranker:
@@ -138,7 +138,7 @@ def load_reranker(settings: Settings) -> Reranker:
     scorer = create_scorer(
         backend, device, resolved.path, recipe, settings.dtype, threads=settings.threads
     )
-    reranker = Reranker(
+    reranker = CrossEncoder(
         resolved,
         tokenizer,
         recipe,

@@ -1,5 +1,5 @@
 """Cross-encoder reranking: each family's recipe (how a (query, document) pair becomes the ids
-its authors score) and the Reranker, which is to a Scorer what the Engine is to an Embedder.
+its authors score) and the CrossEncoder, which is to a Scorer what the Engine is to an Embedder.
 
 Families, each as its authors run it:
 
@@ -210,7 +210,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)  # overflow-free
 
 
-class Reranker:
+class CrossEncoder:
     """A Scorer with its tokenizer and recipe. Not thread-safe, like the Engine; `prepare` only
     reads the tokenizer (a copy of its own), so the tokeniser thread may run it meanwhile."""
 

@@ -1,8 +1,8 @@
 """The background service: a LaunchAgent on macOS, a systemd --user unit on Linux.
 
 Rendering is pure (settings in, file text out) so either platform's file can be produced and
-checked on any machine. Installing runs launchctl/systemctl through an injectable `Runner`, so
-tests never touch the real service manager.
+checked on any machine. Installing runs launchctl/systemctl through an injectable
+`CommandRunner`, so tests never touch the real service manager.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class CommandResult:
     stderr: str = ""
 
 
-Runner = Callable[[Sequence[str]], CommandResult]
+CommandRunner = Callable[[Sequence[str]], CommandResult]
 
 
 def run_command(argv: Sequence[str]) -> CommandResult:
@@ -255,7 +255,7 @@ def status_step(platform: Platform, uid: int) -> Step:
     return Step(("systemctl", "--user", "status", "--no-pager", SYSTEMD_UNIT), check=False)
 
 
-def run_steps(steps: Sequence[Step], runner: Runner) -> list[CommandResult]:
+def run_steps(steps: Sequence[Step], runner: CommandRunner) -> list[CommandResult]:
     """Run the steps in order; a failing checked step raises with the tool's own message."""
     results = []
     for step in steps:
@@ -280,7 +280,7 @@ def install(
     platform: Platform,
     *,
     path: Path,
-    runner: Runner,
+    runner: CommandRunner,
     uid: int,
     program: Sequence[str] | None = None,
 ) -> list[CommandResult]:
@@ -295,7 +295,7 @@ def install(
     return run_steps(install_steps(platform, path, uid), runner)
 
 
-def uninstall(platform: Platform, *, path: Path, runner: Runner, uid: int) -> bool:
+def uninstall(platform: Platform, *, path: Path, runner: CommandRunner, uid: int) -> bool:
     """Stop and unload the service and delete its file. False when nothing was installed."""
     existed = path.exists()
     run_steps(uninstall_steps(platform, uid), runner)
@@ -307,14 +307,14 @@ def uninstall(platform: Platform, *, path: Path, runner: Runner, uid: int) -> bo
 
 
 @dataclass(frozen=True)
-class ServiceStatus:
+class UnitStatus:
     installed: bool
     running: bool
     path: Path
     manager_output: str
 
 
-def status(platform: Platform, *, path: Path, runner: Runner, uid: int) -> ServiceStatus:
+def status(platform: Platform, *, path: Path, runner: CommandRunner, uid: int) -> UnitStatus:
     """Whether the service file is installed and whether the service manager runs it."""
     result = run_steps([status_step(platform, uid)], runner)[0]
     output = (result.stdout + result.stderr).strip()
@@ -322,7 +322,7 @@ def status(platform: Platform, *, path: Path, runner: Runner, uid: int) -> Servi
         running = result.returncode == 0 and "state = running" in result.stdout
     else:
         running = result.returncode == 0  # systemctl status: 0 active, 3 inactive, 4 unknown
-    return ServiceStatus(path.exists(), running, path, output)
+    return UnitStatus(path.exists(), running, path, output)
 
 
 def tail(path: Path, lines: int) -> list[str]:

@@ -24,11 +24,11 @@ from localrank.engine.load import load_engine, load_reranker
 from localrank.errors import LocalrankError
 from localrank.serve.api import DialectIndex
 from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
-from localrank.serve.embedding import DaemonEmbedder, DaemonReranker, EmbeddingService
 from localrank.serve.metrics import standard_registry
 from localrank.serve.middleware import error_middleware, request_id_middleware
+from localrank.serve.model_service import DaemonCrossEncoder, DaemonEmbeddingModel, ModelService
 from localrank.serve.requests import endpoint
-from localrank.serve.reranking import RerankerLoader, RerankerSlot
+from localrank.serve.reranking import CrossEncoderSlot, RerankerLoader
 from localrank.serve.security import make_security_middlewares, setup_security
 from localrank.serve.state import COLLECTIONS_KEY, DIALECTS_KEY, METRICS_KEY, STATE_KEY, DaemonState
 from localrank.store import open_store
@@ -45,7 +45,7 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
         settings = state.settings
         # The real loader reports its phases (and download bytes) to /health.
         load_model = loader or partial(load_engine, progress=state.progress)
-        slot = RerankerSlot(settings, reranker_loader)
+        slot = CrossEncoderSlot(settings, reranker_loader)
 
         async def load() -> None:
             started = time.monotonic()
@@ -58,7 +58,7 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
                 log.exception("model failed to load")
                 state.load_error = LocalrankError(f"{type(exc).__name__}: {exc}")
             else:
-                state.service = EmbeddingService(
+                state.models = ModelService(
                     engine,
                     app[METRICS_KEY],
                     max_batch_tokens=engine.max_batch_tokens,
@@ -70,8 +70,8 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
                     max_inputs=settings.max_inputs,
                     reranker=slot,
                 )
-                state.collection_embedder = DaemonEmbedder(state.service)
-                state.collection_reranker = DaemonReranker(state.service)
+                state.embedding_model_view = DaemonEmbeddingModel(state.models)
+                state.cross_encoder_view = DaemonCrossEncoder(state.models)
                 if settings.reranker and settings.preload_reranker:
                     state.preloading = asyncio.ensure_future(slot.preload())
                 state.load_seconds = time.monotonic() - started
@@ -87,15 +87,15 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
             with contextlib.suppress(asyncio.CancelledError):
                 await task  # a thread cannot be cancelled; let the load finish
                 if state.optimizing is not None:
-                    if state.service is not None:
-                        state.service.engine.stop_optimizing()  # ends at its next step
+                    if state.models is not None:
+                        state.models.engine.stop_optimizing()  # ends at its next step
                     await state.optimizing  # likewise the background optimisation
                 if state.preloading is not None:
                     await state.preloading
             await slot.close()
-            if state.service is not None:
-                await asyncio.to_thread(state.service.close)
-                state.service.engine.close()
+            if state.models is not None:
+                await asyncio.to_thread(state.models.close)
+                state.models.engine.close()
 
     return model_ctx
 

@@ -12,7 +12,7 @@ middleware. What aiohttp does not do, done here:
   back as JSON in localrank's error shape instead of text/plain, with the limit in bytes.
 
 Both hook aiohttp's server and protocol classes (`Server.__call__`, `RequestHandler
-.handle_error`), whose signatures aiohttp keeps stable; `DaemonRunner` is the AppRunner that
+.handle_error`), whose signatures aiohttp keeps stable; `DaemonAppRunner` is the AppRunner that
 uses them.
 """
 
@@ -121,7 +121,7 @@ class GuardedServer(web.Server):
         )
 
 
-class DaemonRunner(web.AppRunner):
+class DaemonAppRunner(web.AppRunner):
     """An AppRunner whose server is a GuardedServer."""
 
     def __init__(self, app: web.Application, *, max_connections: int, **kwargs: Any) -> None:
@@ -142,9 +142,9 @@ class DaemonRunner(web.AppRunner):
 
 def make_runner(
     app: web.Application, settings: Settings, *, shutdown_timeout: float
-) -> DaemonRunner:
+) -> DaemonAppRunner:
     """The daemon's runner: guarded connections, idle timeout, handler cancellation."""
-    return DaemonRunner(
+    return DaemonAppRunner(
         app,
         max_connections=connection_cap(settings.max_connections, raise_file_limit()),
         access_log=None,

@@ -18,7 +18,7 @@ from localrank.declare import Dynamic, parse_request, record_of
 from localrank.engine.core import MIN_DIMENSIONS
 from localrank.errors import BadRequest
 from localrank.serve.api import Handler, Route
-from localrank.serve.embedding import EmbeddingService
+from localrank.serve.model_service import ModelService
 from localrank.serve.state import STATE_KEY
 
 # What the declarations may leave to the served model (unknown, so unchecked and undocumented,
@@ -39,7 +39,7 @@ class Served:
     rerank_methods: tuple[str, ...]
 
     @classmethod
-    def of(cls, service: EmbeddingService | None) -> Served | None:
+    def of(cls, service: ModelService | None) -> Served | None:
         if service is None:
             return None
         dim = service.info.backend.dim
@@ -53,7 +53,7 @@ class Served:
 
 
 def served(app: web.Application) -> Served | None:
-    return Served.of(app[STATE_KEY].service)
+    return Served.of(app[STATE_KEY].models)
 
 
 async def read_body(request: web.Request) -> dict[str, Any]:

@@ -20,22 +20,22 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from localrank.config import Settings
-from localrank.engine.rerank import Reranker
+from localrank.engine.rerank import CrossEncoder
 from localrank.errors import InvalidInput, LocalrankError, RerankerUnavailable
 from localrank.ops import allocator
 
 log = logging.getLogger(__name__)
 
-RerankerLoader = Callable[[Settings], Reranker]
+RerankerLoader = Callable[[Settings], CrossEncoder]
 
 
-class RerankerSlot:
+class CrossEncoderSlot:
     def __init__(self, settings: Settings, loader: RerankerLoader) -> None:
         self.settings = settings
         self.configured = settings.reranker
         self.idle_unload_s = settings.reranker_idle_unload_s
         self.loader = loader
-        self.reranker: Reranker | None = None
+        self.reranker: CrossEncoder | None = None
         self.last_error: str | None = None
         self.loads = 0
         self.unloads = 0
@@ -50,7 +50,7 @@ class RerankerSlot:
         return self.reranker is not None
 
     @contextlib.asynccontextmanager
-    async def hold(self) -> AsyncIterator[Reranker]:
+    async def hold(self) -> AsyncIterator[CrossEncoder]:
         """The loaded reranker (loading it first if need be), kept loaded while held."""
         if self.configured is None:
             raise InvalidInput(
@@ -70,7 +70,7 @@ class RerankerSlot:
             if self._holders == 0:
                 self._schedule_unload()
 
-    async def _load(self) -> Reranker:
+    async def _load(self) -> CrossEncoder:
         async with self._lock:
             if self.reranker is not None:
                 return self.reranker
@@ -147,7 +147,7 @@ class RerankerSlot:
         return out
 
 
-def _release(reranker: Reranker) -> None:
+def _release(reranker: CrossEncoder) -> None:
     """Close and let go: the weights' maps and copies, then the allocator's free pages."""
     reranker.close()
     del reranker

@@ -57,7 +57,7 @@ async def serve(settings: Settings, *, loader: EngineLoader | None = None) -> in
         log.error("not serving: %s", state.load_error.message)
         code = exit_code(state.load_error)
     elif state.ready.is_set():
-        info = state.embedding().info
+        info = state.ready_models().info
         if info.fallback_reason:
             log.warning("FALLBACK MODEL IN USE: %s", info.fallback_reason)
         log.info(

@@ -8,13 +8,13 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from localrank.collections import AsyncEmbedder, AsyncReranker, CollectionService
+from localrank.collections import CollectionService, CrossEncoderModel, EmbeddingModel
 from localrank.config import Settings
 from localrank.engine.progress import LoadProgress
 from localrank.errors import LocalrankError, NotReady
 from localrank.serve.api import DialectIndex
-from localrank.serve.embedding import DaemonEmbedder, DaemonReranker, EmbeddingService
 from localrank.serve.metrics import Registry
+from localrank.serve.model_service import DaemonCrossEncoder, DaemonEmbeddingModel, ModelService
 
 
 @dataclass
@@ -23,9 +23,9 @@ class DaemonState:
 
     settings: Settings
     started: float = field(default_factory=time.monotonic)
-    service: EmbeddingService | None = None
-    collection_embedder: DaemonEmbedder | None = None
-    collection_reranker: DaemonReranker | None = None
+    models: ModelService | None = None
+    embedding_model_view: DaemonEmbeddingModel | None = None
+    cross_encoder_view: DaemonCrossEncoder | None = None
     load_error: LocalrankError | None = None
     load_seconds: float | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -36,26 +36,26 @@ class DaemonState:
     # Loading the reranker at startup (preload_reranker), awaited at shutdown.
     preloading: asyncio.Future[None] | None = None
 
-    def embedding(self) -> EmbeddingService:
+    def ready_models(self) -> ModelService:
         """The loaded model's service, or 503 with why there is none."""
-        if self.service is not None:
-            return self.service
+        if self.models is not None:
+            return self.models
         if self.load_error is not None:
             raise NotReady(f"the model failed to load: {self.load_error.message}")
         if self.progress.downloading:
             raise NotReady("the model is still downloading (GET /health shows the progress)")
         raise NotReady("the model is still loading")
 
-    def embedder(self) -> AsyncEmbedder:
+    def embedder(self) -> EmbeddingModel:
         """The model as the collections layer sees it (503 until it is loaded)."""
-        self.embedding()
-        assert self.collection_embedder is not None
-        return self.collection_embedder
+        self.ready_models()
+        assert self.embedding_model_view is not None
+        return self.embedding_model_view
 
-    def reranker(self) -> AsyncReranker | None:
+    def reranker(self) -> CrossEncoderModel | None:
         """The cross-encoder as the collections layer sees it: None while the model loads or
         when none is configured (search then reranks by cosine, as without one)."""
-        r = self.collection_reranker
+        r = self.cross_encoder_view
         return r if r is not None and r.available else None
 
 
@@ -65,9 +65,9 @@ DIALECTS_KEY = web.AppKey("dialects", DialectIndex)
 COLLECTIONS_KEY = web.AppKey("collections", CollectionService)
 
 
-def embedding(request: web.Request) -> EmbeddingService:
+def model_service(request: web.Request) -> ModelService:
     """The embedding service behind every embed and rerank route (503 until loaded)."""
-    return request.app[STATE_KEY].embedding()
+    return request.app[STATE_KEY].ready_models()
 
 
 def collections(request: web.Request) -> CollectionService:

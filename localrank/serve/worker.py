@@ -52,8 +52,8 @@ IDLE_SECONDS = 1.0
 SLICE_CHARS = 64 * 1024
 
 
-class Runner(Protocol):
-    """What a forward pass runs: the embedding Engine, or a cross-encoder Reranker (whose
+class ForwardModel(Protocol):
+    """What a forward pass runs: the embedding Engine, or a cross-encoder CrossEncoder (whose
     "vectors" are [N, 1] logits). One pass holds the items of one runner only."""
 
     @property
@@ -80,13 +80,13 @@ class BatchStats:
 
 
 @dataclass(eq=False)
-class _Job:
+class ModelRequest:
     size: int
     bulk: bool
     future: asyncio.Future[WorkResult]
     loop: asyncio.AbstractEventLoop
     vectors: np.ndarray
-    runner: Any  # the Runner its items go through
+    runner: Any  # the ForwardModel its items go through
     encoded: list[Encoded] = field(default_factory=list)  # tokenised so far (model thread)
     scheduled: int = 0  # items handed to a forward pass
     embedded: int = 0
@@ -162,7 +162,7 @@ def _slices(inputs: Inputs, work: Callable[[str], int]) -> Iterator[list]:  # ty
     yield part
 
 
-def _tokens(items: list[tuple[_Job, int]]) -> int:
+def _tokens(items: list[tuple[ModelRequest, int]]) -> int:
     """Tokens in a pass's items (request, index of its input)."""
     return sum(len(job.encoded[i].ids) for job, i in items)
 
@@ -191,12 +191,14 @@ class ModelWorker:
         self.on_batch = on_batch
         self.on_idle = on_idle  # on the model thread, once it has idled IDLE_SECONDS after work
         self.cost = PassCost()
-        self._inbox: queue.SimpleQueue[tuple[_Job, list[Encoded]] | None] = queue.SimpleQueue()
-        self._jobs: set[_Job] = set()  # submitted and not yet returned (event loop only)
+        self._inbox: queue.SimpleQueue[tuple[ModelRequest, list[Encoded]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._jobs: set[ModelRequest] = set()  # submitted and not yet returned (event loop only)
         self._stopping = False
         # The model thread's own state: the turn orders, and what the last pass showed.
-        self._interactive: collections.deque[_Job] = collections.deque()
-        self._bulk: collections.deque[_Job] = collections.deque()
+        self._interactive: collections.deque[ModelRequest] = collections.deque()
+        self._bulk: collections.deque[ModelRequest] = collections.deque()
         self._stop_seen = False
         self._segments = 1  # stretches between pauses in the last pass (layers, on torch)
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="localrank-tokenizer")
@@ -214,7 +216,7 @@ class ModelWorker:
         *,
         truncate: bool = True,
         bulk: bool = False,
-        runner: Runner | None = None,
+        runner: ForwardModel | None = None,
         prepare: Callable[[Sequence[str]], list[Encoded]] | None = None,
     ) -> WorkResult:
         """Run `inputs` through the engine (default), or through `runner` with `prepare` as
@@ -227,9 +229,9 @@ class ModelWorker:
                 retry_after=1.0,
             )
         loop = asyncio.get_running_loop()
-        model: Runner = self.engine if runner is None else runner
+        model: ForwardModel = self.engine if runner is None else runner
         vectors = np.empty((len(inputs), model.dim), dtype=np.float32)
-        job = _Job(len(inputs), bulk, loop.create_future(), loop, vectors, model)
+        job = ModelRequest(len(inputs), bulk, loop.create_future(), loop, vectors, model)
         self._jobs.add(job)
         work = self.engine.tokenizer.work if prepare is None else len
         try:
@@ -307,7 +309,7 @@ class ModelWorker:
             else:
                 self._accept(message)
 
-    def _accept(self, message: tuple[_Job, list[Encoded]]) -> None:
+    def _accept(self, message: tuple[ModelRequest, list[Encoded]]) -> None:
         job, encoded = message
         if job.closed:
             return
@@ -325,7 +327,10 @@ class ModelWorker:
         return self.max_batch_tokens if within is None else min(within, self.max_batch_tokens)
 
     def _take(
-        self, turns: collections.deque[_Job], budget: int, taken: list[tuple[_Job, int]]
+        self,
+        turns: collections.deque[ModelRequest],
+        budget: int,
+        taken: list[tuple[ModelRequest, int]],
     ) -> bool:
         """Add one item from each waiting request in `turns`, in turn, to `taken` until the pass
         is full (then False). The request served last moves to the back, so the next pass
@@ -355,10 +360,10 @@ class ModelWorker:
             turns.rotate(-1)
         return len(taken) < self.max_batch_size
 
-    def _newcomers(self, running: set[int], budget: int) -> list[tuple[_Job, int]]:
+    def _newcomers(self, running: set[int], budget: int) -> list[tuple[ModelRequest, int]]:
         """For a pass run inside another's pause: one item from each waiting interactive
         request that has none in the running pass, as many as fit in `budget` tokens."""
-        taken: list[tuple[_Job, int]] = []
+        taken: list[tuple[ModelRequest, int]] = []
         tokens = 0
         for job in list(self._interactive):
             if id(job) in running or job.closed or job.scheduled >= len(job.encoded):
@@ -378,7 +383,7 @@ class ModelWorker:
     def _step(self) -> None:
         """One forward pass: interactive requests first, then bulk ones. Between two of its
         layers, interactive requests that arrived meanwhile run a short pass of their own."""
-        taken: list[tuple[_Job, int]] = []
+        taken: list[tuple[ModelRequest, int]] = []
         budget = self._budget(self._segments)
         if self._take(self._interactive, budget, taken):
             self._take(self._bulk, budget, taken)
@@ -414,12 +419,12 @@ class ModelWorker:
         self._segments = pauses[0] + 1
         self.cost.add(tokens, seconds - nested[0])
 
-    def _forward(self, taken: list[tuple[_Job, int]], pause: Pause | None) -> float:
+    def _forward(self, taken: list[tuple[ModelRequest, int]], pause: Pause | None) -> float:
         """Run `taken` through the model, hand each vector to its request; the seconds spent."""
         tokens = _tokens(taken)
         started = time.perf_counter()
         try:
-            runner: Runner = taken[0][0].runner
+            runner: ForwardModel = taken[0][0].runner
             vectors = runner.run([job.encoded[i] for job, i in taken], pause)
         except Exception as exc:
             log.exception("model call failed")

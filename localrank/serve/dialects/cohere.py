@@ -34,7 +34,7 @@ from localrank.serve.dialects.shared import (
     instruction_for_queries,
     query_mode,
 )
-from localrank.serve.state import embedding
+from localrank.serve.state import model_service
 
 
 class DocumentsHaveText(Rule):
@@ -118,7 +118,7 @@ def document_texts(docs: list[Any], rank_fields: list[str] | None) -> list[str]:
 
 
 async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     if not svc.is_reranker_name(req.model):
         check_requested_model(req.model, svc.info)
     docs = req.documents
@@ -127,7 +127,7 @@ async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
     ranked = texts
     if req.max_tokens_per_doc is not None and texts:
         ranked = await svc.cut_to_tokens(texts, req.max_tokens_per_doc)
-    scored = await svc.score(req.query, ranked, instruction=req.instruction, truncate=req.truncate)
+    scored = await svc.rerank(req.query, ranked, instruction=req.instruction, truncate=req.truncate)
     scores, tokens = scored.scores, scored.tokens
     order = sorted(range(len(texts)), key=lambda i: -scores[i])[:top_n]
     results = []
@@ -213,7 +213,7 @@ def _embed_texts(req: EmbedRequest) -> list[str]:
 
 
 async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     check_requested_model(req.model, svc.info)
     texts = _embed_texts(req)
     query, instruction = query_mode(req.input_type, req.instruction)

@@ -25,7 +25,7 @@ from localrank.serve.dialects.shared import (
     query_mode,
 )
 from localrank.serve.requests import RERANK_METHODS
-from localrank.serve.state import embedding
+from localrank.serve.state import model_service
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,7 +74,7 @@ class RerankRequest:
 
 
 def _model_info(request: web.Request) -> dict[str, object]:
-    info = embedding(request).info
+    info = model_service(request).info
     return {
         "name": info.display_name,
         "model_id": info.model_id,
@@ -89,7 +89,7 @@ def _model_info(request: web.Request) -> dict[str, object]:
 
 async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
     started = time.perf_counter()
-    svc = embedding(request)
+    svc = model_service(request)
     # batch_size is accepted for compatibility (the scheduler batches); vectors are always
     # L2-normalised (the recipe's), whatever `normalize` says.
     query, instruction = query_mode(req.input_type, req.instruction)
@@ -121,12 +121,12 @@ async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
 
 async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
     started = time.perf_counter()
-    svc = embedding(request)
+    svc = model_service(request)
     # `passages` (the embed-rerank name) or `documents`.
     docs = req.passages if req.passages is not None else req.documents or []
     texts = [d.text if isinstance(d, TextObject) else d for d in docs]
     top_k = req.top_k or len(texts)
-    scored = await svc.score(
+    scored = await svc.rerank(
         req.query,
         texts,
         instruction=req.instruction,

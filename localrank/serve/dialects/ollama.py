@@ -37,7 +37,7 @@ from localrank.serve.dialects.shared import (
     query_mode,
     serves,
 )
-from localrank.serve.state import embedding
+from localrank.serve.state import model_service
 
 # The Ollama API level these routes follow (what `GET /api/version` reports): /api/embed with
 # `truncate` and `dimensions`, `capabilities` in /api/tags and /api/show.
@@ -108,7 +108,7 @@ def _inputs(raw: str | list[str] | None) -> list[str]:
 
 async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
     started = time.perf_counter_ns()
-    svc = embedding(request)
+    svc = model_service(request)
     check_ollama_model(req.model, svc.info)
     inputs = _inputs(req.input)
     query, instruction = query_mode(req.input_type, req.instruction)
@@ -136,7 +136,7 @@ async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
 
 async def embeddings(request: web.Request, req: EmbeddingsRequest) -> web.Response:
     """Legacy `{"model", "prompt"}` -> `{"embedding": [...]}` (empty for an empty prompt)."""
-    svc = embedding(request)
+    svc = model_service(request)
     check_ollama_model(req.model, svc.info)
     query, instruction = query_mode(req.input_type, req.instruction)
     if not req.prompt:
@@ -170,7 +170,7 @@ def _details(info: ModelInfo, facts: ModelFacts) -> dict[str, Any]:
 
 async def tags(request: web.Request) -> web.Response:
     """Every name of the served model, each as a model (clients pick theirs by name)."""
-    info = embedding(request).info
+    info = model_service(request).info
     facts = await model_facts(info)
     details = _details(info, facts)
     models = [
@@ -191,7 +191,7 @@ async def tags(request: web.Request) -> web.Response:
 async def show(request: web.Request, req: ShowRequest) -> web.Response:
     """The model's details: `model_info` carries `<family>.embedding_length` (the vector size)
     and `<family>.context_length` (the served token limit)."""
-    svc = embedding(request)
+    svc = model_service(request)
     check_ollama_model(req.model or req.name, svc.info)
     info = svc.info
     facts = await model_facts(info)
@@ -219,7 +219,7 @@ async def show(request: web.Request, req: ShowRequest) -> web.Response:
 
 async def ps(request: web.Request) -> web.Response:
     """The loaded model (always exactly one, loaded for good)."""
-    info = embedding(request).info
+    info = model_service(request).info
     facts = await model_facts(info)
     name = info.names[0] if info.names else info.model_id
     return web.json_response(

@@ -33,7 +33,7 @@ from localrank.serve.dialects.shared import (
     serves,
     unknown_model,
 )
-from localrank.serve.state import embedding
+from localrank.serve.state import model_service
 
 # A string, strings, token ids or lists of token ids (the served tokenizer's).
 Input = str | Texts | TokenIds | Annotated[list[TokenIds], Len(1)]
@@ -82,7 +82,7 @@ def _encode(vector: np.ndarray, fmt: str) -> list[float] | str:
 
 
 async def embeddings(request: web.Request, req: EmbeddingsRequest) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     check_requested_model(req.model, svc.info)
     query, instruction = query_mode(req.input_type, req.instruction)
     if req.input is None:
@@ -119,7 +119,7 @@ async def _kagent(
     instruction: str | None,
     dimensions: int | None,
 ) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     result = await svc.embed(texts, query=query, instruction=instruction, dimensions=dimensions)
     return web.json_response(
         {
@@ -154,7 +154,7 @@ def _model_object(name: str, info: ModelInfo, facts: ModelFacts) -> dict[str, An
 async def models(request: web.Request) -> web.Response:
     """Every name the served model answers to, each as a model (clients that validate their
     configured name against this list find it, whichever name it is)."""
-    svc = embedding(request)
+    svc = model_service(request)
     info = svc.info
     facts = await model_facts(info)
     data = [_model_object(n, info, facts) for n in info.names]
@@ -183,7 +183,7 @@ async def models(request: web.Request) -> web.Response:
 
 
 async def model(request: web.Request, req: ModelPath) -> web.Response:
-    info = embedding(request).info
+    info = model_service(request).info
     name = req.model
     if not serves(info, name):
         raise NotFound(unknown_model(name, info), param="model")

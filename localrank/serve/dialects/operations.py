@@ -24,7 +24,7 @@ async def health(request: web.Request) -> web.Response:
     # Whether searches run at full speed yet: they are answered either way.
     collections = service.search_readiness() if service is not None else None
     store = await service.store_status() if service is not None else None
-    if state.service is None:
+    if state.models is None:
         progress = state.progress.snapshot()
         status = "downloading" if "download" in progress else "loading"
         body: dict[str, object] = {
@@ -51,14 +51,14 @@ async def health(request: web.Request) -> web.Response:
             "version": __version__,
             "uptime_s": uptime,
             "load_seconds": state.load_seconds,
-            "queue_depth": state.service.queue_depth,
+            "queue_depth": state.models.queue_depth,
             # Which store this daemon serves: the CLI talks to a daemon only when it is its own.
             "database": state.settings.store_display,
             "store": store,
             "collections": collections,
-            **state.service.info.to_dict(),
-            "rerank_method": state.service.rerank_status()["rerank_method"],
-            "reranker": state.service.rerank_status(),
+            **state.models.info.to_dict(),
+            "rerank_method": state.models.rerank_status()["rerank_method"],
+            "reranker": state.models.rerank_status(),
         }
     )
 

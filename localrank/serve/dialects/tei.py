@@ -34,7 +34,7 @@ from localrank.serve.dialects.shared import (
     instruction_for_queries,
     query_mode,
 )
-from localrank.serve.state import STATE_KEY, embedding
+from localrank.serve.state import STATE_KEY, model_service
 
 # TEI's `inputs`: one string, a list of strings, or token ids (one list or a list of them).
 Inputs = str | Texts | TokenIds | Annotated[list[TokenIds], Len(1)]
@@ -133,7 +133,7 @@ async def embed(request: web.Request, req: EmbedRequest) -> web.Response:
 async def _embed(
     request: web.Request, inputs: Any, req: EmbedRequest | RootRequest
 ) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     query, instruction = query_mode(req.prompt_name, req.instruction)
     result = await svc.embed(
         _list(inputs),
@@ -154,7 +154,7 @@ async def similarity(request: web.Request, req: SimilarityRequest) -> web.Respon
 async def _similarity(
     request: web.Request, inputs: SimilarityInputs, parameters: SimilarityParameters
 ) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     texts = [inputs.source_sentence, *inputs.sentences]
     check_inputs(texts, max_inputs=svc.max_inputs, param="inputs")
     query, instruction = query_mode(parameters.prompt_name, None)
@@ -177,10 +177,10 @@ async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
     """TEI `/rerank` -> `[{"index", "score", "text"?}]`, best first. `raw_scores` gives the
     cross-encoder's logit (or, without a reranker, the cosine in [-1, 1]) instead of the
     [0, 1] score."""
-    svc = embedding(request)
+    svc = model_service(request)
     texts = req.texts
     check_inputs(texts, max_inputs=svc.max_inputs, param="texts")
-    scored = await svc.score(req.query, texts, instruction=req.instruction, truncate=req.truncate)
+    scored = await svc.rerank(req.query, texts, instruction=req.instruction, truncate=req.truncate)
     scores = scored.scores
     out = []
     for i in sorted(range(len(texts)), key=lambda i: -scores[i]):
@@ -193,7 +193,7 @@ async def rerank(request: web.Request, req: RerankRequest) -> web.Response:
 
 
 async def tokenize(request: web.Request, req: TokenizeRequest) -> web.Response:
-    svc = embedding(request)
+    svc = model_service(request)
     inputs = [req.inputs] if isinstance(req.inputs, str) else req.inputs
     query, instruction = query_mode(req.prompt_name, req.instruction)
     tokens = await svc.tokens(
@@ -204,7 +204,7 @@ async def tokenize(request: web.Request, req: TokenizeRequest) -> web.Response:
 
 async def info(request: web.Request) -> web.Response:
     """TEI's /info fields, then localrank's own (backend, device, dim, rerank method...)."""
-    svc = embedding(request)
+    svc = model_service(request)
     settings = request.app[STATE_KEY].settings
     model = svc.info
     backend = model.backend

@@ -1,7 +1,7 @@
-"""What the collections layer needs from a model (`AsyncEmbedder`), and the in-process adapter.
+"""What the collections layer needs from a model (`EmbeddingModel`), and the in-process adapter.
 
-The daemon adapts its scheduler-backed EmbeddingService to this protocol (`serve.embedding`);
-`InProcessEmbedder` adapts a loaded Engine for the CLI when it runs without a daemon. Model
+The daemon adapts its scheduler-backed ModelService to this protocol (`serve.model_service`);
+`LocalEmbeddingModel` adapts a loaded Engine for the CLI when it runs without a daemon. Model
 calls run in one worker thread, never on the event loop.
 """
 
@@ -17,12 +17,12 @@ import numpy as np
 from localrank.config import Settings
 from localrank.engine.core import Engine
 from localrank.engine.load import load_engine, load_reranker
-from localrank.engine.rerank import Reranker
+from localrank.engine.rerank import CrossEncoder
 
 Spans = Sequence[tuple[int, int]] | np.ndarray
 
 
-class AsyncEmbedder(Protocol):
+class EmbeddingModel(Protocol):
     """What ingestion and search need from the engine."""
 
     model_id: str  # e.g. "Qwen/Qwen3-Embedding-0.6B"
@@ -50,7 +50,7 @@ class AsyncEmbedder(Protocol):
         ...
 
 
-class AsyncReranker(Protocol):
+class CrossEncoderModel(Protocol):
     """A cross-encoder, as search's rerank stage needs it."""
 
     async def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
@@ -58,14 +58,14 @@ class AsyncReranker(Protocol):
         ...
 
 
-EmbedderGetter = Callable[[], AsyncEmbedder]
+EmbeddingModelGetter = Callable[[], EmbeddingModel]
 # The reranker in force, or None (search's rerank stage is then the embedding cosine).
-RerankerGetter = Callable[[], AsyncReranker | None]
-EmbedderFactory = Callable[[Settings], AsyncEmbedder]
+CrossEncoderGetter = Callable[[], CrossEncoderModel | None]
+EmbeddingModelFactory = Callable[[Settings], EmbeddingModel]
 
 
-class InProcessEmbedder:
-    """A loaded Engine behind the AsyncEmbedder protocol, on its own model thread."""
+class LocalEmbeddingModel:
+    """A loaded Engine behind the EmbeddingModel protocol, on its own model thread."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -98,16 +98,16 @@ class InProcessEmbedder:
         self.engine.close()
 
 
-def in_process_embedder(settings: Settings) -> AsyncEmbedder:
+def local_embedding_model(settings: Settings) -> EmbeddingModel:
     """Load the configured model in this process (what the CLI does without a daemon)."""
-    return InProcessEmbedder(load_engine(settings))
+    return LocalEmbeddingModel(load_engine(settings))
 
 
-class InProcessReranker:
-    """A loaded Reranker behind the AsyncReranker protocol, on its own thread (the CLI's
+class LocalCrossEncoder:
+    """A loaded CrossEncoder behind the CrossEncoderModel protocol, on its own thread (the CLI's
     `localrank eval` without a daemon)."""
 
-    def __init__(self, reranker: Reranker) -> None:
+    def __init__(self, reranker: CrossEncoder) -> None:
         self.reranker = reranker
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="localrank-rerank")
 
@@ -123,5 +123,5 @@ class InProcessReranker:
         self.reranker.close()
 
 
-def in_process_reranker(settings: Settings) -> InProcessReranker:
-    return InProcessReranker(load_reranker(settings))
+def local_cross_encoder(settings: Settings) -> LocalCrossEncoder:
+    return LocalCrossEncoder(load_reranker(settings))

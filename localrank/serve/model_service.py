@@ -1,7 +1,7 @@
 """The one implementation behind every dialect: cached, scheduled embedding and rerank.
 
-Routes reach the model only through `EmbeddingService` (vectors, scores, token ids and counts,
-cutting to a token limit); the collections layer reaches it through `DaemonEmbedder`.
+Routes reach the model only through `ModelService` (vectors, scores, token ids and counts,
+cutting to a token limit); the collections layer reaches it through `DaemonEmbeddingModel`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from typing import Any, cast
 import numpy as np
 
 from localrank.engine.core import Engine, apply_dimensions, check_inputs, relevance
-from localrank.engine.rerank import Reranker, check_pairs, sigmoid
+from localrank.engine.rerank import CrossEncoder, check_pairs, sigmoid
 from localrank.engine.tokenizer import Token
 from localrank.engine.types import ModelInfo
 from localrank.errors import InvalidInput, TooLarge
 from localrank.ops import allocator
 from localrank.serve.metrics import Registry
-from localrank.serve.reranking import RerankerSlot
+from localrank.serve.reranking import CrossEncoderSlot
 from localrank.serve.worker import BatchStats, ModelWorker
 
 BI_ENCODER_METHOD = "bi-encoder cosine of the instructed query and each document, mapped to [0,1]"
@@ -100,7 +100,7 @@ class EmbeddingCache:
         return len(self._data)
 
 
-class EmbeddingService:
+class ModelService:
     def __init__(
         self,
         engine: Engine,
@@ -113,7 +113,7 @@ class EmbeddingService:
         cache_size: int,
         max_inputs: int = 2048,
         preempt_ms: float = 0.0,
-        reranker: RerankerSlot | None = None,
+        reranker: CrossEncoderSlot | None = None,
     ) -> None:
         self.engine = engine
         self.reranker = reranker
@@ -235,7 +235,7 @@ class EmbeddingService:
             return [cache_key(fingerprint, t) for t in texts]
         return await asyncio.to_thread(lambda: [cache_key(fingerprint, t) for t in texts])
 
-    async def rerank(
+    async def bi_encoder_scores(
         self,
         query: str,
         documents: Sequence[str],
@@ -272,7 +272,7 @@ class EmbeddingService:
             return {"configured": None, "loaded": False, "rerank_method": BI_ENCODER_METHOD}
         return self.reranker.status(BI_ENCODER_METHOD)
 
-    async def score(
+    async def rerank(
         self,
         query: str,
         documents: Sequence[str],
@@ -288,7 +288,7 @@ class EmbeddingService:
         if method not in (None, "cross-encoder", "bi-encoder"):
             raise InvalidInput("method must be cross-encoder or bi-encoder", param="method")
         if method == "bi-encoder" or (method is None and not self.cross_encoder):
-            scores, tokens = await self.rerank(
+            scores, tokens = await self.bi_encoder_scores(
                 query, documents, instruction=instruction, truncate=truncate
             )
             return RerankOutput(
@@ -302,7 +302,7 @@ class EmbeddingService:
 
     async def _cross_encode(
         self,
-        reranker: Reranker,
+        reranker: CrossEncoder,
         query: str,
         documents: Sequence[str],
         instruction: str | None,
@@ -358,30 +358,30 @@ class EmbeddingService:
         self.worker.stop()
 
 
-class DaemonReranker:
-    """The service's cross-encoder seen through the collections layer's AsyncReranker."""
+class DaemonCrossEncoder:
+    """The service's cross-encoder seen through the collections layer's CrossEncoderModel."""
 
-    def __init__(self, service: EmbeddingService) -> None:
-        self.service = service
+    def __init__(self, models: ModelService) -> None:
+        self.models = models
 
     @property
     def available(self) -> bool:
-        return self.service.cross_encoder
+        return self.models.cross_encoder
 
     async def score(self, query: str, documents: Sequence[str]) -> np.ndarray:
-        out = await self.service.score(query, documents, method="cross-encoder")
+        out = await self.models.rerank(query, documents, method="cross-encoder")
         return out.scores
 
 
-class DaemonEmbedder:
-    """The service seen through the collections layer's AsyncEmbedder protocol."""
+class DaemonEmbeddingModel:
+    """The service seen through the collections layer's EmbeddingModel protocol."""
 
-    def __init__(self, service: EmbeddingService) -> None:
-        self.service = service
-        self.model_id = service.info.model_id
-        self.fingerprint = service.info.fingerprint
-        self.dim = service.info.recipe.dim
-        self.max_tokens = service.info.recipe.max_tokens
+    def __init__(self, models: ModelService) -> None:
+        self.models = models
+        self.model_id = models.info.model_id
+        self.fingerprint = models.info.fingerprint
+        self.dim = models.info.recipe.dim
+        self.max_tokens = models.info.recipe.max_tokens
 
     async def embed(
         self,
@@ -391,11 +391,11 @@ class DaemonEmbedder:
         instruction: str | None = None,
         bulk: bool = False,
     ) -> np.ndarray:
-        out = await self.service.embed(list(texts), query=query, instruction=instruction, bulk=bulk)
+        out = await self.models.embed(list(texts), query=query, instruction=instruction, bulk=bulk)
         return out.vectors
 
     def token_offsets(self, text: str) -> np.ndarray:
-        return self.service.token_offsets(text)
+        return self.models.token_offsets(text)
 
     def close(self) -> None:
         """The daemon owns the model; closing this view of it releases nothing."""
