@@ -31,7 +31,6 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 # "torch" is torch on its best device (MPS, then CUDA, then CPU): embed-rerank's BACKEND value.
 BACKENDS = ("auto", "mlx", "torch", "mps", "cuda", "cpu")
-# int8: weights quantised to 8 bits at load (MLX today; a backend without it refuses it clearly).
 DTYPES = ("auto", "float32", "float16", "bfloat16", "int8")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")

@@ -22,7 +22,7 @@ AVX2_ONLY = {
     "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",  # fbgemm (quantised matmuls)
 }
 # The tests whose paths depend on the CPU's instructions (dtype choice, bfloat16, packing).
-PRECISION_TESTS = ["tests/test_bf16_parity.py", "tests/test_precision.py"]
+PRECISION_TESTS = ["tests/test_bf16_parity.py", "tests/test_precision.py", "tests/test_int8.py"]
 
 
 def run_avx2(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -49,7 +49,8 @@ def test_the_restriction_takes_effect() -> None:
 
 
 def test_precision_tests_pass_on_an_avx2_only_cpu() -> None:
-    result = run_avx2("-m", "pytest", "-q", "-p", "no:cacheprovider", *PRECISION_TESTS)
+    tests = ("-m", "pytest", "-q", "-p", "no:cacheprovider", *PRECISION_TESTS)
+    result = run_avx2(*tests, timeout=1500)
     tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
     assert result.returncode == 0, tail
     assert " passed" in result.stdout and "skipped" not in result.stdout, tail

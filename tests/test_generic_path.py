@@ -90,6 +90,15 @@ def test_generic_path_without_transformers_names_the_extra(tiny_generic_embedder
         load_engine(settings)
 
 
+def test_generic_path_refuses_int8(tiny_generic_embedder):
+    """int8 quantises a native forward's matmuls; a transformers model is not one."""
+    settings = load_settings(
+        {"model": str(tiny_generic_embedder), "backend": "torch", "dtype": "int8"}, environ={}
+    )
+    with pytest.raises(BackendError, match="int8 needs a native forward"):
+        load_engine(settings)
+
+
 def test_native_paths_do_not_import_transformers(tiny_qwen3):
     code = (
         "import sys\n"

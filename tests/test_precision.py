@@ -21,9 +21,12 @@ from localrank.engine.machine import (
     read_topology,
 )
 from localrank.engine.precision import (
+    INT8_MIN_COSINE,
     MIN_BF16_SPEEDUP,
+    MIN_INT8_SPEEDUP,
     accelerator_dtype,
     choose_cpu_dtype,
+    int8_inaccurate,
     requested,
 )
 
@@ -87,6 +90,32 @@ def test_a_probe_that_is_not_faster_keeps_float32() -> None:
 
     failed = choose_cpu_dtype(features, broken)
     assert failed.dtype == "float32" and "not implemented" in failed.reason
+
+
+def test_int8_only_for_a_family_that_offers_it_and_a_faster_probe() -> None:
+    """int8 is considered where bfloat16 is not chosen, only when the family's scheme is
+    accurate enough (the backend then passes its int8 probe), and only if that probe is faster;
+    a native bfloat16 that is faster still wins (int8 costs accuracy, gains little there)."""
+    avx2 = parse_cpuinfo(SKYLAKE, "x86_64")
+    choice = choose_cpu_dtype(avx2, never_called, fast(3.0))
+    assert choice.dtype == "int8" and "3.0x" in choice.reason
+    assert "no native bfloat16" in choice.reason
+    slow = choose_cpu_dtype(avx2, never_called, fast(MIN_INT8_SPEEDUP * 0.9))
+    assert slow.dtype == "float32" and "int8 was only" in slow.reason
+
+    def broken() -> tuple[float, float]:
+        raise RuntimeError("no fbgemm")
+
+    failed = choose_cpu_dtype(avx2, never_called, broken)
+    assert failed.dtype == "float32" and "no fbgemm" in failed.reason
+    assert choose_cpu_dtype(avx2, never_called).dtype == "float32"  # not offered
+    zen4 = parse_cpuinfo(ZEN4, "x86_64")
+    assert choose_cpu_dtype(zen4, fast(), fast(3.0)).dtype == "bfloat16"
+    # bfloat16 not faster there: int8 may still be.
+    assert choose_cpu_dtype(zen4, fast(MIN_BF16_SPEEDUP * 0.9), fast(3.0)).dtype == "int8"
+    undone = int8_inaccurate(choice, 0.9981)
+    assert undone.dtype == "float32" and "0.99810" in undone.reason
+    assert str(INT8_MIN_COSINE) in undone.reason
 
 
 def test_macos_features_from_sysctl() -> None:

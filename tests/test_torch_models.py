@@ -260,7 +260,7 @@ def test_device_dtype_and_batch_errors(tiny_qwen3: Path, qwen3_sdpa: TorchEmbedd
         with pytest.raises(BackendError, match="cuda"):
             TorchEmbedder(tiny_qwen3, QWEN3, device="cuda")
     with pytest.raises(BackendError, match="dtype"):
-        TorchEmbedder(tiny_qwen3, QWEN3, dtype="int8")
+        TorchEmbedder(tiny_qwen3, QWEN3, dtype="int4")
     with pytest.raises(BackendError, match="attention"):
         TorchEmbedder(tiny_qwen3, QWEN3, attention="flash")
     ids = np.array([[EOS, 1]], dtype=np.int64)

@@ -22,6 +22,7 @@ from localrank.engine.types import (
     Inputs,
     ModelInfo,
     Pause,
+    Recipe,
 )
 from localrank.errors import BackendError, InvalidInput, TooLarge
 
@@ -35,6 +36,25 @@ WARM_DOCUMENT = (
     "Follow it, pick a new password of at least twelve characters, and sign in again. If no "
     "message arrives, check the spam folder or ask an administrator to reset it for you."
 )
+
+# What an int8 backend calibrates on (which input channels stay float32) and checks its vectors
+# against float32 with: prose, an instructed query, code, figures and markup. Fixed, so a model
+# quantises the same way at every start.
+CALIBRATION_TEXTS = (
+    WARM_DOCUMENT,
+    "The quick brown fox jumps over the lazy dog near the river bank at dawn.",
+    "def add(a, b):\n    return a + b  # see https://example.com/docs?page=2",
+    "Q3 revenue: $4.2M (+17% YoY); 1,999 units; 3.14159; 2024-05-01T12:00:00Z",
+    "<h1>Release notes</h1><ul><li>Faster start</li><li>Fixed: crash on empty input</li></ul>",
+)
+
+
+def calibration_texts(recipe: Recipe) -> list[str]:
+    """CALIBRATION_TEXTS and a short query formatted as the recipe instructs queries."""
+    query = WARM_QUERY
+    if recipe.query_template is not None and recipe.default_instruction:
+        query = recipe.query_template.format(task=recipe.default_instruction, query=query)
+    return [*CALIBRATION_TEXTS, query]
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import time
 from functools import partial
 
 from localrank.config import Settings
-from localrank.engine.core import WARM_DOCUMENT, WARM_QUERY, Engine
+from localrank.engine.core import WARM_DOCUMENT, WARM_QUERY, Engine, calibration_texts
 from localrank.engine.download import download_snapshot
 from localrank.engine.names import canonical_reranker_name
 from localrank.engine.progress import LoadProgress
@@ -85,6 +85,7 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
         threads=settings.threads,
         dtype_source=settings.source_of("dtype"),
         weight_cache=settings.paths.cache / "weights",
+        calibration=[e.ids for e in tokenizer.encode(calibration_texts(recipe))],
     )
     budget = settings.max_batch_tokens or default_batch_tokens(device)
     engine = Engine(

@@ -1,7 +1,9 @@
 """Which dtype a backend computes in, and why: one decision, reported in the log, /health, /info.
 
 On CPU, bfloat16 where the processor computes it natively AND a short matmul timing confirms it
-is faster here (a feature flag does not prove the framework uses it); float32 otherwise.
+is faster here (a feature flag does not prove the framework uses it); else int8 for families
+whose int8 scheme meets the accuracy target, where a probe confirms it is faster (and a check at
+load on the model's own weights confirms the accuracy); float32 otherwise.
 Accelerators keep their rules (float16 on CUDA / MPS; MLX: the checkpoint's quantisation).
 An explicit dtype setting always wins.
 
@@ -16,10 +18,14 @@ from dataclasses import dataclass
 
 from localrank.engine.machine import BF16_FEATURES, CpuFeatures
 
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = ("float32", "float16", "bfloat16", "int8")
 # bfloat16 must beat float32 by this much on the probe matmul to be chosen: a margin over the
 # timing noise of a busy machine (native bf16 measured 2.0-2.6x faster on AVX512-BF16 here).
 MIN_BF16_SPEEDUP = 1.3
+# int8 likewise (fbgemm measured 2.6-4.7x float32 on a short query's matmul, AVX2 and AVX-512).
+MIN_INT8_SPEEDUP = 1.5
+# int8 vectors must stay this close to float32's (min cosine, calibration texts) to be chosen.
+INT8_MIN_COSINE = 0.999
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class DtypeChoice:
     reason: str
 
 
-# () -> (float32 seconds, bfloat16 seconds) for the same matmul; raises if bf16 is unsupported.
+# () -> (float32 seconds, bfloat16 or int8 seconds) for the same matmul; raises if unsupported.
 Timing = Callable[[], tuple[float, float]]
 
 
@@ -37,8 +43,47 @@ def requested(dtype: str, source: str) -> DtypeChoice:
     return DtypeChoice(dtype, f"set by {source}")
 
 
-def choose_cpu_dtype(features: CpuFeatures, timing: Timing) -> DtypeChoice:
-    """bfloat16 if the CPU has native bf16 and the probe confirms the speed-up, else float32."""
+def choose_cpu_dtype(
+    features: CpuFeatures, timing: Timing, int8_timing: Timing | None = None
+) -> DtypeChoice:
+    """bfloat16 if the CPU has native bf16 and the probe confirms the speed-up; else int8 if
+    `int8_timing` is given (the family's int8 scheme is accurate enough) and confirms its
+    speed-up; else float32."""
+    choice = _bf16_or_float32(features, timing)
+    if choice.dtype == "float32" and int8_timing is not None:
+        return _int8_or(choice, int8_timing)
+    return choice
+
+
+def _int8_or(fallback: DtypeChoice, timing: Timing) -> DtypeChoice:
+    try:
+        f32, i8 = timing()
+    except Exception as exc:  # a torch without fbgemm, a CPU it does not support
+        return DtypeChoice("float32", f"{fallback.reason}; an int8 matmul failed here ({exc})")
+    speedup = f32 / i8 if i8 > 0 else 0.0
+    if speedup >= MIN_INT8_SPEEDUP:
+        return DtypeChoice(
+            "int8",
+            f"{fallback.reason.split(':')[0]}; a probe matmul with int8 weights ran "
+            f"{speedup:.1f}x faster than float32 (norms, softmax and pooling stay float32)",
+        )
+    return DtypeChoice(
+        "float32",
+        f"{fallback.reason}; int8 was only {speedup:.2f}x float32's speed "
+        f"(needs {MIN_INT8_SPEEDUP}x)",
+    )
+
+
+def int8_inaccurate(choice: DtypeChoice, cosine: float) -> DtypeChoice:
+    """The fallback when the load-time check finds int8 vectors too far from float32's."""
+    return DtypeChoice(
+        "float32",
+        f"{choice.reason}, but its vectors of the calibration texts came within cosine "
+        f"{cosine:.5f} of float32 (needs {INT8_MIN_COSINE}): float32",
+    )
+
+
+def _bf16_or_float32(features: CpuFeatures, timing: Timing) -> DtypeChoice:
     feature = features.native_bf16()
     if feature is None:
         wanted = ", ".join(BF16_FEATURES.get(features.arch, ())) or "a bf16 feature"

@@ -7,6 +7,7 @@ Probing is separate from choosing so the choice can be unit-tested for machines 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,11 +97,13 @@ def create_embedder(
     threads: int = 0,
     dtype_source: str = "the dtype setting",
     weight_cache: Path | None = None,
+    calibration: Sequence[Sequence[int]] = (),
 ) -> Embedder:
     """Load the model on the chosen backend. The backend modules are imported only here. A
     family with no native forward (`recipe.family` "generic:...") loads through transformers on
     torch, or mlx-embeddings on MLX, each imported only then. `weight_cache`: where torch keeps
-    weights it casts at load, so the next start maps them instead."""
+    weights it casts at load, so the next start maps them instead. `calibration`: token ids of
+    fixed texts an int8 path calibrates on."""
     if recipe.family.startswith("generic:") and backend == "mlx":
         mlx_generic = importlib.import_module("localrank.engine.mlx.generic")
         embedder: Embedder = mlx_generic.MLXGenericEmbedder(
@@ -134,6 +137,7 @@ def create_embedder(
             threads=threads,
             dtype_source=dtype_source,
             weight_cache=weight_cache,
+            calibration=calibration,
         )
         return embedder
     raise BackendError(f"unknown backend {backend!r}")

@@ -59,7 +59,7 @@ class BackendInfo:
 
     backend: str  # "torch" | "mlx"
     device: str  # "cpu" | "cuda" | "mps" | "gpu" (MLX Metal)
-    dtype: str  # "float32" | "float16" | "bfloat16"
+    dtype: str  # "float32" | "float16" | "bfloat16" | "int8" (int8 matmul weights, float32 rest)
     dim: int
     pooling: str
     max_tokens: int
@@ -125,9 +125,15 @@ class ModelInfo:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies vectors that can be compared: same model, revision, size, pooling, prompts."""
+        """Identifies vectors that can be compared: same model, revision, size, pooling, prompts,
+        and int8 or not. (Float precisions share one: bfloat16 vectors stay within cosine 0.999
+        of float32's, and collections filled before int8 existed keep their fingerprint.)"""
         prompt = hashlib.sha256(self.recipe.prompt_format.encode()).hexdigest()[:8]
-        return f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:{prompt}"
+        precision = ":int8" if self.backend.dtype == "int8" else ""
+        return (
+            f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:{prompt}"
+            f"{precision}"
+        )
 
     @property
     def display_name(self) -> str:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localrank.engine.torch.layers import Packing, Shapes, attend, attention_mask
+from localrank.engine.torch.layers import Linear, Packing, Shapes, attend, attention_mask
 from localrank.engine.torch.weights import Placement
 from localrank.errors import ModelError
 
@@ -57,15 +57,15 @@ def bert_shapes(cfg: dict[str, Any]) -> Shapes:
 
 @dataclass(frozen=True)
 class BertLayer:
-    qkv: Tensor  # query, key and value stacked: one GEMM instead of three
+    qkv: Linear  # query, key and value stacked: one GEMM instead of three
     qkv_b: Tensor
-    o: Tensor
+    o: Linear
     o_b: Tensor
     ln1: Tensor
     ln1_b: Tensor
-    up: Tensor
+    up: Linear
     up_b: Tensor
-    down: Tensor
+    down: Linear
     down_b: Tensor
     ln2: Tensor
     ln2_b: Tensor
@@ -75,19 +75,22 @@ class BertLayer:
         s = f"{p}attention.self."
         names = ("query", "key", "value")
         return cls(
-            qkv=torch.cat([w.pop(f"{s}{n}.weight") for n in names]),
+            qkv=Linear(torch.cat([w.pop(f"{s}{n}.weight") for n in names])),
             qkv_b=torch.cat([w.pop(f"{s}{n}.bias") for n in names]),
-            o=w.pop(f"{p}attention.output.dense.weight"),
+            o=Linear(w.pop(f"{p}attention.output.dense.weight")),
             o_b=w.pop(f"{p}attention.output.dense.bias"),
             ln1=w.pop(f"{p}attention.output.LayerNorm.weight"),
             ln1_b=w.pop(f"{p}attention.output.LayerNorm.bias"),
-            up=w.pop(f"{p}intermediate.dense.weight"),
+            up=Linear(w.pop(f"{p}intermediate.dense.weight")),
             up_b=w.pop(f"{p}intermediate.dense.bias"),
-            down=w.pop(f"{p}output.dense.weight"),
+            down=Linear(w.pop(f"{p}output.dense.weight")),
             down_b=w.pop(f"{p}output.dense.bias"),
             ln2=w.pop(f"{p}output.LayerNorm.weight"),
             ln2_b=w.pop(f"{p}output.LayerNorm.bias"),
         )
+
+    def linears(self) -> list[Linear]:
+        return [self.qkv, self.o, self.up, self.down]
 
 
 class Bert:
@@ -128,6 +131,10 @@ class Bert:
             BertLayer.build(w, f"encoder.layer.{i}.") for i in range(int(cfg["num_hidden_layers"]))
         ]
 
+    def linears(self) -> list[Linear]:
+        """Every matmul weight (what the int8 path quantises)."""
+        return [lin for layer in self.layers for lin in layer.linears()]
+
     def forward(
         self, ids: Tensor, real: Tensor | None, *, explicit: bool, types: Tensor | None = None
     ) -> Tensor:
@@ -143,12 +150,12 @@ class Bert:
         h = F.layer_norm(packing.gather(h), (self.hidden,), *self.ln, eps=self.eps)  # [N, H]
         mask = None if real is None else attention_mask(real, causal=False)
         for L in self.layers:
-            qkv = packing.scatter(F.linear(h, L.qkv, L.qkv_b)).view(b, t, 3, self.heads, hd)
+            qkv = packing.scatter(L.qkv(h, L.qkv_b)).view(b, t, 3, self.heads, hd)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, D]
             o = attend(q, k, v, mask, causal=False, explicit=explicit).transpose(1, 2)
-            o = F.linear(packing.gather(o).reshape(-1, self.hidden), L.o, L.o_b)
+            o = L.o(packing.gather(o).reshape(-1, self.hidden), L.o_b)
             # Post-LN: residual first, then LayerNorm (BertSelfOutput / BertOutput).
             h = F.layer_norm(o + h, (self.hidden,), L.ln1, L.ln1_b, eps=self.eps)
-            x = F.linear(self.act(F.linear(h, L.up, L.up_b)), L.down, L.down_b)
+            x = L.down(self.act(L.up(h, L.up_b)), L.down_b)
             h = F.layer_norm(x + h, (self.hidden,), L.ln2, L.ln2_b, eps=self.eps)
         return packing.scatter(h)

@@ -4,7 +4,9 @@ Weights are mapped from safetensors (never read twice, see weights.py), checked 
 shapes config.json implies, and placed on the device in the compute dtype (a no-op for tensors
 already right); the forwards live in qwen3.py and bert.py. The compute dtype is decided once, with
 its reason (precision.py): on CPU, bfloat16 where the processor has it natively and a probe
-matmul confirms it is faster, float32 otherwise.
+matmul confirms it is faster, float32 otherwise; int8 (int8.py) when asked for, or chosen for a
+family whose scheme is accurate enough: the model is built in float32, calibrated on fixed token
+batches, its matmul weights quantised, and the float32 weights dropped.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
-from localrank.engine.batching import checked_batch
+from localrank.engine.batching import checked_batch, pad
 from localrank.engine.machine import read_cpu_features, read_topology
 from localrank.engine.model_files import (
     check_keys,
@@ -32,11 +34,14 @@ from localrank.engine.model_files import (
 )
 from localrank.engine.precision import (
     DTYPES,
+    INT8_MIN_COSINE,
     DtypeChoice,
     accelerator_dtype,
     choose_cpu_dtype,
+    int8_inaccurate,
     requested,
 )
+from localrank.engine.torch import int8
 from localrank.engine.torch.cpu import bf16_timing, configure_threads, prepack
 from localrank.engine.torch.families import FAMILIES, Family
 from localrank.engine.torch.layers import Layers, PrefixModel, TorchModel
@@ -47,7 +52,13 @@ from localrank.errors import BackendError, ModelError
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The dtype weights are placed in; int8 builds the model in float32, then quantises its matmuls.
+_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int8": torch.float32,
+}
 ATTENTION = ("auto", "sdpa", "explicit")
 
 
@@ -65,7 +76,16 @@ def pick_dtype(
         if dtype not in _DTYPES:
             raise BackendError(f"unknown dtype {dtype!r}; expected auto or {', '.join(DTYPES)}")
         choice = requested(dtype, source)
-        if device == "cpu" and dtype != "float32" and read_cpu_features().native_bf16() is None:
+        if dtype == "int8" and (device != "cpu" or not int8.supported()):
+            raise BackendError(
+                f"dtype int8 ({source}) needs torch's fbgemm int8 kernels on an x86 CPU; "
+                f"not available on {device} here"
+            )
+        if (
+            device == "cpu"
+            and dtype in ("float16", "bfloat16")
+            and (read_cpu_features().native_bf16() is None)
+        ):
             log.warning("dtype %s on a CPU without native half precision: expect it slow", dtype)
         return choice
     if device != "cpu":
@@ -76,7 +96,8 @@ def pick_dtype(
             f"the {model_type} forward computes in float32 on CPU (bfloat16 is chosen only for "
             "families that keep norms and softmax in float32)",
         )
-    return choose_cpu_dtype(read_cpu_features(), bf16_timing)
+    int8_timing = int8.int8_timing if family.int8_auto and int8.supported() else None
+    return choose_cpu_dtype(read_cpu_features(), bf16_timing, int8_timing)
 
 
 class TorchEmbedder:
@@ -97,9 +118,11 @@ class TorchEmbedder:
         threads: int = 0,
         dtype_source: str = "the dtype setting",
         weight_cache: Path | None = None,
+        calibration: Sequence[Sequence[int]] = (),
     ) -> None:
         """`weight_cache`: a folder for cast weights (weight_cache.py); None: cast at every
-        start."""
+        start. `calibration`: token ids of a few fixed texts, run through the float32 model
+        when int8 is chosen (outlier channels, accuracy check); empty: neither."""
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
@@ -158,6 +181,8 @@ class TorchEmbedder:
             raise BackendError(f"cannot place the weights on torch device {device}: {e}") from e
         # The forward iterates these: with a `pause`, it can stop between two layers.
         self._layers = self.model.layers = Layers(self.model.layers)
+        if choice.dtype == "int8":
+            choice = self._quantise(self.model, choice, calibration, explicit=dtype == "int8")
         # What `optimize` releases pages of; it also keeps the file maps alive.
         self._checkpoint: MappedCheckpoint | None = checkpoint
         self._forwards = Forwards()  # background repacking yields to them
@@ -168,7 +193,7 @@ class TorchEmbedder:
         self.info = BackendInfo(
             backend="torch",
             device=self.device.type,
-            dtype=str(place.dtype).removeprefix("torch."),
+            dtype="int8" if choice.dtype == "int8" else str(place.dtype).removeprefix("torch."),
             dim=hidden,
             pooling=recipe.pooling,
             max_tokens=recipe.max_tokens,
@@ -185,6 +210,51 @@ class TorchEmbedder:
             "explicit" if self.explicit else "SDPA",
             f", {self.info.threads} threads" if self.info.threads else "",
         )
+
+    def _quantise(
+        self,
+        model: TorchModel,
+        choice: DtypeChoice,
+        calibration: Sequence[Sequence[int]],
+        *,
+        explicit: bool,
+    ) -> DtypeChoice:
+        """Calibrate the float32 model on `calibration`, quantise its matmul weights to int8 and
+        compare the int8 vectors of the calibration rows with float32's. Chosen by "auto", int8
+        is undone (float32 kept) when they are further apart than INT8_MIN_COSINE; asked for,
+        it is kept and the figure reported."""
+        started = time.perf_counter()
+        linears = cast(Any, model).linears()
+        rows = [list(r) for r in calibration if len(r)]
+        batch = None
+        if rows:
+            side = self.recipe.padding_side
+            batch = pad(rows, pad_id=self.recipe.pad_token_id, side=side, bucket=False)
+            int8.observe(linears)  # quantise_all reads and clears what the pass records
+            reference = self._calibration_vectors(model, batch)
+        int8.quantise_all(linears, torch.get_num_threads())
+        if batch is None:
+            int8.drop_float_weights(linears)
+            return DtypeChoice("int8", f"{choice.reason} (no calibration: no outlier channels)")
+        got = self._calibration_vectors(model, batch)
+        cosine = float(
+            (unit(got) * unit(reference)).sum(axis=1).min()  # min over the calibration rows
+        )
+        if not explicit and cosine < INT8_MIN_COSINE:
+            for lin in linears:
+                lin.int8 = None
+            return int8_inaccurate(choice, cosine)
+        int8.drop_float_weights(linears)
+        return DtypeChoice(
+            "int8",
+            f"{choice.reason}; min cosine {cosine:.5f} to float32 on {len(rows)} calibration "
+            f"texts; quantised in {time.perf_counter() - started:.1f}s",
+        )
+
+    def _calibration_vectors(self, model: TorchModel, batch: Batch) -> np.ndarray:
+        real = batch.attention_mask != 0
+        with torch.inference_mode():
+            return self._forward(model, batch.input_ids, real)
 
     def embed(self, batch: Batch, pause: Pause | None = None) -> np.ndarray:
         """Pooled, not normalised, float32 [B, dim] vectors; `pause` is called between layers
@@ -407,6 +477,10 @@ def trim_padding(ids: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndar
         return ids, real
     cols = np.flatnonzero(used)
     return ids[:, cols[0] : cols[-1] + 1], real[:, cols[0] : cols[-1] + 1]
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:

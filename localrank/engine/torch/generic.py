@@ -53,6 +53,11 @@ class GenericTorchEmbedder:
         name = "float32" if dtype == "auto" else dtype
         if name not in _DTYPES:
             raise BackendError(f"unknown dtype {dtype!r}")
+        if name == "int8":
+            raise BackendError(
+                "dtype int8 needs a native forward (Qwen3, BERT); this architecture loads "
+                "through transformers: use float32, float16 or bfloat16"
+            )
         try:
             model = transformers.AutoModel.from_pretrained(str(model_dir), dtype=_DTYPES[name])
         except (OSError, ValueError, KeyError) as e:

@@ -24,6 +24,7 @@ from torch import Tensor
 from localrank.engine.batching import checked_batch
 from localrank.engine.machine import read_topology
 from localrank.engine.model_files import normalise_keys, read_config, weight_files
+from localrank.engine.precision import DtypeChoice
 from localrank.engine.rerank import HEADS, PREFIXES, RerankRecipe
 from localrank.engine.torch.bert import Bert, bert_shapes
 from localrank.engine.torch.cpu import configure_threads
@@ -79,6 +80,8 @@ class TorchScorer:
             raise ModelError(f"{config_path}: missing config key {e}") from e
         check_weights(weights, origin, expected, model_dir)
         choice = pick_dtype(dtype, device, model_type, FAMILIES[model_type], dtype_source)
+        if choice.dtype == "int8":  # an embedding path: the rerankers have no calibration
+            choice = DtypeChoice("float32", f"{choice.reason}; int8 is for embedding: float32")
         place = Placement(self.device, _DTYPES[choice.dtype], checkpoint)
         if family == "qwen3-reranker":
             if lm_head is None:

@@ -1,0 +1,173 @@
+"""int8 matmuls on torch CPU (engine/torch/int8.py) against the model authors' recipes run
+exactly (float32), per vector: all-MiniLM-L6-v2's real weights (sentence-transformers) and the
+tiny Qwen3 (transformers), documents and queries, with the dtype forced. fbgemm computes the
+same scheme under AVX2 and AVX-512 (7-bit activations: no VNNI needed), so nothing here depends
+on the CPU; tests/test_cpu_portability.py runs this file again held to AVX2.
+
+The issue's target, min cosine 0.999 on real weights, is NOT met on MiniLM (measured 0.998: the
+per-channel int8 weights alone already stop there); the bound asserted is what the scheme
+reaches, so a regression shows. "auto" therefore never picks int8 for these families.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from reference import get_detailed_instruct, qwen3_reference, sentence_transformers_reference
+
+from localrank.config import DEFAULT_INSTRUCTION, load_settings
+from localrank.engine.core import Engine, calibration_texts
+from localrank.engine.load import load_engine, load_reranker
+from localrank.engine.precision import INT8_MIN_COSINE, DtypeChoice
+from localrank.engine.resolve import ResolvedModel
+from localrank.engine.torch import TorchEmbedder
+from localrank.engine.torch.int8 import Int8Weight
+
+DOCUMENTS = [
+    "Paris is the capital and largest city of France, on the Seine.",
+    "a",
+    "Ünïcödé — 日本語のテキスト, emoji 🚀🌍 and Ελληνικά",
+    " ".join(f"word{i % 37} and the {i}th thing" for i in range(120)),
+    "The mitochondria is the powerhouse of the cell; ATP synthase turns a proton gradient into "
+    "chemical energy, one rotation at a time, in every living thing that breathes oxygen.",
+    "def f(x):\n    return x * 2  # code, with newlines and indentation\n" * 6,
+]
+QUERIES = [
+    "how tall is the eiffel tower",
+    "best pasta recipe with garlic and olive oil",
+    "why is the sky blue",
+    "capital of france",
+]
+# Measured (min cosine to float32, these texts): MiniLM 0.9981, tiny Qwen3 0.9990-0.9995.
+MINILM_MIN_COSINE = 0.997
+TINY_QWEN3_MIN_COSINE = 0.998
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def engine(model: Path, dtype: str) -> Engine:
+    return load_engine(
+        load_settings({"model": str(model), "backend": "torch", "dtype": dtype}, environ={})
+    )
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(minilm: Path) -> Engine:
+    return engine(minilm, "int8")
+
+
+@pytest.fixture(scope="module")
+def qwen3_int8(tiny_qwen3: Path) -> Engine:
+    return engine(tiny_qwen3, "int8")
+
+
+def test_int8_is_what_loaded_and_reported(minilm_int8: Engine) -> None:
+    """Every matmul computes in int8 and its float32 weight is gone; /health's dtype and reason
+    say int8 and the accuracy measured at load; the fingerprint keeps int8 vectors apart."""
+    info = minilm_int8.info
+    assert info.backend.dtype == "int8"
+    reason = info.backend.dtype_reason
+    assert reason.startswith("set by --dtype; min cosine 0.99") and "calibration texts" in reason
+    assert info.fingerprint.endswith(":int8")
+    linears = minilm_int8.embedder.model.linears()  # type: ignore[attr-defined]
+    assert len(linears) == 6 * 4
+    assert all(isinstance(lin.int8, Int8Weight) for lin in linears)
+    assert all(lin.weight.numel() == 0 for lin in linears)
+    # Calibration kept a few input channels of each weight in float32.
+    assert all(lin.int8.cols is not None and 0 < len(lin.int8.cols) <= 24 for lin in linears)
+
+
+@pytest.mark.parametrize("kind", ["documents", "queries"])
+def test_minilm_int8_against_sentence_transformers(
+    minilm: Path, minilm_int8: Engine, kind: str
+) -> None:
+    texts = DOCUMENTS if kind == "documents" else QUERIES
+    got = minilm_int8.embed(texts).vectors
+    exact = sentence_transformers_reference(minilm, texts)
+    ours = cosine(got, exact)
+    assert ours.min() >= MINILM_MIN_COSINE, ours
+    assert np.abs(got - exact).max() > 1e-4  # int8 really ran
+
+
+@pytest.mark.parametrize("kind", ["documents", "queries"])
+def test_tiny_qwen3_int8_against_transformers(
+    tiny_qwen3: Path, qwen3_int8: Engine, kind: str
+) -> None:
+    if kind == "documents":
+        got = qwen3_int8.embed(DOCUMENTS).vectors
+        texts = DOCUMENTS
+    else:
+        got = qwen3_int8.embed(QUERIES, query=True).vectors
+        texts = [get_detailed_instruct(DEFAULT_INSTRUCTION, q) for q in QUERIES]
+    exact = qwen3_reference(tiny_qwen3, texts)
+    ours = cosine(got, exact)
+    assert ours.min() >= TINY_QWEN3_MIN_COSINE, ours
+    assert np.abs(got - exact).max() > 1e-5
+
+
+def test_int8_query_prefix_and_batching_change_nothing(qwen3_int8: Engine) -> None:
+    """The cached query instruction runs through the same int8 matmuls; a batch and one row
+    at a time agree closely (each row is scaled by its own max, but fbgemm's asymmetric grid
+    spans the call's min and max: a row's rounding depends slightly on the others, as in
+    bfloat16's test)."""
+    before = qwen3_int8.embed(QUERIES, query=True).vectors
+    assert qwen3_int8.cache_query_prefix() > 10
+    after = qwen3_int8.embed(QUERIES, query=True).vectors
+    assert cosine(before, after).min() > 0.9995
+    batched = qwen3_int8.embed(DOCUMENTS).vectors
+    singles = np.concatenate([qwen3_int8.embed([t]).vectors for t in DOCUMENTS])
+    assert cosine(batched, singles).min() > 0.9995
+
+
+def resolved(e: Engine) -> ResolvedModel:
+    return ResolvedModel(e.info.model_id, e.info.path, e.info.revision)
+
+
+def calibration_ids(e: Engine) -> list[list[int]]:
+    return [x.ids for x in e.tokenizer.encode(calibration_texts(e.recipe))]
+
+
+def test_outlier_channels_are_what_makes_minilm_accurate(minilm: Path) -> None:
+    """Without calibration (no input channel kept float32), per-token activations lose to
+    MiniLM's outlier channels: min cosine ~0.984; with it ~0.998."""
+    f32 = engine(minilm, "float32")
+    want = f32.embed(DOCUMENTS + QUERIES).vectors
+    plain = TorchEmbedder(minilm, f32.recipe, dtype="int8")
+    assert "no calibration" in plain.info.dtype_reason
+    assert all(lin.int8.cols is None for lin in plain.model.linears())  # type: ignore[attr-defined]
+    calibrated = TorchEmbedder(minilm, f32.recipe, dtype="int8", calibration=calibration_ids(f32))
+    worst = {}
+    for name, embedder in (("plain", plain), ("calibrated", calibrated)):
+        e = Engine(resolved(f32), f32.tokenizer, embedder)
+        worst[name] = cosine(e.embed(DOCUMENTS + QUERIES).vectors, want).min()
+    assert worst["calibrated"] >= MINILM_MIN_COSINE
+    assert worst["calibrated"] > worst["plain"] + 0.003, worst
+
+
+def test_auto_int8_is_undone_when_the_load_time_check_fails(minilm: Path) -> None:
+    """Chosen by auto (not asked for), int8 is kept only if the calibration texts' vectors stay
+    within INT8_MIN_COSINE of float32's; MiniLM's do not, so float32 is kept, exactly."""
+    f32 = engine(minilm, "float32")
+    embedder = TorchEmbedder(minilm, f32.recipe, dtype="float32")
+    model = embedder.model
+    assert model is not None
+    before = f32.embed(DOCUMENTS).vectors
+    choice = DtypeChoice("int8", "a probe matmul with int8 weights ran 3.0x faster")
+    got = embedder._quantise(model, choice, calibration_ids(f32), explicit=False)
+    assert got.dtype == "float32" and f"needs {INT8_MIN_COSINE}" in got.reason, got.reason
+    assert all(lin.int8 is None and lin.weight.numel() for lin in model.linears())  # type: ignore[attr-defined]
+    e = Engine(resolved(f32), f32.tokenizer, embedder)
+    np.testing.assert_array_equal(e.embed(DOCUMENTS).vectors, before)
+
+
+def test_a_reranker_asked_for_int8_computes_in_float32_and_says_so(
+    tiny_cross_encoder: Path,
+) -> None:
+    settings = {"reranker": str(tiny_cross_encoder), "backend": "torch", "dtype": "int8"}
+    scorer = load_reranker(load_settings(settings, environ={})).scorer
+    assert scorer.info.dtype == "float32"
+    assert scorer.info.dtype_reason.endswith("; int8 is for embedding: float32")
