@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -413,11 +414,33 @@ def test_stdio_answers_malformed_lines_with_jsonrpc_errors(live: LiveDaemon) -> 
     lines = [line for line, _, _ in MALFORMED.values()]
     lines.append('{"jsonrpc": "2.0", "id": 99, "method": "ping"}')
     data = "".join(f"{line}\n" for line in lines).encode("utf-8", "surrogateescape")
-    done = subprocess.run(
-        [LOCALRANK, "mcp"], input=data, capture_output=True, timeout=60, env=live.env
+    # stdin stays open until every reply came: at end of input a server may drop what is still
+    # in flight (an editor closes it only when it is done), which is not what this tests.
+    proc = subprocess.Popen(
+        [LOCALRANK, "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=live.env,
     )
-    assert done.returncode == 0, done.stderr.decode()[-2000:]
-    replies = [json.loads(line) for line in done.stdout.decode().splitlines()]
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(data)
+    proc.stdin.flush()
+    replies = []
+    watchdog = threading.Timer(60, proc.kill)  # a server that never answers ends the read
+    watchdog.start()
+    try:
+        while len(replies) < len(lines):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            replies.append(json.loads(line))
+        proc.stdin.close()
+        returncode = proc.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert returncode == 0, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     assert len(replies) == len(lines), replies
     for (what, (_, request_id, code)), reply in zip(MALFORMED.items(), replies, strict=False):
         assert reply["jsonrpc"] == "2.0" and reply["id"] == request_id, (what, reply)
