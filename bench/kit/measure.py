@@ -9,9 +9,9 @@ import contextlib
 import time
 from pathlib import Path
 
-from tests.stress import rss_mb
+from tests.stress import rss_mb, rss_parts_mb
 
-__all__ = ["pct", "ratio", "fmt", "rss_mb", "RssSampler", "background_cpu"]
+__all__ = ["pct", "ratio", "fmt", "rss_mb", "rss_parts_mb", "RssSampler", "background_cpu"]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -86,18 +86,3 @@ def background_cpu(seconds: float = 0.5) -> float:
     if a is None or b is None or b[0] == a[0]:
         return float("nan")
     return 1.0 - (b[1] - a[1]) / (b[0] - a[0])
-
-
-def rss_parts_mb(pid: int) -> tuple[float, float]:
-    """(anonymous, file-backed) resident MiB of a process (Linux; nan elsewhere). File-backed
-    pages are mostly memory-mapped weights: clean page cache the kernel can drop."""
-    anon = file = float("nan")
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("RssAnon:"):
-                anon = int(line.split()[1]) / 1024
-            elif line.startswith("RssFile:"):
-                file = int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return anon, file
