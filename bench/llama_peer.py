@@ -64,7 +64,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.kit.daemon import Daemon, free_port
+from bench.kit.daemon import Daemon, free_port, health_status
 from bench.kit.measure import pct, rss_mb, rss_parts_mb
 from bench.kit.paths import BENCH_MODEL, RESULTS
 from bench.kit.texts import mixed_texts
@@ -233,22 +233,12 @@ class LlamaServer:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace")[-3000:]
                 raise RuntimeError(f"llama-server exited with {self.proc.returncode}:\n{tail}")
-            if self._health() == 200:
+            if health_status(self.port) == 200:
                 self.cold_start_s = time.perf_counter() - t0
                 return self.cold_start_s
             time.sleep(0.02)
         self.stop()
         raise TimeoutError(f"llama-server not healthy within {timeout:.0f} s (log {self.log})")
-
-    def _health(self) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            conn.request("GET", "/health")
-            return conn.getresponse().status
-        except OSError:
-            return 0
-        finally:
-            conn.close()
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """L2-normalised vectors of `texts`, sent as they are (the server appends the EOT)."""

@@ -107,14 +107,7 @@ class Daemon:
         resource.setrlimit(resource.RLIMIT_NOFILE, (self.file_limit, self.file_limit))
 
     def _health(self) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-        try:
-            conn.request("GET", "/health")
-            return conn.getresponse().status
-        except OSError:
-            return 0
-        finally:
-            conn.close()
+        return health_status(self.port)
 
     def log_tail(self, n: int = 3000) -> str:
         try:
@@ -167,3 +160,15 @@ class Daemon:
             shutil.rmtree(self.home, ignore_errors=True)
         self.home = None
         return code
+
+
+def health_status(port: int) -> int:
+    """The status of `GET /health` on a local server, 0 when it does not answer (yet)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    except OSError:
+        return 0
+    finally:
+        conn.close()
