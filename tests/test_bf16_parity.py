@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from precision_texts import DOCUMENTS, QUERIES, cosine, qwen3_kind
 from reference import get_detailed_instruct, qwen3_reference
 
 from localrank.config import DEFAULT_INSTRUCTION, load_settings
@@ -24,26 +25,7 @@ from localrank.engine.load import load_engine
 from localrank.engine.machine import read_cpu_features
 from localrank.engine.torch.cpu import linears_supported, prepack
 
-DOCUMENTS = [
-    "Paris is the capital and largest city of France, on the Seine.",
-    "a",
-    "Ünïcödé — 日本語のテキスト, emoji 🚀🌍 and Ελληνικά",
-    " ".join(f"word{i % 37} and the {i}th thing" for i in range(120)),  # ~600 tokens
-    "The mitochondria is the powerhouse of the cell; ATP synthase turns a proton gradient into "
-    "chemical energy, one rotation at a time, in every living thing that breathes oxygen.",
-    "def f(x):\n    return x * 2  # code, with newlines and indentation\n" * 6,
-]
-QUERIES = [
-    "how tall is the eiffel tower",
-    "best pasta recipe with garlic and olive oil",
-    "why is the sky blue",
-    "capital of france",
-]
 BACKENDS = ["cpu", "mlx"]
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def engine(model: Path, backend: str, dtype: str) -> Engine:
@@ -64,12 +46,7 @@ def bf16_engine(request: pytest.FixtureRequest, tiny_qwen3: Path) -> Engine:
 def test_bf16_within_0999_and_closer_than_the_authors_bf16(
     tiny_qwen3: Path, bf16_engine: Engine, kind: str
 ) -> None:
-    if kind == "documents":
-        got = bf16_engine.embed(DOCUMENTS).vectors
-        texts = DOCUMENTS
-    else:
-        got = bf16_engine.embed(QUERIES, query=True).vectors
-        texts = [get_detailed_instruct(DEFAULT_INSTRUCTION, q) for q in QUERIES]
+    got, texts = qwen3_kind(bf16_engine, kind)
     exact = qwen3_reference(tiny_qwen3, texts)
     authors_bf16 = qwen3_reference(tiny_qwen3, texts, dtype=torch.bfloat16)
     ours = cosine(got, exact)

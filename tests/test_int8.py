@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reference import get_detailed_instruct, qwen3_reference, sentence_transformers_reference
+from precision_texts import DOCUMENTS, QUERIES, cosine, qwen3_kind
+from reference import qwen3_reference, sentence_transformers_reference
 
-from localrank.config import DEFAULT_INSTRUCTION, load_settings
+from localrank.config import load_settings
 from localrank.engine.core import Engine, calibration_texts
 from localrank.engine.load import load_engine, load_reranker
 from localrank.engine.precision import INT8_MIN_COSINE, DtypeChoice
@@ -25,28 +26,9 @@ from localrank.engine.resolve import ResolvedModel
 from localrank.engine.torch import TorchEmbedder
 from localrank.engine.torch.int8 import Int8Weight
 
-DOCUMENTS = [
-    "Paris is the capital and largest city of France, on the Seine.",
-    "a",
-    "Ünïcödé — 日本語のテキスト, emoji 🚀🌍 and Ελληνικά",
-    " ".join(f"word{i % 37} and the {i}th thing" for i in range(120)),
-    "The mitochondria is the powerhouse of the cell; ATP synthase turns a proton gradient into "
-    "chemical energy, one rotation at a time, in every living thing that breathes oxygen.",
-    "def f(x):\n    return x * 2  # code, with newlines and indentation\n" * 6,
-]
-QUERIES = [
-    "how tall is the eiffel tower",
-    "best pasta recipe with garlic and olive oil",
-    "why is the sky blue",
-    "capital of france",
-]
 # Measured (min cosine to float32, these texts): MiniLM 0.9981, tiny Qwen3 0.9990-0.9995.
 MINILM_MIN_COSINE = 0.997
 TINY_QWEN3_MIN_COSINE = 0.998
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def engine(model: Path, dtype: str) -> Engine:
@@ -97,12 +79,7 @@ def test_minilm_int8_against_sentence_transformers(
 def test_tiny_qwen3_int8_against_transformers(
     tiny_qwen3: Path, qwen3_int8: Engine, kind: str
 ) -> None:
-    if kind == "documents":
-        got = qwen3_int8.embed(DOCUMENTS).vectors
-        texts = DOCUMENTS
-    else:
-        got = qwen3_int8.embed(QUERIES, query=True).vectors
-        texts = [get_detailed_instruct(DEFAULT_INSTRUCTION, q) for q in QUERIES]
+    got, texts = qwen3_kind(qwen3_int8, kind)
     exact = qwen3_reference(tiny_qwen3, texts)
     ours = cosine(got, exact)
     assert ours.min() >= TINY_QWEN3_MIN_COSINE, ours
