@@ -359,3 +359,38 @@ def test_released_pages_read_back_unchanged(tiny_qwen3: Path) -> None:
     ckpt.release(t)
     assert t.data_ptr() not in ckpt._ranges  # released once
     assert torch.equal(t, before)
+
+
+def test_small_pass_runs_elementwise_work_on_the_calling_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A short query's pass keeps torch's pool for its larger matmuls only (layers.small_pass);
+    a long pass, and whatever runs after either, has the whole pool."""
+    seen: list[int] = []
+    plain = torch_layers.F.linear
+
+    def recording(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return plain(x, w, b)
+
+    monkeypatch.setattr(torch_layers.F, "linear", recording)
+    big = torch_layers.Linear(torch.zeros(1024, 1024))
+    tiny = torch_layers.Linear(torch.zeros(8, 8))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_layers.small_pass(10):
+            inside = torch.get_num_threads()
+            with torch_layers.small_pass(10):  # nested: still the one small pass
+                big(torch.zeros(10, 1024))
+            tiny(torch.zeros(10, 8))
+            after_matmul = torch.get_num_threads()
+        assert (inside, after_matmul, seen) == (1, 1, [2, 1])
+        assert torch.get_num_threads() == 2
+        seen.clear()
+        with torch_layers.small_pass(torch_layers.SMALL_PASS_ROWS + 1):
+            assert torch.get_num_threads() == 2
+            tiny(torch.zeros(100, 8))
+        assert seen == [2]
+    finally:
+        torch.set_num_threads(before)

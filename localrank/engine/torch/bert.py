@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localrank.engine.torch.layers import Linear, Packing, Shapes, attend, attention_mask
+from localrank.engine.torch.layers import (
+    Linear,
+    Packing,
+    Shapes,
+    attend,
+    attention_mask,
+    small_pass,
+)
 from localrank.engine.torch.weights import Placement
 from localrank.errors import ModelError
 
@@ -142,20 +149,21 @@ class Bert:
         b, t = ids.shape
         hd = self.hidden // self.heads
         packing = Packing(real, b, t)
-        segment = self.token_type0 if types is None else F.embedding(types, self.token_type)
-        # HF's order: (word + token type) + position; positions from the offset on (right
-        # padding: a padding token's position is never read).
-        positions = self.position[self.position_offset : self.position_offset + t]
-        h = F.embedding(ids, self.word) + segment + positions
-        h = F.layer_norm(packing.gather(h), (self.hidden,), *self.ln, eps=self.eps)  # [N, H]
-        mask = None if real is None else attention_mask(real, causal=False)
-        for L in self.layers:
-            qkv = packing.scatter(L.qkv(h, L.qkv_b)).view(b, t, 3, self.heads, hd)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, D]
-            o = attend(q, k, v, mask, causal=False, explicit=explicit).transpose(1, 2)
-            o = L.o(packing.gather(o).reshape(-1, self.hidden), L.o_b)
-            # Post-LN: residual first, then LayerNorm (BertSelfOutput / BertOutput).
-            h = F.layer_norm(o + h, (self.hidden,), L.ln1, L.ln1_b, eps=self.eps)
-            x = L.down(self.act(L.up(h, L.up_b)), L.down_b)
-            h = F.layer_norm(x + h, (self.hidden,), L.ln2, L.ln2_b, eps=self.eps)
-        return packing.scatter(h)
+        with small_pass(packing.n):
+            segment = self.token_type0 if types is None else F.embedding(types, self.token_type)
+            # HF's order: (word + token type) + position; positions from the offset on (right
+            # padding: a padding token's position is never read).
+            positions = self.position[self.position_offset : self.position_offset + t]
+            h = F.embedding(ids, self.word) + segment + positions
+            h = F.layer_norm(packing.gather(h), (self.hidden,), *self.ln, eps=self.eps)  # [N, H]
+            mask = None if real is None else attention_mask(real, causal=False)
+            for L in self.layers:
+                qkv = packing.scatter(L.qkv(h, L.qkv_b)).view(b, t, 3, self.heads, hd)
+                q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, D]
+                o = attend(q, k, v, mask, causal=False, explicit=explicit).transpose(1, 2)
+                o = L.o(packing.gather(o).reshape(-1, self.hidden), L.o_b)
+                # Post-LN: residual first, then LayerNorm (BertSelfOutput / BertOutput).
+                h = F.layer_norm(o + h, (self.hidden,), L.ln1, L.ln1_b, eps=self.eps)
+                x = L.down(self.act(L.up(h, L.up_b)), L.down_b)
+                h = F.layer_norm(x + h, (self.hidden,), L.ln2, L.ln2_b, eps=self.eps)
+            return packing.scatter(h)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -79,6 +80,40 @@ class PrefixModel(Protocol):
         ...
 
 
+# A forward over at most this many tokens runs its element-wise work on the calling thread alone.
+SMALL_PASS_ROWS = 64
+# In such a pass, a matmul of at most this many multiply-adds (rows x in x out) runs there too.
+SMALL_MATMUL = 1 << 22
+
+
+class _Pool(threading.local):
+    threads = 0  # the thread pool's size while this thread runs a small pass; 0 otherwise
+
+
+_pool = _Pool()
+
+
+@contextmanager
+def small_pass(rows: int) -> Iterator[None]:
+    """Run a forward over `rows` tokens with torch's thread pool for its larger matmuls only,
+    when `rows` is small (a short query). The pool's threads wait passively (engine/load.py:
+    spinning threads cost a busy machine far more), so each parallel region wakes them: a short
+    query's norms, RoPE and SiLU (16-48k values, just above torch's grain size) made ~20 such
+    wake-ups a layer that cost more than they saved. On 2 cores, one instructed query to the
+    Qwen3-0.6B shape in bfloat16: 153 -> 125 ms; all-MiniLM-L6-v2: 11.7 -> 9.2 ms."""
+    threads = torch.get_num_threads()
+    if rows > SMALL_PASS_ROWS or threads == 1 or _pool.threads:
+        yield
+        return
+    torch.set_num_threads(1)
+    _pool.threads = threads
+    try:
+        yield
+    finally:
+        _pool.threads = 0
+        torch.set_num_threads(threads)
+
+
 class Linear:
     """A weight for x @ W^T (+ b). `packed`, when set, is the same weight in oneDNN's blocked
     layout: a bfloat16 matmul against it skips the reorder oneDNN otherwise does on every call
@@ -86,15 +121,26 @@ class Linear:
     set, computes the product instead (int8.Int8Weight). `seen`, while a calibration pass runs,
     collects the max |x| of each input channel (int8.observe)."""
 
-    __slots__ = ("weight", "packed", "int8", "seen")
+    __slots__ = ("weight", "macs", "packed", "int8", "seen")
 
     def __init__(self, weight: Tensor) -> None:
         self.weight = weight
+        self.macs = weight.shape[0] * weight.shape[1]  # multiply-adds per input row
         self.packed: Tensor | None = None
         self.int8: Callable[[Tensor, Tensor | None], Tensor] | None = None
         self.seen: Tensor | None = None
 
     def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+        threads = _pool.threads
+        if threads and x.shape[0] * self.macs > SMALL_MATMUL:
+            torch.set_num_threads(threads)  # a small pass's matmul: on the pool
+            try:
+                return self._product(x, bias)
+            finally:
+                torch.set_num_threads(1)
+        return self._product(x, bias)
+
+    def _product(self, x: Tensor, bias: Tensor | None) -> Tensor:
         seen = self.seen
         if seen is not None:
             torch.maximum(seen, x.detach().abs().amax(0).float(), out=seen)

@@ -26,6 +26,7 @@ from localrank.engine.torch.layers import (
     attention_mask,
     rms_norm,
     rotate_half,
+    small_pass,
 )
 from localrank.engine.torch.weights import Placement
 from localrank.errors import ModelError
@@ -223,35 +224,36 @@ class Qwen3:
         cd, f32 = self.dtype, torch.float32
         packing = Packing(real, b, t)
         # The residual stream, [N, H] over real tokens only, in float32.
-        h = F.embedding(packing.gather(ids), self.embed).to(f32)
-        offset = 0 if prefix is None else len(prefix.ids)
-        cos, sin = self.rope(t, offset)
-        mask = None if real is None else attention_mask(real, causal=True)
-        if prefix is not None:
-            # Every row sees the whole prefix, then its own tokens causally.
-            own = mask if mask is not None else causal_mask(t, ids.device)[None, None]
-            seen = torch.ones(own.shape[0], 1, t, offset, dtype=torch.bool, device=ids.device)
-            mask = torch.cat([seen.expand(b, 1, t, offset), own.expand(b, 1, t, t)], dim=-1)
-        hd = self.head_dim
-        for i, L in enumerate(self.layers):
-            q, k, v = L.qkv(rms_norm(h, L.ln1, self.eps).to(cd))
-            # Per-head RMSNorm on [B, T, heads, D], then heads first, then RoPE (HF's order).
-            q = rms_norm(packing.scatter(q).view(b, t, -1, hd).to(f32), L.q_norm, self.eps)
-            k = rms_norm(packing.scatter(k).view(b, t, -1, hd).to(f32), L.k_norm, self.eps)
-            q = (q.transpose(1, 2) * cos + rotate_half(q.transpose(1, 2)) * sin).to(cd)
-            k = (k.transpose(1, 2) * cos + rotate_half(k.transpose(1, 2)) * sin).to(cd)
-            v = packing.scatter(v).view(b, t, -1, hd).transpose(1, 2)
-            if capture is not None:
-                capture.append((k, v))
+        with small_pass(packing.n):
+            h = F.embedding(packing.gather(ids), self.embed).to(f32)
+            offset = 0 if prefix is None else len(prefix.ids)
+            cos, sin = self.rope(t, offset)
+            mask = None if real is None else attention_mask(real, causal=True)
             if prefix is not None:
-                pk, pv = prefix.kv[i]
-                k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
-                v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
-            o = attend(q, k, v, mask, causal=True, explicit=explicit).transpose(1, 2)
-            h = h + L.o(packing.gather(o).reshape(-1, self.heads * hd), L.o_b).to(f32)
-            gate, up = L.gate_up(rms_norm(h, L.ln2, self.eps).to(cd))
-            h = h + L.down((F.silu(gate.to(f32)) * up.to(f32)).to(cd)).to(f32)
-        return packing.scatter(rms_norm(h, self.norm, self.eps))
+                # Every row sees the whole prefix, then its own tokens causally.
+                own = mask if mask is not None else causal_mask(t, ids.device)[None, None]
+                seen = torch.ones(own.shape[0], 1, t, offset, dtype=torch.bool, device=ids.device)
+                mask = torch.cat([seen.expand(b, 1, t, offset), own.expand(b, 1, t, t)], dim=-1)
+            hd = self.head_dim
+            for i, L in enumerate(self.layers):
+                q, k, v = L.qkv(rms_norm(h, L.ln1, self.eps).to(cd))
+                # Per-head RMSNorm on [B, T, heads, D], then heads first, then RoPE (HF's order).
+                q = rms_norm(packing.scatter(q).view(b, t, -1, hd).to(f32), L.q_norm, self.eps)
+                k = rms_norm(packing.scatter(k).view(b, t, -1, hd).to(f32), L.k_norm, self.eps)
+                q = (q.transpose(1, 2) * cos + rotate_half(q.transpose(1, 2)) * sin).to(cd)
+                k = (k.transpose(1, 2) * cos + rotate_half(k.transpose(1, 2)) * sin).to(cd)
+                v = packing.scatter(v).view(b, t, -1, hd).transpose(1, 2)
+                if capture is not None:
+                    capture.append((k, v))
+                if prefix is not None:
+                    pk, pv = prefix.kv[i]
+                    k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
+                    v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
+                o = attend(q, k, v, mask, causal=True, explicit=explicit).transpose(1, 2)
+                h = h + L.o(packing.gather(o).reshape(-1, self.heads * hd), L.o_b).to(f32)
+                gate, up = L.gate_up(rms_norm(h, L.ln2, self.eps).to(cd))
+                h = h + L.down((F.silu(gate.to(f32)) * up.to(f32)).to(cd)).to(f32)
+            return packing.scatter(rms_norm(h, self.norm, self.eps))
 
 
 @dataclass(frozen=True)
