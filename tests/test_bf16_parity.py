@@ -156,3 +156,41 @@ def test_the_query_prefix_is_computed_once_and_changes_nothing(tiny_qwen3: Path)
     mixed = e.embed([DOCUMENTS[0], e.format_query(QUERIES[0], None), DOCUMENTS[2]]).vectors
     np.testing.assert_allclose(mixed[1], cached[0], atol=1e-5)
     np.testing.assert_allclose(mixed[0], e.embed([DOCUMENTS[0]]).vectors[0], atol=1e-5)
+
+
+def test_repacking_stacks_a_bf16_checkpoints_projections(tiny_qwen3: Path, tmp_path: Path) -> None:
+    """A checkpoint stored in bfloat16 is served from its mapped weights, q/k/v and gate/up as
+    separate matmuls; the background repack stacks each group into one packed weight (one
+    parallel region instead of three), releasing the originals, and computes the same vectors.
+    Where oneDNN has no bfloat16 kernels (AVX2-only x86) nothing is repacked or stacked."""
+    from backend_inputs import copy_model
+    from safetensors.torch import load_file
+
+    weights = load_file(tiny_qwen3 / "model.safetensors")
+    bf16 = copy_model(
+        tiny_qwen3,
+        tmp_path / "bf16",
+        weights={k: v.to(torch.bfloat16) for k, v in weights.items()},
+        torch_dtype="bfloat16",
+    )
+    # The stacking itself, with a stand-in for oneDNN's reorder (on any CPU).
+    model = engine(bf16, "cpu", "bfloat16").embedder.model
+    assert [len(p.linears) for p in model.projections()] == [3, 2] * 2  # mapped, unstacked
+    released: list[torch.Tensor] = []
+    n = prepack(model.linears(), released.append, pack=torch.clone, stacks=model.projections())
+    # 2 layers x (qkv stacked, o, gate_up stacked, down); every original weight released.
+    assert n == 2 * 4 and len(released) == 2 * 7
+    assert [len(p.linears) for p in model.projections()] == [1, 1] * 2
+    assert all(lin.packed is not None for lin in model.linears())
+
+    # The daemon's repack, with oneDNN's own layout where this CPU has one.
+    e = engine(bf16, "cpu", "bfloat16")
+    queries = [*QUERIES, "x"]
+    assert e.cache_query_prefix() > 10
+    before = e.embed([*DOCUMENTS, *queries[:2]]).vectors, e.embed(queries, query=True).vectors
+    assert e.optimize() == (2 * 4 if linears_supported() else 0)
+    stacked = [len(p.linears) for p in e.embedder.model.projections()]
+    assert stacked == ([1, 1] * 2 if linears_supported() else [3, 2] * 2)
+    after = e.embed([*DOCUMENTS, *queries[:2]]).vectors, e.embed(queries, query=True).vectors
+    for b, a in zip(before, after, strict=True):
+        assert cosine(b, a).min() > 0.99999

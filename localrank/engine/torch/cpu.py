@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -84,35 +85,57 @@ def onednn_pack(weight: Tensor) -> Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS)
 
 
+class Stackable(Protocol):
+    """Linears that read the same input, stacked into one packed matmul (qwen3.Projection)."""
+
+    @property
+    def linears(self) -> tuple[Linear, ...]: ...
+
+    def repack_stacked(self, pack: Callable[[Tensor], Tensor]) -> list[Tensor] | None: ...
+
+
 def prepack(
     linears: list[Linear],
     release: Callable[[Tensor], None],
     wait_idle: Callable[[], object] = lambda: None,
     pack: Callable[[Tensor], Tensor] | None = None,
+    stacks: Sequence[Stackable] = (),
 ) -> int:
     """Repack bfloat16 weights into oneDNN's blocked layout (see layers.Linear), once, at load:
-    about 0.5 s of CPU for the 0.6B model. `release` drops each original's mapped pages once
-    its packed copy exists, so memory does not grow. `wait_idle` is called before each weight:
-    it returns once no forward pass is running, so requests never share the cores with more than
-    one weight's repack (a few ms). Returns how many were packed: 0 when this torch cannot (no
+    about 0.5 s of CPU for the 0.6B model; the linears of each of `stacks` are stacked into one
+    packed weight on the way. `release` drops each original's mapped pages once its packed copy
+    exists, so memory does not grow. `wait_idle` is called before each weight: it returns once
+    no forward pass is running, so requests never share the cores with more than one weight's
+    repack (a few ms). Returns how many packed weights were made: 0 when this torch cannot (no
     oneDNN, or a CPU whose oneDNN has no bfloat16 kernels: AVX2-only x86, say). `pack` replaces
     the oneDNN reorder (tests of the scheduling, which oneDNN's support must not decide)."""
     if pack is None:
         if not linears_supported():
             return 0
         pack = onednn_pack
-    todo = [
-        lin
-        for lin in linears
-        if lin.packed is None
-        and lin.weight.dtype == torch.bfloat16
-        and lin.weight.device.type == "cpu"
-    ]
 
-    def repack(lin: Linear) -> None:
+    def waiting(lin: Linear) -> bool:
+        return (
+            lin.packed is None
+            and lin.weight.dtype == torch.bfloat16
+            and lin.weight.device.type == "cpu"
+        )
+
+    stacking = [s for s in stacks if len(s.linears) > 1 and all(map(waiting, s.linears))]
+    in_stacks = {id(lin) for s in stacking for lin in s.linears}
+    todo: list[Linear | Stackable] = [
+        lin for lin in linears if waiting(lin) and id(lin) not in in_stacks
+    ]
+    todo += stacking
+
+    def repack(unit: Linear | Stackable) -> None:
         wait_idle()
-        lin.packed = pack(lin.weight)
-        release(lin.weight)
+        if isinstance(unit, Linear):
+            unit.packed = pack(unit.weight)
+            release(unit.weight)
+            return
+        for weight in unit.repack_stacked(pack) or ():
+            release(weight)
 
     # One weight per core at a time: each repack is single-threaded and releases the GIL.
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:

@@ -42,7 +42,7 @@ from localrank.engine.precision import (
     requested,
 )
 from localrank.engine.torch import int8
-from localrank.engine.torch.cpu import bf16_timing, configure_threads, prepack
+from localrank.engine.torch.cpu import Stackable, bf16_timing, configure_threads, prepack
 from localrank.engine.torch.families import FAMILIES, Family
 from localrank.engine.torch.layers import Layers, PrefixModel, TorchModel
 from localrank.engine.torch.weight_cache import WeightCache
@@ -319,7 +319,8 @@ class TorchEmbedder:
         if self.info.dtype != "bfloat16":
             return 0
         started = time.perf_counter()
-        packed = prepack(linears(), checkpoint.release, self._forwards.wait_idle)
+        stacks: list[Stackable] = getattr(model, "projections", list)()
+        packed = prepack(linears(), checkpoint.release, self._forwards.wait_idle, stacks=stacks)
         if packed:
             # The packed path's kernels for a short query's shape, before a request needs them.
             self._forwards.wait_idle()

@@ -130,6 +130,13 @@ class Linear:
         self.int8: Callable[[Tensor, Tensor | None], Tensor] | None = None
         self.seen: Tensor | None = None
 
+    @classmethod
+    def packed_only(cls, packed: Tensor, macs: int) -> Linear:
+        """A weight that exists in oneDNN's layout only (a stack made while repacking)."""
+        lin = cls(torch.empty((0, 0), dtype=torch.bfloat16))
+        lin.packed, lin.macs = packed, macs
+        return lin
+
     def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
         threads = _pool.threads
         if threads and x.shape[0] * self.macs > SMALL_MATMUL:

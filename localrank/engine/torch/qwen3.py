@@ -8,6 +8,7 @@ read the same input are fused into one matmul when the weights are copied anyway
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,19 +74,23 @@ def qwen3_shapes(cfg: dict[str, Any]) -> Shapes:
     return shapes
 
 
-@dataclass(frozen=True)
 class Projection:
     """Linear maps that read the same input (q/k/v; gate/up).
 
     When the weights must be copied anyway (a cast, a move to an accelerator) they are stacked
     while copying: one GEMM. When the checkpoint already holds them in the compute dtype they are
-    used where they are mapped, uncopied: a stacked GEMM measured no faster in bfloat16 on CPU,
-    and stacking would cost load time and a second copy of two thirds of the model.
+    used where they are mapped, uncopied (stacking would cost load time and a second copy of two
+    thirds of the model), until the background repack (`repack_stacked`), whose blocked layout
+    is a copy anyway, stacks them: one matmul, so one wake-up of the thread pool instead of
+    three (one instructed query, 0.6B shape, bfloat16: 129 -> 115 ms on 2 cores).
     """
 
-    linears: tuple[Linear, ...]
-    biases: tuple[Tensor | None, ...]
-    sizes: tuple[int, ...]
+    def __init__(
+        self, linears: tuple[Linear, ...], biases: tuple[Tensor | None, ...], sizes: tuple[int, ...]
+    ) -> None:
+        # One attribute, replaced whole: a forward running meanwhile sees one form or the other.
+        self.parts = (linears, biases)
+        self.sizes = sizes
 
     @classmethod
     def build(cls, ws: list[Tensor], bs: list[Tensor] | None, place: Placement) -> Projection:
@@ -96,10 +101,28 @@ class Projection:
         biases = [None] * len(ws) if bs is None else [place.put(b) for b in bs]
         return cls(tuple(Linear(place.put(w)) for w in ws), tuple(biases), sizes)
 
+    @property
+    def linears(self) -> tuple[Linear, ...]:
+        return self.parts[0]
+
     def __call__(self, x: Tensor) -> tuple[Tensor, ...]:
-        if len(self.linears) == 1:
-            return self.linears[0](x, self.biases[0]).split(self.sizes, dim=-1)
-        return tuple(lin(x, b) for lin, b in zip(self.linears, self.biases, strict=True))
+        linears, biases = self.parts
+        if len(linears) == 1:
+            return linears[0](x, biases[0]).split(self.sizes, dim=-1)
+        return tuple(lin(x, b) for lin, b in zip(linears, biases, strict=True))
+
+    def repack_stacked(self, pack: Callable[[Tensor], Tensor]) -> list[Tensor] | None:
+        """Stack the parts into one matmul whose weight is `pack`ed (cpu.prepack); the weights
+        it replaced (for their mapped pages to be released), or None when there was nothing to
+        stack."""
+        linears, biases = self.parts
+        if len(linears) < 2 or any(lin.packed is not None or lin.int8 for lin in linears):
+            return None
+        weights = [lin.weight for lin in linears]
+        stacked = Linear.packed_only(pack(torch.cat(weights)), sum(lin.macs for lin in linears))
+        bias = None if biases[0] is None else torch.cat([b for b in biases if b is not None])
+        self.parts = ((stacked,), (bias,))
+        return weights
 
 
 @dataclass(frozen=True)
@@ -186,6 +209,10 @@ class Qwen3:
     def linears(self) -> list[Linear]:
         """Every matmul weight (what `prepack` may repack)."""
         return [lin for layer in self.layers for lin in layer.linears()]
+
+    def projections(self) -> list[Projection]:
+        """The stackable ones among them (what `prepack` stacks)."""
+        return [p for layer in self.layers for p in (layer.qkv, layer.gate_up)]
 
     def rope(self, t: int, offset: int = 0) -> tuple[Tensor, Tensor]:
         # Positions 0..T-1 whatever the padding, as Qwen3Model does without position_ids
