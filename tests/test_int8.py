@@ -1,12 +1,9 @@
 """int8 matmuls on torch CPU (engine/torch/int8.py) against the model authors' recipes run
 exactly (float32), per vector: all-MiniLM-L6-v2's real weights (sentence-transformers) and the
 tiny Qwen3 (transformers), documents and queries, with the dtype forced. fbgemm computes the
-same scheme under AVX2 and AVX-512 (7-bit activations: no VNNI needed), so nothing here depends
-on the CPU; tests/test_cpu_portability.py runs this file again held to AVX2.
-
-The issue's target, min cosine 0.999 on real weights, is NOT met on MiniLM (measured 0.998: the
-per-channel int8 weights alone already stop there); the bound asserted is what the scheme
-reaches, so a regression shows. "auto" therefore never picks int8 for these families.
+same scheme under AVX2 and AVX-512 (7-bit weights in two levels, 8-bit activations: no VNNI
+needed), so nothing here depends on the CPU; tests/test_cpu_portability.py runs this file again
+held to AVX2. The issue's target, min cosine 0.999 on real weights, is what MiniLM is held to.
 """
 
 from __future__ import annotations
@@ -21,14 +18,14 @@ from reference import qwen3_reference, sentence_transformers_reference
 from localrank.config import load_settings
 from localrank.engine.core import Engine, calibration_texts
 from localrank.engine.load import load_engine, load_reranker
-from localrank.engine.precision import INT8_MIN_COSINE, DtypeChoice
+from localrank.engine.precision import DtypeChoice
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.torch import TorchEmbedder
 from localrank.engine.torch.int8 import Int8Weight
 
-# Measured (min cosine to float32, these texts): MiniLM 0.9981, tiny Qwen3 0.9990-0.9995.
-MINILM_MIN_COSINE = 0.997
-TINY_QWEN3_MIN_COSINE = 0.998
+# Measured (min cosine to float32, these texts): MiniLM 0.9996, tiny Qwen3 0.9999.
+MINILM_MIN_COSINE = 0.999
+TINY_QWEN3_MIN_COSINE = 0.999
 
 
 def engine(model: Path, dtype: str) -> Engine:
@@ -125,9 +122,17 @@ def test_outlier_channels_are_what_makes_minilm_accurate(minilm: Path) -> None:
     assert worst["calibrated"] > worst["plain"] + 0.003, worst
 
 
-def test_auto_int8_is_undone_when_the_load_time_check_fails(minilm: Path) -> None:
+def test_auto_int8_is_undone_when_the_load_time_check_fails(
+    minilm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Chosen by auto (not asked for), int8 is kept only if the calibration texts' vectors stay
-    within INT8_MIN_COSINE of float32's; MiniLM's do not, so float32 is kept, exactly."""
+    within INT8_MIN_COSINE of float32's. MiniLM's do (0.9997), so the bound is raised here past
+    what int8 reaches: float32 is kept, exactly."""
+    from localrank.engine import precision
+    from localrank.engine.torch import embedder as torch_embedder
+
+    for module in (precision, torch_embedder):
+        monkeypatch.setattr(module, "INT8_MIN_COSINE", 0.999999)
     f32 = engine(minilm, "float32")
     embedder = TorchEmbedder(minilm, f32.recipe, dtype="float32")
     model = embedder.model
@@ -135,7 +140,7 @@ def test_auto_int8_is_undone_when_the_load_time_check_fails(minilm: Path) -> Non
     before = f32.embed(DOCUMENTS).vectors
     choice = DtypeChoice("int8", "a probe matmul with int8 weights ran 3.0x faster")
     got = embedder._quantise(model, choice, calibration_ids(f32), explicit=False)
-    assert got.dtype == "float32" and f"needs {INT8_MIN_COSINE}" in got.reason, got.reason
+    assert got.dtype == "float32" and "needs 0.999999" in got.reason, got.reason
     assert all(lin.int8 is None and lin.weight.numel() for lin in model.linears())  # type: ignore[attr-defined]
     e = Engine(resolved(f32), f32.tokenizer, embedder)
     np.testing.assert_array_equal(e.embed(DOCUMENTS).vectors, before)

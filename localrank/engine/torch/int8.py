@@ -3,18 +3,23 @@ ships for skinny inputs on AVX2 and AVX-512 alike (one Qwen3-0.6B layer at 1-12 
 float32 on AVX-512, 4.7x under AVX2; measured in the issue 22 research).
 
 The scheme, per weight [N, K]:
-- weights: symmetric int8 per output channel, quantised once at load from float32;
-- activations: int8 per token (each row scaled to max |x| = 1 before fbgemm's per-tensor dynamic
-  quantisation, its result scaled back), 7-bit (`reduce_range`): 8-bit activations silently
-  saturate in vpmaddubsw on CPUs without VNNI;
+- weights: two levels of symmetric 7-bit integers per output channel, W ~ s1 q1 + s2 q2 with
+  q2 the rounding residual of q1, packed as one [2N, K] int8 weight (one matmul; the halves of
+  its output are added). One level stops at min cosine 0.9987 to float32 on all-MiniLM-L6-v2
+  even with 8-bit activations; two reach 0.9996 (and 0.9995 on the Qwen3-0.6B shape, beside
+  llama.cpp q8_0's 0.9994). Two bytes a weight: half of float32's, bfloat16's count;
+- activations: 8-bit per token (each row scaled to max |x| = 1 before fbgemm's per-tensor
+  dynamic quantisation, its result scaled back). 7-bit weights are what make 8-bit activations
+  safe: CPUs without VNNI multiply in vpmaddubsw, which saturates a pair of u8 x s8 products at
+  int16, and 2 x 255 x 63 stays below 32767 (with 8-bit weights only 7-bit activations were,
+  and they cost the most accuracy: min cosine 0.998 on MiniLM);
 - outlier columns: the few input channels with the largest calibrated |x| * max |W| stay
   float32 (LLM.int8()'s decomposition, chosen once from a calibration pass over fixed texts).
-  They are what per-token quantisation loses most to: on all-MiniLM-L6-v2, min cosine to float32
-  0.984 without them, 0.998 with 16.
 
 Everything outside the matmuls (norms, RoPE, softmax, residual stream, pooling) stays float32.
-The per-channel weights set the floor: weight-only per-channel int8 already stops at 0.998 on
-MiniLM, so this scheme does not reach 0.999 there (docs/models.md).
+Tried and left: SmoothQuant's migration of activation scale into the weights (min cosine 0.9979
+-> 0.9934 at alpha 0.5 on MiniLM: the outlier columns already take what it would, and the
+weights pay), and more outlier columns (32, 64: no change).
 """
 
 from __future__ import annotations
@@ -47,8 +52,13 @@ PROBE_MIN_ROUNDS = 2
 PROBE_MAX_ROUNDS = 6
 
 
+# Weights: two levels of integers in [-WEIGHT_MAX, WEIGHT_MAX] (7 bits: see the module's text).
+WEIGHT_MAX = 63
+
+
 class Int8Weight:
-    """One weight in fbgemm's packed int8 layout, with its float32 outlier columns."""
+    """One weight in fbgemm's packed int8 layout (both levels), with its float32 outlier
+    columns."""
 
     __slots__ = ("packed", "cols", "outliers")
 
@@ -70,7 +80,9 @@ class Int8Weight:
         scaled = x / amax
         if cols is not None:
             scaled.clamp_(-1.0, 1.0)
-        y = torch.ops.quantized.linear_dynamic(scaled, self.packed, True).mul_(amax)
+        both = torch.ops.quantized.linear_dynamic(scaled, self.packed, False)  # 8-bit x
+        n = both.shape[1] // 2
+        y = both[:, :n].add_(both[:, n:]).mul_(amax)
         if cols is not None:
             y.addmm_(x.index_select(1, cols), self.outliers)
         return y if bias is None else y.add_(bias)
@@ -95,9 +107,15 @@ def _int8_rows(
         cols = importance.topk(count).indices.sort().values
         outliers = w[:, cols].t().contiguous()
         w = w.index_fill(1, cols, 0.0)  # a copy: the float32 weight stays intact
-    scale = w.abs().amax(1).clamp_(min=1e-12).div_(127)
-    q = (w / scale[:, None]).round_().clamp_(-127, 127).to(torch.int8)
-    return q, scale, cols, outliers
+    q1, s1 = _round_rows(w)
+    q2, s2 = _round_rows(w - q1.float() * s1[:, None])
+    return torch.cat([q1, q2]), torch.cat([s1, s2]), cols, outliers
+
+
+def _round_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """Symmetric per-row integers in [-WEIGHT_MAX, WEIGHT_MAX] and the rows' scales."""
+    scale = w.abs().amax(1).clamp_(min=1e-12).div_(WEIGHT_MAX)
+    return (w / scale[:, None]).round_().clamp_(-WEIGHT_MAX, WEIGHT_MAX).to(torch.int8), scale
 
 
 def _pack(q: Tensor, scale: Tensor) -> Tensor:
