@@ -29,9 +29,10 @@ class Family:
     # Weights the CPU forward uses as stored, whatever the compute dtype (Qwen3's token table:
     # a lookup reads a few rows, and widening a row is exact): never cast, never cached.
     kept_as_stored: frozenset[str] = frozenset()
-    # Whether "auto" may pick int8 (where a probe finds it faster and no native bfloat16): only
-    # for families whose int8 scheme met min cosine 0.999 to float32 on real weights. None has:
-    # all-MiniLM-L6-v2 measured 0.998 (docs/models.md); `--dtype int8` still serves any family.
+    # Whether "auto" may pick int8 (where a probe finds it faster and no native bfloat16). The
+    # scheme meets min cosine 0.999 to float32 on real weights (all-MiniLM-L6-v2: 0.9996), but
+    # its calibration and quantisation at load cost the 3 s start target, so no family opts in
+    # yet (docs/models.md); `--dtype int8` serves any family.
     int8_auto: bool = False
 
 
