@@ -261,6 +261,67 @@ async def test_a_big_request_is_tokenised_in_slices_while_the_model_runs(
     assert np.abs(result.vectors - hashed.embed(texts).vectors).max() < 1e-6
 
 
+async def test_a_short_request_is_not_tokenised_behind_a_long_ones_slice(
+    hashed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that fits one slice has a tokeniser thread of its own: while a long request's
+    slice is being tokenised (tens of ms on a busy machine), a one-text request is tokenised,
+    embedded and answered."""
+    prepare = hashed.prepare
+    release = threading.Event()
+
+    def spy(inputs, **kw):  # type: ignore[no-untyped-def]
+        if inputs[0].startswith("long"):
+            release.wait(10)
+        return prepare(inputs, **kw)
+
+    monkeypatch.setattr(hashed, "prepare", spy)
+    worker, _ = make_worker(hashed, batch_wait_ms=0)
+    try:
+        long = asyncio.ensure_future(worker.submit(texts_of("long", 2 * SLICE_TEXTS)))
+        await asyncio.sleep(0.1)  # its first slice holds the slices' thread
+        short = await asyncio.wait_for(worker.submit(["a query"]), 5)
+        assert short.vectors.shape == (1, hashed.dim) and not long.done()
+        release.set()
+        assert (await long).vectors.shape == (2 * SLICE_TEXTS, hashed.dim)
+    finally:
+        release.set()
+        worker.stop()
+
+
+async def test_a_sliced_request_is_tokenised_only_a_few_passes_ahead_of_the_model(
+    hashed: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokenising far ahead of the model only takes a core from it: with the model held, a
+    request of many slices stops after LEAD_PASSES passes' tokens, and resumes as it runs."""
+    monkeypatch.setattr(worker_module, "SLICE_TEXTS", 8)
+    prepare = hashed.prepare
+    sliced: list[int] = []
+
+    def spy(inputs, **kw):  # type: ignore[no-untyped-def]
+        sliced.append(len(inputs))
+        return prepare(inputs, **kw)
+
+    monkeypatch.setattr(hashed, "prepare", spy)
+    budget = 128  # tokens a pass; a slice of 8 of these texts is ~200 tokens
+    lead = worker_module.LEAD_PASSES * budget
+    worker, _ = make_worker(hashed, max_batch_tokens=budget, batch_wait_ms=0)
+    texts = texts_of("t", 40 * 8, words=6)
+    sizes = [sum(len(e.ids) for e in prepare(texts[i : i + 8])) for i in range(0, 320, 8)]
+    with Gate(hashed) as gate:
+        gate.open.clear()
+        done = asyncio.ensure_future(worker.submit(texts))
+        await asyncio.sleep(0.5)
+        # Stopped at the first slice that took it past the lead, far from all 40 slices.
+        n = len(sliced)
+        assert sum(sizes[: n - 1]) <= lead < sum(sizes[:n]) and n < 40
+        gate.open.set()
+        result = await asyncio.wait_for(done, 30)
+    worker.stop()
+    assert len(sliced) == 40
+    assert np.abs(result.vectors - hashed.embed(texts).vectors).max() < 1e-6
+
+
 async def test_a_cancelled_request_is_dropped(
     hashed: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:

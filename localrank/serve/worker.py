@@ -49,6 +49,11 @@ SLICE_TEXTS = 256
 # After work, the model thread calls on_idle once nothing has come for this long.
 IDLE_SECONDS = 1.0
 SLICE_CHARS = 64 * 1024
+# A request tokenised in slices stays at most this many passes' tokens ahead of the model. Left
+# to race, the tokeniser thread runs through a long request while the model is still seconds
+# behind it, holding a core the model's threads and the short requests beside it need.
+LEAD_PASSES = 4
+LEAD_POLL_SECONDS = 0.005
 
 
 class ForwardModel(Protocol):
@@ -90,6 +95,8 @@ class ModelRequest:
     encoded: list[Encoded] = field(default_factory=list)  # tokenised so far (model thread)
     scheduled: int = 0  # items handed to a forward pass
     embedded: int = 0
+    tokens_sent: int = 0  # tokens of its items handed to the model thread (event loop)
+    tokens_done: int = 0  # tokens of its items embedded (model thread)
     queued: bool = False  # in the scheduler's turn order
     arrived: float = field(default_factory=time.perf_counter)  # submitted
     started: bool = False  # an item of it has been in a pass
@@ -167,7 +174,10 @@ class ModelWorker:
         self._jobs: set[ModelRequest] = set()  # submitted and not yet returned (event loop only)
         self._stopping = False
         self._stop_seen = False  # (model thread)
+        # Two tokeniser threads: requests that fit one slice, and the slices of longer ones, so a
+        # short request never waits behind a long one's slice (tens of ms on a busy machine).
         self._tokenizer = ThreadPoolExecutor(1, thread_name_prefix="localrank-tokenizer")
+        self._slicer = ThreadPoolExecutor(1, thread_name_prefix="localrank-tokenizer-slices")
         self._thread = threading.Thread(target=self._run, name="localrank-model", daemon=True)
         self._thread.start()
 
@@ -200,15 +210,24 @@ class ModelWorker:
         job = ModelRequest(len(inputs), bulk, loop.create_future(), loop, vectors, model)
         self._jobs.add(job)
         work = self.engine.tokenizer.work if prepare is None else len
+        lead = LEAD_PASSES * self.max_batch_tokens
         try:
-            for part in _slices(inputs, work):
+            parts = _slices(inputs, work)
+            part: list | None = next(parts)  # type: ignore[type-arg]
+            pool = self._tokenizer
+            while part is not None:
+                following = next(parts, None)
+                if following is not None:
+                    pool = self._slicer  # a sliced request: every slice on the slices' thread
+                while job.tokens_sent - job.tokens_done > lead and not job.closed:
+                    await asyncio.sleep(LEAD_POLL_SECONDS)
                 if prepare is None:
-                    encoded = await loop.run_in_executor(
-                        self._tokenizer, self._prepare, part, truncate
-                    )
+                    encoded = await loop.run_in_executor(pool, self._prepare, part, truncate)
                 else:
-                    encoded = await loop.run_in_executor(self._tokenizer, prepare, part)
+                    encoded = await loop.run_in_executor(pool, prepare, part)
+                job.tokens_sent += sum(len(e.ids) for e in encoded)
                 self._inbox.put((job, encoded))
+                part = following
             return await job.future
         finally:
             # Answered, failed (bad input) or cancelled (the client went away): either way the
@@ -226,6 +245,7 @@ class ModelWorker:
         self._inbox.put(None)
         self._thread.join(timeout)
         self._tokenizer.shutdown(wait=False, cancel_futures=True)
+        self._slicer.shutdown(wait=False, cancel_futures=True)
         for job in list(self._jobs):
             job.settle(error=NotReady("the daemon is shutting down"))
 
@@ -326,6 +346,7 @@ class ModelWorker:
                 continue
             job.vectors[i] = vector
             job.embedded += 1
+            job.tokens_done += len(job.encoded[i].ids)
             if job.embedded == job.size:
                 job.settle(
                     WorkResult(
