@@ -394,3 +394,15 @@ def test_small_pass_runs_elementwise_work_on_the_calling_thread(
         assert seen == [2]
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("shape", [(7, 1024), (3, 9, 16, 128), (1, 1, 8, 64)])
+def test_fused_rms_norm_computes_qwen3s_rms_norm(shape: tuple[int, ...]) -> None:
+    """float32 on CPU takes torch's fused RMSNorm: the same numbers as Qwen3RMSNorm's
+    op-by-op form (statistics in float32, then the weight)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=gen) * 3
+    w = torch.randn(shape[-1], generator=gen)
+    want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    got = torch_layers.rms_norm(x, w, 1e-6)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
