@@ -406,3 +406,15 @@ def test_fused_rms_norm_computes_qwen3s_rms_norm(shape: tuple[int, ...]) -> None
     want = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
     got = torch_layers.rms_norm(x, w, 1e-6)
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_rope_is_hfs_apply_rotary_pos_emb() -> None:
+    """layers.rope (roll and a signed sin) computes HF's x * cos + rotate_half(x) * sin."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 64, generator=gen)
+    angles = torch.randn(5, 32, generator=gen)
+    emb = torch.cat((angles, angles), dim=-1)
+    cos, sin = emb.cos(), emb.sin()
+    rotated = torch.cat((-x[..., 32:], x[..., :32]), dim=-1)
+    want = x * cos + rotated * sin
+    assert torch.equal(torch_layers.rope(x, cos, torch_layers.signed_sin(sin)), want)

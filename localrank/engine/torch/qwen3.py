@@ -26,7 +26,8 @@ from localrank.engine.torch.layers import (
     attend,
     attention_mask,
     rms_norm,
-    rotate_half,
+    rope,
+    signed_sin,
     small_pass,
 )
 from localrank.engine.torch.weights import Placement
@@ -255,6 +256,7 @@ class Qwen3:
             h = F.embedding(packing.gather(ids), self.embed).to(f32)
             offset = 0 if prefix is None else len(prefix.ids)
             cos, sin = self.rope(t, offset)
+            sin_signed = signed_sin(sin)
             mask = None if real is None else attention_mask(real, causal=True)
             if prefix is not None:
                 # Every row sees the whole prefix, then its own tokens causally.
@@ -267,8 +269,8 @@ class Qwen3:
                 # Per-head RMSNorm on [B, T, heads, D], then heads first, then RoPE (HF's order).
                 q = rms_norm(packing.scatter(q).view(b, t, -1, hd).to(f32), L.q_norm, self.eps)
                 k = rms_norm(packing.scatter(k).view(b, t, -1, hd).to(f32), L.k_norm, self.eps)
-                q = (q.transpose(1, 2) * cos + rotate_half(q.transpose(1, 2)) * sin).to(cd)
-                k = (k.transpose(1, 2) * cos + rotate_half(k.transpose(1, 2)) * sin).to(cd)
+                q = rope(q.transpose(1, 2), cos, sin_signed).to(cd)
+                k = rope(k.transpose(1, 2), cos, sin_signed).to(cd)
                 v = packing.scatter(v).view(b, t, -1, hd).transpose(1, 2)
                 if capture is not None:
                     capture.append((k, v))
@@ -277,9 +279,10 @@ class Qwen3:
                     k = torch.cat([pk.expand(b, -1, -1, -1), k], dim=2)
                     v = torch.cat([pv.expand(b, -1, -1, -1), v], dim=2)
                 o = attend(q, k, v, mask, causal=True, explicit=explicit).transpose(1, 2)
-                h = h + L.o(packing.gather(o).reshape(-1, self.heads * hd), L.o_b).to(f32)
+                # Adding a bfloat16 product to the float32 stream widens it exactly, in one op.
+                h = h + L.o(packing.gather(o).reshape(-1, self.heads * hd), L.o_b)
                 gate, up = L.gate_up(rms_norm(h, L.ln2, self.eps).to(cd))
-                h = h + L.down((F.silu(gate.to(f32)) * up.to(f32)).to(cd)).to(f32)
+                h = h + L.down(F.silu(gate.to(f32)).mul_(up).to(cd))
             return packing.scatter(rms_norm(h, self.norm, self.eps))
 
 
