@@ -224,15 +224,21 @@ async def test_tokenisation_runs_off_the_model_thread(
 
     monkeypatch.setattr(hashed, "prepare", spy)
     worker, _ = make_worker(hashed, batch_wait_ms=0)
-    blocked = asyncio.ensure_future(worker.submit(["slow to tokenise"]))
+    # More texts than are tokenised on the event loop itself: the tokeniser thread.
+    many = ["slow to tokenise", *["and more"] * worker_module.INLINE_TEXTS]
+    blocked = asyncio.ensure_future(worker.submit(many))
     await asyncio.sleep(0.1)
     # The tokeniser is busy with the slow text; the model thread is not waiting for it:
     # it finishes work that is already tokenised. (A request tokenised before it.)
     assert not blocked.done()
     slow.set()
-    assert (await blocked).vectors.shape == (1, hashed.dim)
-    worker.stop()
+    assert (await blocked).vectors.shape == (len(many), hashed.dim)
     assert threads and all(name.startswith("localrank-tokenizer") for name in threads)
+    # A sentence is tokenised on the event loop's thread: cheaper than the hop.
+    threads.clear()
+    assert (await worker.submit(["a short query"])).vectors.shape == (1, hashed.dim)
+    worker.stop()
+    assert threads == [threading.current_thread().name]
 
 
 async def test_a_big_request_is_tokenised_in_slices_while_the_model_runs(
@@ -265,7 +271,7 @@ async def test_a_short_request_is_not_tokenised_behind_a_long_ones_slice(
     hashed: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A request that fits one slice has a tokeniser thread of its own: while a long request's
-    slice is being tokenised (tens of ms on a busy machine), a one-text request is tokenised,
+    slice is being tokenised (tens of ms on a busy machine), a short request is tokenised,
     embedded and answered."""
     prepare = hashed.prepare
     release = threading.Event()
@@ -280,8 +286,10 @@ async def test_a_short_request_is_not_tokenised_behind_a_long_ones_slice(
     try:
         long = asyncio.ensure_future(worker.submit(texts_of("long", 2 * SLICE_TEXTS)))
         await asyncio.sleep(0.1)  # its first slice holds the slices' thread
-        short = await asyncio.wait_for(worker.submit(["a query"]), 5)
-        assert short.vectors.shape == (1, hashed.dim) and not long.done()
+        # Five texts: tokenised on a thread, not inline on the event loop.
+        five = ["a query"] * (worker_module.INLINE_TEXTS + 1)
+        short = await asyncio.wait_for(worker.submit(five), 5)
+        assert short.vectors.shape == (len(five), hashed.dim) and not long.done()
         release.set()
         assert (await long).vectors.shape == (2 * SLICE_TEXTS, hashed.dim)
     finally:
