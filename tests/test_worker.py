@@ -490,6 +490,29 @@ def test_the_allocator_trim_is_available_on_glibc() -> None:
     assert isinstance(allocator.trim(), bool)
 
 
+def test_the_background_optimisation_ends_with_a_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What loading left free goes back to the system once the daemon's background work ends,
+    not at the first idle moment after a request; a failed optimisation too."""
+    from localrank.serve import app
+
+    order: list[str] = []
+    monkeypatch.setattr(allocator, "trim", lambda: order.append("trim") or True)
+
+    class Fake:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        def optimize(self) -> int:
+            order.append("optimize")
+            if self.fail:
+                raise RuntimeError("no")
+            return 3
+
+    assert app._optimize(Fake(False)) == 3  # type: ignore[arg-type]
+    assert app._optimize(Fake(True)) == 0  # type: ignore[arg-type]
+    assert order == ["optimize", "trim"] * 2
+
+
 class RecordingReranker:
     """A ForwardModel standing in for a cross-encoder: scores are the pair's token count, and each
     pass records which rows it got (plumbing only: the scores are not what is tested)."""

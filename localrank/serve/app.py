@@ -25,6 +25,7 @@ from localrank.engine.core import Engine
 from localrank.engine.load import load_engine, load_reranker
 from localrank.engine.tiktoken_ids import cl100k
 from localrank.errors import LocalrankError
+from localrank.ops import allocator
 from localrank.serve.api import DialectIndex
 from localrank.serve.dialects import DEFAULT_DIALECT, DIALECTS
 from localrank.serve.metrics import standard_registry
@@ -135,12 +136,17 @@ async def in_daemon_thread(fn: Callable[[Settings], T], settings: Settings) -> T
 
 
 def _optimize(engine: Engine) -> int:
-    """Engine.optimize, in the background: a failure costs speed, never service."""
+    """Engine.optimize, in the background: a failure costs speed, never service. Then the
+    allocator's free pages go back to the system: what loading left free (the int8 load's
+    float32 model, 2 GB for the 0.6B shape) stayed in glibc's arenas until the model worker's
+    first idle trim, so a daemon that had served nothing reported its load's peak."""
     try:
         return engine.optimize()
     except Exception:
         log.exception("background optimisation failed; serving as loaded")
         return 0
+    finally:
+        allocator.trim()
 
 
 def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
