@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -182,7 +182,13 @@ class TorchEmbedder:
         # The forward iterates these: with a `pause`, it can stop between two layers.
         self._layers = self.model.layers = Layers(self.model.layers)
         if choice.dtype == "int8":
-            choice = self._quantise(self.model, choice, calibration, explicit=dtype == "int8")
+            choice = self._quantise(
+                self.model,
+                choice,
+                calibration,
+                explicit=dtype == "int8",
+                release=checkpoint.release,
+            )
         # What `optimize` releases pages of; it also keeps the file maps alive.
         self._checkpoint: MappedCheckpoint | None = checkpoint
         self._forwards = Forwards()  # background repacking yields to them
@@ -218,11 +224,14 @@ class TorchEmbedder:
         calibration: Sequence[Sequence[int]],
         *,
         explicit: bool,
+        release: Callable[[torch.Tensor], None] = lambda t: None,
     ) -> DtypeChoice:
         """Calibrate the float32 model on `calibration`, quantise its matmul weights to int8 and
         compare the int8 vectors of the calibration rows with float32's. Chosen by "auto", int8
         is undone (float32 kept) when they are further apart than INT8_MIN_COSINE; asked for,
-        it is kept and the figure reported."""
+        it is kept and the figure reported. Projections (q/k/v, gate/up) still separate (their
+        weights were mapped from the cast-weight cache, not copied) are stacked after the
+        calibration: one int8 matmul each. `release` drops the pages of mapped weights."""
         started = time.perf_counter()
         linears = cast(Any, model).linears()
         rows = [list(r) for r in calibration if len(r)]
@@ -232,9 +241,13 @@ class TorchEmbedder:
             batch = pad(rows, pad_id=self.recipe.pad_token_id, side=side, bucket=False)
             int8.observe(linears)  # quantise_all reads and clears what the pass records
             reference = self._calibration_vectors(model, batch)
+        for projection in getattr(model, "projections", list)():
+            for weight in projection.stack() or ():
+                release(weight)
+        linears = cast(Any, model).linears()
         int8.quantise_all(linears, torch.get_num_threads())
         if batch is None:
-            int8.drop_float_weights(linears)
+            int8.drop_float_weights(linears, release)
             return DtypeChoice("int8", f"{choice.reason} (no calibration: no outlier channels)")
         got = self._calibration_vectors(model, batch)
         cosine = float(
@@ -244,7 +257,7 @@ class TorchEmbedder:
             for lin in linears:
                 lin.int8 = None
             return int8_inaccurate(choice, cosine)
-        int8.drop_float_weights(linears)
+        int8.drop_float_weights(linears, release)
         return DtypeChoice(
             "int8",
             f"{choice.reason}; min cosine {cosine:.5f} to float32 on {len(rows)} calibration "

@@ -29,12 +29,13 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localrank.engine.torch.layers import Linear
+from localrank.engine.torch.layers import Linear, pooled
 
 log = logging.getLogger(__name__)
 # torch 2.13 marks its quantised-tensor constructors deprecated (pytorch#184982); fbgemm's prepack
@@ -67,7 +68,9 @@ class Int8Weight:
         self.cols = cols  # int64 [C] input channels computed in float32, or None
         self.outliers = outliers  # float32 [C, N]: those columns of W, transposed
 
-    def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
+    def __call__(self, x: Tensor, bias: Tensor | None = None, pool: bool = False) -> Tensor:
+        """x @ W^T (+ bias); `pool`: the int8 kernel runs on torch's whole thread pool
+        (layers.pooled), the per-token scaling around it where it is called."""
         # Per-token: fbgemm quantises the whole input with one scale; rows of max |x| = 1 make
         # that scale every row's own (the output is linear in x, so it scales back exactly).
         cols = self.cols
@@ -80,10 +83,11 @@ class Int8Weight:
         scaled = x / amax
         if cols is not None:
             scaled.clamp_(-1.0, 1.0)
-        both = torch.ops.quantized.linear_dynamic(scaled, self.packed, False)  # 8-bit x
+        kernel = partial(torch.ops.quantized.linear_dynamic, scaled, self.packed, False)  # 8-bit x
+        both = pooled(kernel) if pool else kernel()
         n = both.shape[1] // 2
         y = both[:, :n].add_(both[:, n:]).mul_(amax)
-        if cols is not None:
+        if cols is not None and self.outliers is not None:
             y.addmm_(x.index_select(1, cols), self.outliers)
         return y if bias is None else y.add_(bias)
 
@@ -142,10 +146,12 @@ def quantise_all(linears: list[Linear], threads: int) -> None:
             lin.int8 = Int8Weight(packed.result(), cols, outliers)
 
 
-def drop_float_weights(linears: list[Linear]) -> None:
-    """Once every linear computes in int8, the float32 weights are dead memory."""
+def drop_float_weights(linears: list[Linear], release: Callable[[Tensor], None]) -> None:
+    """Once every linear computes in int8, the float32 weights are dead memory; `release` drops
+    the pages of those mapped from a file (the cast-weight cache)."""
     for lin in linears:
         if lin.int8 is not None:
+            release(lin.weight)
             lin.weight = lin.weight.new_empty((0,))
 
 

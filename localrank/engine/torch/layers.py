@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -127,7 +128,7 @@ class Linear:
         self.weight = weight
         self.macs = weight.shape[0] * weight.shape[1]  # multiply-adds per input row
         self.packed: Tensor | None = None
-        self.int8: Callable[[Tensor, Tensor | None], Tensor] | None = None
+        self.int8: Callable[[Tensor, Tensor | None, bool], Tensor] | None = None
         self.seen: Tensor | None = None
 
     @classmethod
@@ -138,26 +139,33 @@ class Linear:
         return lin
 
     def __call__(self, x: Tensor, bias: Tensor | None = None) -> Tensor:
-        threads = _pool.threads
-        if threads and x.shape[0] * self.macs > SMALL_MATMUL:
-            torch.set_num_threads(threads)  # a small pass's matmul: on the pool
-            try:
-                return self._product(x, bias)
-            finally:
-                torch.set_num_threads(1)
-        return self._product(x, bias)
-
-    def _product(self, x: Tensor, bias: Tensor | None) -> Tensor:
         seen = self.seen
         if seen is not None:
             torch.maximum(seen, x.detach().abs().amax(0).float(), out=seen)
+        # In a small pass, only a large enough matmul goes to the thread pool (small_pass).
+        big = bool(_pool.threads) and x.shape[0] * self.macs > SMALL_MATMUL
         int8 = self.int8
         if int8 is not None:
-            return int8(x, bias)
+            return int8(x, bias, big)  # its kernel on the pool, its scaling on this thread
         packed = self.packed
         if packed is not None:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-        return F.linear(x, self.weight, bias)
+            product = partial(torch.ops.mkldnn._linear_pointwise, x, packed, bias, "none", [], "")
+        else:
+            product = partial(F.linear, x, self.weight, bias)
+        return pooled(product) if big else product()
+
+
+def pooled(fn: Callable[[], Tensor]) -> Tensor:
+    """fn() on torch's whole thread pool: inside a small pass, which holds this thread to one
+    thread, for its matmul kernels; elsewhere as it is."""
+    threads = _pool.threads
+    if not threads:
+        return fn()
+    torch.set_num_threads(threads)
+    try:
+        return fn()
+    finally:
+        torch.set_num_threads(1)
 
 
 def attention_mask(real: Tensor, *, causal: bool) -> Tensor:

@@ -112,6 +112,21 @@ class Projection:
             return linears[0](x, biases[0]).split(self.sizes, dim=-1)
         return tuple(lin(x, b) for lin, b in zip(linears, biases, strict=True))
 
+    def stack(self) -> list[Tensor] | None:
+        """Stack the parts into one float matmul (before quantising them together: one int8
+        matmul, and one quantisation of its input, instead of three); the weights it replaced,
+        or None when there was nothing to stack. Their calibration statistics carry over (the
+        parts read the same input)."""
+        linears, biases = self.parts
+        if len(linears) < 2 or any(lin.packed is not None or lin.int8 for lin in linears):
+            return None
+        weights = [lin.weight for lin in linears]
+        stacked = Linear(torch.cat(weights))
+        stacked.seen = linears[0].seen
+        bias = None if biases[0] is None else torch.cat([b for b in biases if b is not None])
+        self.parts = ((stacked,), (bias,))
+        return weights
+
     def repack_stacked(self, pack: Callable[[Tensor], Tensor]) -> list[Tensor] | None:
         """Stack the parts into one matmul whose weight is `pack`ed (cpu.prepack); the weights
         it replaced (for their mapped pages to be released), or None when there was nothing to
