@@ -354,21 +354,12 @@ def write_unigram_tokenizer(out: Path, vocab_size: int = 2000) -> int:
     return int(tok.get_vocab_size())
 
 
-def build_xlmr_cross_encoder(out: Path, *, seed: int = 3) -> Path:
-    """A tiny XLM-RoBERTa cross-encoder (XLMRobertaForSequenceClassification, one label, the
-    bge-reranker layout) with a locally trained Unigram tokenizer."""
-    stamp = out / ".built"
-    want = json.dumps({"xlmr-cross-encoder": "tiny", "seed": seed, "v": FORMAT_VERSION})
-    if stamp.is_file() and stamp.read_text() == want:
-        return out
-    import torch
-    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+def tiny_xlmr_config(vocab: int, **extra: Any) -> Any:
+    """The tiny XLM-RoBERTa both XLM-R test models share (2 layers of 32, the real model's
+    special ids and positions)."""
+    from transformers import XLMRobertaConfig
 
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    vocab = write_unigram_tokenizer(out)
-    config = XLMRobertaConfig(
+    return XLMRobertaConfig(
         vocab_size=vocab,
         hidden_size=32,
         num_hidden_layers=2,
@@ -380,8 +371,25 @@ def build_xlmr_cross_encoder(out: Path, *, seed: int = 3) -> Path:
         bos_token_id=0,
         eos_token_id=2,
         layer_norm_eps=1e-5,
-        num_labels=1,
+        **extra,
     )
+
+
+def build_xlmr_cross_encoder(out: Path, *, seed: int = 3) -> Path:
+    """A tiny XLM-RoBERTa cross-encoder (XLMRobertaForSequenceClassification, one label, the
+    bge-reranker layout) with a locally trained Unigram tokenizer."""
+    stamp = out / ".built"
+    want = json.dumps({"xlmr-cross-encoder": "tiny", "seed": seed, "v": FORMAT_VERSION})
+    if stamp.is_file() and stamp.read_text() == want:
+        return out
+    import torch
+    from transformers import XLMRobertaForSequenceClassification
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    vocab = write_unigram_tokenizer(out)
+    config = tiny_xlmr_config(vocab, num_labels=1)
     config.architectures = ["XLMRobertaForSequenceClassification"]
     torch.manual_seed(seed)
     model = XLMRobertaForSequenceClassification(config)
@@ -455,25 +463,13 @@ def build_generic_xlmr_embedder(out: Path, *, seed: int = 5) -> Path:
     if stamp.is_file() and stamp.read_text() == want:
         return out
     import torch
-    from transformers import XLMRobertaConfig, XLMRobertaModel
+    from transformers import XLMRobertaModel
 
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     vocab = write_unigram_tokenizer(out)
-    config = XLMRobertaConfig(
-        vocab_size=vocab,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        pad_token_id=1,
-        bos_token_id=0,
-        eos_token_id=2,
-        layer_norm_eps=1e-5,
-    )
+    config = tiny_xlmr_config(vocab)
     config.architectures = ["XLMRobertaModel"]
     torch.manual_seed(seed)
     model = XLMRobertaModel(config)  # with the pooler, as e5 checkpoints ship (unused)
