@@ -230,27 +230,22 @@ class ModelWorker:
         work = self.engine.tokenizer.work if prepare is None else len
         lead = LEAD_PASSES * self.max_batch_tokens
         try:
-            parts = _slices(inputs, work)
-            part: list | None = next(parts)  # type: ignore[type-arg]
-            pool = self._tokenizer
-            while part is not None:
-                following = next(parts, None)
-                if following is not None:
-                    pool = self._slicer  # a sliced request: every slice on the slices' thread
+            parts = list(_slices(inputs, work))
+            sliced = len(parts) > 1  # every slice on the slices' thread
+            pool = self._slicer if sliced else self._tokenizer
+            for part in parts:
                 while job.tokens_sent - job.tokens_done > lead and not job.closed:
                     await asyncio.sleep(LEAD_POLL_SECONDS)
-                tokenise = (
-                    partial(self._prepare, part, truncate)
-                    if prepare is None
-                    else (partial(prepare, part))
-                )
-                if following is None and pool is self._tokenizer and _inline(part, work):
+                if prepare is None:
+                    tokenise = partial(self._prepare, part, truncate)
+                else:
+                    tokenise = partial(prepare, part)
+                if not sliced and _inline(part, work):
                     encoded = tokenise()  # tens of microseconds: cheaper than a thread hop
                 else:
                     encoded = await loop.run_in_executor(pool, tokenise)
                 job.tokens_sent += sum(len(e.ids) for e in encoded)
                 self._inbox.put((job, encoded))
-                part = following
             return await job.future
         finally:
             # Answered, failed (bad input) or cancelled (the client went away): either way the
