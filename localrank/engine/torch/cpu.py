@@ -91,7 +91,7 @@ class Stackable(Protocol):
     @property
     def linears(self) -> tuple[Linear, ...]: ...
 
-    def repack_stacked(self, pack: Callable[[Tensor], Tensor]) -> list[Tensor] | None: ...
+    def stack(self, pack: Callable[[Tensor], Tensor] | None = None) -> list[Tensor] | None: ...
 
 
 def prepack(
@@ -134,7 +134,7 @@ def prepack(
             unit.packed = pack(unit.weight)
             release(unit.weight)
             return
-        for weight in unit.repack_stacked(pack) or ():
+        for weight in unit.stack(pack) or ():
             release(weight)
 
     # One weight per core at a time: each repack is single-threaded and releases the GIL.
