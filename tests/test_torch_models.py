@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from tokenizers import Tokenizer
 
 from localrank.engine.torch import TorchEmbedder, default_dtype, pool
 from localrank.engine.torch import layers as torch_layers
+from localrank.engine.torch.cpu import configure_threads
 from localrank.engine.torch.layers import attention_mask
 from localrank.engine.torch.qwen3 import Qwen3
 from localrank.engine.torch.weights import MappedCheckpoint
@@ -393,6 +395,31 @@ def test_small_pass_runs_elementwise_work_on_the_calling_thread(
             tiny(torch.zeros(100, 8))
         assert seen == [2]
     finally:
+        torch.set_num_threads(before)
+
+
+def test_a_new_thread_runs_its_passes_with_the_engines_thread_count() -> None:
+    """torch gives a thread, at its first op, the count some thread set last. The daemon's model
+    thread, first used while the background repack held its own thread to one (a small pass),
+    must still run every pass on the configured pool (layers.claim_threads)."""
+    before, intra = torch.get_num_threads(), torch_layers._intra[0]
+    configure_threads(2)
+    seen: dict[str, int] = {}
+
+    def first_passes() -> None:
+        with torch_layers.small_pass(torch_layers.SMALL_PASS_ROWS + 1):
+            seen["long pass"] = torch.get_num_threads()
+        with torch_layers.small_pass(10):
+            seen["small pass's pool"] = torch_layers._pool.threads
+
+    try:
+        torch.set_num_threads(1)  # another thread, inside a small pass, at that moment
+        thread = threading.Thread(target=first_passes)
+        thread.start()
+        thread.join()
+        assert seen == {"long pass": 2, "small pass's pool": 2}
+    finally:
+        torch_layers.set_intra_threads(intra)
         torch.set_num_threads(before)
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from localrank.engine.torch.layers import Linear
+from localrank.engine.torch.layers import Linear, set_intra_threads
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,9 @@ PROBE_MAX_ROUNDS = 6
 
 
 def configure_threads(intra: int) -> None:
-    """Size torch's pools: `intra` threads for ops, one for inter-op work."""
+    """Size torch's pools: `intra` threads for ops (on every thread that runs a forward:
+    layers.claim_threads), one for inter-op work."""
+    set_intra_threads(intra)
     if torch.get_num_threads() != intra:
         torch.set_num_threads(intra)
     try:

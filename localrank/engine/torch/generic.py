@@ -20,6 +20,7 @@ from localrank.engine.batching import checked_batch
 from localrank.engine.machine import read_topology
 from localrank.engine.torch.cpu import configure_threads
 from localrank.engine.torch.embedder import _DTYPES, device_available, pool
+from localrank.engine.torch.layers import claim_threads
 from localrank.engine.types import BackendInfo, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
 
@@ -97,6 +98,7 @@ class GenericTorchEmbedder:
             return np.zeros((0, self.info.dim), dtype=np.float32)
         ids = torch.from_numpy(np.ascontiguousarray(ids_np, dtype=np.int64)).to(self.device)
         mask = torch.from_numpy(np.ascontiguousarray(mask_np, dtype=np.int64)).to(self.device)
+        claim_threads()
         with torch.inference_mode():
             hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
             return pool(hidden, mask.bool(), self.recipe.pooling).float().cpu().numpy()

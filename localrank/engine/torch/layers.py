@@ -92,6 +92,22 @@ class _Pool(threading.local):
 
 
 _pool = _Pool()
+_intra = [0]  # the engine's intra-op threads (cpu.configure_threads); 0: torch's own count
+
+
+def set_intra_threads(n: int) -> None:
+    _intra[0] = n
+
+
+def claim_threads() -> None:
+    """Give the calling thread the engine's intra-op thread count. torch keeps the count per
+    thread, and a thread takes, at its first op, the count some thread set last: the daemon's
+    model thread, first used while the background repack was inside a small pass (which holds
+    its own thread to one), ran every later forward on one core (a query 116 -> 89 ms, bulk
+    at half speed, depending on when the first request came). Called where a forward starts."""
+    n = _intra[0]
+    if n and not _pool.threads and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 @contextmanager
@@ -102,6 +118,7 @@ def small_pass(rows: int) -> Iterator[None]:
     query's norms, RoPE and SiLU (16-48k values, just above torch's grain size) made ~20 such
     wake-ups a layer that cost more than they saved. On 2 cores, one instructed query to the
     Qwen3-0.6B shape in bfloat16: 153 -> 125 ms; all-MiniLM-L6-v2: 11.7 -> 9.2 ms."""
+    claim_threads()
     threads = torch.get_num_threads()
     if rows > SMALL_PASS_ROWS or threads == 1 or _pool.threads:
         yield
