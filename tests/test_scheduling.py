@@ -121,9 +121,11 @@ def test_fill_stops_at_the_token_and_row_limits() -> None:
     assert decided is not None and len(decided.items) == 16
 
 
-def test_a_one_text_request_shares_passes_with_a_2000_text_request() -> None:
-    """Fairness: one-text requests arriving while a 2,000-text request is served go into the
-    next pass beside it (one item each per turn), and the big request advances in every pass."""
+def test_one_text_requests_go_ahead_of_a_2000_text_requests_pass_never_inside_it() -> None:
+    """Fairness both ways: one-text requests waiting when the 2,000-text request's next pass
+    would start run first, in a pass of their own (a pass sized for the big request's time
+    budget would make them wait all of its stretches); the big request's pass comes right
+    after, whatever arrived meanwhile, so it advances in every other pass at least."""
     clock = Clock()
     p = policy(clock)
     big = Req("big", 2000, 40)
@@ -135,18 +137,38 @@ def test_a_one_text_request_shares_passes_with_a_2000_text_request() -> None:
     run(p, first, clock)
     waits = []
     for round_ in range(20):
-        small = one_texts(3, f"r{round_}-", arrived=clock.now)
+        small = one_texts(2, f"r{round_}-", arrived=clock.now)  # one stretch's worth
         submit(p, *small)
-        decided = p.next_pass()
-        assert decided is not None
-        got = names(decided)
-        assert {r.name for r in small} <= set(got)  # every one-text request in this pass
-        assert "big" in got  # and the big request keeps advancing
-        waits += [seconds for kind, seconds in decided.waits if kind == "short"]
-        run(p, decided, clock)
+        ahead = p.next_pass()
+        assert ahead is not None and not ahead.long
+        assert sorted(names(ahead)) == sorted(r.name for r in small)
+        waits += [seconds for kind, seconds in ahead.waits if kind == "short"]
+        run(p, ahead, clock)
+        late = one_texts(1, f"late{round_}-", arrived=clock.now)
+        submit(p, *late)
+        following = p.next_pass()
+        assert following is not None and set(names(following)) == {"big"}
+        # The late one runs in the big pass's first pause, one stretch in.
+        nested = p.in_pause(following)
+        assert nested is not None and names(nested) == [late[0].name]
+        p.done(nested, 0.002 + SECONDS_PER_TOKEN * nested.tokens)
+        run(p, following, clock)
     # A one-text request waited for no pass before its own: 0 s on this clock.
-    assert waits and max(waits) == 0.0
-    assert not big.closed and big.scheduled < big.size
+    assert len(waits) == 40 and max(waits) == 0.0
+    assert not big.closed and 20 <= big.scheduled < big.size
+
+
+def test_a_short_request_larger_than_a_stretch_still_goes_first() -> None:
+    """A short request too big for one stretch's budget (or a pause's) is not left waiting
+    behind the long work: it goes first, whole, in a pass of its own."""
+    p = policy(tokens=4096)
+    submit(p, Req("big", 2000, 40))
+    chunky = Req("chunky", 20, 50)  # 1,000 tokens: short (a quarter of the budget at most)
+    submit(p, chunky)
+    within = p.cost.tokens_within(0.025)
+    assert p.short(chunky) and within is not None and within < 1000
+    ahead = p.next_pass()
+    assert ahead is not None and set(names(ahead)) == {"chunky"} and len(ahead.items) == 20
 
 
 def test_a_short_request_runs_inside_a_long_pass_within_the_pause_bound() -> None:
@@ -219,13 +241,16 @@ def test_a_request_waiting_for_its_next_slice_leaves_the_turns_until_it_comes() 
 
 def test_queue_wait_is_reported_once_per_request_by_class() -> None:
     clock = Clock()
-    p = policy(clock, preempt_ms=0.0)  # all four start in one pass
+    p = policy(clock, preempt_ms=0.0)  # the long ones start in one pass
     submit(p, Req("ingest", 100, 20, bulk=True), Req("big", 30, 20), *one_texts(2))
     clock.now = 0.5
-    decided = p.next_pass()
-    assert decided is not None
-    assert sorted(decided.waits) == [("bulk", 0.5), ("long", 0.5), ("short", 0.5), ("short", 0.5)]
-    run(p, decided, clock)
+    shorts = p.next_pass()
+    assert shorts is not None and shorts.waits == [("short", 0.5), ("short", 0.5)]
+    p.done(shorts, 0.1)
+    clock.now = 1.0
+    longs = p.next_pass()
+    assert longs is not None and sorted(longs.waits) == [("bulk", 1.0), ("long", 1.0)]
+    run(p, longs, clock)
     following = p.next_pass()
     assert following is not None and following.waits == []  # each request counted once
 
