@@ -26,7 +26,7 @@ from localrank.engine.torch import TorchEmbedder, default_dtype, pool
 from localrank.engine.torch import layers as torch_layers
 from localrank.engine.torch.cpu import configure_threads
 from localrank.engine.torch.layers import attention_mask
-from localrank.engine.torch.qwen3 import Qwen3
+from localrank.engine.torch.qwen3 import Qwen3, joined
 from localrank.engine.torch.weights import MappedCheckpoint
 from localrank.engine.types import Batch
 from localrank.errors import BackendError, InvalidInput, ModelError
@@ -421,6 +421,30 @@ def test_a_new_thread_runs_its_passes_with_the_engines_thread_count() -> None:
     finally:
         torch_layers.set_intra_threads(intra)
         torch.set_num_threads(before)
+
+
+def test_q_and_k_heads_normed_together_match_their_own_norms() -> None:
+    """Qwen3's forward norms q's and k's heads in one op with a weight per head: bit for bit
+    what q_norm and k_norm give apart; `joined` sees q and k as one view where they are
+    adjacent columns of a stacked projection's output, and copies them otherwise."""
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(9, 32 * 128, generator=gen) * 3
+    q, k, _ = out.split([16 * 128, 8 * 128, 8 * 128], dim=1)
+    qk = joined(q, k)
+    assert qk.data_ptr() == out.data_ptr() and torch.equal(qk, out[:, : 24 * 128])
+    apart = joined(q.clone(), k.clone())
+    assert apart.data_ptr() != out.data_ptr() and torch.equal(apart, qk)
+    wq, wk = torch.rand(128, generator=gen) + 0.5, torch.rand(128, generator=gen) + 0.5
+    heads = qk.view(9, 24, 128)
+    together = torch_layers.rms_norm(heads, torch.cat([wq.expand(16, -1), wk.expand(8, -1)]), 1e-6)
+    each = torch.cat(
+        [
+            torch_layers.rms_norm(heads[:, :16], wq, 1e-6),
+            torch_layers.rms_norm(heads[:, 16:], wk, 1e-6),
+        ],
+        dim=1,
+    )
+    assert torch.equal(together, each)
 
 
 @pytest.mark.parametrize("shape", [(7, 1024), (3, 9, 16, 128), (1, 1, 8, 64)])

@@ -212,6 +212,11 @@ class Qwen3:
             self.layers = list(
                 pool.map(lambda i: Qwen3Layer.build(w, f"layers.{i}.", place), range(n))
             )
+        # Each layer's q_norm and k_norm weights as one weight per head, [q heads + kv heads, D].
+        self.qk_norms = [
+            torch.cat([L.q_norm.expand(self.heads, -1), L.k_norm.expand(self.kv, -1)])
+            for L in self.layers
+        ]
 
     def linears(self) -> list[Linear]:
         """Every matmul weight (what `prepack` may repack)."""
@@ -261,22 +266,25 @@ class Qwen3:
         with small_pass(packing.n):
             h = F.embedding(packing.gather(ids), self.embed).to(f32)
             offset = 0 if prefix is None else len(prefix.ids)
+            # RoPE's tables by packed row: each real token at its column's position.
+            cols = packing.columns(ids.device)
             cos, sin = self.rope(t, offset)
-            sin_signed = signed_sin(sin)
+            cos, sin_signed = cos[cols][:, None], signed_sin(sin)[cols][:, None]
             mask = None if real is None else attention_mask(real, causal=True)
             if prefix is not None:
                 # Every row sees the whole prefix, then its own tokens causally.
                 own = mask if mask is not None else causal_mask(t, ids.device)[None, None]
                 seen = torch.ones(own.shape[0], 1, t, offset, dtype=torch.bool, device=ids.device)
                 mask = torch.cat([seen.expand(b, 1, t, offset), own.expand(b, 1, t, t)], dim=-1)
-            hd = self.head_dim
-            for i, L in enumerate(self.layers):
+            hd, hq = self.head_dim, self.heads
+            for i, (L, qk_norm) in enumerate(zip(self.layers, self.qk_norms, strict=True)):
                 q, k, v = L.qkv(rms_norm(h, L.ln1, self.eps).to(cd))
-                # Per-head RMSNorm on [B, T, heads, D], then heads first, then RoPE (HF's order).
-                q = rms_norm(packing.scatter(q).view(b, t, -1, hd).to(f32), L.q_norm, self.eps)
-                k = rms_norm(packing.scatter(k).view(b, t, -1, hd).to(f32), L.k_norm, self.eps)
-                q = rope(q.transpose(1, 2), cos, sin_signed).to(cd)
-                k = rope(k.transpose(1, 2), cos, sin_signed).to(cd)
+                # q and k heads side by side, on the real tokens only: per-head RMSNorm then
+                # RoPE (HF's order) as one op each, then one scatter to the padded layout.
+                qk = joined(q, k).view(q.shape[0], -1, hd).to(f32)
+                qk = rope(rms_norm(qk, qk_norm, self.eps), cos, sin_signed).to(cd)
+                qk = packing.scatter(qk.view(qk.shape[0], -1)).view(b, t, -1, hd).transpose(1, 2)
+                q, k = qk[:, :hq], qk[:, hq:]
                 v = packing.scatter(v).view(b, t, -1, hd).transpose(1, 2)
                 if capture is not None:
                     capture.append((k, v))
@@ -299,6 +307,20 @@ class Prefix:
 
     ids: tuple[int, ...]
     kv: list[tuple[Tensor, Tensor]]
+
+
+def joined(q: Tensor, k: Tensor) -> Tensor:
+    """[rows, q width + k width]: a view when q and k are adjacent columns of one stacked
+    projection's output (the usual case), else a copy."""
+    if (
+        q.dtype == k.dtype
+        and q.stride() == k.stride()
+        and q.stride(1) == 1
+        and k.data_ptr() == q.data_ptr() + q.shape[1] * q.element_size()
+        and q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr()
+    ):
+        return q.as_strided((q.shape[0], q.shape[1] + k.shape[1]), q.stride())
+    return torch.cat([q, k], dim=1)
 
 
 def causal_mask(t: int, device: torch.device) -> Tensor:
