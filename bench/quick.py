@@ -304,7 +304,7 @@ def shape_part(targets: dict[str, Target], model: Path) -> list[Verdict]:
     pools = [TextPool(queries[:23]), TextPool(queries[23:103])]
     daemon = Daemon(str(model), extra=["--backend", "cpu"])
     try:
-        print(f"  daemon healthy in {daemon.start(timeout=300):.1f}s", flush=True)
+        print(f"  daemon healthy in {daemon.start(timeout=300):.1f}s; {served(daemon)}", flush=True)
         client = Client(daemon.base, "openai", input_type="query")
         got = with_reference(
             str(model),
@@ -350,6 +350,12 @@ def search_part(targets: dict[str, Target], cache: Path) -> list[Verdict]:
     return [judge(targets["search_100k_p95"], pct(lat, 95))]
 
 
+def served(daemon: Daemon) -> str:
+    """The dtype the daemon chose and why (the in-process references run float32)."""
+    health = daemon.call("GET", "/health")
+    return f"dtype {health.get('dtype')} ({health.get('dtype_reason')})"
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m bench.quick",
@@ -360,6 +366,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--bench-model", default=str(BENCH_MODEL), help="the 0.6B shape's folder")
     ap.add_argument("--cache-dir", default="/tmp/localrank-bench", help="search corpus cache")
     ap.add_argument("--window", type=float, default=12.0, help="head-of-line seconds")
+    ap.add_argument(
+        "--minilm-dtype",
+        default="auto",
+        help="the MiniLM daemon's --dtype (auto: bfloat16 where the CPU has it natively, as "
+        "users get; float32 to compare like with like against the float32 reference)",
+    )
     ap.add_argument("--targets", default=str(TARGETS))
     ap.add_argument(
         "--passive-reference",
@@ -383,9 +395,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     verdicts: list[Verdict] = []
     if "minilm" in parts or "headofline" in parts:
-        daemon = Daemon(minilm(), extra=["--backend", "cpu"])
+        daemon = Daemon(minilm(), extra=["--backend", "cpu", "--dtype", args.minilm_dtype])
         try:
-            print(f"MiniLM daemon healthy in {daemon.start():.1f}s", flush=True)
+            print(f"MiniLM daemon healthy in {daemon.start():.1f}s; {served(daemon)}", flush=True)
             if "minilm" in parts:
                 verdicts += minilm_part(targets, daemon)
             if "headofline" in parts:

@@ -92,6 +92,10 @@ class LiveDaemon:
         }
         if self.model is not None:
             env.update({"LOCALRANK_MODEL": str(self.model), "LOCALRANK_BACKEND": "cpu"})
+        # float32 unless a test asks: these daemons' vectors are compared with the recipe's
+        # exactly, and "auto" picks bfloat16 on a CPU that has it (the precision tests force
+        # their dtype).
+        env.setdefault("LOCALRANK_DTYPE", "float32")
         return env
 
     def log_tail(self) -> str:

@@ -38,7 +38,8 @@ QUERY = "What is the capital of France?"
 
 
 def settings_for(model: Path, home: Path, **extra: Any) -> Settings:
-    flags = {"model": str(model), "backend": "cpu", "home": str(home), **extra}
+    # float32: vectors are compared with the recipe's exactly, whatever this CPU's bfloat16.
+    flags = {"model": str(model), "backend": "cpu", "dtype": "float32", "home": str(home), **extra}
     return load_settings(flags, environ={})
 
 

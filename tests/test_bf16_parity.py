@@ -60,6 +60,25 @@ def test_bf16_within_0999_and_closer_than_the_authors_bf16(
     assert np.abs(got - exact).max() > 1e-6
 
 
+@pytest.mark.parametrize("kind", ["documents", "queries"])
+def test_bert_bf16_within_0999_of_the_recipe_on_real_weights(minilm: Path, kind: str) -> None:
+    """all-MiniLM-L6-v2's real weights in bfloat16 (matmuls only), against sentence-transformers
+    in float32: within cosine 0.999, and no further than sentence-transformers' own bfloat16."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = DOCUMENTS if kind == "documents" else QUERIES
+    got = engine(minilm, "cpu", "bfloat16").embed(texts).vectors
+    st = SentenceTransformer(str(minilm), device="cpu")
+    exact = np.asarray(st.encode(texts, normalize_embeddings=True))
+    theirs = cosine(
+        np.asarray(st.to(torch.bfloat16).encode(texts, normalize_embeddings=True)), exact
+    )
+    ours = cosine(got, exact)
+    assert ours.min() >= 0.999, ours
+    assert ours.min() >= theirs.min() - 1e-6 and (1 - ours).mean() <= (1 - theirs).mean() + 1e-6
+    assert np.abs(got - exact).max() > 1e-6  # bfloat16 really ran
+
+
 def test_bf16_batched_equals_one_at_a_time_closely(bf16_engine: Engine) -> None:
     batched = bf16_engine.embed(DOCUMENTS).vectors
     singles = np.concatenate([bf16_engine.embed([t]).vectors for t in DOCUMENTS])
@@ -70,22 +89,21 @@ def test_auto_dtype_on_this_cpu(tiny_qwen3: Path, minilm: Path) -> None:
     """The real path: /proc/cpuinfo and a real probe matmul decide, and the reason names what
     decided it: no native bf16 feature -> float32; a feature -> bfloat16 exactly when the probe
     found it faster (a CPU can list the feature and still run bfloat16 slowly, e.g. when torch's
-    kernels are limited to AVX2 with ATEN_CPU_CAPABILITY)."""
-    e = engine(tiny_qwen3, "cpu", "auto")
-    backend = e.info.backend
+    kernels are limited to AVX2 with ATEN_CPU_CAPABILITY). BERT's forward keeps LayerNorm, GELU,
+    softmax and the residual stream in float32 too: the same rule picks its dtype."""
     feature = read_cpu_features().native_bf16()
-    if feature is None:
-        assert backend.dtype == "float32" and "no native bfloat16" in backend.dtype_reason
-    else:
-        assert feature in backend.dtype_reason
-        faster = "faster than float32" in backend.dtype_reason
-        assert faster or "probe matmul in bfloat16 was only" in backend.dtype_reason
-        assert backend.dtype == ("bfloat16" if faster else "float32"), backend.dtype_reason
-    assert backend.threads >= 1
-    assert e.info.to_dict()["dtype_reason"] == backend.dtype_reason
-    # BERT's forward has no float32-norm mixed precision: it stays float32, and says so.
-    bert = engine(minilm, "cpu", "auto").info.backend
-    assert bert.dtype == "float32" and "bert" in bert.dtype_reason
+    for model in (tiny_qwen3, minilm):
+        e = engine(model, "cpu", "auto")
+        backend = e.info.backend
+        if feature is None:
+            assert backend.dtype == "float32" and "no native bfloat16" in backend.dtype_reason
+        else:
+            assert feature in backend.dtype_reason
+            faster = "faster than float32" in backend.dtype_reason
+            assert faster or "probe matmul in bfloat16 was only" in backend.dtype_reason
+            assert backend.dtype == ("bfloat16" if faster else "float32"), backend.dtype_reason
+        assert backend.threads >= 1
+        assert e.info.to_dict()["dtype_reason"] == backend.dtype_reason
 
 
 def test_repacked_weights_compute_the_same(tiny_qwen3: Path) -> None:

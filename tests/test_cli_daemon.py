@@ -48,7 +48,13 @@ def live(tmp_path_factory: pytest.TempPathFactory, minilm: Path) -> Iterator[Liv
 
 @pytest.fixture
 def env(live: LiveDaemon, monkeypatch: pytest.MonkeyPatch) -> LiveDaemon:
-    for name in ("LOCALRANK_HOME", "LOCALRANK_PORT", "LOCALRANK_MODEL", "LOCALRANK_BACKEND"):
+    for name in (
+        "LOCALRANK_HOME",
+        "LOCALRANK_PORT",
+        "LOCALRANK_MODEL",
+        "LOCALRANK_BACKEND",
+        "LOCALRANK_DTYPE",
+    ):
         monkeypatch.setenv(name, live.env[name])
     return live
 

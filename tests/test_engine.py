@@ -201,7 +201,8 @@ def test_explicit_model_never_falls_back(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_cli_embed_json_minilm(minilm: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "localrank", "embed", "--json", "--model", str(minilm), "hello"],
+        [sys.executable, "-m", "localrank", "embed", "--json", "--model", str(minilm)]
+        + ["--dtype", "float32", "hello"],  # compared with the recipe's, whatever the CPU
         capture_output=True,
         text=True,
         timeout=120,

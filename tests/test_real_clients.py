@@ -67,7 +67,10 @@ def default_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveDae
 def engine(minilm: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
     home = tmp_path_factory.mktemp("engine-home")
     e = load_engine(
-        load_settings({"model": str(minilm), "backend": "cpu", "home": str(home)}, environ={})
+        load_settings(
+            {"model": str(minilm), "backend": "cpu", "dtype": "float32", "home": str(home)},
+            environ={},
+        )
     )
     yield e
     e.close()

@@ -88,6 +88,22 @@ def test_bert_cross_encoder_matches_sentence_transformers(tiny_cross_encoder, ba
     assert_matches_cross_encoder(rr, tiny_cross_encoder)
 
 
+def test_bert_cross_encoder_in_bfloat16_stays_close(tiny_cross_encoder):
+    """bfloat16 matmuls (LayerNorm, GELU and the head in float32), as "auto" picks on a CPU with
+    native bfloat16: scores close to CrossEncoder's float32 ones."""
+    from localrank.config import load_settings
+    from localrank.engine.load import load_reranker
+
+    settings = {"reranker": str(tiny_cross_encoder), "backend": "torch", "dtype": "bfloat16"}
+    rr = load_reranker(load_settings(settings, environ={}))
+    assert rr.info.backend.dtype == "bfloat16"
+    docs = DOCS[:-1]
+    expected = cross_encoder_reference(tiny_cross_encoder, [(QUERY, d) for d in docs])
+    got = rr.rerank(QUERY, docs).scores
+    assert np.abs(got - expected).max() < 5e-3
+    assert np.abs(got - expected).max() > 1e-7  # bfloat16 really ran
+
+
 def test_sigmoid_is_stable_at_the_extremes():
     out = sigmoid(np.array([-1e4, 0.0, 1e4]))
     assert out.tolist() == [0.0, 0.5, 1.0]

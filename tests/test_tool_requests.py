@@ -54,6 +54,7 @@ def settings_for(model: Path, home: Path, **extra: Any) -> Settings:
     flags = {
         "model": str(model),
         "backend": "cpu",
+        "dtype": "float32",  # vectors compared with the recipe's exactly, whatever the CPU
         "home": str(home),
         "served_model_names": [SERVED],
         "allowed_origins": [OBSIDIAN],

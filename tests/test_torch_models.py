@@ -115,14 +115,14 @@ def test_explicit_attention_equals_sdpa(
     assert unpadded.attention_mask.all()
     assert np.abs(qwen3_sdpa.embed(unpadded) - qwen3_explicit.embed(unpadded)).max() < 1e-5
     mb = minilm_batch(minilm, TEXTS)
-    a = TorchEmbedder(minilm, MINILM, attention="sdpa").embed(mb)
-    b = TorchEmbedder(minilm, MINILM, attention="explicit").embed(mb)
+    a = TorchEmbedder(minilm, MINILM, dtype="float32", attention="sdpa").embed(mb)
+    b = TorchEmbedder(minilm, MINILM, dtype="float32", attention="explicit").embed(mb)
     assert np.abs(a - b).max() < 1e-5
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "explicit"])
 def test_minilm_matches_sentence_transformers(minilm: Path, attention: str) -> None:
-    emb = TorchEmbedder(minilm, MINILM, attention=attention)
+    emb = TorchEmbedder(minilm, MINILM, dtype="float32", attention=attention)
     assert (emb.info.dim, emb.info.pooling, emb.info.max_tokens) == (384, "mean", 256)
     got = unit(emb.embed(minilm_batch(minilm, TEXTS)))
     want = sentence_transformers_reference(minilm, TEXTS)

@@ -62,6 +62,11 @@ def bert_shapes(cfg: dict[str, Any]) -> Shapes:
     return shapes
 
 
+def _matmul(name: str) -> bool:
+    """A matmul's weight or bias (computed in the compute dtype; the rest stays float32)."""
+    return not name.startswith("embeddings.") and "LayerNorm" not in name
+
+
 @dataclass(frozen=True)
 class BertLayer:
     qkv: Linear  # query, key and value stacked: one GEMM instead of three
@@ -117,9 +122,10 @@ class Bert:
         if act not in ACTIVATIONS:
             raise ModelError(f"{source}: BERT hidden_act={act!r} is not supported")
         self.act = ACTIVATIONS[act]
-        # Small models: every weight in the compute dtype, on the device (a no-op when the
-        # checkpoint already is).
-        w = {k: place.put(v) for k, v in w.items()}
+        # Small models: the matmul weights and biases in the compute dtype, embeddings and
+        # LayerNorms in float32, on the device (a no-op where the checkpoint already is).
+        self.dtype = place.dtype
+        w = {k: place.put(v, None if _matmul(k) else torch.float32) for k, v in w.items()}
         self.hidden = int(cfg["hidden_size"])
         self.heads = int(cfg["num_attention_heads"])
         self.eps = float(cfg.get("layer_norm_eps", 1e-12))
@@ -157,13 +163,15 @@ class Bert:
             h = F.embedding(ids, self.word) + segment + positions
             h = F.layer_norm(packing.gather(h), (self.hidden,), *self.ln, eps=self.eps)  # [N, H]
             mask = None if real is None else attention_mask(real, causal=False)
+            cd = self.dtype
             for L in self.layers:
-                qkv = packing.scatter(L.qkv(h, L.qkv_b)).view(b, t, 3, self.heads, hd)
+                qkv = packing.scatter(L.qkv(h.to(cd), L.qkv_b)).view(b, t, 3, self.heads, hd)
                 q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [B, heads, T, D]
                 o = attend(q, k, v, mask, causal=False, explicit=explicit).transpose(1, 2)
                 o = L.o(packing.gather(o).reshape(-1, self.hidden), L.o_b)
-                # Post-LN: residual first, then LayerNorm (BertSelfOutput / BertOutput).
+                # Post-LN: residual first, then LayerNorm (BertSelfOutput / BertOutput); a
+                # half-precision product widens exactly as it is added to the float32 stream.
                 h = F.layer_norm(o + h, (self.hidden,), L.ln1, L.ln1_b, eps=self.eps)
-                x = L.down(self.act(L.up(h, L.up_b)), L.down_b)
+                x = L.down(self.act(L.up(h.to(cd), L.up_b).float()).to(cd), L.down_b)
                 h = F.layer_norm(x + h, (self.hidden,), L.ln2, L.ln2_b, eps=self.eps)
             return packing.scatter(h)

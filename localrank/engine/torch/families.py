@@ -44,5 +44,5 @@ FAMILIES: dict[str, Family] = {
         mixed_precision=True,
         kept_as_stored=frozenset({"embed_tokens.weight"}),
     ),
-    "bert": Family(Bert, bert_shapes, "bert."),
+    "bert": Family(Bert, bert_shapes, "bert.", mixed_precision=True),
 }

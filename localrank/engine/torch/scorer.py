@@ -92,7 +92,8 @@ class TorchScorer:
             # Only the rows for "no" and "yes": all the LM head this reranker reads.
             self.rows = lm_head[[recipe.no_id, recipe.yes_id]].to(self.device, place.dtype)
         else:
-            self.head = [place.put(t) for t in head]
+            # The head reads the float32 hidden states BERT's forward returns: float32 too.
+            self.head = [place.put(t, torch.float32) for t in head]
         try:
             model = Qwen3 if family == "qwen3-reranker" else Bert
             self.model: Qwen3 | Bert | None = model(cfg, weights, config_path, place)
