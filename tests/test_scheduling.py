@@ -6,8 +6,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from localrank.engine.tokenizer import Encoded
-from localrank.serve.scheduling import BULK_PATIENCE, Pass, PassCost, PassPolicy
+from localrank.serve.scheduling import (
+    BULK_PATIENCE,
+    STRETCH_PER_SHORT_PASS,
+    Pass,
+    PassCost,
+    PassPolicy,
+)
 
 SECONDS_PER_TOKEN = 0.0005  # the cost model's truth in these tests: 2,000 tokens a second
 LAYERS = 6  # stretches of a pass: pauses + 1
@@ -277,3 +285,23 @@ def test_a_request_of_many_texts_is_sized_by_time_even_alone() -> None:
     assert decided.tokens <= 0.025 * LAYERS / SECONDS_PER_TOKEN
     submit(p, *one_texts(1))
     assert p.in_pause(decided) is not None
+
+
+def test_a_quick_models_stretch_is_a_few_of_its_one_text_passes() -> None:
+    """A one-text request waits about one stretch: for a model that answers one text in a few
+    ms, a fixed 25 ms stretch would be several times its own latency, so the stretch shrinks
+    to STRETCH_PER_SHORT_PASS one-text passes (and the long pass with it); a slower model
+    keeps `preempt_ms`."""
+    cost = PassCost()
+    for n in (20, 400, 1000, 30, 800):
+        cost.add(n, 0.003 + 0.0001 * n)  # a one-text pass (32 tokens): 6.2 ms
+    p = PassPolicy(max_batch_tokens=8192, max_batch_size=128, preempt_seconds=0.025, cost=cost)
+    p.segments = LAYERS
+    assert p.stretch_seconds() == pytest.approx(STRETCH_PER_SHORT_PASS * 0.0062)
+    submit(p, Req("big", 2000, 40))
+    decided = p.next_pass()
+    assert decided is not None and decided.long
+    seconds = 0.003 + 0.0001 * decided.tokens
+    assert seconds <= LAYERS * p.stretch_seconds() < LAYERS * 0.025
+    assert decided.per_pause <= p.stretch_seconds() / 0.0001
+    assert policy().stretch_seconds() == 0.025  # 2 ms + 0.5 ms a token: preempt_ms holds
