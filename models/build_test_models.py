@@ -375,6 +375,26 @@ def tiny_xlmr_config(vocab: int, **extra: Any) -> Any:
     )
 
 
+def save_tiny_xlmr(out: Path, architecture: str, seed: int, **extra: Any) -> None:
+    """A fresh `out` holding a tiny XLM-RoBERTa `architecture` (a transformers class name) with
+    the locally trained Unigram tokenizer and seeded weights."""
+    import torch
+    import transformers
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    config = tiny_xlmr_config(write_unigram_tokenizer(out), **extra)
+    config.architectures = [architecture]
+    torch.manual_seed(seed)
+    model = getattr(transformers, architecture)(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.2)
+    model.save_pretrained(out, safe_serialization=True)
+
+
 def build_xlmr_cross_encoder(out: Path, *, seed: int = 3) -> Path:
     """A tiny XLM-RoBERTa cross-encoder (XLMRobertaForSequenceClassification, one label, the
     bge-reranker layout) with a locally trained Unigram tokenizer."""
@@ -382,22 +402,7 @@ def build_xlmr_cross_encoder(out: Path, *, seed: int = 3) -> Path:
     want = json.dumps({"xlmr-cross-encoder": "tiny", "seed": seed, "v": FORMAT_VERSION})
     if stamp.is_file() and stamp.read_text() == want:
         return out
-    import torch
-    from transformers import XLMRobertaForSequenceClassification
-
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    vocab = write_unigram_tokenizer(out)
-    config = tiny_xlmr_config(vocab, num_labels=1)
-    config.architectures = ["XLMRobertaForSequenceClassification"]
-    torch.manual_seed(seed)
-    model = XLMRobertaForSequenceClassification(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
-    model.save_pretrained(out, safe_serialization=True)
+    save_tiny_xlmr(out, "XLMRobertaForSequenceClassification", seed, num_labels=1)
     stamp.write_text(want)
     return out
 
@@ -462,22 +467,7 @@ def build_generic_xlmr_embedder(out: Path, *, seed: int = 5) -> Path:
     want = json.dumps({"generic": "xlm-roberta", "seed": seed, "v": FORMAT_VERSION})
     if stamp.is_file() and stamp.read_text() == want:
         return out
-    import torch
-    from transformers import XLMRobertaModel
-
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    vocab = write_unigram_tokenizer(out)
-    config = tiny_xlmr_config(vocab)
-    config.architectures = ["XLMRobertaModel"]
-    torch.manual_seed(seed)
-    model = XLMRobertaModel(config)  # with the pooler, as e5 checkpoints ship (unused)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0.0, 0.2)
-    model.save_pretrained(out, safe_serialization=True)
+    save_tiny_xlmr(out, "XLMRobertaModel", seed)  # with the pooler, as e5 checkpoints ship
     src = minilm_dir()
     shutil.copy(src / "modules.json", out / "modules.json")
     (out / "sentence_bert_config.json").write_text(
