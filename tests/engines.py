@@ -24,11 +24,13 @@ def engine_for(model: str, backend: str, max_tokens: int = MAX_TOKENS) -> Engine
 
 
 @cache
-def reranker_for(model: str, backend: str, max_tokens: int = 8192) -> CrossEncoder:
-    """The reranker for a model folder on a backend, float32."""
+def reranker_for(
+    model: str, backend: str, max_tokens: int = 8192, dtype: str = "float32"
+) -> CrossEncoder:
+    """The reranker for a model folder on a backend, float32 unless asked."""
     return load_reranker(
         load_settings(
-            {"reranker": model, "backend": backend, "max_tokens": max_tokens, "dtype": "float32"},
+            {"reranker": model, "backend": backend, "max_tokens": max_tokens, "dtype": dtype},
             environ={},
         )
     )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from precision_texts import DOCUMENTS, QUERIES, cosine, qwen3_kind
-from reference import get_detailed_instruct, qwen3_reference
+from reference import get_detailed_instruct, qwen3_reference, sentence_transformers_reference
 
 from localrank.config import DEFAULT_INSTRUCTION, load_settings
 from localrank.engine.core import Engine
@@ -68,8 +68,8 @@ def test_bert_bf16_within_0999_of_the_recipe_on_real_weights(minilm: Path, kind:
 
     texts = DOCUMENTS if kind == "documents" else QUERIES
     got = engine(minilm, "cpu", "bfloat16").embed(texts).vectors
-    st = SentenceTransformer(str(minilm), device="cpu")
-    exact = np.asarray(st.encode(texts, normalize_embeddings=True))
+    exact = sentence_transformers_reference(minilm, texts)
+    st = SentenceTransformer(str(minilm), device="cpu")  # its own: the reference's stays float32
     theirs = cosine(
         np.asarray(st.to(torch.bfloat16).encode(texts, normalize_embeddings=True)), exact
     )

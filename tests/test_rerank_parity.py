@@ -91,11 +91,7 @@ def test_bert_cross_encoder_matches_sentence_transformers(tiny_cross_encoder, ba
 def test_bert_cross_encoder_in_bfloat16_stays_close(tiny_cross_encoder):
     """bfloat16 matmuls (LayerNorm, GELU and the head in float32), as "auto" picks on a CPU with
     native bfloat16: scores close to CrossEncoder's float32 ones."""
-    from localrank.config import load_settings
-    from localrank.engine.load import load_reranker
-
-    settings = {"reranker": str(tiny_cross_encoder), "backend": "torch", "dtype": "bfloat16"}
-    rr = load_reranker(load_settings(settings, environ={}))
+    rr = reranker_for(str(tiny_cross_encoder), "torch", dtype="bfloat16")
     assert rr.info.backend.dtype == "bfloat16"
     docs = DOCS[:-1]
     expected = cross_encoder_reference(tiny_cross_encoder, [(QUERY, d) for d in docs])

@@ -291,7 +291,7 @@ class PassPolicy:
                 job.queued = False
                 continue
             if (runner is not None and job.runner is not runner) or (leave and leave(job)):
-                turns.rotate(-1)  # another model's turn comes in a pass of its own
+                turns.rotate(-1)  # another model's pass, or a later one: it keeps its place
                 skipped += 1
                 continue
             runner = job.runner
