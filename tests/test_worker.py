@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from aiohttp import web
 from engines import engine_for
 from fake_embedder import hash_engine
 
@@ -561,3 +562,54 @@ async def test_pairs_share_the_model_thread_but_never_a_pass(engine: Engine) -> 
     # Every embedding pass held embedding items only (each row a real embedding).
     assert all(len(ids) > 0 for call in gate.calls for ids in call)
     assert sum(len(call) for call in gate.calls) == 60
+
+
+async def test_model_work_off_the_model_thread_runs_in_threads_that_end(
+    tmp_path: Path, minilm: Path
+) -> None:
+    """The model's load, the background optimisation and the reranker's load each run in a
+    thread that ends with them (serve/threads.py): a thread that stays (asyncio's executor)
+    would keep an OpenMP pool, and GNU OpenMP stops the model thread's workers spinning once
+    pools outnumber the cores (a pass of 16 queries 300 -> 420 ms)."""
+    from localrank.config import load_settings
+    from localrank.errors import ModelError
+    from localrank.serve.app import make_app
+    from localrank.serve.reranking import CrossEncoderSlot
+    from localrank.serve.state import STATE_KEY
+
+    ran: dict[str, threading.Thread] = {}
+
+    def loader(settings: object) -> Engine:
+        ran["load"] = threading.current_thread()
+        engine = hash_engine(minilm)
+
+        def optimize() -> int:
+            ran["optimize"] = threading.current_thread()
+            return 0
+
+        engine.optimize = optimize  # type: ignore[method-assign]
+        return engine
+
+    def reranker_loader(settings: object) -> object:
+        ran["reranker"] = threading.current_thread()
+        raise ModelError("no reranker in this test")
+
+    settings = load_settings({"home": str(tmp_path), "reranker": "some/reranker"}, environ={})
+    app = make_app(settings, loader=loader)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        state = app[STATE_KEY]
+        await state.ready.wait()
+        assert state.optimizing is not None
+        await state.optimizing
+        slot = CrossEncoderSlot(settings, reranker_loader)  # type: ignore[arg-type]
+        await slot.preload()  # fails to load: logged, reported
+        assert slot.last_error is not None
+    finally:
+        await runner.cleanup()
+    assert set(ran) == {"load", "optimize", "reranker"}
+    for what, thread in ran.items():
+        thread.join(timeout=5)
+        assert thread is not threading.main_thread(), what
+        assert not thread.is_alive(), f"the {what} thread stays: {thread.name}"

@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from functools import partial
-from typing import TypeVar, cast
 
 from aiohttp import web
 
@@ -35,11 +34,10 @@ from localrank.serve.requests import endpoint
 from localrank.serve.reranking import CrossEncoderSlot, RerankerLoader
 from localrank.serve.security import make_security_middlewares, setup_security
 from localrank.serve.state import COLLECTIONS_KEY, DIALECTS_KEY, METRICS_KEY, STATE_KEY, DaemonState
+from localrank.serve.threads import in_own_thread
 from localrank.store import open_store
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
 EngineLoader = Callable[[Settings], Engine]
 CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
@@ -55,7 +53,7 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
         async def load() -> None:
             started = time.monotonic()
             try:
-                engine = await in_daemon_thread(load_model, settings)
+                engine = await in_own_thread(load_model, settings, name="localrank-model-load")
             except LocalrankError as exc:
                 log.error("model failed to load: %s", exc.message)
                 state.load_error = exc
@@ -80,8 +78,11 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
                 if settings.reranker and settings.preload_reranker:
                     state.preloading = asyncio.ensure_future(slot.preload())
                 state.load_seconds = time.monotonic() - started
-                # Serving already; make later requests faster in the background.
-                state.optimizing = asyncio.ensure_future(asyncio.to_thread(_optimize, engine))
+                # Serving already; make later requests faster in the background (in a thread
+                # that ends: serve/threads.py says why).
+                state.optimizing = asyncio.ensure_future(
+                    in_own_thread(_optimize, engine, name="localrank-optimize")
+                )
                 # tiktoken's cl100k_base (2 s of CPU to read), for OpenAI token arrays: read once
                 # serving, not beside the model's load (it would slow the cold start on 2 cores).
                 threading.Thread(target=cl100k, name="localrank-cl100k", daemon=True).start()
@@ -106,33 +107,6 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
                 state.models.engine.close()
 
     return model_ctx
-
-
-async def in_daemon_thread(fn: Callable[[Settings], T], settings: Settings) -> T:
-    """`fn(settings)` in a thread of its own that does not hold up the process's exit: a model
-    download can take minutes, and a daemon that stops meanwhile (the one `localrank mcp` runs,
-    when its editor closes) stops waiting for it (its loop may be closed by the time it ends)."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if done.done():  # cancelled: nobody waits any more
-            return
-        if error is not None:
-            done.set_exception(error)
-        else:
-            done.set_result(cast(T, result))
-
-    def run() -> None:
-        try:
-            result, error = fn(settings), None
-        except BaseException as exc:  # handed to the awaiting task
-            result, error = None, exc
-        with contextlib.suppress(RuntimeError):  # the loop closed while this ran
-            loop.call_soon_threadsafe(settle, result, error)
-
-    threading.Thread(target=run, name="localrank-model-load", daemon=True).start()
-    return await done
 
 
 def _optimize(engine: Engine) -> int:

@@ -23,6 +23,7 @@ from localrank.config import Settings
 from localrank.engine.rerank import CrossEncoder
 from localrank.errors import InvalidInput, LocalrankError, RerankerUnavailable
 from localrank.ops import allocator
+from localrank.serve.threads import in_own_thread
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,9 @@ class CrossEncoderSlot:
                 return self.reranker
             started = time.monotonic()
             try:
-                reranker = await asyncio.to_thread(self.loader, self.settings)
+                reranker = await in_own_thread(
+                    self.loader, self.settings, name="localrank-reranker-load"
+                )
             except LocalrankError as exc:
                 self.last_error = exc.message
                 raise RerankerUnavailable(
