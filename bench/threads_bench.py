@@ -2,8 +2,10 @@
 process (OpenMP and tokenizers read their settings when they first load).
 
   torch pool   intra-op threads (physical cores, all logical CPUs, 1) x OpenMP wait policy
-               (ACTIVE: GNU OpenMP's spinning default; PASSIVE: what the engine sets):
-               p50 of one short query at a time, and bulk documents/s.
+               (ACTIVE: GNU OpenMP's spinning default; PASSIVE: sleep at once; the engine's
+               default: spin briefly, GOMP_SPINCOUNT): p50 of one short query at a time, alone
+               and while another process keeps a core busy, a pass of 16 queries, and bulk
+               documents/s.
   tokenizer    the same short queries while another thread tokenises a large batch, as the
                daemon's tokenising worker will: tokenizers' rayon pool (one thread per CPU)
                against tokenising on the calling thread (TOKENIZERS_PARALLELISM=false).
@@ -67,6 +69,22 @@ def child(args: argparse.Namespace) -> None:
     stop.set()
     if args.with_tokenizer:
         background.join()
+    passes = []
+    for i in range(3):
+        t0 = time.perf_counter()
+        engine.embed(queries[i : i + 16], query=True)
+        passes.append((time.perf_counter() - t0) * 1000)
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy_lat = []
+        for q in queries[3:]:
+            t0 = time.perf_counter()
+            engine.embed([q], query=True)
+            busy_lat.append((time.perf_counter() - t0) * 1000)
+    finally:
+        busy.kill()
+        busy.wait()
     t0 = time.perf_counter()
     engine.embed(docs)
     bulk = len(docs) / (time.perf_counter() - t0)
@@ -78,6 +96,8 @@ def child(args: argparse.Namespace) -> None:
                 "dtype": engine.info.backend.dtype,
                 "query_p50_ms": statistics.median(lat),
                 "query_p95_ms": pct(lat, 95),
+                "query_busy_core_p50_ms": statistics.median(busy_lat),
+                "pass_of_16_ms": statistics.median(passes),
                 "docs_per_s": bulk,
                 "texts_tokenised_per_s": tokenised[0] / elapsed if args.with_tokenizer else None,
             }
@@ -101,7 +121,8 @@ def run_variant(args: argparse.Namespace, env: dict[str, str], threads: int, tok
         "--docs",
         str(args.docs),
     ] + (["--with-tokenizer"] if tok else [])
-    full_env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY",)}
+    drop = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    full_env = {k: v for k, v in os.environ.items() if k not in drop}
     full_env.pop("TOKENIZERS_PARALLELISM", None)
     full_env.update(env)
     out = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=1800, cwd=ROOT)
@@ -132,11 +153,13 @@ def main() -> int:
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else physical
     variants: list[tuple[str, dict[str, str], int, bool]] = []
     for threads in dict.fromkeys([physical, logical, 1]):
-        for policy in ("ACTIVE", "PASSIVE"):
-            env = {"OMP_WAIT_POLICY": policy, "TOKENIZERS_PARALLELISM": "false"}
+        for policy in ("ACTIVE", "PASSIVE", "default"):
+            env = {"TOKENIZERS_PARALLELISM": "false"}
+            if policy != "default":  # default: what the engine sets (engine/load.py)
+                env["OMP_WAIT_POLICY"] = policy
             variants.append((f"torch {threads} threads, wait {policy}", env, threads, False))
     for par in ("true", "false"):
-        env = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": par}
+        env = {"TOKENIZERS_PARALLELISM": par}
         name = f"+ tokenising alongside, TOKENIZERS_PARALLELISM={par}"
         variants.append((name, env, physical, True))
     print(
@@ -153,7 +176,8 @@ def main() -> int:
         tokenised = r["texts_tokenised_per_s"]
         print(
             f"  {name:52s} query p50 {r['query_p50_ms']:7.1f} ms  p95 {r['query_p95_ms']:7.1f} ms"
-            f"  bulk {r['docs_per_s']:5.2f} docs/s"
+            f"  beside a busy core {r['query_busy_core_p50_ms']:7.1f} ms"
+            f"  16 queries {r['pass_of_16_ms']:6.0f} ms  bulk {r['docs_per_s']:5.2f} docs/s"
             + (f"  tokenised {tokenised:7.0f} texts/s" if tokenised else "")
             + f"  (other CPU load {100 * busy:.0f}%)",
             flush=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -140,6 +141,31 @@ def test_importing_the_engine_imports_neither_torch_nor_mlx() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="GNU OpenMP: the Linux wheels' runtime")
+@pytest.mark.parametrize(
+    ("user", "spin"),
+    [({}, "10000"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "30000000000"), ({"GOMP_SPINCOUNT": "7"}, "7")],
+)
+def test_openmp_workers_spin_briefly_unless_the_user_chose(
+    tiny_qwen3: Path, user: dict[str, str], spin: str
+) -> None:
+    """Loading an engine sets GNU OpenMP's spin before torch loads it (engine/load.py says why),
+    and keeps what the user set. Read from the runtime itself, in a fresh process."""
+    code = (
+        "from localrank.config import load_settings\n"
+        "from localrank.engine.load import load_engine\n"
+        f"settings = load_settings({{'model': {str(tiny_qwen3)!r}}}, environ={{}})\n"
+        "load_engine(settings).embed(['hi'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(user, OMP_DISPLAY_ENV="VERBOSE")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"GOMP_SPINCOUNT = '{spin}'" in out.stderr, out.stderr[-3000:]
 
 
 def test_every_family_has_a_recipe_and_both_backends() -> None:

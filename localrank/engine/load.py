@@ -27,6 +27,10 @@ from localrank.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+# GNU OpenMP's spin before a waiting worker sleeps (configure_runtimes): iterations of its
+# spin loop, ~25 ns each on an AVX-512 Xeon.
+OPENMP_SPIN_COUNT = 10_000
+
 
 def default_batch_tokens(device: str) -> int:
     """Tokens per forward pass. On CPU small batches stay in cache: 2k-token batches measured
@@ -39,14 +43,21 @@ def configure_runtimes() -> None:
     """Thread behaviour of the libraries under the engine, set before they first load (a value
     the user set is kept). Measured in bench/threads_bench.py:
 
-    - OpenMP threads (torch's intra-op pool) wait passively: spinning idle workers, the GNU
-      OpenMP default, made a short query 5-10x slower whenever anything else wanted the same
-      cores (other processes on a shared machine; the daemon's own tokeniser and event loop).
+    - torch's OpenMP workers spin for a moment after each parallel region, then sleep
+      (GOMP_SPINCOUNT, GNU OpenMP: the Linux wheels' runtime; ~0.25 ms on this project's Xeon
+      VMs). A forward is hundreds of short regions a few microseconds of Python apart: workers
+      that slept at once (OMP_WAIT_POLICY=PASSIVE) paid a wake-up in each, and a pass of 16
+      queries to the 0.6B shape took 460-475 ms instead of 320-350. Spinning without bound
+      (GNU's default, ~20 ms) made a query 2-3x slower while another process kept a core busy;
+      this bound costs such a query ~15% (130 -> 155 ms). Other OpenMP runtimes (LLVM's, on
+      macOS) wait passively.
     - tokenizers encodes on the calling thread instead of a rayon pool of one thread per CPU,
       which would compete with torch's threads for the same cores; next to the model,
       tokenising is a small cost.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -113,11 +113,13 @@ def claim_threads() -> None:
 @contextmanager
 def small_pass(rows: int) -> Iterator[None]:
     """Run a forward over `rows` tokens with torch's thread pool for its larger matmuls only,
-    when `rows` is small (a short query). The pool's threads wait passively (engine/load.py:
-    spinning threads cost a busy machine far more), so each parallel region wakes them: a short
-    query's norms, RoPE and SiLU (16-48k values, just above torch's grain size) made ~20 such
-    wake-ups a layer that cost more than they saved. On 2 cores, one instructed query to the
-    Qwen3-0.6B shape in bfloat16: 153 -> 125 ms; all-MiniLM-L6-v2: 11.7 -> 9.2 ms."""
+    when `rows` is small (a short query). A short query's norms, RoPE and SiLU (16-48k values,
+    just above torch's grain size) make ~20 parallel regions a layer, each handing a few
+    microseconds of work to a pool thread. When the pool's threads slept at once, each wake-up
+    cost more than it saved (one instructed query to the Qwen3-0.6B shape in bfloat16 on 2
+    cores: 153 -> 125 ms; all-MiniLM-L6-v2: 11.7 -> 9.2 ms). Now that they spin briefly
+    (engine/load.py), the pool would win on a quiet machine (82 vs 91 ms), but lose badly when
+    another process keeps a core busy (270 vs 158 ms): a short query stays on this thread."""
     claim_threads()
     threads = torch.get_num_threads()
     if rows > SMALL_PASS_ROWS or threads == 1 or _pool.threads:
