@@ -45,7 +45,7 @@ from localrank.engine.torch import int8
 from localrank.engine.torch.cpu import Stackable, bf16_timing, configure_threads, prepack
 from localrank.engine.torch.families import FAMILIES, Family
 from localrank.engine.torch.layers import Layers, PrefixModel, TorchModel
-from localrank.engine.torch.weight_cache import WeightCache
+from localrank.engine.torch.weight_cache import Int8Calibration, WeightCache
 from localrank.engine.torch.weights import MappedCheckpoint, Placement
 from localrank.engine.types import POOLINGS, BackendInfo, BackgroundStopped, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
@@ -188,6 +188,7 @@ class TorchEmbedder:
                 calibration,
                 explicit=dtype == "int8",
                 release=checkpoint.release,
+                cache=None if weight_cache is None else (weight_cache, files),
             )
         # What `optimize` releases pages of; it also keeps the file maps alive.
         self._checkpoint: MappedCheckpoint | None = checkpoint
@@ -225,43 +226,62 @@ class TorchEmbedder:
         *,
         explicit: bool,
         release: Callable[[torch.Tensor], None] = lambda t: None,
+        cache: tuple[Path, Sequence[Path]] | None = None,
     ) -> DtypeChoice:
-        """Calibrate the float32 model on `calibration`, quantise its matmul weights to int8 and
-        compare the int8 vectors of the calibration rows with float32's. Chosen by "auto", int8
-        is undone (float32 kept) when they are further apart than INT8_MIN_COSINE; asked for,
-        it is kept and the figure reported. Projections (q/k/v, gate/up) still separate (their
-        weights were mapped from the cast-weight cache, not copied) are stacked after the
-        calibration: one int8 matmul each. `release` drops the pages of mapped weights."""
+        """Switch the model's matmuls to the int8 scheme, its outlier columns from a calibration
+        pass of the float32 model over `calibration`, and compare the int8 vectors of those rows
+        with float32's. Chosen by "auto", int8 is undone (float32 kept) when they are further
+        apart than INT8_MIN_COSINE; asked for, it is kept and the figure reported. Projections
+        (q/k/v, gate/up) still separate (mapped from the cast-weight cache, not copied) are
+        stacked first: one int8 matmul each. The integer weights in fbgemm's layout are made by
+        `optimize` (int8.py says why); until then each matmul computes the same scheme from its
+        float32 weight. `cache` (folder, checkpoint files): where the calibration's outcome is
+        kept for the next start (weight_cache.Int8Calibration). `release` drops the pages of
+        mapped weights."""
         started = time.perf_counter()
-        linears = cast(Any, model).linears()
-        rows = [list(r) for r in calibration if len(r)]
-        batch = None
-        if rows:
-            side = self.recipe.padding_side
-            batch = pad(rows, pad_id=self.recipe.pad_token_id, side=side, bucket=False)
-            int8.observe(linears)  # quantise_all reads and clears what the pass records
-            reference = self._calibration_vectors(model, batch)
         for projection in getattr(model, "projections", list)():
             for weight in projection.stack() or ():
                 release(weight)
         linears = cast(Any, model).linears()
-        int8.quantise_all(linears, torch.get_num_threads())
-        if batch is None:
-            int8.drop_float_weights(linears, release)
+        rows = [list(r) for r in calibration if len(r)]
+        if not rows:
+            int8.pending_all(linears)
             return DtypeChoice("int8", f"{choice.reason} (no calibration: no outlier channels)")
-        got = self._calibration_vectors(model, batch)
-        cosine = float(
-            (unit(got) * unit(reference)).sum(axis=1).min()  # min over the calibration rows
-        )
+        record = known = None
+        if cache is not None:
+            shapes = [list(lin.weight.shape) for lin in linears]
+            scheme = [
+                int8.OUTLIER_COLUMNS,
+                int8.WEIGHT_MAX,
+                torch.backends.cpu.get_cpu_capability(),
+            ]
+            record = Int8Calibration(cache[0], cache[1], [rows, scheme, shapes])
+            known = record.read()
+        if known is not None and len(known[0]) == len(linears):
+            columns, cosine = known
+            int8.pending_all(linears, columns)
+            how = "measured at an earlier start"
+        else:
+            side = self.recipe.padding_side
+            batch = pad(rows, pad_id=self.recipe.pad_token_id, side=side, bucket=False)
+            int8.observe(linears)  # pending_all reads and clears what the pass records
+            reference = self._calibration_vectors(model, batch)
+            int8.pending_all(linears)
+            got = self._calibration_vectors(model, batch)
+            cosine = float(
+                (unit(got) * unit(reference)).sum(axis=1).min()  # min over the calibration rows
+            )
+            if record is not None:
+                record.write([cast(int8.Int8Pending, lin.int8).cols for lin in linears], cosine)
+            how = f"calibrated in {time.perf_counter() - started:.1f}s"
         if not explicit and cosine < INT8_MIN_COSINE:
             for lin in linears:
                 lin.int8 = None
             return int8_inaccurate(choice, cosine)
-        int8.drop_float_weights(linears, release)
         return DtypeChoice(
             "int8",
             f"{choice.reason}; min cosine {cosine:.5f} to float32 on {len(rows)} calibration "
-            f"texts; quantised in {time.perf_counter() - started:.1f}s",
+            f"texts ({how})",
         )
 
     def _calibration_vectors(self, model: TorchModel, batch: Batch) -> np.ndarray:
@@ -320,20 +340,28 @@ class TorchEmbedder:
 
     def optimize(self) -> int:
         """Repack the bfloat16 CPU weights for oneDNN (layers.Linear): 1.3-1.8x faster short
-        queries. Meant for a background thread once the daemon serves: the new layout is fresh
-        memory, and first-touching 0.84 GB of it costs ~1 s of CPU on this project's VMs, too
-        much for the cold start. Forwards running meanwhile read each weight in whichever form
-        it has at that moment: the same numbers. Returns how many weights were repacked."""
+        queries; or make int8's integer weights in fbgemm's layout (int8.pack_all). Meant for a
+        background thread once the daemon serves: the new layout is fresh memory, and
+        first-touching 0.84 GB of it costs ~1 s of CPU on this project's VMs (int8's rounding
+        and prepack: ~14 s of CPU for the 0.6B shape), too much for the cold start. Forwards
+        running meanwhile read each weight in whichever form it has at that moment: the same
+        numbers (int8: the same scheme, int8.py). Returns how many weights were repacked."""
         self._write_weight_cache()
         model, checkpoint = self.model, self._checkpoint
         linears = getattr(model, "linears", None)
         if model is None or checkpoint is None or linears is None or self.device.type != "cpu":
             return 0
-        if self.info.dtype != "bfloat16":
-            return 0
         started = time.perf_counter()
-        stacks: list[Stackable] = getattr(model, "projections", list)()
-        packed = prepack(linears(), checkpoint.release, self._forwards.wait_idle, stacks=stacks)
+        if self.info.dtype == "int8":
+            threads = self.info.threads or 1
+            packed = int8.pack_all(linears(), checkpoint.release, self._forwards.wait_idle, threads)
+            what = "weights quantised to int8 for fbgemm"
+        elif self.info.dtype == "bfloat16":
+            stacks: list[Stackable] = getattr(model, "projections", list)()
+            packed = prepack(linears(), checkpoint.release, self._forwards.wait_idle, stacks=stacks)
+            what = "weights repacked for oneDNN"
+        else:
+            return 0
         if packed:
             # The packed path's kernels for a short query's shape, before a request needs them.
             self._forwards.wait_idle()
@@ -341,11 +369,7 @@ class TorchEmbedder:
                 row = [int(t) for t in self._prefix_ids] or [0]
                 ids = np.asarray([row + [0, 1, 2]], dtype=np.int64)
                 self.embed(Batch(ids, np.ones_like(ids)))
-            log.info(
-                "torch: %d weights repacked for oneDNN in %.2fs",
-                packed,
-                time.perf_counter() - started,
-            )
+            log.info("torch: %d %s in %.2fs", packed, what, time.perf_counter() - started)
         return packed
 
     def _write_weight_cache(self) -> None:

@@ -11,6 +11,10 @@ A cache file is named after the model folder and the compute dtype, and records 
 what it was made from (each source file's path, size and modification time): a changed
 checkpoint makes it stale, and it is then ignored and rewritten. It holds only the tensors the
 model would convert, by their checkpoint names, so it is read exactly as the checkpoint is.
+
+Beside them, `Int8Calibration` keeps what an int8 load measured on the fixed calibration texts
+(each matmul's outlier columns, the min cosine to float32), so the next start skips both
+calibration passes (2.7 s of the 0.6B shape's start on 2 cores).
 """
 
 from __future__ import annotations
@@ -120,3 +124,49 @@ class WeightCache:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         return 8 + len(raw) + offset
+
+
+class Int8Calibration:
+    """One model folder's int8 calibration: each linear's outlier input columns (None: none) and
+    the calibration texts' min cosine to float32, valid for the checkpoint as it is now and
+    `inputs` (the calibration token ids, the scheme's constants, the linears' shapes)."""
+
+    def __init__(self, folder: Path, files: Sequence[Path], inputs: object) -> None:
+        model = hashlib.sha256(str(Path(files[0]).parent.resolve()).encode()).hexdigest()[:16]
+        self.path = folder / f"{model}-int8-calibration.json"
+        parts = [source_key(files, torch.float32), inputs]
+        self.key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    def read(self) -> tuple[list[Tensor | None], float] | None:
+        """(columns per linear, min cosine), or None when absent, stale or unreadable."""
+        try:
+            record = json.loads(self.path.read_text())
+            if record.get("key") != self.key:
+                return None
+            columns = [
+                None if c is None else torch.tensor(c, dtype=torch.long) for c in record["columns"]
+            ]
+            return columns, float(record["cosine"])
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # any unreadable record is simply not used
+            log.info("int8 calibration %s not used: %s", self.path, exc)
+            return None
+
+    def write(self, columns: Sequence[Tensor | None], cosine: float) -> None:
+        """Write atomically; a failure costs the next start its calibration, nothing else."""
+        record = {
+            "key": self.key,
+            "cosine": cosine,
+            "columns": [None if c is None else c.tolist() for c in columns],
+        }
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(record, separators=(",", ":")))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            log.info("int8 calibration not kept (%s): the next start calibrates again", exc)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
