@@ -173,6 +173,19 @@ def test_a_later_start_skips_the_calibration(tiny_qwen3: Path, tmp_path: Path) -
     assert "(calibrated in" in engine(model, "int8", home=home).info.backend.dtype_reason
 
 
+def test_the_query_prefix_is_cached_again_once_packed(tiny_qwen3: Path) -> None:
+    """The daemon caches the query instruction before packing (Engine.optimize); once packed,
+    queries compute exactly what an engine packed before caching it computes."""
+    daemon_order = packed(engine(tiny_qwen3, "int8"))
+    assert daemon_order.cached_prefix_tokens > 10
+    other = engine(tiny_qwen3, "int8")
+    assert other.embedder.optimize() > 0  # type: ignore[attr-defined]
+    assert other.cache_query_prefix() == daemon_order.cached_prefix_tokens
+    np.testing.assert_array_equal(
+        daemon_order.embed(QUERIES, query=True).vectors, other.embed(QUERIES, query=True).vectors
+    )
+
+
 def resolved(e: Engine) -> ResolvedModel:
     return ResolvedModel(e.info.model_id, e.info.path, e.info.revision)
 

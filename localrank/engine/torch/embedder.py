@@ -356,6 +356,11 @@ class TorchEmbedder:
             threads = self.info.threads or 1
             packed = int8.pack_all(linears(), checkpoint.release, self._forwards.wait_idle, threads)
             what = "weights quantised to int8 for fbgemm"
+            if packed and self._prefix is not None:
+                # The query prefix was cached through the pending matmuls: again through the
+                # packed ones, so a query computes what it would on an engine packed from the
+                # start (the two differ as two batchings do).
+                self.cache_prefix([int(t) for t in self._prefix_ids])
         elif self.info.dtype == "bfloat16":
             stacks: list[Stackable] = getattr(model, "projections", list)()
             packed = prepack(linears(), checkpoint.release, self._forwards.wait_idle, stacks=stacks)
