@@ -34,7 +34,7 @@ from localrank.engine.load import load_engine
 class Side:
     """One implementation in a process of its own, loaded and warm, timing a run on request: each
     side keeps the runtime settings it has in real use (sentence-transformers: torch's defaults;
-    localrank: what its engine sets before torch loads, e.g. passive OpenMP waits), which one
+    localrank: what its engine sets before torch loads, e.g. its OpenMP spin), which one
     shared process could not give both."""
 
     def __init__(self, impl: str, args: argparse.Namespace, vectors: Path) -> None:

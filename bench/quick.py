@@ -44,6 +44,7 @@ from bench.load.loadgen import Client, LevelResult, TextPool, closed_loop
 from bench.load.processes import Reference
 from bench.soak.headofline import Load, idle_probe, many_long, with_probe
 from localrank.collections.search import SearchRequest, run_search
+from localrank.engine.load import OPENMP_SPIN_COUNT
 from localrank.store import SQLiteStore
 from tests.stress import Texts
 
@@ -376,8 +377,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--passive-reference",
         action="store_true",
-        help="OMP_WAIT_POLICY=PASSIVE for the in-process reference too (as the daemon sets it): "
-        "on a shared machine, spinning OpenMP threads made it 10-100x slower than on a quiet one",
+        help="the in-process reference's OpenMP threads spin only briefly, as the daemon's do "
+        "(GOMP_SPINCOUNT, engine/load.py): on a shared machine, GNU's unbounded spinning made "
+        "it 10-100x slower than on a quiet one",
     )
     return ap.parse_args(argv)
 
@@ -390,7 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown part(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     targets = load_targets(Path(args.targets))
-    if args.passive_reference:  # the reference worker inherits it; the daemon sets it anyway
+    if args.passive_reference:  # the reference worker inherits it; the daemon sets the same
+        os.environ.setdefault("GOMP_SPINCOUNT", str(OPENMP_SPIN_COUNT))
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     started = time.perf_counter()
     verdicts: list[Verdict] = []
