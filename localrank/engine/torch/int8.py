@@ -84,18 +84,8 @@ class Int8Weight:
     def __call__(self, x: Tensor, bias: Tensor | None = None, pool: bool = False) -> Tensor:
         """x @ W^T (+ bias); `pool`: the int8 kernel runs on torch's whole thread pool
         (layers.pooled), the per-token scaling around it where it is called."""
-        # Per-token: fbgemm quantises the whole input with one scale; rows of max |x| = 1 make
-        # that scale every row's own (the output is linear in x, so it scales back exactly).
         cols = self.cols
-        magnitude = x.abs()
-        if cols is not None:
-            # The outlier columns' weights are zero in the int8 pack: leave them out of each
-            # row's max and clamp them (whatever they become there, they add nothing).
-            magnitude.index_fill_(1, cols, 0.0)
-        amax = magnitude.amax(1, keepdim=True).clamp_(min=1e-12)
-        scaled = x / amax
-        if cols is not None:
-            scaled.clamp_(-1.0, 1.0)
+        scaled, amax = per_token(x, cols)
         kernel = partial(torch.ops.quantized.linear_dynamic, scaled, self.packed, False)  # 8-bit x
         both = pooled(kernel) if pool else kernel()
         n = both.shape[1] // 2
@@ -103,6 +93,22 @@ class Int8Weight:
         if cols is not None and self.outliers is not None:
             y.addmm_(x.index_select(1, cols), self.outliers)
         return y if bias is None else y.add_(bias)
+
+
+def per_token(x: Tensor, cols: Tensor | None) -> tuple[Tensor, Tensor]:
+    """x with each row scaled to max |x| = 1, and the rows' max |x| [M, 1]. fbgemm quantises
+    the whole input with one scale; such rows make that scale every row's own (the output is
+    linear in x, so it scales back exactly). The outlier columns' weights are zero in the int8
+    pack: they are left out of each row's max and clamped (whatever they become there, they
+    add nothing)."""
+    magnitude = x.abs()
+    if cols is not None:
+        magnitude.index_fill_(1, cols, 0.0)
+    amax = magnitude.amax(1, keepdim=True).clamp_(min=1e-12)
+    scaled = x / amax
+    if cols is not None:
+        scaled.clamp_(-1.0, 1.0)
+    return scaled, amax
 
 
 def quantise(weight: Tensor, seen: Tensor | None, columns: int = OUTLIER_COLUMNS) -> Int8Weight:
@@ -164,13 +170,7 @@ class Int8Pending:
 
     def __call__(self, x: Tensor, bias: Tensor | None = None, pool: bool = False) -> Tensor:
         cols = self.cols
-        magnitude = x.abs()
-        if cols is not None:
-            magnitude.index_fill_(1, cols, 0.0)
-        amax = magnitude.amax(1, keepdim=True).clamp_(min=1e-12)
-        scaled = x / amax
-        if cols is not None:
-            scaled.clamp_(-1.0, 1.0)
+        scaled, amax = per_token(x, cols)
         scale, zero = _activation_grid(scaled)
         # To fbgemm's grid and back: (clamp(round(x / s + z), 0, 255) - z) * s.
         grid = scaled.div_(scale).add_(zero).round_().clamp_(0, 255).sub_(zero).mul_(scale)
