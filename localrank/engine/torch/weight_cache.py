@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -54,15 +54,32 @@ def source_key(files: Sequence[Path], dtype: torch.dtype) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
 
+def model_name(files: Sequence[Path]) -> str:
+    """The start of a cache file's name: the model folder's resolved path, hashed."""
+    return hashlib.sha256(str(Path(files[0]).parent.resolve()).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def replaced(path: Path) -> Iterator[Path]:
+    """A temporary file beside `path` to write, renamed onto it when the block ends without an
+    error, removed otherwise: a reader sees the old file or the whole new one."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 class WeightCache:
     """The cache file for one model folder's checkpoint in one compute dtype."""
 
     def __init__(self, folder: Path, files: Sequence[Path], dtype: torch.dtype) -> None:
         self.files = list(files)
         self.dtype = dtype
-        model = hashlib.sha256(str(self.files[0].parent.resolve()).encode()).hexdigest()[:16]
         dtype_name = str(dtype).removeprefix("torch.")
-        self.path = folder / f"{model}-{dtype_name}.safetensors"
+        self.path = folder / f"{model_name(self.files)}-{dtype_name}.safetensors"
         self.key = source_key(self.files, dtype)
 
     def valid(self) -> Path | None:
@@ -110,19 +127,13 @@ class WeightCache:
         if free < 2 * (offset + len(raw)):
             log.info("weight cache not written: %d MB free in %s", free >> 20, self.path.parent)
             return 0
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(len(raw).to_bytes(8, "little"))
-                f.write(raw)
-                for _, t in items:
-                    wait()
-                    data = t.to(self.dtype).contiguous()
-                    f.write(data.view(torch.uint8).numpy().tobytes())
-            os.replace(tmp, self.path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+        with replaced(self.path) as tmp, open(tmp, "wb") as f:
+            f.write(len(raw).to_bytes(8, "little"))
+            f.write(raw)
+            for _, t in items:
+                wait()
+                data = t.to(self.dtype).contiguous()
+                f.write(data.view(torch.uint8).numpy().tobytes())
         return 8 + len(raw) + offset
 
 
@@ -132,8 +143,7 @@ class Int8Calibration:
     `inputs` (the calibration token ids, the scheme's constants, the linears' shapes)."""
 
     def __init__(self, folder: Path, files: Sequence[Path], inputs: object) -> None:
-        model = hashlib.sha256(str(Path(files[0]).parent.resolve()).encode()).hexdigest()[:16]
-        self.path = folder / f"{model}-int8-calibration.json"
+        self.path = folder / f"{model_name(files)}-int8-calibration.json"
         parts = [source_key(files, torch.float32), inputs]
         self.key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -160,13 +170,9 @@ class Int8Calibration:
             "cosine": cosine,
             "columns": [None if c is None else c.tolist() for c in columns],
         }
-        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(record, separators=(",", ":")))
-            os.replace(tmp, self.path)
+            with replaced(self.path) as tmp:
+                tmp.write_text(json.dumps(record, separators=(",", ":")))
         except OSError as exc:
             log.info("int8 calibration not kept (%s): the next start calibrates again", exc)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
