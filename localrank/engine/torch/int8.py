@@ -44,6 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -186,13 +187,14 @@ def _activation_grid(x: Tensor) -> tuple[float, float]:
     the range widened to hold 0; quant_utils::ChooseQuantizationParams)."""
     lo, hi = (float(v) for v in torch.aminmax(x))
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = (hi - lo) / 255.0
-    if float(torch.tensor(scale, dtype=torch.float32)) == 0.0:
-        scale = 0.1
+    scale = (hi - lo) / 255.0  # in double, as the zero point is chosen; used as a float
+    as_float = float(np.float32(scale))
+    if as_float == 0.0:
+        scale, as_float = 0.1, float(np.float32(0.1))
     from_min, from_max = -lo / scale, 255.0 - hi / scale
     start = from_min if -abs(lo / scale) < 255.0 - abs(hi / scale) else from_max
     zero = 0.0 if start < 0 else 255.0 if start > 255 else float(round(start))
-    return float(torch.tensor(scale, dtype=torch.float32)), zero
+    return as_float, zero
 
 
 def pending_all(linears: list[Linear], columns: Sequence[Tensor | None] | None = None) -> None:
