@@ -235,6 +235,66 @@ def test_auto_int8_is_undone_when_the_load_time_check_fails(
     np.testing.assert_array_equal(e.embed(DOCUMENTS).vectors, before)
 
 
+AVX2_CPUINFO = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+def test_auto_picks_int8_for_qwen3_without_native_bfloat16_and_keeps_the_collections(
+    tiny_qwen3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a CPU without native bfloat16 where the probe finds int8 faster (both described here,
+    so this holds on any CPU), "auto" serves Qwen3 in int8, under int8's fingerprint. Where this
+    model's collections hold float vectors it keeps float32, exactly the recipe's; where they
+    hold int8 ones, int8 again."""
+    from localrank.engine.machine import parse_cpuinfo
+    from localrank.engine.torch import embedder as torch_embedder
+
+    monkeypatch.setattr(
+        torch_embedder, "read_cpu_features", lambda: parse_cpuinfo(AVX2_CPUINFO, "x86_64")
+    )
+    monkeypatch.setattr(int8, "int8_timing", lambda: (3e-3, 1e-3))
+    settings = load_settings({"model": str(tiny_qwen3), "home": str(tmp_path)}, environ={})
+
+    def auto(*stored: str) -> Engine:
+        return load_engine(settings, stored=lambda: stored)
+
+    chosen = auto()
+    assert chosen.info.backend.dtype == "int8", chosen.info.backend.dtype_reason
+    assert "3.0x faster" in chosen.info.backend.dtype_reason
+    assert chosen.info.fingerprint.endswith(":int8")
+    float_fingerprint = chosen.info.fingerprint.removesuffix(":int8")
+    other_model = "other/model@0:8:mean:00000000"
+    kept = auto(other_model + ":int8", float_fingerprint)
+    assert kept.info.backend.dtype == "float32"
+    assert "collections hold float vectors" in kept.info.backend.dtype_reason
+    assert kept.info.fingerprint == float_fingerprint
+    want = qwen3_reference(tiny_qwen3, DOCUMENTS)
+    np.testing.assert_allclose(kept.embed(DOCUMENTS).vectors, want, atol=2e-5)
+    again = auto(chosen.info.fingerprint, other_model)
+    assert again.info.backend.dtype == "int8"
+    assert "collections hold int8 vectors" in again.info.backend.dtype_reason
+    assert again.info.fingerprint == chosen.info.fingerprint
+
+
+def test_the_daemon_reads_the_collections_fingerprints_for_the_load(tmp_path: Path) -> None:
+    """What the daemon's load is given (DaemonState.stored_fingerprints): the fingerprints of
+    the store's collections once it is open; none when it is not (within the wait) or closed."""
+    from localrank.serve.state import DaemonState
+    from localrank.store import open_store
+
+    state = DaemonState(load_settings({}, environ={}))
+    assert state.stored_fingerprints(wait_s=0.0) == []
+    store = open_store(tmp_path / "x.db")
+    try:
+        for name, fingerprint in (("a", "m@1:8:mean:0"), ("b", "m@1:8:mean:0:int8")):
+            store.create_collection(name, fingerprint=fingerprint, model_id="m", dim=8, settings={})
+        state.store = store
+        state.store_opened.set()
+        assert sorted(state.stored_fingerprints()) == ["m@1:8:mean:0", "m@1:8:mean:0:int8"]
+    finally:
+        store.close()
+    assert state.stored_fingerprints() == []  # closed: the choice goes on without them
+
+
 def test_a_reranker_asked_for_int8_computes_in_float32_and_says_so(
     tiny_cross_encoder: Path,
 ) -> None:

@@ -21,11 +21,14 @@ from localrank.engine.machine import (
     read_topology,
 )
 from localrank.engine.precision import (
+    FLOAT,
+    INT8,
     INT8_MIN_COSINE,
     MIN_BF16_SPEEDUP,
     MIN_INT8_SPEEDUP,
     accelerator_dtype,
     choose_cpu_dtype,
+    held_precision,
     int8_inaccurate,
     requested,
 )
@@ -116,6 +119,33 @@ def test_int8_only_for_a_family_that_offers_it_and_a_faster_probe() -> None:
     undone = int8_inaccurate(choice, 0.9981)
     assert undone.dtype == "float32" and "0.99810" in undone.reason
     assert str(INT8_MIN_COSINE) in undone.reason
+
+
+def test_auto_keeps_the_precision_the_collections_hold() -> None:
+    """A collection holds one precision's vectors (the fingerprint says which), so "auto" keeps
+    the one this model's collections were filled with rather than leave them unsearchable until
+    re-embedded: float ones keep float32 where int8 would otherwise win (without probing it),
+    int8 ones keep int8 even where bfloat16 is native (without probing either)."""
+    avx2, zen4 = parse_cpuinfo(SKYLAKE, "x86_64"), parse_cpuinfo(ZEN4, "x86_64")
+    kept = choose_cpu_dtype(avx2, never_called, never_called, held=FLOAT)
+    assert kept.dtype == "float32" and "collections hold float vectors" in kept.reason
+    assert "no native bfloat16" in kept.reason
+    assert choose_cpu_dtype(avx2, never_called, fast(3.0), held=INT8).dtype == "int8"
+    int8_kept = choose_cpu_dtype(zen4, never_called, never_called, held=INT8)
+    assert int8_kept.dtype == "int8" and "collections hold int8 vectors" in int8_kept.reason
+    # Where int8 cannot run (or the family does not offer it), the rules are as without them.
+    assert choose_cpu_dtype(zen4, fast(), None, held=INT8).dtype == "bfloat16"
+    assert choose_cpu_dtype(zen4, fast(), fast(3.0), held=FLOAT).dtype == "bfloat16"
+
+
+def test_the_precision_held_is_read_from_this_models_fingerprints() -> None:
+    mine = "Qwen/Qwen3-Embedding-0.6B@abc:1024:last_token:1234abcd"
+    other = "sentence-transformers/all-MiniLM-L6-v2@def:384:mean:5678abcd"
+    assert held_precision([], mine) is None
+    assert held_precision([other, other + ":int8"], mine) is None  # another model's
+    assert held_precision([mine, other + ":int8"], mine) == FLOAT
+    assert held_precision([mine + ":int8", other, mine + ":int8"], mine) == INT8
+    assert held_precision([mine, mine + ":int8"], mine) is None  # both: no rule to keep
 
 
 def test_macos_features_from_sysctl() -> None:

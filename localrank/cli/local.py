@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,11 +29,15 @@ from localrank.collections.models import (
 from localrank.config import Settings
 from localrank.engine.load import load_engine, load_reranker
 from localrank.errors import NotReady
-from localrank.store import open_store
+from localrank.store import Store, open_store
 from localrank.store.records import Job
 
 T = TypeVar("T")
 Progress = Callable[[dict[str, Any]], None]
+
+
+def _fingerprints(store: Store) -> list[str]:
+    return [c.fingerprint for c, _, _ in store.list_collections()]
 
 
 def _no_model() -> EmbeddingModel:
@@ -45,8 +50,18 @@ async def service(
 ) -> AsyncIterator[CollectionService]:
     """A CollectionService over the user's store (or `database`), with the model loaded only
     when the command needs one; both are closed on the way out."""
-    factory = runtime.embedder_factory or local_embedding_model
-    embedder = factory(settings) if model else None
+    location = database or settings.store_location
+    store = await asyncio.to_thread(
+        lambda: open_store(location, lease_seconds=settings.job_lease_s)
+    )
+    try:
+        # The store first: dtype "auto" keeps the precision the collections hold.
+        stored = partial(_fingerprints, store)
+        factory = runtime.embedder_factory or partial(local_embedding_model, stored=stored)
+        embedder = factory(settings) if model else None
+    except BaseException:
+        store.close()
+        raise
     loaded: list[LocalCrossEncoder] = []
 
     def reranker() -> LocalCrossEncoder | None:
@@ -58,10 +73,6 @@ async def service(
             loaded.append(local_cross_encoder(settings))
         return loaded[0]
 
-    location = database or settings.store_location
-    store = await asyncio.to_thread(
-        lambda: open_store(location, lease_seconds=settings.job_lease_s)
-    )
     try:
         yield CollectionService(
             store,

@@ -8,7 +8,7 @@ calls run in one worker thread, never on the event loop.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -98,9 +98,12 @@ class LocalEmbeddingModel:
         self.engine.close()
 
 
-def local_embedding_model(settings: Settings) -> EmbeddingModel:
-    """Load the configured model in this process (what the CLI does without a daemon)."""
-    return LocalEmbeddingModel(load_engine(settings))
+def local_embedding_model(
+    settings: Settings, stored: Callable[[], Iterable[str]] | None = None
+) -> EmbeddingModel:
+    """Load the configured model in this process (what the CLI does without a daemon);
+    `stored`: the fingerprints of the store's collections (load_engine)."""
+    return LocalEmbeddingModel(load_engine(settings, stored=stored))
 
 
 class LocalCrossEncoder:

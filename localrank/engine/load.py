@@ -6,12 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from localrank.config import Settings
 from localrank.engine.core import WARM_DOCUMENT, WARM_QUERY, Engine, calibration_texts
 from localrank.engine.download import download_snapshot
 from localrank.engine.names import canonical_reranker_name
+from localrank.engine.precision import held_precision
 from localrank.engine.progress import LoadProgress
 from localrank.engine.recipe import load_recipe
 from localrank.engine.rerank import CrossEncoder, load_pair_tokenizer, load_rerank_recipe
@@ -23,6 +25,7 @@ from localrank.engine.select import (
     probe_machine,
 )
 from localrank.engine.tokenizer import TextTokenizer, load_raw_tokenizer
+from localrank.engine.types import vector_fingerprint
 from localrank.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -61,9 +64,14 @@ def configure_runtimes() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Engine:
+def load_engine(
+    settings: Settings,
+    progress: LoadProgress | None = None,
+    stored: Callable[[], Iterable[str]] | None = None,
+) -> Engine:
     """Resolve (downloading if need be), load and warm the configured model on the best (or
-    requested) backend."""
+    requested) backend. `stored`: the fingerprints collections are bound to; with dtype "auto",
+    the precision this model's collections hold is kept (precision.held_precision)."""
     progress = progress or LoadProgress()
     configure_runtimes()
     progress.phase("resolving", settings.model)
@@ -87,6 +95,12 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
         default_instruction=settings.default_instruction,
     )
     tokenizer = TextTokenizer(raw, recipe)
+    held = None
+    if stored is not None and settings.dtype == "auto":
+        float_fingerprint = vector_fingerprint(
+            resolved.model_id, resolved.revision, recipe, int8=False
+        )
+        held = held_precision(stored(), float_fingerprint)
     embedder = create_embedder(
         backend,
         device,
@@ -97,6 +111,7 @@ def load_engine(settings: Settings, progress: LoadProgress | None = None) -> Eng
         dtype_source=settings.source_of("dtype"),
         weight_cache=settings.paths.cache / "weights",
         calibration=[e.ids for e in tokenizer.encode(calibration_texts(recipe))],
+        held=held,
     )
     budget = settings.max_batch_tokens or default_batch_tokens(device)
     engine = Engine(

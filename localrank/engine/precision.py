@@ -13,10 +13,11 @@ for machines we do not have.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from localrank.engine.machine import BF16_FEATURES, CpuFeatures
+from localrank.engine.types import INT8_MARK
 
 DTYPES = ("float32", "float16", "bfloat16", "int8")
 # bfloat16 must beat float32 by this much on the probe matmul to be chosen: a margin over the
@@ -26,6 +27,9 @@ MIN_BF16_SPEEDUP = 1.3
 MIN_INT8_SPEEDUP = 1.5
 # int8 vectors must stay this close to float32's (min cosine, calibration texts) to be chosen.
 INT8_MIN_COSINE = 0.999
+# What a model's collections can hold (`held_precision`): float vectors (float32 and bfloat16
+# share a fingerprint) or int8 ones.
+FLOAT, INT8 = "float", "int8"
 
 
 @dataclass(frozen=True)
@@ -44,15 +48,39 @@ def requested(dtype: str, source: str) -> DtypeChoice:
 
 
 def choose_cpu_dtype(
-    features: CpuFeatures, timing: Timing, int8_timing: Timing | None = None
+    features: CpuFeatures,
+    timing: Timing,
+    int8_timing: Timing | None = None,
+    held: str | None = None,
 ) -> DtypeChoice:
     """bfloat16 if the CPU has native bf16 and the probe confirms the speed-up; else int8 if
-    `int8_timing` is given (the family's int8 scheme is accurate enough) and confirms its
-    speed-up; else float32."""
+    `int8_timing` is given (int8 runs here and the family's scheme is accurate enough) and
+    confirms its speed-up; else float32. `held`: the precision this model's collections hold
+    (`held_precision`), which "auto" keeps, so that they stay searchable without a re-embed."""
+    if held == INT8 and int8_timing is not None:
+        return DtypeChoice(
+            "int8",
+            "this model's collections hold int8 vectors: int8 keeps them searchable (another "
+            "dtype would need them re-embedded)",
+        )
     choice = _bf16_or_float32(features, timing)
-    if choice.dtype == "float32" and int8_timing is not None:
-        return _int8_or(choice, int8_timing)
-    return choice
+    if choice.dtype != "float32" or int8_timing is None:
+        return choice
+    if held == FLOAT:
+        return DtypeChoice(
+            "float32",
+            f"{choice.reason}; int8 not tried: this model's collections hold float vectors "
+            "(to switch: --dtype int8, then re-embed them)",
+        )
+    return _int8_or(choice, int8_timing)
+
+
+def held_precision(stored: Iterable[str], float_fingerprint: str) -> str | None:
+    """The precision the collections bound to this model hold, from their fingerprints
+    (`stored`) and the model's float one: FLOAT, INT8, or None (no such collection, or both)."""
+    marks = {float_fingerprint: FLOAT, float_fingerprint + INT8_MARK: INT8}
+    kinds = {marks[f] for f in stored if f in marks}
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _int8_or(fallback: DtypeChoice, timing: Timing) -> DtypeChoice:

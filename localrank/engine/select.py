@@ -98,12 +98,14 @@ def create_embedder(
     dtype_source: str = "the dtype setting",
     weight_cache: Path | None = None,
     calibration: Sequence[Sequence[int]] = (),
+    held: str | None = None,
 ) -> Embedder:
     """Load the model on the chosen backend. The backend modules are imported only here. A
     family with no native forward (`recipe.family` "generic:...") loads through transformers on
     torch, or mlx-embeddings on MLX, each imported only then. `weight_cache`: where torch keeps
     weights it casts at load, so the next start maps them instead. `calibration`: token ids of
-    fixed texts an int8 path calibrates on."""
+    fixed texts an int8 path calibrates on. `held`: the precision the model's collections hold
+    (precision.held_precision), which torch's dtype "auto" keeps (MLX's never picks int8)."""
     if recipe.family.startswith("generic:") and backend == "mlx":
         mlx_generic = importlib.import_module("localrank.engine.mlx.generic")
         embedder: Embedder = mlx_generic.MLXGenericEmbedder(
@@ -138,6 +140,7 @@ def create_embedder(
             dtype_source=dtype_source,
             weight_cache=weight_cache,
             calibration=calibration,
+            held=held,
         )
         return embedder
     raise BackendError(f"unknown backend {backend!r}")

@@ -125,14 +125,9 @@ class ModelInfo:
 
     @property
     def fingerprint(self) -> str:
-        """Identifies vectors that can be compared: same model, revision, size, pooling, prompts,
-        and int8 or not. (Float precisions share one: bfloat16 vectors stay within cosine 0.999
-        of float32's, and collections filled before int8 existed keep their fingerprint.)"""
-        prompt = hashlib.sha256(self.recipe.prompt_format.encode()).hexdigest()[:8]
-        precision = ":int8" if self.backend.dtype == "int8" else ""
-        return (
-            f"{self.model_id}@{self.revision}:{self.recipe.dim}:{self.recipe.pooling}:{prompt}"
-            f"{precision}"
+        """Identifies vectors that can be compared (`vector_fingerprint`)."""
+        return vector_fingerprint(
+            self.model_id, self.revision, self.recipe, int8=self.backend.dtype == "int8"
         )
 
     @property
@@ -161,3 +156,16 @@ class ModelInfo:
             "tokenizer_appends_eos": self.tokenizer_appends_eos,
             "min_dimensions": min(MIN_DIMENSIONS, self.recipe.dim),
         }
+
+
+# What an int8 model's fingerprint adds to the float one.
+INT8_MARK = ":int8"
+
+
+def vector_fingerprint(model_id: str, revision: str, recipe: Recipe, *, int8: bool) -> str:
+    """Identifies vectors that can be compared: same model, revision, size, pooling, prompts,
+    and int8 or not. (Float precisions share one: bfloat16 vectors stay within cosine 0.999 of
+    float32's, and collections filled before int8 existed keep their fingerprint.)"""
+    prompt = hashlib.sha256(recipe.prompt_format.encode()).hexdigest()[:8]
+    precision = INT8_MARK if int8 else ""
+    return f"{model_id}@{revision}:{recipe.dim}:{recipe.pooling}:{prompt}{precision}"

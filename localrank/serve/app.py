@@ -47,7 +47,9 @@ def _model_ctx(loader: EngineLoader | None, reranker_loader: RerankerLoader) -> 
         state = app[STATE_KEY]
         settings = state.settings
         # The real loader reports its phases (and download bytes) to /health.
-        load_model = loader or partial(load_engine, progress=state.progress)
+        load_model = loader or partial(
+            load_engine, progress=state.progress, stored=state.stored_fingerprints
+        )
         slot = CrossEncoderSlot(settings, reranker_loader)
 
         async def load() -> None:
@@ -133,9 +135,12 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
     async def collections_ctx(app: web.Application) -> AsyncIterator[None]:
         state = app[STATE_KEY]
         settings = state.settings
-        store = await asyncio.to_thread(
-            lambda: open_store(settings.store_location, lease_seconds=settings.job_lease_s)
-        )
+        try:
+            store = state.store = await asyncio.to_thread(
+                lambda: open_store(settings.store_location, lease_seconds=settings.job_lease_s)
+            )
+        finally:
+            state.store_opened.set()  # the model's load may wait for it (stored_fingerprints)
         watch = WatchSettings(
             debounce_ms=settings.watch_debounce_ms,
             step_ms=min(100, settings.watch_debounce_ms),
@@ -165,6 +170,7 @@ def _collections_ctx(ingest: IngestSettings | None) -> CleanupCtx:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await service.close()  # no more warm-up searches
+            state.store = None
             await asyncio.to_thread(store.close)  # stops a running preload first
             await preload
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +17,13 @@ from localrank.errors import LocalrankError, NotReady
 from localrank.serve.api import DialectIndex
 from localrank.serve.metrics import Registry
 from localrank.serve.model_service import DaemonCrossEncoder, DaemonEmbeddingModel, ModelService
+from localrank.store import Store
+
+log = logging.getLogger(__name__)
+# How long the model's load waits for the store to open before it chooses a dtype without
+# knowing what the collections hold (the store opens in milliseconds; the load reaches the
+# choice a second or more in).
+STORE_WAIT_S = 30.0
 
 
 @dataclass
@@ -37,6 +46,24 @@ class DaemonState:
     optimizing: asyncio.Future[int] | None = None
     # Loading the reranker at startup (preload_reranker), awaited at shutdown.
     preloading: asyncio.Future[None] | None = None
+    # The store once the collections opened it (None after a failed open or once closed);
+    # `store_opened` is set either way, for the load thread waiting in `stored_fingerprints`.
+    store: Store | None = None
+    store_opened: threading.Event = field(default_factory=threading.Event)
+
+    def stored_fingerprints(self, wait_s: float = STORE_WAIT_S) -> list[str]:
+        """The fingerprints the collections are bound to (called from the model's load thread,
+        so that dtype "auto" keeps the precision they hold); none when the store is not open
+        within `wait_s` or cannot be read."""
+        self.store_opened.wait(wait_s)
+        store = self.store
+        if store is None:
+            return []
+        try:
+            return [c.fingerprint for c, _, _ in store.list_collections()]
+        except Exception:  # closed meanwhile, unreachable: the choice goes on without them
+            log.warning("could not list the collections' fingerprints", exc_info=True)
+            return []
 
     def ready_models(self) -> ModelService:
         """The loaded model's service, or 503 with why there is none."""

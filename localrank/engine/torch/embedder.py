@@ -34,6 +34,7 @@ from localrank.engine.model_files import (
 )
 from localrank.engine.precision import (
     DTYPES,
+    INT8,
     INT8_MIN_COSINE,
     DtypeChoice,
     accelerator_dtype,
@@ -69,9 +70,10 @@ def default_dtype(device: str) -> str:
 
 
 def pick_dtype(
-    dtype: str, device: str, model_type: str, family: Family, source: str
+    dtype: str, device: str, model_type: str, family: Family, source: str, held: str | None = None
 ) -> DtypeChoice:
-    """The compute dtype and why: the setting if explicit, else the device's rule."""
+    """The compute dtype and why: the setting if explicit, else the device's rule (which keeps
+    the precision `held` by the model's collections: precision.held_precision)."""
     if dtype != "auto":
         if dtype not in _DTYPES:
             raise BackendError(f"unknown dtype {dtype!r}; expected auto or {', '.join(DTYPES)}")
@@ -96,8 +98,9 @@ def pick_dtype(
             f"the {model_type} forward computes in float32 on CPU (bfloat16 is chosen only for "
             "families that keep norms and softmax in float32)",
         )
-    int8_timing = int8.int8_timing if family.int8_auto and int8.supported() else None
-    return choose_cpu_dtype(read_cpu_features(), bf16_timing, int8_timing)
+    wanted = family.int8_auto or held == INT8
+    int8_timing = int8.int8_timing if wanted and int8.supported() else None
+    return choose_cpu_dtype(read_cpu_features(), bf16_timing, int8_timing, held)
 
 
 class TorchEmbedder:
@@ -119,10 +122,12 @@ class TorchEmbedder:
         dtype_source: str = "the dtype setting",
         weight_cache: Path | None = None,
         calibration: Sequence[Sequence[int]] = (),
+        held: str | None = None,
     ) -> None:
         """`weight_cache`: a folder for cast weights (weight_cache.py); None: cast at every
         start. `calibration`: token ids of a few fixed texts, run through the float32 model
-        when int8 is chosen (outlier channels, accuracy check); empty: neither."""
+        when int8 is chosen (outlier channels, accuracy check); empty: neither. `held`: the
+        precision the model's collections hold, which dtype "auto" keeps."""
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
@@ -150,7 +155,7 @@ class TorchEmbedder:
         weights, origin = normalise_keys(checkpoint.tensors, checkpoint.origin, family.prefix)
         checkpoint.tensors = {}  # the model takes ownership of what it keeps
         check_weights(weights, origin, expected, model_dir)
-        choice = pick_dtype(dtype, device, model_type, family, dtype_source)
+        choice = pick_dtype(dtype, device, model_type, family, dtype_source, held)
         compute = _DTYPES[choice.dtype]
         # The weights a CPU start would cast: from the cache when it holds them, else cast now
         # and cached once serving (`optimize`).
@@ -186,7 +191,7 @@ class TorchEmbedder:
                 self.model,
                 choice,
                 calibration,
-                explicit=dtype == "int8",
+                explicit=dtype == "int8" or held == INT8,  # no fallback to float32
                 release=checkpoint.release,
                 cache=None if weight_cache is None else (weight_cache, files),
             )
