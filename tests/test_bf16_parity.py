@@ -86,24 +86,35 @@ def test_bf16_batched_equals_one_at_a_time_closely(bf16_engine: Engine) -> None:
 
 
 def test_auto_dtype_on_this_cpu(tiny_qwen3: Path, minilm: Path) -> None:
-    """The real path: /proc/cpuinfo and a real probe matmul decide, and the reason names what
-    decided it: no native bf16 feature -> float32; a feature -> bfloat16 exactly when the probe
-    found it faster (a CPU can list the feature and still run bfloat16 slowly, e.g. when torch's
-    kernels are limited to AVX2 with ATEN_CPU_CAPABILITY). BERT's forward keeps LayerNorm, GELU,
-    softmax and the residual stream in float32 too: the same rule picks its dtype."""
+    """The real path: /proc/cpuinfo and real probe matmuls decide, and the reason names what
+    decided it: a native bf16 feature -> bfloat16 exactly when the probe found it faster (a CPU
+    can list the feature and still run bfloat16 slowly, e.g. when torch's kernels are limited
+    to AVX2 with ATEN_CPU_CAPABILITY); otherwise Qwen3, whose family offers int8, -> int8
+    exactly when its probe found int8 faster and the load's check kept it, and BERT -> float32.
+    BERT's forward keeps LayerNorm, GELU, softmax and the residual stream in float32 too: the
+    same bfloat16 rule picks its dtype."""
     feature = read_cpu_features().native_bf16()
-    for model in (tiny_qwen3, minilm):
+    for model, offers_int8 in ((tiny_qwen3, True), (minilm, False)):
         e = engine(model, "cpu", "auto")
         backend = e.info.backend
+        reason = backend.dtype_reason
+        bf16 = feature is not None and "faster than float32" in reason.split(";")[0]
         if feature is None:
-            assert backend.dtype == "float32" and "no native bfloat16" in backend.dtype_reason
+            assert "no native bfloat16" in reason
         else:
-            assert feature in backend.dtype_reason
-            faster = "faster than float32" in backend.dtype_reason
-            assert faster or "probe matmul in bfloat16 was only" in backend.dtype_reason
-            assert backend.dtype == ("bfloat16" if faster else "float32"), backend.dtype_reason
+            assert feature in reason
+            assert bf16 or "probe matmul in bfloat16 was only" in reason
+        if bf16:
+            want = "bfloat16"
+        elif not offers_int8:
+            want = "float32"
+        else:
+            int8_kept = "int8 weights ran" in reason and "came within cosine" not in reason
+            assert int8_kept or "int8 was only" in reason or "came within cosine" in reason
+            want = "int8" if int8_kept else "float32"
+        assert backend.dtype == want, reason
         assert backend.threads >= 1
-        assert e.info.to_dict()["dtype_reason"] == backend.dtype_reason
+        assert e.info.to_dict()["dtype_reason"] == reason
 
 
 def test_repacked_weights_compute_the_same(tiny_qwen3: Path) -> None:

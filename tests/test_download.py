@@ -224,7 +224,7 @@ def test_first_run_downloads_the_default_model_then_serves_it(repo: Path, tmp_pa
     assert status == 200, log[-3000:]
     assert body["model_id"] == DEFAULT_MODEL and body["fallback"] is False
     assert body["revision"] == SHA[:12]
-    assert body["dtype"] in ("bfloat16", "float32") and body["dtype_reason"]
+    assert body["dtype"] in ("bfloat16", "float32", "int8") and body["dtype_reason"]
     assert info["model_dtype"] == body["dtype"] and info["dtype_reason"] == body["dtype_reason"]
     downloading = [b for s, b in seen if s == 503 and b["status"] == "downloading"]
     assert downloading, [b for _, b in seen]

@@ -424,3 +424,48 @@ def test_sharded_checkpoint(tiny_qwen3: Path, tmp_path: Path, qwen3_mlx: MLXEmbe
     (d / "model-00002-of-00002.safetensors").unlink()
     with pytest.raises(ModelError, match="00002-of-00002.safetensors"):
         MLXEmbedder(d, QWEN3)
+
+
+# ----------------------------------------------------------------------------- int8 by "auto"
+
+
+def test_the_int8_probe_times_both_matmuls() -> None:
+    from localrank.engine.mlx.embedder import int8_timing
+
+    plain, quantised = int8_timing(mx.Device(mx.cpu), mx.float32)
+    assert 0 < plain < 10 and 0 < quantised < 10
+
+
+def test_auto_on_metal_picks_int8_where_the_probe_finds_it_faster(
+    tiny_qwen3: Path, qwen3_ref: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The selection as Metal would run it (the probe's verdict given; the device taken for
+    Metal): Qwen3 quantised at load, checked on the calibration texts against the float model,
+    near the authors' recipe; a check that fails gives the float model back, exactly; the
+    collections' precision is kept. On mlx[cpu] itself "auto" never probes."""
+    from localrank.engine.mlx import embedder as mlx_embedder
+
+    ids = tokenize(tiny_qwen3, TEXTS[1:5], append_eos=True, max_tokens=64)
+    plain = MLXEmbedder(tiny_qwen3, QWEN3, calibration=ids)
+    assert plain.info.dtype == "float32" and "int8" not in plain.info.dtype_reason
+    monkeypatch.setattr(mlx_embedder, "INT8_PROBED_ON", ("gpu", "cpu"))
+    monkeypatch.setattr(mlx_embedder, "int8_timing", lambda device, dtype: (3e-3, 1e-3))
+    emb = MLXEmbedder(tiny_qwen3, QWEN3, calibration=ids)
+    reason = emb.info.dtype_reason
+    assert emb.info.dtype == "int8" and "3.0x faster than float32" in reason, reason
+    assert "min cosine 0.99" in reason and "on 4 calibration texts" in reason
+    assert isinstance(emb._model.layers[0].mlp.down_proj, nn.QuantizedLinear)  # type: ignore[union-attr]
+    got = unit(emb.embed(qwen3_batch(tiny_qwen3, TEXTS)))
+    assert (got * qwen3_ref).sum(axis=1).min() >= 0.999
+    kept = MLXEmbedder(tiny_qwen3, QWEN3, calibration=ids, held="float")
+    assert kept.info.dtype == "float32" and "collections hold float" in kept.info.dtype_reason
+    from localrank.engine import precision
+
+    for module in (precision, mlx_embedder):
+        monkeypatch.setattr(module, "INT8_MIN_COSINE", 0.9999999)
+    undone = MLXEmbedder(tiny_qwen3, QWEN3, calibration=ids)
+    assert undone.info.dtype == "float32" and "needs 0.9999999" in undone.info.dtype_reason
+    batch = qwen3_batch(tiny_qwen3, TEXTS)
+    np.testing.assert_array_equal(undone.embed(batch), plain.embed(batch))
+    held = MLXEmbedder(tiny_qwen3, QWEN3, calibration=ids, held="int8")  # not checked: kept
+    assert held.info.dtype == "int8" and "collections hold int8" in held.info.dtype_reason

@@ -26,8 +26,10 @@ from localrank.engine.precision import (
     INT8_MIN_COSINE,
     MIN_BF16_SPEEDUP,
     MIN_INT8_SPEEDUP,
+    DtypeChoice,
     accelerator_dtype,
     choose_cpu_dtype,
+    float_or_int8,
     held_precision,
     int8_inaccurate,
     requested,
@@ -136,6 +138,18 @@ def test_auto_keeps_the_precision_the_collections_hold() -> None:
     # Where int8 cannot run (or the family does not offer it), the rules are as without them.
     assert choose_cpu_dtype(zen4, fast(), None, held=INT8).dtype == "bfloat16"
     assert choose_cpu_dtype(zen4, fast(), fast(3.0), held=FLOAT).dtype == "bfloat16"
+
+
+def test_int8_against_another_float_dtype() -> None:
+    """MLX on Metal weighs int8 against float16 by the same rule, and says so."""
+    metal = DtypeChoice("float16", "float16 on the Metal GPU: half precision is native there")
+    chosen = float_or_int8(metal, fast(3.0))
+    assert chosen.dtype == "int8" and "3.0x faster than float16" in chosen.reason
+    slow = float_or_int8(metal, fast(MIN_INT8_SPEEDUP * 0.9))
+    assert slow.dtype == "float16" and "only" in slow.reason and "float16's speed" in slow.reason
+    assert float_or_int8(metal, never_called, held=FLOAT).dtype == "float16"
+    assert float_or_int8(metal, never_called, held=INT8).dtype == "int8"
+    assert float_or_int8(metal, None, held=INT8) == metal  # int8 not offered here
 
 
 def test_the_precision_held_is_read_from_this_models_fingerprints() -> None:

@@ -58,21 +58,38 @@ def choose_cpu_dtype(
     confirms its speed-up; else float32. `held`: the precision this model's collections hold
     (`held_precision`), which "auto" keeps, so that they stay searchable without a re-embed."""
     if held == INT8 and int8_timing is not None:
-        return DtypeChoice(
-            "int8",
-            "this model's collections hold int8 vectors: int8 keeps them searchable (another "
-            "dtype would need them re-embedded)",
-        )
+        return _kept_int8()
     choice = _bf16_or_float32(features, timing)
-    if choice.dtype != "float32" or int8_timing is None:
+    if choice.dtype != "float32":
         return choice
+    return float_or_int8(choice, int8_timing, held)
+
+
+def float_or_int8(
+    base: DtypeChoice, int8_timing: Timing | None, held: str | None = None
+) -> DtypeChoice:
+    """The float choice `base`, or int8 where `int8_timing` is given (int8 runs here and the
+    family offers it): int8 if this model's collections hold int8 vectors, `base` if they hold
+    float ones (not probed), else int8 if its probe runs MIN_INT8_SPEEDUP faster than `base`."""
+    if int8_timing is None:
+        return base
+    if held == INT8:
+        return _kept_int8()
     if held == FLOAT:
         return DtypeChoice(
-            "float32",
-            f"{choice.reason}; int8 not tried: this model's collections hold float vectors "
+            base.dtype,
+            f"{base.reason}; int8 not tried: this model's collections hold float vectors "
             "(to switch: --dtype int8, then re-embed them)",
         )
-    return _int8_or(choice, int8_timing)
+    return _int8_or(base, int8_timing)
+
+
+def _kept_int8() -> DtypeChoice:
+    return DtypeChoice(
+        "int8",
+        "this model's collections hold int8 vectors: int8 keeps them searchable (another "
+        "dtype would need them re-embedded)",
+    )
 
 
 def held_precision(stored: Iterable[str], float_fingerprint: str) -> str | None:
@@ -84,30 +101,32 @@ def held_precision(stored: Iterable[str], float_fingerprint: str) -> str | None:
 
 
 def _int8_or(fallback: DtypeChoice, timing: Timing) -> DtypeChoice:
+    name = fallback.dtype
     try:
-        f32, i8 = timing()
+        base, i8 = timing()
     except Exception as exc:  # a torch without fbgemm, a CPU it does not support
-        return DtypeChoice("float32", f"{fallback.reason}; an int8 matmul failed here ({exc})")
-    speedup = f32 / i8 if i8 > 0 else 0.0
+        return DtypeChoice(name, f"{fallback.reason}; an int8 matmul failed here ({exc})")
+    speedup = base / i8 if i8 > 0 else 0.0
     if speedup >= MIN_INT8_SPEEDUP:
         return DtypeChoice(
             "int8",
             f"{fallback.reason.split(':')[0]}; a probe matmul with int8 weights ran "
-            f"{speedup:.1f}x faster than float32 (norms, softmax and pooling stay float32)",
+            f"{speedup:.1f}x faster than {name} (norms, softmax and pooling stay float32)",
         )
     return DtypeChoice(
-        "float32",
-        f"{fallback.reason}; int8 was only {speedup:.2f}x float32's speed "
+        name,
+        f"{fallback.reason}; int8 was only {speedup:.2f}x {name}'s speed "
         f"(needs {MIN_INT8_SPEEDUP}x)",
     )
 
 
-def int8_inaccurate(choice: DtypeChoice, cosine: float) -> DtypeChoice:
-    """The fallback when the load-time check finds int8 vectors too far from float32's."""
+def int8_inaccurate(choice: DtypeChoice, cosine: float, fallback: str = "float32") -> DtypeChoice:
+    """The fallback (a float dtype) when the load-time check finds int8 vectors too far from
+    the float model's."""
     return DtypeChoice(
-        "float32",
+        fallback,
         f"{choice.reason}, but its vectors of the calibration texts came within cosine "
-        f"{cosine:.5f} of float32 (needs {INT8_MIN_COSINE}): float32",
+        f"{cosine:.5f} of {fallback} (needs {INT8_MIN_COSINE}): {fallback}",
     )
 
 

@@ -105,7 +105,7 @@ def create_embedder(
     torch, or mlx-embeddings on MLX, each imported only then. `weight_cache`: where torch keeps
     weights it casts at load, so the next start maps them instead. `calibration`: token ids of
     fixed texts an int8 path calibrates on. `held`: the precision the model's collections hold
-    (precision.held_precision), which torch's dtype "auto" keeps (MLX's never picks int8)."""
+    (precision.held_precision), which dtype "auto" keeps."""
     if recipe.family.startswith("generic:") and backend == "mlx":
         mlx_generic = importlib.import_module("localrank.engine.mlx.generic")
         embedder: Embedder = mlx_generic.MLXGenericEmbedder(
@@ -126,7 +126,13 @@ def create_embedder(
     if backend == "mlx":
         mlx_package = importlib.import_module("localrank.engine.mlx")
         embedder = mlx_package.MLXEmbedder(
-            model_dir, recipe, dtype=dtype, device=device, dtype_source=dtype_source
+            model_dir,
+            recipe,
+            dtype=dtype,
+            device=device,
+            dtype_source=dtype_source,
+            calibration=calibration,
+            held=held,
         )
         return embedder
     if backend == "torch":

@@ -8,11 +8,20 @@ table to 8 bits in groups of INT8_GROUP_SIZE (MLX's affine quantisation: a scale
 group), activations in the compute dtype (float32 on CPU, float16 on Metal), and the norms, RoPE,
 softmax and pooling in float32 as for the other dtypes. Matmuls run through MLX's quantised
 kernels, which read a quarter of float32's bytes.
+
+dtype "auto" does the same for Qwen3 on Metal where a probe (`int8_timing`) runs MLX's
+quantised matmul MIN_INT8_SPEEDUP faster than float16, and keeps it only if the calibration
+texts' vectors stay within INT8_MIN_COSINE of the float model's (else the float model is built
+again); it keeps the precision the model's collections hold (precision.float_or_int8). On
+mlx[cpu] it is not probed: MLX's CPU kernels are compute-bound there (1.07x, measured).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
@@ -21,7 +30,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from localrank.engine.batching import checked_batch
+from localrank.engine.batching import checked_batch, pad
 from localrank.engine.mlx.families import FAMILIES
 from localrank.engine.mlx.layers import MLXModel, attention_mask
 from localrank.engine.model_files import (
@@ -31,6 +40,12 @@ from localrank.engine.model_files import (
     normalise_keys,
     read_config,
     weight_files,
+)
+from localrank.engine.precision import (
+    INT8_MIN_COSINE,
+    DtypeChoice,
+    float_or_int8,
+    int8_inaccurate,
 )
 from localrank.engine.types import POOLINGS, BackendInfo, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
@@ -47,6 +62,12 @@ INT8 = "int8"  # weights quantised to 8 bits at load (config.DTYPES' name for it
 # 0.99967 at 32, 0.99955 at 64, 0.99950 at 128. 64 keeps >= 0.999 with margin at half of
 # 32's scale overhead, and is what mlx-community's 8-bit checkpoints use.
 INT8_GROUP_SIZE = 64
+# The int8 probe: a short query's rows through PROBE_LAYERS projections [N, K], evaluated at
+# once (enough bytes that Metal's launch costs do not decide it).
+PROBE_ROWS, PROBE_SHAPE, PROBE_LAYERS, PROBE_ROUNDS = 12, (3072, 1024), 8, 3
+# Where "auto" probes int8: Metal. mlx[cpu]'s kernels are compute-bound (the probe: 1.07x
+# float32, and ~2 s of a start on 2 cores), so it is never chosen there.
+INT8_PROBED_ON = ("gpu",)
 
 
 def read_weights(model_dir: Path) -> tuple[dict[str, mx.array], dict[str, Path]]:
@@ -117,6 +138,59 @@ def quantise_at_load(model: nn.Module, group_size: int = INT8_GROUP_SIZE) -> int
     nn.quantize(model, group_size=group_size, bits=8, class_predicate=predicate)
     mx.eval(model.parameters())
     return done
+
+
+def read_weights_of(model_dir: Path, prefix: str) -> tuple[dict[str, mx.array], dict[str, Path]]:
+    """The checkpoint's tensors by the family's names (without `prefix`), and their files."""
+    return normalise_keys(*read_weights(model_dir), prefix)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def int8_timing(device: mx.Device, compute: mx.Dtype) -> tuple[float, float]:
+    """(float seconds, int8 seconds): a short query's rows through PROBE_LAYERS projections in
+    the compute dtype, and through the same weights quantised as dtype int8 quantises them
+    (8 bits, groups of INT8_GROUP_SIZE); the best of a few interleaved rounds, wall time (the
+    GPU runs them)."""
+    n, k = PROBE_SHAPE
+    with mx.stream(device):
+        x = mx.random.normal((PROBE_ROWS, k), key=mx.random.key(0)).astype(compute)
+        ws = [
+            (mx.random.normal((n, k), key=mx.random.key(i + 1)) * 0.02).astype(compute)
+            for i in range(PROBE_LAYERS)
+        ]
+        qs = [mx.quantize(w, group_size=INT8_GROUP_SIZE, bits=8) for w in ws]
+        mx.eval(x, ws, qs)
+
+        def plain() -> None:
+            mx.eval([x @ w.T for w in ws])
+
+        def quantised() -> None:
+            mx.eval(
+                [
+                    mx.quantized_matmul(x, *q, transpose=True, group_size=INT8_GROUP_SIZE, bits=8)
+                    for q in qs
+                ]
+            )
+
+        runs = (plain, quantised)
+        best = [float("inf"), float("inf")]
+        for _ in range(PROBE_ROUNDS + 1):  # the first round warms both
+            for j, run in enumerate(runs):
+                started = time.perf_counter()
+                run()
+                best[j] = min(best[j], time.perf_counter() - started)
+    log.debug("mlx int8 probe: %s %.3f ms, int8 %.3f ms", compute, best[0] * 1e3, best[1] * 1e3)
+    return best[0], best[1]
+
+
+def forward_pooled(model: MLXModel, batch: Batch, pooling: str) -> np.ndarray:
+    """Pooled float32 [B, dim] vectors of a checked batch (not normalised)."""
+    real = batch.attention_mask != 0
+    ids = mx.array(batch.input_ids.astype(np.int32))
+    return pool(model(ids, attention_mask(real, causal=model.causal)), real, pooling)
 
 
 def check_and_load(
@@ -222,7 +296,12 @@ class MLXEmbedder:
         dtype: str = "auto",
         device: str = "auto",
         dtype_source: str = "the dtype setting",
+        calibration: Sequence[Sequence[int]] = (),
+        held: str | None = None,
     ) -> None:
+        """`calibration`: token ids of a few fixed texts, on which int8 chosen by "auto" is
+        checked against the float model (INT8_MIN_COSINE) before it is kept. `held`: the
+        precision the model's collections hold, which "auto" keeps."""
         model_dir = Path(model_dir)
         if recipe.pooling not in POOLINGS:
             raise ModelError(f"unknown pooling {recipe.pooling!r}; expected one of {POOLINGS}")
@@ -234,7 +313,7 @@ class MLXEmbedder:
         q = quantization_config(cfg, config_path)
 
         with mx.stream(self._device):
-            weights, origin = normalise_keys(*read_weights(model_dir), family.prefix)
+            weights, origin = read_weights_of(model_dir, family.prefix)
             if q is None and any(k.endswith(".scales") for k in weights):
                 raise ModelError(
                     f"{config_path}: weights are quantised (.scales present) but "
@@ -246,17 +325,39 @@ class MLXEmbedder:
                     f"{config_path}: the checkpoint is already quantised ({q['bits']}-bit); "
                     f"dtype {INT8} quantises float weights at load: use dtype auto"
                 )
-            try:
-                model = family.build(cfg, config_path)
-            except KeyError as e:
-                raise ModelError(f"{config_path}: missing config key {e}") from e
-            if q is not None:
-                apply_quantization(model, q, weights, family.prefix)
-            check_and_load(model, weights, origin, model_dir, compute, family.float32_params)
+            choice = DtypeChoice(INT8 if dtype == INT8 else dtype_name(compute), reason)
+            if dtype == "auto" and q is None:
+                probed = family.int8_auto and device_name in INT8_PROBED_ON
+                offered = probed or held == INT8
+                timing = partial(int8_timing, self._device, compute) if offered else None
+                choice = float_or_int8(choice, timing, held)
+
+            def build(weights: dict[str, mx.array], origin: dict[str, Path]) -> MLXModel:
+                try:
+                    model = family.build(cfg, config_path)
+                except KeyError as e:
+                    raise ModelError(f"{config_path}: missing config key {e}") from e
+                if q is not None:
+                    apply_quantization(model, q, weights, family.prefix)
+                check_and_load(model, weights, origin, model_dir, compute, family.float32_params)
+                model.compute_dtype = compute
+                model.eval()
+                return model
+
+            model = build(weights, origin)
             del weights
-            quantised = quantise_at_load(model) if dtype == INT8 else 0
-        model.compute_dtype = compute
-        model.eval()
+            quantised = 0
+            if choice.dtype == INT8:
+                checked = dtype == "auto" and held != INT8  # asked for or held: kept as is
+                model, quantised, choice = self._quantise(
+                    model,
+                    choice,
+                    calibration if checked else (),
+                    recipe,
+                    rebuild=lambda: build(*read_weights_of(model_dir, family.prefix)),
+                    base=dtype_name(compute),
+                )
+            reason = choice.reason
         self._model: MLXModel | None = model
         self._recipe = recipe
         self._vocab = int(cfg["vocab_size"])
@@ -287,6 +388,39 @@ class MLXEmbedder:
             self.info.dtype,
             reason,
             f", quantised {self.quantization}" if q else "",
+        )
+
+    @staticmethod
+    def _quantise(
+        model: MLXModel,
+        choice: DtypeChoice,
+        calibration: Sequence[Sequence[int]],
+        recipe: Recipe,
+        *,
+        rebuild: Callable[[], MLXModel],
+        base: str,
+    ) -> tuple[MLXModel, int, DtypeChoice]:
+        """Quantise `model` to 8 bits (the model, how many layers, the choice). With
+        `calibration` rows (int8 chosen by "auto"), the rows' vectors are compared before and
+        after, and where they are further apart than INT8_MIN_COSINE the float model `rebuild`
+        makes is given back instead."""
+        rows = [list(r) for r in calibration if len(r)]
+        if not rows:
+            return model, quantise_at_load(model), choice
+        batch = pad(rows, pad_id=recipe.pad_token_id, side=recipe.padding_side, bucket=False)
+        before = forward_pooled(model, batch, recipe.pooling)
+        quantised = quantise_at_load(model)
+        worst = float(cosines(forward_pooled(model, batch, recipe.pooling), before).min())
+        if worst < INT8_MIN_COSINE:
+            return rebuild(), 0, int8_inaccurate(choice, worst, base)
+        return (
+            model,
+            quantised,
+            DtypeChoice(
+                INT8,
+                f"{choice.reason}; 8-bit weights in groups of {INT8_GROUP_SIZE}, min cosine "
+                f"{worst:.5f} to {base} on {len(rows)} calibration texts",
+            ),
         )
 
     @staticmethod

@@ -21,9 +21,13 @@ class Family:
     # Parameters (by name suffix) kept in float32 whatever the compute dtype: the forward
     # computes these norms in float32, so rounding their weights would only lose accuracy.
     float32_params: tuple[str, ...] = ()
+    # Whether dtype "auto" may quantise a float checkpoint to 8 bits at load where a probe
+    # finds MLX's quantised matmul faster (as torch's families: Qwen3, whose short queries read
+    # every weight once).
+    int8_auto: bool = False
 
 
 FAMILIES: dict[str, Family] = {
-    "qwen3": Family(Qwen3, "model.", float32_params=("norm.weight",)),
+    "qwen3": Family(Qwen3, "model.", float32_params=("norm.weight",), int8_auto=True),
     "bert": Family(Bert, "bert."),
 }
