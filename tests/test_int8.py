@@ -275,6 +275,46 @@ def test_auto_picks_int8_for_qwen3_without_native_bfloat16_and_keeps_the_collect
     assert again.info.fingerprint == chosen.info.fingerprint
 
 
+def test_auto_keeps_its_choice_at_later_starts(
+    tiny_qwen3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probes can land either side of a threshold from one start to the next on a busy
+    machine; the choice made at the first start is kept in the cache folder and served at every
+    later one (no probe), until the checkpoint (or the CPU, torch, the rules) changes."""
+    from localrank.engine.machine import parse_cpuinfo
+    from localrank.engine.torch import embedder as torch_embedder
+
+    monkeypatch.setattr(
+        torch_embedder, "read_cpu_features", lambda: parse_cpuinfo(AVX2_CPUINFO, "x86_64")
+    )
+    monkeypatch.setattr(int8, "int8_timing", lambda: (3e-3, 1e-3))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_qwen3, model)
+    settings = load_settings({"model": str(model), "home": str(tmp_path / "home")}, environ={})
+    first = load_engine(settings)
+    assert first.info.backend.dtype == "int8"
+    assert list((tmp_path / "home" / "cache" / "weights").glob("*-auto-dtype.json"))
+
+    def probed_again() -> tuple[float, float]:
+        raise AssertionError("probed again")
+
+    monkeypatch.setattr(int8, "int8_timing", probed_again)
+    again = load_engine(settings)
+    reason = again.info.backend.dtype_reason
+    assert again.info.backend.dtype == "int8" and "chosen at an earlier start" in reason
+    assert "3.0x faster" in reason and reason.count("min cosine") == 1, reason
+    assert again.info.fingerprint == first.info.fingerprint
+    np.testing.assert_array_equal(again.embed(DOCUMENTS).vectors, first.embed(DOCUMENTS).vectors)
+    monkeypatch.setattr(int8, "int8_timing", lambda: (1e-3, 1e-3))  # no faster now
+    weights = next(model.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    changed = load_engine(settings)
+    assert (
+        changed.info.backend.dtype == "float32"
+        and "int8 was only" in changed.info.backend.dtype_reason
+    )
+
+
 def test_the_daemon_reads_the_collections_fingerprints_for_the_load(tmp_path: Path) -> None:
     """What the daemon's load is given (DaemonState.stored_fingerprints): the fingerprints of
     the store's collections once it is open; none when it is not (within the wait) or closed."""

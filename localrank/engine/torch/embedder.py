@@ -36,6 +36,8 @@ from localrank.engine.precision import (
     DTYPES,
     INT8,
     INT8_MIN_COSINE,
+    MIN_BF16_SPEEDUP,
+    MIN_INT8_SPEEDUP,
     DtypeChoice,
     accelerator_dtype,
     choose_cpu_dtype,
@@ -46,7 +48,7 @@ from localrank.engine.torch import int8
 from localrank.engine.torch.cpu import Stackable, bf16_timing, configure_threads, prepack
 from localrank.engine.torch.families import FAMILIES, Family
 from localrank.engine.torch.layers import Layers, PrefixModel, TorchModel
-from localrank.engine.torch.weight_cache import Int8Calibration, WeightCache
+from localrank.engine.torch.weight_cache import AutoChoice, Int8Calibration, WeightCache
 from localrank.engine.torch.weights import MappedCheckpoint, Placement
 from localrank.engine.types import POOLINGS, BackendInfo, BackgroundStopped, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
@@ -67,6 +69,21 @@ def default_dtype(device: str) -> str:
     """The dtype "auto" means before the CPU is looked at: half precision on accelerators,
     float32 on CPU (which `pick_dtype` upgrades to bfloat16 where the CPU has it natively)."""
     return "float32" if device == "cpu" else "float16"
+
+
+def auto_inputs(family: Family) -> list[object]:
+    """What "auto"'s choice depends on besides the checkpoint: a record of it (AutoChoice) is
+    used only while these are unchanged."""
+    return [
+        torch.__version__,
+        torch.backends.cpu.get_cpu_capability(),
+        read_cpu_features().native_bf16(),
+        family.mixed_precision,
+        family.int8_auto,
+        MIN_BF16_SPEEDUP,
+        MIN_INT8_SPEEDUP,
+        INT8_MIN_COSINE,
+    ]
 
 
 def pick_dtype(
@@ -155,7 +172,17 @@ class TorchEmbedder:
         weights, origin = normalise_keys(checkpoint.tensors, checkpoint.origin, family.prefix)
         checkpoint.tensors = {}  # the model takes ownership of what it keeps
         check_weights(weights, origin, expected, model_dir)
-        choice = pick_dtype(dtype, device, model_type, family, dtype_source, held)
+        memo = None
+        if dtype == "auto" and held is None and device == "cpu" and weight_cache is not None:
+            memo = AutoChoice(weight_cache, files, auto_inputs(family))
+        remembered = memo.read() if memo is not None else None
+        if memo is not None and remembered is not None:
+            choice = DtypeChoice(
+                remembered[0], f"{remembered[1]} [chosen at an earlier start: {memo.path}]"
+            )
+        else:
+            choice = pick_dtype(dtype, device, model_type, family, dtype_source, held)
+        picked = choice
         compute = _DTYPES[choice.dtype]
         # The weights a CPU start would cast: from the cache when it holds them, else cast now
         # and cached once serving (`optimize`).
@@ -194,6 +221,11 @@ class TorchEmbedder:
                 explicit=dtype == "int8" or held == INT8,  # no fallback to float32
                 release=checkpoint.release,
                 cache=None if weight_cache is None else (weight_cache, files),
+            )
+        if memo is not None and remembered is None:
+            # The pick's reason, or the load check's where it sent int8 back to float32.
+            memo.write(
+                choice.dtype, picked.reason if choice.dtype == picked.dtype else choice.reason
             )
         # What `optimize` releases pages of; it also keeps the file maps alive.
         self._checkpoint: MappedCheckpoint | None = checkpoint

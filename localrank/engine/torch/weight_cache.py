@@ -14,7 +14,10 @@ model would convert, by their checkpoint names, so it is read exactly as the che
 
 Beside them, `Int8Calibration` keeps what an int8 load measured on the fixed calibration texts
 (each matmul's outlier columns, the min cosine to float32), so the next start skips both
-calibration passes (2.7 s of the 0.6B shape's start on 2 cores).
+calibration passes (2.7 s of the 0.6B shape's start on 2 cores), and `AutoChoice` keeps the
+dtype "auto" chose for the model on this machine, so that every later start serves the same
+one (the probes near a threshold could otherwise choose differently from one start to the next:
+int8 1.8x, then 1.12x, then 1.47x on three starts held to AVX2, against 1.5x).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -34,6 +38,7 @@ from torch import Tensor
 from localrank.engine.model_files import safetensors_index
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FORMAT = 1
 SAFETENSORS_DTYPES = {
@@ -137,42 +142,77 @@ class WeightCache:
         return 8 + len(raw) + offset
 
 
-class Int8Calibration:
-    """One model folder's int8 calibration: each linear's outlier input columns (None: none) and
-    the calibration texts' min cosine to float32, valid for the checkpoint as it is now and
-    `inputs` (the calibration token ids, the scheme's constants, the linears' shapes)."""
+class _Record:
+    """A small JSON record beside the cache files, valid for one model folder's checkpoint as
+    it is now and `inputs` (whatever else its content depends on)."""
+
+    suffix = "record"
+    what = "record"  # as log lines name it
 
     def __init__(self, folder: Path, files: Sequence[Path], inputs: object) -> None:
-        self.path = folder / f"{model_name(files)}-int8-calibration.json"
+        self.path = folder / f"{model_name(files)}-{self.suffix}.json"
         parts = [source_key(files, torch.float32), inputs]
         self.key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
-    def read(self) -> tuple[list[Tensor | None], float] | None:
-        """(columns per linear, min cosine), or None when absent, stale or unreadable."""
+    def _read(self, parse: Callable[[dict[str, Any]], T]) -> T | None:
+        """`parse(record)`, or None when the record is absent, stale or unreadable."""
         try:
             record = json.loads(self.path.read_text())
             if record.get("key") != self.key:
                 return None
+            return parse(record)
+        except FileNotFoundError:
+            return None
+        except Exception as exc:  # any unreadable record is simply not used
+            log.info("%s %s not used: %s", self.what, self.path, exc)
+            return None
+
+    def _write(self, fields: dict[str, Any]) -> None:
+        """Write atomically; a failure costs the next start what the record saves, nothing
+        else."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with replaced(self.path) as tmp:
+                tmp.write_text(json.dumps({"key": self.key, **fields}, separators=(",", ":")))
+        except OSError as exc:
+            log.info("%s not kept (%s): the next start measures again", self.what, exc)
+
+
+class Int8Calibration(_Record):
+    """One model folder's int8 calibration: each linear's outlier input columns (None: none) and
+    the calibration texts' min cosine to float32, valid for the checkpoint as it is now and
+    `inputs` (the calibration token ids, the scheme's constants, the linears' shapes)."""
+
+    suffix = "int8-calibration"
+    what = "int8 calibration"
+
+    def read(self) -> tuple[list[Tensor | None], float] | None:
+        """(columns per linear, min cosine), or None when absent, stale or unreadable."""
+
+        def parse(record: dict[str, Any]) -> tuple[list[Tensor | None], float]:
             columns = [
                 None if c is None else torch.tensor(c, dtype=torch.long) for c in record["columns"]
             ]
             return columns, float(record["cosine"])
-        except FileNotFoundError:
-            return None
-        except Exception as exc:  # any unreadable record is simply not used
-            log.info("int8 calibration %s not used: %s", self.path, exc)
-            return None
+
+        return self._read(parse)
 
     def write(self, columns: Sequence[Tensor | None], cosine: float) -> None:
-        """Write atomically; a failure costs the next start its calibration, nothing else."""
-        record = {
-            "key": self.key,
-            "cosine": cosine,
-            "columns": [None if c is None else c.tolist() for c in columns],
-        }
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with replaced(self.path) as tmp:
-                tmp.write_text(json.dumps(record, separators=(",", ":")))
-        except OSError as exc:
-            log.info("int8 calibration not kept (%s): the next start calibrates again", exc)
+        columns_ = [None if c is None else c.tolist() for c in columns]
+        self._write({"cosine": cosine, "columns": columns_})
+
+
+class AutoChoice(_Record):
+    """The dtype "auto" chose for one model folder on this machine, and why: valid for the
+    checkpoint as it is now and `inputs` (what else decided it: the CPU, torch, the rules'
+    thresholds)."""
+
+    suffix = "auto-dtype"
+    what = "auto dtype record"
+
+    def read(self) -> tuple[str, str] | None:
+        """(dtype, reason), or None when absent, stale or unreadable."""
+        return self._read(lambda record: (str(record["dtype"]), str(record["reason"])))
+
+    def write(self, dtype: str, reason: str) -> None:
+        self._write({"dtype": dtype, "reason": reason})
