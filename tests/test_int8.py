@@ -315,6 +315,41 @@ def test_auto_keeps_its_choice_at_later_starts(
     )
 
 
+def test_the_cli_without_a_daemon_keeps_the_collections_precision_too(
+    tiny_qwen3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI's in-process path opens its store before it loads the model, so `auto` there
+    keeps what the collections hold as the daemon does (a described AVX2 CPU, int8's probe
+    faster: int8 without collections, float32 beside a float one)."""
+    import asyncio
+
+    from localrank.cli.common import Runtime
+    from localrank.cli.local import service
+    from localrank.engine.machine import parse_cpuinfo
+    from localrank.engine.torch import embedder as torch_embedder
+
+    monkeypatch.setattr(
+        torch_embedder, "read_cpu_features", lambda: parse_cpuinfo(AVX2_CPUINFO, "x86_64")
+    )
+    monkeypatch.setattr(int8, "int8_timing", lambda: (3e-3, 1e-3))
+    settings = load_settings({"model": str(tiny_qwen3), "home": str(tmp_path)}, environ={})
+
+    async def fingerprint(create: str | None = None) -> str:
+        async with service(settings, Runtime(), model=True) as svc:
+            model = svc.embedder()
+            if create:
+                svc.store.create_collection(
+                    "notes", fingerprint=create, model_id=model.model_id, dim=model.dim, settings={}
+                )
+            return str(model.fingerprint)
+
+    alone = asyncio.run(fingerprint())
+    assert alone.endswith(":int8")
+    float_fingerprint = alone.removesuffix(":int8")
+    asyncio.run(fingerprint(create=float_fingerprint))  # a collection of float vectors
+    assert asyncio.run(fingerprint()) == float_fingerprint
+
+
 def test_the_daemon_reads_the_collections_fingerprints_for_the_load(tmp_path: Path) -> None:
     """What the daemon's load is given (DaemonState.stored_fingerprints): the fingerprints of
     the store's collections once it is open; none when it is not (within the wait) or closed."""
