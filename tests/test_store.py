@@ -88,6 +88,16 @@ def test_collection_rules(store: Store) -> None:
     assert store.list_collections() == []
 
 
+def test_collection_fingerprints_are_distinct_and_sorted(store: Store) -> None:
+    """What a model's load reads to keep the precision its collections hold."""
+    assert store.collection_fingerprints() == []
+    for name, fingerprint in (("a", "fp:int8"), ("b", "fp"), ("c", "fp")):
+        store.create_collection(name, fingerprint=fingerprint, model_id="m", dim=8, settings={})
+    assert store.collection_fingerprints() == ["fp", "fp:int8"]
+    store.delete_collection("a")
+    assert store.collection_fingerprints() == ["fp"]
+
+
 def test_upsert_delete_and_incremental_index(store: Store, open_same: Opener) -> None:
     rng = np.random.default_rng(1)
     coll = new_collection(store)

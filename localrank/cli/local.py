@@ -29,15 +29,11 @@ from localrank.collections.models import (
 from localrank.config import Settings
 from localrank.engine.load import load_engine, load_reranker
 from localrank.errors import NotReady
-from localrank.store import Store, open_store
+from localrank.store import open_store
 from localrank.store.records import Job
 
 T = TypeVar("T")
 Progress = Callable[[dict[str, Any]], None]
-
-
-def _fingerprints(store: Store) -> list[str]:
-    return [c.fingerprint for c, _, _ in store.list_collections()]
 
 
 def _no_model() -> EmbeddingModel:
@@ -56,7 +52,7 @@ async def service(
     )
     try:
         # The store first: dtype "auto" keeps the precision the collections hold.
-        stored = partial(_fingerprints, store)
+        stored = store.collection_fingerprints
         factory = runtime.embedder_factory or partial(local_embedding_model, stored=stored)
         embedder = factory(settings) if model else None
     except BaseException:

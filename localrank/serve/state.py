@@ -60,7 +60,7 @@ class DaemonState:
         if store is None:
             return []
         try:
-            return [c.fingerprint for c, _, _ in store.list_collections()]
+            return store.collection_fingerprints()
         except Exception:  # closed meanwhile, unreachable: the choice goes on without them
             log.warning("could not list the collections' fingerprints", exc_info=True)
             return []

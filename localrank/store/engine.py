@@ -64,6 +64,10 @@ class CatalogSQL(Protocol[C_contra]):
         """COLLECTION_COLUMNS, then document and chunk counts, of every collection by name."""
         ...
 
+    def fingerprints(self, conn: C_contra) -> list[str]:
+        """The distinct fingerprints collections are bound to, sorted."""
+        ...
+
     def insert_collection(
         self, conn: C_contra, name: str, fingerprint: str, model_id: str, dim: int, settings: str
     ) -> bool:

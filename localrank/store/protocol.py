@@ -91,6 +91,11 @@ class Store(Protocol):
         """Every collection with its document and chunk counts, by name."""
         ...
 
+    def collection_fingerprints(self) -> list[str]:
+        """The distinct fingerprints the collections are bound to, sorted, without counting
+        anything (a model's load reads them to keep the precision its collections hold)."""
+        ...
+
     def delete_collection(self, name: str) -> None:
         """Delete a collection with its documents, chunks, vectors, unfinished jobs and
         watches."""

@@ -100,6 +100,10 @@ class SQLStore(Generic[C]):
         with self.db.connection() as conn:
             return [rows.listed_collection(r) for r in self.sql.catalog.collection_rows(conn)]
 
+    def collection_fingerprints(self) -> list[str]:
+        with self.db.connection() as conn:
+            return self.sql.catalog.fingerprints(conn)
+
     def delete_collection(self, name: str) -> None:
         with self.db.write() as conn:
             self.sql.catalog.delete_collection(

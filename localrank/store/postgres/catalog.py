@@ -49,6 +49,11 @@ def collection_rows(conn: Conn) -> list[Row]:
     ).fetchall()
 
 
+def fingerprints(conn: Conn) -> list[str]:
+    query = "SELECT DISTINCT fingerprint FROM collections ORDER BY fingerprint"
+    return [str(r[0]) for r in conn.execute(query).fetchall()]
+
+
 def insert_collection(
     conn: Conn, name: str, fingerprint: str, model_id: str, dim: int, settings: str
 ) -> bool:

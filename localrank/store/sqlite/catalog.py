@@ -46,6 +46,11 @@ def collection_rows(conn: apsw.Connection) -> list[Row]:
     ).fetchall()
 
 
+def fingerprints(conn: apsw.Connection) -> list[str]:
+    query = "SELECT DISTINCT fingerprint FROM collections ORDER BY fingerprint"
+    return [str(r[0]) for r in conn.execute(query).fetchall()]
+
+
 def insert_collection(
     conn: apsw.Connection, name: str, fingerprint: str, model_id: str, dim: int, settings: str
 ) -> bool:
