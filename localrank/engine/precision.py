@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from localrank.engine.machine import BF16_FEATURES, CpuFeatures
 from localrank.engine.types import INT8_MARK
 
@@ -118,6 +120,15 @@ def _int8_or(fallback: DtypeChoice, timing: Timing) -> DtypeChoice:
         f"{fallback.reason}; int8 was only {speedup:.2f}x {name}'s speed "
         f"(needs {MIN_INT8_SPEEDUP}x)",
     )
+
+
+def min_cosine(got: np.ndarray, reference: np.ndarray) -> float:
+    """The lowest cosine between matching rows of two [N, dim] arrays of vectors: how far the
+    int8 model's calibration vectors came from the float model's."""
+    unit = [
+        v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12) for v in (got, reference)
+    ]
+    return float((unit[0] * unit[1]).sum(axis=1).min())
 
 
 def int8_inaccurate(choice: DtypeChoice, cosine: float, fallback: str = "float32") -> DtypeChoice:

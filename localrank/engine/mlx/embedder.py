@@ -46,6 +46,7 @@ from localrank.engine.precision import (
     DtypeChoice,
     float_or_int8,
     int8_inaccurate,
+    min_cosine,
 )
 from localrank.engine.types import POOLINGS, BackendInfo, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
@@ -143,10 +144,6 @@ def quantise_at_load(model: nn.Module, group_size: int = INT8_GROUP_SIZE) -> int
 def read_weights_of(model_dir: Path, prefix: str) -> tuple[dict[str, mx.array], dict[str, Path]]:
     """The checkpoint's tensors by the family's names (without `prefix`), and their files."""
     return normalise_keys(*read_weights(model_dir), prefix)
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
 def int8_timing(device: mx.Device, compute: mx.Dtype) -> tuple[float, float]:
@@ -410,7 +407,7 @@ class MLXEmbedder:
         batch = pad(rows, pad_id=recipe.pad_token_id, side=recipe.padding_side, bucket=False)
         before = forward_pooled(model, batch, recipe.pooling)
         quantised = quantise_at_load(model)
-        worst = float(cosines(forward_pooled(model, batch, recipe.pooling), before).min())
+        worst = min_cosine(forward_pooled(model, batch, recipe.pooling), before)
         if worst < INT8_MIN_COSINE:
             return rebuild(), 0, int8_inaccurate(choice, worst, base)
         return (

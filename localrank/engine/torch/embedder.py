@@ -42,6 +42,7 @@ from localrank.engine.precision import (
     accelerator_dtype,
     choose_cpu_dtype,
     int8_inaccurate,
+    min_cosine,
     requested,
 )
 from localrank.engine.torch import int8
@@ -305,9 +306,7 @@ class TorchEmbedder:
             reference = self._calibration_vectors(model, batch)
             int8.pending_all(linears)
             got = self._calibration_vectors(model, batch)
-            cosine = float(
-                (unit(got) * unit(reference)).sum(axis=1).min()  # min over the calibration rows
-            )
+            cosine = min_cosine(got, reference)
             if record is not None:
                 record.write([cast(int8.Int8Pending, lin.int8).cols for lin in linears], cosine)
             how = f"calibrated in {time.perf_counter() - started:.1f}s"
@@ -557,10 +556,6 @@ def trim_padding(ids: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndar
         return ids, real
     cols = np.flatnonzero(used)
     return ids[:, cols[0] : cols[-1] + 1], real[:, cols[0] : cols[-1] + 1]
-
-
-def unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
