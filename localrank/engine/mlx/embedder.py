@@ -184,7 +184,8 @@ def int8_timing(device: mx.Device, compute: mx.Dtype) -> tuple[float, float]:
 
 
 def forward_pooled(model: MLXModel, batch: Batch, pooling: str) -> np.ndarray:
-    """Pooled float32 [B, dim] vectors of a checked batch (not normalised)."""
+    """Pooled float32 [B, dim] vectors of a checked batch (not normalised); the hidden states
+    are freed once pooled."""
     real = batch.attention_mask != 0
     ids = mx.array(batch.input_ids.astype(np.int32))
     return pool(model(ids, attention_mask(real, causal=model.causal)), real, pooling)
@@ -459,15 +460,10 @@ class MLXEmbedder:
         if model is None:
             raise BackendError("MLX embedder is closed")
         ids_np, mask_np = checked_batch(batch, self._vocab, model.max_positions)
-        b, t = ids_np.shape
-        if b == 0:
+        if ids_np.shape[0] == 0:
             return np.zeros((0, self.info.dim), dtype=np.float32)
-        real = mask_np != 0
         with mx.stream(self._device):
-            ids = mx.array(ids_np.astype(np.int32))
-            h = model(ids, attention_mask(real, causal=model.causal))
-            out = pool(h, real, self._recipe.pooling)
-            del h
+            out = forward_pooled(model, Batch(ids_np, mask_np), self._recipe.pooling)
         return finite(out, self.info.dtype)
 
     def close(self) -> None:
