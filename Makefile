@@ -9,7 +9,7 @@ DEV := $(VENV)/.installed-dev
 
 .PHONY: install install-dev serve test lint wheel-check bench bench-quick bench-default bench-engine bench-search bench-pg bench-cli bench-watch bench-rerank soak test-models clean
 
-$(RUNTIME): pyproject.toml constraints.txt
+$(RUNTIME): pyproject.toml setup.py localrank/engine/torch/q8.c constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing later resolves it to a CUDA build.

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-# What the build reads: pyproject.toml (its readme is README.md) and the package.
-SOURCES = ("pyproject.toml", "README.md", "localrank")
+# What the build reads: pyproject.toml (its readme is README.md), setup.py (the int8 kernel) and
+# the package.
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "localrank")
 # Installed by the dev extra only: none of them may come with the runtime install.
 DEV_ONLY = (
     "pytest",

@@ -1,9 +1,9 @@
 """int8 matmuls on torch CPU (engine/torch/int8.py) against the model authors' recipes run
 exactly (float32), per vector: all-MiniLM-L6-v2's real weights (sentence-transformers) and the
-tiny Qwen3 (transformers), documents and queries, with the dtype forced. fbgemm computes the
-same scheme under AVX2 and AVX-512 (7-bit weights in two levels, 8-bit activations: no VNNI
-needed), so nothing here depends on the CPU; tests/test_cpu_portability.py runs this file again
-held to AVX2. The issue's target, min cosine 0.999 on real weights, is what MiniLM is held to.
+tiny Qwen3 (transformers), documents and queries, with the dtype forced. The kernel (q8.c) is
+AVX2 code on every x86-64 CPU that has AVX2 and FMA, so nothing here depends on which;
+tests/test_cpu_portability.py runs this file again with torch held to AVX2. The issue's target,
+min cosine 0.999 on real weights, is what MiniLM is held to.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ from localrank.engine.load import load_engine, load_reranker
 from localrank.engine.precision import DtypeChoice
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.torch import TorchEmbedder, int8
-from localrank.engine.torch.int8 import Int8Pending, Int8Weight
+from localrank.engine.torch.int8 import Int8Weight
 
 # Measured (min cosine to float32, these texts): MiniLM 0.9996, tiny Qwen3 0.9999.
 MINILM_MIN_COSINE = 0.999
@@ -104,44 +105,75 @@ def test_int8_stacks_the_projections_it_quantises(qwen3_int8: Engine) -> None:
 
 def test_int8_query_prefix_and_batching_change_nothing(qwen3_int8: Engine) -> None:
     """The cached query instruction runs through the same int8 matmuls; a batch and one row
-    at a time agree closely (each row is scaled by its own max, but fbgemm's asymmetric grid
-    spans the call's min and max: a row's rounding depends slightly on the others, as in
-    bfloat16's test)."""
+    at a time agree (each row is rounded by itself; float32's summation order around the
+    matmuls differs with the batch's shape, which can move a value across a rounding edge)."""
     before = qwen3_int8.embed(QUERIES, query=True).vectors
     assert qwen3_int8.cache_query_prefix() > 10
     after = qwen3_int8.embed(QUERIES, query=True).vectors
-    assert cosine(before, after).min() > 0.9995
+    assert cosine(before, after).min() > 0.9999
     batched = qwen3_int8.embed(DOCUMENTS).vectors
     singles = np.concatenate([qwen3_int8.embed([t]).vectors for t in DOCUMENTS])
-    assert cosine(batched, singles).min() > 0.9995
+    assert cosine(batched, singles).min() > 0.9999
 
 
-def test_int8_serves_its_scheme_before_its_weights_are_packed(
-    minilm: Path, minilm_int8: Engine
-) -> None:
-    """A start serves int8 at once (int8.py: the layout is made in the background): each matmul
-    computes the scheme from its float32 weight, fbgemm's 8-bit activation grid replicated, to
-    within a few times 1e-5 of fbgemm's product where float32's is 2e-3 away; its vectors are as
-    accurate, and once packed the engine computes what one packed from the start does."""
-    fresh = engine(minilm, "int8")
-    linears = fresh.embedder.model.linears()  # type: ignore[attr-defined]
-    assert all(isinstance(lin.int8, Int8Pending) and lin.weight.numel() for lin in linears)
+def reference_blocks(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The scheme's rounding written with torch ops: each block of 32 scaled to max |v| = 127
+    (the scale and its inverse in float32, as the kernel computes them), ties to even."""
+    rows, k = t.shape
+    blocks = t.reshape(rows, k // 32, 32)
+    amax = blocks.abs().amax(-1)
+    inverse = torch.where(amax > 0, 127.0 / amax, torch.zeros_like(amax))
+    q = (blocks * inverse[..., None]).round().to(torch.int8).reshape(rows, k)
+    return q, amax / 127.0
+
+
+def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine) -> None:
+    """q8.c against the scheme in torch ops: the same integers and scales, and each of MiniLM's
+    matmuls (384 and 1536 inputs: whole groups of 8 blocks and a remainder) equal to the rounded
+    input times the rounded weight in float32 (plus the outlier columns), to float32's summation
+    order; the exact product is much further away."""
     gen = torch.Generator().manual_seed(0)
-    for lin in linears[:4]:
-        x = torch.randn(9, lin.weight.shape[1], generator=gen)
-        x[:, int(lin.int8.cols[0])] *= 40  # an outlier channel, as MiniLM's
-        exact = torch.nn.functional.linear(x, lin.weight)
-        q, scale, outliers = int8._int8_rows(lin.weight, lin.int8.cols)
-        fbgemm = Int8Weight(int8._pack(q, scale), lin.int8.cols, outliers)(x)
-        pending = lin.int8(x)
-        assert rel(pending, fbgemm) < 3e-4 < 2e-3 < rel(exact, fbgemm)
-    texts = DOCUMENTS + QUERIES
-    before = fresh.embed(texts).vectors
-    assert cosine(before, sentence_transformers_reference(minilm, texts)).min() >= MINILM_MIN_COSINE
-    assert cosine(before, minilm_int8.embed(texts).vectors).min() >= MINILM_MIN_COSINE
-    assert fresh.optimize() == len(linears)
-    assert all(isinstance(lin.int8, Int8Weight) and not lin.weight.numel() for lin in linears)
-    np.testing.assert_array_equal(fresh.embed(texts).vectors, minilm_int8.embed(texts).vectors)
+    x = torch.randn(7, 1536, generator=gen) * torch.rand(7, 1536, generator=gen) ** 4
+    x[2, 100:132] = 0.0  # an all-zero block
+    q, s = int8.round_blocks(x)
+    want_q, want_s = reference_blocks(x)
+    assert torch.equal(q, want_q) and torch.equal(s, want_s)
+    linears = minilm_int8.embedder.model.linears()  # type: ignore[attr-defined]
+    for lin in linears[:6]:
+        w8 = lin.int8
+        k = w8.q.shape[1]
+        x = torch.randn(9, k, generator=gen)
+        x[:, int(w8.cols[0])] *= 40  # an outlier channel, as MiniLM's
+        rounded = int8.from_blocks(*int8.round_blocks(x.index_fill(1, w8.cols, 0.0)))
+        want = rounded @ int8.from_blocks(w8.q, w8.scales).t()
+        outliers = w8.outliers[:, : len(w8.cols)]
+        want += x[:, w8.cols] @ outliers.t()
+        got = w8(x)
+        exact = x.index_fill(1, w8.cols, 0.0) @ int8.from_blocks(w8.q, w8.scales).t()
+        exact += x[:, w8.cols] @ outliers.t()
+        assert rel(got, want) < 1e-6 < 1e-3 < rel(exact, want)
+
+
+def test_the_kernel_gives_the_same_numbers_on_any_threads(minilm_int8: Engine) -> None:
+    """Its workers split the output channels: one thread or several, and two callers at once
+    (the second computes on its own thread), the same bits."""
+    w8 = minilm_int8.embedder.model.linears()[2].int8  # type: ignore[attr-defined]
+    gen = torch.Generator().manual_seed(1)
+    xs = [torch.randn(rows, w8.q.shape[1], generator=gen) for rows in (1, 12, 40, 200)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = [w8(x) for x in xs]
+        torch.set_num_threads(2)
+        assert all(torch.equal(w8(x), a) for x, a in zip(xs, alone, strict=True))
+
+        def many(i: int) -> bool:
+            return all(torch.equal(w8(xs[i % 4]), alone[i % 4]) for _ in range(30))
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            assert all(pool.map(many, range(6)))
+    finally:
+        torch.set_num_threads(before)
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -173,19 +205,6 @@ def test_a_later_start_skips_the_calibration(tiny_qwen3: Path, tmp_path: Path) -
     assert "(calibrated in" in engine(model, "int8", home=home).info.backend.dtype_reason
 
 
-def test_the_query_prefix_is_cached_again_once_packed(tiny_qwen3: Path) -> None:
-    """The daemon caches the query instruction before packing (Engine.optimize); once packed,
-    queries compute exactly what an engine packed before caching it computes."""
-    daemon_order = packed(engine(tiny_qwen3, "int8"))
-    assert daemon_order.cached_prefix_tokens > 10
-    other = engine(tiny_qwen3, "int8")
-    assert other.embedder.optimize() > 0  # type: ignore[attr-defined]
-    assert other.cache_query_prefix() == daemon_order.cached_prefix_tokens
-    np.testing.assert_array_equal(
-        daemon_order.embed(QUERIES, query=True).vectors, other.embed(QUERIES, query=True).vectors
-    )
-
-
 def resolved(e: Engine) -> ResolvedModel:
     return ResolvedModel(e.info.model_id, e.info.path, e.info.revision)
 
@@ -195,8 +214,9 @@ def calibration_ids(e: Engine) -> list[list[int]]:
 
 
 def test_outlier_channels_are_what_makes_minilm_accurate(minilm: Path) -> None:
-    """Without calibration (no input channel kept float32), per-token activations lose to
-    MiniLM's outlier channels: the calibrated scheme is at least 0.003 closer."""
+    """Without calibration (no input channel kept float32), blocks that hold one of MiniLM's
+    outlier channels round their other values coarsely: the calibrated scheme's worst distance
+    to float32 (1 - cosine) is at most half the plain one's (measured: 0.00025 vs 0.00081)."""
     f32 = engine(minilm, "float32")
     want = f32.embed(DOCUMENTS + QUERIES).vectors
     plain = TorchEmbedder(minilm, f32.recipe, dtype="int8")
@@ -208,7 +228,7 @@ def test_outlier_channels_are_what_makes_minilm_accurate(minilm: Path) -> None:
         e = Engine(resolved(f32), f32.tokenizer, embedder)
         worst[name] = cosine(e.embed(DOCUMENTS + QUERIES).vectors, want).min()
     assert worst["calibrated"] >= MINILM_MIN_COSINE
-    assert worst["calibrated"] > worst["plain"] + 0.003, worst
+    assert 1 - worst["calibrated"] < (1 - worst["plain"]) / 2, worst
 
 
 def test_auto_int8_is_undone_when_the_load_time_check_fails(

@@ -38,6 +38,13 @@ class CpuFeatures:
         """The feature that gives native bfloat16 matmuls, or None."""
         return next((f for f in BF16_FEATURES.get(self.arch, ()) if f in self.flags), None)
 
+    def avx2_fma(self) -> bool:
+        """Whether int8's kernel (engine/torch/q8.c, compiled for AVX2 and FMA) may run here.
+        macOS lists AVX2 among leaf-7 features and FMA elsewhere: every AVX2 CPU has FMA."""
+        if self.arch != "x86_64" or "avx2" not in self.flags:
+            return False
+        return "fma" in self.flags or self.source == "sysctl"
+
 
 def parse_cpuinfo(text: str, machine: str) -> CpuFeatures:
     """Linux /proc/cpuinfo: x86 lists `flags`, arm64 lists `Features` (first CPU is enough)."""

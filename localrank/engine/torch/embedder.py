@@ -98,8 +98,8 @@ def pick_dtype(
         choice = requested(dtype, source)
         if dtype == "int8" and (device != "cpu" or not int8.supported()):
             raise BackendError(
-                f"dtype int8 ({source}) needs torch's fbgemm int8 kernels on an x86 CPU; "
-                f"not available on {device} here"
+                f"dtype int8 ({source}) needs localrank's int8 kernel, built at install for "
+                f"x86-64 CPUs with AVX2 and FMA; not available on {device} here"
             )
         if (
             device == "cpu"
@@ -269,51 +269,48 @@ class TorchEmbedder:
         """Switch the model's matmuls to the int8 scheme, its outlier columns from a calibration
         pass of the float32 model over `calibration`, and compare the int8 vectors of those rows
         with float32's. Chosen by "auto", int8 is undone (float32 kept) when they are further
-        apart than INT8_MIN_COSINE; asked for, it is kept and the figure reported. Projections
-        (q/k/v, gate/up) still separate (mapped from the cast-weight cache, not copied) are
-        stacked first: one int8 matmul each. The integer weights in fbgemm's layout are made by
-        `optimize` (int8.py says why); until then each matmul computes the same scheme from its
-        float32 weight. `cache` (folder, checkpoint files): where the calibration's outcome is
-        kept for the next start (weight_cache.Int8Calibration). `release` drops the pages of
-        mapped weights."""
+        apart than INT8_MIN_COSINE; asked for, it is kept and the figure reported, and the
+        float32 weights' pages dropped (`release`). Projections (q/k/v, gate/up) still separate
+        (mapped from the cast-weight cache, not copied) are stacked first: one int8 matmul each.
+        `cache` (folder, checkpoint files): where the calibration's outcome is kept for the next
+        start (weight_cache.Int8Calibration)."""
         started = time.perf_counter()
         for projection in getattr(model, "projections", list)():
             for weight in projection.stack() or ():
                 release(weight)
         linears = cast(Any, model).linears()
+        threads = torch.get_num_threads()
         rows = [list(r) for r in calibration if len(r)]
         if not rows:
-            int8.pending_all(linears)
+            int8.quantise_all(linears, threads=threads)
+            int8.release_all(linears, release)
             return DtypeChoice("int8", f"{choice.reason} (no calibration: no outlier channels)")
         record = known = None
         if cache is not None:
             shapes = [list(lin.weight.shape) for lin in linears]
-            scheme = [
-                int8.OUTLIER_COLUMNS,
-                int8.WEIGHT_MAX,
-                torch.backends.cpu.get_cpu_capability(),
-            ]
+            scheme = [int8.OUTLIER_COLUMNS, int8.SCHEME]
             record = Int8Calibration(cache[0], cache[1], [rows, scheme, shapes])
             known = record.read()
         if known is not None and len(known[0]) == len(linears):
             columns, cosine = known
-            int8.pending_all(linears, columns)
+            int8.quantise_all(linears, columns, threads)
             how = "measured at an earlier start"
         else:
             side = self.recipe.padding_side
             batch = pad(rows, pad_id=self.recipe.pad_token_id, side=side, bucket=False)
-            int8.observe(linears)  # pending_all reads and clears what the pass records
+            int8.observe(linears)  # quantise_all reads and clears what the pass records
             reference = self._calibration_vectors(model, batch)
-            int8.pending_all(linears)
+            int8.quantise_all(linears, threads=threads)
             got = self._calibration_vectors(model, batch)
             cosine = min_cosine(got, reference)
             if record is not None:
-                record.write([cast(int8.Int8Pending, lin.int8).cols for lin in linears], cosine)
+                record.write(int8.columns_of(linears), cosine)
             how = f"calibrated in {time.perf_counter() - started:.1f}s"
         if not explicit and cosine < INT8_MIN_COSINE:
             for lin in linears:
                 lin.int8 = None
             return int8_inaccurate(choice, cosine)
+        int8.release_all(linears, release)
         return DtypeChoice(
             "int8",
             f"{choice.reason}; min cosine {cosine:.5f} to float32 on {len(rows)} calibration "
@@ -376,28 +373,18 @@ class TorchEmbedder:
 
     def optimize(self) -> int:
         """Repack the bfloat16 CPU weights for oneDNN (layers.Linear): 1.3-1.8x faster short
-        queries; or make int8's integer weights in fbgemm's layout (int8.pack_all). Meant for a
-        background thread once the daemon serves: the new layout is fresh memory, and
-        first-touching 0.84 GB of it costs ~1 s of CPU on this project's VMs (int8's rounding
-        and prepack: ~14 s of CPU for the 0.6B shape), too much for the cold start. Forwards
-        running meanwhile read each weight in whichever form it has at that moment: the same
-        numbers (int8: the same scheme, int8.py). Returns how many weights were repacked."""
+        queries. Meant for a background thread once the daemon serves: the new layout is fresh
+        memory, and first-touching 0.84 GB of it costs ~1 s of CPU on this project's VMs, too
+        much for the cold start. Forwards running meanwhile read each weight in whichever form
+        it has at that moment: the same numbers. Returns how many weights were repacked (int8's
+        weights are rounded at load: none)."""
         self._write_weight_cache()
         model, checkpoint = self.model, self._checkpoint
         linears = getattr(model, "linears", None)
         if model is None or checkpoint is None or linears is None or self.device.type != "cpu":
             return 0
         started = time.perf_counter()
-        if self.info.dtype == "int8":
-            threads = self.info.threads or 1
-            packed = int8.pack_all(linears(), checkpoint.release, self._forwards.wait_idle, threads)
-            what = "weights quantised to int8 for fbgemm"
-            if packed and self._prefix is not None:
-                # The query prefix was cached through the pending matmuls: again through the
-                # packed ones, so a query computes what it would on an engine packed from the
-                # start (the two differ as two batchings do).
-                self.cache_prefix([int(t) for t in self._prefix_ids])
-        elif self.info.dtype == "bfloat16":
+        if self.info.dtype == "bfloat16":
             stacks: list[Stackable] = getattr(model, "projections", list)()
             packed = prepack(linears(), checkpoint.release, self._forwards.wait_idle, stacks=stacks)
             what = "weights repacked for oneDNN"

@@ -187,6 +187,12 @@ def pooled(fn: Callable[[], Tensor]) -> Tensor:
         torch.set_num_threads(1)
 
 
+def kernel_threads(pool: bool) -> int:
+    """Threads for a kernel of localrank's own (int8.py): the engine's inside a small pass when
+    `pool` (where `pooled` would give torch's pool), torch's current count otherwise."""
+    return _pool.threads if pool and _pool.threads else torch.get_num_threads()
+
+
 def attention_mask(real: Tensor, *, causal: bool) -> Tensor:
     """Boolean mask (True = may attend): [B, 1, T, T] if causal, else [B, 1, 1, T].
 

@@ -1,0 +1,303 @@
+/* int8 block matmuls for the torch CPU forwards on x86-64 with AVX2 and FMA (int8.py says when
+ * and why). A weight [N, K] is held as int8 integers in blocks of 32 along K, each block with its
+ * own float32 scale (q8_0's layout: w ~ s[n, b] * q[n, k]); each call rounds its input rows the
+ * same way (x ~ t[m, b] * p[m, k]), and
+ *
+ *     y[m, n] = sum_b t[m, b] s[n, b] sum_{k in b} p[m, k] q[n, k],
+ *
+ * the inner sums exact in int32. Integers are symmetric in [-127, 127], so the AVX2 product of
+ * two signed bytes can go through vpmaddubsw (unsigned x signed) as |q| x (p * sign q): a pair
+ * of such products stays within int16 (2 x 127 x 127 < 32767), which fbgemm's unsigned 8-bit
+ * activations against 8-bit weights do not (the reason its scheme needed 7-bit weights in two
+ * levels).
+ *
+ * Threads: a call splits its output channels over the calling thread and up to 7 workers of its
+ * own (POSIX threads that spin briefly, then sleep); a call made while another runs the workers
+ * computes on its own thread alone. Pointers come from int8.py, which checks shapes, dtypes and
+ * contiguity first: nothing here checks them again. */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 32
+#define GROUP 8 /* blocks reduced together: one float multiply-add per 8 blocks and row */
+#define TILE 16 /* input rows per pass over the weights (kept in L1/L2 while they stream) */
+#define MAX_WORKERS 7
+#define SPIN 4000
+#define OUTLIERS 16 /* float32 input channels a weight may keep (int8.py's outlier columns) */
+
+/* ------------------------------------------------------------------ rounding to blocks */
+
+/* rows [r0, r1) of x [*, K] -> q [*, K] int8 and s [*, K / 32] float32 */
+static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_t r0, int64_t r1) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const int64_t nb = K / BLOCK;
+    for (int64_t r = r0; r < r1; r++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const float *p = x + r * K + b * BLOCK;
+            __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8);
+            __m256 v2 = _mm256_loadu_ps(p + 16), v3 = _mm256_loadu_ps(p + 24);
+            __m256 a = _mm256_max_ps(
+                _mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
+                _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            const float amax = _mm_cvtss_f32(h);
+            s[r * nb + b] = amax / 127.0f;
+            const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+#define ROUND(v) _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+            __m256i i01 = _mm256_packs_epi32(ROUND(v0), ROUND(v1));
+            __m256i i23 = _mm256_packs_epi32(ROUND(v2), ROUND(v3));
+#undef ROUND
+            /* the packs interleave 128-bit lanes: put the 32 bytes back in order */
+            __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i01, i23), order);
+            _mm256_storeu_si256((__m256i *)(q + r * K + b * BLOCK), bytes);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ the product */
+
+static inline float hsum(__m256 v) {
+    __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+    return _mm_cvtss_f32(lo);
+}
+
+/* one block's 32 products of signed bytes, as 8 int32 partial sums */
+static inline __m256i block_dot(__m256i wabs, __m256i w, const int8_t *x, __m256i ones) {
+    __m256i xv = _mm256_loadu_si256((const __m256i *)x);
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, w)), ones);
+}
+
+/* y[m, n] for every row m and the output channels [n0, n1); with `xo` [M, 16] and `wo` [N, 16]
+ * (the outlier columns' inputs and weights, zero-padded), their float32 products added */
+static void gemm_channels(const int8_t *xq, const float *sx, int64_t M, int64_t K, const int8_t *w,
+                          const float *sw, const float *xo, const float *wo, float *y, int64_t N,
+                          int64_t n0, int64_t n1) {
+    const int64_t nb = K / BLOCK, groups = nb / GROUP;
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[TILE];
+    float tail[TILE];
+    for (int64_t m0 = 0; m0 < M; m0 += TILE) {
+        const int64_t rows = M - m0 < TILE ? M - m0 : TILE;
+        for (int64_t n = n0; n < n1; n++) {
+            const int8_t *wr = w + n * K;
+            const float *swr = sw + n * nb;
+            for (int64_t i = 0; i < rows; i++) {
+                acc[i] = _mm256_setzero_ps();
+                tail[i] = 0.0f;
+            }
+            for (int64_t g = 0; g < groups; g++) {
+                const int8_t *wg = wr + g * GROUP * BLOCK;
+                __m256i wv[GROUP], wa[GROUP];
+                for (int j = 0; j < GROUP; j++) {
+                    wv[j] = _mm256_loadu_si256((const __m256i *)(wg + j * BLOCK));
+                    wa[j] = _mm256_sign_epi8(wv[j], wv[j]);
+                }
+                const __m256 dw = _mm256_loadu_ps(swr + g * GROUP);
+                for (int64_t i = 0; i < rows; i++) {
+                    const int64_t m = m0 + i;
+                    const int8_t *xg = xq + m * K + g * GROUP * BLOCK;
+#define P(j) block_dot(wa[j], wv[j], xg + (j) * BLOCK, ones)
+                    /* eight blocks' sums into one vector, block j in lane j */
+                    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(P(0), P(1)), _mm256_hadd_epi32(P(2), P(3)));
+                    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(P(4), P(5)), _mm256_hadd_epi32(P(6), P(7)));
+#undef P
+                    __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
+                                                    _mm256_permute2x128_si256(a, b, 0x31));
+                    __m256 scale = _mm256_mul_ps(dw, _mm256_loadu_ps(sx + m * nb + g * GROUP));
+                    acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[i]);
+                }
+            }
+            if (xo != NULL) {
+                const __m256 o0 = _mm256_loadu_ps(wo + n * OUTLIERS), o1 = _mm256_loadu_ps(wo + n * OUTLIERS + 8);
+                for (int64_t i = 0; i < rows; i++) {
+                    const float *xr = xo + (m0 + i) * OUTLIERS;
+                    acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xr), o0, acc[i]);
+                    acc[i] = _mm256_fmadd_ps(_mm256_loadu_ps(xr + 8), o1, acc[i]);
+                }
+            }
+            for (int64_t b = groups * GROUP; b < nb; b++) { /* K not a multiple of 256 */
+                __m256i wv = _mm256_loadu_si256((const __m256i *)(wr + b * BLOCK));
+                __m256i wa = _mm256_sign_epi8(wv, wv);
+                for (int64_t i = 0; i < rows; i++) {
+                    const int64_t m = m0 + i;
+                    __m256i p = block_dot(wa, wv, xq + m * K + b * BLOCK, ones);
+                    __m256 f = _mm256_cvtepi32_ps(p);
+                    tail[i] += hsum(f) * (swr[b] * sx[m * nb + b]);
+                }
+            }
+            for (int64_t i = 0; i < rows; i++) y[(m0 + i) * N + n] = hsum(acc[i]) + tail[i];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ workers */
+
+typedef struct {
+    int kind; /* 0: gemm over channels, 1: quantize rows */
+    const int8_t *xq;
+    const float *sx;
+    const float *x;
+    int8_t *q;
+    float *s;
+    int64_t M, K, N;
+    const int8_t *w;
+    const float *sw;
+    const float *xo, *wo;
+    float *y;
+    int parts;
+} job_t;
+
+static job_t job;
+static atomic_int generation = 0, finished = 0;
+static int workers = 0;
+static pthread_mutex_t busy = PTHREAD_MUTEX_INITIALIZER; /* held by the call using the workers */
+static pthread_mutex_t wake_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+
+static void run_part(const job_t *j, int part) {
+    const int64_t total = j->kind == 0 ? j->N : j->M;
+    int64_t per = (total + j->parts - 1) / j->parts;
+    per = (per + 7) & ~(int64_t)7;
+    const int64_t lo = part * per, hi = lo + per < total ? lo + per : total;
+    if (lo >= hi) return;
+    if (j->kind == 0)
+        gemm_channels(j->xq, j->sx, j->M, j->K, j->w, j->sw, j->xo, j->wo, j->y, j->N, lo, hi);
+    else
+        quantize_rows(j->x, j->K, j->q, j->s, lo, hi);
+}
+
+static void *worker_main(void *arg) {
+    const int id = (int)(intptr_t)arg;
+    int seen = 0;
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
+            if (++spins < SPIN) {
+                _mm_pause();
+                continue;
+            }
+            pthread_mutex_lock(&wake_mu);
+            while (atomic_load(&generation) == seen) pthread_cond_wait(&wake, &wake_mu);
+            pthread_mutex_unlock(&wake_mu);
+        }
+        seen = atomic_load(&generation);
+        if (id < job.parts) run_part(&job, id);
+        atomic_fetch_add_explicit(&finished, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+/* j on `threads` threads (this one included), or on this one alone when the workers are busy */
+static void run(job_t j, int threads) {
+    if (threads > MAX_WORKERS + 1) threads = MAX_WORKERS + 1;
+    if (threads <= 1 || pthread_mutex_trylock(&busy) != 0) {
+        j.parts = 1;
+        run_part(&j, 0);
+        return;
+    }
+    while (workers < threads - 1) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, worker_main, (void *)(intptr_t)(workers + 1)) != 0) break;
+        pthread_detach(t);
+        workers++;
+    }
+    j.parts = workers + 1 < threads ? workers + 1 : threads;
+    job = j;
+    atomic_store(&finished, 0);
+    pthread_mutex_lock(&wake_mu);
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    pthread_cond_broadcast(&wake);
+    pthread_mutex_unlock(&wake_mu);
+    run_part(&job, 0);
+    while (atomic_load_explicit(&finished, memory_order_acquire) < workers) _mm_pause();
+    pthread_mutex_unlock(&busy);
+}
+
+/* ------------------------------------------------------------------ Python */
+
+/* quantize(x, q, s, rows, k, threads): pointers as integers */
+static PyObject *py_quantize(PyObject *self, PyObject *args) {
+    unsigned long long x, q, s;
+    long long rows, k;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKKLLi", &x, &q, &s, &rows, &k, &threads)) return NULL;
+    job_t j = {.kind = 1, .x = (const float *)x, .q = (int8_t *)q, .s = (float *)s, .M = rows, .K = k};
+    Py_BEGIN_ALLOW_THREADS
+    run(j, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* linear(x, rows, k, w, sw, n, y, threads, cols, ncols, wo): y = x @ dequant(w)^T, x rounded to
+ * blocks first. With ncols (<= 16) input channels `cols` (int64): those are left out of the
+ * rounding and multiplied in float32 by `wo` [N, 16] (the weight's columns, zero-padded). */
+static PyObject *py_linear(PyObject *self, PyObject *args) {
+    unsigned long long x, w, sw, y, cols, wo;
+    long long rows, k, n, ncols;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KLLKKLKiKLK", &x, &rows, &k, &w, &sw, &n, &y, &threads, &cols,
+                          &ncols, &wo))
+        return NULL;
+    if (ncols < 0 || ncols > OUTLIERS) {
+        PyErr_SetString(PyExc_ValueError, "at most 16 outlier columns");
+        return NULL;
+    }
+    const size_t values = (size_t)(rows * k);
+    int8_t *xq = malloc(values + 64);
+    float *sx = malloc((size_t)(rows * (k / BLOCK)) * sizeof(float) + 64);
+    float *xz = ncols ? malloc(values * sizeof(float) + 64) : NULL;
+    float *xo = ncols ? calloc((size_t)(rows * OUTLIERS), sizeof(float)) : NULL;
+    if (xq == NULL || sx == NULL || (ncols && (xz == NULL || xo == NULL))) {
+        free(xq);
+        free(sx);
+        free(xz);
+        free(xo);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    const float *xin = (const float *)x;
+    if (ncols) { /* the outlier channels: out of the rounded copy, into xo */
+        const int64_t *c = (const int64_t *)cols;
+        memcpy(xz, xin, values * sizeof(float));
+        for (int64_t m = 0; m < rows; m++)
+            for (int64_t j = 0; j < ncols; j++) {
+                xo[m * OUTLIERS + j] = xin[m * k + c[j]];
+                xz[m * k + c[j]] = 0.0f;
+            }
+        xin = xz;
+    }
+    job_t qj = {.kind = 1, .x = xin, .q = xq, .s = sx, .M = rows, .K = k};
+    run(qj, rows * k >= 16384 ? threads : 1);
+    job_t gj = {.kind = 0, .xq = xq, .sx = sx, .M = rows, .K = k, .w = (const int8_t *)w,
+                .sw = (const float *)sw, .xo = xo, .wo = (const float *)wo, .y = (float *)y, .N = n};
+    run(gj, threads);
+    Py_END_ALLOW_THREADS
+    free(xq);
+    free(sx);
+    free(xz);
+    free(xo);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"quantize", py_quantize, METH_VARARGS, "rows of float32 -> int8 blocks of 32 and their scales"},
+    {"linear", py_linear, METH_VARARGS, "x @ W^T for a weight held in int8 blocks of 32"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_q8", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__q8(void) { return PyModule_Create(&module); }
