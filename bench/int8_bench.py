@@ -4,7 +4,7 @@ includes calibration and quantisation), one short instructed query at a time (p5
 process CPU time), bulk texts/s (40 documents of 5-300 words, 8 a call) and the min cosine of
 each dtype's vectors to float32's, documents and queries apart.
 
-`--avx2` runs the same in a child process whose torch, oneDNN, MKL and fbgemm are held to AVX2
+`--avx2` runs the same in a child process whose torch, oneDNN and MKL are held to AVX2
 instructions (an AVX2-only laptop; bfloat16 is then not native and is left out).
 
     python -m bench.int8_bench [--model FOLDER|minilm] [--avx2] [--rounds 3]
@@ -35,7 +35,6 @@ AVX2_ONLY = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",
-    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",
 }
 TARGET_QUERY_MS = {"avx2": 150.0, "native-bf16": 100.0}
 TARGET_MIN_COSINE = 0.999

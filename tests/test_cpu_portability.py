@@ -2,9 +2,9 @@
 
 CI and the machines that build this project change from one run to the next: some have
 AVX-512 / AMX / AVX512-BF16, some only AVX2 + FMA. The tests of the precision paths run here
-again in a child process whose torch, oneDNN, MKL and fbgemm are held to AVX2 instructions: what
-an AVX2-only laptop has. A test that
-silently assumed this machine's features fails here even on a machine that has them.
+again in a child process whose torch, oneDNN and MKL are held to AVX2 instructions (int8's own
+kernel is AVX2 code everywhere): what an AVX2-only laptop has. A test that silently assumed
+this machine's features fails here even on a machine that has them.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ AVX2_ONLY = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's own kernels
     "ONEDNN_MAX_CPU_ISA": "AVX2",  # oneDNN (bfloat16 packing, its matmuls)
     "MKL_ENABLE_INSTRUCTIONS": "AVX2",  # MKL (float32 matmuls), which reads neither of those
-    "FBGEMM_ENABLE_INSTRUCTIONS": "AVX2",  # fbgemm (quantised matmuls)
 }
 # The tests whose paths depend on the CPU's instructions (dtype choice, bfloat16, packing).
 PRECISION_TESTS = ["tests/test_bf16_parity.py", "tests/test_precision.py", "tests/test_int8.py"]

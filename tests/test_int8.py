@@ -39,7 +39,7 @@ def engine(model: Path, dtype: str, **settings: str) -> Engine:
 
 
 def packed(e: Engine) -> Engine:
-    """What the daemon does once serving: fbgemm's layout made in the background."""
+    """What the daemon does once serving (Engine.optimize: the query instruction cached)."""
     e.optimize()
     return e
 

@@ -301,7 +301,7 @@ class Engine:
         """Work that makes later calls faster but is not needed to serve: cache the default
         query instruction's keys and values (queries share their first ~20 tokens; torch: exact
         to float32 rounding), warm a document's shape, repack weights (the torch CPU backend's
-        bfloat16; its int8's fbgemm layout). Safe to run in another thread while the engine
+        bfloat16). Safe to run in another thread while the engine
         serves: each step waits for a gap between forward passes. A daemon runs it once ready,
         one-shot commands never. Returns how many weights were repacked."""
         optimize = getattr(self.embedder, "optimize", None)
