@@ -23,6 +23,7 @@ from reference import qwen3_reference, sentence_transformers_reference
 from localrank.config import load_settings
 from localrank.engine.core import Engine, calibration_texts
 from localrank.engine.load import load_engine, load_reranker
+from localrank.engine.machine import read_cpu_features
 from localrank.engine.precision import DtypeChoice
 from localrank.engine.resolve import ResolvedModel
 from localrank.engine.torch import TorchEmbedder, int8
@@ -152,6 +153,26 @@ def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine
         exact = x.index_fill(1, w8.cols, 0.0) @ int8.from_blocks(w8.q, w8.scales).t()
         exact += x[:, w8.cols] @ outliers.t()
         assert rel(got, want) < 1e-6 < 1e-3 < rel(exact, want)
+
+
+def test_the_kernel_gives_the_same_bits_with_avx2_alone(minilm_int8: Engine) -> None:
+    """Where the CPU has AVX512-VNNI the products run in vpdpbusd; held to AVX2 (as an AVX2-only
+    CPU, and as tests/test_cpu_portability.py holds it) the same integer sums come from
+    vpmaddubsw: the same bits. (On a CPU without VNNI both runs are the AVX2 path.)"""
+    q8 = int8.kernel()
+    assert q8 is not None
+    w8 = minilm_int8.embedder.model.linears()[5].int8  # type: ignore[attr-defined]
+    x = torch.randn(30, w8.q.shape[1], generator=torch.Generator().manual_seed(2))
+    held = q8.isa()
+    try:
+        best = q8.isa("best")
+        assert best in ("avx512vnni", "avx2")
+        assert best == "avx512vnni" or "avx512_vnni" not in read_cpu_features().flags
+        fast = w8(x)
+        assert q8.isa("avx2") == "avx2"
+        assert torch.equal(w8(x), fast)
+    finally:
+        q8.isa("avx2" if held == "avx2" else "best")
 
 
 def test_the_kernel_gives_the_same_numbers_on_any_threads(minilm_int8: Engine) -> None:

@@ -64,7 +64,9 @@ PROBE_MAX_ROUNDS = 6
 @cache
 def kernel() -> ModuleType | None:
     """The compiled kernel (localrank.engine.torch._q8), or None: not built (no compiler at
-    install, not x86-64), or a CPU without AVX2 and FMA, where it must not run."""
+    install, not x86-64), or a CPU without AVX2 and FMA, where it must not run. It multiplies
+    with AVX512-VNNI where the CPU has it (`_q8.isa()`; the same integers, so the same
+    results: 1.1-1.3x faster for a short query)."""
     if not read_cpu_features().avx2_fma():
         return None
     try:
@@ -72,6 +74,8 @@ def kernel() -> ModuleType | None:
     except ImportError as exc:
         log.debug("int8 kernel not built: %s", exc)
         return None
+    if torch.backends.cpu.get_cpu_capability() == "AVX2":
+        _q8.isa("avx2")  # torch held to AVX2 (an AVX2-only CPU imitated): the kernel too
     return _q8
 
 

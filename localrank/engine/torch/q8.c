@@ -28,7 +28,7 @@
 
 #define BLOCK 32
 #define GROUP 8 /* blocks reduced together: one float multiply-add per 8 blocks and row */
-#define TILE 16 /* input rows per pass over the weights (kept in L1/L2 while they stream) */
+#define TILE 32 /* at most this many input rows per pass over the weights (in L2 meanwhile) */
 #define MAX_WORKERS 7
 #define SPIN 4000
 #define OUTLIERS 16 /* float32 input channels a weight may keep (int8.py's outlier columns) */
@@ -74,23 +74,35 @@ static inline float hsum(__m256 v) {
     return _mm_cvtss_f32(lo);
 }
 
-/* one block's 32 products of signed bytes, as 8 int32 partial sums */
-static inline __m256i block_dot(__m256i wabs, __m256i w, const int8_t *x, __m256i ones) {
-    __m256i xv = _mm256_loadu_si256((const __m256i *)x);
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, _mm256_sign_epi8(xv, w)), ones);
+/* one block's 32 products of signed bytes, as 8 int32 partial sums: |w| x (x * sign w) in
+ * vpmaddubsw and vpmaddwd, or in one vpdpbusd where the CPU has AVX512-VNNI (written as assembly
+ * so that this file compiles for AVX2 alone; the same integers either way) */
+static inline __attribute__((always_inline)) __m256i block_dot(__m256i wabs, __m256i w,
+                                                               const int8_t *x, __m256i ones,
+                                                               const int vnni) {
+    __m256i signed_x = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)x), w);
+    if (vnni) {
+        __m256i sums = _mm256_setzero_si256();
+        __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(sums) : "x"(wabs), "x"(signed_x));
+        return sums;
+    }
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed_x), ones);
 }
 
 /* y[m, n] for every row m and the output channels [n0, n1); with `xo` [M, 16] and `wo` [N, 16]
  * (the outlier columns' inputs and weights, zero-padded), their float32 products added */
-static void gemm_channels(const int8_t *xq, const float *sx, int64_t M, int64_t K, const int8_t *w,
-                          const float *sw, const float *xo, const float *wo, float *y, int64_t N,
-                          int64_t n0, int64_t n1) {
+static inline __attribute__((always_inline)) void
+gemm_channels(const int8_t *xq, const float *sx, int64_t M, int64_t K, const int8_t *w,
+              const float *sw, const float *xo, const float *wo, float *y, int64_t N, int64_t n0,
+              int64_t n1, const int vnni) {
     const int64_t nb = K / BLOCK, groups = nb / GROUP;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[TILE];
     float tail[TILE];
-    for (int64_t m0 = 0; m0 < M; m0 += TILE) {
-        const int64_t rows = M - m0 < TILE ? M - m0 : TILE;
+    /* tiles of equal size: 40 rows are two passes of 20, not 32 and 8 */
+    const int64_t tiles = (M + TILE - 1) / TILE, size = (M + tiles - 1) / tiles;
+    for (int64_t m0 = 0; m0 < M; m0 += size) {
+        const int64_t rows = M - m0 < size ? M - m0 : size;
         for (int64_t n = n0; n < n1; n++) {
             const int8_t *wr = w + n * K;
             const float *swr = sw + n * nb;
@@ -109,7 +121,7 @@ static void gemm_channels(const int8_t *xq, const float *sx, int64_t M, int64_t 
                 for (int64_t i = 0; i < rows; i++) {
                     const int64_t m = m0 + i;
                     const int8_t *xg = xq + m * K + g * GROUP * BLOCK;
-#define P(j) block_dot(wa[j], wv[j], xg + (j) * BLOCK, ones)
+#define P(j) block_dot(wa[j], wv[j], xg + (j) * BLOCK, ones, vnni)
                     /* eight blocks' sums into one vector, block j in lane j */
                     __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(P(0), P(1)), _mm256_hadd_epi32(P(2), P(3)));
                     __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(P(4), P(5)), _mm256_hadd_epi32(P(6), P(7)));
@@ -133,7 +145,7 @@ static void gemm_channels(const int8_t *xq, const float *sx, int64_t M, int64_t 
                 __m256i wa = _mm256_sign_epi8(wv, wv);
                 for (int64_t i = 0; i < rows; i++) {
                     const int64_t m = m0 + i;
-                    __m256i p = block_dot(wa, wv, xq + m * K + b * BLOCK, ones);
+                    __m256i p = block_dot(wa, wv, xq + m * K + b * BLOCK, ones, vnni);
                     __m256 f = _mm256_cvtepi32_ps(p);
                     tail[i] += hsum(f) * (swr[b] * sx[m * nb + b]);
                 }
@@ -141,6 +153,26 @@ static void gemm_channels(const int8_t *xq, const float *sx, int64_t M, int64_t 
             for (int64_t i = 0; i < rows; i++) y[(m0 + i) * N + n] = hsum(acc[i]) + tail[i];
         }
     }
+}
+
+static void gemm_avx2(const int8_t *xq, const float *sx, int64_t M, int64_t K, const int8_t *w,
+                      const float *sw, const float *xo, const float *wo, float *y, int64_t N,
+                      int64_t n0, int64_t n1) {
+    gemm_channels(xq, sx, M, K, w, sw, xo, wo, y, N, n0, n1, 0);
+}
+
+static void gemm_vnni(const int8_t *xq, const float *sx, int64_t M, int64_t K, const int8_t *w,
+                      const float *sw, const float *xo, const float *wo, float *y, int64_t N,
+                      int64_t n0, int64_t n1) {
+    gemm_channels(xq, sx, M, K, w, sw, xo, wo, y, N, n0, n1, 1);
+}
+
+/* 1: vpdpbusd (AVX512-VNNI with AVX512-VL, and the OS saving their state), 0: AVX2 */
+static int use_vnni = -1;
+
+static int vnni_here(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vl");
 }
 
 /* ------------------------------------------------------------------ workers */
@@ -174,7 +206,8 @@ static void run_part(const job_t *j, int part) {
     const int64_t lo = part * per, hi = lo + per < total ? lo + per : total;
     if (lo >= hi) return;
     if (j->kind == 0)
-        gemm_channels(j->xq, j->sx, j->M, j->K, j->w, j->sw, j->xo, j->wo, j->y, j->N, lo, hi);
+        (use_vnni ? gemm_vnni : gemm_avx2)(j->xq, j->sx, j->M, j->K, j->w, j->sw, j->xo, j->wo,
+                                           j->y, j->N, lo, hi);
     else
         quantize_rows(j->x, j->K, j->q, j->s, lo, hi);
 }
@@ -292,7 +325,24 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* isa() -> "avx512vnni" or "avx2", the instructions products use; isa("avx2") holds them to
+ * AVX2 (an AVX2-only CPU imitated: the same integers, so the same results) */
+static PyObject *py_isa(PyObject *self, PyObject *args) {
+    const char *hold = NULL;
+    if (!PyArg_ParseTuple(args, "|s", &hold)) return NULL;
+    if (hold != NULL && strcmp(hold, "avx2") == 0)
+        use_vnni = 0;
+    else if (hold != NULL && strcmp(hold, "best") == 0)
+        use_vnni = vnni_here();
+    else if (hold != NULL) {
+        PyErr_SetString(PyExc_ValueError, "isa: 'avx2' or 'best'");
+        return NULL;
+    }
+    return PyUnicode_FromString(use_vnni ? "avx512vnni" : "avx2");
+}
+
 static PyMethodDef methods[] = {
+    {"isa", py_isa, METH_VARARGS, "the instructions the products use; 'avx2' holds them there"},
     {"quantize", py_quantize, METH_VARARGS, "rows of float32 -> int8 blocks of 32 and their scales"},
     {"linear", py_linear, METH_VARARGS, "x @ W^T for a weight held in int8 blocks of 32"},
     {NULL, NULL, 0, NULL},
@@ -300,4 +350,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_q8", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__q8(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__q8(void) {
+    use_vnni = vnni_here();
+    return PyModule_Create(&module);
+}
