@@ -203,8 +203,8 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def test_a_later_start_skips_the_calibration(tiny_qwen3: Path, tmp_path: Path) -> None:
     """The calibration's outcome (outlier columns, min cosine) is kept in the cache folder: the
-    next start of the same checkpoint uses it and computes the same vectors; a changed checkpoint
-    calibrates again."""
+    next start of the same checkpoint uses it and computes the same vectors; then the rounded
+    weights too; a changed checkpoint calibrates again."""
     model = tmp_path / "model"
     shutil.copytree(tiny_qwen3, model)
     home = str(tmp_path / "home")
@@ -221,9 +221,40 @@ def test_a_later_start_skips_the_calibration(tiny_qwen3: Path, tmp_path: Path) -
     kept = [lin.int8.cols for lin in again.embedder.model.linears()]  # type: ignore[attr-defined]
     assert all(torch.equal(a, b) for a, b in zip(cols, kept, strict=True))
     np.testing.assert_array_equal(again.embed(DOCUMENTS).vectors, first.embed(DOCUMENTS).vectors)
+    # Once serving, the rounded weights are kept too: the next start maps them (the float32
+    # weights are not read to round them again) and computes the same bits.
+    assert "int8 weights mapped" not in reason
+    first.optimize()
+    assert len(list((tmp_path / "home" / "cache" / "weights").glob("*-int8.safetensors"))) == 1
+    mapped = engine(model, "int8", home=home)
+    assert "(measured at an earlier start; its int8 weights mapped)" in (
+        mapped.info.backend.dtype_reason
+    )
+    for a8, b8 in zip(
+        first.embedder.model.linears(),  # type: ignore[attr-defined]
+        mapped.embedder.model.linears(),  # type: ignore[attr-defined]
+        strict=True,
+    ):
+        assert torch.equal(a8.int8.q, b8.int8.q) and torch.equal(a8.int8.scales, b8.int8.scales)
+    np.testing.assert_array_equal(mapped.embed(DOCUMENTS).vectors, first.embed(DOCUMENTS).vectors)
     weights = next(model.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert "(calibrated in" in engine(model, "int8", home=home).info.backend.dtype_reason
+
+
+def test_int8_weights_that_do_not_fit_are_rounded_again(
+    tiny_qwen3: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kept int8 file whose tensors do not fit the model (its key matched): the start stacks
+    the float32 weights after all and rounds them, and computes what the first start did."""
+    home = str(tmp_path / "home")
+    first = engine(tiny_qwen3, "int8", home=home)
+    first.optimize()
+    monkeypatch.setattr(int8, "load_all", lambda *args: False)
+    again = engine(tiny_qwen3, "int8", home=home)
+    reason = again.info.backend.dtype_reason
+    assert "(measured at an earlier start)" in reason and "mapped" not in reason
+    np.testing.assert_array_equal(again.embed(DOCUMENTS).vectors, first.embed(DOCUMENTS).vectors)
 
 
 def resolved(e: Engine) -> ResolvedModel:

@@ -174,6 +174,19 @@ def test_macos_features_from_sysctl() -> None:
     assert choice.dtype == "bfloat16" and "FEAT_BF16" in choice.reason
 
 
+def test_int8_kernel_needs_avx2_and_fma() -> None:
+    """q8.c is AVX2 and FMA code: only such x86 CPUs may run it (macOS lists AVX2 among the
+    leaf-7 features and FMA elsewhere; every AVX2 CPU has FMA)."""
+    assert parse_cpuinfo(SKYLAKE, "x86_64").avx2_fma()
+    assert parse_cpuinfo("flags\t\t: fpu sse2 avx avx2 fma bmi2", "x86_64").avx2_fma()  # Zen 3
+    assert not parse_cpuinfo("flags\t\t: fpu sse sse2 sse4_2 avx", "x86_64").avx2_fma()
+    assert not parse_cpuinfo("flags\t\t: fpu sse2 avx avx2", "x86_64").avx2_fma()  # no fma
+    assert not parse_cpuinfo(GRAVITON2, "aarch64").avx2_fma()
+    intel = {"machdep.cpu.leaf7_features": "SMEP AVX2 BMI2"}
+    assert macos_features("x86_64", intel.get).avx2_fma()
+    assert not macos_features("arm64", {}.get).avx2_fma()
+
+
 def test_explicit_settings_and_accelerators() -> None:
     assert requested("float32", "LOCALRANK_DTYPE") == requested("float32", "LOCALRANK_DTYPE")
     assert requested("bfloat16", "--dtype").reason == "set by --dtype"

@@ -49,7 +49,12 @@ from localrank.engine.torch import int8
 from localrank.engine.torch.cpu import Stackable, bf16_timing, configure_threads, prepack
 from localrank.engine.torch.families import FAMILIES, Family
 from localrank.engine.torch.layers import Layers, PrefixModel, TorchModel
-from localrank.engine.torch.weight_cache import AutoChoice, Int8Calibration, WeightCache
+from localrank.engine.torch.weight_cache import (
+    AutoChoice,
+    Int8Calibration,
+    Int8Weights,
+    WeightCache,
+)
 from localrank.engine.torch.weights import MappedCheckpoint, Placement
 from localrank.engine.types import POOLINGS, BackendInfo, BackgroundStopped, Batch, Pause, Recipe
 from localrank.errors import BackendError, ModelError
@@ -214,6 +219,7 @@ class TorchEmbedder:
             raise BackendError(f"cannot place the weights on torch device {device}: {e}") from e
         # The forward iterates these: with a `pause`, it can stop between two layers.
         self._layers = self.model.layers = Layers(self.model.layers)
+        self._int8_to_cache: Int8Weights | None = None  # what `optimize` writes, if anything
         if choice.dtype == "int8":
             choice = self._quantise(
                 self.model,
@@ -222,6 +228,7 @@ class TorchEmbedder:
                 explicit=dtype == "int8" or held == INT8,  # no fallback to float32
                 release=checkpoint.release,
                 cache=None if weight_cache is None else (weight_cache, files),
+                mapped=lambda path: checkpoint.adopt(MappedCheckpoint.open([path])),
             )
         if memo is not None and remembered is None:
             # The pick's reason, or the load check's where it sent int8 back to float32.
@@ -265,6 +272,7 @@ class TorchEmbedder:
         explicit: bool,
         release: Callable[[torch.Tensor], None] = lambda t: None,
         cache: tuple[Path, Sequence[Path]] | None = None,
+        mapped: Callable[[Path], dict[str, torch.Tensor]] | None = None,
     ) -> DtypeChoice:
         """Switch the model's matmuls to the int8 scheme, its outlier columns from a calibration
         pass of the float32 model over `calibration`, and compare the int8 vectors of those rows
@@ -273,28 +281,53 @@ class TorchEmbedder:
         float32 weights' pages dropped (`release`). Projections (q/k/v, gate/up) still separate
         (mapped from the cast-weight cache, not copied) are stacked first: one int8 matmul each.
         `cache` (folder, checkpoint files): where the calibration's outcome is kept for the next
-        start (weight_cache.Int8Calibration)."""
+        start (weight_cache.Int8Calibration), and the rounded weights (weight_cache.Int8Weights,
+        written by `optimize`; a start that finds them maps them, `mapped`, instead of reading
+        the float32 weights to round them again)."""
         started = time.perf_counter()
-        for projection in getattr(model, "projections", list)():
-            for weight in projection.stack() or ():
-                release(weight)
-        linears = cast(Any, model).linears()
+        projections: list[Any] = getattr(model, "projections", list)()
         threads = torch.get_num_threads()
         rows = [list(r) for r in calibration if len(r)]
+        # Stacked by shape first: the float weights are read only if they are to be rounded.
+        replaced = [(p, p.stack(shape_only=True)) for p in projections]
+        linears = cast(Any, model).linears()
+        shapes = [list(lin.weight.shape) for lin in linears]
+        scheme = [int8.OUTLIER_COLUMNS, int8.SCHEME]
+        record = known = stored = path = None
+        if cache is not None and rows:
+            record = Int8Calibration(cache[0], cache[1], [rows, scheme, shapes])
+            known = record.read()
+        usable = known is not None and (explicit or known[1] >= INT8_MIN_COSINE)
+        if known is not None and usable and cache is not None and mapped is not None:
+            # (Not where the load would go back to float32: that needs the float weights.)
+            inputs = [scheme, shapes, int8.as_lists(known[0])]
+            stored = Int8Weights(cache[0], cache[1], inputs)
+            path = stored.valid()
+        if (
+            path is None
+            or mapped is None
+            or known is None
+            or not int8.load_all(linears, mapped(path), known[0])
+        ):
+            for projection, weights in replaced:
+                if weights:
+                    projection.parts[0][0].weight = torch.cat(weights)
+            path = None
+        for _, weights in replaced:
+            for weight in weights or ():
+                release(weight)
         if not rows:
             int8.quantise_all(linears, threads=threads)
             int8.release_all(linears, release)
             return DtypeChoice("int8", f"{choice.reason} (no calibration: no outlier channels)")
-        record = known = None
-        if cache is not None:
-            shapes = [list(lin.weight.shape) for lin in linears]
-            scheme = [int8.OUTLIER_COLUMNS, int8.SCHEME]
-            record = Int8Calibration(cache[0], cache[1], [rows, scheme, shapes])
-            known = record.read()
         if known is not None and len(known[0]) == len(linears):
             columns, cosine = known
-            int8.quantise_all(linears, columns, threads)
             how = "measured at an earlier start"
+            if path is not None:
+                how += "; its int8 weights mapped"
+            else:
+                int8.quantise_all(linears, columns, threads)
+                self._int8_to_cache = stored
         else:
             side = self.recipe.padding_side
             batch = pad(rows, pad_id=self.recipe.pad_token_id, side=side, bucket=False)
@@ -303,12 +336,16 @@ class TorchEmbedder:
             int8.quantise_all(linears, threads=threads)
             got = self._calibration_vectors(model, batch)
             cosine = min_cosine(got, reference)
-            if record is not None:
-                record.write(int8.columns_of(linears), cosine)
+            if record is not None and cache is not None:
+                columns = int8.columns_of(linears)
+                record.write(columns, cosine)
+                inputs = [scheme, shapes, int8.as_lists(columns)]
+                self._int8_to_cache = Int8Weights(cache[0], cache[1], inputs)
             how = f"calibrated in {time.perf_counter() - started:.1f}s"
         if not explicit and cosine < INT8_MIN_COSINE:
             for lin in linears:
                 lin.int8 = None
+            self._int8_to_cache = None
             return int8_inaccurate(choice, cosine)
         int8.release_all(linears, release)
         return DtypeChoice(
@@ -379,6 +416,7 @@ class TorchEmbedder:
         it has at that moment: the same numbers. Returns how many weights were repacked (int8's
         weights are rounded at load: none)."""
         self._write_weight_cache()
+        self._write_int8_cache()
         model, checkpoint = self.model, self._checkpoint
         linears = getattr(model, "linears", None)
         if model is None or checkpoint is None or linears is None or self.device.type != "cpu":
@@ -399,6 +437,29 @@ class TorchEmbedder:
                 self.embed(Batch(ids, np.ones_like(ids)))
             log.info("torch: %d %s in %.2fs", packed, what, time.perf_counter() - started)
         return packed
+
+    def _write_int8_cache(self) -> None:
+        """Write the rounded int8 weights for the next start (weight_cache.Int8Weights), in a
+        gap between forward passes; a failure costs the next start its rounding, nothing else."""
+        todo, self._int8_to_cache = self._int8_to_cache, None
+        linears = getattr(self.model, "linears", None)
+        if todo is None or linears is None:
+            return
+        started = time.perf_counter()
+        try:
+            written = todo.write(int8.tensors_of(linears()), wait=self._forwards.wait_idle)
+        except BackgroundStopped:
+            raise
+        except Exception as exc:
+            log.warning("torch: int8 weights not cached (%s): the next start rounds them", exc)
+            return
+        if written:
+            log.info(
+                "torch: int8 weights cached in %.1fs (%d MB): %s",
+                time.perf_counter() - started,
+                written >> 20,
+                todo.path,
+            )
 
     def _write_weight_cache(self) -> None:
         """Cast the weights this start cast (from a fresh map of the checkpoint, one tensor at

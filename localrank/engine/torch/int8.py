@@ -193,6 +193,55 @@ def release_all(linears: list[Linear], release: Callable[[Tensor], None]) -> Non
             lin.weight = lin.weight.new_empty((0,))
 
 
+def tensors_of(linears: list[Linear]) -> list[tuple[str, Tensor]]:
+    """Each int8 linear's tensors by name (`<index>.q`, `.scales`, `.outliers`): what
+    weight_cache.Int8Weights keeps for the next start."""
+    out = []
+    for i, lin in enumerate(linears):
+        w8 = lin.int8
+        if isinstance(w8, Int8Weight):
+            out += [(f"{i}.q", w8.q), (f"{i}.scales", w8.scales)]
+            if w8.outliers is not None:
+                out.append((f"{i}.outliers", w8.outliers))
+    return out
+
+
+def load_all(
+    linears: list[Linear], tensors: dict[str, Tensor], columns: Sequence[Tensor | None]
+) -> bool:
+    """Every linear's Int8Weight from `tensors` (as `tensors_of` named them) and its outlier
+    `columns` (the calibration record's, which the file's key includes): True when each linear
+    that int8 computes found its tensors in the shapes it needs; else nothing is changed."""
+    if len(columns) != len(linears):
+        return False
+    built: list[Int8Weight | None] = []
+    for i, lin in enumerate(linears):
+        n, k = lin.weight.shape
+        if k % BLOCK:
+            built.append(None)
+            continue
+        q, s = tensors.get(f"{i}.q"), tensors.get(f"{i}.scales")
+        outliers = tensors.get(f"{i}.outliers")
+        if q is None or s is None or q.shape != (n, k) or s.shape != (n, k // BLOCK):
+            return False
+        if q.dtype != torch.int8 or s.dtype != torch.float32:
+            return False
+        cols = columns[i]
+        if (outliers is None) != (cols is None):
+            return False
+        if outliers is not None and outliers.shape != (n, OUTLIER_COLUMNS):
+            return False
+        cols = None if cols is None else cols.to(torch.int64).contiguous()
+        built.append(Int8Weight(q, s, cols, outliers))
+    for lin, w8 in zip(linears, built, strict=True):
+        lin.int8, lin.seen = w8, None
+    return True
+
+
+def as_lists(columns: Sequence[Tensor | None]) -> list[list[int] | None]:
+    return [None if c is None else [int(v) for v in c] for c in columns]
+
+
 def columns_of(linears: list[Linear]) -> list[Tensor | None]:
     """Each linear's outlier columns (for the calibration record)."""
     return [lin.int8.cols if isinstance(lin.int8, Int8Weight) else None for lin in linears]

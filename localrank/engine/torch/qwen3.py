@@ -112,17 +112,24 @@ class Projection:
             return linears[0](x, biases[0]).split(self.sizes, dim=-1)
         return tuple(lin(x, b) for lin, b in zip(linears, biases, strict=True))
 
-    def stack(self, pack: Callable[[Tensor], Tensor] | None = None) -> list[Tensor] | None:
+    def stack(
+        self, pack: Callable[[Tensor], Tensor] | None = None, *, shape_only: bool = False
+    ) -> list[Tensor] | None:
         """Stack the parts into one matmul: a float weight (before quantising them together:
         one int8 matmul, and one quantisation of its input, instead of three; their
         calibration statistics carry over, the parts read the same input), or, with `pack`,
-        one that exists in that layout only (cpu.prepack). Returns the weights it replaced (for
-        their mapped pages to be released), or None when there was nothing to stack."""
+        one that exists in that layout only (cpu.prepack), or, `shape_only`, a weight with the
+        stacked shape and no data (int8 weights mapped from the cache take its place: the float
+        ones are not read). Returns the weights it replaced (for their mapped pages to be
+        released), or None when there was nothing to stack."""
         linears, biases = self.parts
         if len(linears) < 2 or any(lin.packed is not None or lin.int8 for lin in linears):
             return None
         weights = [lin.weight for lin in linears]
-        if pack is None:
+        if shape_only:
+            rows = sum(w.shape[0] for w in weights)
+            stacked = Linear(torch.empty((rows, weights[0].shape[1]), device="meta"))
+        elif pack is None:
             stacked = Linear(torch.cat(weights))
             stacked.seen = linears[0].seen
         else:
