@@ -139,6 +139,11 @@ def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine
     q, s = int8.round_blocks(x)
     want_q, want_s = reference_blocks(x)
     assert torch.equal(q, want_q) and torch.equal(s, want_s)
+    back = torch.empty(x.numel())  # the float32 path's rounding: the same values, no integers
+    q8 = int8.kernel()
+    assert q8 is not None
+    q8.round_trip(x.data_ptr(), x.shape[0], x.shape[1], back.data_ptr(), 1)
+    assert torch.equal(back.view(x.shape), int8.from_blocks(q, s))
     linears = minilm_int8.embedder.model.linears()  # type: ignore[attr-defined]
     for lin in linears[:6]:
         w8 = lin.int8
@@ -153,6 +158,21 @@ def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine
         exact = x.index_fill(1, w8.cols, 0.0) @ int8.from_blocks(w8.q, w8.scales).t()
         exact += x[:, w8.cols] @ outliers.t()
         assert rel(got, want) < 1e-6 < 1e-3 < rel(exact, want)
+
+
+def test_many_rows_compute_the_same_product_through_float32(
+    minilm_int8: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From FLOAT_ROWS rows a product is the rounded input times the dequantised weight in
+    torch's float32 GEMM: the kernel's product to float32's summation order."""
+    w8 = minilm_int8.embedder.model.linears()[3].int8  # type: ignore[attr-defined]
+    x = torch.randn(int8.FLOAT_ROWS + 3, w8.q.shape[1], generator=torch.Generator().manual_seed(3))
+    x[:, int(w8.cols[0])] *= 40
+    through_float = w8(x)
+    monkeypatch.setattr(int8, "FLOAT_ROWS", 10**9)
+    kernel = w8(x)
+    assert rel(through_float, kernel) < 1e-6
+    assert not torch.equal(through_float, kernel)  # (it did take the other path)
 
 
 def test_the_kernel_gives_the_same_bits_with_avx2_alone(minilm_int8: Engine) -> None:

@@ -13,17 +13,20 @@ saturate (|q| x (p * sign q): 2 x 127 x 127 < 32767), so one level of 8-bit weig
 a scale per block of 32 follows both the weights' and the activations' outliers (min cosine to
 float32 on all-MiniLM-L6-v2's real weights: 0.99977 with the outlier columns below, 0.99917
 without; the fbgemm scheme reached 0.99955; per-channel weights with per-block activations
-0.99875, blocks of 64 0.99858). 1.125 bytes a weight; a short query's matmuls ~72 ms (28 layers,
-12 rows, 2 threads).
+0.99875, blocks of 64 0.99858). 1.125 bytes a weight; a short query's matmuls 64-86 ms (28
+layers, 12 rows, 2 threads; VNNI or AVX2), against fbgemm's 88-99 ms.
 
 Outlier columns: the few input channels with the largest calibrated |x| * max |W| stay float32
 (LLM.int8()'s decomposition, chosen once from a calibration pass over fixed texts).
 
 Everything outside the matmuls (norms, RoPE, softmax, residual stream, pooling) stays float32.
-Each row is rounded by itself: a row's vector does not depend on the rows batched with it.
+Each row is rounded by itself: a row's vector does not depend on the rows batched with it (up to
+float32's summation order: from FLOAT_ROWS rows the same product runs through torch's float32
+GEMM).
 
 When: the load calibrates (outlier columns, the accuracy check), rounds every weight (~0.2 s
-for the 0.6B shape on 2 threads) and drops the float32 weights' pages.
+for the 0.6B shape on 2 threads) and drops the float32 weights' pages; later starts map the
+rounded weights kept in the cache folder (weight_cache.Int8Weights) instead.
 Tried and left: SmoothQuant's migration of activation scale into the weights (min cosine 0.9979
 -> 0.9934 at alpha 0.5 on MiniLM, with the fbgemm scheme: the outlier columns already take what
 it would, and the weights pay), and more outlier columns (32, 64: no change).
@@ -32,6 +35,7 @@ it would, and the weights pay), and more outlier columns (32, 64: no change).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import cache
@@ -49,6 +53,13 @@ log = logging.getLogger(__name__)
 # Integers per block (and per scale), on both sides of a product. A weight's input size must
 # be a multiple of it (a weight whose is not stays float32).
 BLOCK = 32
+# From this many input rows a product goes through float32: the rounded input times the
+# dequantised weight in torch's GEMM (MKL), faster there than the kernel, whose per-block scaling
+# costs the same per row at any batch size. The same product to float32's summation order.
+# Measured, [1024 rows x 1024] @ [1024 x 4096] on 2 cores: kernel 48.7 ms, through float32 32.3
+# (float32 itself 27.5) with AVX-512; under AVX2 60.4 / 55.7 / 46.1. The two cross at ~128 rows
+# with AVX-512 and ~256-384 under AVX2.
+FLOAT_ROWS = 256
 # The scheme's name, in the calibration record's key (a record of another scheme is not used).
 SCHEME = "q8-blocks-32"
 # Input channels kept float32 per weight: at most this many (the kernel's room), and at most
@@ -120,6 +131,8 @@ class Int8Weight:
         (layers.kernel_threads)."""
         x = x.float().contiguous()
         n, k = self.q.shape
+        if x.shape[0] >= FLOAT_ROWS:
+            return self.through_float(x, bias, kernel_threads(pool))
         y = torch.empty(x.shape[0], n)
         cols, outliers = self.cols, self.outliers
         _kernel().linear(
@@ -136,6 +149,43 @@ class Int8Weight:
             0 if outliers is None else outliers.data_ptr(),
         )
         return y if bias is None else y.add_(bias)
+
+
+    def through_float(self, x: Tensor, bias: Tensor | None, threads: int) -> Tensor:
+        """The same product for many rows: x rounded to its blocks and back, times the weight
+        dequantised (for this call only), in float32, plus the outlier columns. Both operands
+        are written into buffers this thread keeps (fresh memory costs a page fault every 4 KB:
+        ~40% of the product's time at 1024 rows)."""
+        cols = self.cols
+        kept = x if cols is None else x.index_fill(1, cols, 0.0)
+        rows, k = x.shape
+        n = self.q.shape[0]
+        weight, rounded = _scratch(n * k, rows * k)
+        q8 = _kernel()
+        q8.round_trip(kept.data_ptr(), rows, k, rounded.data_ptr(), threads)
+        q8.dequantize(self.q.data_ptr(), self.scales.data_ptr(), n, k, weight.data_ptr(), threads)
+        y = F.linear(rounded[: rows * k].view(rows, k), weight[: n * k].view(n, k), bias)
+        if cols is not None and self.outliers is not None:
+            y.addmm_(x.index_select(1, cols), self.outliers[:, : len(cols)].t())
+        return y
+
+
+class _Scratch(threading.local):
+    buffers: tuple[Tensor, Tensor] | None = None
+
+
+_scratch_here = _Scratch()
+
+
+def _scratch(first: int, second: int) -> tuple[Tensor, Tensor]:
+    """Two float32 buffers of at least these sizes, kept by the calling thread (grown, never
+    shrunk: the 0.6B shape's largest weight and a 2k-row batch, ~50 MB)."""
+    held = _scratch_here.buffers
+    if held is None or held[0].numel() < first or held[1].numel() < second:
+        a = held[0] if held is not None and held[0].numel() >= first else torch.empty(first)
+        b = held[1] if held is not None and held[1].numel() >= second else torch.empty(second)
+        held = _scratch_here.buffers = (a, b)
+    return held
 
 
 def quantise(

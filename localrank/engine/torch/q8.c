@@ -65,6 +65,48 @@ static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_
     }
 }
 
+/* rows [r0, r1) of x -> out: each value rounded to its block's grid and back (what
+ * quantize_rows then dequantize_rows give, without the integers in between) */
+static void round_trip_rows(const float *x, int64_t K, float *out, int64_t r0, int64_t r1) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t r = r0; r < r1; r++) {
+        for (int64_t b = 0; b < K / BLOCK; b++) {
+            const float *p = x + r * K + b * BLOCK;
+            float *o = out + r * K + b * BLOCK;
+            __m256 a = _mm256_setzero_ps();
+            for (int j = 0; j < BLOCK; j += 8) a = _mm256_max_ps(a, _mm256_and_ps(_mm256_loadu_ps(p + j), absmask));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            const float amax = _mm_cvtss_f32(h);
+            const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+            const __m256 scale = _mm256_set1_ps(amax / 127.0f);
+            for (int j = 0; j < BLOCK; j += 8) {
+                __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(p + j), inv),
+                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                _mm256_storeu_ps(o + j, _mm256_mul_ps(v, scale));
+            }
+        }
+    }
+}
+
+/* rows [r0, r1) of (q, s) -> float32 out [*, K]: what the blocks stand for */
+static void dequantize_rows(const int8_t *q, const float *s, int64_t K, float *out, int64_t r0,
+                            int64_t r1) {
+    const int64_t nb = K / BLOCK;
+    for (int64_t r = r0; r < r1; r++) {
+        for (int64_t b = 0; b < nb; b++) {
+            const int8_t *p = q + r * K + b * BLOCK;
+            float *o = out + r * K + b * BLOCK;
+            const __m256 scale = _mm256_set1_ps(s[r * nb + b]);
+            for (int j = 0; j < BLOCK; j += 8) {
+                __m256i v = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + j)));
+                _mm256_storeu_ps(o + j, _mm256_mul_ps(_mm256_cvtepi32_ps(v), scale));
+            }
+        }
+    }
+}
+
 /* ------------------------------------------------------------------ the product */
 
 static inline float hsum(__m256 v) {
@@ -178,7 +220,7 @@ static int vnni_here(void) {
 /* ------------------------------------------------------------------ workers */
 
 typedef struct {
-    int kind; /* 0: gemm over channels, 1: quantize rows */
+    int kind; /* 0: gemm over channels, 1: quantize rows, 2: dequantize rows, 3: round trip */
     const int8_t *xq;
     const float *sx;
     const float *x;
@@ -208,8 +250,12 @@ static void run_part(const job_t *j, int part) {
     if (j->kind == 0)
         (use_vnni ? gemm_vnni : gemm_avx2)(j->xq, j->sx, j->M, j->K, j->w, j->sw, j->xo, j->wo,
                                            j->y, j->N, lo, hi);
-    else
+    else if (j->kind == 1)
         quantize_rows(j->x, j->K, j->q, j->s, lo, hi);
+    else if (j->kind == 2)
+        dequantize_rows(j->q, j->s, j->K, j->y, lo, hi);
+    else
+        round_trip_rows(j->x, j->K, j->y, lo, hi);
 }
 
 static void *worker_main(void *arg) {
@@ -268,6 +314,32 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     int threads;
     if (!PyArg_ParseTuple(args, "KKKLLi", &x, &q, &s, &rows, &k, &threads)) return NULL;
     job_t j = {.kind = 1, .x = (const float *)x, .q = (int8_t *)q, .s = (float *)s, .M = rows, .K = k};
+    Py_BEGIN_ALLOW_THREADS
+    run(j, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* dequantize(q, s, rows, k, out, threads): pointers as integers */
+static PyObject *py_dequantize(PyObject *self, PyObject *args) {
+    unsigned long long q, s, out;
+    long long rows, k;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KKLLKi", &q, &s, &rows, &k, &out, &threads)) return NULL;
+    job_t j = {.kind = 2, .q = (int8_t *)q, .s = (float *)s, .y = (float *)out, .M = rows, .K = k};
+    Py_BEGIN_ALLOW_THREADS
+    run(j, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* round_trip(x, rows, k, out, threads): pointers as integers */
+static PyObject *py_round_trip(PyObject *self, PyObject *args) {
+    unsigned long long x, out;
+    long long rows, k;
+    int threads;
+    if (!PyArg_ParseTuple(args, "KLLKi", &x, &rows, &k, &out, &threads)) return NULL;
+    job_t j = {.kind = 3, .x = (const float *)x, .y = (float *)out, .M = rows, .K = k};
     Py_BEGIN_ALLOW_THREADS
     run(j, threads);
     Py_END_ALLOW_THREADS
@@ -345,6 +417,8 @@ static PyMethodDef methods[] = {
     {"isa", py_isa, METH_VARARGS, "the instructions the products use; 'avx2' holds them there"},
     {"quantize", py_quantize, METH_VARARGS, "rows of float32 -> int8 blocks of 32 and their scales"},
     {"linear", py_linear, METH_VARARGS, "x @ W^T for a weight held in int8 blocks of 32"},
+    {"dequantize", py_dequantize, METH_VARARGS, "int8 blocks of 32 and their scales -> float32"},
+    {"round_trip", py_round_trip, METH_VARARGS, "float32 rows rounded to their blocks and back"},
     {NULL, NULL, 0, NULL},
 };
 
