@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -196,8 +198,9 @@ def test_the_kernel_gives_the_same_bits_with_avx2_alone(minilm_int8: Engine) -> 
 
 
 def test_the_kernel_gives_the_same_numbers_on_any_threads(minilm_int8: Engine) -> None:
-    """Its workers split the output channels: one thread or several, and two callers at once
-    (the second computes on its own thread), the same bits."""
+    """Its workers split the output channels: one thread or several (workers added later), two
+    callers at once (the second computes on its own thread), and a forked child, the same
+    bits."""
     w8 = minilm_int8.embedder.model.linears()[2].int8  # type: ignore[attr-defined]
     gen = torch.Generator().manual_seed(1)
     xs = [torch.randn(rows, w8.q.shape[1], generator=gen) for rows in (1, 12, 40, 200)]
@@ -205,8 +208,25 @@ def test_the_kernel_gives_the_same_numbers_on_any_threads(minilm_int8: Engine) -
     try:
         torch.set_num_threads(1)
         alone = [w8(x) for x in xs]
+        for threads in (2, 4, 3):  # workers added after earlier calls wait for the next one
+            torch.set_num_threads(threads)
+            assert all(torch.equal(w8(x), a) for x, a in zip(xs, alone, strict=True))
         torch.set_num_threads(2)
-        assert all(torch.equal(w8(x), a) for x, a in zip(xs, alone, strict=True))
+        pid = os.fork()  # a child has none of the workers: it starts its own
+        if pid == 0:
+            # torch's OpenMP pool does not survive a fork: the child's torch ops run on one
+            # thread, the kernel's calls on two.
+            torch.set_num_threads(1)
+            int8.kernel_threads = lambda pool: 2  # type: ignore[assignment]
+            same = all(torch.equal(w8(x), a) for x, a in zip(xs, alone, strict=True))
+            os._exit(0 if same else 1)
+        deadline = time.monotonic() + 60  # a child waiting for workers it has not got hangs
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and done[1] == 0, done
 
         def many(i: int) -> bool:
             return all(torch.equal(w8(xs[i % 4]), alone[i % 4]) for _ in range(30))

@@ -258,9 +258,11 @@ static void run_part(const job_t *j, int part) {
         round_trip_rows(j->x, j->K, j->y, lo, hi);
 }
 
+/* arg: the worker's id in the low 8 bits, above them the generation when it was created (it
+ * waits for the next one: a worker created after earlier calls must not run their jobs) */
 static void *worker_main(void *arg) {
-    const int id = (int)(intptr_t)arg;
-    int seen = 0;
+    const int id = (int)((intptr_t)arg & 0xff);
+    int seen = (int)((intptr_t)arg >> 8);
     for (;;) {
         int spins = 0;
         while (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
@@ -289,7 +291,8 @@ static void run(job_t j, int threads) {
     }
     while (workers < threads - 1) {
         pthread_t t;
-        if (pthread_create(&t, NULL, worker_main, (void *)(intptr_t)(workers + 1)) != 0) break;
+        const intptr_t arg = ((intptr_t)atomic_load(&generation) << 8) | (intptr_t)(workers + 1);
+        if (pthread_create(&t, NULL, worker_main, (void *)arg) != 0) break;
         pthread_detach(t);
         workers++;
     }
@@ -424,7 +427,17 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_q8", NULL, -1, methods};
 
+/* A forked child has none of the parent's workers, and a lock one of them held stays held:
+ * start again from none. */
+static void after_fork_in_child(void) {
+    workers = 0;
+    pthread_mutex_init(&busy, NULL);
+    pthread_mutex_init(&wake_mu, NULL);
+    pthread_cond_init(&wake, NULL);
+}
+
 PyMODINIT_FUNC PyInit__q8(void) {
     use_vnni = vnni_here();
+    pthread_atfork(NULL, NULL, after_fork_in_child);
     return PyModule_Create(&module);
 }
