@@ -150,7 +150,6 @@ class Int8Weight:
         )
         return y if bias is None else y.add_(bias)
 
-
     def through_float(self, x: Tensor, bias: Tensor | None, threads: int) -> Tensor:
         """The same product for many rows: x rounded to its blocks and back, times the weight
         dequantised (for this call only), in float32, plus the outlier columns. Both operands
@@ -286,10 +285,6 @@ def load_all(
     for lin, w8 in zip(linears, built, strict=True):
         lin.int8, lin.seen = w8, None
     return True
-
-
-def as_lists(columns: Sequence[Tensor | None]) -> list[list[int] | None]:
-    return [None if c is None else [int(v) for v in c] for c in columns]
 
 
 def columns_of(linears: list[Linear]) -> list[Tensor | None]:

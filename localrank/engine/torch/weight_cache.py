@@ -108,12 +108,14 @@ class Int8Weights:
     """The integer weights an int8 load rounded (each linear's blocks, scales and outlier
     columns), for the next start to map instead of reading the float32 weights and rounding them
     again: the 0.6B shape's start reads 0.52 GB instead of 1.76 GB. Valid for the checkpoint as
-    it is now and `inputs` (the scheme, the outlier columns, the linears' shapes)."""
+    it is now, `inputs` (the scheme, the linears' shapes) and the outlier `columns` they were
+    rounded with."""
 
-    def __init__(self, folder: Path, files: Sequence[Path], inputs: object) -> None:
+    def __init__(
+        self, folder: Path, files: Sequence[Path], inputs: object, columns: Sequence[Tensor | None]
+    ) -> None:
         self.path = folder / f"{model_name(files)}-int8.safetensors"
-        parts = [source_key(files, torch.int8), inputs]
-        self.key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+        self.key = record_key(files, torch.int8, [inputs, column_lists(columns)])
 
     def valid(self) -> Path | None:
         return valid_file(self.path, self.key)
@@ -122,6 +124,16 @@ class Int8Weights:
         self, tensors: Iterable[tuple[str, Tensor]], wait: Callable[[], object] = lambda: None
     ) -> int:
         return write_safetensors(self.path, self.key, tensors, None, wait)
+
+
+def record_key(files: Sequence[Path], dtype: torch.dtype, inputs: object) -> str:
+    """What a record or cache file was made from: the checkpoint as it is now, and `inputs`."""
+    return hashlib.sha256(json.dumps([source_key(files, dtype), inputs]).encode()).hexdigest()
+
+
+def column_lists(columns: Sequence[Tensor | None]) -> list[list[int] | None]:
+    """Each linear's outlier columns as plain lists (None: none), as records keep them."""
+    return [None if c is None else c.tolist() for c in columns]
 
 
 def valid_file(path: Path, key: str) -> Path | None:
@@ -190,8 +202,7 @@ class _Record:
 
     def __init__(self, folder: Path, files: Sequence[Path], inputs: object) -> None:
         self.path = folder / f"{model_name(files)}-{self.suffix}.json"
-        parts = [source_key(files, torch.float32), inputs]
-        self.key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+        self.key = record_key(files, torch.float32, inputs)
 
     def _read(self, parse: Callable[[dict[str, Any]], T]) -> T | None:
         """`parse(record)`, or None when the record is absent, stale or unreadable."""
@@ -237,8 +248,7 @@ class Int8Calibration(_Record):
         return self._read(parse)
 
     def write(self, columns: Sequence[Tensor | None], cosine: float) -> None:
-        columns_ = [None if c is None else c.tolist() for c in columns]
-        self._write({"cosine": cosine, "columns": columns_})
+        self._write({"cosine": cosine, "columns": column_lists(columns)})
 
 
 class AutoChoice(_Record):
