@@ -35,9 +35,22 @@
 
 /* ------------------------------------------------------------------ rounding to blocks */
 
+/* max |v| over one block of 32 floats */
+static inline float block_amax(const float *p) {
+    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    __m256 a = _mm256_max_ps(
+        _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(p), absmask),
+                      _mm256_and_ps(_mm256_loadu_ps(p + 8), absmask)),
+        _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(p + 16), absmask),
+                      _mm256_and_ps(_mm256_loadu_ps(p + 24), absmask)));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
 /* rows [r0, r1) of x [*, K] -> q [*, K] int8 and s [*, K / 32] float32 */
 static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_t r0, int64_t r1) {
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     const int64_t nb = K / BLOCK;
     for (int64_t r = r0; r < r1; r++) {
@@ -45,13 +58,7 @@ static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_
             const float *p = x + r * K + b * BLOCK;
             __m256 v0 = _mm256_loadu_ps(p), v1 = _mm256_loadu_ps(p + 8);
             __m256 v2 = _mm256_loadu_ps(p + 16), v3 = _mm256_loadu_ps(p + 24);
-            __m256 a = _mm256_max_ps(
-                _mm256_max_ps(_mm256_and_ps(v0, absmask), _mm256_and_ps(v1, absmask)),
-                _mm256_max_ps(_mm256_and_ps(v2, absmask), _mm256_and_ps(v3, absmask)));
-            __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_max_ss(h, _mm_movehdup_ps(h));
-            const float amax = _mm_cvtss_f32(h);
+            const float amax = block_amax(p);
             s[r * nb + b] = amax / 127.0f;
             const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
 #define ROUND(v) _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
@@ -68,17 +75,11 @@ static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_
 /* rows [r0, r1) of x -> out: each value rounded to its block's grid and back (what
  * quantize_rows then dequantize_rows give, without the integers in between) */
 static void round_trip_rows(const float *x, int64_t K, float *out, int64_t r0, int64_t r1) {
-    const __m256 absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t b = 0; b < K / BLOCK; b++) {
             const float *p = x + r * K + b * BLOCK;
             float *o = out + r * K + b * BLOCK;
-            __m256 a = _mm256_setzero_ps();
-            for (int j = 0; j < BLOCK; j += 8) a = _mm256_max_ps(a, _mm256_and_ps(_mm256_loadu_ps(p + j), absmask));
-            __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-            h = _mm_max_ss(h, _mm_movehdup_ps(h));
-            const float amax = _mm_cvtss_f32(h);
+            const float amax = block_amax(p);
             const __m256 inv = _mm256_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
             const __m256 scale = _mm256_set1_ps(amax / 127.0f);
             for (int j = 0; j < BLOCK; j += 8) {
