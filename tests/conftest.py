@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -29,6 +31,10 @@ os.environ["HF_ENDPOINT"] = _dead_endpoint()
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="localrank-tests-hf-")
 # localrank's own cache (weights cast at load, kept for the next start) stays out of the user's.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="localrank-tests-cache-")
+# Both go when the run ends: a suite run again and again (CI's machine is a developer's) must not
+# fill the disk with cached weights.
+for _name in ("HF_HOME", "XDG_CACHE_HOME"):
+    atexit.register(shutil.rmtree, os.environ[_name], ignore_errors=True)
 for _name in ("HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.pop(_name, None)
 # Imported now, so these are the values it keeps (a test's setenv later would not reach it).
