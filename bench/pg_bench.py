@@ -31,6 +31,7 @@ import csv
 import dataclasses
 import json
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -299,8 +300,8 @@ async def ingest_round(store_url: str, embedder: Any, docs: list[Any]) -> tuple[
         store.close()
 
 
-def measure_ingest(server: PgServer, cache: Path, n_docs: int, rounds: int) -> dict[str, Any]:
-    home = tempfile.mkdtemp(prefix="localrank-pg-bench-home-")
+def measure_ingest(server: PgServer, scratch: Path, n_docs: int, rounds: int) -> dict[str, Any]:
+    home = tempfile.mkdtemp(prefix="home-", dir=scratch)
     settings = load_settings({"home": home}, environ={})
     embedder = local_embedding_model(settings)
     docs = synthetic_docs(n_docs, 12)
@@ -313,7 +314,7 @@ def measure_ingest(server: PgServer, cache: Path, n_docs: int, rounds: int) -> d
         for r in range(rounds):
             for name in ("sqlite", "postgres") if r % 2 == 0 else ("postgres", "sqlite"):
                 if name == "sqlite":
-                    url = f"sqlite:///{tempfile.mkdtemp(prefix='localrank-pg-bench-')}/i.db"
+                    url = f"sqlite:///{tempfile.mkdtemp(prefix='sqlite-', dir=scratch)}/i.db"
                 else:
                     url = server.new_database()
                 seconds, chunks = await ingest_round(url, embedder, docs)
@@ -361,6 +362,8 @@ def main() -> None:
     print(f"PostgreSQL {server.version} ready in {server.start_seconds:.1f} s", flush=True)
     rows: list[dict[str, Any]] = []
     daemons: list[subprocess.Popen[bytes]] = []
+    # Daemon homes and throwaway SQLite files: one folder, removed at the end.
+    scratch = Path(tempfile.mkdtemp(prefix="localrank-pg-bench-"))
     try:
         sqlite_url = f"sqlite:///{cache / 'bench.db'}"
         pg_url = server.url("bench")
@@ -384,7 +387,7 @@ def main() -> None:
             conn.execute("VACUUM ANALYZE chunks")
         urls = {}
         for name, url in (("postgres", pg_url), ("sqlite", sqlite_url)):
-            home = Path(tempfile.mkdtemp(prefix=f"localrank-pg-bench-{name}-"))
+            home = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=scratch))
             proc, base = start_daemon(url, cache / "truth.npz", home)
             daemons.append(proc)
             urls[name] = base
@@ -404,7 +407,7 @@ def main() -> None:
             d.wait(30)
         daemons.clear()
         if not args.search_only:
-            ingest = measure_ingest(server, cache, args.ingest_docs, args.rounds)
+            ingest = measure_ingest(server, scratch, args.ingest_docs, args.rounds)
             print(ingest, flush=True)
             rows.append(
                 {
@@ -434,6 +437,7 @@ def main() -> None:
         for d in daemons:
             d.kill()
         server.close()
+        shutil.rmtree(scratch, ignore_errors=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fields = [
