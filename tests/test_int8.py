@@ -130,6 +130,15 @@ def reference_blocks(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, amax / 127.0
 
 
+def reference_packing(q: torch.Tensor) -> torch.Tensor:
+    """The kernel's layout in torch ops: each whole group of 8 blocks as [8 blocks, 8 pieces of
+    4] transposed to [8 pieces, 8 blocks]; the blocks after the last whole group as they are."""
+    rows, k = q.shape
+    whole = k // 256 * 256
+    groups = q[:, :whole].reshape(rows, whole // 256, 8, 8, 4).transpose(2, 3)
+    return torch.cat([groups.reshape(rows, whole), q[:, whole:]], dim=1)
+
+
 def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine) -> None:
     """q8.c against the scheme in torch ops: the same integers and scales, and each of MiniLM's
     matmuls (384 and 1536 inputs: whole groups of 8 blocks and a remainder) equal to the rounded
@@ -141,6 +150,9 @@ def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine
     q, s = int8.round_blocks(x)
     want_q, want_s = reference_blocks(x)
     assert torch.equal(q, want_q) and torch.equal(s, want_s)
+    packed, packed_s = int8.round_blocks(x, packed=True)  # the layout weights are held in
+    assert torch.equal(packed, reference_packing(q)) and torch.equal(packed_s, s)
+    assert torch.equal(int8.Int8Weight(packed, s, None, None).dequantised(), int8.from_blocks(q, s))
     back = torch.empty(x.numel())  # the float32 path's rounding: the same values, no integers
     q8 = int8.kernel()
     assert q8 is not None
@@ -153,11 +165,11 @@ def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine
         x = torch.randn(9, k, generator=gen)
         x[:, int(w8.cols[0])] *= 40  # an outlier channel, as MiniLM's
         rounded = int8.from_blocks(*int8.round_blocks(x.index_fill(1, w8.cols, 0.0)))
-        want = rounded @ int8.from_blocks(w8.q, w8.scales).t()
+        want = rounded @ w8.dequantised().t()
         outliers = w8.outliers[:, : len(w8.cols)]
         want += x[:, w8.cols] @ outliers.t()
         got = w8(x)
-        exact = x.index_fill(1, w8.cols, 0.0) @ int8.from_blocks(w8.q, w8.scales).t()
+        exact = x.index_fill(1, w8.cols, 0.0) @ w8.dequantised().t()
         exact += x[:, w8.cols] @ outliers.t()
         assert rel(got, want) < 1e-6 < 1e-3 < rel(exact, want)
 

@@ -300,7 +300,7 @@ class TorchEmbedder:
         usable = known is not None and (explicit or known[1] >= INT8_MIN_COSINE)
         if known is not None and usable and cache is not None and mapped is not None:
             # (Not where the load would go back to float32: that needs the float weights.)
-            stored = Int8Weights(cache[0], cache[1], [scheme, shapes], known[0])
+            stored = Int8Weights(cache[0], cache[1], [scheme, int8.LAYOUT, shapes], known[0])
             path = stored.valid()
         if (
             path is None
@@ -338,7 +338,9 @@ class TorchEmbedder:
             if record is not None and cache is not None:
                 columns = int8.columns_of(linears)
                 record.write(columns, cosine)
-                self._int8_to_cache = Int8Weights(cache[0], cache[1], [scheme, shapes], columns)
+                self._int8_to_cache = Int8Weights(
+                    cache[0], cache[1], [scheme, int8.LAYOUT, shapes], columns
+                )
             how = f"calibrated in {time.perf_counter() - started:.1f}s"
         if not explicit and cosine < INT8_MIN_COSINE:
             for lin in linears:

@@ -62,6 +62,9 @@ BLOCK = 32
 FLOAT_ROWS = 256
 # The scheme's name, in the calibration record's key (a record of another scheme is not used).
 SCHEME = "q8-blocks-32"
+# How Int8Weight.q orders its integers (q8.c's header: within each group of 8 blocks, 4-byte
+# pieces interleaved, so the kernel sums 8 blocks lane by lane), in the kept weights' key.
+LAYOUT = "packed-groups-8"
 # Input channels kept float32 per weight: at most this many (the kernel's room), and at most
 # K / 16 of them.
 OUTLIER_COLUMNS = 16
@@ -97,19 +100,20 @@ def _kernel() -> ModuleType:
     return k
 
 
-def round_blocks(t: Tensor, threads: int = 1) -> tuple[Tensor, Tensor]:
+def round_blocks(t: Tensor, threads: int = 1, packed: bool = False) -> tuple[Tensor, Tensor]:
     """float32 [R, K] -> (int8 [R, K], float32 scales [R, K / 32]): each block of 32 scaled to
-    max |v| = 127 and rounded to the nearest integer (ties to even)."""
+    max |v| = 127 and rounded to the nearest integer (ties to even). The integers in order, or
+    `packed` in the kernel's layout (LAYOUT)."""
     t = t.float().contiguous()
     rows, k = t.shape
     q = torch.empty(rows, k, dtype=torch.int8)
     s = torch.empty(rows, k // BLOCK)
-    _kernel().quantize(t.data_ptr(), q.data_ptr(), s.data_ptr(), rows, k, threads)
+    _kernel().quantize(t.data_ptr(), q.data_ptr(), s.data_ptr(), rows, k, threads, packed)
     return q, s
 
 
 def from_blocks(q: Tensor, s: Tensor) -> Tensor:
-    """The float32 values that (q, s) stand for."""
+    """The float32 values that (q in order, s) stand for."""
     rows, k = q.shape
     return (q.float().view(rows, k // BLOCK, BLOCK) * s[..., None]).view(rows, k)
 
@@ -121,7 +125,7 @@ class Int8Weight:
     __slots__ = ("q", "scales", "cols", "outliers")
 
     def __init__(self, q: Tensor, scales: Tensor, cols: Tensor | None, outliers: Tensor | None):
-        self.q = q  # int8 [N, K], the outlier columns zero
+        self.q = q  # int8 [N, K] in the kernel's layout (LAYOUT), the outlier columns zero
         self.scales = scales  # float32 [N, K / 32]
         self.cols = cols  # int64 [C] input channels computed in float32, or None
         self.outliers = outliers  # float32 [N, 16]: those columns of W, zero-padded
@@ -150,6 +154,15 @@ class Int8Weight:
         )
         return y if bias is None else y.add_(bias)
 
+    def dequantised(self, out: Tensor | None = None, threads: int = 1) -> Tensor:
+        """float32 [N, K]: what the blocks stand for (the outlier columns zero)."""
+        n, k = self.q.shape
+        out = torch.empty(n, k) if out is None else out
+        _kernel().dequantize(
+            self.q.data_ptr(), self.scales.data_ptr(), n, k, out.data_ptr(), threads, True
+        )
+        return out
+
     def through_float(self, x: Tensor, bias: Tensor | None, threads: int) -> Tensor:
         """The same product for many rows: x rounded to its blocks and back, times the weight
         dequantised (for this call only), in float32, plus the outlier columns. Both operands
@@ -160,10 +173,9 @@ class Int8Weight:
         rows, k = x.shape
         n = self.q.shape[0]
         weight, rounded = _scratch(n * k, rows * k)
-        q8 = _kernel()
-        q8.round_trip(kept.data_ptr(), rows, k, rounded.data_ptr(), threads)
-        q8.dequantize(self.q.data_ptr(), self.scales.data_ptr(), n, k, weight.data_ptr(), threads)
-        y = F.linear(rounded[: rows * k].view(rows, k), weight[: n * k].view(n, k), bias)
+        _kernel().round_trip(kept.data_ptr(), rows, k, rounded.data_ptr(), threads)
+        w = self.dequantised(weight[: n * k].view(n, k), threads)
+        y = F.linear(rounded[: rows * k].view(rows, k), w, bias)
         if cols is not None and self.outliers is not None:
             y.addmm_(x.index_select(1, cols), self.outliers[:, : len(cols)].t())
         return y
@@ -203,7 +215,7 @@ def with_columns(weight: Tensor, cols: Tensor | None, threads: int = 1) -> Int8W
         outliers = torch.zeros(w.shape[0], OUTLIER_COLUMNS)
         outliers[:, : len(cols)] = w[:, cols]
         w = w.index_fill(1, cols, 0.0)  # a copy: the float32 weight stays intact
-    q, s = round_blocks(w, threads)
+    q, s = round_blocks(w, threads, packed=True)
     return Int8Weight(q, s, cols, outliers)
 
 

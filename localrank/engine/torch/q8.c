@@ -11,6 +11,13 @@
  * activations against 8-bit weights do not (the reason its scheme needed 7-bit weights in two
  * levels).
  *
+ * The kernel's layout ("packed"): within each group of 8 consecutive blocks (256 integers), the
+ * 4-byte pieces are interleaved, piece t of block j at t * 32 + j * 4, so that one 32-byte load
+ * holds 4 integers of each of the 8 blocks and the 8 loads of a group sum, lane by lane, into the
+ * 8 blocks' sums: no horizontal reduction per block. Weights are held packed (int8.py's
+ * Int8Weight), each call's rows are rounded into it; blocks after the last whole group stay in
+ * order. The sums are the same integers as in order, so the same results.
+ *
  * Threads: a call splits its output channels over the calling thread and up to 7 workers of its
  * own (POSIX threads that spin briefly, then sleep); a call made while another runs the workers
  * computes on its own thread alone. Pointers come from int8.py, which checks shapes, dtypes and
@@ -27,7 +34,7 @@
 #include <string.h>
 
 #define BLOCK 32
-#define GROUP 8 /* blocks reduced together: one float multiply-add per 8 blocks and row */
+#define GROUP 8 /* blocks packed together: one float multiply-add per 8 blocks and row */
 #define TILE 32 /* at most this many input rows per pass over the weights (in L2 meanwhile) */
 #define MAX_WORKERS 7
 #define SPIN 4000
@@ -49,10 +56,17 @@ static inline float block_amax(const float *p) {
     return _mm_cvtss_f32(h);
 }
 
-/* rows [r0, r1) of x [*, K] -> q [*, K] int8 and s [*, K / 32] float32 */
-static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_t r0, int64_t r1) {
+/* where byte i of block b lands in its row: in order, or packed (the header) */
+static inline int64_t block_byte(int64_t b, int i, int64_t whole, int packed) {
+    if (!packed || b >= whole) return b * BLOCK + i;
+    return (b / GROUP) * GROUP * BLOCK + (i / 4) * BLOCK + (b % GROUP) * 4 + i % 4;
+}
+
+/* rows [r0, r1) of x [*, K] -> q [*, K] int8 (in order, or packed) and s [*, K / 32] float32 */
+static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_t r0, int64_t r1,
+                          int packed) {
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
-    const int64_t nb = K / BLOCK;
+    const int64_t nb = K / BLOCK, whole = nb / GROUP * GROUP;
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t b = 0; b < nb; b++) {
             const float *p = x + r * K + b * BLOCK;
@@ -67,7 +81,13 @@ static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_
 #undef ROUND
             /* the packs interleave 128-bit lanes: put the 32 bytes back in order */
             __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i01, i23), order);
-            _mm256_storeu_si256((__m256i *)(q + r * K + b * BLOCK), bytes);
+            if (!packed || b >= whole) {
+                _mm256_storeu_si256((__m256i *)(q + r * K + b * BLOCK), bytes);
+                continue;
+            }
+            int32_t pieces[8];
+            _mm256_storeu_si256((__m256i *)pieces, bytes);
+            for (int t = 0; t < 8; t++) memcpy(q + r * K + block_byte(b, 4 * t, whole, 1), pieces + t, 4);
         }
     }
 }
@@ -91,13 +111,18 @@ static void round_trip_rows(const float *x, int64_t K, float *out, int64_t r0, i
     }
 }
 
-/* rows [r0, r1) of (q, s) -> float32 out [*, K]: what the blocks stand for */
+/* rows [r0, r1) of (q in order or packed, s) -> float32 out [*, K]: what the blocks stand for */
 static void dequantize_rows(const int8_t *q, const float *s, int64_t K, float *out, int64_t r0,
-                            int64_t r1) {
-    const int64_t nb = K / BLOCK;
+                            int64_t r1, int packed) {
+    const int64_t nb = K / BLOCK, whole = nb / GROUP * GROUP;
+    int8_t block[BLOCK];
     for (int64_t r = r0; r < r1; r++) {
         for (int64_t b = 0; b < nb; b++) {
             const int8_t *p = q + r * K + b * BLOCK;
+            if (packed && b < whole) {
+                for (int t = 0; t < 8; t++) memcpy(block + 4 * t, q + r * K + block_byte(b, 4 * t, whole, 1), 4);
+                p = block;
+            }
             float *o = out + r * K + b * BLOCK;
             const __m256 scale = _mm256_set1_ps(s[r * nb + b]);
             for (int j = 0; j < BLOCK; j += 8) {
@@ -132,6 +157,26 @@ static inline __attribute__((always_inline)) __m256i block_dot(__m256i wabs, __m
     return _mm256_madd_epi16(_mm256_maddubs_epi16(wabs, signed_x), ones);
 }
 
+/* pieces first, first + 2, first + 4, first + 6 of a packed group, summed lane by lane: in
+ * vpdpbusd, which accumulates, or vpmaddubsw and vpmaddwd, then vpaddd */
+static inline __attribute__((always_inline)) __m256i group_dot(const __m256i *wa, const __m256i *wv,
+                                                               const int8_t *xg, int first,
+                                                               __m256i ones, const int vnni) {
+    if (vnni) {
+        __m256i sums = _mm256_setzero_si256();
+        for (int t = first; t < GROUP; t += 2) {
+            __m256i signed_x = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(xg + t * BLOCK)), wv[t]);
+            __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(sums) : "x"(wa[t]), "x"(signed_x));
+        }
+        return sums;
+    }
+    return _mm256_add_epi32(
+        _mm256_add_epi32(block_dot(wa[first], wv[first], xg + first * BLOCK, ones, 0),
+                         block_dot(wa[first + 2], wv[first + 2], xg + (first + 2) * BLOCK, ones, 0)),
+        _mm256_add_epi32(block_dot(wa[first + 4], wv[first + 4], xg + (first + 4) * BLOCK, ones, 0),
+                         block_dot(wa[first + 6], wv[first + 6], xg + (first + 6) * BLOCK, ones, 0)));
+}
+
 /* y[m, n] for every row m and the output channels [n0, n1); with `xo` [M, 16] and `wo` [N, 16]
  * (the outlier columns' inputs and weights, zero-padded), their float32 products added */
 static inline __attribute__((always_inline)) void
@@ -154,23 +199,20 @@ gemm_channels(const int8_t *xq, const float *sx, int64_t M, int64_t K, const int
                 tail[i] = 0.0f;
             }
             for (int64_t g = 0; g < groups; g++) {
+                /* packed: piece t of all 8 blocks in wv[t]; their sums add lane by lane */
                 const int8_t *wg = wr + g * GROUP * BLOCK;
                 __m256i wv[GROUP], wa[GROUP];
-                for (int j = 0; j < GROUP; j++) {
-                    wv[j] = _mm256_loadu_si256((const __m256i *)(wg + j * BLOCK));
-                    wa[j] = _mm256_sign_epi8(wv[j], wv[j]);
+                for (int t = 0; t < GROUP; t++) {
+                    wv[t] = _mm256_loadu_si256((const __m256i *)(wg + t * BLOCK));
+                    wa[t] = _mm256_sign_epi8(wv[t], wv[t]);
                 }
                 const __m256 dw = _mm256_loadu_ps(swr + g * GROUP);
                 for (int64_t i = 0; i < rows; i++) {
                     const int64_t m = m0 + i;
                     const int8_t *xg = xq + m * K + g * GROUP * BLOCK;
-#define P(j) block_dot(wa[j], wv[j], xg + (j) * BLOCK, ones, vnni)
-                    /* eight blocks' sums into one vector, block j in lane j */
-                    __m256i a = _mm256_hadd_epi32(_mm256_hadd_epi32(P(0), P(1)), _mm256_hadd_epi32(P(2), P(3)));
-                    __m256i b = _mm256_hadd_epi32(_mm256_hadd_epi32(P(4), P(5)), _mm256_hadd_epi32(P(6), P(7)));
-#undef P
-                    __m256i sums = _mm256_add_epi32(_mm256_permute2x128_si256(a, b, 0x20),
-                                                    _mm256_permute2x128_si256(a, b, 0x31));
+                    /* block j's sum in lane j (two chains of 4, for vpdpbusd's latency) */
+                    __m256i sums = _mm256_add_epi32(
+                        group_dot(wa, wv, xg, 0, ones, vnni), group_dot(wa, wv, xg, 1, ones, vnni));
                     __m256 scale = _mm256_mul_ps(dw, _mm256_loadu_ps(sx + m * nb + g * GROUP));
                     acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc[i]);
                 }
@@ -233,6 +275,7 @@ typedef struct {
     const float *xo, *wo;
     float *y;
     int parts;
+    int packed; /* quantize and dequantize: the kernel's layout (the header) */
 } job_t;
 
 static job_t job;
@@ -252,9 +295,9 @@ static void run_part(const job_t *j, int part) {
         (use_vnni ? gemm_vnni : gemm_avx2)(j->xq, j->sx, j->M, j->K, j->w, j->sw, j->xo, j->wo,
                                            j->y, j->N, lo, hi);
     else if (j->kind == 1)
-        quantize_rows(j->x, j->K, j->q, j->s, lo, hi);
+        quantize_rows(j->x, j->K, j->q, j->s, lo, hi, j->packed);
     else if (j->kind == 2)
-        dequantize_rows(j->q, j->s, j->K, j->y, lo, hi);
+        dequantize_rows(j->q, j->s, j->K, j->y, lo, hi, j->packed);
     else
         round_trip_rows(j->x, j->K, j->y, lo, hi);
 }
@@ -311,26 +354,29 @@ static void run(job_t j, int threads) {
 
 /* ------------------------------------------------------------------ Python */
 
-/* quantize(x, q, s, rows, k, threads): pointers as integers */
+/* quantize(x, q, s, rows, k, threads, packed): pointers as integers; packed: the kernel's layout */
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     unsigned long long x, q, s;
     long long rows, k;
-    int threads;
-    if (!PyArg_ParseTuple(args, "KKKLLi", &x, &q, &s, &rows, &k, &threads)) return NULL;
-    job_t j = {.kind = 1, .x = (const float *)x, .q = (int8_t *)q, .s = (float *)s, .M = rows, .K = k};
+    int threads, packed;
+    if (!PyArg_ParseTuple(args, "KKKLLip", &x, &q, &s, &rows, &k, &threads, &packed)) return NULL;
+    job_t j = {.kind = 1, .x = (const float *)x, .q = (int8_t *)q, .s = (float *)s, .M = rows, .K = k,
+               .packed = packed};
     Py_BEGIN_ALLOW_THREADS
     run(j, threads);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
-/* dequantize(q, s, rows, k, out, threads): pointers as integers */
+/* dequantize(q, s, rows, k, out, threads, packed): pointers as integers; packed: q in the kernel's
+ * layout */
 static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     unsigned long long q, s, out;
     long long rows, k;
-    int threads;
-    if (!PyArg_ParseTuple(args, "KKLLKi", &q, &s, &rows, &k, &out, &threads)) return NULL;
-    job_t j = {.kind = 2, .q = (int8_t *)q, .s = (float *)s, .y = (float *)out, .M = rows, .K = k};
+    int threads, packed;
+    if (!PyArg_ParseTuple(args, "KKLLKip", &q, &s, &rows, &k, &out, &threads, &packed)) return NULL;
+    job_t j = {.kind = 2, .q = (int8_t *)q, .s = (float *)s, .y = (float *)out, .M = rows, .K = k,
+               .packed = packed};
     Py_BEGIN_ALLOW_THREADS
     run(j, threads);
     Py_END_ALLOW_THREADS
@@ -350,7 +396,7 @@ static PyObject *py_round_trip(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* linear(x, rows, k, w, sw, n, y, threads, cols, ncols, wo): y = x @ dequant(w)^T, x rounded to
+/* linear(x, rows, k, w, sw, n, y, threads, cols, ncols, wo): y = x @ dequant(w)^T (w packed), x rounded to
  * blocks first. With ncols (<= 16) input channels `cols` (int64): those are left out of the
  * rounding and multiplied in float32 by `wo` [N, 16] (the weight's columns, zero-padded). */
 static PyObject *py_linear(PyObject *self, PyObject *args) {
@@ -388,7 +434,7 @@ static PyObject *py_linear(PyObject *self, PyObject *args) {
             }
         xin = xz;
     }
-    job_t qj = {.kind = 1, .x = xin, .q = xq, .s = sx, .M = rows, .K = k};
+    job_t qj = {.kind = 1, .x = xin, .q = xq, .s = sx, .M = rows, .K = k, .packed = 1};
     run(qj, rows * k >= 16384 ? threads : 1);
     job_t gj = {.kind = 0, .xq = xq, .sx = sx, .M = rows, .K = k, .w = (const int8_t *)w,
                 .sw = (const float *)sw, .xo = xo, .wo = (const float *)wo, .y = (float *)y, .N = n};
