@@ -119,6 +119,40 @@ def test_int8_query_prefix_and_batching_change_nothing(qwen3_int8: Engine) -> No
     assert cosine(batched, singles).min() > 0.9999
 
 
+def test_int8_qwen3_computes_only_the_real_rows(
+    qwen3_int8: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In int8 a Qwen3 forward's token count is not rounded up to a bucket (the kernel's cost
+    grows with every row; nothing in the forward compiles per shape): each matmul sees exactly
+    the real tokens, and the vectors are the bucketed forward's, bit for bit (each row is
+    rounded and multiplied by itself; the fill rows were dropped)."""
+    from localrank.engine.torch import qwen3
+
+    model = qwen3_int8.embedder.model  # type: ignore[attr-defined]
+    assert model.int8
+    seen: list[int] = []
+    call = Int8Weight.__call__
+
+    def counting(
+        self: Int8Weight, x: torch.Tensor, *args: object, **kwargs: object
+    ) -> torch.Tensor:
+        seen.append(x.shape[0])
+        return call(self, x, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Int8Weight, "__call__", counting)
+    text = "seventeen tokens or so, in one document that is not a query at all"
+    real = len(qwen3_int8.tokenizer.encode([text])[0].ids)
+    assert real % 8  # (a bucket would add rows)
+    exact_rows = qwen3_int8.embed([text]).vectors
+    assert set(seen) == {real}
+    seen.clear()
+    packing = qwen3.Packing
+    monkeypatch.setattr(qwen3, "Packing", lambda real, b, t, bucket=True: packing(real, b, t))
+    bucketed = qwen3_int8.embed([text]).vectors
+    assert set(seen) == {-(-real // 8) * 8}
+    assert np.array_equal(exact_rows, bucketed)
+
+
 def reference_blocks(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The scheme's rounding written with torch ops: each block of 32 scaled to max |v| = 127
     (the scale and its inverse in float32, as the kernel computes them), ties to even."""

@@ -243,15 +243,17 @@ class Packing:
     Token-wise work (projections, MLP, norms: ~90% of the FLOPs) runs on the N real tokens
     packed as [N, D], so padding costs nothing there; only attention sees the padded layout.
     N is rounded up to a few sizes (`bucket_rows`: the extra rows repeat the first token and are
-    dropped by `scatter`), so the kernels that are compiled and cached per shape stay few.
+    dropped by `scatter`), so the kernels that are compiled and cached per shape stay few; not
+    with `bucket=False`, for a forward with no such kernels (Qwen3 in int8: its matmuls are
+    int8.py's, whose cost grows with each row, up to 7 more in 16 for a short query).
     """
 
-    def __init__(self, real: Tensor | None, b: int, t: int) -> None:
+    def __init__(self, real: Tensor | None, b: int, t: int, bucket: bool = True) -> None:
         self.b, self.t = b, t
         real_idx = None if real is None else real.flatten().nonzero().squeeze(1)
         self.n = b * t if real_idx is None else int(real_idx.numel())
         self.idx = real_idx
-        extra = bucket_rows(self.n) - self.n
+        extra = bucket_rows(self.n) - self.n if bucket else 0
         self.take: Tensor | None = None  # what `gather` selects, when not a plain reshape
         if real_idx is not None or extra:
             device = real.device if real is not None else None

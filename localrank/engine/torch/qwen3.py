@@ -229,6 +229,11 @@ class Qwen3:
         """Every matmul weight (what `prepack` may repack)."""
         return [lin for layer in self.layers for lin in layer.linears()]
 
+    @property
+    def int8(self) -> bool:
+        """Whether every matmul computes in int8 (int8.py)."""
+        return all(lin.int8 is not None for layer in self.layers for lin in layer.linears())
+
     def projections(self) -> list[Projection]:
         """The stackable ones among them (what `prepack` stacks)."""
         return [p for layer in self.layers for p in (layer.qkv, layer.gate_up)]
@@ -268,7 +273,9 @@ class Qwen3:
         `capture` collects each layer's keys and values (for `prefill`)."""
         b, t = ids.shape
         cd, f32 = self.dtype, torch.float32
-        packing = Packing(real, b, t)
+        # In int8 no op is compiled per shape (the matmuls are int8.py's; norms, RoPE, attention
+        # and SiLU are torch's own CPU kernels): no rows added to round N up.
+        packing = Packing(real, b, t, bucket=not self.int8)
         # The residual stream, [N, H] over real tokens only, in float32.
         with small_pass(packing.n):
             h = F.embedding(packing.gather(ids), self.embed).to(f32)
