@@ -13,8 +13,10 @@ saturate (|q| x (p * sign q): 2 x 127 x 127 < 32767), so one level of 8-bit weig
 a scale per block of 32 follows both the weights' and the activations' outliers (min cosine to
 float32 on all-MiniLM-L6-v2's real weights: 0.99977 with the outlier columns below, 0.99917
 without; the fbgemm scheme reached 0.99955; per-channel weights with per-block activations
-0.99875, blocks of 64 0.99858). 1.125 bytes a weight; a short query's matmuls 64-86 ms (28
-layers, 12 rows, 2 threads; VNNI or AVX2), against fbgemm's 88-99 ms.
+0.99875, blocks of 64 0.99858). 1.125 bytes a weight; a short query's matmuls 54-63 ms (28
+layers, 12 rows, 2 threads; VNNI or AVX2: bench/q8_kernel.py), against fbgemm's 88-99 ms. The
+kernel holds weights packed (LAYOUT) so a group of 8 blocks sums lane by lane; a Qwen3 forward in
+int8 computes its real tokens only (layers.Packing, no bucket).
 
 Outlier columns: the few input channels with the largest calibrated |x| * max |W| stay float32
 (LLM.int8()'s decomposition, chosen once from a calibration pass over fixed texts).
