@@ -184,9 +184,13 @@ def test_the_kernel_rounds_and_multiplies_as_the_scheme_says(minilm_int8: Engine
     q, s = int8.round_blocks(x)
     want_q, want_s = reference_blocks(x)
     assert torch.equal(q, want_q) and torch.equal(s, want_s)
-    packed, packed_s = int8.round_blocks(x, packed=True)  # the layout weights are held in
-    assert torch.equal(packed, reference_packing(q)) and torch.equal(packed_s, s)
-    assert torch.equal(int8.Int8Weight(packed, s, None, None).dequantised(), int8.from_blocks(q, s))
+    for k in (1536, 352):  # whole groups of 8 blocks; one group and 3 blocks after it
+        part = x[:, :k].contiguous()
+        q_k, s_k = int8.round_blocks(part)
+        packed, packed_s = int8.round_blocks(part, packed=True)  # the layout weights are held in
+        assert torch.equal(packed, reference_packing(q_k)) and torch.equal(packed_s, s_k)
+        dequantised = int8.Int8Weight(packed, s_k, None, None).dequantised()
+        assert torch.equal(dequantised, int8.from_blocks(q_k, s_k))
     back = torch.empty(x.numel())  # the float32 path's rounding: the same values, no integers
     q8 = int8.kernel()
     assert q8 is not None
