@@ -293,6 +293,7 @@ class TorchEmbedder:
         linears = cast(Any, model).linears()
         shapes = [list(lin.weight.shape) for lin in linears]
         scheme = [int8.OUTLIER_COLUMNS, int8.SCHEME]
+        weights_key = [scheme, int8.LAYOUT, shapes]  # the kept int8 weights' inputs
         record = known = stored = path = None
         if cache is not None and rows:
             record = Int8Calibration(cache[0], cache[1], [rows, scheme, shapes])
@@ -300,7 +301,7 @@ class TorchEmbedder:
         usable = known is not None and (explicit or known[1] >= INT8_MIN_COSINE)
         if known is not None and usable and cache is not None and mapped is not None:
             # (Not where the load would go back to float32: that needs the float weights.)
-            stored = Int8Weights(cache[0], cache[1], [scheme, int8.LAYOUT, shapes], known[0])
+            stored = Int8Weights(cache[0], cache[1], weights_key, known[0])
             path = stored.valid()
         if (
             path is None
@@ -338,9 +339,7 @@ class TorchEmbedder:
             if record is not None and cache is not None:
                 columns = int8.columns_of(linears)
                 record.write(columns, cosine)
-                self._int8_to_cache = Int8Weights(
-                    cache[0], cache[1], [scheme, int8.LAYOUT, shapes], columns
-                )
+                self._int8_to_cache = Int8Weights(cache[0], cache[1], weights_key, columns)
             how = f"calibrated in {time.perf_counter() - started:.1f}s"
         if not explicit and cosine < INT8_MIN_COSINE:
             for lin in linears:

@@ -56,10 +56,9 @@ static inline float block_amax(const float *p) {
     return _mm_cvtss_f32(h);
 }
 
-/* where byte i of block b lands in its row: in order, or packed (the header) */
-static inline int64_t block_byte(int64_t b, int i, int64_t whole, int packed) {
-    if (!packed || b >= whole) return b * BLOCK + i;
-    return (b / GROUP) * GROUP * BLOCK + (i / 4) * BLOCK + (b % GROUP) * 4 + i % 4;
+/* where piece t (bytes 4t..4t+3) of block b, in a whole group, lies in a packed row (the header) */
+static inline int64_t packed_piece(int64_t b, int t) {
+    return (b / GROUP) * GROUP * BLOCK + t * BLOCK + (b % GROUP) * 4;
 }
 
 /* rows [r0, r1) of x [*, K] -> q [*, K] int8 (in order, or packed) and s [*, K / 32] float32 */
@@ -87,7 +86,7 @@ static void quantize_rows(const float *x, int64_t K, int8_t *q, float *s, int64_
             }
             int32_t pieces[8];
             _mm256_storeu_si256((__m256i *)pieces, bytes);
-            for (int t = 0; t < 8; t++) memcpy(q + r * K + block_byte(b, 4 * t, whole, 1), pieces + t, 4);
+            for (int t = 0; t < 8; t++) memcpy(q + r * K + packed_piece(b, t), pieces + t, 4);
         }
     }
 }
@@ -120,7 +119,7 @@ static void dequantize_rows(const int8_t *q, const float *s, int64_t K, float *o
         for (int64_t b = 0; b < nb; b++) {
             const int8_t *p = q + r * K + b * BLOCK;
             if (packed && b < whole) {
-                for (int t = 0; t < 8; t++) memcpy(block + 4 * t, q + r * K + block_byte(b, 4 * t, whole, 1), 4);
+                for (int t = 0; t < 8; t++) memcpy(block + 4 * t, q + r * K + packed_piece(b, t), 4);
                 p = block;
             }
             float *o = out + r * K + b * BLOCK;
@@ -354,6 +353,14 @@ static void run(job_t j, int threads) {
 
 /* ------------------------------------------------------------------ Python */
 
+/* j on `threads` threads, the GIL released meanwhile */
+static PyObject *run_released(job_t j, int threads) {
+    Py_BEGIN_ALLOW_THREADS
+    run(j, threads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 /* quantize(x, q, s, rows, k, threads, packed): pointers as integers; packed: the kernel's layout */
 static PyObject *py_quantize(PyObject *self, PyObject *args) {
     unsigned long long x, q, s;
@@ -362,10 +369,7 @@ static PyObject *py_quantize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKKLLip", &x, &q, &s, &rows, &k, &threads, &packed)) return NULL;
     job_t j = {.kind = 1, .x = (const float *)x, .q = (int8_t *)q, .s = (float *)s, .M = rows, .K = k,
                .packed = packed};
-    Py_BEGIN_ALLOW_THREADS
-    run(j, threads);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return run_released(j, threads);
 }
 
 /* dequantize(q, s, rows, k, out, threads, packed): pointers as integers; packed: q in the kernel's
@@ -377,10 +381,7 @@ static PyObject *py_dequantize(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "KKLLKip", &q, &s, &rows, &k, &out, &threads, &packed)) return NULL;
     job_t j = {.kind = 2, .q = (int8_t *)q, .s = (float *)s, .y = (float *)out, .M = rows, .K = k,
                .packed = packed};
-    Py_BEGIN_ALLOW_THREADS
-    run(j, threads);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return run_released(j, threads);
 }
 
 /* round_trip(x, rows, k, out, threads): pointers as integers */
@@ -390,10 +391,7 @@ static PyObject *py_round_trip(PyObject *self, PyObject *args) {
     int threads;
     if (!PyArg_ParseTuple(args, "KLLKi", &x, &rows, &k, &out, &threads)) return NULL;
     job_t j = {.kind = 3, .x = (const float *)x, .y = (float *)out, .M = rows, .K = k};
-    Py_BEGIN_ALLOW_THREADS
-    run(j, threads);
-    Py_END_ALLOW_THREADS
-    Py_RETURN_NONE;
+    return run_released(j, threads);
 }
 
 /* linear(x, rows, k, w, sw, n, y, threads, cols, ncols, wo): y = x @ dequant(w)^T (w packed), x rounded to
